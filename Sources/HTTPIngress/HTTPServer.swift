@@ -1,0 +1,262 @@
+// HTTPIngress: a small NIO HTTP/1.1 server (keep-alive, pipelining, bounded bodies) and
+// the HTTP message channel (`POST /v1/messages/{topic}`) built on it.
+import Logging
+import NIOConcurrencyHelpers
+public import NIOCore
+public import NIOHTTP1
+import NIOPosix
+public import ServiceLifecycle
+
+/// A request with its whole body.
+public struct IncomingRequest: Sendable {
+    public var method: HTTPMethod
+    public var uri: String
+    public var headers: HTTPHeaders
+    public var body: ByteBuffer
+    public var remoteAddress: SocketAddress?
+
+    /// Path without the query string (still percent-encoded).
+    public var path: Substring { uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)[0] }
+
+    /// Query parameters (percent-decoded, last one wins).
+    public var query: [String: String] {
+        let parts = uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
+        guard parts.count == 2 else { return [:] }
+        var out: [String: String] = [:]
+        for pair in parts[1].split(separator: "&") {
+            let kv = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            let key = PercentDecoding.decode(kv[0], plusAsSpace: true) ?? String(kv[0])
+            out[key] = kv.count == 2 ? (PercentDecoding.decode(kv[1], plusAsSpace: true) ?? String(kv[1])) : ""
+        }
+        return out
+    }
+
+    public init(method: HTTPMethod, uri: String, headers: HTTPHeaders, body: ByteBuffer, remoteAddress: SocketAddress?) {
+        self.method = method
+        self.uri = uri
+        self.headers = headers
+        self.body = body
+        self.remoteAddress = remoteAddress
+    }
+}
+
+/// What is known of a request refused before its body was read.
+public struct IncomingRequestSummary: Sendable {
+    public var method: HTTPMethod
+    public var uri: String
+}
+
+/// A complete response.
+public struct OutgoingResponse: Sendable {
+    public var status: HTTPResponseStatus
+    public var headers: HTTPHeaders
+    public var body: ByteBuffer
+
+    public init(status: HTTPResponseStatus, headers: HTTPHeaders = [:], body: ByteBuffer = ByteBuffer()) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
+
+    /// A JSON body (already encoded).
+    public static func json(_ status: HTTPResponseStatus, _ json: String, headers: HTTPHeaders = [:]) -> OutgoingResponse {
+        var h = headers
+        h.replaceOrAdd(name: "content-type", value: "application/json")
+        return OutgoingResponse(status: status, headers: h, body: ByteBuffer(string: json))
+    }
+
+    /// `{"error": code, "message": message}`: every error Switchyard answers looks like this.
+    public static func error(_ status: HTTPResponseStatus, _ code: String, _ message: String, headers: HTTPHeaders = [:]) -> OutgoingResponse {
+        json(status, "{\"error\":\(JSONText.quote(code)),\"message\":\(JSONText.quote(message))}", headers: headers)
+    }
+
+    public static func text(_ status: HTTPResponseStatus, _ text: String, contentType: String = "text/plain; charset=utf-8") -> OutgoingResponse {
+        OutgoingResponse(status: status, headers: ["content-type": contentType], body: ByteBuffer(string: text))
+    }
+}
+
+/// Answers requests on the connection's event loop.
+public protocol HTTPResponder: Sendable {
+    func respond(to request: IncomingRequest, on loop: any EventLoop) -> EventLoopFuture<OutgoingResponse>
+}
+
+/// A listening HTTP/1.1 server run as a `Service`. On graceful shutdown it stops accepting,
+/// lets requests in progress finish (up to `drainSeconds`) and closes the connections.
+public final class HTTPServer: Service {
+    public let host: String
+    public let port: Int
+    public let maxBodyBytes: Int
+    let group: any EventLoopGroup
+    let responder: any HTTPResponder
+    let logger: Logger
+    let drainSeconds: Double
+    let onBodyTooLarge: @Sendable (IncomingRequestSummary) -> Void
+    private let bound: EventLoopPromise<SocketAddress>
+    private let connections = NIOLockedValueBox(ConnectionSet())
+
+    struct ConnectionSet {
+        var channels: [ObjectIdentifier: any Channel] = [:]
+        var busy = 0
+    }
+
+    public init(
+        host: String,
+        port: Int,
+        group: any EventLoopGroup,
+        maxBodyBytes: Int,
+        responder: any HTTPResponder,
+        logger: Logger,
+        drainSeconds: Double = 5,
+        onBodyTooLarge: @escaping @Sendable (IncomingRequestSummary) -> Void = { _ in }
+    ) {
+        self.onBodyTooLarge = onBodyTooLarge
+        self.host = host
+        self.port = port
+        self.group = group
+        self.maxBodyBytes = maxBodyBytes
+        self.responder = responder
+        self.logger = logger
+        self.drainSeconds = drainSeconds
+        self.bound = group.any().makePromise(of: SocketAddress.self)
+    }
+
+    /// The address the server listens on, once bound (use port 0 to let the OS choose).
+    public var boundAddress: EventLoopFuture<SocketAddress> { bound.futureResult }
+
+    public func run() async throws {
+        let channel: any Channel
+        do {
+            channel = try await ServerBootstrap(group: group)
+                .serverChannelOption(.backlog, value: 1024)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(.maxMessagesPerRead, value: 16)
+                .childChannelInitializer { [self] channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                        try channel.pipeline.syncOperations.addHandler(
+                            RequestHandler(server: self, maxBodyBytes: maxBodyBytes)
+                        )
+                        let id = ObjectIdentifier(channel)
+                        connections.withLockedValue { $0.channels[id] = channel }
+                        channel.closeFuture.whenComplete { [connections] _ in
+                            connections.withLockedValue { _ = $0.channels.removeValue(forKey: id) }
+                        }
+                    }
+                }
+                .bind(host: host, port: port)
+                .get()
+        } catch {
+            let failure = HTTPServerError(message: "cannot listen on \(host):\(port): \(error)")
+            bound.fail(failure)
+            throw failure
+        }
+        bound.succeed(channel.localAddress!)
+        logger.info("listening", metadata: ["address": "\(channel.localAddress!)"])
+        try? await gracefulShutdown()
+        try? await channel.close()
+        // Let requests in progress finish, then close every connection.
+        let deadline = NIODeadline.now() + .nanoseconds(Int64(drainSeconds * 1e9))
+        while connections.withLockedValue({ $0.busy }) > 0 && NIODeadline.now() < deadline {
+            try? await Task.sleep(nanoseconds: 10_000_000)
+        }
+        let open = connections.withLockedValue { Array($0.channels.values) }
+        for c in open { try? await c.close() }
+        logger.info("stopped", metadata: ["address": "\(host):\(port)"])
+    }
+
+    func requestStarted() { connections.withLockedValue { $0.busy += 1 } }
+    func requestFinished() { connections.withLockedValue { $0.busy -= 1 } }
+}
+
+public struct HTTPServerError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public var description: String { message }
+}
+
+/// Collects one request (bounded), asks the responder, writes the response.
+final class RequestHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    let server: HTTPServer
+    let maxBodyBytes: Int
+    private var head: HTTPRequestHead?
+    private var body: ByteBuffer?
+    private var tooLarge = false
+
+    init(server: HTTPServer, maxBodyBytes: Int) {
+        self.server = server
+        self.maxBodyBytes = maxBodyBytes
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let h):
+            head = h
+            body = nil
+            tooLarge = false
+            if let length = h.headers.first(name: "content-length").flatMap(Int.init), length > maxBodyBytes {
+                tooLarge = true
+            }
+        case .body(var chunk):
+            guard !tooLarge else { return }
+            if (body?.readableBytes ?? 0) + chunk.readableBytes > maxBodyBytes {
+                tooLarge = true
+                body = nil
+                return
+            }
+            if body == nil { body = chunk } else { body!.writeBuffer(&chunk) }
+        case .end:
+            guard let head else { return }
+            self.head = nil
+            if tooLarge {
+                server.onBodyTooLarge(IncomingRequestSummary(method: head.method, uri: head.uri))
+                let response = OutgoingResponse.error(
+                    .payloadTooLarge, "payload_too_large", "request body exceeds the listener limit of \(maxBodyBytes) bytes"
+                )
+                write(response, keepAlive: false, context: context)
+                return
+            }
+            let request = IncomingRequest(
+                method: head.method,
+                uri: head.uri,
+                headers: head.headers,
+                body: body ?? ByteBuffer(),
+                remoteAddress: context.channel.remoteAddress
+            )
+            body = nil
+            let keepAlive = head.isKeepAlive
+            server.requestStarted()
+            let loopBoundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
+            server.responder.respond(to: request, on: context.eventLoop)
+                .hop(to: context.eventLoop)
+                .whenComplete { [self] result in
+                    server.requestFinished()
+                    let response: OutgoingResponse
+                    switch result {
+                    case .success(let r): response = r
+                    case .failure(let error):
+                        response = .error(.internalServerError, "internal", "\(error)")
+                    }
+                    write(response, keepAlive: keepAlive, context: loopBoundContext.value)
+                }
+        }
+    }
+
+    private func write(_ response: OutgoingResponse, keepAlive: Bool, context: ChannelHandlerContext) {
+        var headers = response.headers
+        headers.replaceOrAdd(name: "content-length", value: String(response.body.readableBytes))
+        if !keepAlive { headers.replaceOrAdd(name: "connection", value: "close") }
+        let head = HTTPResponseHead(version: .http1_1, status: response.status, headers: headers)
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        if response.body.readableBytes > 0 {
+            context.write(wrapOutboundOut(.body(.byteBuffer(response.body))), promise: nil)
+        }
+        let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        if !keepAlive {
+            let channel = context.channel
+            done.whenComplete { _ in channel.close(promise: nil) }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+public import NIOCore
+public import NIOHTTP1
+public import SwitchyardCore
+
+/// The HTTP message channel: `POST /v1/messages/{topic…}` with the payload as body.
+///
+/// Answers 202 with the message id once the sink accepted it; 400 for malformed input,
+/// 403 when a filter refuses, 413 too large, 429 rate-limited (with `Retry-After`).
+public struct MessageIngestResponder: HTTPResponder {
+    public struct Options: Sendable {
+        public var deviceHeader = "x-device-id"
+        public var productHeader = "x-product-key"
+        public var messageIDHeader = "x-message-id"
+        public var channelName = "http"
+        public init() {}
+    }
+
+    public static let pathPrefix = "/v1/messages/"
+
+    let sink: any MessageSink
+    let options: Options
+    let onMalformed: @Sendable (String) -> Void
+
+    /// `onMalformed` is told the reason for each request refused before it became an envelope.
+    public init(sink: any MessageSink, options: Options, onMalformed: @escaping @Sendable (String) -> Void = { _ in }) {
+        self.sink = sink
+        self.options = options
+        self.onMalformed = onMalformed
+    }
+
+    public func respond(to request: IncomingRequest, on loop: any EventLoop) -> EventLoopFuture<OutgoingResponse> {
+        switch makeEnvelope(request) {
+        case .failure(let bad):
+            onMalformed(bad.code)
+            return loop.makeSucceededFuture(bad.response)
+        case .success(let envelope):
+            let id = envelope.id
+            return sink.submit(envelope, on: loop).map { result in
+                switch result {
+                case .accepted:
+                    return .json(.accepted, "{\"id\":\(JSONText.quote(id)),\"status\":\"accepted\"}")
+                case .duplicate:
+                    return .json(.accepted, "{\"id\":\(JSONText.quote(id)),\"status\":\"duplicate\"}")
+                case .rejected(let r):
+                    var headers = HTTPHeaders()
+                    if let wait = r.retryAfterSeconds {
+                        headers.add(name: "retry-after", value: String(max(1, Int(wait.rounded(.up)))))
+                    }
+                    let body =
+                        "{\"error\":\(JSONText.quote(r.reason)),\"filter\":\(JSONText.quote(r.filter)),"
+                        + "\"message\":\(JSONText.quote(r.message)),\"id\":\(JSONText.quote(id))}"
+                    return .json(HTTPResponseStatus(statusCode: r.status), body, headers: headers)
+                }
+            }
+        }
+    }
+
+    struct BadRequest: Error {
+        var code: String
+        var response: OutgoingResponse
+        init(_ status: HTTPResponseStatus, _ code: String, _ message: String, headers: HTTPHeaders = [:]) {
+            self.code = code
+            response = .error(status, code, message, headers: headers)
+        }
+    }
+
+    /// Validates the request and builds the envelope (identity from headers; the sink
+    /// adds what the topic patterns say).
+    func makeEnvelope(_ request: IncomingRequest) -> Result<Envelope, BadRequest> {
+        let path = request.path
+        guard path.hasPrefix(Self.pathPrefix) else {
+            return .failure(BadRequest(.notFound, "not_found", "no such endpoint; messages go to POST \(Self.pathPrefix){topic}"))
+        }
+        guard request.method == .POST else {
+            return .failure(BadRequest(.methodNotAllowed, "method_not_allowed", "use POST", headers: ["allow": "POST"]))
+        }
+        guard let topic = PercentDecoding.decode(path.dropFirst(Self.pathPrefix.count)) else {
+            return .failure(BadRequest(.badRequest, "malformed_topic", "topic is not valid percent-encoded UTF-8"))
+        }
+        if let problem = TopicName.problem(with: topic) {
+            return .failure(BadRequest(.badRequest, "malformed_topic", problem))
+        }
+        guard request.body.readableBytes > 0 else {
+            return .failure(BadRequest(.badRequest, "empty_payload", "the request body (the message payload) is empty"))
+        }
+        var identity: [String: String] = [:]
+        for name in [options.deviceHeader, options.productHeader, options.messageIDHeader] {
+            guard let value = request.headers.first(name: name) else { continue }
+            guard Self.isCleanHeaderValue(value) else {
+                return .failure(BadRequest(.badRequest, "malformed_header", "header \(name) is not valid UTF-8 text"))
+            }
+            if value.isEmpty || value.utf8.count > 256 {
+                return .failure(BadRequest(.badRequest, "malformed_header", "header \(name) must be 1…256 bytes"))
+            }
+            identity[name] = value
+        }
+        if let id = identity[options.messageIDHeader], !MessageID.isValid(id) {
+            return .failure(
+                BadRequest(.badRequest, "malformed_header", "header \(options.messageIDHeader) must be printable ASCII without spaces, ≤ 128 bytes")
+            )
+        }
+        var headers: [(name: String, value: String)] = []
+        headers.reserveCapacity(request.headers.count)
+        for (name, value) in request.headers {
+            let lower = name.lowercased()
+            // Switchyard's own headers are assigned here, never taken from the sender.
+            if lower.hasPrefix("x-switchyard-") || lower == "host" || lower == "content-length" || lower == "connection" {
+                continue
+            }
+            headers.append((lower, value))
+        }
+        let baggage = request.headers.first(name: "baggage")
+        let trace =
+            TraceContext(traceparent: request.headers.first(name: "traceparent"), baggage: baggage)
+            ?? .generate(baggage: baggage)
+        let now = WallClock.nowNanos()
+        let senderID = identity[options.messageIDHeader]
+        return .success(
+            Envelope(
+                id: senderID ?? MessageID.generate(nowNanos: now),
+                channel: options.channelName,
+                topic: topic,
+                product: identity[options.productHeader],
+                device: identity[options.deviceHeader],
+                payload: request.body,
+                headers: headers,
+                receivedAt: now,
+                trace: trace,
+                clientAddress: request.remoteAddress,
+                idFromSender: senderID != nil
+            )
+        )
+    }
+
+    /// NIO decodes header bytes leniently (invalid UTF-8 becomes U+FFFD); refuse those and control characters.
+    static func isCleanHeaderValue(_ value: String) -> Bool {
+        value.unicodeScalars.allSatisfy { $0.value >= 0x20 && $0.value != 0x7F && $0.value != 0xFFFD }
+    }
+}

@@ -1,0 +1,58 @@
+import NIOConcurrencyHelpers
+public import SwitchyardCore
+
+/// Power-of-two-choices on outstanding requests, weighted: two instances are drawn with
+/// probability proportional to weight, and the one with fewer outstanding requests per
+/// unit of weight wins. Outstanding counts are shared by every router snapshot.
+public final class Balancer: Sendable {
+    private let outstanding = NIOLockedValueBox([String: Int]())
+
+    public init() {}
+
+    public func pick(from instances: [ServiceInstance]) -> ServiceInstance? {
+        var rng = SystemRandomNumberGenerator()
+        return pick(from: instances, using: &rng)
+    }
+
+    public func pick<R: RandomNumberGenerator>(from instances: [ServiceInstance], using rng: inout R) -> ServiceInstance? {
+        let candidates = instances.filter { $0.weight > 0 }
+        guard !candidates.isEmpty else { return nil }
+        if candidates.count == 1 { return candidates[0] }
+        let total = candidates.reduce(0) { $0 + $1.weight }
+        func draw(excluding: Int?) -> Int {
+            let excludedWeight = excluding.map { candidates[$0].weight } ?? 0
+            var x = Int.random(in: 0..<(total - excludedWeight), using: &rng)
+            for (i, c) in candidates.enumerated() where i != excluding {
+                if x < c.weight { return i }
+                x -= c.weight
+            }
+            return candidates.indices.last { $0 != excluding }!
+        }
+        let a = draw(excluding: nil)
+        let b = draw(excluding: a)
+        let (la, lb) = outstanding.withLockedValue { ($0[candidates[a].key] ?? 0, $0[candidates[b].key] ?? 0) }
+        // Compare la/wa with lb/wb without division.
+        let scoreA = (la + 1) * candidates[b].weight
+        let scoreB = (lb + 1) * candidates[a].weight
+        return scoreA <= scoreB ? candidates[a] : candidates[b]
+    }
+
+    public func started(_ instance: ServiceInstance) {
+        outstanding.withLockedValue { $0[instance.key, default: 0] += 1 }
+    }
+
+    public func finished(_ instance: ServiceInstance) {
+        outstanding.withLockedValue {
+            let n = ($0[instance.key] ?? 1) - 1
+            $0[instance.key] = n > 0 ? n : nil
+        }
+    }
+
+    public func outstandingRequests(_ instance: ServiceInstance) -> Int {
+        outstanding.withLockedValue { $0[instance.key] ?? 0 }
+    }
+}
+
+extension ServiceInstance {
+    var key: String { "\(service)@\(address)" }
+}

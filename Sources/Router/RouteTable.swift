@@ -1,0 +1,44 @@
+public import SwitchyardCore
+
+/// The ordered route table of one configuration: the first route whose regex matches wins.
+public struct RouteTable: Sendable {
+    public struct Route: Sendable {
+        public var name: String
+        public var regex: TopicRegex
+        public var targets: [SwitchyardConfiguration.TargetRule]
+    }
+
+    public let routes: [Route]
+
+    /// Compiles every route; throws a `RouterConfigError` naming the key path.
+    public init(_ rules: [SwitchyardConfiguration.RouteRule]) throws(RouterConfigError) {
+        var routes: [Route] = []
+        for (index, rule) in rules.enumerated() {
+            do {
+                routes.append(Route(name: rule.name, regex: try TopicRegex(rule.match), targets: rule.targets))
+            } catch {
+                throw RouterConfigError(path: "routes[\(index)].match", message: error.description)
+            }
+        }
+        self.routes = routes
+    }
+
+    /// The first matching route and its named captures.
+    public func match(_ topic: String) -> (route: Route, captures: [String: String])? {
+        for route in routes {
+            if let captures = route.regex.match(topic) { return (route, captures) }
+        }
+        return nil
+    }
+}
+
+/// A route-table problem, located by key path.
+public struct RouterConfigError: Error, Sendable, CustomStringConvertible {
+    public var path: String
+    public var message: String
+    public init(path: String, message: String) {
+        self.path = path
+        self.message = message
+    }
+    public var description: String { "\(path): \(message)" }
+}

@@ -1,0 +1,284 @@
+// Router: route table, lane resolution, balancing, retries and dead letters.
+import Logging
+import Metrics
+public import NIOCore
+public import SwitchyardCore
+
+/// Delivers accepted envelopes by the route table of one configuration. A new `Router`
+/// is built on each reload; the forwarder, balancer, ledger and dead-letter list are
+/// shared, so a message finishes under the snapshot it started with.
+public final class Router: Sendable {
+    public let table: RouteTable
+    public let resolver: LaneResolver
+    let directory: any ServiceDirectory
+    let forwarder: any Forwarder
+    let deadLetters: DeadLetterList
+    let ledger: MessageLedger
+    let balancer: Balancer
+    let logger: Logger
+    let timers: [String: Metrics.Timer]
+
+    /// How one message ended.
+    public enum Outcome: Sendable, Equatable {
+        case forwarded(route: String)
+        case deadLettered(route: String, reason: String)
+    }
+
+    /// Route label used for messages that match no route.
+    public static let unroutedLabel = "(unrouted)"
+
+    public init(
+        configuration: SwitchyardConfiguration,
+        directory: any ServiceDirectory,
+        forwarder: any Forwarder,
+        deadLetters: DeadLetterList,
+        ledger: MessageLedger,
+        balancer: Balancer,
+        logger: Logger
+    ) throws(RouterConfigError) {
+        table = try RouteTable(configuration.routes)
+        resolver = LaneResolver(lanes: configuration.lanes)
+        self.directory = directory
+        self.forwarder = forwarder
+        self.deadLetters = deadLetters
+        self.ledger = ledger
+        self.balancer = balancer
+        self.logger = logger
+        var timers: [String: Metrics.Timer] = [:]
+        for route in table.routes {
+            timers[route.name] = Metrics.Timer(label: "switchyard_forward_duration_seconds", dimensions: [("route", route.name)])
+        }
+        self.timers = timers
+    }
+
+    // MARK: - Delivery
+
+    /// Delivers an accepted envelope to every target of its route and records the outcome
+    /// in the ledger (the channel has already counted it as received and in flight).
+    @discardableResult
+    public func route(_ envelope: Envelope) -> EventLoopFuture<Outcome> {
+        let loop = forwarder.anyEventLoop()
+        guard let (route, captures) = table.match(envelope.topic) else {
+            deadLetter(
+                envelope, route: Router.unroutedLabel, service: nil, reason: "unrouted", attempts: 0,
+                error: "no route matches topic \"\(envelope.topic)\""
+            )
+            ledger.deadLettered(route: Router.unroutedLabel, reason: "unrouted")
+            return loop.makeSucceededFuture(.deadLettered(route: Router.unroutedLabel, reason: "unrouted"))
+        }
+        let deliveries = route.targets.map { target in
+            deliver(envelope, route: route, captures: captures, target: target, attempt: 1, loop: loop)
+        }
+        return EventLoopFuture.whenAllSucceed(deliveries, on: loop).map { results in
+            if let failure = results.compactMap(\.failure).first {
+                self.ledger.deadLettered(route: route.name, reason: failure)
+                return .deadLettered(route: route.name, reason: failure)
+            }
+            self.ledger.forwarded(route: route.name)
+            return .forwarded(route: route.name)
+        }
+    }
+
+    struct TargetResult: Sendable {
+        /// Dead-letter reason, nil when delivered.
+        var failure: String?
+    }
+
+    private func deliver(
+        _ envelope: Envelope,
+        route: RouteTable.Route,
+        captures: [String: String],
+        target: SwitchyardConfiguration.TargetRule,
+        attempt: Int,
+        loop: any EventLoop
+    ) -> EventLoopFuture<TargetResult> {
+        let fail = { @Sendable (reason: String, error: String) -> EventLoopFuture<TargetResult> in
+            self.deadLetter(envelope, route: route.name, service: target.service, reason: reason, attempts: attempt - 1, error: error)
+            return loop.makeSucceededFuture(TargetResult(failure: reason))
+        }
+        let candidates: [ServiceInstance]
+        let fallback: Bool
+        switch resolver.resolve(lane: envelope.lane, instances: directory.instances(of: target.service)) {
+        case .lane(let list): (candidates, fallback) = (list, false)
+        case .fallback(let list): (candidates, fallback) = (list, true)
+        case .laneUnavailable:
+            return fail(
+                "lane_unavailable",
+                "lane \"\(envelope.lane ?? "baseline")\" has no instance of service \"\(target.service)\" and its fallback is strict"
+            )
+        case .noInstances:
+            return fail("no_instances", "service \"\(target.service)\" has no instance for lane \"\(envelope.lane ?? "baseline")\"")
+        }
+        guard let instance = balancer.pick(from: candidates) else {
+            return fail("no_instances", "every instance of service \"\(target.service)\" has weight 0")
+        }
+        let request = Router.request(
+            for: envelope, target: target, captures: captures, instance: instance, fallback: fallback, attempt: attempt
+        )
+        let policy = RetryPolicy(target)
+        let started = SystemMonotonicClock().nowNanos()
+        balancer.started(instance)
+        let timer = timers[route.name]
+        return forwarder.forward(request, to: instance, timeout: .nanoseconds(Int64(target.timeoutSeconds * 1e9)))
+            .hop(to: loop)
+            .flatMapResult { result in
+                self.balancer.finished(instance)
+                timer?.recordNanoseconds(Int64(SystemMonotonicClock().nowNanos() - started))
+                let reason: String
+                let detail: String
+                switch result {
+                case .success(let response) where (200..<300).contains(response.status):
+                    return loop.makeSucceededFuture(TargetResult(failure: nil))
+                case .success(let response) where !RetryPolicy.isRetryable(status: response.status):
+                    return fail(
+                        "rejected_by_service",
+                        "\(instance) answered HTTP \(response.status): \(response.bodySnippet)"
+                    )
+                case .success(let response):
+                    reason = "service_error"
+                    detail = "\(instance) answered HTTP \(response.status): \(response.bodySnippet)"
+                case .failure(let error as ForwardError):
+                    reason = error.kind == .connectFailed ? "unreachable" : error.kind.rawValue
+                    detail = "\(instance): \(error)"
+                case .failure(let error):
+                    reason = "connection_failed"
+                    detail = "\(instance): \(error)"
+                }
+                guard attempt <= policy.retries, reason != "shutdown" else {
+                    return fail(reason, detail)
+                }
+                self.ledger.retried(route: route.name)
+                let delay = policy.backoff(afterAttempt: attempt)
+                self.logger.debug(
+                    "retrying",
+                    metadata: ["id": "\(envelope.id)", "route": "\(route.name)", "attempt": "\(attempt)", "error": "\(detail)"]
+                )
+                return loop.flatScheduleTask(in: .nanoseconds(Int64(delay * 1e9))) {
+                    self.deliver(envelope, route: route, captures: captures, target: target, attempt: attempt + 1, loop: loop)
+                }.futureResult
+            }
+    }
+
+    private func deadLetter(_ envelope: Envelope, route: String, service: String?, reason: String, attempts: Int, error: String) {
+        logger.warning(
+            "dead-lettered",
+            metadata: ["id": "\(envelope.id)", "route": "\(route)", "reason": "\(reason)", "error": "\(error)"]
+        )
+        deadLetters.append(
+            DeadLetter(
+                id: envelope.id, route: route, service: service, reason: reason, attempts: attempts, lastError: error,
+                at: WallClock.nowNanos(), envelope: envelope
+            )
+        )
+    }
+
+    // MARK: - Request rendering
+
+    /// The request sent to `instance`, with the contract's headers.
+    public static func request(
+        for envelope: Envelope,
+        target: SwitchyardConfiguration.TargetRule,
+        captures: [String: String],
+        instance: ServiceInstance,
+        fallback: Bool,
+        attempt: Int
+    ) -> ForwardRequest {
+        var headers: [(name: String, value: String)] = [
+            ("x-switchyard-message-id", envelope.id),
+            ("x-switchyard-delivery-attempt", String(attempt)),
+            ("x-switchyard-topic", headerSafe(envelope.topic)),
+            ("x-switchyard-channel", envelope.channel),
+            ("traceparent", envelope.trace.childTraceparent()),
+            ("content-type", envelope.header("content-type") ?? "application/octet-stream"),
+        ]
+        if let lane = envelope.lane { headers.append(("x-switchyard-lane", lane)) }
+        if fallback { headers.append(("x-switchyard-lane-fallback", "true")) }
+        if let device = envelope.device { headers.append(("x-switchyard-device", headerSafe(device))) }
+        if let product = envelope.product { headers.append(("x-switchyard-product", headerSafe(product))) }
+        for (name, value) in envelope.tags.sorted(by: { $0.key < $1.key }) {
+            headers.append(("x-switchyard-tag-\(headerSafe(name))", headerSafe(value)))
+        }
+        if let baggage = envelope.trace.outgoingBaggage(lane: envelope.lane) { headers.append(("baggage", baggage)) }
+        let path = instance.basePath + PathTemplate.render(target.path, captures: captures, envelope: envelope)
+        return ForwardRequest(method: target.method, path: path, headers: headers, body: envelope.payload)
+    }
+
+    /// Header values must be visible ASCII: anything else is percent-encoded.
+    static func headerSafe(_ value: String) -> String {
+        if value.utf8.allSatisfy({ $0 >= 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "%") }) { return value }
+        return PathTemplate.percentEncode(value, keepSlash: true)
+    }
+
+    // MARK: - Explain
+
+    public struct TargetExplanation: Sendable, Encodable {
+        public var service: String
+        public var method: String
+        public var path: String
+        public var resolution: String
+        public var fallbackTaken: Bool
+        public var candidates: [String]
+        public var detail: String
+    }
+
+    public struct Explanation: Sendable, Encodable {
+        public var route: String?
+        public var captures: [String: String]
+        public var targets: [TargetExplanation]
+        public var outcome: String
+    }
+
+    /// What `route` would do with this (classified, laned) envelope, without sending anything.
+    public func explain(_ envelope: Envelope) -> Explanation {
+        guard let (route, captures) = table.match(envelope.topic) else {
+            return Explanation(
+                route: nil, captures: [:], targets: [],
+                outcome: "dead-lettered: unrouted (no route matches \"\(envelope.topic)\")"
+            )
+        }
+        let targets = route.targets.map { target -> TargetExplanation in
+            let path = PathTemplate.render(target.path, captures: captures, envelope: envelope)
+            let lane = envelope.lane ?? "baseline"
+            switch resolver.resolve(lane: envelope.lane, instances: directory.instances(of: target.service)) {
+            case .lane(let list):
+                return TargetExplanation(
+                    service: target.service, method: target.method, path: path, resolution: "lane", fallbackTaken: false,
+                    candidates: list.map(\.url), detail: "\(list.count) instance(s) in lane \"\(lane)\""
+                )
+            case .fallback(let list):
+                return TargetExplanation(
+                    service: target.service, method: target.method, path: path, resolution: "fallback", fallbackTaken: true,
+                    candidates: list.map(\.url),
+                    detail: "lane \"\(lane)\" has no instance of \"\(target.service)\"; baseline serves it (x-switchyard-lane-fallback: true)"
+                )
+            case .laneUnavailable:
+                return TargetExplanation(
+                    service: target.service, method: target.method, path: path, resolution: "lane_unavailable",
+                    fallbackTaken: false, candidates: [],
+                    detail: "lane \"\(lane)\" has no instance of \"\(target.service)\" and its fallback is strict: dead-letter"
+                )
+            case .noInstances:
+                return TargetExplanation(
+                    service: target.service, method: target.method, path: path, resolution: "no_instances",
+                    fallbackTaken: false, candidates: [], detail: "service \"\(target.service)\" has no usable instance"
+                )
+            }
+        }
+        let ok = targets.allSatisfy { $0.resolution == "lane" || $0.resolution == "fallback" }
+        return Explanation(
+            route: route.name, captures: captures, targets: targets,
+            outcome: ok ? "forward to \(targets.count) target(s)" : "dead-letter (see targets)"
+        )
+    }
+}
+
+extension EventLoopFuture {
+    /// `flatMap` over the result, success or failure.
+    fileprivate func flatMapResult<New: Sendable>(
+        _ body: @escaping @Sendable (Result<Value, any Error>) -> EventLoopFuture<New>
+    ) -> EventLoopFuture<New> {
+        let promise = eventLoop.makePromise(of: New.self)
+        whenComplete { promise.completeWith(body($0)) }
+        return promise.futureResult
+    }
+}

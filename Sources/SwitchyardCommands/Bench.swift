@@ -1,0 +1,387 @@
+import ArgumentParser
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import SwitchyardConfig
+import SwitchyardCore
+import SwitchyardServer
+
+struct Bench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Benchmarks that print the machine, the command and the figures.",
+        subcommands: [BenchHTTP.self]
+    )
+}
+
+/// Posts messages to the HTTP channel of an in-process Switchyard that forwards them to a
+/// minimal NIO sink in this process; optionally runs the same load through nginx
+/// (proxy_pass to the same sink) and prints the ratio.
+struct BenchHTTP: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "http",
+        abstract: "HTTP channel → controller → router → sink, end to end."
+    )
+
+    @Option(help: "Messages to send (bounded load).") var messages = 200_000
+    @Option(help: "Concurrent client connections.") var connections = 32
+    @Option(help: "Requests pipelined per connection.") var depth = 4
+    @Option(help: "Payload size in bytes.") var payloadBytes = 128
+    @Option(help: "Give up after this many seconds.") var timeLimit = 120.0
+    @Option(help: "Event loop threads for Switchyard.") var threads = System.coreCount
+    @Flag(help: "Also run the same load through nginx (needs nginx installed) and print the ratio.") var peer = false
+
+    func run() async throws {
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = .error
+            return h
+        }
+        print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, \(ProcessInfo.processInfo.physicalMemory >> 30) GiB")
+        print("command: switchyard bench http --messages \(messages) --connections \(connections) --depth \(depth) --payload-bytes \(payloadBytes)\(peer ? " --peer" : "")")
+        let sinkGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let sink = try await BenchSink.start(group: sinkGroup)
+        let dataDir = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-bench-\(getpid())").path
+        defer { try? FileManager.default.removeItem(atPath: dataDir) }
+        let yaml = """
+            node: {data_dir: \(dataDir)}
+            listeners:
+              http: {host: 127.0.0.1, port: 0}
+              admin: {host: 127.0.0.1, port: 0}
+            filters:
+              - max_payload: 64KiB
+              - rate_limit: {scope: device, rate: 1000000, burst: 1000000}
+            tags:
+              - match: {topic: "^bench/.+/data$"}
+                set: {kind: telemetry}
+            lanes:
+              - name: gray
+                entry: {percentage: 5}
+            channels:
+              device_patterns: ["bench/{device}/#"]
+            routes:
+              - name: bench
+                match: "^bench/(?<device>[^/]+)/data$"
+                targets:
+                  - {service: sink, path: "/ingest/{device}", timeout: 5s, retries: 2}
+            services:
+              sink:
+                max_concurrency: 512
+                instances: [{url: "http://127.0.0.1:\(sink.port)"}]
+            """
+        let config = try ConfigLoader.parse(yaml: yaml)
+        let app = try SwitchyardApplication(
+            configuration: config, dataDir: dataDir, logger: Logger(label: "bench"), threads: threads,
+            environment: ["SWITCHYARD_ADMIN_TOKEN": "bench"]
+        )
+        let runTask = Task { try await app.run(handleSignals: false) }
+        let address = try await app.ingestAddress!.get()
+
+        let clientGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let result = try await LoadGenerator.run(
+            group: clientGroup, port: address.port!, messages: messages, connections: connections, depth: depth,
+            payloadBytes: payloadBytes, timeLimit: timeLimit, sink: sink
+        )
+        let ledger = app.ledger.snapshot()
+        print(result.report(title: "switchyard"))
+        print("ledger: received \(ledger.receivedTotal), forwarded \(ledger.forwardedTotal), rejected \(ledger.rejectedTotal), dead-lettered \(ledger.deadLetteredTotal), in flight \(ledger.inFlight)")
+        runTask.cancel()
+        _ = try? await runTask.value
+
+        if peer {
+            if let nginx = try? await NginxPeer.start(sinkPort: sink.port) {
+                sink.reset()
+                let peerResult = try await LoadGenerator.run(
+                    group: clientGroup, port: nginx.port, messages: messages, connections: connections, depth: depth,
+                    payloadBytes: payloadBytes, timeLimit: timeLimit, sink: sink
+                )
+                nginx.stop()
+                print(peerResult.report(title: "nginx (proxy_pass, same sink)"))
+                print(String(format: "ratio switchyard/nginx: %.2f (throughput)", result.throughput / max(peerResult.throughput, 1)))
+            } else {
+                print("peer: nginx not found or failed to start (apt-get install nginx-light); no ratio printed")
+            }
+        }
+        try await clientGroup.shutdownGracefully()
+        await sink.stop()
+        try await sinkGroup.shutdownGracefully()
+        if result.delivered < result.sent { throw ExitCode(1) }
+    }
+}
+
+struct LoadResult {
+    var sent: Int
+    var accepted: Int
+    var delivered: Int
+    var seconds: Double
+    var acceptLatencies: [UInt64]
+    var endToEndLatencies: [UInt64]
+
+    var throughput: Double { Double(delivered) / seconds }
+
+    func report(title: String) -> String {
+        func pct(_ values: [UInt64], _ p: Double) -> String {
+            guard !values.isEmpty else { return "-" }
+            let sorted = values.sorted()
+            let v = sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]
+            return String(format: "%.2f ms", Double(v) / 1e6)
+        }
+        return """
+            \(title): \(sent) sent, \(accepted) accepted (202), \(delivered) delivered in \(String(format: "%.2f", seconds)) s \
+            → \(String(format: "%.0f", throughput)) messages/s end to end
+              accept latency (POST → 202): p50 \(pct(acceptLatencies, 0.5)), p99 \(pct(acceptLatencies, 0.99))
+              end-to-end latency (POST → sink): p50 \(pct(endToEndLatencies, 0.5)), p99 \(pct(endToEndLatencies, 0.99))
+            """
+    }
+}
+
+enum LoadGenerator {
+    static func run(
+        group: any EventLoopGroup, port: Int, messages: Int, connections: Int, depth: Int, payloadBytes: Int,
+        timeLimit: Double, sink: BenchSink
+    ) async throws -> LoadResult {
+        let perConnection = max(1, messages / connections)
+        let total = perConnection * connections
+        let start = SystemMonotonicClock().nowNanos()
+        var channels: [any Channel] = []
+        var handlers: [EventLoopFuture<[UInt64]>] = []
+        for c in 0..<connections {
+            let loop = group.next()
+            let done = loop.makePromise(of: [UInt64].self)
+            let channel = try await ClientBootstrap(group: loop)
+                .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                        try channel.pipeline.syncOperations.addHandler(
+                            LoadHandler(count: perConnection, depth: depth, payloadBytes: payloadBytes, device: "dev-\(c)", done: done)
+                        )
+                    }
+                }
+                .connect(host: "127.0.0.1", port: port).get()
+            channels.append(channel)
+            handlers.append(done.futureResult)
+        }
+        var accept: [UInt64] = []
+        let deadline = Date().addingTimeInterval(timeLimit)
+        for f in handlers {
+            accept += (try? await f.get()) ?? []
+            if Date() > deadline { break }
+        }
+        while sink.count < total && Date() < deadline {
+            try await Task.sleep(nanoseconds: 2_000_000)
+        }
+        let seconds = Double(sink.lastArrival.map { $0 - start } ?? (SystemMonotonicClock().nowNanos() - start)) / 1e9
+        for ch in channels { try? await ch.close() }
+        return LoadResult(
+            sent: total, accepted: accept.count, delivered: sink.count, seconds: seconds,
+            acceptLatencies: accept, endToEndLatencies: sink.latencies
+        )
+    }
+}
+
+/// Keeps `depth` requests in flight on one connection until `count` were answered.
+final class LoadHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundOut = HTTPClientRequestPart
+
+    let count: Int
+    let depth: Int
+    let payloadBytes: Int
+    let device: String
+    let done: EventLoopPromise<[UInt64]>
+    var sent = 0
+    var answered = 0
+    var sendTimes: CircularBuffer<UInt64> = []
+    var latencies: [UInt64] = []
+    var status202 = true
+
+    init(count: Int, depth: Int, payloadBytes: Int, device: String, done: EventLoopPromise<[UInt64]>) {
+        self.count = count
+        self.depth = depth
+        self.payloadBytes = payloadBytes
+        self.device = device
+        self.done = done
+        latencies.reserveCapacity(count)
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        for _ in 0..<min(depth, count) { send(context: context) }
+        context.flush()
+    }
+
+    func send(context: ChannelHandlerContext) {
+        let now = SystemMonotonicClock().nowNanos()
+        var body = context.channel.allocator.buffer(capacity: payloadBytes)
+        let stamp = String(now)
+        body.writeString(String(repeating: "0", count: 20 - stamp.count) + stamp)
+        body.writeRepeatingByte(UInt8(ascii: "x"), count: max(0, payloadBytes - 20))
+        var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: "/v1/messages/bench/\(device)/data")
+        head.headers.add(name: "host", value: "127.0.0.1")
+        head.headers.add(name: "content-length", value: String(body.readableBytes))
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        context.write(wrapOutboundOut(.end(nil)), promise: nil)
+        sendTimes.append(now)
+        sent += 1
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            if head.status != .accepted && head.status != .ok { status202 = false }
+        case .body: break
+        case .end:
+            let t = sendTimes.removeFirst()
+            if status202 { latencies.append(SystemMonotonicClock().nowNanos() - t) }
+            status202 = true
+            answered += 1
+            if sent < count {
+                send(context: context)
+                context.flush()
+            } else if answered == count {
+                done.succeed(latencies)
+            }
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        done.succeed(latencies)
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        done.succeed(latencies)
+    }
+}
+
+/// A minimal HTTP sink: answers 200 at once and records end-to-end latency from the
+/// timestamp the load generator put at the start of each payload.
+final class BenchSink: Sendable {
+    let channel: any Channel
+    let state: NIOLockedValueBox<(latencies: [UInt64], last: UInt64?)>
+
+    var port: Int { channel.localAddress!.port! }
+    var count: Int { state.withLockedValue { $0.latencies.count } }
+    var latencies: [UInt64] { state.withLockedValue { $0.latencies } }
+    var lastArrival: UInt64? { state.withLockedValue { $0.last } }
+
+    init(channel: any Channel, state: NIOLockedValueBox<(latencies: [UInt64], last: UInt64?)>) {
+        self.channel = channel
+        self.state = state
+    }
+
+    func reset() { state.withLockedValue { $0 = ([], nil) } }
+
+    static func start(group: any EventLoopGroup) async throws -> BenchSink {
+        let state = NIOLockedValueBox<(latencies: [UInt64], last: UInt64?)>(([], nil))
+        let channel = try await ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
+                    try channel.pipeline.syncOperations.addHandler(SinkHandler(state: state))
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        return BenchSink(channel: channel, state: state)
+    }
+
+    func stop() async { try? await channel.close() }
+}
+
+final class SinkHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+    let state: NIOLockedValueBox<(latencies: [UInt64], last: UInt64?)>
+    var stamp: UInt64?
+    static let okHead: HTTPResponseHead = {
+        var h = HTTPHeaders()
+        h.add(name: "content-length", value: "0")
+        return HTTPResponseHead(version: .http1_1, status: .ok, headers: h)
+    }()
+
+    init(state: NIOLockedValueBox<(latencies: [UInt64], last: UInt64?)>) { self.state = state }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head: stamp = nil
+        case .body(let b):
+            if stamp == nil, let text = b.getString(at: b.readerIndex, length: min(20, b.readableBytes)) { stamp = UInt64(text) }
+        case .end:
+            let now = SystemMonotonicClock().nowNanos()
+            if let stamp {
+                state.withLockedValue {
+                    $0.latencies.append(now &- stamp)
+                    $0.last = now
+                }
+            }
+            context.write(wrapOutboundOut(.head(Self.okHead)), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        }
+    }
+}
+
+/// nginx as the peer: a reverse proxy with a keep-alive upstream to the same sink.
+struct NginxPeer {
+    let process: Process
+    let port: Int
+    let dir: String
+
+    static func start(sinkPort: Int) async throws -> NginxPeer {
+        let candidates = ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"]
+        guard let binary = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+            throw ExitCode(3)
+        }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-nginx-\(getpid())").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let port = 20000 + Int(getpid() % 20000)
+        let conf = """
+            worker_processes 1;
+            daemon off;
+            pid \(dir)/nginx.pid;
+            error_log \(dir)/error.log error;
+            events { worker_connections 4096; }
+            http {
+              access_log off;
+              client_body_temp_path \(dir)/body;
+              proxy_temp_path \(dir)/proxy;
+              fastcgi_temp_path \(dir)/fastcgi;
+              uwsgi_temp_path \(dir)/uwsgi;
+              scgi_temp_path \(dir)/scgi;
+              upstream sink { server 127.0.0.1:\(sinkPort); keepalive 512; }
+              server {
+                listen 127.0.0.1:\(port);
+                keepalive_requests 1000000;
+                location / { proxy_pass http://sink; proxy_http_version 1.1; proxy_set_header Connection ""; }
+              }
+            }
+            """
+        try conf.write(toFile: "\(dir)/nginx.conf", atomically: true, encoding: .utf8)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: binary)
+        p.arguments = ["-c", "\(dir)/nginx.conf", "-p", dir, "-e", "\(dir)/error.log"]
+        try p.run()
+        // Wait until it listens.
+        for _ in 0..<100 {
+            if (try? await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connect(host: "127.0.0.1", port: port).get())
+                .map({ $0.close(promise: nil) }) != nil
+            {
+                return NginxPeer(process: p, port: port, dir: dir)
+            }
+            try await Task.sleep(nanoseconds: 50_000_000)
+        }
+        p.terminate()
+        throw ExitCode(3)
+    }
+
+    func stop() {
+        process.terminate()
+        process.waitUntilExit()
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+}

@@ -1,0 +1,331 @@
+import Controller
+import Router
+public import SwitchyardCore
+import Yams
+
+import Foundation
+
+/// Loads and validates a configuration file.
+public enum ConfigLoader {
+    /// Reads `path`; throws `ConfigErrors` listing every problem.
+    public static func load(path: String) throws(ConfigErrors) -> SwitchyardConfiguration {
+        let text: String
+        do {
+            let data = try Data(contentsOf: URL(fileURLWithPath: path))
+            guard let t = String(data: data, encoding: .utf8) else {
+                throw ConfigErrors([ConfigIssue(path: "", message: "\(path) is not UTF-8 text")])
+            }
+            text = t
+        } catch let e as ConfigErrors {
+            throw e
+        } catch {
+            throw ConfigErrors([ConfigIssue(path: "", message: "cannot read \(path): \(error)")])
+        }
+        return try parse(yaml: text)
+    }
+
+    /// Parses YAML text; an empty document is the embedded defaults.
+    public static func parse(yaml: String) throws(ConfigErrors) -> SwitchyardConfiguration {
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: yaml)
+        } catch {
+            throw ConfigErrors([ConfigIssue(path: "", message: "not valid YAML: \(error)")])
+        }
+        var reader = ConfigReader()
+        let config = read(root, &reader)
+        validate(config, &reader)
+        if !reader.issues.isEmpty { throw ConfigErrors(reader.issues) }
+        return config
+    }
+
+    // MARK: - Sections
+
+    static let sections = [
+        "node", "listeners", "channels", "filters", "tags", "lanes", "routes", "services", "registry", "journal", "telemetry",
+    ]
+
+    static func read(_ root: Node?, _ r: inout ConfigReader) -> SwitchyardConfiguration {
+        var c = SwitchyardConfiguration()
+        let top = r.mapping(root, "", allowed: sections)
+
+        let node = r.mapping(top["node"], "node", allowed: ["name", "data_dir"])
+        if let v = r.string(node["name"], "node.name") { c.node.name = v }
+        if let v = r.string(node["data_dir"], "node.data_dir") { c.node.dataDir = v }
+
+        let listeners = r.mapping(top["listeners"], "listeners", allowed: ["http", "admin"])
+        for (key, keyPath) in [("http", \SwitchyardConfiguration.Listeners.http), ("admin", \.admin)] {
+            let l = r.mapping(listeners[key], "listeners.\(key)", allowed: ["host", "port"])
+            if let v = r.string(l["host"], "listeners.\(key).host") { c.listeners[keyPath: keyPath].host = v }
+            if let v = r.int(l["port"], "listeners.\(key).port", range: 0...65535) { c.listeners[keyPath: keyPath].port = v }
+        }
+
+        let channels = r.mapping(top["channels"], "channels", allowed: ["http", "device_patterns"])
+        let http = r.mapping(
+            channels["http"], "channels.http",
+            allowed: ["enabled", "max_body_bytes", "device_header", "product_header", "message_id_header"]
+        )
+        if let v = r.bool(http["enabled"], "channels.http.enabled") { c.channels.http.enabled = v }
+        if let v = r.size(http["max_body_bytes"], "channels.http.max_body_bytes", range: 1...(256 << 20)) {
+            c.channels.http.maxBodyBytes = v
+        }
+        if let v = r.string(http["device_header"], "channels.http.device_header") { c.channels.http.deviceHeader = v.lowercased() }
+        if let v = r.string(http["product_header"], "channels.http.product_header") { c.channels.http.productHeader = v.lowercased() }
+        if let v = r.string(http["message_id_header"], "channels.http.message_id_header") {
+            c.channels.http.messageIDHeader = v.lowercased()
+        }
+        if channels["device_patterns"] != nil {
+            c.channels.devicePatterns = r.strings(channels["device_patterns"], "channels.device_patterns")
+        }
+
+        c.filters = r.sequence(top["filters"], "filters").enumerated().compactMap { readFilter($1, "filters[\($0)]", &r) }
+        c.tags = r.sequence(top["tags"], "tags").enumerated().map { readTag($1, "tags[\($0)]", &r) }
+        c.lanes = r.sequence(top["lanes"], "lanes").enumerated().map { readLane($1, "lanes[\($0)]", &r) }
+        c.routes = r.sequence(top["routes"], "routes").enumerated().map { readRoute($1, "routes[\($0)]", &r) }
+        for (name, node) in r.namedMapping(top["services"], "services") {
+            c.services[name] = readService(node, "services.\(name)", &r)
+        }
+        _ = r.mapping(top["registry"], "registry", allowed: [])
+        let journal = r.mapping(top["journal"], "journal", allowed: ["dead_letter_limit"])
+        if let v = r.int(journal["dead_letter_limit"], "journal.dead_letter_limit", range: 1...10_000_000) {
+            c.journal.deadLetterLimit = v
+        }
+        let telemetry = r.mapping(top["telemetry"], "telemetry", allowed: ["log_level", "metrics_require_token"])
+        if let v = r.string(telemetry["log_level"], "telemetry.log_level") {
+            if ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(v) {
+                c.telemetry.logLevel = v
+            } else {
+                r.fail("telemetry.log_level", "must be one of trace, debug, info, notice, warning, error, critical", telemetry["log_level"])
+            }
+        }
+        if let v = r.bool(telemetry["metrics_require_token"], "telemetry.metrics_require_token") {
+            c.telemetry.metricsRequireToken = v
+        }
+        return c
+    }
+
+    static let filterKinds = ["source", "max_payload", "products", "devices", "rate_limit", "dedup"]
+
+    static func readFilter(_ node: Node, _ path: String, _ r: inout ConfigReader) -> SwitchyardConfiguration.FilterRule? {
+        let m = r.mapping(node, path, allowed: filterKinds)
+        guard m.count == 1, let (kind, body) = m.first else {
+            if m.count > 1 { r.fail(path, "one filter per list item (found \(m.keys.sorted().joined(separator: ", ")))", node) }
+            else if r.issues.isEmpty { r.fail(path, "name the filter: one of \(filterKinds.joined(separator: ", "))", node) }
+            return nil
+        }
+        let p = "\(path).\(kind)"
+        switch kind {
+        case "source":
+            let s = r.mapping(body, p, allowed: ["allow_channels", "deny_channels", "allow_cidrs", "deny_cidrs"])
+            return .source(
+                allowChannels: r.strings(s["allow_channels"], "\(p).allow_channels"),
+                denyChannels: r.strings(s["deny_channels"], "\(p).deny_channels"),
+                allowCIDRs: r.strings(s["allow_cidrs"], "\(p).allow_cidrs"),
+                denyCIDRs: r.strings(s["deny_cidrs"], "\(p).deny_cidrs")
+            )
+        case "max_payload":
+            return r.size(body, p, range: 1...(256 << 20)).map { .maxPayload(bytes: $0) }
+        case "products", "devices":
+            let s = r.mapping(body, p, allowed: ["allow", "deny"])
+            let allow = r.strings(s["allow"], "\(p).allow")
+            let deny = r.strings(s["deny"], "\(p).deny")
+            return kind == "products" ? .products(allow: allow, deny: deny) : .devices(allow: allow, deny: deny)
+        case "rate_limit":
+            let s = r.mapping(body, p, allowed: ["scope", "rate", "burst", "max_keys"])
+            var scope: SwitchyardConfiguration.RateScope?
+            if let text = r.string(s["scope"], "\(p).scope") {
+                scope = .init(rawValue: text)
+                if scope == nil { r.fail("\(p).scope", "must be one of device, product, channel, global, got \"\(text)\"", s["scope"]) }
+            } else {
+                r.fail("\(p).scope", "missing: one of device, product, channel, global", body)
+            }
+            let rate = r.double(s["rate"], "\(p).rate", range: 0.001...10_000_000)
+            if s["rate"] == nil { r.fail("\(p).rate", "missing: messages per second", body) }
+            let burst = r.double(s["burst"], "\(p).burst", range: 1...100_000_000) ?? max(1, rate ?? 1)
+            let maxKeys = r.int(s["max_keys"], "\(p).max_keys", range: 16...100_000_000) ?? 1_000_000
+            guard let scope, let rate else { return nil }
+            return .rateLimit(scope: scope, rate: rate, burst: burst, maxKeys: maxKeys, idleEviction: 0)
+        case "dedup":
+            let s = r.mapping(body, p, allowed: ["window", "max_entries"])
+            let window = r.duration(s["window"], "\(p).window", range: 0.001...86_400) ?? 60
+            let max = r.int(s["max_entries"], "\(p).max_entries", range: 16...100_000_000) ?? 1_000_000
+            return .dedup(windowSeconds: window, maxEntries: max)
+        default:
+            return nil
+        }
+    }
+
+    static func readTag(_ node: Node, _ path: String, _ r: inout ConfigReader) -> SwitchyardConfiguration.TagRule {
+        var t = SwitchyardConfiguration.TagRule()
+        let m = r.mapping(node, path, allowed: ["match", "set"])
+        let match = r.mapping(m["match"], "\(path).match", allowed: ["topic", "product", "device", "field"])
+        t.topic = r.string(match["topic"], "\(path).match.topic")
+        t.products = r.strings(match["product"], "\(path).match.product")
+        t.devices = r.strings(match["device"], "\(path).match.device")
+        if match["field"] != nil {
+            let f = r.mapping(match["field"], "\(path).match.field", allowed: ["name", "equals"])
+            if let name = r.string(f["name"], "\(path).match.field.name") {
+                t.field = .init(name: name, equals: r.string(f["equals"], "\(path).match.field.equals"))
+            } else {
+                r.fail("\(path).match.field.name", "missing: the top-level JSON field to read", match["field"])
+            }
+        }
+        t.set = r.stringMap(m["set"], "\(path).set")
+        if m["set"] == nil || t.set.isEmpty { r.fail("\(path).set", "missing: the tags to set, e.g. {kind: event}", node) }
+        return t
+    }
+
+    static func readLane(_ node: Node, _ path: String, _ r: inout ConfigReader) -> SwitchyardConfiguration.LaneRule {
+        let m = r.mapping(node, path, allowed: ["name", "fallback", "entry"])
+        var lane = SwitchyardConfiguration.LaneRule(name: r.string(m["name"], "\(path).name") ?? "")
+        if m["name"] == nil { r.fail("\(path).name", "missing: every lane needs a name", node) }
+        if let f = r.string(m["fallback"], "\(path).fallback") {
+            if let v = SwitchyardConfiguration.LaneFallback(rawValue: f) { lane.fallback = v } else {
+                r.fail("\(path).fallback", "must be baseline or strict, got \"\(f)\"", m["fallback"])
+            }
+        }
+        let e = r.mapping(m["entry"], "\(path).entry", allowed: ["devices", "products", "tags", "percentage", "hash_key"])
+        if e.isEmpty {
+            r.fail("\(path).entry", "no entry rule: give devices, products, tags or percentage", m["entry"] ?? node)
+        }
+        lane.devices = r.strings(e["devices"], "\(path).entry.devices")
+        lane.products = r.strings(e["products"], "\(path).entry.products")
+        lane.tags = r.stringMap(e["tags"], "\(path).entry.tags")
+        lane.percentage = r.double(e["percentage"], "\(path).entry.percentage", range: 0...100)
+        if let key = r.string(e["hash_key"], "\(path).entry.hash_key") {
+            switch key {
+            case "device": lane.hashKey = .device
+            case "product": lane.hashKey = .product
+            case _ where key.hasPrefix("tag:") && key.count > 4: lane.hashKey = .tag(String(key.dropFirst(4)))
+            default: r.fail("\(path).entry.hash_key", "must be device, product or tag:<name>, got \"\(key)\"", e["hash_key"])
+            }
+        }
+        return lane
+    }
+
+    static func readRoute(_ node: Node, _ path: String, _ r: inout ConfigReader) -> SwitchyardConfiguration.RouteRule {
+        let m = r.mapping(node, path, allowed: ["name", "match", "targets"])
+        var route = SwitchyardConfiguration.RouteRule(
+            name: r.string(m["name"], "\(path).name") ?? "",
+            match: r.string(m["match"], "\(path).match") ?? ""
+        )
+        if m["name"] == nil { r.fail("\(path).name", "missing: every route needs a name (it labels metrics)", node) }
+        if m["match"] == nil { r.fail("\(path).match", "missing: a topic regex such as ^devices/(?<product>[^/]+)/", node) }
+        route.targets = r.sequence(m["targets"], "\(path).targets").enumerated().map { i, t in
+            let p = "\(path).targets[\(i)]"
+            let tm = r.mapping(t, p, allowed: ["service", "path", "method", "timeout", "retries", "backoff"])
+            var target = SwitchyardConfiguration.TargetRule(service: r.string(tm["service"], "\(p).service") ?? "")
+            if tm["service"] == nil { r.fail("\(p).service", "missing: the service to forward to", t) }
+            if let v = r.string(tm["path"], "\(p).path") { target.path = v }
+            if let v = r.string(tm["method"], "\(p).method") { target.method = v.uppercased() }
+            if let v = r.duration(tm["timeout"], "\(p).timeout", range: 0.001...3600) { target.timeoutSeconds = v }
+            if let v = r.int(tm["retries"], "\(p).retries", range: 0...20) { target.retries = v }
+            if tm["backoff"] != nil {
+                let b = r.mapping(tm["backoff"], "\(p).backoff", allowed: ["base", "max"])
+                if let v = r.duration(b["base"], "\(p).backoff.base", range: 0.001...600) { target.backoffBaseSeconds = v }
+                if let v = r.duration(b["max"], "\(p).backoff.max", range: 0.001...3600) { target.backoffMaxSeconds = v }
+            }
+            return target
+        }
+        if m["targets"] == nil { r.fail("\(path).targets", "missing: at least one target {service, path}", node) }
+        return route
+    }
+
+    static func readService(_ node: Node, _ path: String, _ r: inout ConfigReader) -> SwitchyardConfiguration.ServiceRule {
+        let m = r.mapping(node, path, allowed: ["instances", "max_concurrency"])
+        var s = SwitchyardConfiguration.ServiceRule()
+        if let v = r.int(m["max_concurrency"], "\(path).max_concurrency", range: 1...100_000) { s.maxConcurrency = v }
+        s.instances = r.sequence(m["instances"], "\(path).instances").enumerated().map { i, n in
+            let p = "\(path).instances[\(i)]"
+            let im = r.mapping(n, p, allowed: ["url", "weight", "lane"])
+            var inst = SwitchyardConfiguration.StaticInstance(url: r.string(im["url"], "\(p).url") ?? "")
+            if im["url"] == nil { r.fail("\(p).url", "missing: http://host:port", n) }
+            if let v = r.int(im["weight"], "\(p).weight", range: 0...10_000) { inst.weight = v }
+            inst.lane = r.string(im["lane"], "\(p).lane")
+            return inst
+        }
+        return s
+    }
+
+    // MARK: - Cross-field validation
+
+    static func validate(_ c: SwitchyardConfiguration, _ r: inout ConfigReader) {
+        for (i, p) in c.channels.devicePatterns.enumerated() {
+            do { _ = try TopicPattern(p) } catch { r.fail("channels.device_patterns[\(i)]", error.message, nil) }
+        }
+        for (i, f) in c.filters.enumerated() {
+            if case .source(_, _, let allow, let deny) = f {
+                for (j, cidr) in allow.enumerated() where (try? CIDR(cidr)) == nil {
+                    r.fail("filters[\(i)].source.allow_cidrs[\(j)]", "\"\(cidr)\" is not an address or network like 10.0.0.0/8", nil)
+                }
+                for (j, cidr) in deny.enumerated() where (try? CIDR(cidr)) == nil {
+                    r.fail("filters[\(i)].source.deny_cidrs[\(j)]", "\"\(cidr)\" is not an address or network like 10.0.0.0/8", nil)
+                }
+            }
+        }
+        for (i, t) in c.tags.enumerated() {
+            if let topic = t.topic {
+                do { _ = try TopicRegex(topic) } catch { r.fail("tags[\(i)].match.topic", error.description, nil) }
+            }
+        }
+        var laneNames: Set<String> = []
+        for (i, lane) in c.lanes.enumerated() where !lane.name.isEmpty {
+            if lane.name == "baseline" {
+                r.fail("lanes[\(i)].name", "\"baseline\" is implicit (messages in no lane); choose another name", nil)
+            } else if !lane.name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }) {
+                r.fail("lanes[\(i)].name", "use letters, digits, - and _ only (it travels in headers)", nil)
+            } else if !laneNames.insert(lane.name).inserted {
+                r.fail("lanes[\(i)].name", "lane \"\(lane.name)\" is declared twice", nil)
+            }
+        }
+        var routeNames: Set<String> = []
+        for (i, route) in c.routes.enumerated() {
+            if !route.name.isEmpty && !routeNames.insert(route.name).inserted {
+                r.fail("routes[\(i)].name", "route \"\(route.name)\" is declared twice", nil)
+            }
+            var captures: [String] = []
+            if !route.match.isEmpty {
+                do {
+                    captures = try TopicRegex(route.match).captureNames
+                } catch {
+                    r.fail("routes[\(i)].match", error.description, nil)
+                }
+            }
+            if route.targets.isEmpty { r.fail("routes[\(i)].targets", "needs at least one target", nil) }
+            for (j, t) in route.targets.enumerated() {
+                let p = "routes[\(i)].targets[\(j)]"
+                if !t.service.isEmpty && c.services[t.service] == nil {
+                    let known = c.services.keys.sorted()
+                    r.fail(
+                        "\(p).service",
+                        "unknown service \"\(t.service)\"; define it under services"
+                            + (known.isEmpty ? "" : " (defined: \(known.joined(separator: ", ")))"),
+                        nil
+                    )
+                }
+                if !t.path.hasPrefix("/") { r.fail("\(p).path", "must start with \"/\"", nil) }
+                for name in PathTemplate.placeholders(in: t.path) where !captures.contains(name) && !PathTemplate.builtins.contains(name) {
+                    r.fail(
+                        "\(p).path",
+                        "{\(name)} is neither a named capture of the route's match nor one of \(PathTemplate.builtins.sorted().joined(separator: ", "))",
+                        nil
+                    )
+                }
+                if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(t.method) {
+                    r.fail("\(p).method", "must be POST, PUT, PATCH, DELETE or GET", nil)
+                }
+                if t.backoffMaxSeconds < t.backoffBaseSeconds { r.fail("\(p).backoff.max", "must not be below backoff.base", nil) }
+            }
+        }
+        for (name, service) in c.services.sorted(by: { $0.key < $1.key }) {
+            for (i, inst) in service.instances.enumerated() where !inst.url.isEmpty {
+                if ServiceInstance(service: name, url: inst.url) == nil {
+                    r.fail("services.\(name).instances[\(i)].url", "\"\(inst.url)\" is not a URL like http://127.0.0.1:9001", nil)
+                }
+                if let lane = inst.lane, lane != "baseline", !laneNames.contains(lane) {
+                    r.fail("services.\(name).instances[\(i)].lane", "lane \"\(lane)\" is not declared under lanes", nil)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,62 @@
+public import NIOCore
+
+/// One request to one instance, fully rendered by the router.
+public struct ForwardRequest: Sendable {
+    public var method: String
+    /// Path and query, starting with "/".
+    public var path: String
+    public var headers: [(name: String, value: String)]
+    public var body: ByteBuffer
+
+    public init(method: String, path: String, headers: [(name: String, value: String)], body: ByteBuffer) {
+        self.method = method
+        self.path = path
+        self.headers = headers
+        self.body = body
+    }
+}
+
+/// What the instance answered.
+public struct ForwardResponse: Sendable {
+    public var status: Int
+    /// The start of the body, for error reports.
+    public var bodySnippet: String
+
+    public init(status: Int, bodySnippet: String = "") {
+        self.status = status
+        self.bodySnippet = bodySnippet
+    }
+}
+
+/// Why a forward did not produce a response.
+public struct ForwardError: Error, Sendable, CustomStringConvertible {
+    public enum Kind: String, Sendable {
+        /// The instance could not be reached (refused, unreachable, DNS).
+        case connectFailed = "connect_failed"
+        /// No complete response within the target's timeout.
+        case timeout
+        /// The connection broke or the response was not valid HTTP.
+        case connectionFailed = "connection_failed"
+        /// Switchyard is shutting down.
+        case shutdown
+    }
+
+    public var kind: Kind
+    public var detail: String
+
+    public init(_ kind: Kind, _ detail: String) {
+        self.kind = kind
+        self.detail = detail
+    }
+
+    public var description: String { "\(kind.rawValue): \(detail)" }
+}
+
+/// Sends rendered requests to instances. Implemented by `HTTPForwarder` (NIO HTTP/1.1
+/// keep-alive pools) and by an in-memory fake in `SwitchyardTesting`.
+public protocol Forwarder: Sendable {
+    /// The future fails with `ForwardError` only; an HTTP error status is a response.
+    func forward(_ request: ForwardRequest, to instance: ServiceInstance, timeout: TimeAmount) -> EventLoopFuture<ForwardResponse>
+    /// A loop for scheduling retries and timers.
+    func anyEventLoop() -> any EventLoop
+}

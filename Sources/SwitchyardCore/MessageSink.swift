@@ -1,0 +1,38 @@
+public import NIOCore
+
+/// Why the filter chain refused a message, and how the channel should answer.
+public struct Rejection: Sendable, Equatable {
+    /// The filter that refused (`source`, `max_payload`, `rate_limit(device)`, …).
+    public var filter: String
+    /// Metric label and machine-readable code (`rate_limited`, `device_denied`, …).
+    public var reason: String
+    /// The HTTP status a request channel answers with (403, 413, 429).
+    public var status: Int
+    /// A sentence for the sender.
+    public var message: String
+    /// Seconds after which a retry can pass (rate limits only).
+    public var retryAfterSeconds: Double?
+
+    public init(filter: String, reason: String, status: Int, message: String, retryAfterSeconds: Double? = nil) {
+        self.filter = filter
+        self.reason = reason
+        self.status = status
+        self.message = message
+        self.retryAfterSeconds = retryAfterSeconds
+    }
+}
+
+/// What a channel's sink answers for one envelope.
+public enum SubmitResult: Sendable, Equatable {
+    /// Taken: the sender may consider it delivered to Switchyard.
+    case accepted
+    /// Seen before within the dedup window: acknowledged, not delivered again.
+    case duplicate
+    case rejected(Rejection)
+}
+
+/// Where channels hand envelopes. Implemented by the server's pipeline (controller →
+/// router) and by an in-memory sink in `SwitchyardTesting`.
+public protocol MessageSink: Sendable {
+    func submit(_ envelope: Envelope, on loop: any EventLoop) -> EventLoopFuture<SubmitResult>
+}

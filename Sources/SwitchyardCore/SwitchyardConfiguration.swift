@@ -1,0 +1,175 @@
+/// The whole configuration: one YAML file with the sections of the user-facing contract
+/// (`node`, `listeners`, `channels`, `filters`, `tags`, `lanes`, `routes`, `services`,
+/// `registry`, `journal`, `telemetry`). Loaded and validated by `SwitchyardConfig`;
+/// every field has the embedded default documented in the README.
+public struct SwitchyardConfiguration: Sendable, Equatable {
+    public var node = Node()
+    public var listeners = Listeners()
+    public var channels = Channels()
+    public var filters: [FilterRule] = []
+    public var tags: [TagRule] = []
+    public var lanes: [LaneRule] = []
+    public var routes: [RouteRule] = []
+    public var services: [String: ServiceRule] = [:]
+    public var journal = Journal()
+    public var telemetry = Telemetry()
+
+    public init() {}
+
+    public struct Node: Sendable, Equatable {
+        public var name = "switchyard"
+        public var dataDir = "./switchyard-data"
+        public init() {}
+    }
+
+    public struct Listener: Sendable, Equatable {
+        public var host: String
+        public var port: Int
+        public init(host: String, port: Int) {
+            self.host = host
+            self.port = port
+        }
+    }
+
+    public struct Listeners: Sendable, Equatable {
+        public var http = Listener(host: "0.0.0.0", port: 8080)
+        public var admin = Listener(host: "127.0.0.1", port: 8090)
+        public init() {}
+    }
+
+    public struct Channels: Sendable, Equatable {
+        public var http = HTTPChannel()
+        /// Patterns such as `devices/{product}/{device}/#` that name the product and device in a topic.
+        public var devicePatterns: [String] = ["devices/{product}/{device}/#"]
+        public init() {}
+    }
+
+    public struct HTTPChannel: Sendable, Equatable {
+        public var enabled = true
+        /// Hard cap on a request body, before any filter runs (413 past it).
+        public var maxBodyBytes = 1 << 20
+        public var deviceHeader = "x-device-id"
+        public var productHeader = "x-product-key"
+        public var messageIDHeader = "x-message-id"
+        public init() {}
+    }
+
+    public enum RateScope: String, Sendable, Equatable, CaseIterable {
+        case device, product, channel, global
+    }
+
+    /// One filter of the ordered chain.
+    public enum FilterRule: Sendable, Equatable {
+        case source(allowChannels: [String], denyChannels: [String], allowCIDRs: [String], denyCIDRs: [String])
+        case maxPayload(bytes: Int)
+        case products(allow: [String], deny: [String])
+        case devices(allow: [String], deny: [String])
+        case rateLimit(scope: RateScope, rate: Double, burst: Double, maxKeys: Int, idleEviction: Double)
+        case dedup(windowSeconds: Double, maxEntries: Int)
+
+        public var kind: String {
+            switch self {
+            case .source: "source"
+            case .maxPayload: "max_payload"
+            case .products: "products"
+            case .devices: "devices"
+            case .rateLimit(let scope, _, _, _, _): "rate_limit(\(scope.rawValue))"
+            case .dedup: "dedup"
+            }
+        }
+    }
+
+    /// Sets tags on messages that match every given condition.
+    public struct TagRule: Sendable, Equatable {
+        public var topic: String?
+        public var products: [String] = []
+        public var devices: [String] = []
+        public var field: FieldMatch?
+        public var set: [String: String] = [:]
+        public init() {}
+    }
+
+    /// A top-level JSON field of the payload; `equals == nil` means "present".
+    public struct FieldMatch: Sendable, Equatable {
+        public var name: String
+        public var equals: String?
+        public init(name: String, equals: String?) {
+            self.name = name
+            self.equals = equals
+        }
+    }
+
+    public enum LaneFallback: String, Sendable, Equatable {
+        /// Use baseline instances when the lane has none (the forwarded request says so).
+        case baseline
+        /// Dead-letter with reason `lane_unavailable`.
+        case strict
+    }
+
+    public enum HashKey: Sendable, Equatable {
+        case device, product
+        case tag(String)
+    }
+
+    /// A named lane and its entry rules (any rule admits a message).
+    public struct LaneRule: Sendable, Equatable {
+        public var name: String
+        public var fallback = LaneFallback.baseline
+        public var devices: [String] = []
+        public var products: [String] = []
+        public var tags: [String: String] = [:]
+        public var percentage: Double?
+        public var hashKey = HashKey.device
+        public init(name: String) { self.name = name }
+    }
+
+    public struct RouteRule: Sendable, Equatable {
+        public var name: String
+        public var match: String
+        public var targets: [TargetRule] = []
+        public init(name: String, match: String) {
+            self.name = name
+            self.match = match
+        }
+    }
+
+    public struct TargetRule: Sendable, Equatable {
+        public var service: String
+        /// Path template; `{name}` is replaced by a named capture of the route's regex
+        /// or by `topic`, `device`, `product`, `id`.
+        public var path = "/"
+        public var method = "POST"
+        public var timeoutSeconds = 5.0
+        public var retries = 2
+        public var backoffBaseSeconds = 0.05
+        public var backoffMaxSeconds = 2.0
+        public init(service: String) { self.service = service }
+    }
+
+    public struct StaticInstance: Sendable, Equatable {
+        public var url: String
+        public var weight = 100
+        public var lane: String?
+        public init(url: String) { self.url = url }
+    }
+
+    public struct ServiceRule: Sendable, Equatable {
+        public var instances: [StaticInstance] = []
+        /// Requests in flight per instance; more wait for a free slot.
+        public var maxConcurrency = 256
+        public init() {}
+    }
+
+    public struct Journal: Sendable, Equatable {
+        /// Dead letters kept in memory (oldest evicted first, counted).
+        public var deadLetterLimit = 10_000
+        public init() {}
+    }
+
+    public struct Telemetry: Sendable, Equatable {
+        public var logLevel = "info"
+        /// Require the admin token on `/metrics` too.
+        public var metricsRequireToken = false
+        public init() {}
+    }
+}

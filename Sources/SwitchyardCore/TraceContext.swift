@@ -1,0 +1,98 @@
+/// W3C trace context (`traceparent`) carried by every envelope.
+public struct TraceContext: Sendable, Equatable {
+    public var traceID: String  // 32 lower-case hex digits
+    public var spanID: String  // 16 lower-case hex digits
+    public var flags: String  // 2 hex digits
+    /// Incoming `baggage` members other than `lane` (lanes are assigned here, never by the sender).
+    public var baggage: String?
+
+    public init(traceID: String, spanID: String, flags: String = "01", baggage: String? = nil) {
+        self.traceID = traceID
+        self.spanID = spanID
+        self.flags = flags
+        self.baggage = baggage
+    }
+
+    /// Parses a `traceparent` header; returns nil when it is absent or malformed
+    /// (the caller then starts a new trace, as the W3C spec asks).
+    public init?(traceparent: String?, baggage: String? = nil) {
+        guard let value = traceparent else { return nil }
+        let parts = value.split(separator: "-", omittingEmptySubsequences: false)
+        guard parts.count >= 4, parts[0].count == 2, parts[0] != "ff",
+            parts[1].count == 32, parts[2].count == 16, parts[3].count == 2,
+            parts.allSatisfy({ $0.allSatisfy(\.isHexDigitLowercase) }),
+            parts[1] != Substring(String(repeating: "0", count: 32)),
+            parts[2] != Substring(String(repeating: "0", count: 16))
+        else { return nil }
+        self.init(
+            traceID: String(parts[1]),
+            spanID: String(parts[2]),
+            flags: String(parts[3]),
+            baggage: TraceContext.strippingLane(from: baggage)
+        )
+    }
+
+    /// A fresh trace (sampled).
+    public static func generate(baggage: String? = nil) -> TraceContext {
+        var rng = SystemRandomNumberGenerator()
+        return TraceContext(
+            traceID: Hex.string(rng.next(), rng.next()),
+            spanID: Hex.string(rng.next()),
+            flags: "01",
+            baggage: strippingLane(from: baggage)
+        )
+    }
+
+    /// The `traceparent` for the next hop: same trace, new span.
+    public func childTraceparent() -> String {
+        var rng = SystemRandomNumberGenerator()
+        return "00-\(traceID)-\(Hex.string(rng.next()))-\(flags)"
+    }
+
+    public var traceparent: String { "00-\(traceID)-\(spanID)-\(flags)" }
+
+    /// `baggage` for the next hop, with `lane=` set to the assigned lane.
+    public func outgoingBaggage(lane: String?) -> String? {
+        var members: [String] = []
+        if let baggage, !baggage.isEmpty { members.append(baggage) }
+        if let lane { members.append("lane=\(lane)") }
+        return members.isEmpty ? nil : members.joined(separator: ",")
+    }
+
+    static func strippingLane(from baggage: String?) -> String? {
+        guard let baggage else { return nil }
+        let kept = baggage.split(separator: ",").map { $0.trimmingSpaces() }.filter { member in
+            let key = member.split(separator: "=", maxSplits: 1).first.map { $0.trimmingSpaces() } ?? ""
+            return !key.isEmpty && key != "lane"
+        }
+        return kept.isEmpty ? nil : kept.joined(separator: ",")
+    }
+}
+
+extension Character {
+    fileprivate var isHexDigitLowercase: Bool {
+        ("0"..."9").contains(self) || ("a"..."f").contains(self)
+    }
+}
+
+extension Substring {
+    fileprivate func trimmingSpaces() -> String {
+        var s = self
+        while s.first == " " || s.first == "\t" { s.removeFirst() }
+        while s.last == " " || s.last == "\t" { s.removeLast() }
+        return String(s)
+    }
+}
+
+/// Lower-case hex rendering of 64-bit words.
+public enum Hex {
+    public static func string(_ words: UInt64...) -> String {
+        var out = ""
+        out.reserveCapacity(words.count * 16)
+        for word in words {
+            let digits = String(word, radix: 16)
+            out += String(repeating: "0", count: 16 - digits.count) + digits
+        }
+        return out
+    }
+}

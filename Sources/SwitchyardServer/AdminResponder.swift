@@ -1,0 +1,192 @@
+import Foundation
+import SwitchyardConfig
+import HTTPIngress
+import NIOCore
+import NIOHTTP1
+import Router
+import SwitchyardCore
+import Telemetry
+
+/// The admin API on its own port. `/healthz`, `/readyz` and `/metrics` are open (unless
+/// `telemetry.metrics_require_token`); everything under `/admin/` needs the bearer token.
+struct AdminResponder: HTTPResponder {
+    let app: SwitchyardApplication
+    let token: String
+
+    func respond(to request: IncomingRequest, on loop: any EventLoop) -> EventLoopFuture<OutgoingResponse> {
+        loop.makeSucceededFuture(handle(request))
+    }
+
+    func handle(_ request: IncomingRequest) -> OutgoingResponse {
+        let path = String(request.path)
+        let snapshot = app.pipeline.snapshot
+        switch (request.method, path) {
+        case (.GET, "/healthz"):
+            return .json(.ok, "{\"status\":\"ok\"}")
+        case (.GET, "/readyz"):
+            return app.isReady ? .json(.ok, "{\"status\":\"ready\"}") : .error(.serviceUnavailable, "not_ready", "listeners are not bound yet")
+        case (.GET, "/metrics"):
+            if snapshot.configuration.telemetry.metricsRequireToken, let denied = authorize(request) { return denied }
+            return .text(.ok, app.metricsText(), contentType: "text/plain; version=0.0.4; charset=utf-8")
+        default:
+            break
+        }
+        guard path.hasPrefix("/admin/") else { return .error(.notFound, "not_found", "no such endpoint: \(path)") }
+        if let denied = authorize(request) { return denied }
+        switch (request.method, path) {
+        case (.GET, "/admin/routes"):
+            return encode(snapshot.router.table.routes.map { RouteView($0) })
+        case (.GET, "/admin/lanes"):
+            return encode(LanesView(snapshot))
+        case (.GET, "/admin/dead-letters"):
+            let q = request.query
+            guard let limit = Int(q["limit"] ?? "100"), limit > 0 else {
+                return .error(.badRequest, "bad_query", "limit must be a positive whole number")
+            }
+            let letters = app.deadLetters.list(route: q["route"], reason: q["reason"], limit: limit)
+            return encode(DeadLettersView(total: app.deadLetters.count, evicted: app.deadLetters.evicted, entries: letters.map(DeadLetterView.init)))
+        case (.POST, "/admin/explain"):
+            let explainRequest: ExplainRequest
+            do {
+                explainRequest = try JSONDecoder().decode(ExplainRequest.self, from: Data(request.body.readableBytesView))
+            } catch {
+                return .error(.badRequest, "bad_request", "expected JSON {topic, device?, product?, headers?, payload?}: \(error)")
+            }
+            return encode(Explainer.explain(explainRequest, snapshot: snapshot))
+        case (.POST, "/admin/reload"):
+            switch app.reload(reason: "admin API") {
+            case .success: return .json(.ok, "{\"status\":\"reloaded\"}")
+            case .failure(let errors):
+                return .error(.unprocessableEntity, "invalid_config", errors.description)
+            }
+        case (_, "/admin/routes"), (_, "/admin/lanes"), (_, "/admin/dead-letters"), (_, "/admin/explain"), (_, "/admin/reload"):
+            return .error(.methodNotAllowed, "method_not_allowed", "wrong method for \(path)")
+        default:
+            return .error(.notFound, "not_found", "no such endpoint: \(path)")
+        }
+    }
+
+    private func authorize(_ request: IncomingRequest) -> OutgoingResponse? {
+        guard let header = request.headers.first(name: "authorization"), header.hasPrefix("Bearer "),
+            AdminToken.matches(String(header.dropFirst(7)), token)
+        else {
+            return .error(
+                .unauthorized, "unauthorized",
+                "send Authorization: Bearer <token> (the token is in <data dir>/admin-token or SWITCHYARD_ADMIN_TOKEN)",
+                headers: ["www-authenticate": "Bearer"]
+            )
+        }
+        return nil
+    }
+
+    private func encode<T: Encodable>(_ value: T) -> OutgoingResponse {
+        let encoder = JSONEncoder()
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        do {
+            return .json(.ok, String(decoding: try encoder.encode(value), as: UTF8.self))
+        } catch {
+            return .error(.internalServerError, "internal", "cannot encode the response: \(error)")
+        }
+    }
+}
+
+struct RouteView: Encodable {
+    var name: String
+    var match: String
+    var captures: [String]
+    var fastPath: Bool
+    var targets: [TargetView]
+
+    struct TargetView: Encodable {
+        var service: String
+        var method: String
+        var path: String
+        var timeoutSeconds: Double
+        var retries: Int
+    }
+
+    init(_ route: RouteTable.Route) {
+        name = route.name
+        match = route.regex.pattern
+        captures = route.regex.captureNames
+        fastPath = route.regex.usesFastPath
+        targets = route.targets.map {
+            TargetView(service: $0.service, method: $0.method, path: $0.path, timeoutSeconds: $0.timeoutSeconds, retries: $0.retries)
+        }
+    }
+}
+
+struct LanesView: Encodable {
+    struct Lane: Encodable {
+        var name: String
+        var fallback: String
+        var devices: [String]
+        var products: [String]
+        var tags: [String: String]
+        var percentage: Double?
+        var hashKey: String
+        /// Instances of each service in this lane.
+        var instances: [String: [String]]
+    }
+    var lanes: [Lane]
+    var baselineInstances: [String: [String]]
+
+    init(_ snapshot: PipelineSnapshot) {
+        let services = snapshot.directory.services
+        lanes = snapshot.configuration.lanes.map { lane in
+            let hashKey: String
+            switch lane.hashKey {
+            case .device: hashKey = "device"
+            case .product: hashKey = "product"
+            case .tag(let t): hashKey = "tag:\(t)"
+            }
+            return Lane(
+                name: lane.name, fallback: lane.fallback.rawValue, devices: lane.devices, products: lane.products,
+                tags: lane.tags, percentage: lane.percentage, hashKey: hashKey,
+                instances: services.mapValues { $0.filter { $0.lane == lane.name }.map(\.url) }.filter { !$0.value.isEmpty }
+            )
+        }
+        baselineInstances = services.mapValues { $0.filter { $0.lane == nil || $0.lane == "baseline" }.map(\.url) }
+    }
+}
+
+struct DeadLettersView: Encodable {
+    var total: Int
+    var evicted: UInt64
+    var entries: [DeadLetterView]
+}
+
+struct DeadLetterView: Encodable {
+    var id: String
+    var route: String
+    var service: String?
+    var reason: String
+    var attempts: Int
+    var lastError: String
+    var at: String
+    var topic: String
+    var device: String?
+    var product: String?
+    var lane: String
+    var tags: [String: String]
+    var payloadBytes: Int
+    var payloadPreview: String
+
+    init(_ d: DeadLetter) {
+        id = d.id
+        route = d.route
+        service = d.service
+        reason = d.reason
+        attempts = d.attempts
+        lastError = d.lastError
+        at = ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: Double(d.at) / 1e9))
+        topic = d.envelope.topic
+        device = d.envelope.device
+        product = d.envelope.product
+        lane = d.envelope.lane ?? "baseline"
+        tags = d.envelope.tags
+        payloadBytes = d.envelope.payload.readableBytes
+        payloadPreview = String(decoding: d.envelope.payload.readableBytesView.prefix(256), as: UTF8.self)
+    }
+}

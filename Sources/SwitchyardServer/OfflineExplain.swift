@@ -1,0 +1,35 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOEmbedded
+import Router
+public import SwitchyardCore
+
+/// `switchyard explain` without a running server: compiles the configuration and runs
+/// the same dry run as `POST /admin/explain`. Returns pretty JSON.
+public enum OfflineExplain {
+    public static func run(configuration: SwitchyardConfiguration, request: ExplainRequest) throws -> String {
+        let shared = SharedParts(
+            clock: SystemMonotonicClock(),
+            forwarder: NoForwarder(),
+            deadLetters: DeadLetterList(limit: 1),
+            ledger: MessageLedger(),
+            balancer: Balancer(),
+            logger: Logger(label: "switchyard.explain")
+        )
+        let snapshot = try PipelineSnapshot(configuration: configuration, shared: shared, previous: nil)
+        let encoder = JSONEncoder()
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        return String(decoding: try encoder.encode(Explainer.explain(request, snapshot: snapshot)), as: UTF8.self)
+    }
+}
+
+/// Explain never sends; a forwarder that refuses makes that certain.
+struct NoForwarder: Forwarder {
+    let loop = EmbeddedEventLoop()
+    func anyEventLoop() -> any EventLoop { loop }
+    func forward(_ request: ForwardRequest, to instance: ServiceInstance, timeout: TimeAmount) -> EventLoopFuture<ForwardResponse> {
+        loop.makeFailedFuture(ForwardError(.shutdown, "explain does not send"))
+    }
+}

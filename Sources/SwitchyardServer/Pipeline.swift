@@ -1,0 +1,68 @@
+import Controller
+import NIOConcurrencyHelpers
+import NIOCore
+import Router
+import SwitchyardCore
+
+/// The `MessageSink` every channel feeds: identity → filters → tags/lane → router.
+/// Counts each message's outcome in the ledger exactly once.
+final class Pipeline: MessageSink {
+    private let current: NIOLockedValueBox<PipelineSnapshot>
+    let ledger: MessageLedger
+
+    init(snapshot: PipelineSnapshot, ledger: MessageLedger) {
+        current = NIOLockedValueBox(snapshot)
+        self.ledger = ledger
+    }
+
+    var snapshot: PipelineSnapshot { current.withLockedValue { $0 } }
+
+    func swap(_ snapshot: PipelineSnapshot) {
+        current.withLockedValue { $0 = snapshot }
+    }
+
+    func submit(_ envelope: Envelope, on loop: any EventLoop) -> EventLoopFuture<SubmitResult> {
+        let snapshot = self.snapshot
+        var envelope = envelope
+        if let rejection = Pipeline.identify(&envelope, controller: snapshot.controller) {
+            ledger.receivedAndRejected(channel: envelope.channel, reason: rejection.reason)
+            return loop.makeSucceededFuture(.rejected(rejection))
+        }
+        switch snapshot.controller.admit(&envelope) {
+        case .rejected(let rejection):
+            ledger.receivedAndRejected(channel: envelope.channel, reason: rejection.reason)
+            return loop.makeSucceededFuture(.rejected(rejection))
+        case .duplicate:
+            ledger.receivedAndRejected(channel: envelope.channel, reason: "duplicate")
+            return loop.makeSucceededFuture(.duplicate)
+        case .accepted:
+            ledger.receivedAndAccepted(channel: envelope.channel)
+            snapshot.router.route(envelope)
+            return loop.makeSucceededFuture(.accepted)
+        }
+    }
+
+    /// Fills product and device from the topic patterns; a header that contradicts the topic is an error.
+    static func identify(_ envelope: inout Envelope, controller: Controller) -> Rejection? {
+        let (product, device) = controller.identify(topic: envelope.topic)
+        if let device {
+            if let given = envelope.device, given != device {
+                return Rejection(
+                    filter: "identity", reason: "identity_conflict", status: 400,
+                    message: "device \"\(given)\" from the header contradicts device \"\(device)\" in the topic"
+                )
+            }
+            envelope.device = device
+        }
+        if let product {
+            if let given = envelope.product, given != product {
+                return Rejection(
+                    filter: "identity", reason: "identity_conflict", status: 400,
+                    message: "product \"\(given)\" from the header contradicts product \"\(product)\" in the topic"
+                )
+            }
+            envelope.product = product
+        }
+        return nil
+    }
+}

@@ -1,0 +1,46 @@
+// SwitchyardServer: the composition root. Turns a configuration into running services
+// (listeners, reload watcher) in one ServiceGroup and owns their shutdown order.
+import Controller
+import Logging
+import Router
+import SwitchyardCore
+
+/// Everything compiled from one configuration. Immutable; replaced whole on reload, so a
+/// message finishes under the snapshot it started with.
+final class PipelineSnapshot: Sendable {
+    let configuration: SwitchyardConfiguration
+    let controller: Controller
+    let router: Router
+    let directory: StaticServiceDirectory
+
+    init(configuration: SwitchyardConfiguration, shared: SharedParts, previous: PipelineSnapshot?) throws {
+        self.configuration = configuration
+        controller = try Controller(config: configuration, clock: shared.clock, previous: previous?.controller)
+        var services: [String: [ServiceInstance]] = [:]
+        for (name, rule) in configuration.services {
+            services[name] = rule.instances.compactMap {
+                ServiceInstance(service: name, url: $0.url, weight: $0.weight, lane: $0.lane)
+            }
+        }
+        directory = StaticServiceDirectory(services)
+        router = try Router(
+            configuration: configuration,
+            directory: directory,
+            forwarder: shared.forwarder,
+            deadLetters: shared.deadLetters,
+            ledger: shared.ledger,
+            balancer: shared.balancer,
+            logger: shared.logger
+        )
+    }
+}
+
+/// State that outlives reloads.
+struct SharedParts: Sendable {
+    let clock: any MonotonicClock
+    let forwarder: any Forwarder
+    let deadLetters: DeadLetterList
+    let ledger: MessageLedger
+    let balancer: Balancer
+    let logger: Logger
+}

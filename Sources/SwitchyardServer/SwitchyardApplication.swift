@@ -1,0 +1,246 @@
+import Controller
+import Foundation
+import HTTPForwarder
+import HTTPIngress
+public import Logging
+import Metrics
+import NIOConcurrencyHelpers
+import NIOHTTP1
+import UnixSignals
+public import NIOCore
+import NIOPosix
+import Router
+public import ServiceLifecycle
+public import SwitchyardConfig
+public import SwitchyardCore
+import Telemetry
+
+/// One Switchyard node: the HTTP channel, the admin API and the reload watcher, composed
+/// in one `ServiceGroup`. Shutdown order: stop watching → stop accepting messages →
+/// let deliveries in flight finish → stop the admin port → close connections.
+public final class SwitchyardApplication: Sendable {
+    public let configPath: String?
+    public let dataDir: String
+    let logger: Logger
+    let group: MultiThreadedEventLoopGroup
+    let forwarder: HTTPForwarder
+    let shared: SharedParts
+    let pipeline: Pipeline
+    let ingest: HTTPServer?
+    let admin: HTTPServer
+    let adminToken: String
+    private let ready = NIOLockedValueBox(false)
+    private let reloads = NIOLockedValueBox<(ok: Int, rejected: Int)>((0, 0))
+    private let drainSeconds: Double
+
+    public var deadLetters: DeadLetterList { shared.deadLetters }
+    public var ledger: MessageLedger { shared.ledger }
+
+    /// Builds every part from `configuration`. `dataDir` overrides `node.data_dir`.
+    public init(
+        configuration: SwitchyardConfiguration,
+        configPath: String? = nil,
+        dataDir: String? = nil,
+        logger: Logger,
+        threads: Int = System.coreCount,
+        drainSeconds: Double = 10,
+        environment: [String: String] = ProcessInfo.processInfo.environment
+    ) throws {
+        Telemetry.bootstrapMetrics()
+        self.configPath = configPath
+        self.dataDir = dataDir ?? configuration.node.dataDir
+        self.logger = logger
+        self.drainSeconds = drainSeconds
+        adminToken = try AdminToken.load(dataDir: self.dataDir, environment: environment)
+        group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, threads))
+        forwarder = HTTPForwarder(group: group)
+        shared = SharedParts(
+            clock: SystemMonotonicClock(),
+            forwarder: forwarder,
+            deadLetters: DeadLetterList(limit: configuration.journal.deadLetterLimit),
+            ledger: MessageLedger(),
+            balancer: Balancer(),
+            logger: logger
+        )
+        let snapshot = try PipelineSnapshot(configuration: configuration, shared: shared, previous: nil)
+        pipeline = Pipeline(snapshot: snapshot, ledger: shared.ledger)
+        for (name, rule) in configuration.services { forwarder.setConcurrencyLimit(rule.maxConcurrency, forService: name) }
+
+        let http = configuration.channels.http
+        if http.enabled {
+            var options = MessageIngestResponder.Options()
+            options.deviceHeader = http.deviceHeader
+            options.productHeader = http.productHeader
+            options.messageIDHeader = http.messageIDHeader
+            let ledger = shared.ledger
+            ingest = HTTPServer(
+                host: configuration.listeners.http.host,
+                port: configuration.listeners.http.port,
+                group: group,
+                maxBodyBytes: http.maxBodyBytes,
+                responder: MessageIngestResponder(sink: pipeline, options: options) { reason in
+                    ledger.receivedAndRejected(channel: "http", reason: reason)
+                },
+                logger: logger.with("listener", "http"),
+                onBodyTooLarge: { summary in
+                    if summary.uri.hasPrefix(MessageIngestResponder.pathPrefix) {
+                        ledger.receivedAndRejected(channel: "http", reason: "payload_too_large")
+                    }
+                }
+            )
+        } else {
+            ingest = nil
+        }
+        let adminBox = NIOLockedValueBox<SwitchyardApplication?>(nil)
+        admin = HTTPServer(
+            host: configuration.listeners.admin.host,
+            port: configuration.listeners.admin.port,
+            group: group,
+            maxBodyBytes: 1 << 20,
+            responder: LateResponder(box: adminBox),
+            logger: logger.with("listener", "admin")
+        )
+        adminBox.withLockedValue { $0 = self }
+    }
+
+    /// Address of the HTTP message channel once bound.
+    public var ingestAddress: EventLoopFuture<SocketAddress>? { ingest?.boundAddress }
+    public var adminAddress: EventLoopFuture<SocketAddress> { admin.boundAddress }
+    public var token: String { adminToken }
+    var isReady: Bool { ready.withLockedValue { $0 } }
+
+    /// Runs until SIGTERM/SIGINT (when `handleSignals`) or until the task is cancelled.
+    public func run(handleSignals: Bool = true) async throws {
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: admin),
+            .init(service: DeliveryDrain(app: self)),
+        ]
+        if let ingest { services.append(.init(service: ingest)) }
+        services.append(.init(service: ReloadWatcher(app: self)))
+        var config = ServiceGroupConfiguration(services: services, logger: logger)
+        if handleSignals { config.gracefulShutdownSignals = [.sigterm, .sigint] }
+        let group = ServiceGroup(configuration: config)
+        let readiness = Task { [self] in
+            _ = try? await admin.boundAddress.get()
+            _ = try? await ingest?.boundAddress.get()
+            ready.withLockedValue { $0 = true }
+        }
+        defer { readiness.cancel() }
+        do {
+            try await group.run()
+        } catch {
+            await shutdownResources()
+            throw error
+        }
+        await shutdownResources()
+    }
+
+    private func shutdownResources() async {
+        ready.withLockedValue { $0 = false }
+        forwarder.shutdown()
+        try? await group.shutdownGracefully()
+    }
+
+    /// Waits (bounded) for accepted messages to finish delivery; used on shutdown.
+    func drainDeliveries() async {
+        let deadline = Date().addingTimeInterval(drainSeconds)
+        while shared.ledger.snapshot().inFlight > 0 && Date() < deadline {
+            try? await Task.sleep(nanoseconds: 20_000_000)
+        }
+        let left = shared.ledger.snapshot().inFlight
+        if left > 0 {
+            logger.warning("shutdown with messages still in delivery", metadata: ["in_flight": "\(left)"])
+        }
+    }
+
+    // MARK: - Reload
+
+    /// Re-reads the config file; a bad file is rejected (logged) and the old config keeps serving.
+    @discardableResult
+    public func reload(reason: String) -> Result<Void, ConfigErrors> {
+        guard let configPath else {
+            return .failure(ConfigErrors([ConfigIssue(path: "", message: "started without --config: nothing to reload")]))
+        }
+        do {
+            let config = try ConfigLoader.load(path: configPath)
+            return apply(config, reason: reason)
+        } catch {
+            reloads.withLockedValue { $0.rejected += 1 }
+            Counter(label: "switchyard_config_reloads_total", dimensions: [("result", "rejected")]).increment()
+            logger.error("config reload rejected; the previous config keeps serving", metadata: ["reason": "\(reason)", "errors": "\(error)"])
+            return .failure(error)
+        }
+    }
+
+    /// Swaps in a validated configuration.
+    @discardableResult
+    public func apply(_ config: SwitchyardConfiguration, reason: String) -> Result<Void, ConfigErrors> {
+        let old = pipeline.snapshot
+        do {
+            let snapshot = try PipelineSnapshot(configuration: config, shared: shared, previous: old)
+            for (name, rule) in config.services { forwarder.setConcurrencyLimit(rule.maxConcurrency, forService: name) }
+            pipeline.swap(snapshot)
+        } catch {
+            reloads.withLockedValue { $0.rejected += 1 }
+            Counter(label: "switchyard_config_reloads_total", dimensions: [("result", "rejected")]).increment()
+            logger.error("config reload rejected; the previous config keeps serving", metadata: ["error": "\(error)"])
+            return .failure(ConfigErrors([ConfigIssue(path: "", message: "\(error)")]))
+        }
+        if config.listeners != old.configuration.listeners || config.channels.http != old.configuration.channels.http
+            || config.node != old.configuration.node
+        {
+            logger.warning("node, listeners and channels.http changes take effect after a restart")
+        }
+        reloads.withLockedValue { $0.ok += 1 }
+        Counter(label: "switchyard_config_reloads_total", dimensions: [("result", "ok")]).increment()
+        logger.info(
+            "config reloaded",
+            metadata: ["reason": "\(reason)", "routes": "\(config.routes.count)", "lanes": "\(config.lanes.count)"]
+        )
+        return .success(())
+    }
+
+    /// Successful and rejected reloads so far.
+    public var reloadCounts: (ok: Int, rejected: Int) { reloads.withLockedValue { $0 } }
+
+    /// The configuration currently serving.
+    public var configuration: SwitchyardConfiguration { pipeline.snapshot.configuration }
+
+    func metricsText() -> String {
+        Telemetry.exposition(
+            ledger: shared.ledger.snapshot(),
+            gauges: [
+                ("switchyard_dead_letters_stored", "Dead letters currently kept in memory.", Double(shared.deadLetters.count)),
+                ("switchyard_dead_letters_evicted_total", "Dead letters dropped from memory because the list was full.", Double(shared.deadLetters.evicted)),
+            ]
+        )
+    }
+}
+
+/// Lets the admin server be built before the application it answers for.
+struct LateResponder: HTTPResponder {
+    let box: NIOLockedValueBox<SwitchyardApplication?>
+    func respond(to request: IncomingRequest, on loop: any EventLoop) -> EventLoopFuture<OutgoingResponse> {
+        guard let app = box.withLockedValue({ $0 }) else {
+            return loop.makeSucceededFuture(.error(.serviceUnavailable, "starting", "starting up"))
+        }
+        return AdminResponder(app: app, token: app.adminToken).respond(to: request, on: loop)
+    }
+}
+
+/// On shutdown (it stops after the ingest listener, which is later in the group) waits for deliveries.
+struct DeliveryDrain: Service {
+    let app: SwitchyardApplication
+    func run() async throws {
+        try? await gracefulShutdown()
+        await app.drainDeliveries()
+    }
+}
+
+extension Logger {
+    func with(_ key: String, _ value: String) -> Logger {
+        var copy = self
+        copy[metadataKey: key] = "\(value)"
+        return copy
+    }
+}
