@@ -92,8 +92,12 @@ public final class Router: Sendable {
         attempt: Int,
         loop: any EventLoop
     ) -> EventLoopFuture<TargetResult> {
-        let fail = { @Sendable (reason: String, error: String) -> EventLoopFuture<TargetResult> in
-            self.deadLetter(envelope, route: route.name, service: target.service, reason: reason, attempts: attempt - 1, error: error)
+        // `sent`: whether this attempt reached the forwarder (it counts as an attempt then).
+        let fail = { @Sendable (reason: String, error: String, sent: Bool) -> EventLoopFuture<TargetResult> in
+            self.deadLetter(
+                envelope, route: route.name, service: target.service, reason: reason, attempts: sent ? attempt : attempt - 1,
+                error: error
+            )
             return loop.makeSucceededFuture(TargetResult(failure: reason))
         }
         let candidates: [ServiceInstance]
@@ -104,13 +108,14 @@ public final class Router: Sendable {
         case .laneUnavailable:
             return fail(
                 "lane_unavailable",
-                "lane \"\(envelope.lane ?? "baseline")\" has no instance of service \"\(target.service)\" and its fallback is strict"
+                "lane \"\(envelope.lane ?? "baseline")\" has no instance of service \"\(target.service)\" and its fallback is strict",
+                false
             )
         case .noInstances:
-            return fail("no_instances", "service \"\(target.service)\" has no instance for lane \"\(envelope.lane ?? "baseline")\"")
+            return fail("no_instances", "service \"\(target.service)\" has no instance for lane \"\(envelope.lane ?? "baseline")\"", false)
         }
         guard let instance = balancer.pick(from: candidates) else {
-            return fail("no_instances", "every instance of service \"\(target.service)\" has weight 0")
+            return fail("no_instances", "every instance of service \"\(target.service)\" has weight 0", false)
         }
         let request = Router.request(
             for: envelope, target: target, captures: captures, instance: instance, fallback: fallback, attempt: attempt
@@ -132,7 +137,8 @@ public final class Router: Sendable {
                 case .success(let response) where !RetryPolicy.isRetryable(status: response.status):
                     return fail(
                         "rejected_by_service",
-                        "\(instance) answered HTTP \(response.status): \(response.bodySnippet)"
+                        "\(instance) answered HTTP \(response.status): \(response.bodySnippet)",
+                        true
                     )
                 case .success(let response):
                     reason = "service_error"
@@ -145,7 +151,7 @@ public final class Router: Sendable {
                     detail = "\(instance): \(error)"
                 }
                 guard attempt <= policy.retries, reason != "shutdown" else {
-                    return fail(reason, detail)
+                    return fail(reason, detail, true)
                 }
                 self.ledger.retried(route: route.name)
                 let delay = policy.backoff(afterAttempt: attempt)

@@ -1,0 +1,199 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import Router
+import SwitchyardCore
+import SwitchyardTesting
+import Testing
+
+/// Router delivery against the in-memory forwarder: lanes, fallback, retries, dead letters.
+struct Harness {
+    let router: Router
+    let forwarder: InMemoryForwarder
+    let deadLetters = DeadLetterList(limit: 100)
+    let ledger = MessageLedger()
+
+    init(
+        lanes: [SwitchyardConfiguration.LaneRule] = [],
+        instances: [ServiceInstance],
+        retries: Int = 2,
+        targets: Int = 1,
+        script: @escaping InMemoryForwarder.Script = { _, _ in .success(200) }
+    ) throws {
+        var config = SwitchyardConfiguration()
+        config.lanes = lanes
+        var route = SwitchyardConfiguration.RouteRule(name: "telemetry", match: "^devices/(?<product>[^/]+)/(?<device>[^/]+)/telemetry$")
+        for i in 0..<targets {
+            var target = SwitchyardConfiguration.TargetRule(service: i == 0 ? "svc" : "svc\(i)")
+            target.path = "/in/{device}"
+            target.retries = retries
+            target.backoffBaseSeconds = 0.001
+            target.backoffMaxSeconds = 0.002
+            route.targets.append(target)
+        }
+        config.routes = [route]
+        forwarder = InMemoryForwarder(script: script)
+        var byService: [String: [ServiceInstance]] = [:]
+        for i in instances { byService[i.service, default: []].append(i) }
+        router = try Router(
+            configuration: config, directory: StaticServiceDirectory(byService), forwarder: forwarder,
+            deadLetters: deadLetters, ledger: ledger, balancer: Balancer(), logger: Logger(label: "test")
+        )
+    }
+
+    func send(device: String = "d1", lane: String? = nil, topic: String? = nil) async throws -> Router.Outcome {
+        var e = Envelope(
+            id: MessageID.generate(), channel: "http", topic: topic ?? "devices/p1/\(device)/telemetry", product: "p1",
+            device: device, payload: ByteBuffer(string: "{}"), tags: ["kind": "telemetry"], lane: lane, receivedAt: 0,
+            trace: .generate()
+        )
+        e.lane = lane
+        ledger.receivedAndAccepted(channel: "http")
+        return try await router.route(e).get()
+    }
+}
+
+let baseline = ServiceInstance(service: "svc", host: "127.0.0.1", port: 9001)
+let gray = ServiceInstance(service: "svc", host: "127.0.0.1", port: 9002, lane: "gray")
+
+func lane(_ name: String, fallback: SwitchyardConfiguration.LaneFallback = .baseline) -> SwitchyardConfiguration.LaneRule {
+    var l = SwitchyardConfiguration.LaneRule(name: name)
+    l.fallback = fallback
+    l.percentage = 0
+    return l
+}
+
+@Suite struct DeliveryTests {
+    @Test func laneMessageGoesToLaneInstanceWithHeaders() async throws {
+        let h = try Harness(lanes: [lane("gray")], instances: [baseline, gray])
+        #expect(try await h.send(lane: "gray") == .forwarded(route: "telemetry"))
+        #expect(try await h.send(lane: nil) == .forwarded(route: "telemetry"))
+        let calls = h.forwarder.recorded
+        #expect(calls[0].instance == gray)
+        #expect(calls[0].header("x-switchyard-lane") == "gray")
+        #expect(calls[0].header("x-switchyard-lane-fallback") == nil)
+        #expect(calls[0].header("baggage") == "lane=gray")
+        #expect(calls[0].header("x-switchyard-device") == "d1")
+        #expect(calls[0].header("x-switchyard-product") == "p1")
+        #expect(calls[0].header("x-switchyard-topic") == "devices/p1/d1/telemetry")
+        #expect(calls[0].header("x-switchyard-tag-kind") == "telemetry")
+        #expect(calls[0].header("traceparent")?.hasPrefix("00-") == true)
+        #expect(calls[0].request.path == "/in/d1")
+        // Baseline messages never go to lane instances.
+        #expect(calls[1].instance == baseline)
+        #expect(calls[1].header("x-switchyard-lane") == nil)
+    }
+
+    @Test func missingLaneFallsBackToBaselineAndSaysSo() async throws {
+        let h = try Harness(lanes: [lane("gray")], instances: [baseline])
+        #expect(try await h.send(lane: "gray") == .forwarded(route: "telemetry"))
+        let call = try #require(h.forwarder.recorded.first)
+        #expect(call.instance == baseline)
+        #expect(call.header("x-switchyard-lane-fallback") == "true")
+        #expect(call.header("x-switchyard-lane") == "gray")
+    }
+
+    @Test func strictLaneDeadLettersWithLaneUnavailable() async throws {
+        let h = try Harness(lanes: [lane("dev", fallback: .strict)], instances: [baseline])
+        #expect(try await h.send(lane: "dev") == .deadLettered(route: "telemetry", reason: "lane_unavailable"))
+        #expect(h.forwarder.recorded.isEmpty)
+        let letter = try #require(h.deadLetters.list().first)
+        #expect(letter.reason == "lane_unavailable")
+        #expect(letter.lastError.contains("strict"))
+    }
+
+    @Test func retriesOn503ThenSucceeds() async throws {
+        let h = try Harness(instances: [baseline], retries: 3) { _, n in n < 3 ? .success(503) : .success(200) }
+        #expect(try await h.send() == .forwarded(route: "telemetry"))
+        let calls = h.forwarder.recorded
+        #expect(calls.count == 3)
+        #expect(calls.map { $0.header("x-switchyard-delivery-attempt") } == ["1", "2", "3"])
+        #expect(Set(calls.map { $0.header("x-switchyard-message-id") }).count == 1)
+        #expect(h.ledger.snapshot().retried["telemetry"] == 2)
+    }
+
+    @Test func noRetryOn400() async throws {
+        let h = try Harness(instances: [baseline], retries: 3) { _, _ in .success(400) }
+        #expect(try await h.send() == .deadLettered(route: "telemetry", reason: "rejected_by_service"))
+        #expect(h.forwarder.recorded.count == 1)
+        let letter = try #require(h.deadLetters.list().first)
+        #expect(letter.attempts == 1)
+        #expect(letter.lastError.contains("HTTP 400"))
+    }
+
+    @Test func exhaustedRetriesDeadLetterWithLastError() async throws {
+        let h = try Harness(instances: [baseline], retries: 2) { _, _ in .success(503) }
+        #expect(try await h.send() == .deadLettered(route: "telemetry", reason: "service_error"))
+        #expect(h.forwarder.recorded.count == 3)
+        let letter = try #require(h.deadLetters.list().first)
+        #expect(letter.attempts == 3)
+        #expect(letter.reason == "service_error")
+
+        let t = try Harness(instances: [baseline], retries: 1) { _, _ in .failure(ForwardError(.timeout, "slow")) }
+        #expect(try await t.send() == .deadLettered(route: "telemetry", reason: "timeout"))
+        #expect(t.forwarder.recorded.count == 2)
+        let u = try Harness(instances: [baseline], retries: 0) { _, _ in .failure(ForwardError(.connectFailed, "refused")) }
+        #expect(try await u.send() == .deadLettered(route: "telemetry", reason: "unreachable"))
+    }
+
+    @Test func unroutedIsDeadLetteredAndCounted() async throws {
+        let h = try Harness(instances: [baseline])
+        #expect(try await h.send(topic: "nothing/matches") == .deadLettered(route: Router.unroutedLabel, reason: "unrouted"))
+        #expect(h.deadLetters.list(reason: "unrouted").count == 1)
+        let s = h.ledger.snapshot()
+        #expect(s.deadLettered[MessageLedger.Pair(Router.unroutedLabel, "unrouted")] == 1)
+        #expect(s.balances)
+    }
+
+    @Test func fanOutSucceedsOnlyWhenEveryTargetDoes() async throws {
+        let other = ServiceInstance(service: "svc1", host: "127.0.0.1", port: 9100)
+        let h = try Harness(instances: [baseline, other], retries: 0, targets: 2) { call, _ in
+            call.instance.service == "svc1" ? .success(500) : .success(200)
+        }
+        #expect(try await h.send() == .deadLettered(route: "telemetry", reason: "service_error"))
+        #expect(h.forwarder.recorded.count == 2)
+        #expect(h.deadLetters.list().map(\.service) == ["svc1"])
+        #expect(h.ledger.snapshot().balances)
+    }
+
+    @Test func noInstances() async throws {
+        let h = try Harness(instances: [])
+        #expect(try await h.send() == .deadLettered(route: "telemetry", reason: "no_instances"))
+    }
+}
+
+@Suite struct BalancerTests {
+    @Test func weightsShapeTheDistribution() {
+        let b = Balancer()
+        let heavy = ServiceInstance(service: "s", host: "127.0.0.1", port: 1, weight: 300)
+        let light = ServiceInstance(service: "s", host: "127.0.0.1", port: 2, weight: 100)
+        var counts = [Int: Int]()
+        for _ in 0..<20_000 {
+            let pick = b.pick(from: [heavy, light])!
+            counts[pick.port, default: 0] += 1
+            b.started(pick)  // outstanding grows like a slow service
+        }
+        let share = Double(counts[1]!) / 20_000
+        #expect(share > 0.7 && share < 0.8, "heavy share \(share)")
+    }
+
+    @Test func prefersTheLessLoadedInstance() {
+        let b = Balancer()
+        let a = ServiceInstance(service: "s", host: "127.0.0.1", port: 1)
+        let c = ServiceInstance(service: "s", host: "127.0.0.1", port: 2)
+        for _ in 0..<50 { b.started(a) }
+        for _ in 0..<100 { #expect(b.pick(from: [a, c]) == c) }
+        #expect(b.pick(from: [ServiceInstance(service: "s", host: "h", port: 3, weight: 0)]) == nil)
+    }
+
+    @Test func backoffGrowsAndIsCapped() {
+        let p = RetryPolicy(retries: 5, baseSeconds: 0.1, maxSeconds: 1)
+        for attempt in 1...6 {
+            let d = p.backoff(afterAttempt: attempt)
+            let cap = min(1, 0.1 * Double(1 << (attempt - 1)))
+            #expect(d >= cap / 2 && d <= cap)
+        }
+        #expect(RetryPolicy.isRetryable(status: 503))
+        #expect(!RetryPolicy.isRetryable(status: 429))
+    }
+}

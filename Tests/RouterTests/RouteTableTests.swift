@@ -1,0 +1,80 @@
+import NIOCore
+import Router
+import SwitchyardCore
+import Testing
+
+@Suite struct RouteTableTests {
+    func route(_ name: String, _ match: String, service: String = "svc", path: String = "/") -> SwitchyardConfiguration.RouteRule {
+        var r = SwitchyardConfiguration.RouteRule(name: name, match: match)
+        var t = SwitchyardConfiguration.TargetRule(service: service)
+        t.path = path
+        r.targets = [t]
+        return r
+    }
+
+    @Test func firstMatchingRouteWinsWithNamedCaptures() throws {
+        let table = try RouteTable([
+            route("telemetry", "^devices/(?<product>[^/]+)/(?<device>[^/]+)/telemetry$"),
+            route("any-device", "^devices/(?<rest>.+)$"),
+            route("events", "^devices/(?<product>[^/]+)/(?<device>[^/]+)/event$"),
+        ])
+        let m = try #require(table.match("devices/lock/d1/telemetry"))
+        #expect(m.route.name == "telemetry")
+        #expect(m.captures == ["product": "lock", "device": "d1"])
+        let n = try #require(table.match("devices/lock/d1/event"))
+        #expect(n.route.name == "any-device")  // declared before "events"
+        #expect(n.captures == ["rest": "lock/d1/event"])
+        #expect(table.match("other/x") == nil)
+    }
+
+    @Test func fastPathAgreesWithRegexEngine() throws {
+        let patterns = [
+            "^devices/(?<product>[^/]+)/(?<device>[^/]+)/telemetry$",
+            "^devices/[^/]+/(?<device>[^/]+)/(?<rest>.*)$",
+            "^a/b$",
+            "^ota/(?<device>[^/]+)$",
+            "^x/(?<all>.+)$",
+        ]
+        let topics = [
+            "devices/p/d/telemetry", "devices/p/d/telemetry/x", "devices//d/telemetry", "devices/p/d/", "devices/p/d",
+            "a/b", "a/bc", "ota/dev-1", "ota/dev-1/x", "ota/", "x/", "x/y/z", "x/y\nz", "devices/p/d/a/b/c",
+        ]
+        for p in patterns {
+            let regex = try TopicRegex(p)
+            #expect(regex.usesFastPath, "\(p) should use the fast path")
+            for t in topics {
+                #expect(regex.match(t) == regex.matchWithRegexEngine(t), "pattern \(p) topic \(t)")
+            }
+        }
+    }
+
+    @Test func otherPatternsUseTheRegexEngine() throws {
+        let r = try TopicRegex("^devices/(?<product>lock|door)/(?<device>\\d+)/.*$")
+        #expect(!r.usesFastPath)
+        #expect(r.match("devices/lock/42/x") == ["product": "lock", "device": "42"])
+        #expect(r.match("devices/window/42/x") == nil)
+        let unanchored = try TopicRegex("event")
+        #expect(unanchored.match("devices/p/d/event") != nil)
+    }
+
+    @Test func unbalancedParenthesisNamesTheOffset() {
+        #expect(throws: RouterConfigError.self) { try RouteTable([route("r", "^devices/(?<p>[^/]+/x$")]) }
+        do {
+            _ = try RouteTable([route("a", "^ok$"), route("b", "^ok$"), route("c", "^abc(def$")])
+            Issue.record("expected an error")
+        } catch {
+            #expect(error.description == "routes[2].match: unbalanced \"(\" at offset 4")
+        }
+    }
+
+    @Test func pathTemplateRendersCapturesAndBuiltins() {
+        let e = Envelope(
+            id: "m1", channel: "http", topic: "devices/p/d 1/x", product: "p", device: "d 1", payload: ByteBuffer(),
+            receivedAt: 0, trace: .generate()
+        )
+        #expect(PathTemplate.render("/in/{product}/{device}?id={id}", captures: [:], envelope: e) == "/in/p/d%201?id=m1")
+        #expect(PathTemplate.render("/c/{x}/{lane}", captures: ["x": "ä"], envelope: e) == "/c/%C3%A4/baseline")
+        #expect(PathTemplate.render("/static", captures: [:], envelope: e) == "/static")
+    }
+}
+
