@@ -1,0 +1,117 @@
+import SwitchyardConfig
+import SwitchyardCore
+import Testing
+
+@Suite struct ConfigLoaderTests {
+    func errors(_ yaml: String) -> [String] {
+        do {
+            _ = try ConfigLoader.parse(yaml: yaml)
+            return []
+        } catch {
+            return error.issues.map { "\($0.path): \($0.message)" }
+        }
+    }
+
+    @Test func emptyDocumentIsTheEmbeddedDefaults() throws {
+        let c = try ConfigLoader.parse(yaml: "")
+        #expect(c == SwitchyardConfiguration())
+        #expect(c.listeners.http.port == 8080)
+        #expect(c.listeners.admin.port == 8090)
+        #expect(c.node.dataDir == "./switchyard-data")
+    }
+
+    @Test func exampleConfigIsValid() throws {
+        let c = try ConfigLoader.load(path: "examples/switchyard.yaml")
+        #expect(c.routes.map(\.name) == ["telemetry", "events"])
+        #expect(c.routes[1].targets.count == 2)
+        #expect(c.lanes.first?.fallback == .strict)
+        #expect(c.filters.count == 7)
+        #expect(c.channels.http.maxBodyBytes == 1 << 20)
+        #expect(c.routes[0].targets[0].timeoutSeconds == 2)
+        #expect(c.routes[0].targets[0].backoffBaseSeconds == 0.05)
+    }
+
+    @Test func unbalancedRegexNamesKeyPathAndOffset() {
+        let yaml = """
+            services: {s: {instances: [{url: "http://127.0.0.1:1"}]}}
+            routes:
+              - {name: a, match: "^a$", targets: [{service: s}]}
+              - {name: b, match: "^b$", targets: [{service: s}]}
+              - {name: c, match: "^devices/(?<d>x", targets: [{service: s}]}
+            """
+        #expect(errors(yaml) == [#"routes[2].match: unbalanced "(" at offset 9"#])
+    }
+
+    @Test func percentageOutOfRange() {
+        let errs = errors("lanes: [{name: gray, entry: {percentage: 101}}]")
+        #expect(errs == ["lanes[0].entry.percentage: must be between 0 and 100, got 101"])
+    }
+
+    @Test func unknownKeysAreErrorsWithSuggestions() {
+        let errs = errors("listeners: {http: {prot: 80}}\nroutez: []")
+        #expect(errs.count == 2)
+        #expect(errs.contains { $0.hasPrefix("listeners.http.prot: unknown key; did you mean \"port\"?") })
+        #expect(errs.contains { $0.hasPrefix("routez: unknown key; did you mean \"routes\"?") })
+    }
+
+    @Test func everyErrorIsReportedAtOnce() {
+        let yaml = """
+            filters:
+              - rate_limit: {scope: planet, rate: -1}
+              - max_payload: lots
+              - nonsense: {}
+            routes:
+              - {name: r, match: "^x/(?<id2>[^/]+)$", targets: [{service: missing, path: "noslash/{nope}", timeout: 5 parsecs}]}
+            services:
+              s: {instances: [{url: "ftp://x", lane: ghost}]}
+            telemetry: {log_level: loud}
+            """
+        let errs = errors(yaml)
+        for expected in [
+            "filters[0].rate_limit.scope: must be one of device, product, channel, global",
+            "filters[0].rate_limit.rate: must be between",
+            "filters[1].max_payload: expected a size",
+            "filters[2].nonsense: unknown key",
+            "routes[0].targets[0].timeout: expected a duration",
+            "routes[0].targets[0].service: unknown service \"missing\"",
+            "routes[0].targets[0].path: must start with \"/\"",
+            "routes[0].targets[0].path: {nope} is neither a named capture",
+            "services.s.instances[0].url: \"ftp://x\" is not a URL",
+            "services.s.instances[0].lane: lane \"ghost\" is not declared",
+            "telemetry.log_level: must be one of",
+        ] {
+            #expect(errs.contains { $0.hasPrefix(expected) }, "missing: \(expected)\nin: \(errs)")
+        }
+    }
+
+    @Test func lineNumbersAreReported() throws {
+        do {
+            _ = try ConfigLoader.parse(yaml: "node:\n  name: x\n  colour: blue\n")
+            Issue.record("expected an error")
+        } catch {
+            #expect(error.issues.first?.line == 3)
+            #expect(error.description.contains("node.colour"))
+        }
+    }
+
+    @Test func invalidYAMLIsAnError() {
+        #expect(errors("routes: [unclosed").first?.contains("not valid YAML") == true)
+    }
+
+    @Test func durationsAndSizes() throws {
+        let c = try ConfigLoader.parse(
+            yaml: """
+                channels: {http: {max_body_bytes: 64KiB}}
+                filters: [{dedup: {window: 5m}}, {max_payload: 1_000}]
+                """
+        )
+        #expect(c.channels.http.maxBodyBytes == 65536)
+        #expect(c.filters == [.dedup(windowSeconds: 300, maxEntries: 1_000_000), .maxPayload(bytes: 1000)])
+    }
+
+    @Test func laneNamesAreChecked() {
+        #expect(errors("lanes: [{name: baseline, entry: {percentage: 1}}]").first?.contains("implicit") == true)
+        #expect(errors("lanes: [{name: a, entry: {percentage: 1}}, {name: a, entry: {percentage: 2}}]").first?.contains("twice") == true)
+        #expect(errors("lanes: [{name: a}]").first?.hasPrefix("lanes[0].entry: no entry rule") == true)
+    }
+}
