@@ -144,17 +144,17 @@ let package = Package(
         .testTarget(
             name: "ControllerTests",
             dependencies: ["Controller", "SwitchyardCore", "SwitchyardConfig", "SwitchyardTesting"],
-            swiftSettings: swiftSettings
+            swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
         .testTarget(
             name: "RouterTests",
             dependencies: ["Router", "SwitchyardCore", "SwitchyardConfig", "SwitchyardTesting"],
-            swiftSettings: swiftSettings
+            swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
         .testTarget(
             name: "SwitchyardConfigTests",
             dependencies: ["SwitchyardConfig", "SwitchyardCore"],
-            swiftSettings: swiftSettings
+            swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
         .testTarget(
             name: "SwitchyardServerTests",
@@ -166,7 +166,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
-            swiftSettings: swiftSettings
+            swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
     ]
 )

@@ -244,6 +244,12 @@ final class RequestHandler: ChannelInboundHandler {
         }
     }
 
+    /// Unparseable input: NIO's protocol error handler (earlier in the pipeline) has already
+    /// flushed a 400; the connection cannot be resynchronised, so close it.
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+
     private func write(_ response: OutgoingResponse, keepAlive: Bool, context: ChannelHandlerContext) {
         var headers = response.headers
         headers.replaceOrAdd(name: "content-length", value: String(response.body.readableBytes))

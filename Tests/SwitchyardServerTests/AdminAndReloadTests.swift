@@ -1,0 +1,97 @@
+import Foundation
+import SwitchyardTesting
+import Testing
+
+@Suite(.serialized) struct AdminAndReloadTests {
+    static func yaml(_ service: TestHTTPService, percentage: Int = 100) -> String {
+        """
+        lanes:
+          - name: dev
+            fallback: strict
+            entry: {devices: [tester]}
+          - name: gray
+            fallback: baseline
+            entry: {percentage: \(percentage)}
+        routes:
+          - name: telemetry
+            match: "^devices/(?<product>[^/]+)/(?<device>[^/]+)/telemetry$"
+            targets: [{service: telemetry, path: "/t/{device}", retries: 0}]
+        services:
+          telemetry: {instances: [{url: "\(service.url)"}]}
+        """
+    }
+
+    @Test func adminNeedsTheTokenButProbesAndMetricsDoNot() async throws {
+        let svc = try await TestHTTPService.start()
+        let server = try await TestServer.start(Self.yaml(svc))
+        for path in ["/admin/routes", "/admin/lanes", "/admin/dead-letters"] {
+            #expect(try await server.admin("GET", path, token: nil).status == 401)
+            #expect(try await server.admin("GET", path, token: "wrong").status == 401)
+            #expect(try await server.admin("GET", path).status == 200)
+        }
+        #expect(try await server.admin("POST", "/admin/explain", body: "{}", token: nil).status == 401)
+        #expect(try await server.admin("GET", "/healthz", token: nil).status == 200)
+        #expect(try await server.admin("GET", "/readyz", token: nil).status == 200)
+        #expect(try await server.admin("GET", "/metrics", token: nil).body.contains("switchyard_messages_received_total"))
+        let routes = try await server.admin("GET", "/admin/routes").body
+        #expect(routes.contains("\"fast_path\" : true"))
+        #expect(routes.contains("telemetry"))
+        await server.stop()
+        await svc.stop()
+    }
+
+    @Test func explainShowsEveryDecision() async throws {
+        let svc = try await TestHTTPService.start()
+        let server = try await TestServer.start(Self.yaml(svc))
+        let body = #"{"topic":"devices/lock/d7/telemetry","headers":{"x-switchyard-lane":"dev"},"payload":"{}"}"#
+        let r = try await server.admin("POST", "/admin/explain", body: body)
+        #expect(r.status == 200)
+        let json = try JSONSerialization.jsonObject(with: Data(r.body.utf8)) as! [String: Any]
+        #expect(json["lane"] as? String == "gray")
+        #expect((json["lane_reason"] as? String)?.contains("bucket") == true)
+        #expect(json["stripped_headers"] as? [String] == ["x-switchyard-lane"])
+        #expect(json["admission"] as? String == "accepted")
+        let route = try #require(json["route"] as? [String: Any])
+        #expect(route["route"] as? String == "telemetry")
+        let target = try #require((route["targets"] as? [[String: Any]])?.first)
+        #expect(target["fallback_taken"] as? Bool == true)  // gray has no instance: baseline serves it
+        #expect(target["candidates"] as? [String] == [svc.url])
+        #expect(target["path"] as? String == "/t/d7")
+
+        let strict = try await server.admin("POST", "/admin/explain", body: #"{"topic":"devices/lock/tester/telemetry"}"#)
+        #expect(strict.body.contains("lane_unavailable"))
+        let bad = try await server.admin("POST", "/admin/explain", body: "not json")
+        #expect(bad.status == 400)
+        await server.stop()
+        await svc.stop()
+    }
+
+    @Test func badReloadKeepsTheOldConfigServing() async throws {
+        let svc = try await TestHTTPService.start()
+        let server = try await TestServer.start(Self.yaml(svc))
+        #expect(try await server.post("devices/p/d/telemetry").status == 202)
+        _ = await svc.waitFor(count: 1)
+
+        // A broken file: rejected through the file watcher, the old config keeps serving.
+        try server.rewrite("routes: [{name: x, match: \"^(unbalanced$\", targets: [{service: telemetry}]}]")
+        let deadline = Date().addingTimeInterval(5)
+        while server.app.reloadCounts.rejected == 0 && Date() < deadline { try await Task.sleep(nanoseconds: 50_000_000) }
+        #expect(server.app.reloadCounts.rejected >= 1)
+        let explicit = try await server.admin("POST", "/admin/reload")
+        #expect(explicit.status == 422)
+        #expect(explicit.body.contains("routes[0].match: unbalanced"))
+        #expect(try await server.post("devices/p/d/telemetry").status == 202)
+        #expect(await svc.waitFor(count: 2).count == 2)
+        #expect(server.app.configuration.routes.first?.name == "telemetry")
+
+        // A good file is picked up by the watcher without a signal.
+        try server.rewrite(Self.yaml(svc, percentage: 0))
+        let okDeadline = Date().addingTimeInterval(5)
+        while server.app.configuration.lanes.last?.percentage != 0 && Date() < okDeadline {
+            try await Task.sleep(nanoseconds: 50_000_000)
+        }
+        #expect(server.app.configuration.lanes.last?.percentage == 0)
+        await server.stop()
+        await svc.stop()
+    }
+}

@@ -1,0 +1,111 @@
+import Foundation
+import Logging
+import NIOCore
+import SwitchyardConfig
+import SwitchyardCore
+import SwitchyardServer
+import SwitchyardTesting
+
+/// A Switchyard node in this process on loopback ports chosen by the OS, with its config in
+/// a temporary file (so tests can rewrite it to exercise hot reload).
+final class TestServer: Sendable {
+    let app: SwitchyardApplication
+    let task: Task<Void, any Error>
+    let httpPort: Int
+    let adminPort: Int
+    let configPath: String
+    let dir: String
+    static let token = "test-token-\(UInt64.random(in: 0...UInt64.max))"
+
+    init(app: SwitchyardApplication, task: Task<Void, any Error>, httpPort: Int, adminPort: Int, configPath: String, dir: String) {
+        self.app = app
+        self.task = task
+        self.httpPort = httpPort
+        self.adminPort = adminPort
+        self.configPath = configPath
+        self.dir = dir
+    }
+
+    static func start(_ yaml: String) async throws -> TestServer {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-test-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let path = "\(dir)/switchyard.yaml"
+        let full = """
+            node: {data_dir: "\(dir)/data"}
+            listeners:
+              http: {host: 127.0.0.1, port: 0}
+              admin: {host: 127.0.0.1, port: 0}
+            \(yaml)
+            """
+        try full.write(toFile: path, atomically: true, encoding: .utf8)
+        let config = try ConfigLoader.load(path: path)
+        var logger = Logger(label: "switchyard-test")
+        logger.logLevel = .critical
+        let app = try SwitchyardApplication(
+            configuration: config, configPath: path, logger: logger, threads: 2, drainSeconds: 2,
+            environment: ["SWITCHYARD_ADMIN_TOKEN": token]
+        )
+        let task = Task { try await app.run(handleSignals: false) }
+        let http = try await app.ingestAddress!.get().port!
+        let admin = try await app.adminAddress.get().port!
+        return TestServer(app: app, task: task, httpPort: http, adminPort: admin, configPath: path, dir: dir)
+    }
+
+    /// Rewrites the config file (listeners kept) for hot-reload tests.
+    func rewrite(_ yaml: String) throws {
+        let full = """
+            node: {data_dir: "\(dir)/data"}
+            listeners:
+              http: {host: 127.0.0.1, port: 0}
+              admin: {host: 127.0.0.1, port: 0}
+            \(yaml)
+            """
+        try full.write(toFile: configPath, atomically: true, encoding: .utf8)
+    }
+
+    func post(_ topic: String, body: String = #"{"v":1}"#, headers: [(String, String)] = []) async throws -> TestHTTPClient.Response {
+        try await TestHTTPClient.request("POST", port: httpPort, path: "/v1/messages/\(topic)", headers: headers, body: body)
+    }
+
+    func admin(_ method: String, _ path: String, body: String = "", token: String? = TestServer.token) async throws -> TestHTTPClient.Response {
+        var headers: [(String, String)] = []
+        if let token { headers.append(("authorization", "Bearer \(token)")) }
+        return try await TestHTTPClient.request(method, port: adminPort, path: path, headers: headers, body: body)
+    }
+
+    func stop() async {
+        task.cancel()
+        _ = try? await task.value
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+
+    /// Waits until no message is in flight.
+    func settle(timeoutSeconds: Double = 10) async {
+        let deadline = Date().addingTimeInterval(timeoutSeconds)
+        while app.ledger.snapshot().inFlight > 0 && Date() < deadline {
+            try? await Task.sleep(nanoseconds: 10_000_000)
+        }
+    }
+}
+
+/// Parses the message counters out of a Prometheus text page and checks the identity.
+struct ScrapedLedger {
+    var received = 0.0, forwarded = 0.0, rejected = 0.0, deadLettered = 0.0, inFlight = 0.0
+
+    init(_ text: String) {
+        for line in text.split(separator: "\n") where !line.hasPrefix("#") {
+            guard let space = line.lastIndex(of: " "), let value = Double(line[line.index(after: space)...]) else { continue }
+            let name = line[..<space].split(separator: "{").first.map(String.init) ?? ""
+            switch name {
+            case "switchyard_messages_received_total": received += value
+            case "switchyard_messages_forwarded_total": forwarded += value
+            case "switchyard_messages_rejected_total": rejected += value
+            case "switchyard_messages_dead_lettered_total": deadLettered += value
+            case "switchyard_messages_in_flight": inFlight += value
+            default: break
+            }
+        }
+    }
+
+    var balances: Bool { received == forwarded + rejected + deadLettered + inFlight }
+}
