@@ -6,30 +6,48 @@ public import SwitchyardCore
 
 /// Forwards requests over keep-alive HTTP/1.1 connections with a per-instance
 /// concurrency limit (requests beyond it wait for a slot, within their timeout).
+///
+/// Each event loop has its own pool per instance, so a request never leaves the thread
+/// that received its message; the instance's limit is split evenly across the loops.
 public final class HTTPForwarder: Forwarder {
     let group: any EventLoopGroup
-    private let pools = NIOLockedValueBox([String: ConnectionPool]())
+    private let pools = NIOLockedValueBox([PoolKey: ConnectionPool]())
     private let limits = NIOLockedValueBox([String: Int]())
     public let defaultLimit: Int
+
+    private let loops: [ObjectIdentifier: any EventLoop]
 
     public init(group: any EventLoopGroup, defaultConcurrencyLimit: Int = 256) {
         self.group = group
         self.defaultLimit = defaultConcurrencyLimit
+        var loops: [ObjectIdentifier: any EventLoop] = [:]
+        for loop in group.makeIterator() { loops[ObjectIdentifier(loop)] = loop }
+        self.loops = loops
     }
+
+    /// A pool's share of a per-instance limit.
+    private func share(of limit: Int) -> Int { max(1, (limit + loops.count - 1) / max(1, loops.count)) }
 
     /// Sets the per-instance concurrency limit of a service (applies to existing pools too).
     public func setConcurrencyLimit(_ limit: Int, forService service: String) {
         limits.withLockedValue { $0[service] = limit }
+        let perLoop = share(of: limit)
         pools.withLockedValue { pools in
-            for pool in pools.values where pool.instance.service == service { pool.setLimit(limit) }
+            for pool in pools.values where pool.instance.service == service { pool.setLimit(perLoop) }
         }
     }
 
     public func anyEventLoop() -> any EventLoop { group.next() }
 
-    public func forward(_ request: ForwardRequest, to instance: ServiceInstance, timeout: TimeAmount) -> EventLoopFuture<ForwardResponse> {
-        let loop = group.any()
-        let pool = self.pool(for: instance)
+    public func forward(
+        _ request: ForwardRequest,
+        to instance: ServiceInstance,
+        timeout: TimeAmount,
+        on callerLoop: any EventLoop
+    ) -> EventLoopFuture<ForwardResponse> {
+        // Connections live on this group's loops; a caller on a foreign loop gets one of ours.
+        let loop = loops[ObjectIdentifier(callerLoop)] ?? group.next()
+        let pool = self.pool(for: instance, on: loop)
         let deadline = NIODeadline.now() + timeout
         return pool.lease(on: loop).flatMap { lease in
             self.run(request, lease: lease, pool: pool, deadline: deadline, loop: loop, retryStale: true)
@@ -88,10 +106,10 @@ public final class HTTPForwarder: Forwarder {
         }
     }
 
-    private func pool(for instance: ServiceInstance) -> ConnectionPool {
-        let key = "\(instance.service)@\(instance.address)"
+    private func pool(for instance: ServiceInstance, on loop: any EventLoop) -> ConnectionPool {
+        let key = PoolKey(service: instance.service, address: instance.address, loop: ObjectIdentifier(loop))
         if let pool = pools.withLockedValue({ $0[key] }) { return pool }
-        let limit = limits.withLockedValue { $0[instance.service] } ?? defaultLimit
+        let limit = share(of: limits.withLockedValue { $0[instance.service] } ?? defaultLimit)
         return pools.withLockedValue { pools in
             if let pool = pools[key] { return pool }
             let pool = ConnectionPool(instance: instance, limit: limit)
@@ -102,7 +120,15 @@ public final class HTTPForwarder: Forwarder {
 
     /// Requests in flight to an instance (for tests and metrics).
     public func inFlight(to instance: ServiceInstance) -> Int {
-        pools.withLockedValue { $0["\(instance.service)@\(instance.address)"] }?.inFlight ?? 0
+        pools.withLockedValue { pools in
+            pools.filter { $0.key.service == instance.service && $0.key.address == instance.address }.values.reduce(0) { $0 + $1.inFlight }
+        }
+    }
+
+    struct PoolKey: Hashable {
+        var service: String
+        var address: String
+        var loop: ObjectIdentifier
     }
 
     /// Closes idle connections and fails waiting requests.

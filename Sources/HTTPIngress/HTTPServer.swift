@@ -133,7 +133,11 @@ public final class HTTPServer: Service {
                 .childChannelOption(.maxMessagesPerRead, value: 16)
                 .childChannelInitializer { [self] channel in
                     channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                        // Response headers are built here from validated values: skip NIO's per-byte re-check.
+                        try channel.pipeline.syncOperations.configureHTTPServerPipeline(
+                            withErrorHandling: true,
+                            withOutboundHeaderValidation: false
+                        )
                         try channel.pipeline.syncOperations.addHandler(
                             RequestHandler(server: self, maxBodyBytes: maxBodyBytes)
                         )

@@ -10,7 +10,7 @@ public final class Balancer: Sendable {
     public init() {}
 
     public func pick(from instances: [ServiceInstance]) -> ServiceInstance? {
-        var rng = SystemRandomNumberGenerator()
+        var rng = FastRandom()
         return pick(from: instances, using: &rng)
     }
 

@@ -26,7 +26,7 @@ public struct RetryPolicy: Sendable {
     }
 
     public func backoff(afterAttempt attempt: Int) -> Double {
-        var rng = SystemRandomNumberGenerator()
+        var rng = FastRandom()
         return backoff(afterAttempt: attempt, using: &rng)
     }
 }

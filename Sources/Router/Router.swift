@@ -56,8 +56,7 @@ public final class Router: Sendable {
     /// Delivers an accepted envelope to every target of its route and records the outcome
     /// in the ledger (the channel has already counted it as received and in flight).
     @discardableResult
-    public func route(_ envelope: Envelope) -> EventLoopFuture<Outcome> {
-        let loop = forwarder.anyEventLoop()
+    public func route(_ envelope: Envelope, on loop: any EventLoop) -> EventLoopFuture<Outcome> {
         guard let (route, captures) = table.match(envelope.topic) else {
             deadLetter(
                 envelope, route: Router.unroutedLabel, service: nil, reason: "unrouted", attempts: 0,
@@ -124,7 +123,7 @@ public final class Router: Sendable {
         let started = SystemMonotonicClock().nowNanos()
         balancer.started(instance)
         let timer = timers[route.name]
-        return forwarder.forward(request, to: instance, timeout: .nanoseconds(Int64(target.timeoutSeconds * 1e9)))
+        return forwarder.forward(request, to: instance, timeout: .nanoseconds(Int64(target.timeoutSeconds * 1e9)), on: loop)
             .hop(to: loop)
             .flatMapResult { result in
                 self.balancer.finished(instance)

@@ -56,7 +56,13 @@ public struct ForwardError: Error, Sendable, CustomStringConvertible {
 /// keep-alive pools) and by an in-memory fake in `SwitchyardTesting`.
 public protocol Forwarder: Sendable {
     /// The future fails with `ForwardError` only; an HTTP error status is a response.
-    func forward(_ request: ForwardRequest, to instance: ServiceInstance, timeout: TimeAmount) -> EventLoopFuture<ForwardResponse>
-    /// A loop for scheduling retries and timers.
+    /// Runs on `loop` (the caller's), so a message's whole delivery stays on one thread.
+    func forward(
+        _ request: ForwardRequest,
+        to instance: ServiceInstance,
+        timeout: TimeAmount,
+        on loop: any EventLoop
+    ) -> EventLoopFuture<ForwardResponse>
+    /// A loop for callers that have none (tests, tools).
     func anyEventLoop() -> any EventLoop
 }

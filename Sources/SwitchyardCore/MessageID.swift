@@ -2,7 +2,7 @@
 /// so ids sort roughly by arrival and never collide in practice.
 public enum MessageID {
     public static func generate(nowNanos: UInt64 = WallClock.nowNanos()) -> String {
-        var rng = SystemRandomNumberGenerator()
+        var rng = FastRandom()
         let millis = nowNanos / 1_000_000
         return Hex.string(millis << 16 | (rng.next() & 0xFFFF), rng.next())
     }

@@ -34,7 +34,7 @@ public struct TraceContext: Sendable, Equatable {
 
     /// A fresh trace (sampled).
     public static func generate(baggage: String? = nil) -> TraceContext {
-        var rng = SystemRandomNumberGenerator()
+        var rng = FastRandom()
         return TraceContext(
             traceID: Hex.string(rng.next(), rng.next()),
             spanID: Hex.string(rng.next()),
@@ -45,7 +45,7 @@ public struct TraceContext: Sendable, Equatable {
 
     /// The `traceparent` for the next hop: same trace, new span.
     public func childTraceparent() -> String {
-        var rng = SystemRandomNumberGenerator()
+        var rng = FastRandom()
         return "00-\(traceID)-\(Hex.string(rng.next()))-\(flags)"
     }
 

@@ -37,7 +37,7 @@ final class Pipeline: MessageSink {
             return loop.makeSucceededFuture(.duplicate)
         case .accepted:
             ledger.receivedAndAccepted(channel: envelope.channel)
-            snapshot.router.route(envelope)
+            snapshot.router.route(envelope, on: loop)
             return loop.makeSucceededFuture(.accepted)
         }
     }

@@ -25,7 +25,12 @@ public final class InMemoryForwarder: Forwarder {
 
     public func anyEventLoop() -> any EventLoop { loop }
 
-    public func forward(_ request: ForwardRequest, to instance: ServiceInstance, timeout: TimeAmount) -> EventLoopFuture<ForwardResponse> {
+    public func forward(
+        _ request: ForwardRequest,
+        to instance: ServiceInstance,
+        timeout: TimeAmount,
+        on loop: any EventLoop
+    ) -> EventLoopFuture<ForwardResponse> {
         let call = Call(request: request, instance: instance)
         let index = calls.withLockedValue {
             $0.append(call)

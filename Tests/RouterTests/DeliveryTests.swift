@@ -49,7 +49,7 @@ struct Harness {
         )
         e.lane = lane
         ledger.receivedAndAccepted(channel: "http")
-        return try await router.route(e).get()
+        return try await router.route(e, on: forwarder.anyEventLoop()).get()
     }
 }
 

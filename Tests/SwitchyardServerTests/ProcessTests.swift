@@ -1,0 +1,112 @@
+import Foundation
+import SwitchyardTesting
+import Testing
+
+/// The `switchyard` binary as a user runs it: serve on a config file, reload on SIGHUP,
+/// keep serving after a bad reload, shut down cleanly on SIGTERM.
+@Suite(.serialized) struct ProcessTests {
+    static let binary = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent(".build/debug/switchyard").path
+
+    static func freePort() -> Int { Int.random(in: 20_000...40_000) }
+
+    @Test func serveReloadsOnSIGHUPAndStopsOnSIGTERM() async throws {
+        #expect(FileManager.default.isExecutableFile(atPath: Self.binary), "build the binary first (scripts/test does)")
+        let svc = try await TestHTTPService.start()
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-proc-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let httpPort = Self.freePort()
+        let adminPort = httpPort + 1
+        func config(_ path: String) -> String {
+            """
+            listeners:
+              http: {host: 127.0.0.1, port: \(httpPort)}
+              admin: {host: 127.0.0.1, port: \(adminPort)}
+            routes:
+              - {name: r, match: "^devices/(?<device>[^/]+)$", targets: [{service: s, path: "\(path)"}]}
+            services:
+              s: {instances: [{url: "\(svc.url)"}]}
+            """
+        }
+        let configPath = "\(dir)/switchyard.yaml"
+        try config("/v1/{device}").write(toFile: configPath, atomically: true, encoding: .utf8)
+
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.binary)
+        process.arguments = ["serve", "--config", configPath, "--data-dir", "\(dir)/data"]
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        defer { if process.isRunning { process.terminate() } }
+
+        var ready = false
+        for _ in 0..<100 where !ready {
+            ready = (try? await TestHTTPClient.request("GET", port: adminPort, path: "/readyz"))?.status == 200
+            if !ready { try await Task.sleep(nanoseconds: 50_000_000) }
+        }
+        #expect(ready)
+        // First start generated the admin token into the data dir, readable by the owner only.
+        let tokenPath = "\(dir)/data/admin-token"
+        let attrs = try FileManager.default.attributesOfItem(atPath: tokenPath)
+        #expect((attrs[.posixPermissions] as? NSNumber)?.intValue == 0o600)
+        let token = try String(contentsOfFile: tokenPath, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(token.count == 64)
+        let routes = try await TestHTTPClient.request("GET", port: adminPort, path: "/admin/routes", headers: [("authorization", "Bearer \(token)")])
+        #expect(routes.status == 200)
+
+        #expect(try await TestHTTPClient.request("POST", port: httpPort, path: "/v1/messages/devices/a", body: "1").status == 202)
+        #expect(await svc.waitFor(count: 1).last?.uri == "/v1/a")
+
+        // Keep the mtime unchanged is impossible; SIGHUP right after writing exercises the signal path.
+        try config("/v2/{device}").write(toFile: configPath, atomically: true, encoding: .utf8)
+        kill(process.processIdentifier, SIGHUP)
+        try await Task.sleep(nanoseconds: 300_000_000)
+        #expect(try await TestHTTPClient.request("POST", port: httpPort, path: "/v1/messages/devices/b", body: "1").status == 202)
+        #expect(await svc.waitFor(count: 2).last?.uri == "/v2/b")
+
+        // A bad file: SIGHUP is answered with a logged rejection; the old routes keep serving.
+        try "routes: [{oops".write(toFile: configPath, atomically: true, encoding: .utf8)
+        kill(process.processIdentifier, SIGHUP)
+        try await Task.sleep(nanoseconds: 300_000_000)
+        #expect(process.isRunning)
+        #expect(try await TestHTTPClient.request("POST", port: httpPort, path: "/v1/messages/devices/c", body: "1").status == 202)
+        #expect(await svc.waitFor(count: 3).last?.uri == "/v2/c")
+
+        process.terminate()  // SIGTERM
+        process.waitUntilExit()
+        #expect(process.terminationReason == .exit)
+        #expect(process.terminationStatus == 0)
+        await svc.stop()
+    }
+
+    @Test func checkConfigExitCodes() throws {
+        func run(_ args: [String]) throws -> (Int32, String) {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: Self.binary)
+            p.arguments = args
+            let pipe = Pipe()
+            p.standardError = pipe
+            p.standardOutput = pipe
+            try p.run()
+            let data = pipe.fileHandleForReading.readDataToEndOfFile()
+            p.waitUntilExit()
+            return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+        }
+        let root = URL(fileURLWithPath: Self.binary).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+        let (ok, _) = try run(["check-config", "\(root)/examples/switchyard.yaml"])
+        #expect(ok == 0)
+        let (bad, text) = try run(["check-config", "\(root)/Tests/Fixtures/broken.yaml"])
+        #expect(bad == 1)
+        #expect(text.contains("lanes[0].entry.percentage: must be between 0 and 100"))
+        #expect(text.contains("routes[0].match: unbalanced \"(\" at offset 9"))
+        let (missing, _) = try run(["check-config", "/nonexistent.yaml"])
+        #expect(missing == 1)
+        let (explain, out) = try run([
+            "explain", "--config", "\(root)/examples/switchyard.yaml", "--topic", "devices/beta-lock/d1/telemetry",
+        ])
+        #expect(explain == 0)
+        #expect(out.contains("\"lane\" : \"gray\""))
+        #expect(out.contains("\"fallback_taken\" : false"))
+    }
+}
