@@ -1,99 +1,132 @@
-import NIOConcurrencyHelpers
 import NIOCore
 import SwitchyardCore
 
-/// Keep-alive connections to one instance, at most `limit` requests in flight;
-/// requests beyond the limit wait (in order) for a free slot or their timeout.
-final class ConnectionPool: Sendable {
-    enum Lease: Sendable {
-        case reuse(HTTPClientConnection)
-        case connect
-    }
+/// A request waiting for, or holding, a slot of a pool.
+struct Job {
+    var request: ForwardRequest
+    var promise: EventLoopPromise<ForwardResponse>
+    var deadline: NIODeadline
+    /// A reused connection that turns out closed is retried once on a fresh one.
+    var mayRetryStale = true
+}
 
-    struct Waiter: Sendable {
-        let promise: EventLoopPromise<Lease>
-    }
-
-    struct State {
-        var idle: [HTTPClientConnection] = []
-        var active = 0
-        var limit: Int
-        var waiters = CircularBuffer<Waiter>()
-        var shutDown = false
-    }
-
+/// Keep-alive connections from one event loop to one instance: at most `limit` requests
+/// in flight, the rest wait in order until a slot frees or their deadline passes.
+/// Confined to its loop: no locks.
+final class ConnectionPool {
     let instance: ServiceInstance
-    private let state: NIOLockedValueBox<State>
+    let loop: any EventLoop
+    var limit: Int
+    private var idle: [HTTPClientConnection] = []
+    private var busy: [ObjectIdentifier: HTTPClientConnection] = [:]
+    private var slotsInUse = 0
+    private var waiting = CircularBuffer<Job>()
+    private var shutDown = false
 
-    init(instance: ServiceInstance, limit: Int) {
+    init(instance: ServiceInstance, loop: any EventLoop, limit: Int) {
         self.instance = instance
-        state = NIOLockedValueBox(State(limit: max(1, limit)))
+        self.loop = loop
+        self.limit = max(1, limit)
     }
 
-    func setLimit(_ limit: Int) {
-        state.withLockedValue { $0.limit = max(1, limit) }
+    var inFlight: Int { slotsInUse }
+
+    func submit(_ job: Job) {
+        if shutDown {
+            job.promise.fail(ForwardError(.shutdown, "forwarder is shutting down"))
+        } else if slotsInUse < limit {
+            slotsInUse += 1
+            start(job)
+        } else {
+            waiting.append(job)
+        }
     }
 
-    /// A slot: an idle connection, leave to connect, or a wait for either.
-    func lease(on loop: any EventLoop) -> EventLoopFuture<Lease> {
-        enum Action { case now(Lease), wait(EventLoopFuture<Lease>), closed }
-        let action: Action = state.withLockedValue { s in
-            if s.shutDown { return .closed }
-            if s.active < s.limit {
-                s.active += 1
-                while let c = s.idle.popLast() {
-                    if c.isActive { return .now(.reuse(c)) }
+    /// Runs a job that holds a slot: on an idle connection, else a new one.
+    private func start(_ job: Job) {
+        while let connection = idle.popLast() {
+            if connection.isActive {
+                run(job, on: connection, reused: true)
+                return
+            }
+        }
+        let remaining = job.deadline - .now()
+        guard remaining > .zero else {
+            job.promise.fail(ForwardError(.timeout, "no free connection slot to \(instance) within the timeout"))
+            slotFreed(nil)
+            return
+        }
+        HTTPClientConnection.connect(to: instance, on: loop, timeout: min(remaining, .seconds(5))).whenComplete { result in
+            switch result {
+            case .success(let connection):
+                self.run(job, on: connection, reused: false)
+            case .failure(let error):
+                job.promise.fail(ForwardError(.connectFailed, "cannot connect to \(self.instance.address): \(error)"))
+                self.slotFreed(nil)
+            }
+        }
+    }
+
+    private func run(_ job: Job, on connection: HTTPClientConnection, reused: Bool) {
+        busy[connection.id] = connection
+        connection.execute(job.request, host: instance.address, deadline: job.deadline) { result in
+            self.busy.removeValue(forKey: connection.id)
+            switch result {
+            case .success(let exchange):
+                job.promise.succeed(exchange.response)
+                self.slotFreed(exchange.reusable ? connection : nil)
+            case .failure(let error):
+                connection.close()
+                if reused, job.mayRetryStale, error.kind == .connectionFailed, error.detail.hasPrefix("connection closed") {
+                    var again = job
+                    again.mayRetryStale = false
+                    self.start(again)  // keeps its slot
+                } else {
+                    job.promise.fail(error)
+                    self.slotFreed(nil)
                 }
-                return .now(.connect)
             }
-            let p = loop.makePromise(of: Lease.self)
-            s.waiters.append(Waiter(promise: p))
-            return .wait(p.futureResult)
-        }
-        switch action {
-        case .now(let lease): return loop.makeSucceededFuture(lease)
-        case .wait(let f): return f
-        case .closed: return loop.makeFailedFuture(ForwardError(.shutdown, "forwarder is shutting down"))
         }
     }
 
-    /// Returns a slot; a reusable connection goes to the next waiter or the idle list.
-    func release(_ connection: HTTPClientConnection?, reusable: Bool) {
-        let keep = reusable && connection?.isActive == true
-        enum Action { case hand(Waiter, Lease), close, none }
-        let action: Action = state.withLockedValue { s in
-            if let w = s.waiters.popFirst() {
-                if keep, let connection { return .hand(w, .reuse(connection)) }
-                return .hand(w, .connect)
+    /// A slot came free (with a reusable connection or not): the next waiter takes it.
+    private func slotFreed(_ connection: HTTPClientConnection?) {
+        if let next = waiting.popFirst() {
+            if let connection, connection.isActive {
+                run(next, on: connection, reused: true)
+            } else {
+                start(next)
             }
-            s.active -= 1
-            if keep, let connection, !s.shutDown {
-                s.idle.append(connection)
-                return .none
-            }
-            return .close
+            return
         }
-        switch action {
-        case .hand(let w, let lease):
-            if case .connect = lease { connection?.close() }
-            w.promise.succeed(lease)
-        case .close: connection?.close()
-        case .none: break
+        slotsInUse -= 1
+        if let connection {
+            if shutDown { connection.close() } else { idle.append(connection) }
         }
     }
 
-    var inFlight: Int { state.withLockedValue { $0.active } }
+    /// Fails overdue requests, waiting or in flight.
+    func sweep(now: NIODeadline) {
+        while let first = waiting.first, first.deadline <= now {
+            waiting.removeFirst()
+            first.promise.fail(ForwardError(.timeout, "waited for a free connection slot to \(instance) until the timeout"))
+        }
+        if waiting.contains(where: { $0.deadline <= now }) {
+            let (overdue, keep) = waiting.reduce(into: ([Job](), CircularBuffer<Job>())) { acc, job in
+                if job.deadline <= now { acc.0.append(job) } else { acc.1.append(job) }
+            }
+            waiting = keep
+            for job in overdue { job.promise.fail(ForwardError(.timeout, "waited for a free connection slot to \(instance) until the timeout")) }
+        }
+        for connection in Array(busy.values) { connection.expireIfOverdue(now: now) }
+    }
 
     func shutdown() {
-        let (idle, waiters) = state.withLockedValue { s -> ([HTTPClientConnection], [Waiter]) in
-            s.shutDown = true
-            let idle = s.idle
-            s.idle = []
-            let w = Array(s.waiters)
-            s.waiters.removeAll()
-            return (idle, w)
-        }
+        shutDown = true
         idle.forEach { $0.close() }
-        waiters.forEach { $0.promise.fail(ForwardError(.shutdown, "forwarder is shutting down")) }
+        idle = []
+        let jobs = waiting
+        waiting.removeAll()
+        for job in jobs { job.promise.fail(ForwardError(.shutdown, "forwarder is shutting down")) }
     }
 }

@@ -3,14 +3,22 @@ import NIOHTTP1
 import NIOPosix
 import SwitchyardCore
 
-/// One keep-alive HTTP/1.1 connection to an instance; runs one request at a time.
-final class HTTPClientConnection: Sendable {
+/// What one exchange on a connection produced.
+struct Exchange {
+    var response: ForwardResponse
+    /// The instance allows another request on this connection.
+    var reusable: Bool
+}
+
+/// One keep-alive HTTP/1.1 connection to an instance; one request at a time. Confined
+/// to its event loop, like the pool that owns it.
+final class HTTPClientConnection {
     let channel: any Channel
-    private let handler: NIOLoopBound<ResponseHandler>
+    private let handler: ResponseHandler
 
     private init(channel: any Channel, handler: ResponseHandler) {
         self.channel = channel
-        self.handler = NIOLoopBound(handler, eventLoop: channel.eventLoop)
+        self.handler = handler
     }
 
     static func connect(to instance: ServiceInstance, on loop: any EventLoop, timeout: TimeAmount) -> EventLoopFuture<HTTPClientConnection> {
@@ -27,32 +35,41 @@ final class HTTPClientConnection: Sendable {
             .connect(host: instance.host, port: instance.port)
             .flatMapThrowing { channel in
                 let handler = try channel.pipeline.syncOperations.handler(type: ResponseHandler.self)
-                return HTTPClientConnection(channel: channel, handler: handler)
+                return NIOLoopBound(HTTPClientConnection(channel: channel, handler: handler), eventLoop: loop)
             }
+            .map { $0.value }
     }
 
     var isActive: Bool { channel.isActive }
+    var id: ObjectIdentifier { ObjectIdentifier(self) }
 
-    /// Sends the request; the future carries the response and whether the connection can be reused.
-    func execute(_ request: ForwardRequest, host: String, timeout: TimeAmount) -> EventLoopFuture<(ForwardResponse, Bool)> {
-        let loop = channel.eventLoop
-        let promise = loop.makePromise(of: (ForwardResponse, Bool).self)
-        loop.execute { [handler, channel] in
-            handler.value.start(promise: promise, channel: channel, timeout: timeout)
-            var head = HTTPRequestHead(version: .http1_1, method: HTTPMethod(rawValue: request.method), uri: request.path)
-            head.headers.reserveCapacity(request.headers.count + 3)
-            head.headers.add(name: "host", value: host)
-            head.headers.add(name: "content-length", value: String(request.body.readableBytes))
-            for (name, value) in request.headers { head.headers.add(name: name, value: value) }
-            channel.write(HTTPClientRequestPart.head(head), promise: nil)
-            if request.body.readableBytes > 0 {
-                channel.write(HTTPClientRequestPart.body(.byteBuffer(request.body)), promise: nil)
-            }
-            channel.writeAndFlush(HTTPClientRequestPart.end(nil)).whenFailure { error in
-                handler.value.fail(ForwardError(.connectionFailed, "write failed: \(error)"), channel: channel)
-            }
+    /// Sends the request; `done` is called once, on the loop, with the exchange or a `ForwardError`.
+    func execute(
+        _ request: ForwardRequest,
+        host: String,
+        deadline: NIODeadline,
+        done: @escaping (Result<Exchange, ForwardError>) -> Void
+    ) {
+        handler.start(deadline: deadline, done: done)
+        guard channel.isActive else {
+            handler.fail(ForwardError(.connectionFailed, "connection closed before the request was sent"), channel: channel)
+            return
         }
-        return promise.futureResult
+        var head = HTTPRequestHead(version: .http1_1, method: HTTPMethod(rawValue: request.method), uri: request.path)
+        head.headers.reserveCapacity(request.headers.count + 2)
+        head.headers.add(name: "host", value: host)
+        head.headers.add(name: "content-length", value: String(request.body.readableBytes))
+        for (name, value) in request.headers { head.headers.add(name: name, value: value) }
+        channel.write(HTTPClientRequestPart.head(head), promise: nil)
+        if request.body.readableBytes > 0 {
+            channel.write(HTTPClientRequestPart.body(.byteBuffer(request.body)), promise: nil)
+        }
+        channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
+    }
+
+    /// Fails the request in progress when its deadline has passed (called by the loop's sweeper).
+    func expireIfOverdue(now: NIODeadline) {
+        handler.expireIfOverdue(now: now, channel: channel)
     }
 
     func close() {
@@ -60,27 +77,24 @@ final class HTTPClientConnection: Sendable {
     }
 }
 
-/// Collects one response at a time and completes the current request's promise.
+/// Collects one response at a time and reports it to the current request's callback.
 final class ResponseHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPClientResponsePart
 
-    private var promise: EventLoopPromise<(ForwardResponse, Bool)>?
+    private var done: ((Result<Exchange, ForwardError>) -> Void)?
+    private var deadline = NIODeadline.distantFuture
+    private var started = NIODeadline.now()
     private var status = 0
     private var keepAlive = true
     private var snippet = ""
-    private var timeoutTask: Scheduled<Void>?
 
-    func start(promise: EventLoopPromise<(ForwardResponse, Bool)>, channel: any Channel, timeout: TimeAmount) {
-        self.promise = promise
+    func start(deadline: NIODeadline, done: @escaping (Result<Exchange, ForwardError>) -> Void) {
+        self.done = done
+        self.deadline = deadline
+        started = .now()
         status = 0
         keepAlive = true
         snippet = ""
-        timeoutTask = channel.eventLoop.scheduleTask(in: timeout) { [weak self] in
-            self?.fail(ForwardError(.timeout, "no complete response within \(timeout.seconds)"), channel: channel)
-        }
-        if !channel.isActive {
-            fail(ForwardError(.connectionFailed, "connection closed before the request was sent"), channel: channel)
-        }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -89,18 +103,16 @@ final class ResponseHandler: ChannelInboundHandler, RemovableChannelHandler {
             status = Int(head.status.code)
             keepAlive = head.isKeepAlive
         case .body(var buffer):
-            if snippet.utf8.count < 256, let text = buffer.readString(length: min(buffer.readableBytes, 256 - snippet.utf8.count)) {
+            if status >= 300, snippet.utf8.count < 256,
+                let text = buffer.readString(length: min(buffer.readableBytes, 256 - snippet.utf8.count))
+            {
                 snippet += text
             }
         case .end:
-            timeoutTask?.cancel()
-            timeoutTask = nil
-            let response = ForwardResponse(status: status, bodySnippet: snippet)
-            let reusable = keepAlive
-            let p = promise
-            promise = nil
-            if !reusable { context.close(promise: nil) }
-            p?.succeed((response, reusable))
+            guard let done else { return }
+            self.done = nil
+            if !keepAlive { context.close(promise: nil) }
+            done(.success(Exchange(response: ForwardResponse(status: status, bodySnippet: snippet), reusable: keepAlive)))
         }
     }
 
@@ -113,19 +125,16 @@ final class ResponseHandler: ChannelInboundHandler, RemovableChannelHandler {
         fail(ForwardError(.connectionFailed, "\(error)"), channel: context.channel)
     }
 
-    func fail(_ error: ForwardError, channel: any Channel) {
-        timeoutTask?.cancel()
-        timeoutTask = nil
-        guard let p = promise else { return }
-        promise = nil
-        channel.close(promise: nil)
-        p.fail(error)
+    func expireIfOverdue(now: NIODeadline, channel: any Channel) {
+        guard done != nil, now >= deadline else { return }
+        let waitedMillis = (now - started).nanoseconds / 1_000_000
+        fail(ForwardError(.timeout, "no complete response within \(waitedMillis) ms"), channel: channel)
     }
-}
 
-extension TimeAmount {
-    var seconds: String {
-        let s = Double(nanoseconds) / 1e9
-        return s == s.rounded() ? "\(Int(s))s" : "\(s)s"
+    func fail(_ error: ForwardError, channel: any Channel) {
+        guard let done else { return }
+        self.done = nil
+        channel.close(promise: nil)
+        done(.failure(error))
     }
 }

@@ -6,6 +6,7 @@ public import NIOCore
 public import NIOHTTP1
 import NIOPosix
 public import ServiceLifecycle
+import Synchronization
 
 /// A request with its whole body.
 public struct IncomingRequest: Sendable {
@@ -92,12 +93,8 @@ public final class HTTPServer: Service {
     let drainSeconds: Double
     let onBodyTooLarge: @Sendable (IncomingRequestSummary) -> Void
     private let bound: EventLoopPromise<SocketAddress>
-    private let connections = NIOLockedValueBox(ConnectionSet())
-
-    struct ConnectionSet {
-        var channels: [ObjectIdentifier: any Channel] = [:]
-        var busy = 0
-    }
+    private let connections = NIOLockedValueBox([ObjectIdentifier: any Channel]())
+    private let busy = Atomic<Int>(0)
 
     public init(
         host: String,
@@ -142,9 +139,9 @@ public final class HTTPServer: Service {
                             RequestHandler(server: self, maxBodyBytes: maxBodyBytes)
                         )
                         let id = ObjectIdentifier(channel)
-                        connections.withLockedValue { $0.channels[id] = channel }
+                        connections.withLockedValue { $0[id] = channel }
                         channel.closeFuture.whenComplete { [connections] _ in
-                            connections.withLockedValue { _ = $0.channels.removeValue(forKey: id) }
+                            connections.withLockedValue { _ = $0.removeValue(forKey: id) }
                         }
                     }
                 }
@@ -161,16 +158,16 @@ public final class HTTPServer: Service {
         try? await channel.close()
         // Let requests in progress finish, then close every connection.
         let deadline = NIODeadline.now() + .nanoseconds(Int64(drainSeconds * 1e9))
-        while connections.withLockedValue({ $0.busy }) > 0 && NIODeadline.now() < deadline {
+        while busy.load(ordering: .relaxed) > 0 && NIODeadline.now() < deadline {
             try? await Task.sleep(nanoseconds: 10_000_000)
         }
-        let open = connections.withLockedValue { Array($0.channels.values) }
+        let open = connections.withLockedValue { Array($0.values) }
         for c in open { try? await c.close() }
         logger.info("stopped", metadata: ["address": "\(host):\(port)"])
     }
 
-    func requestStarted() { connections.withLockedValue { $0.busy += 1 } }
-    func requestFinished() { connections.withLockedValue { $0.busy -= 1 } }
+    func requestStarted() { busy.add(1, ordering: .relaxed) }
+    func requestFinished() { busy.subtract(1, ordering: .relaxed) }
 }
 
 public struct HTTPServerError: Error, Sendable, CustomStringConvertible {
@@ -188,13 +185,27 @@ final class RequestHandler: ChannelInboundHandler {
     private var head: HTTPRequestHead?
     private var body: ByteBuffer?
     private var tooLarge = false
+    /// Inside a read burst: responses ready now are flushed together at `channelReadComplete`
+    /// (one syscall for a burst of pipelined requests instead of one each).
+    private var reading = false
+    private var flushPending = false
 
     init(server: HTTPServer, maxBodyBytes: Int) {
         self.server = server
         self.maxBodyBytes = maxBodyBytes
     }
 
+    func channelReadComplete(context: ChannelHandlerContext) {
+        reading = false
+        if flushPending {
+            flushPending = false
+            context.flush()
+        }
+        context.fireChannelReadComplete()
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        reading = true
         switch unwrapInboundIn(data) {
         case .head(let h):
             head = h
@@ -262,6 +273,11 @@ final class RequestHandler: ChannelInboundHandler {
         context.write(wrapOutboundOut(.head(head)), promise: nil)
         if response.body.readableBytes > 0 {
             context.write(wrapOutboundOut(.body(.byteBuffer(response.body))), promise: nil)
+        }
+        if keepAlive && reading {
+            context.write(wrapOutboundOut(.end(nil)), promise: nil)
+            flushPending = true
+            return
         }
         let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
         if !keepAlive {

@@ -102,7 +102,7 @@ public struct MessageIngestResponder: HTTPResponder {
         var headers: [(name: String, value: String)] = []
         headers.reserveCapacity(request.headers.count)
         for (name, value) in request.headers {
-            let lower = name.lowercased()
+            let lower = name.utf8.contains(where: { $0 >= 0x41 && $0 <= 0x5A }) ? name.lowercased() : name
             // Switchyard's own headers are assigned here, never taken from the sender.
             if lower.hasPrefix("x-switchyard-") || lower == "host" || lower == "content-length" || lower == "connection" {
                 continue

@@ -52,7 +52,3 @@ public final class Balancer: Sendable {
         outstanding.withLockedValue { $0[instance.key] ?? 0 }
     }
 }
-
-extension ServiceInstance {
-    var key: String { "\(service)@\(address)" }
-}

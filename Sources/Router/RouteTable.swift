@@ -2,10 +2,17 @@ public import SwitchyardCore
 
 /// The ordered route table of one configuration: the first route whose regex matches wins.
 public struct RouteTable: Sendable {
-    public struct Route: Sendable {
-        public var name: String
-        public var regex: TopicRegex
-        public var targets: [SwitchyardConfiguration.TargetRule]
+    /// A class: matching hands it out per message, and a reference costs one retain.
+    public final class Route: Sendable {
+        public let name: String
+        public let regex: TopicRegex
+        public let targets: [SwitchyardConfiguration.TargetRule]
+
+        init(name: String, regex: TopicRegex, targets: [SwitchyardConfiguration.TargetRule]) {
+            self.name = name
+            self.regex = regex
+            self.targets = targets
+        }
     }
 
     public let routes: [Route]

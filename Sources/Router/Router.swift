@@ -65,6 +65,16 @@ public final class Router: Sendable {
             ledger.deadLettered(route: Router.unroutedLabel, reason: "unrouted")
             return loop.makeSucceededFuture(.deadLettered(route: Router.unroutedLabel, reason: "unrouted"))
         }
+        if route.targets.count == 1 {
+            return deliver(envelope, route: route, captures: captures, target: route.targets[0], attempt: 1, loop: loop).map { result in
+                if let failure = result.failure {
+                    self.ledger.deadLettered(route: route.name, reason: failure)
+                    return .deadLettered(route: route.name, reason: failure)
+                }
+                self.ledger.forwarded(route: route.name)
+                return .forwarded(route: route.name)
+            }
+        }
         let deliveries = route.targets.map { target in
             deliver(envelope, route: route, captures: captures, target: target, attempt: 1, loop: loop)
         }
@@ -121,12 +131,14 @@ public final class Router: Sendable {
         )
         let policy = RetryPolicy(target)
         let started = SystemMonotonicClock().nowNanos()
-        balancer.started(instance)
+        // Outstanding counts matter only when there is a choice to make.
+        let tracked = candidates.count > 1
+        if tracked { balancer.started(instance) }
         let timer = timers[route.name]
         return forwarder.forward(request, to: instance, timeout: .nanoseconds(Int64(target.timeoutSeconds * 1e9)), on: loop)
             .hop(to: loop)
             .flatMapResult { result in
-                self.balancer.finished(instance)
+                if tracked { self.balancer.finished(instance) }
                 timer?.recordNanoseconds(Int64(SystemMonotonicClock().nowNanos() - started))
                 let reason: String
                 let detail: String

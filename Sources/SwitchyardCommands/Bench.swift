@@ -80,10 +80,12 @@ struct BenchHTTP: AsyncParsableCommand {
         let address = try await app.ingestAddress!.get()
 
         let clientGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let result = try await LoadGenerator.run(
+        let cpuBefore = CPUTime.process()
+        var result = try await LoadGenerator.run(
             group: clientGroup, port: address.port!, messages: messages, connections: connections, depth: depth,
             payloadBytes: payloadBytes, timeLimit: timeLimit, sink: sink
         )
+        result.cpuSeconds = CPUTime.process() - cpuBefore
         let ledger = app.ledger.snapshot()
         print(result.report(title: "switchyard"))
         print("ledger: received \(ledger.receivedTotal), forwarded \(ledger.forwardedTotal), rejected \(ledger.rejectedTotal), dead-lettered \(ledger.deadLetteredTotal), in flight \(ledger.inFlight)")
@@ -93,10 +95,12 @@ struct BenchHTTP: AsyncParsableCommand {
         if peer {
             if let nginx = try? await NginxPeer.start(sinkPort: sink.port) {
                 sink.reset()
-                let peerResult = try await LoadGenerator.run(
+                let before = CPUTime.process() + CPUTime.of(pid: nginx.process.processIdentifier)
+                var peerResult = try await LoadGenerator.run(
                     group: clientGroup, port: nginx.port, messages: messages, connections: connections, depth: depth,
                     payloadBytes: payloadBytes, timeLimit: timeLimit, sink: sink
                 )
+                peerResult.cpuSeconds = CPUTime.process() + CPUTime.of(pid: nginx.process.processIdentifier) - before
                 nginx.stop()
                 print(peerResult.report(title: "nginx (proxy_pass, same sink)"))
                 print(String(format: "ratio switchyard/nginx: %.2f (throughput)", result.throughput / max(peerResult.throughput, 1)))
@@ -118,6 +122,8 @@ struct LoadResult {
     var seconds: Double
     var acceptLatencies: [UInt64]
     var endToEndLatencies: [UInt64]
+    /// CPU seconds used during the run: this process (switchyard, load generator, sink) and the peer's.
+    var cpuSeconds: Double = 0
 
     var throughput: Double { Double(delivered) / seconds }
 
@@ -133,6 +139,7 @@ struct LoadResult {
             → \(String(format: "%.0f", throughput)) messages/s end to end
               accept latency (POST → 202): p50 \(pct(acceptLatencies, 0.5)), p99 \(pct(acceptLatencies, 0.99))
               end-to-end latency (POST → sink): p50 \(pct(endToEndLatencies, 0.5)), p99 \(pct(endToEndLatencies, 0.99))
+              CPU: \(String(format: "%.0f", cpuSeconds / Double(max(delivered, 1)) * 1e6)) µs per message, everything included (load generator and sink too)
             """
     }
 }
@@ -323,6 +330,35 @@ final class SinkHandler: ChannelInboundHandler {
             context.write(wrapOutboundOut(.head(Self.okHead)), promise: nil)
             context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         }
+    }
+}
+
+/// CPU time from the kernel's accounting.
+enum CPUTime {
+    static func process() -> Double {
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
+    }
+
+    /// utime + stime of a process and its children so far (nginx: master + worker).
+    static func of(pid: Int32) -> Double {
+        var total = 0.0
+        let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
+        for candidate in [pid] + children(of: pid) {
+            guard let stat = try? String(contentsOfFile: "/proc/\(candidate)/stat", encoding: .utf8),
+                let close = stat.lastIndex(of: ")")
+            else { continue }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            // fields[0] is the state (field 3); utime and stime are fields 14 and 15.
+            if fields.count > 12, let u = Double(fields[11]), let s = Double(fields[12]) { total += (u + s) / ticks }
+        }
+        return total
+    }
+
+    static func children(of pid: Int32) -> [Int32] {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8) else { return [] }
+        return text.split(separator: " ").compactMap { Int32($0) }
     }
 }
 

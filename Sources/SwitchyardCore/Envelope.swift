@@ -4,27 +4,61 @@ public import NIOCore
 
 /// One message on its way through Switchyard: what a channel received, plus what the
 /// controller learned about it (identity, tags, lane).
+///
+/// A copy-on-write value: copies (into closures, retries, dead letters) cost one retain,
+/// not one per field.
 public struct Envelope: Sendable {
-    /// Stable id: the sender's message id when given, otherwise generated.
-    public var id: String
-    /// The channel it arrived on (`http`, later `mqtt`, `amqp`, `http2`).
-    public var channel: String
-    public var topic: String
-    public var product: String?
-    public var device: String?
-    public var payload: ByteBuffer
-    /// Sender headers as received (lower-cased names), minus those Switchyard owns.
-    public var headers: [(name: String, value: String)]
-    public var tags: [String: String]
-    /// Assigned lane; `nil` is the baseline.
-    public var lane: String?
-    /// Wall-clock receive time, nanoseconds since the Unix epoch.
-    public var receivedAt: UInt64
-    public var trace: TraceContext
-    /// Address of the peer that sent it, when the channel knows it.
-    public var clientAddress: SocketAddress?
-    /// True when `id` came from the sender (only those ids are checked for duplicates).
-    public var idFromSender: Bool
+    final class Storage: @unchecked Sendable {
+        // @unchecked: only mutated through `Envelope`'s copy-on-write setters.
+        var id: String
+        var channel: String
+        var topic: String
+        var product: String?
+        var device: String?
+        var payload: ByteBuffer
+        var headers: [(name: String, value: String)]
+        var tags: [String: String]
+        var lane: String?
+        var receivedAt: UInt64
+        var trace: TraceContext
+        var clientAddress: SocketAddress?
+        var idFromSender: Bool
+
+        init(
+            id: String, channel: String, topic: String, product: String?, device: String?, payload: ByteBuffer,
+            headers: [(name: String, value: String)], tags: [String: String], lane: String?, receivedAt: UInt64,
+            trace: TraceContext, clientAddress: SocketAddress?, idFromSender: Bool
+        ) {
+            self.id = id
+            self.channel = channel
+            self.topic = topic
+            self.product = product
+            self.device = device
+            self.payload = payload
+            self.headers = headers
+            self.tags = tags
+            self.lane = lane
+            self.receivedAt = receivedAt
+            self.trace = trace
+            self.clientAddress = clientAddress
+            self.idFromSender = idFromSender
+        }
+
+        func copy() -> Storage {
+            Storage(
+                id: id, channel: channel, topic: topic, product: product, device: device, payload: payload, headers: headers,
+                tags: tags, lane: lane, receivedAt: receivedAt, trace: trace, clientAddress: clientAddress,
+                idFromSender: idFromSender
+            )
+        }
+    }
+
+    private var storage: Storage
+
+    private mutating func unique() -> Storage {
+        if !isKnownUniquelyReferenced(&storage) { storage = storage.copy() }
+        return storage
+    }
 
     public init(
         id: String,
@@ -41,23 +75,75 @@ public struct Envelope: Sendable {
         clientAddress: SocketAddress? = nil,
         idFromSender: Bool = false
     ) {
-        self.id = id
-        self.channel = channel
-        self.topic = topic
-        self.product = product
-        self.device = device
-        self.payload = payload
-        self.headers = headers
-        self.tags = tags
-        self.lane = lane
-        self.receivedAt = receivedAt
-        self.trace = trace
-        self.clientAddress = clientAddress
-        self.idFromSender = idFromSender
+        storage = Storage(
+            id: id, channel: channel, topic: topic, product: product, device: device, payload: payload, headers: headers,
+            tags: tags, lane: lane, receivedAt: receivedAt, trace: trace, clientAddress: clientAddress,
+            idFromSender: idFromSender
+        )
+    }
+
+    /// Stable id: the sender's message id when given, otherwise generated.
+    public var id: String {
+        get { storage.id }
+        set { unique().id = newValue }
+    }
+    /// The channel it arrived on (`http`, later `mqtt`, `amqp`, `http2`).
+    public var channel: String {
+        get { storage.channel }
+        set { unique().channel = newValue }
+    }
+    public var topic: String {
+        get { storage.topic }
+        set { unique().topic = newValue }
+    }
+    public var product: String? {
+        get { storage.product }
+        set { unique().product = newValue }
+    }
+    public var device: String? {
+        get { storage.device }
+        set { unique().device = newValue }
+    }
+    public var payload: ByteBuffer {
+        get { storage.payload }
+        set { unique().payload = newValue }
+    }
+    /// Sender headers as received (lower-cased names), minus those Switchyard owns.
+    public var headers: [(name: String, value: String)] {
+        get { storage.headers }
+        set { unique().headers = newValue }
+    }
+    public var tags: [String: String] {
+        get { storage.tags }
+        set { unique().tags = newValue }
+    }
+    /// Assigned lane; `nil` is the baseline.
+    public var lane: String? {
+        get { storage.lane }
+        set { unique().lane = newValue }
+    }
+    /// Wall-clock receive time, nanoseconds since the Unix epoch.
+    public var receivedAt: UInt64 {
+        get { storage.receivedAt }
+        set { unique().receivedAt = newValue }
+    }
+    public var trace: TraceContext {
+        get { storage.trace }
+        set { unique().trace = newValue }
+    }
+    /// Address of the peer that sent it, when the channel knows it.
+    public var clientAddress: SocketAddress? {
+        get { storage.clientAddress }
+        set { unique().clientAddress = newValue }
+    }
+    /// True when `id` came from the sender (only those ids are checked for duplicates).
+    public var idFromSender: Bool {
+        get { storage.idFromSender }
+        set { unique().idFromSender = newValue }
     }
 
     /// The first header with this (lower-case) name.
     public func header(_ name: String) -> String? {
-        headers.first { $0.name == name }?.value
+        storage.headers.first { $0.name == name }?.value
     }
 }

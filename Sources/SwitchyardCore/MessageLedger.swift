@@ -1,10 +1,18 @@
 import NIOConcurrencyHelpers
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Counts every message's outcome so that, at every read,
 /// `received = forwarded + rejected + dead_lettered + in_flight`.
 ///
-/// Counters live behind one lock so that a snapshot is consistent; Prometheus counters
-/// read one by one could not promise the identity at every scrape.
+/// Prometheus counters read one by one could not promise that identity at every scrape,
+/// so the counters live here. Updates go to one of a few shards chosen by the calling
+/// thread (event loops rarely contend); a snapshot locks every shard at once, so it is
+/// consistent.
 public final class MessageLedger: Sendable {
     public struct Snapshot: Sendable, Equatable {
         public var received: [String: UInt64] = [:]  // channel
@@ -22,6 +30,15 @@ public final class MessageLedger: Sendable {
         public var balances: Bool {
             Int64(receivedTotal) == Int64(forwardedTotal + rejectedTotal + deadLetteredTotal) + inFlight
         }
+
+        mutating func add(_ other: Snapshot) {
+            received.merge(other.received, uniquingKeysWith: +)
+            rejected.merge(other.rejected, uniquingKeysWith: +)
+            forwarded.merge(other.forwarded, uniquingKeysWith: +)
+            retried.merge(other.retried, uniquingKeysWith: +)
+            deadLettered.merge(other.deadLettered, uniquingKeysWith: +)
+            inFlight += other.inFlight
+        }
     }
 
     public struct Pair: Sendable, Hashable {
@@ -33,13 +50,24 @@ public final class MessageLedger: Sendable {
         }
     }
 
-    private let state = NIOLockedValueBox(Snapshot())
+    final class Shard: @unchecked Sendable {
+        // @unchecked: `counts` is only touched while `lock` is held.
+        let lock = NIOLock()
+        var counts = Snapshot()
+    }
+
+    private let shards: [Shard] = (0..<8).map { _ in Shard() }
 
     public init() {}
 
+    private func update(_ body: (inout Snapshot) -> Void) {
+        let shard = shards[Int((UInt(bitPattern: Int(bitPattern: UInt(pthread_self()))) >> 12) % UInt(shards.count))]
+        shard.lock.withLock { body(&shard.counts) }
+    }
+
     /// A message arrived and was rejected by a filter.
     public func receivedAndRejected(channel: String, reason: String) {
-        state.withLockedValue {
+        update {
             $0.received[channel, default: 0] += 1
             $0.rejected[Pair(channel, reason), default: 0] += 1
         }
@@ -47,29 +75,36 @@ public final class MessageLedger: Sendable {
 
     /// A message arrived and was accepted; it is in flight until `forwarded` or `deadLettered`.
     public func receivedAndAccepted(channel: String) {
-        state.withLockedValue {
+        update {
             $0.received[channel, default: 0] += 1
             $0.inFlight += 1
         }
     }
 
     public func forwarded(route: String) {
-        state.withLockedValue {
+        update {
             $0.forwarded[route, default: 0] += 1
             $0.inFlight -= 1
         }
     }
 
     public func deadLettered(route: String, reason: String) {
-        state.withLockedValue {
+        update {
             $0.deadLettered[Pair(route, reason), default: 0] += 1
             $0.inFlight -= 1
         }
     }
 
     public func retried(route: String) {
-        state.withLockedValue { $0.retried[route, default: 0] += 1 }
+        update { $0.retried[route, default: 0] += 1 }
     }
 
-    public func snapshot() -> Snapshot { state.withLockedValue { $0 } }
+    /// All shards, read under all their locks at once.
+    public func snapshot() -> Snapshot {
+        for shard in shards { shard.lock.lock() }
+        defer { for shard in shards.reversed() { shard.lock.unlock() } }
+        var total = Snapshot()
+        for shard in shards { total.add(shard.counts) }
+        return total
+    }
 }

@@ -1,8 +1,8 @@
 /// One reachable instance of a service. `lane == nil` is the baseline.
 public struct ServiceInstance: Sendable, Hashable, CustomStringConvertible {
-    public var service: String
-    public var host: String
-    public var port: Int
+    public let service: String
+    public let host: String
+    public let port: Int
     /// Path prefix from the instance URL, without a trailing slash ("" when none).
     public var basePath: String
     public var weight: Int
@@ -25,10 +25,14 @@ public struct ServiceInstance: Sendable, Hashable, CustomStringConvertible {
         self.weight = weight
         self.lane = lane
         self.metadata = metadata
+        address = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        key = "\(service)@\(address)"
     }
 
-    /// `host:port`, the key of its connection pool.
-    public var address: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+    /// `host:port` (brackets around IPv6), also the `host` header sent to it.
+    public let address: String
+    /// `service@host:port`: identifies the instance in pools and load counters.
+    public let key: String
     public var url: String { "http://\(address)\(basePath)" }
     public var description: String { url }
 

@@ -10,13 +10,15 @@ public enum TopicName {
         if topic.hasPrefix("/") || topic.hasSuffix("/") || topic.contains("//") {
             return "topic \"\(topic)\" has an empty level (leading, trailing or double \"/\")"
         }
-        for (offset, scalar) in topic.unicodeScalars.enumerated() {
-            if scalar == "+" || scalar == "#" {
-                return "wildcard \"\(scalar)\" at offset \(offset) is not allowed in a published topic"
+        var offset = 0
+        for byte in topic.utf8 {
+            if byte == UInt8(ascii: "+") || byte == UInt8(ascii: "#") {
+                return "wildcard \"\(Character(Unicode.Scalar(byte)))\" at byte offset \(offset) is not allowed in a published topic"
             }
-            if scalar.value < 0x20 || scalar.value == 0x7F || scalar.value == 0xFFFD {
-                return "control or invalid character at offset \(offset) in topic"
+            if byte < 0x20 || byte == 0x7F {
+                return "control character at byte offset \(offset) in topic"
             }
+            offset += 1
         }
         return nil
     }

@@ -1,8 +1,8 @@
 /// A compiled topic regex with named captures.
 ///
 /// Swift's `Regex` costs microseconds per match, so the common shapes of topic
-/// patterns — anchored literals, `[^/]+` segments and a trailing `.+`/`.*`, with or
-/// without names — are compiled to a segment matcher that runs without it. Anything
+/// patterns — anchored (`^…$`) sequences of literals, `[^/]+` and `.+`/`.*`, with or
+/// without names — are compiled to a small backtracking matcher that runs without it. Anything
 /// else falls back to `Regex`. Both give the same answers (tested side by side).
 public struct TopicRegex: @unchecked Sendable {
     // @unchecked: Regex<AnyRegexOutput> is immutable after compilation.
@@ -73,28 +73,46 @@ public struct TopicRegex: @unchecked Sendable {
     }
 
     private static func run(_ tokens: [Token], on topic: String) -> [String: String]? {
+        let bytes = Array(topic.utf8)
+        var spans: [(String, Int, Int)] = []
+        guard matchFrom(tokens, 0, bytes, 0, &spans) else { return nil }
         var captures: [String: String] = [:]
-        var utf8 = Substring(topic).utf8[...]
-        for (index, token) in tokens.enumerated() {
-            switch token {
-            case .literal(let lit):
-                guard utf8.starts(with: lit.utf8) else { return nil }
-                utf8 = utf8.dropFirst(lit.utf8.count)
-            case .segment(let name):
-                let end = utf8.firstIndex(of: UInt8(ascii: "/")) ?? utf8.endIndex
-                guard end != utf8.startIndex else { return nil }
-                if let name { captures[name] = String(Substring(utf8[utf8.startIndex..<end])) }
-                utf8 = utf8[end...]
-            case .rest(let name, let allowEmpty):
-                // Tokenizer guarantees `.rest` is last; `.` does not match newlines.
-                precondition(index == tokens.count - 1)
-                if utf8.contains(UInt8(ascii: "\n")) { return nil }
-                if !allowEmpty && utf8.isEmpty { return nil }
-                if let name { captures[name] = String(Substring(utf8)) }
-                utf8 = utf8[utf8.endIndex...]
-            }
+        for (name, from, to) in spans {
+            captures[name] = String(decoding: bytes[from..<to], as: UTF8.self)
         }
-        return utf8.isEmpty ? captures : nil
+        return captures
+    }
+
+    /// Backtracking in the regex engine's order: greedy quantifiers try the longest span first.
+    private static func matchFrom(_ tokens: [Token], _ t: Int, _ bytes: [UInt8], _ i: Int, _ spans: inout [(String, Int, Int)]) -> Bool {
+        if t == tokens.count { return i == bytes.count }
+        switch tokens[t] {
+        case .literal(let lit):
+            let l = lit.utf8
+            guard bytes.count - i >= l.count, bytes[i..<(i + l.count)].elementsEqual(l) else { return false }
+            return matchFrom(tokens, t + 1, bytes, i + l.count, &spans)
+        case .segment(let name), .rest(let name, _):
+            let isSegment: Bool
+            let minimum: Int
+            if case .rest(_, let allowEmpty) = tokens[t] {
+                isSegment = false
+                minimum = allowEmpty ? 0 : 1
+            } else {
+                isSegment = true
+                minimum = 1
+            }
+            var end = i
+            while end < bytes.count, bytes[end] != UInt8(ascii: "\n"), !(isSegment && bytes[end] == UInt8(ascii: "/")) { end += 1 }
+            var length = end - i
+            while length >= minimum {
+                let mark = spans.count
+                if let name { spans.append((name, i, i + length)) }
+                if matchFrom(tokens, t + 1, bytes, i + length, &spans) { return true }
+                spans.removeSubrange(mark...)
+                length -= 1
+            }
+            return false
+        }
     }
 
     /// Splits `^…$` patterns made of literals, `[^/]+` and a final `.+`/`.*` into tokens.
@@ -134,17 +152,6 @@ public struct TopicRegex: @unchecked Sendable {
             }
         }
         flush()
-        // `.rest` only last; a segment must be followed by end or a literal starting with "/".
-        for (i, t) in tokens.enumerated() {
-            switch t {
-            case .rest: if i != tokens.count - 1 { return nil }
-            case .segment:
-                if i + 1 < tokens.count {
-                    guard case .literal(let l) = tokens[i + 1], l.hasPrefix("/") else { return nil }
-                }
-            case .literal: break
-            }
-        }
         return tokens
     }
 

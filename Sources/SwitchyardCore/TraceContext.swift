@@ -87,12 +87,17 @@ extension Substring {
 /// Lower-case hex rendering of 64-bit words.
 public enum Hex {
     public static func string(_ words: UInt64...) -> String {
-        var out = ""
-        out.reserveCapacity(words.count * 16)
-        for word in words {
-            let digits = String(word, radix: 16)
-            out += String(repeating: "0", count: 16 - digits.count) + digits
+        String(unsafeUninitializedCapacity: words.count * 16) { buffer in
+            var i = 0
+            for word in words {
+                for shift in stride(from: 60, through: 0, by: -4) {
+                    buffer[i] = digits[Int((word >> UInt64(shift)) & 0xF)]
+                    i += 1
+                }
+            }
+            return i
         }
-        return out
     }
+
+    private static let digits: [UInt8] = Array("0123456789abcdef".utf8)
 }

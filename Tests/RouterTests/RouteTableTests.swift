@@ -34,10 +34,16 @@ import Testing
             "^a/b$",
             "^ota/(?<device>[^/]+)$",
             "^x/(?<all>.+)$",
+            "^bench/.+/data$",
+            "^a/(?<x>.*)/b/(?<y>[^/]+)$",
+            "^(?<p>[^/]+)x/(?<q>.+)$",
+            "^devices/(?<p>.+)/(?<d>.+)$",
         ]
         let topics = [
             "devices/p/d/telemetry", "devices/p/d/telemetry/x", "devices//d/telemetry", "devices/p/d/", "devices/p/d",
             "a/b", "a/bc", "ota/dev-1", "ota/dev-1/x", "ota/", "x/", "x/y/z", "x/y\nz", "devices/p/d/a/b/c",
+            "bench/d1/data", "bench/a/b/data", "bench//data", "bench/data", "a//b/c", "a/q/b/r/b/s", "a/b/b/c",
+            "axx/q", "ppx/x/y", "x/q", "devices/a/b/c/d",
         ]
         for p in patterns {
             let regex = try TopicRegex(p)
