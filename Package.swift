@@ -152,6 +152,15 @@ let package = Package(
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
         .testTarget(
+            name: "HTTPForwarderTests",
+            dependencies: [
+                "HTTPForwarder", "SwitchyardCore", "SwitchyardTesting",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
+        ),
+        .testTarget(
             name: "SwitchyardConfigTests",
             dependencies: ["SwitchyardConfig", "SwitchyardCore"],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]

@@ -1,5 +1,4 @@
 import NIOCore
-import NIOHTTP1
 import NIOPosix
 import SwitchyardCore
 
@@ -11,7 +10,8 @@ struct Exchange {
 }
 
 /// One keep-alive HTTP/1.1 connection to an instance; one request at a time. Confined
-/// to its event loop, like the pool that owns it.
+/// to its event loop, like the pool that owns it. Requests are written as one buffer and
+/// responses parsed by `HTTP1ResponseParser`, with no per-part pipeline traffic.
 final class HTTPClientConnection {
     let channel: any Channel
     private let handler: ResponseHandler
@@ -27,8 +27,6 @@ final class HTTPClientConnection {
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    // Header values are made visible ASCII by the router; skip NIO's per-byte re-check.
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers(enableOutboundHeaderValidation: false)
                     try channel.pipeline.syncOperations.addHandler(ResponseHandler())
                 }
             }
@@ -55,16 +53,12 @@ final class HTTPClientConnection {
             handler.fail(ForwardError(.connectionFailed, "connection closed before the request was sent"), channel: channel)
             return
         }
-        var head = HTTPRequestHead(version: .http1_1, method: HTTPMethod(rawValue: request.method), uri: request.path)
-        head.headers.reserveCapacity(request.headers.count + 2)
-        head.headers.add(name: "host", value: host)
-        head.headers.add(name: "content-length", value: String(request.body.readableBytes))
-        for (name, value) in request.headers { head.headers.add(name: name, value: value) }
-        channel.write(HTTPClientRequestPart.head(head), promise: nil)
-        if request.body.readableBytes > 0 {
-            channel.write(HTTPClientRequestPart.body(.byteBuffer(request.body)), promise: nil)
+        var buffer = channel.allocator.buffer(capacity: 0)
+        if let error = HTTP1RequestEncoder.encode(request, host: host, into: &buffer) {
+            handler.fail(error, channel: channel)
+            return
         }
-        channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
+        channel.writeAndFlush(buffer, promise: nil)
     }
 
     /// Fails the request in progress when its deadline has passed (called by the loop's sweeper).
@@ -77,47 +71,52 @@ final class HTTPClientConnection {
     }
 }
 
-/// Collects one response at a time and reports it to the current request's callback.
+/// Parses responses and reports each to the current request's callback.
 final class ResponseHandler: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTPClientResponsePart
+    typealias InboundIn = ByteBuffer
 
+    private var parser = HTTP1ResponseParser()
     private var done: ((Result<Exchange, ForwardError>) -> Void)?
     private var deadline = NIODeadline.distantFuture
     private var started = NIODeadline.now()
-    private var status = 0
-    private var keepAlive = true
-    private var snippet = ""
 
     func start(deadline: NIODeadline, done: @escaping (Result<Exchange, ForwardError>) -> Void) {
         self.done = done
         self.deadline = deadline
         started = .now()
-        status = 0
-        keepAlive = true
-        snippet = ""
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
-        case .head(let head):
-            status = Int(head.status.code)
-            keepAlive = head.isKeepAlive
-        case .body(var buffer):
-            if status >= 300, snippet.utf8.count < 256,
-                let text = buffer.readString(length: min(buffer.readableBytes, 256 - snippet.utf8.count))
-            {
-                snippet += text
+        var buffer = unwrapInboundIn(data)
+        for event in parser.feed(&buffer) {
+            switch event {
+            case .response(let r):
+                guard let done else {
+                    fail(ForwardError(.connectionFailed, "response without a request"), channel: context.channel)
+                    return
+                }
+                self.done = nil
+                if !r.keepAlive { context.close(promise: nil) }
+                done(.success(Exchange(response: ForwardResponse(status: r.status, bodySnippet: r.snippet), reusable: r.keepAlive)))
+            case .error(let message):
+                fail(ForwardError(.connectionFailed, message), channel: context.channel)
+                return
             }
-        case .end:
-            guard let done else { return }
-            self.done = nil
-            if !keepAlive { context.close(promise: nil) }
-            done(.success(Exchange(response: ForwardResponse(status: status, bodySnippet: snippet), reusable: keepAlive)))
         }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        fail(ForwardError(.connectionFailed, "connection closed by the instance before a complete response"), channel: context.channel)
+        switch parser.connectionClosed() {
+        case .response(let r)?:
+            if let done {
+                self.done = nil
+                done(.success(Exchange(response: ForwardResponse(status: r.status, bodySnippet: r.snippet), reusable: false)))
+            }
+        case .error(let message)?:
+            fail(ForwardError(.connectionFailed, message), channel: context.channel)
+        case nil:
+            fail(ForwardError(.connectionFailed, "connection closed by the instance before a complete response"), channel: context.channel)
+        }
         context.fireChannelInactive()
     }
 
@@ -132,7 +131,10 @@ final class ResponseHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func fail(_ error: ForwardError, channel: any Channel) {
-        guard let done else { return }
+        guard let done else {
+            channel.close(promise: nil)
+            return
+        }
         self.done = nil
         channel.close(promise: nil)
         done(.failure(error))

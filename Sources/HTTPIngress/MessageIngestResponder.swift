@@ -99,7 +99,7 @@ public struct MessageIngestResponder: HTTPResponder {
                 BadRequest(.badRequest, "malformed_header", "header \(options.messageIDHeader) must be printable ASCII without spaces, ≤ 128 bytes")
             )
         }
-        var headers: [(name: String, value: String)] = []
+        var headers: [HeaderField] = []
         headers.reserveCapacity(request.headers.count)
         for (name, value) in request.headers {
             let lower = name.utf8.contains(where: { $0 >= 0x41 && $0 <= 0x5A }) ? name.lowercased() : name
@@ -107,7 +107,7 @@ public struct MessageIngestResponder: HTTPResponder {
             if lower.hasPrefix("x-switchyard-") || lower == "host" || lower == "content-length" || lower == "connection" {
                 continue
             }
-            headers.append((lower, value))
+            headers.append(HeaderField(lower, value))
         }
         let baggage = request.headers.first(name: "baggage")
         let trace =

@@ -200,22 +200,22 @@ public final class Router: Sendable {
         fallback: Bool,
         attempt: Int
     ) -> ForwardRequest {
-        var headers: [(name: String, value: String)] = [
-            ("x-switchyard-message-id", envelope.id),
-            ("x-switchyard-delivery-attempt", String(attempt)),
-            ("x-switchyard-topic", headerSafe(envelope.topic)),
-            ("x-switchyard-channel", envelope.channel),
-            ("traceparent", envelope.trace.childTraceparent()),
-            ("content-type", envelope.header("content-type") ?? "application/octet-stream"),
+        var headers: [HeaderField] = [
+            HeaderField("x-switchyard-message-id", envelope.id),
+            HeaderField("x-switchyard-delivery-attempt", String(attempt)),
+            HeaderField("x-switchyard-topic", headerSafe(envelope.topic)),
+            HeaderField("x-switchyard-channel", envelope.channel),
+            HeaderField("traceparent", envelope.trace.childTraceparent()),
+            HeaderField("content-type", envelope.header("content-type") ?? "application/octet-stream"),
         ]
-        if let lane = envelope.lane { headers.append(("x-switchyard-lane", lane)) }
-        if fallback { headers.append(("x-switchyard-lane-fallback", "true")) }
-        if let device = envelope.device { headers.append(("x-switchyard-device", headerSafe(device))) }
-        if let product = envelope.product { headers.append(("x-switchyard-product", headerSafe(product))) }
+        if let lane = envelope.lane { headers.append(HeaderField("x-switchyard-lane", lane)) }
+        if fallback { headers.append(HeaderField("x-switchyard-lane-fallback", "true")) }
+        if let device = envelope.device { headers.append(HeaderField("x-switchyard-device", headerSafe(device))) }
+        if let product = envelope.product { headers.append(HeaderField("x-switchyard-product", headerSafe(product))) }
         for (name, value) in envelope.tags.sorted(by: { $0.key < $1.key }) {
-            headers.append(("x-switchyard-tag-\(headerSafe(name))", headerSafe(value)))
+            headers.append(HeaderField("x-switchyard-tag-\(headerSafe(name))", headerSafe(value)))
         }
-        if let baggage = envelope.trace.outgoingBaggage(lane: envelope.lane) { headers.append(("baggage", baggage)) }
+        if let baggage = envelope.trace.outgoingBaggage(lane: envelope.lane) { headers.append(HeaderField("baggage", baggage)) }
         let path = instance.basePath + PathTemplate.render(target.path, captures: captures, envelope: envelope)
         return ForwardRequest(method: target.method, path: path, headers: headers, body: envelope.payload)
     }

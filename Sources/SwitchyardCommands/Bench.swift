@@ -32,6 +32,7 @@ struct BenchHTTP: AsyncParsableCommand {
     @Option(help: "Give up after this many seconds.") var timeLimit = 120.0
     @Option(help: "Event loop threads for Switchyard.") var threads = System.coreCount
     @Flag(help: "Also run the same load through nginx (needs nginx installed) and print the ratio.") var peer = false
+    @Flag(help: "No filters, tags or lanes: only the channel, the route and the forwarder.") var bare = false
 
     func run() async throws {
         LoggingSystem.bootstrap { label in
@@ -40,16 +41,12 @@ struct BenchHTTP: AsyncParsableCommand {
             return h
         }
         print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, \(ProcessInfo.processInfo.physicalMemory >> 30) GiB")
-        print("command: switchyard bench http --messages \(messages) --connections \(connections) --depth \(depth) --payload-bytes \(payloadBytes)\(peer ? " --peer" : "")")
+        print("command: switchyard bench http --messages \(messages) --connections \(connections) --depth \(depth) --payload-bytes \(payloadBytes)\(peer ? " --peer" : "")\(bare ? " --bare" : "")")
         let sinkGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let sink = try await BenchSink.start(group: sinkGroup)
         let dataDir = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-bench-\(getpid())").path
         defer { try? FileManager.default.removeItem(atPath: dataDir) }
-        let yaml = """
-            node: {data_dir: \(dataDir)}
-            listeners:
-              http: {host: 127.0.0.1, port: 0}
-              admin: {host: 127.0.0.1, port: 0}
+        let pipeline = bare ? "" : """
             filters:
               - max_payload: 64KiB
               - rate_limit: {scope: device, rate: 1000000, burst: 1000000}
@@ -59,6 +56,13 @@ struct BenchHTTP: AsyncParsableCommand {
             lanes:
               - name: gray
                 entry: {percentage: 5}
+            """
+        let yaml = """
+            node: {data_dir: \(dataDir)}
+            listeners:
+              http: {host: 127.0.0.1, port: 0}
+              admin: {host: 127.0.0.1, port: 0}
+            \(pipeline)
             channels:
               device_patterns: ["bench/{device}/#"]
             routes:

@@ -16,7 +16,7 @@ public struct Envelope: Sendable {
         var product: String?
         var device: String?
         var payload: ByteBuffer
-        var headers: [(name: String, value: String)]
+        var headers: [HeaderField]
         var tags: [String: String]
         var lane: String?
         var receivedAt: UInt64
@@ -26,7 +26,7 @@ public struct Envelope: Sendable {
 
         init(
             id: String, channel: String, topic: String, product: String?, device: String?, payload: ByteBuffer,
-            headers: [(name: String, value: String)], tags: [String: String], lane: String?, receivedAt: UInt64,
+            headers: [HeaderField], tags: [String: String], lane: String?, receivedAt: UInt64,
             trace: TraceContext, clientAddress: SocketAddress?, idFromSender: Bool
         ) {
             self.id = id
@@ -67,7 +67,7 @@ public struct Envelope: Sendable {
         product: String? = nil,
         device: String? = nil,
         payload: ByteBuffer,
-        headers: [(name: String, value: String)] = [],
+        headers: [HeaderField] = [],
         tags: [String: String] = [:],
         lane: String? = nil,
         receivedAt: UInt64,
@@ -109,7 +109,7 @@ public struct Envelope: Sendable {
         set { unique().payload = newValue }
     }
     /// Sender headers as received (lower-cased names), minus those Switchyard owns.
-    public var headers: [(name: String, value: String)] {
+    public var headers: [HeaderField] {
         get { storage.headers }
         set { unique().headers = newValue }
     }

@@ -5,10 +5,10 @@ public struct ForwardRequest: Sendable {
     public var method: String
     /// Path and query, starting with "/".
     public var path: String
-    public var headers: [(name: String, value: String)]
+    public var headers: [HeaderField]
     public var body: ByteBuffer
 
-    public init(method: String, path: String, headers: [(name: String, value: String)], body: ByteBuffer) {
+    public init(method: String, path: String, headers: [HeaderField], body: ByteBuffer) {
         self.method = method
         self.path = path
         self.headers = headers
@@ -65,4 +65,14 @@ public protocol Forwarder: Sendable {
     ) -> EventLoopFuture<ForwardResponse>
     /// A loop for callers that have none (tests, tools).
     func anyEventLoop() -> any EventLoop
+}
+
+/// One header: a struct rather than a tuple, so arrays of them need no runtime tuple metadata.
+public struct HeaderField: Sendable, Equatable {
+    public var name: String
+    public var value: String
+    public init(_ name: String, _ value: String) {
+        self.name = name
+        self.value = value
+    }
 }

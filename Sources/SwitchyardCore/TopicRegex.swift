@@ -13,6 +13,12 @@ public struct TopicRegex: @unchecked Sendable {
     private let fast: [Token]?
     private let regex: Regex<AnyRegexOutput>?
 
+    struct Span {
+        var name: String
+        var from: Int
+        var to: Int
+    }
+
     enum Token: Equatable {
         case literal(String)
         case segment(String?)  // [^/]+
@@ -74,17 +80,17 @@ public struct TopicRegex: @unchecked Sendable {
 
     private static func run(_ tokens: [Token], on topic: String) -> [String: String]? {
         let bytes = Array(topic.utf8)
-        var spans: [(String, Int, Int)] = []
+        var spans: [Span] = []
         guard matchFrom(tokens, 0, bytes, 0, &spans) else { return nil }
         var captures: [String: String] = [:]
-        for (name, from, to) in spans {
-            captures[name] = String(decoding: bytes[from..<to], as: UTF8.self)
+        for span in spans {
+            captures[span.name] = String(decoding: bytes[span.from..<span.to], as: UTF8.self)
         }
         return captures
     }
 
     /// Backtracking in the regex engine's order: greedy quantifiers try the longest span first.
-    private static func matchFrom(_ tokens: [Token], _ t: Int, _ bytes: [UInt8], _ i: Int, _ spans: inout [(String, Int, Int)]) -> Bool {
+    private static func matchFrom(_ tokens: [Token], _ t: Int, _ bytes: [UInt8], _ i: Int, _ spans: inout [Span]) -> Bool {
         if t == tokens.count { return i == bytes.count }
         switch tokens[t] {
         case .literal(let lit):
@@ -106,7 +112,7 @@ public struct TopicRegex: @unchecked Sendable {
             var length = end - i
             while length >= minimum {
                 let mark = spans.count
-                if let name { spans.append((name, i, i + length)) }
+                if let name { spans.append(Span(name: name, from: i, to: i + length)) }
                 if matchFrom(tokens, t + 1, bytes, i + length, &spans) { return true }
                 spans.removeSubrange(mark...)
                 length -= 1

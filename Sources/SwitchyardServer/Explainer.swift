@@ -47,7 +47,7 @@ enum Explainer {
     static func explain(_ request: ExplainRequest, snapshot: PipelineSnapshot) -> ExplainReport {
         var problems: [String] = []
         if let p = TopicName.problem(with: request.topic) { problems.append("topic: \(p) (the HTTP channel would answer 400)") }
-        let headers = (request.headers ?? [:]).map { (name: $0.key.lowercased(), value: $0.value) }
+        let headers = (request.headers ?? [:]).map { HeaderField($0.key.lowercased(), $0.value) }
         let stripped = headers.filter { $0.name.hasPrefix("x-switchyard-") }.map(\.name).sorted()
         var envelope = Envelope(
             id: MessageID.generate(),

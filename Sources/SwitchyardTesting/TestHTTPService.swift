@@ -4,7 +4,8 @@ public import NIOHTTP1
 import NIOPosix
 
 /// A real HTTP/1.1 service on loopback that records requests and answers with a
-/// configurable status (default 200). Stands in for a microservice in integration tests.
+/// configurable status (default 200) after an optional delay. Stands in for a
+/// microservice in integration tests.
 public final class TestHTTPService: Sendable {
     public struct Received: Sendable {
         public var method: String
@@ -14,23 +15,33 @@ public final class TestHTTPService: Sendable {
         public func header(_ name: String) -> String? { headers.first(name: name) }
     }
 
+    struct State {
+        var received: [Received] = []
+        var status: Int
+        var delayNanos: Int64 = 0
+        var connections = 0
+        var concurrent = 0
+        var maxConcurrent = 0
+    }
+
     public let channel: any Channel
-    private let state: NIOLockedValueBox<(received: [Received], status: Int)>
+    private let state: NIOLockedValueBox<State>
 
     public var port: Int { channel.localAddress!.port! }
     public var url: String { "http://127.0.0.1:\(port)" }
 
-    private init(channel: any Channel, state: NIOLockedValueBox<(received: [Received], status: Int)>) {
+    private init(channel: any Channel, state: NIOLockedValueBox<State>) {
         self.channel = channel
         self.state = state
     }
 
     public static func start(status: Int = 200, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws -> TestHTTPService {
-        let state = NIOLockedValueBox<(received: [Received], status: Int)>(([], status))
+        let state = NIOLockedValueBox(State(status: status))
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                state.withLockedValue { $0.connections += 1 }
+                return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
                     try channel.pipeline.syncOperations.addHandler(RecordingHandler(state: state))
                 }
@@ -42,6 +53,11 @@ public final class TestHTTPService: Sendable {
 
     public var received: [Received] { state.withLockedValue { $0.received } }
     public func setStatus(_ status: Int) { state.withLockedValue { $0.status = status } }
+    public func setDelay(seconds: Double) { state.withLockedValue { $0.delayNanos = Int64(seconds * 1e9) } }
+    /// Connections accepted so far.
+    public var connectionsAccepted: Int { state.withLockedValue { $0.connections } }
+    /// The most requests it was answering at the same time.
+    public var maxConcurrent: Int { state.withLockedValue { $0.maxConcurrent } }
 
     /// Waits until `count` requests arrived (or the timeout passed) and returns what arrived.
     public func waitFor(count: Int, timeoutSeconds: Double = 10) async -> [Received] {
@@ -61,11 +77,11 @@ final class RecordingHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
-    let state: NIOLockedValueBox<(received: [TestHTTPService.Received], status: Int)>
+    let state: NIOLockedValueBox<TestHTTPService.State>
     var head: HTTPRequestHead?
     var body = ""
 
-    init(state: NIOLockedValueBox<(received: [TestHTTPService.Received], status: Int)>) { self.state = state }
+    init(state: NIOLockedValueBox<TestHTTPService.State>) { self.state = state }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
@@ -76,16 +92,31 @@ final class RecordingHandler: ChannelInboundHandler {
             body += b.readString(length: b.readableBytes) ?? ""
         case .end:
             guard let head else { return }
-            let status = state.withLockedValue {
+            let (status, delay) = state.withLockedValue {
                 $0.received.append(.init(method: head.method.rawValue, uri: head.uri, headers: head.headers, body: body))
-                return $0.status
+                $0.concurrent += 1
+                $0.maxConcurrent = max($0.maxConcurrent, $0.concurrent)
+                return ($0.status, $0.delayNanos)
             }
-            let reply = ByteBuffer(string: "status \(status)")
-            var headers = HTTPHeaders()
-            headers.add(name: "content-length", value: String(reply.readableBytes))
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .init(statusCode: status), headers: headers))), promise: nil)
-            context.write(wrapOutboundOut(.body(.byteBuffer(reply))), promise: nil)
-            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+            let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            let reply = { [state] in
+                let context = bound.value
+                state.withLockedValue { $0.concurrent -= 1 }
+                let body = ByteBuffer(string: "status \(status)")
+                var headers = HTTPHeaders()
+                headers.add(name: "content-length", value: String(body.readableBytes))
+                context.write(
+                    NIOAny(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: .init(statusCode: status), headers: headers))),
+                    promise: nil
+                )
+                context.write(NIOAny(HTTPServerResponsePart.body(.byteBuffer(body))), promise: nil)
+                context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)), promise: nil)
+            }
+            if delay > 0 {
+                context.eventLoop.scheduleTask(in: .nanoseconds(delay)) { reply() }
+            } else {
+                reply()
+            }
         }
     }
 }

@@ -1,0 +1,222 @@
+import NIOCore
+
+/// An HTTP/1.1 response parser as a plain state machine value: bytes in, responses out.
+///
+/// The forwarder talks to services, not to the internet, but a service can still answer
+/// anything; every malformed response is an error (the connection is then closed), never
+/// a crash. Handles `content-length`, `chunked` (trailers ignored), bodies delimited by
+/// connection close, 1xx interim responses, and 204/304 without a body.
+struct HTTP1ResponseParser {
+    struct Response: Equatable {
+        var status: Int
+        var keepAlive: Bool
+        /// The first bytes of the body (error reports only need the start).
+        var snippet: String
+    }
+
+    enum Event: Equatable {
+        case response(Response)
+        case error(String)
+    }
+
+    enum State {
+        case head
+        case fixedBody(remaining: Int)
+        case chunkSize
+        case chunkData(remaining: Int)
+        case chunkDataEnd
+        case trailers
+        case untilClose
+        case failed
+    }
+
+    static let maxHeadBytes = 64 * 1024
+    static let snippetBytes = 256
+
+    private(set) var state = State.head
+    private var status = 0
+    private var keepAlive = true
+    private var snippet: [UInt8] = []
+
+    /// Consumes what it can from `buffer`; returns the events completed by these bytes.
+    mutating func feed(_ buffer: inout ByteBuffer) -> [Event] {
+        var events: [Event] = []
+        while buffer.readableBytes > 0 {
+            switch state {
+            case .failed:
+                buffer.moveReaderIndex(forwardBy: buffer.readableBytes)
+                return events
+            case .head:
+                guard let end = buffer.readableBytesView.firstRange(of: [13, 10, 13, 10]) else {
+                    if buffer.readableBytes > Self.maxHeadBytes { return events + [fail("response head larger than 64 KiB")] }
+                    return events
+                }
+                let length = end.upperBound - buffer.readerIndex
+                guard length <= Self.maxHeadBytes else { return events + [fail("response head larger than 64 KiB")] }
+                let head = buffer.readSlice(length: length)!
+                if let error = parseHead(head) { return events + [fail(error)] }
+                if let done = afterHead() { events.append(done) }
+            case .fixedBody(let remaining):
+                let n = min(remaining, buffer.readableBytes)
+                take(&buffer, n)
+                if remaining - n == 0 { events.append(finish()) } else { state = .fixedBody(remaining: remaining - n) }
+            case .chunkSize:
+                guard let line = readLine(&buffer) else {
+                    if buffer.readableBytes > 1024 { return events + [fail("chunk size line too long")] }
+                    return events
+                }
+                let hex = line.split(separator: UInt8(ascii: ";"), maxSplits: 1, omittingEmptySubsequences: false)[0]
+                    .filter { $0 != 0x20 && $0 != 0x09 }
+                guard !hex.isEmpty, hex.count <= 15, let size = Int(String(decoding: hex, as: UTF8.self), radix: 16) else {
+                    return events + [fail("invalid chunk size")]
+                }
+                state = size == 0 ? .trailers : .chunkData(remaining: size)
+            case .chunkData(let remaining):
+                let n = min(remaining, buffer.readableBytes)
+                take(&buffer, n)
+                state = remaining - n == 0 ? .chunkDataEnd : .chunkData(remaining: remaining - n)
+            case .chunkDataEnd:
+                guard buffer.readableBytes >= 2 else { return events }
+                guard buffer.readInteger(as: UInt16.self) == 0x0D0A else { return events + [fail("chunk not followed by CRLF")] }
+                state = .chunkSize
+            case .trailers:
+                guard let line = readLine(&buffer) else {
+                    if buffer.readableBytes > Self.maxHeadBytes { return events + [fail("trailers too long")] }
+                    return events
+                }
+                if line.isEmpty { events.append(finish()) }
+            case .untilClose:
+                take(&buffer, buffer.readableBytes)
+            }
+        }
+        return events
+    }
+
+    /// The connection closed: completes a close-delimited body, else reports what was cut off.
+    mutating func connectionClosed() -> Event? {
+        switch state {
+        case .untilClose:
+            keepAlive = false
+            return finish()
+        case .head:
+            return nil
+        case .failed:
+            return nil
+        default:
+            state = .failed
+            return .error("connection closed in the middle of the response body")
+        }
+    }
+
+    var isIdle: Bool {
+        if case .head = state { return true }
+        return false
+    }
+
+    private mutating func fail(_ message: String) -> Event {
+        state = .failed
+        return .error("invalid HTTP response from the instance: \(message)")
+    }
+
+    private mutating func take(_ buffer: inout ByteBuffer, _ n: Int) {
+        if status >= 300 && snippet.count < Self.snippetBytes {
+            let keep = min(n, Self.snippetBytes - snippet.count)
+            snippet += buffer.readableBytesView.prefix(keep)
+        }
+        buffer.moveReaderIndex(forwardBy: n)
+    }
+
+    private func readLine(_ buffer: inout ByteBuffer) -> [UInt8]? {
+        guard let crlf = buffer.readableBytesView.firstRange(of: [13, 10]) else { return nil }
+        let line = Array(buffer.readableBytesView[buffer.readerIndex..<crlf.lowerBound])
+        buffer.moveReaderIndex(to: crlf.upperBound)
+        return line
+    }
+
+    private mutating func finish() -> Event {
+        let response = Response(status: status, keepAlive: keepAlive, snippet: String(decoding: snippet, as: UTF8.self))
+        state = .head
+        snippet = []
+        return .response(response)
+    }
+
+    private var bodyKind: (chunked: Bool, length: Int?) = (false, nil)
+
+    /// Parses the status line and the headers that frame the body.
+    private mutating func parseHead(_ head: ByteBuffer) -> String? {
+        let bytes = head.readableBytesView
+        var lines = bytes.split(separator: 10, omittingEmptySubsequences: false).map { line -> ArraySlice<UInt8> in
+            var l = ArraySlice(line)
+            if l.last == 13 { l = l.dropLast() }
+            return l
+        }
+        while lines.last?.isEmpty == true { lines.removeLast() }
+        guard let statusLine = lines.first else { return "empty status line" }
+        let parts = statusLine.split(separator: 0x20, maxSplits: 2, omittingEmptySubsequences: true)
+        guard parts.count >= 2, parts[0].starts(with: Array("HTTP/1.".utf8)), parts[0].count == 8,
+            parts[1].count == 3, let code = Int(String(decoding: parts[1], as: UTF8.self)), (100...999).contains(code)
+        else {
+            return "bad status line \"\(String(decoding: statusLine.prefix(64), as: UTF8.self))\""
+        }
+        status = code
+        let http10 = parts[0].last == UInt8(ascii: "0")
+        keepAlive = !http10
+        bodyKind = (false, nil)
+        for line in lines.dropFirst() {
+            guard let colon = line.firstIndex(of: UInt8(ascii: ":")) else { return "header line without a colon" }
+            let name = String(decoding: line[line.startIndex..<colon], as: UTF8.self).lowercased()
+            let value = String(decoding: line[(colon + 1)...], as: UTF8.self).trimmingHTTPWhitespace().lowercased()
+            switch name {
+            case "content-length":
+                guard let n = Int(value), n >= 0 else { return "invalid content-length \"\(value)\"" }
+                if let existing = bodyKind.length, existing != n { return "conflicting content-length headers" }
+                bodyKind.length = n
+            case "transfer-encoding":
+                if value.split(separator: ",").last.map({ $0.trimmingHTTPWhitespace() }) == "chunked" {
+                    bodyKind.chunked = true
+                } else {
+                    return "unsupported transfer-encoding \"\(value)\""
+                }
+            case "connection":
+                let tokens = value.split(separator: ",").map { $0.trimmingHTTPWhitespace() }
+                if tokens.contains("close") { keepAlive = false }
+                if tokens.contains("keep-alive") { keepAlive = true }
+            default:
+                break
+            }
+        }
+        if bodyKind.chunked && bodyKind.length != nil { return "both content-length and chunked" }
+        return nil
+    }
+
+    /// Chooses how the body is framed; returns the response when it has none.
+    private mutating func afterHead() -> Event? {
+        if (100..<200).contains(status) {
+            // Interim response (100 Continue): the real one follows.
+            state = .head
+            return nil
+        }
+        if status == 204 || status == 304 { return finish() }
+        if bodyKind.chunked {
+            state = .chunkSize
+            return nil
+        }
+        if let length = bodyKind.length {
+            if length == 0 { return finish() }
+            state = .fixedBody(remaining: length)
+            return nil
+        }
+        state = .untilClose
+        keepAlive = false
+        return nil
+    }
+}
+
+extension StringProtocol {
+    fileprivate func trimmingHTTPWhitespace() -> String {
+        var s = Substring(self)
+        while s.first == " " || s.first == "\t" { s.removeFirst() }
+        while s.last == " " || s.last == "\t" { s.removeLast() }
+        return String(s)
+    }
+}

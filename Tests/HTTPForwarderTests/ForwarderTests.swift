@@ -1,0 +1,81 @@
+import HTTPForwarder
+import NIOCore
+import NIOPosix
+import SwitchyardCore
+import SwitchyardTesting
+import Testing
+
+/// The forwarder against real loopback services.
+@Suite(.serialized) struct ForwarderTests {
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+
+    func request(_ path: String = "/x") -> ForwardRequest {
+        ForwardRequest(method: "POST", path: path, headers: [HeaderField("x-switchyard-message-id", "m1")], body: ByteBuffer(string: "payload"))
+    }
+
+    @Test func deliversAndReusesConnections() async throws {
+        let svc = try await TestHTTPService.start()
+        let forwarder = HTTPForwarder(group: group)
+        let instance = ServiceInstance(service: "s", url: svc.url)!
+        let loop = group.next()
+        for i in 0..<20 {
+            let r = try await forwarder.forward(request("/n/\(i)"), to: instance, timeout: .seconds(5), on: loop).get()
+            #expect(r.status == 200)
+        }
+        let got = await svc.waitFor(count: 20)
+        #expect(got.map(\.uri) == (0..<20).map { "/n/\($0)" })
+        #expect(got.first?.body == "payload")
+        #expect(got.first?.header("x-switchyard-message-id") == "m1")
+        #expect(got.first?.header("host") == instance.address)
+        #expect(svc.connectionsAccepted == 1)  // keep-alive: one connection for sequential requests
+        forwarder.shutdown()
+        await svc.stop()
+    }
+
+    @Test func refusedConnectionIsConnectFailed() async throws {
+        let forwarder = HTTPForwarder(group: group)
+        let instance = ServiceInstance(service: "s", host: "127.0.0.1", port: 1)
+        do {
+            _ = try await forwarder.forward(request(), to: instance, timeout: .seconds(2), on: group.next()).get()
+            Issue.record("expected an error")
+        } catch let error as ForwardError {
+            #expect(error.kind == .connectFailed)
+        }
+    }
+
+    @Test func slowServiceTimesOut() async throws {
+        let svc = try await TestHTTPService.start()
+        svc.setDelay(seconds: 2)
+        let forwarder = HTTPForwarder(group: group)
+        let instance = ServiceInstance(service: "s", url: svc.url)!
+        let start = NIODeadline.now()
+        do {
+            _ = try await forwarder.forward(request(), to: instance, timeout: .milliseconds(200), on: group.next()).get()
+            Issue.record("expected a timeout")
+        } catch let error as ForwardError {
+            #expect(error.kind == .timeout)
+        }
+        #expect(NIODeadline.now() - start < .seconds(1))
+        forwarder.shutdown()
+        await svc.stop()
+    }
+
+    @Test func concurrencyLimitQueuesRequests() async throws {
+        let svc = try await TestHTTPService.start()
+        svc.setDelay(seconds: 0.05)
+        let forwarder = HTTPForwarder(group: group)
+        forwarder.setConcurrencyLimit(2, forService: "s")  // one per loop
+        let instance = ServiceInstance(service: "s", url: svc.url)!
+        let loop = group.next()
+        try await withThrowingTaskGroup(of: Int.self) { tasks in
+            for _ in 0..<10 {
+                tasks.addTask { try await forwarder.forward(self.request(), to: instance, timeout: .seconds(5), on: loop).get().status }
+            }
+            for try await status in tasks { #expect(status == 200) }
+        }
+        #expect(svc.maxConcurrent <= 1)  // all on one loop: that loop's share of 2 is 1
+        #expect(svc.received.count == 10)
+        forwarder.shutdown()
+        await svc.stop()
+    }
+}

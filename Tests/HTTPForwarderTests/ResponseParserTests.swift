@@ -1,0 +1,93 @@
+@testable import HTTPForwarder
+import NIOCore
+import Testing
+
+@Suite struct ResponseParserTests {
+    /// Feeds `text` in pieces of `step` bytes and collects the events.
+    func parse(_ text: String, step: Int = .max) -> [HTTP1ResponseParser.Event] {
+        var parser = HTTP1ResponseParser()
+        var events: [HTTP1ResponseParser.Event] = []
+        let bytes = Array(text.utf8)
+        var pending = ByteBuffer()
+        var i = 0
+        while i < bytes.count {
+            let n = min(step, bytes.count - i)
+            pending.writeBytes(bytes[i..<(i + n)])
+            events += parser.feed(&pending)
+            pending.discardReadBytes()
+            i += n
+        }
+        if let e = parser.connectionClosed() { events.append(e) }
+        return events
+    }
+
+    func ok(_ status: Int, keepAlive: Bool = true, snippet: String = "") -> HTTP1ResponseParser.Event {
+        .response(.init(status: status, keepAlive: keepAlive, snippet: snippet))
+    }
+
+    @Test(arguments: [1, 2, 3, 7, Int.max])
+    func framingsInAnyPieces(step: Int) {
+        let stream =
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+            + "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"
+            + "HTTP/1.1 503 Busy\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=1\r\nbusy\r\n3\r\n!!!\r\n0\r\nx-trailer: 1\r\n\r\n"
+            + "HTTP/1.1 400 Bad\r\nconnection: close\r\ncontent-length: 3\r\n\r\nbad"
+        #expect(
+            parse(stream, step: step) == [ok(200), ok(204), ok(503, snippet: "busy!!!"), ok(400, keepAlive: false, snippet: "bad")]
+        )
+    }
+
+    @Test func bodyUntilClose() {
+        #expect(parse("HTTP/1.1 500 Oops\r\n\r\nsomething broke") == [ok(500, keepAlive: false, snippet: "something broke")])
+        #expect(parse("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n") == [ok(200, keepAlive: false)])
+    }
+
+    @Test func malformedResponsesAreErrors() {
+        for bad in [
+            "SMTP/1.1 200 OK\r\n\r\n",
+            "HTTP/1.1 2000 OK\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+            "HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+        ] {
+            let events = parse(bad)
+            guard case .error = events.first else {
+                Issue.record("accepted: \(bad.debugDescription) → \(events)")
+                continue
+            }
+        }
+        // Cut off in the middle of a body.
+        guard case .error(let m) = parse("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc").first else {
+            Issue.record("truncated body accepted")
+            return
+        }
+        #expect(m.contains("closed"))
+        // A huge head never completes.
+        let huge = "HTTP/1.1 200 OK\r\nx: " + String(repeating: "a", count: 70_000)
+        guard case .error = parse(huge).first else {
+            Issue.record("70 KB head accepted")
+            return
+        }
+    }
+
+    @Test func requestEncoderRefusesInjection() {
+        var buffer = ByteBuffer()
+        let good = ForwardRequestFixture.make(path: "/a/b", headers: [HeaderField("x-a", "1")])
+        #expect(HTTP1RequestEncoder.encode(good, host: "h:1", into: &buffer) == nil)
+        #expect(String(buffer: buffer) == "POST /a/b HTTP/1.1\r\nhost: h:1\r\ncontent-length: 2\r\nx-a: 1\r\n\r\nhi")
+        var other = ByteBuffer()
+        #expect(HTTP1RequestEncoder.encode(ForwardRequestFixture.make(path: "/a b"), host: "h", into: &other) != nil)
+        #expect(HTTP1RequestEncoder.encode(ForwardRequestFixture.make(path: "/a", headers: [HeaderField("x", "1\r\nevil: 1")]), host: "h", into: &other) != nil)
+        #expect(HTTP1RequestEncoder.encode(ForwardRequestFixture.make(path: "/a", headers: [HeaderField("bad name", "1")]), host: "h", into: &other) != nil)
+    }
+}
+
+import SwitchyardCore
+
+enum ForwardRequestFixture {
+    static func make(path: String, headers: [HeaderField] = []) -> ForwardRequest {
+        ForwardRequest(method: "POST", path: path, headers: headers, body: ByteBuffer(string: "hi"))
+    }
+}
