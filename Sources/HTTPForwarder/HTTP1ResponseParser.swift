@@ -47,11 +47,10 @@ struct HTTP1ResponseParser {
                 buffer.moveReaderIndex(forwardBy: buffer.readableBytes)
                 return events
             case .head:
-                guard let end = buffer.readableBytesView.firstRange(of: [13, 10, 13, 10]) else {
+                guard let length = Self.headLength(buffer) else {
                     if buffer.readableBytes > Self.maxHeadBytes { return events + [fail("response head larger than 64 KiB")] }
                     return events
                 }
-                let length = end.upperBound - buffer.readerIndex
                 guard length <= Self.maxHeadBytes else { return events + [fail("response head larger than 64 KiB")] }
                 let head = buffer.readSlice(length: length)!
                 if let error = parseHead(head) { return events + [fail(error)] }
@@ -127,10 +126,32 @@ struct HTTP1ResponseParser {
     }
 
     private func readLine(_ buffer: inout ByteBuffer) -> [UInt8]? {
-        guard let crlf = buffer.readableBytesView.firstRange(of: [13, 10]) else { return nil }
-        let line = Array(buffer.readableBytesView[buffer.readerIndex..<crlf.lowerBound])
-        buffer.moveReaderIndex(to: crlf.upperBound)
+        let lineLength: Int? = buffer.withUnsafeReadableBytes { bytes in
+            guard bytes.count >= 2 else { return nil }
+            for i in 0..<(bytes.count - 1) where bytes[i] == 13 && bytes[i + 1] == 10 { return i }
+            return nil
+        }
+        guard let lineLength else { return nil }
+        let line = buffer.readBytes(length: lineLength)!
+        buffer.moveReaderIndex(forwardBy: 2)
         return line
+    }
+
+    /// Bytes up to and including the blank line that ends a head, if it has arrived.
+    static func headLength(_ buffer: ByteBuffer) -> Int? {
+        buffer.withUnsafeReadableBytes { bytes in
+            guard bytes.count >= 4 else { return nil }
+            var i = 0
+            while i <= bytes.count - 4 {
+                if bytes[i + 3] != 10 {
+                    i += bytes[i + 3] == 13 ? 1 : 4
+                    continue
+                }
+                if bytes[i] == 13 && bytes[i + 1] == 10 && bytes[i + 2] == 13 { return i + 4 }
+                i += 1
+            }
+            return nil
+        }
     }
 
     private mutating func finish() -> Event {

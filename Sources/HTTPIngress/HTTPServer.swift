@@ -17,7 +17,10 @@ public struct IncomingRequest: Sendable {
     public var remoteAddress: SocketAddress?
 
     /// Path without the query string (still percent-encoded).
-    public var path: Substring { uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)[0] }
+    public var path: Substring {
+        guard let q = uri.utf8.firstIndex(of: UInt8(ascii: "?")) else { return uri[...] }
+        return uri[..<q]
+    }
 
     /// Query parameters (percent-decoded, last one wins).
     public var query: [String: String] {

@@ -212,8 +212,11 @@ public final class Router: Sendable {
         if fallback { headers.append(HeaderField("x-switchyard-lane-fallback", "true")) }
         if let device = envelope.device { headers.append(HeaderField("x-switchyard-device", headerSafe(device))) }
         if let product = envelope.product { headers.append(HeaderField("x-switchyard-product", headerSafe(product))) }
-        for (name, value) in envelope.tags.sorted(by: { $0.key < $1.key }) {
-            headers.append(HeaderField("x-switchyard-tag-\(headerSafe(name))", headerSafe(value)))
+        let tags = envelope.tags
+        if !tags.isEmpty {
+            for name in tags.keys.sorted() {
+                headers.append(HeaderField("x-switchyard-tag-\(headerSafe(name))", headerSafe(tags[name]!)))
+            }
         }
         if let baggage = envelope.trace.outgoingBaggage(lane: envelope.lane) { headers.append(HeaderField("baggage", baggage)) }
         let path = instance.basePath + PathTemplate.render(target.path, captures: captures, envelope: envelope)

@@ -76,20 +76,26 @@ struct BenchHTTP: AsyncParsableCommand {
                 instances: [{url: "http://127.0.0.1:\(sink.port)"}]
             """
         let config = try ConfigLoader.parse(yaml: yaml)
+        let threadsBefore = CPUTime.threadIDs()
         let app = try SwitchyardApplication(
             configuration: config, dataDir: dataDir, logger: Logger(label: "bench"), threads: threads,
             environment: ["SWITCHYARD_ADMIN_TOKEN": "bench"]
         )
+        let appThreads = CPUTime.threadIDs().subtracting(threadsBefore)  // the app's event loops
         let runTask = Task { try await app.run(handleSignals: false) }
         let address = try await app.ingestAddress!.get()
 
         let clientGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let cpuBefore = CPUTime.process()
+        let appThreadsBefore = CPUTime.threadsSplit(appThreads)
         var result = try await LoadGenerator.run(
             group: clientGroup, port: address.port!, messages: messages, connections: connections, depth: depth,
             payloadBytes: payloadBytes, timeLimit: timeLimit, sink: sink
         )
         result.cpuSeconds = CPUTime.process() - cpuBefore
+        let appThreadsAfter = CPUTime.threadsSplit(appThreads)
+        result.proxyCPUSeconds = appThreadsAfter.user + appThreadsAfter.system - appThreadsBefore.user - appThreadsBefore.system
+        result.proxySystemCPUSeconds = appThreadsAfter.system - appThreadsBefore.system
         let ledger = app.ledger.snapshot()
         print(result.report(title: "switchyard"))
         print("ledger: received \(ledger.receivedTotal), forwarded \(ledger.forwardedTotal), rejected \(ledger.rejectedTotal), dead-lettered \(ledger.deadLetteredTotal), in flight \(ledger.inFlight)")
@@ -99,12 +105,14 @@ struct BenchHTTP: AsyncParsableCommand {
         if peer {
             if let nginx = try? await NginxPeer.start(sinkPort: sink.port) {
                 sink.reset()
-                let before = CPUTime.process() + CPUTime.of(pid: nginx.process.processIdentifier)
+                let nginxBefore = CPUTime.of(pid: nginx.process.processIdentifier)
+                let before = CPUTime.process() + nginxBefore
                 var peerResult = try await LoadGenerator.run(
                     group: clientGroup, port: nginx.port, messages: messages, connections: connections, depth: depth,
                     payloadBytes: payloadBytes, timeLimit: timeLimit, sink: sink
                 )
                 peerResult.cpuSeconds = CPUTime.process() + CPUTime.of(pid: nginx.process.processIdentifier) - before
+                peerResult.proxyCPUSeconds = CPUTime.of(pid: nginx.process.processIdentifier) - nginxBefore
                 nginx.stop()
                 print(peerResult.report(title: "nginx (proxy_pass, same sink)"))
                 print(String(format: "ratio switchyard/nginx: %.2f (throughput)", result.throughput / max(peerResult.throughput, 1)))
@@ -128,6 +136,10 @@ struct LoadResult {
     var endToEndLatencies: [UInt64]
     /// CPU seconds used during the run: this process (switchyard, load generator, sink) and the peer's.
     var cpuSeconds: Double = 0
+    /// CPU seconds of the proxy alone (Switchyard's event loops, or the nginx processes).
+    var proxyCPUSeconds: Double = 0
+    /// Of which in the kernel (only known for Switchyard's own threads).
+    var proxySystemCPUSeconds: Double?
 
     var throughput: Double { Double(delivered) / seconds }
 
@@ -143,7 +155,7 @@ struct LoadResult {
             → \(String(format: "%.0f", throughput)) messages/s end to end
               accept latency (POST → 202): p50 \(pct(acceptLatencies, 0.5)), p99 \(pct(acceptLatencies, 0.99))
               end-to-end latency (POST → sink): p50 \(pct(endToEndLatencies, 0.5)), p99 \(pct(endToEndLatencies, 0.99))
-              CPU: \(String(format: "%.0f", cpuSeconds / Double(max(delivered, 1)) * 1e6)) µs per message, everything included (load generator and sink too)
+              CPU per message: \(String(format: "%.0f", proxyCPUSeconds / Double(max(delivered, 1)) * 1e6)) µs in the proxy\(proxySystemCPUSeconds.map { String(format: " (%.0f µs of it in the kernel)", $0 / Double(max(delivered, 1)) * 1e6) } ?? ""), \(String(format: "%.0f", cpuSeconds / Double(max(delivered, 1)) * 1e6)) µs with load generator and sink
             """
     }
 }
@@ -343,6 +355,35 @@ enum CPUTime {
         var usage = rusage()
         getrusage(RUSAGE_SELF.rawValue, &usage)
         return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
+    }
+
+    /// This process's thread ids.
+    static func threadIDs() -> Set<String> {
+        Set((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? [])
+    }
+
+    /// CPU seconds of these threads of this process, from /proc.
+    static func threads(_ tids: Set<String>) -> Double {
+        let (user, system) = threadsSplit(tids)
+        return user + system
+    }
+
+    /// User and system CPU seconds of these threads.
+    static func threadsSplit(_ tids: Set<String>) -> (user: Double, system: Double) {
+        let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
+        var user = 0.0
+        var system = 0.0
+        for tid in tids {
+            guard let stat = try? String(contentsOfFile: "/proc/self/task/\(tid)/stat", encoding: .utf8),
+                let close = stat.lastIndex(of: ")")
+            else { continue }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            if fields.count > 12, let u = Double(fields[11]), let s = Double(fields[12]) {
+                user += u / ticks
+                system += s / ticks
+            }
+        }
+        return (user, system)
     }
 
     /// utime + stime of a process and its children so far (nginx: master + worker).
