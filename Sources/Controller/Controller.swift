@@ -112,7 +112,7 @@ public final class Controller: Sendable {
             }
         }
         classify(&envelope)
-        envelope.lane = assignLane(envelope).lane
+        envelope.lane = assignLane(envelope, explain: false).lane
         return .accepted
     }
 
@@ -145,10 +145,15 @@ public final class Controller: Sendable {
         "\(envelope.device ?? "")\u{0}\(envelope.id)"
     }
 
+    private static let passed = FilterVerdict(filter: "", passed: true, reason: nil, detail: "")
+
+    /// `dryRun` (explain) consumes nothing and describes each pass; otherwise only
+    /// rejections are described, so the hot path builds no strings.
     private func evaluate(_ filter: Filter, index: Int, _ envelope: Envelope, dryRun: Bool) -> (FilterVerdict, Rejection?) {
         let name = filterRules[index].kind
-        func pass(_ detail: String) -> (FilterVerdict, Rejection?) {
-            (FilterVerdict(filter: name, passed: true, reason: nil, detail: detail), nil)
+        func pass(_ detail: @autoclosure () -> String) -> (FilterVerdict, Rejection?) {
+            guard dryRun else { return (Controller.passed, nil) }
+            return (FilterVerdict(filter: name, passed: true, reason: nil, detail: detail()), nil)
         }
         func reject(_ reason: String, _ status: Int, _ message: String, retryAfter: Double? = nil) -> (FilterVerdict, Rejection?) {
             (
@@ -211,7 +216,7 @@ public final class Controller: Sendable {
         what: String,
         allow: Set<String>,
         deny: Set<String>,
-        pass: (String) -> (FilterVerdict, Rejection?),
+        pass: (@autoclosure () -> String) -> (FilterVerdict, Rejection?),
         reject: (String, Int, String, Double?) -> (FilterVerdict, Rejection?)
     ) -> (FilterVerdict, Rejection?) {
         if let value, deny.contains(value) { return reject("\(what)_denied", 403, "\(what) \"\(value)\" is on the deny list", nil) }
@@ -244,15 +249,18 @@ public final class Controller: Sendable {
     }
 
     /// First matching lane in declared order, with the reason; nil is baseline.
-    public func assignLane(_ envelope: Envelope) -> (lane: String?, why: String) {
+    public func assignLane(_ envelope: Envelope, explain: Bool = true) -> (lane: String?, why: String) {
         for lane in lanes {
             if let device = envelope.device, lane.devices.contains(device) {
+                if !explain { return (lane.name, "") }
                 return (lane.name, "device \"\(device)\" is on the allow-list of lane \"\(lane.name)\"")
             }
             if let product = envelope.product, lane.products.contains(product) {
+                if !explain { return (lane.name, "") }
                 return (lane.name, "product \"\(product)\" is listed by lane \"\(lane.name)\"")
             }
             if !lane.tags.isEmpty && lane.tags.allSatisfy({ envelope.tags[$0.key] == $0.value }) {
+                if !explain { return (lane.name, "") }
                 return (lane.name, "tags \(lane.tags.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")) match lane \"\(lane.name)\"")
             }
             if let percentage = lane.percentage {
@@ -266,6 +274,7 @@ public final class Controller: Sendable {
                     let bucket = StableHash.basisPoints(namespace: lane.name, key: key)
                     let threshold = Int((percentage * 100).rounded())
                     if bucket < threshold {
+                        if !explain { return (lane.name, "") }
                         return (lane.name, "bucket \(bucket) of key \"\(key)\" is below \(threshold) (\(formatted(percentage)) %) of lane \"\(lane.name)\"")
                     }
                 }

@@ -1,0 +1,46 @@
+import ArgumentParser
+import Foundation
+import SwitchyardConfig
+import SwitchyardCore
+import SwitchyardServer
+
+/// The per-message work of the controller and router without any I/O: identity, filters,
+/// tags, lane, route match and request rendering, in a loop on one thread.
+struct BenchPipeline: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pipeline",
+        abstract: "CPU cost of controller + router per message, without network I/O."
+    )
+
+    @Option(help: "Messages to run through.") var messages = 500_000
+    @Option(help: "Distinct devices.") var devices = 10_000
+
+    func run() throws {
+        let config = try ConfigLoader.parse(
+            yaml: """
+                filters:
+                  - max_payload: 64KiB
+                  - rate_limit: {scope: device, rate: 1000000, burst: 1000000}
+                tags:
+                  - match: {topic: "^bench/.+/data$"}
+                    set: {kind: telemetry}
+                lanes:
+                  - name: gray
+                    entry: {percentage: 5}
+                channels:
+                  device_patterns: ["bench/{device}/#"]
+                routes:
+                  - name: bench
+                    match: "^bench/(?<device>[^/]+)/data$"
+                    targets: [{service: sink, path: "/ingest/{device}"}]
+                services:
+                  sink: {instances: [{url: "http://127.0.0.1:9"}]}
+                """
+        )
+        let topics = (0..<devices).map { "bench/dev-\($0)/data" }
+        let result = try PipelineProbe.run(configuration: config, topics: topics, messages: messages)
+        print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores")
+        print("command: switchyard bench pipeline --messages \(messages) --devices \(devices)")
+        print(String(format: "controller + router: %.2f µs per message on one core (%d messages, %.2f s)", result.seconds / Double(messages) * 1e6, messages, result.seconds))
+    }
+}
