@@ -177,7 +177,9 @@ public final class Router: Sendable {
     }
 
     private func deadLetter(_ envelope: Envelope, route: String, service: String?, reason: String, attempts: Int, error: String) {
-        logger.warning(
+        // Per message: debug only (a failing service would flood the log); the count is in
+        // the metrics and every entry in `GET /admin/dead-letters`.
+        logger.debug(
             "dead-lettered",
             metadata: ["id": "\(envelope.id)", "route": "\(route)", "reason": "\(reason)", "error": "\(error)"]
         )

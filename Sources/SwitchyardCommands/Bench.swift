@@ -33,6 +33,7 @@ struct BenchHTTP: AsyncParsableCommand {
     @Option(help: "Event loop threads for Switchyard.") var threads = System.coreCount
     @Flag(help: "Also run the same load through nginx (needs nginx installed) and print the ratio.") var peer = false
     @Flag(help: "No filters, tags or lanes: only the channel, the route and the forwarder.") var bare = false
+    @Option(help: "max_concurrency of the sink service (requests in flight to it).") var upstreamConcurrency = 512
 
     func run() async throws {
         LoggingSystem.bootstrap { label in
@@ -41,7 +42,7 @@ struct BenchHTTP: AsyncParsableCommand {
             return h
         }
         print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, \(ProcessInfo.processInfo.physicalMemory >> 30) GiB")
-        print("command: switchyard bench http --messages \(messages) --connections \(connections) --depth \(depth) --payload-bytes \(payloadBytes)\(peer ? " --peer" : "")\(bare ? " --bare" : "")")
+        print("command: switchyard bench http --messages \(messages) --connections \(connections) --depth \(depth) --payload-bytes \(payloadBytes)\(peer ? " --peer" : "")\(bare ? " --bare" : "") --upstream-concurrency \(upstreamConcurrency)")
         let sinkGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let sink = try await BenchSink.start(group: sinkGroup)
         let dataDir = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-bench-\(getpid())").path
@@ -72,7 +73,7 @@ struct BenchHTTP: AsyncParsableCommand {
                   - {service: sink, path: "/ingest/{device}", timeout: 5s, retries: 2}
             services:
               sink:
-                max_concurrency: 512
+                max_concurrency: \(upstreamConcurrency)
                 instances: [{url: "http://127.0.0.1:\(sink.port)"}]
             """
         let config = try ConfigLoader.parse(yaml: yaml)

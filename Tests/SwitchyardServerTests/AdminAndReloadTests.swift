@@ -95,3 +95,36 @@ import Testing
         await svc.stop()
     }
 }
+
+@Suite(.serialized) struct InFlightReloadTests {
+    /// A message whose delivery started under the old config finishes under it: its retry
+    /// goes to the old path even though a reload changed the route meanwhile.
+    @Test func inFlightMessageFinishesUnderItsConfig() async throws {
+        let svc = try await TestHTTPService.start(status: 503)
+        func yaml(_ path: String) -> String {
+            """
+            routes:
+              - name: r
+                match: "^devices/(?<product>[^/]+)/(?<device>[^/]+)/x$"
+                targets: [{service: s, path: "\(path)", retries: 1, backoff: {base: 400ms, max: 400ms}}]
+            services:
+              s: {instances: [{url: "\(svc.url)"}]}
+            """
+        }
+        let server = try await TestServer.start(yaml("/old/{device}"))
+        #expect(try await server.post("devices/p/d1/x").status == 202)
+        _ = await svc.waitFor(count: 1)
+        svc.setStatus(200)
+        try server.rewrite(yaml("/new/{device}"))
+        #expect(try await server.admin("POST", "/admin/reload").status == 200)
+        #expect(try await server.post("devices/p/d2/x").status == 202)
+        let got = await svc.waitFor(count: 3)
+        await server.settle()
+        let uris = got.map(\.uri)
+        #expect(uris.filter { $0 == "/old/d1" }.count == 2, "\(uris)")  // first attempt and its retry
+        #expect(uris.contains("/new/d2"))
+        #expect(got.last { $0.uri == "/old/d1" }?.header("x-switchyard-delivery-attempt") == "2")
+        await server.stop()
+        await svc.stop()
+    }
+}
