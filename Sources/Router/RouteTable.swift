@@ -17,14 +17,14 @@ public struct RouteTable: Sendable {
 
     public let routes: [Route]
 
-    /// Compiles every route; throws a `RouterConfigError` naming the key path.
-    public init(_ rules: [SwitchyardConfiguration.RouteRule]) throws(RouterConfigError) {
+    /// Compiles every route; throws a `KeyPathError` naming the key path.
+    public init(_ rules: [SwitchyardConfiguration.RouteRule]) throws(KeyPathError) {
         var routes: [Route] = []
         for (index, rule) in rules.enumerated() {
             do {
                 routes.append(Route(name: rule.name, regex: try TopicRegex(rule.match), targets: rule.targets))
             } catch {
-                throw RouterConfigError(path: "routes[\(index)].match", message: error.description)
+                throw KeyPathError(path: "routes[\(index)].match", message: error.description)
             }
         }
         self.routes = routes
@@ -37,15 +37,4 @@ public struct RouteTable: Sendable {
         }
         return nil
     }
-}
-
-/// A route-table problem, located by key path.
-public struct RouterConfigError: Error, Sendable, CustomStringConvertible {
-    public var path: String
-    public var message: String
-    public init(path: String, message: String) {
-        self.path = path
-        self.message = message
-    }
-    public var description: String { "\(path): \(message)" }
 }

@@ -35,7 +35,7 @@ public final class Router: Sendable {
         ledger: MessageLedger,
         balancer: Balancer,
         logger: Logger
-    ) throws(RouterConfigError) {
+    ) throws(KeyPathError) {
         table = try RouteTable(configuration.routes)
         resolver = LaneResolver(lanes: configuration.lanes)
         self.directory = directory

@@ -47,34 +47,13 @@ struct BenchHTTP: AsyncParsableCommand {
         let sink = try await BenchSink.start(group: sinkGroup)
         let dataDir = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-bench-\(getpid())").path
         defer { try? FileManager.default.removeItem(atPath: dataDir) }
-        let pipeline = bare ? "" : """
-            filters:
-              - max_payload: 64KiB
-              - rate_limit: {scope: device, rate: 1000000, burst: 1000000}
-            tags:
-              - match: {topic: "^bench/.+/data$"}
-                set: {kind: telemetry}
-            lanes:
-              - name: gray
-                entry: {percentage: 5}
-            """
         let yaml = """
             node: {data_dir: \(dataDir)}
             listeners:
               http: {host: 127.0.0.1, port: 0}
               admin: {host: 127.0.0.1, port: 0}
-            \(pipeline)
-            channels:
-              device_patterns: ["bench/{device}/#"]
-            routes:
-              - name: bench
-                match: "^bench/(?<device>[^/]+)/data$"
-                targets:
-                  - {service: sink, path: "/ingest/{device}", timeout: 5s, retries: 2}
-            services:
-              sink:
-                max_concurrency: \(upstreamConcurrency)
-                instances: [{url: "http://127.0.0.1:\(sink.port)"}]
+            \(bare ? "" : BenchConfig.controller)
+            \(BenchConfig.routing(sinkURL: "http://127.0.0.1:\(sink.port)", maxConcurrency: upstreamConcurrency))
             """
         let config = try ConfigLoader.parse(yaml: yaml)
         let threadsBefore = CPUTime.threadIDs()
@@ -125,6 +104,38 @@ struct BenchHTTP: AsyncParsableCommand {
         await sink.stop()
         try await sinkGroup.shutdownGracefully()
         if result.delivered < result.sent { throw ExitCode(1) }
+    }
+}
+
+/// The configuration both benchmarks run: a typical filter chain, a tag rule and a 5 % lane,
+/// then one route to the sink.
+enum BenchConfig {
+    static let controller = """
+        filters:
+          - max_payload: 64KiB
+          - rate_limit: {scope: device, rate: 1000000, burst: 1000000}
+        tags:
+          - match: {topic: "^bench/.+/data$"}
+            set: {kind: telemetry}
+        lanes:
+          - name: gray
+            entry: {percentage: 5}
+        """
+
+    static func routing(sinkURL: String, maxConcurrency: Int) -> String {
+        """
+        channels:
+          device_patterns: ["bench/{device}/#"]
+        routes:
+          - name: bench
+            match: "^bench/(?<device>[^/]+)/data$"
+            targets:
+              - {service: sink, path: "/ingest/{device}", timeout: 5s, retries: 2}
+        services:
+          sink:
+            max_concurrency: \(maxConcurrency)
+            instances: [{url: "\(sinkURL)"}]
+        """
     }
 }
 

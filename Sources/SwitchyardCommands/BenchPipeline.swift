@@ -17,25 +17,7 @@ struct BenchPipeline: ParsableCommand {
 
     func run() throws {
         let config = try ConfigLoader.parse(
-            yaml: """
-                filters:
-                  - max_payload: 64KiB
-                  - rate_limit: {scope: device, rate: 1000000, burst: 1000000}
-                tags:
-                  - match: {topic: "^bench/.+/data$"}
-                    set: {kind: telemetry}
-                lanes:
-                  - name: gray
-                    entry: {percentage: 5}
-                channels:
-                  device_patterns: ["bench/{device}/#"]
-                routes:
-                  - name: bench
-                    match: "^bench/(?<device>[^/]+)/data$"
-                    targets: [{service: sink, path: "/ingest/{device}"}]
-                services:
-                  sink: {instances: [{url: "http://127.0.0.1:9"}]}
-                """
+            yaml: BenchConfig.controller + "\n" + BenchConfig.routing(sinkURL: "http://127.0.0.1:9", maxConcurrency: 256)
         )
         let topics = (0..<devices).map { "bench/dev-\($0)/data" }
         let result = try PipelineProbe.run(configuration: config, topics: topics, messages: messages)

@@ -45,24 +45,18 @@ final class Pipeline: MessageSink {
     /// Fills product and device from the topic patterns; a header that contradicts the topic is an error.
     static func identify(_ envelope: inout Envelope, controller: Controller) -> Rejection? {
         let (product, device) = controller.identify(topic: envelope.topic)
-        if let device {
-            if let given = envelope.device, given != device {
-                return Rejection(
-                    filter: "identity", reason: "identity_conflict", status: 400,
-                    message: "device \"\(given)\" from the header contradicts device \"\(device)\" in the topic"
-                )
-            }
-            envelope.device = device
-        }
-        if let product {
-            if let given = envelope.product, given != product {
-                return Rejection(
-                    filter: "identity", reason: "identity_conflict", status: 400,
-                    message: "product \"\(given)\" from the header contradicts product \"\(product)\" in the topic"
-                )
-            }
-            envelope.product = product
-        }
+        if let conflict = conflict("device", header: envelope.device, topic: device) { return conflict }
+        if let conflict = conflict("product", header: envelope.product, topic: product) { return conflict }
+        if let device { envelope.device = device }
+        if let product { envelope.product = product }
         return nil
+    }
+
+    private static func conflict(_ what: String, header: String?, topic: String?) -> Rejection? {
+        guard let header, let topic, header != topic else { return nil }
+        return Rejection(
+            filter: "identity", reason: "identity_conflict", status: 400,
+            message: "\(what) \"\(header)\" from the header contradicts \(what) \"\(topic)\" in the topic"
+        )
     }
 }

@@ -64,7 +64,7 @@ import Testing
     }
 
     @Test func unbalancedParenthesisNamesTheOffset() {
-        #expect(throws: RouterConfigError.self) { try RouteTable([route("r", "^devices/(?<p>[^/]+/x$")]) }
+        #expect(throws: KeyPathError.self) { try RouteTable([route("r", "^devices/(?<p>[^/]+/x$")]) }
         do {
             _ = try RouteTable([route("a", "^ok$"), route("b", "^ok$"), route("c", "^abc(def$")])
             Issue.record("expected an error")

@@ -30,14 +30,7 @@ final class TestServer: Sendable {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-test-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let path = "\(dir)/switchyard.yaml"
-        let full = """
-            node: {data_dir: "\(dir)/data"}
-            listeners:
-              http: {host: 127.0.0.1, port: 0}
-              admin: {host: 127.0.0.1, port: 0}
-            \(yaml)
-            """
-        try full.write(toFile: path, atomically: true, encoding: .utf8)
+        try withListeners(yaml, dir: dir).write(toFile: path, atomically: true, encoding: .utf8)
         let config = try ConfigLoader.load(path: path)
         var logger = Logger(label: "switchyard-test")
         logger.logLevel = .critical
@@ -53,14 +46,18 @@ final class TestServer: Sendable {
 
     /// Rewrites the config file (listeners kept) for hot-reload tests.
     func rewrite(_ yaml: String) throws {
-        let full = """
-            node: {data_dir: "\(dir)/data"}
-            listeners:
-              http: {host: 127.0.0.1, port: 0}
-              admin: {host: 127.0.0.1, port: 0}
-            \(yaml)
-            """
-        try full.write(toFile: configPath, atomically: true, encoding: .utf8)
+        try Self.withListeners(yaml, dir: dir).write(toFile: configPath, atomically: true, encoding: .utf8)
+    }
+
+    /// The test's config plus loopback listeners on ports the OS picks and a private data dir.
+    static func withListeners(_ yaml: String, dir: String) -> String {
+        """
+        node: {data_dir: "\(dir)/data"}
+        listeners:
+          http: {host: 127.0.0.1, port: 0}
+          admin: {host: 127.0.0.1, port: 0}
+        \(yaml)
+        """
     }
 
     func post(_ topic: String, body: String = #"{"v":1}"#, headers: [(String, String)] = []) async throws -> TestHTTPClient.Response {
