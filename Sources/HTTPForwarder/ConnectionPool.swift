@@ -56,7 +56,8 @@ final class ConnectionPool {
             slotFreed(nil)
             return
         }
-        HTTPClientConnection.connect(to: instance, on: loop, timeout: min(remaining, .seconds(5))).whenComplete { result in
+        // The connect future completes on `loop`, the pool's own: the callback may touch the pool.
+        HTTPClientConnection.connect(to: instance, on: loop, timeout: min(remaining, .seconds(5))).assumeIsolated().whenComplete { result in
             switch result {
             case .success(let connection):
                 self.run(job, on: connection, reused: false)

@@ -246,9 +246,9 @@ final class RequestHandler: ChannelInboundHandler {
             body = nil
             let keepAlive = head.isKeepAlive
             server.requestStarted()
-            let loopBoundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
             server.responder.respond(to: request, on: context.eventLoop)
                 .hop(to: context.eventLoop)
+                .assumeIsolated()
                 .whenComplete { [self] result in
                     server.requestFinished()
                     let response: OutgoingResponse
@@ -257,7 +257,7 @@ final class RequestHandler: ChannelInboundHandler {
                     case .failure(let error):
                         response = .error(.internalServerError, "internal", "\(error)")
                     }
-                    write(response, keepAlive: keepAlive, context: loopBoundContext.value)
+                    write(response, keepAlive: keepAlive, context: context)
                 }
         }
     }

@@ -1,5 +1,5 @@
 public import NIOCore
-public import NIOHTTP1
+import NIOHTTP1
 public import SwitchyardCore
 
 /// The HTTP message channel: `POST /v1/messages/{topic…}` with the payload as body.

@@ -9,11 +9,9 @@ struct ReloadWatcher: Service {
     var interval: UInt64 = 1_000_000_000
 
     func run() async throws {
-        guard let path = app.configPath else {
-            try? await gracefulShutdown()
-            return
-        }
+        let path = app.configPath
         await withTaskGroup(of: Void.self) { group in
+            // Trapped even without a config file: SIGHUP must never terminate the node.
             group.addTask {
                 let signals = await UnixSignalsSequence(trapping: .sighup)
                 for await _ in signals.cancelOnGracefulShutdown() {
@@ -21,6 +19,7 @@ struct ReloadWatcher: Service {
                 }
             }
             group.addTask {
+                guard let path else { return }
                 var last = Self.stamp(path)
                 while !Task.isCancelled && !Task.isShuttingDownGracefully {
                     try? await Task.sleep(nanoseconds: interval)

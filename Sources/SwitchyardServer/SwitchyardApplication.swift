@@ -10,7 +10,7 @@ import UnixSignals
 public import NIOCore
 import NIOPosix
 import Router
-public import ServiceLifecycle
+import ServiceLifecycle
 public import SwitchyardConfig
 public import SwitchyardCore
 import Telemetry
@@ -159,6 +159,7 @@ public final class SwitchyardApplication: Sendable {
     @discardableResult
     public func reload(reason: String) -> Result<Void, ConfigErrors> {
         guard let configPath else {
+            logger.warning("reload requested (\(reason)) but the node runs on embedded defaults: start it with --config FILE")
             return .failure(ConfigErrors([ConfigIssue(path: "", message: "started without --config: nothing to reload")]))
         }
         do {

@@ -1,5 +1,5 @@
 import NIOConcurrencyHelpers
-public import NIOCore
+import NIOCore
 import NIOPosix
 
 /// A deliberately simple HTTP/1.1 client for tests: one connection per request

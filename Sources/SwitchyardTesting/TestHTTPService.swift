@@ -98,9 +98,7 @@ final class RecordingHandler: ChannelInboundHandler {
                 $0.maxConcurrent = max($0.maxConcurrent, $0.concurrent)
                 return ($0.status, $0.delayNanos)
             }
-            let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
             let reply = { [state] in
-                let context = bound.value
                 state.withLockedValue { $0.concurrent -= 1 }
                 let body = ByteBuffer(string: "status \(status)")
                 var headers = HTTPHeaders()
@@ -113,7 +111,7 @@ final class RecordingHandler: ChannelInboundHandler {
                 context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)), promise: nil)
             }
             if delay > 0 {
-                context.eventLoop.scheduleTask(in: .nanoseconds(delay)) { reply() }
+                context.eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(delay)) { reply() }
             } else {
                 reply()
             }

@@ -110,3 +110,36 @@ import Testing
         #expect(out.contains("\"fallback_taken\" : false"))
     }
 }
+
+@Suite(.serialized) struct DefaultsProcessTests {
+    /// `switchyard serve` with no config: embedded defaults, data dir in the working directory,
+    /// survives SIGHUP (nothing to reload), stops cleanly on SIGINT.
+    @Test func serveOnEmbeddedDefaults() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-defaults-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: ProcessTests.binary)
+        process.arguments = ["serve"]
+        process.currentDirectoryURL = URL(fileURLWithPath: dir)
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        defer { if process.isRunning { process.terminate() } }
+        var ready = false
+        for _ in 0..<100 where !ready {
+            ready = (try? await TestHTTPClient.request("GET", port: 8090, path: "/readyz"))?.status == 200
+            if !ready { try await Task.sleep(nanoseconds: 50_000_000) }
+        }
+        #expect(ready, "default admin port 8090 did not answer (is another switchyard running?)")
+        #expect(FileManager.default.fileExists(atPath: "\(dir)/switchyard-data/admin-token"))
+        let posted = try await TestHTTPClient.request("POST", port: 8080, path: "/v1/messages/devices/p/d/t", body: "{}")
+        #expect(posted.status == 202)
+        kill(process.processIdentifier, SIGHUP)
+        try await Task.sleep(nanoseconds: 300_000_000)
+        #expect(process.isRunning)
+        kill(process.processIdentifier, SIGINT)
+        process.waitUntilExit()
+        #expect(process.terminationReason == .exit)
+        #expect(process.terminationStatus == 0)
+    }
+}
