@@ -53,6 +53,16 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        .target(
+            name: "Journal",
+            dependencies: [
+                "SwitchyardCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // MARK: - Layer 3: adapters
         .target(
             name: "SwitchyardConfig",
@@ -112,7 +122,7 @@ let package = Package(
         .target(
             name: "SwitchyardCommands",
             dependencies: [
-                "SwitchyardServer", "SwitchyardConfig", "SwitchyardCore",
+                "SwitchyardServer", "SwitchyardConfig", "SwitchyardCore", "Journal",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -149,6 +159,16 @@ let package = Package(
         .testTarget(
             name: "RouterTests",
             dependencies: ["Router", "SwitchyardCore", "SwitchyardConfig", "SwitchyardTesting"],
+            swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
+        ),
+        .testTarget(
+            name: "JournalTests",
+            dependencies: [
+                "Journal", "SwitchyardCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
         .testTarget(

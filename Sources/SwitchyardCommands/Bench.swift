@@ -12,7 +12,7 @@ import SwitchyardServer
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks that print the machine, the command and the figures.",
-        subcommands: [BenchHTTP.self, BenchPipeline.self]
+        subcommands: [BenchHTTP.self, BenchPipeline.self, BenchJournal.self]
     )
 }
 

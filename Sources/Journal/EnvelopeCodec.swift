@@ -1,0 +1,101 @@
+import NIOCore
+public import SwitchyardCore
+
+/// The binary form of an envelope in the journal: a version byte, then each field
+/// length-prefixed. Decoding never trusts a length: a short or malformed record is nil.
+public enum EnvelopeCodec {
+    static let version: UInt8 = 1
+
+    public static func encode(_ e: Envelope, into buffer: inout ByteBuffer) {
+        buffer.writeInteger(version)
+        writeString(e.id, &buffer)
+        writeString(e.channel, &buffer)
+        writeString(e.topic, &buffer)
+        writeOptional(e.product, &buffer)
+        writeOptional(e.device, &buffer)
+        writeOptional(e.lane, &buffer)
+        buffer.writeInteger(e.receivedAt)
+        buffer.writeInteger(UInt8(e.idFromSender ? 1 : 0))
+        writeString(e.trace.traceID, &buffer)
+        writeString(e.trace.spanID, &buffer)
+        writeString(e.trace.flags, &buffer)
+        writeOptional(e.trace.baggage, &buffer)
+        writeOptional(e.clientAddress?.ipAddress, &buffer)
+        buffer.writeInteger(UInt32(e.headers.count))
+        for h in e.headers {
+            writeString(h.name, &buffer)
+            writeString(h.value, &buffer)
+        }
+        buffer.writeInteger(UInt32(e.tags.count))
+        for (k, v) in e.tags.sorted(by: { $0.key < $1.key }) {
+            writeString(k, &buffer)
+            writeString(v, &buffer)
+        }
+        buffer.writeInteger(UInt32(e.payload.readableBytes))
+        var payload = e.payload
+        buffer.writeBuffer(&payload)
+    }
+
+    public static func decode(_ buffer: inout ByteBuffer) -> Envelope? {
+        guard buffer.readInteger(as: UInt8.self) == version,
+            let id = readString(&buffer), let channel = readString(&buffer), let topic = readString(&buffer),
+            let product = readOptional(&buffer), let device = readOptional(&buffer), let lane = readOptional(&buffer),
+            let receivedAt = buffer.readInteger(as: UInt64.self), let fromSender = buffer.readInteger(as: UInt8.self),
+            let traceID = readString(&buffer), let spanID = readString(&buffer), let flags = readString(&buffer),
+            let baggage = readOptional(&buffer), let address = readOptional(&buffer),
+            let headerCount = buffer.readInteger(as: UInt32.self), headerCount <= 10_000
+        else { return nil }
+        var headers: [HeaderField] = []
+        for _ in 0..<headerCount {
+            guard let n = readString(&buffer), let v = readString(&buffer) else { return nil }
+            headers.append(HeaderField(n, v))
+        }
+        guard let tagCount = buffer.readInteger(as: UInt32.self), tagCount <= 10_000 else { return nil }
+        var tags: [String: String] = [:]
+        for _ in 0..<tagCount {
+            guard let k = readString(&buffer), let v = readString(&buffer) else { return nil }
+            tags[k] = v
+        }
+        guard let length = buffer.readInteger(as: UInt32.self), let payload = buffer.readSlice(length: Int(length)) else {
+            return nil
+        }
+        return Envelope(
+            id: id, channel: channel, topic: topic, product: product, device: device, payload: payload, headers: headers,
+            tags: tags, lane: lane, receivedAt: receivedAt,
+            trace: TraceContext(traceID: traceID, spanID: spanID, flags: flags, baggage: baggage),
+            clientAddress: address.flatMap { try? SocketAddress(ipAddress: $0, port: 0) },
+            idFromSender: fromSender == 1
+        )
+    }
+
+    private static func writeString(_ s: String, _ buffer: inout ByteBuffer) {
+        buffer.writeInteger(UInt32(s.utf8.count))
+        buffer.writeString(s)
+    }
+
+    private static func writeOptional(_ s: String?, _ buffer: inout ByteBuffer) {
+        guard let s else {
+            buffer.writeInteger(UInt32.max)
+            return
+        }
+        writeString(s, &buffer)
+    }
+
+    private static func readString(_ buffer: inout ByteBuffer) -> String? {
+        guard let length = buffer.readInteger(as: UInt32.self), length != UInt32.max, Int(length) <= buffer.readableBytes else {
+            return nil
+        }
+        return buffer.readString(length: Int(length))
+    }
+
+    /// `.some(nil)` for an absent value, `nil` for a malformed one.
+    private static func readOptional(_ buffer: inout ByteBuffer) -> String?? {
+        guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return nil }
+        if length == UInt32.max {
+            buffer.moveReaderIndex(forwardBy: 4)
+            return .some(nil)
+        }
+        guard let s = readString(&buffer) else { return nil }
+        return .some(s)
+    }
+}

@@ -1,0 +1,338 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+public import NIOCore
+public import SwitchyardCore
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A segmented append-only log in a directory. Each record is `[length][crc32c][kind,
+/// sequence, body]`; appends are group-committed by one writer thread (everything queued
+/// while an fsync runs goes into the next write + fsync), and an append's future succeeds
+/// only once its record is on disk. Segments whose messages are all settled are deleted.
+public final class Journal: Sendable {
+    public enum Kind: UInt8, Sendable {
+        case message = 1
+        case settled = 2
+    }
+
+    let directory: String
+    let options: JournalOptions
+    let logger: Logger
+    private let state: NIOLockedValueBox<State>
+    private let wakeup = ConditionVariable()
+
+    struct Pending {
+        var sequence: UInt64
+        var bytes: ByteBuffer
+        var promise: EventLoopPromise<UInt64>?
+    }
+
+    struct State {
+        var nextSequence: UInt64
+        var queue: [Pending] = []
+        var closing = false
+        var closed = false
+        var failure: String?
+        /// Unsettled messages per segment (keyed by the segment's first sequence).
+        var unsettledBySegment: [UInt64: Int] = [:]
+        var segmentOfSequence: [UInt64: UInt64] = [:]
+        var activeSegment: UInt64
+        /// Segment files on disk, oldest first.
+        var liveSegments: [UInt64] = []
+        var pendingBytes = 0
+        var appended: UInt64 = 0
+        var fsyncs: UInt64 = 0
+    }
+
+    /// Opens (creating) the journal in `directory` and recovers what it holds.
+    public static func open(directory: String, options: JournalOptions = JournalOptions(), logger: Logger) throws -> (Journal, RecoveryReport) {
+        guard mkdirAll(directory) else { throw JournalError("cannot create the journal directory \(directory)") }
+        var report = RecoveryReport()
+        var nextSequence: UInt64 = 1
+        var unsettledBySegment: [UInt64: Int] = [:]
+        var segmentOfSequence: [UInt64: UInt64] = [:]
+        var unsettled: [UInt64: Envelope] = [:]
+        let segments = try listSegments(directory)
+        for (index, first) in segments.enumerated() {
+            let path = segmentPath(directory, first)
+            let isLast = index == segments.count - 1
+            let result = try Recovery.scan(path: path, isLast: isLast, maxRecord: options.maxRecordBytes)
+            report.segments += 1
+            report.recordsRead += result.records.count
+            report.problems += result.problems
+            report.truncatedBytes += result.truncatedBytes
+            for record in result.records {
+                nextSequence = max(nextSequence, record.sequence + 1)
+                switch record.kind {
+                case .message:
+                    var body = record.body
+                    guard let envelope = EnvelopeCodec.decode(&body) else {
+                        report.problems.append("\(path): record \(record.sequence) has an undecodable envelope; skipped")
+                        continue
+                    }
+                    unsettled[record.sequence] = envelope
+                    segmentOfSequence[record.sequence] = first
+                    unsettledBySegment[first, default: 0] += 1
+                case .settled:
+                    if unsettled.removeValue(forKey: record.sequence) != nil, let segment = segmentOfSequence.removeValue(forKey: record.sequence) {
+                        unsettledBySegment[segment, default: 1] -= 1
+                    }
+                }
+            }
+        }
+        report.unsettled = unsettled.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+        for problem in report.problems { logger.warning("journal recovery", metadata: ["problem": "\(problem)"]) }
+        // Appends go to a fresh segment; fully settled old segments can go now.
+        let active = nextSequence
+        // Keep recovered segments from the oldest with unsettled messages on; delete the settled prefix.
+        var live = segments
+        while let oldest = live.first, (unsettledBySegment[oldest] ?? 0) == 0 {
+            unlink(segmentPath(directory, oldest))
+            live.removeFirst()
+        }
+        var initial = State(
+            nextSequence: nextSequence, unsettledBySegment: unsettledBySegment, segmentOfSequence: segmentOfSequence,
+            activeSegment: active
+        )
+        initial.liveSegments = live + [active]
+        let journal = Journal(directory: directory, options: options, logger: logger, state: initial)
+        try journal.startWriter()
+        return (journal, report)
+    }
+
+    private init(directory: String, options: JournalOptions, logger: Logger, state: State) {
+        self.directory = directory
+        self.options = options
+        self.logger = logger
+        self.state = NIOLockedValueBox(state)
+    }
+
+    // MARK: - Appending
+
+    /// Appends a message; the future (on `loop`) carries its sequence once it is on disk.
+    public func append(_ envelope: Envelope, on loop: any EventLoop) -> EventLoopFuture<UInt64> {
+        var body = ByteBufferAllocator().buffer(capacity: 64 + envelope.payload.readableBytes)
+        EnvelopeCodec.encode(envelope, into: &body)
+        let promise = loop.makePromise(of: UInt64.self)
+        enqueue(kind: .message, body: body, promise: promise, sequence: nil)
+        return promise.futureResult
+    }
+
+    /// Records that a message reached its final outcome; its segment can go once all its messages have.
+    public func settle(_ sequence: UInt64) {
+        enqueue(kind: .settled, body: ByteBuffer(), promise: nil, sequence: sequence)
+    }
+
+    private func enqueue(kind: Kind, body: ByteBuffer, promise: EventLoopPromise<UInt64>?, sequence: UInt64?) {
+        let refused: String? = state.withLockedValue { s in
+            if s.closing { return "the journal is closed" }
+            if let failure = s.failure { return failure }
+            let seq: UInt64
+            if let sequence {
+                seq = sequence
+            } else {
+                seq = s.nextSequence
+                s.nextSequence += 1
+            }
+            let frame = Self.frame(kind: kind, sequence: seq, body: body)
+            s.pendingBytes += frame.readableBytes
+            s.queue.append(Pending(sequence: seq, bytes: frame, promise: promise))
+            return nil
+        }
+        if let refused {
+            promise?.fail(JournalError(refused))
+            return
+        }
+        wakeup.signal()
+    }
+
+    static func frame(kind: Kind, sequence: UInt64, body: ByteBuffer) -> ByteBuffer {
+        var content = ByteBuffer()
+        content.reserveCapacity(9 + body.readableBytes)
+        content.writeInteger(kind.rawValue)
+        content.writeInteger(sequence)
+        var b = body
+        content.writeBuffer(&b)
+        var frame = ByteBuffer()
+        frame.reserveCapacity(8 + content.readableBytes)
+        frame.writeInteger(UInt32(content.readableBytes))
+        frame.writeInteger(content.withUnsafeReadableBytes { CRC32C.checksum($0) })
+        frame.writeBuffer(&content)
+        return frame
+    }
+
+    /// Bytes appended and not yet on disk.
+    public var pendingBytes: Int { state.withLockedValue { $0.pendingBytes } }
+    /// Messages appended and not settled.
+    public var unsettledCount: Int { state.withLockedValue { $0.segmentOfSequence.count } }
+    public var fsyncCount: UInt64 { state.withLockedValue { $0.fsyncs } }
+
+    // MARK: - Writer
+
+    private func startWriter() throws {
+        let fd = try openSegment(state.withLockedValue { $0.activeSegment })
+        let thread = WriterThread { [self] in self.writerLoop(fd: fd) }
+        thread.start()
+    }
+
+    private func openSegment(_ first: UInt64) throws -> Int32 {
+        let fd = Glibc.open(Self.segmentPath(directory, first), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw JournalError("cannot open segment \(Self.segmentPath(directory, first)): errno \(errno)") }
+        return fd
+    }
+
+    private func writerLoop(fd initial: Int32) {
+        var fd = initial
+        var segmentSize = Int(lseek(fd, 0, SEEK_END))
+        while true {
+            wakeup.wait(until: { self.state.withLockedValue { !$0.queue.isEmpty || $0.closing } })
+            // Linger (bounded) so that more records share this fsync.
+            if options.maxCommitLatencySeconds > 0 {
+                let deadline = Date().addingTimeInterval(options.maxCommitLatencySeconds)
+                wakeup.wait(
+                    until: { self.state.withLockedValue { $0.pendingBytes >= self.options.maxBatchBytes || $0.closing } },
+                    deadline: deadline
+                )
+            }
+            let (batch, closing): ([Pending], Bool) = state.withLockedValue { s in
+                let b = s.queue
+                s.queue = []
+                return (b, s.closing)
+            }
+            if batch.isEmpty && closing { break }
+            var failure: String?
+            var buffer = ByteBuffer()
+            var rolledTo: [(index: Int, first: UInt64)] = []
+            for (index, item) in batch.enumerated() {
+                let isMessage = item.promise != nil
+                if isMessage, segmentSize + buffer.readableBytes + item.bytes.readableBytes > options.segmentBytes,
+                    segmentSize + buffer.readableBytes > 0
+                {
+                    // Roll: what is buffered goes to the old segment, this message opens the next.
+                    let size = buffer.readableBytes
+                    failure = failure ?? writeAll(fd, &buffer)
+                    segmentSize += size
+                    if options.sync { fdatasync(fd) }
+                    Glibc.close(fd)
+                    do {
+                        fd = try openSegment(item.sequence)
+                        segmentSize = 0
+                        rolledTo.append((index, item.sequence))
+                    } catch {
+                        failure = failure ?? "\(error)"
+                    }
+                }
+                var bytes = item.bytes
+                buffer.writeBuffer(&bytes)
+            }
+            if buffer.readableBytes > 0 {
+                let size = buffer.readableBytes
+                failure = failure ?? writeAll(fd, &buffer)
+                segmentSize += size
+            }
+            if failure == nil && options.sync && fdatasync(fd) != 0 { failure = "fdatasync failed: errno \(errno)" }
+            let toDelete = state.withLockedValue { s -> [UInt64] in
+                s.fsyncs += 1
+                s.pendingBytes -= batch.reduce(0) { $0 + $1.bytes.readableBytes }
+                if let failure { s.failure = failure }
+                var segment = s.activeSegment
+                var rolls = rolledTo[...]
+                for (index, item) in batch.enumerated() {
+                    if let roll = rolls.first, roll.index == index {
+                        segment = roll.first
+                        s.liveSegments.append(roll.first)
+                        s.activeSegment = roll.first
+                        rolls = rolls.dropFirst()
+                    }
+                    if item.promise != nil {
+                        s.segmentOfSequence[item.sequence] = segment
+                        s.unsettledBySegment[segment, default: 0] += 1
+                        s.appended += 1
+                    } else if let of = s.segmentOfSequence.removeValue(forKey: item.sequence) {
+                        s.unsettledBySegment[of, default: 1] -= 1
+                    }
+                }
+                // Only a prefix of settled segments goes: a settlement record always lives in a
+                // segment at or after its message's, so it outlives the message's segment.
+                var deletable: [UInt64] = []
+                while let oldest = s.liveSegments.first, oldest != s.activeSegment, (s.unsettledBySegment[oldest] ?? 0) <= 0 {
+                    s.liveSegments.removeFirst()
+                    s.unsettledBySegment.removeValue(forKey: oldest)
+                    deletable.append(oldest)
+                }
+                return deletable
+            }
+            for segment in toDelete { unlink(Self.segmentPath(directory, segment)) }
+            for item in batch {
+                if let failure { item.promise?.fail(JournalError(failure)) } else { item.promise?.succeed(item.sequence) }
+            }
+            if failure != nil { logger.error("journal write failed; appends are refused", metadata: ["error": "\(failure!)"]) }
+        }
+        if options.sync { fdatasync(fd) }
+        Glibc.close(fd)
+        state.withLockedValue { $0.closed = true }
+        wakeup.signal()
+    }
+
+    private func writeAll(_ fd: Int32, _ buffer: inout ByteBuffer) -> String? {
+        while buffer.readableBytes > 0 {
+            let n = buffer.withUnsafeReadableBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                return "write failed: errno \(errno)"
+            }
+            buffer.moveReaderIndex(forwardBy: n)
+        }
+        buffer.clear()
+        return nil
+    }
+
+    /// Writes what is queued, stops the writer and waits for it.
+    public func close() {
+        state.withLockedValue { $0.closing = true }
+        wakeup.signal()
+        wakeup.wait(until: { self.state.withLockedValue { $0.closed } })
+    }
+
+    // MARK: - Files
+
+    static func segmentPath(_ directory: String, _ first: UInt64) -> String {
+        let digits = String(first)
+        return "\(directory)/segment-\(String(repeating: "0", count: max(0, 20 - digits.count)) + digits).log"
+    }
+
+    static func listSegments(_ directory: String) throws -> [UInt64] {
+        guard let dir = opendir(directory) else { throw JournalError("cannot read \(directory): errno \(errno)") }
+        defer { closedir(dir) }
+        var firsts: [UInt64] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            if name.hasPrefix("segment-"), name.hasSuffix(".log"), let n = UInt64(name.dropFirst(8).dropLast(4)) {
+                firsts.append(n)
+            }
+        }
+        return firsts.sorted()
+    }
+
+    static func mkdirAll(_ path: String) -> Bool {
+        var current = path.hasPrefix("/") ? "" : "."
+        for part in path.split(separator: "/") {
+            current += "/\(part)"
+            if mkdir(current, 0o755) != 0 && errno != EEXIST { return false }
+        }
+        return true
+    }
+}
+
+public struct JournalError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    init(_ message: String) { self.message = message }
+    public var description: String { message }
+}

@@ -1,0 +1,147 @@
+import Foundation
+@testable import Journal
+import Logging
+import NIOCore
+import NIOPosix
+import SwitchyardCore
+import Testing
+
+@Suite(.serialized) struct JournalTests {
+    let loop = MultiThreadedEventLoopGroup.singleton.next()
+
+    func tempDir() -> String {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("journal-\(UUID().uuidString)").path
+        return dir
+    }
+
+    func envelope(_ i: Int) -> Envelope {
+        Envelope(
+            id: "m-\(i)", channel: "http", topic: "devices/p/d\(i % 7)/t", product: "p", device: "d\(i % 7)",
+            payload: ByteBuffer(string: "{\"seq\":\(i)}"), headers: [HeaderField("content-type", "application/json")],
+            tags: ["kind": "t"], lane: i % 2 == 0 ? "gray" : nil, receivedAt: UInt64(i), trace: .generate(),
+            clientAddress: try? SocketAddress(ipAddress: "127.0.0.1", port: 1), idFromSender: true
+        )
+    }
+
+    func open(_ dir: String, segmentBytes: Int = 64 << 20) throws -> (Journal, RecoveryReport) {
+        var options = JournalOptions()
+        options.segmentBytes = segmentBytes
+        return try Journal.open(directory: dir, options: options, logger: Logger(label: "test"))
+    }
+
+    func segments(_ dir: String) -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter { $0.hasSuffix(".log") }.sorted()
+    }
+
+    @Test func crc32cKnownAnswer() {
+        #expect(CRC32C.checksum(Array("123456789".utf8)) == 0xE306_9283)
+        #expect(CRC32C.checksum([UInt8]()) == 0)
+    }
+
+    @Test func envelopeRoundTrip() throws {
+        let e = envelope(3)
+        var buffer = ByteBuffer()
+        EnvelopeCodec.encode(e, into: &buffer)
+        let d = try #require(EnvelopeCodec.decode(&buffer))
+        #expect(d.id == e.id && d.topic == e.topic && d.device == e.device && d.lane == e.lane && d.tags == e.tags)
+        #expect(d.payload == e.payload && d.headers == e.headers && d.trace == e.trace && d.idFromSender)
+        var truncated = ByteBuffer()
+        EnvelopeCodec.encode(e, into: &truncated)
+        truncated.moveWriterIndex(to: truncated.writerIndex - 3)
+        #expect(EnvelopeCodec.decode(&truncated) == nil)
+    }
+
+    @Test func appendsSurviveReopenAndSettledOnesDoNot() async throws {
+        let dir = tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (journal, first) = try open(dir)
+        #expect(first.unsettled.isEmpty)
+        var sequences: [UInt64] = []
+        for i in 0..<50 { sequences.append(try await journal.append(envelope(i), on: loop).get()) }
+        #expect(sequences == Array(1...50))
+        for s in sequences where s % 5 == 0 { journal.settle(s) }
+        journal.close()
+
+        let (again, report) = try open(dir)
+        #expect(report.problems.isEmpty)
+        #expect(report.unsettled.map(\.sequence) == sequences.filter { $0 % 5 != 0 })
+        #expect(report.unsettled.first?.envelope.id == "m-0")
+        #expect(try await again.append(envelope(99), on: loop).get() == 51)  // sequences continue
+        again.close()
+    }
+
+    @Test func groupCommitBatchesFsyncs() async throws {
+        let dir = tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (journal, _) = try open(dir)
+        let count = 2000
+        let futures = (0..<count).map { journal.append(envelope($0), on: loop) }
+        let sequences = try await EventLoopFuture.whenAllSucceed(futures, on: loop).get()
+        #expect(Set(sequences).count == count)
+        #expect(journal.fsyncCount < UInt64(count / 4), "fsyncs: \(journal.fsyncCount)")
+        journal.close()
+        let (_, report) = try open(dir)
+        #expect(report.unsettled.count == count)
+    }
+
+    @Test func tornTailIsTruncatedAndReported() async throws {
+        let dir = tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (journal, _) = try open(dir)
+        for i in 0..<10 { _ = try await journal.append(envelope(i), on: loop).get() }
+        journal.close()
+        let file = "\(dir)/\(segments(dir).last!)"
+        let size = try FileManager.default.attributesOfItem(atPath: file)[.size] as! Int
+        #expect(truncate(file, off_t(size - 7)) == 0)  // the last record cut mid-way
+
+        let (again, report) = try open(dir)
+        #expect(report.unsettled.count == 9)
+        #expect(report.problems.count == 1)
+        #expect(report.problems.first?.contains("truncated") == true)
+        #expect(report.truncatedBytes > 0)
+        _ = try await again.append(envelope(10), on: loop).get()
+        again.close()
+        let (_, third) = try open(dir)
+        #expect(third.problems.isEmpty)
+        #expect(third.unsettled.count == 10)
+    }
+
+    @Test func flippedByteSkipsOnlyThatRecord() async throws {
+        let dir = tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (journal, _) = try open(dir)
+        for i in 0..<10 { _ = try await journal.append(envelope(i), on: loop).get() }
+        journal.close()
+        let file = "\(dir)/\(segments(dir).last!)"
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: file))
+        let recordSize = bytes.count / 10  // records are the same size give or take a digit
+        bytes[recordSize * 4 + 20] ^= 0xFF  // inside the fifth record's body
+        try bytes.write(to: URL(fileURLWithPath: file))
+
+        let (again, report) = try open(dir)
+        #expect(report.problems.count == 1)
+        #expect(report.problems.first?.contains("checksum") == true)
+        #expect(report.unsettled.count == 9)
+        again.close()
+    }
+
+    @Test func segmentsRollAndSettledOnesAreDeleted() async throws {
+        let dir = tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (journal, _) = try open(dir, segmentBytes: 2048)
+        var sequences: [UInt64] = []
+        for i in 0..<100 { sequences.append(try await journal.append(envelope(i), on: loop).get()) }
+        #expect(segments(dir).count > 3)
+        // Settling messages in the middle deletes nothing: only a settled prefix goes.
+        for s in sequences[50...] { journal.settle(s) }
+        _ = try await journal.append(envelope(100), on: loop).get()  // the settlements are written by now
+        let before = segments(dir).count
+        for s in sequences[..<50] { journal.settle(s) }
+        _ = try await journal.append(envelope(101), on: loop).get()
+        #expect(segments(dir).count < before)
+        #expect(journal.unsettledCount == 2)
+        journal.close()
+        let (_, report) = try open(dir)
+        #expect(report.unsettled.map(\.envelope.id) == ["m-100", "m-101"])
+    }
+}
