@@ -106,7 +106,7 @@ let package = Package(
             name: "SwitchyardServer",
             dependencies: [
                 "SwitchyardCore", "SwitchyardConfig", "Controller", "Router", "HTTPForwarder", "HTTPIngress",
-                "Telemetry",
+                "Telemetry", "Journal",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -41,6 +41,9 @@ public final class Journal: Sendable {
         /// Unsettled messages per segment (keyed by the segment's first sequence).
         var unsettledBySegment: [UInt64: Int] = [:]
         var segmentOfSequence: [UInt64: UInt64] = [:]
+        /// Record bytes of unsettled messages (what backpressure is measured against).
+        var unsettledBytes = 0
+        var bytesOfSequence: [UInt64: Int] = [:]
         var activeSegment: UInt64
         /// Segment files on disk, oldest first.
         var liveSegments: [UInt64] = []
@@ -56,6 +59,7 @@ public final class Journal: Sendable {
         var nextSequence: UInt64 = 1
         var unsettledBySegment: [UInt64: Int] = [:]
         var segmentOfSequence: [UInt64: UInt64] = [:]
+        var bytesOfSequence: [UInt64: Int] = [:]
         var unsettled: [UInt64: Envelope] = [:]
         let segments = try listSegments(directory)
         for (index, first) in segments.enumerated() {
@@ -77,8 +81,10 @@ public final class Journal: Sendable {
                     }
                     unsettled[record.sequence] = envelope
                     segmentOfSequence[record.sequence] = first
+                    bytesOfSequence[record.sequence] = record.body.readableBytes + 17
                     unsettledBySegment[first, default: 0] += 1
                 case .settled:
+                    bytesOfSequence.removeValue(forKey: record.sequence)
                     if unsettled.removeValue(forKey: record.sequence) != nil, let segment = segmentOfSequence.removeValue(forKey: record.sequence) {
                         unsettledBySegment[segment, default: 1] -= 1
                     }
@@ -100,6 +106,8 @@ public final class Journal: Sendable {
             activeSegment: active
         )
         initial.liveSegments = live + [active]
+        initial.bytesOfSequence = bytesOfSequence
+        initial.unsettledBytes = bytesOfSequence.values.reduce(0, +)
         let journal = Journal(directory: directory, options: options, logger: logger, state: initial)
         try journal.startWriter()
         return (journal, report)
@@ -168,6 +176,8 @@ public final class Journal: Sendable {
 
     /// Bytes appended and not yet on disk.
     public var pendingBytes: Int { state.withLockedValue { $0.pendingBytes } }
+    /// Bytes of messages not yet settled, queued or on disk: what backpressure limits.
+    public var backlogBytes: Int { state.withLockedValue { $0.unsettledBytes + $0.pendingBytes } }
     /// Messages appended and not settled.
     public var unsettledCount: Int { state.withLockedValue { $0.segmentOfSequence.count } }
     public var fsyncCount: UInt64 { state.withLockedValue { $0.fsyncs } }
@@ -252,9 +262,12 @@ public final class Journal: Sendable {
                     if item.promise != nil {
                         s.segmentOfSequence[item.sequence] = segment
                         s.unsettledBySegment[segment, default: 0] += 1
+                        s.bytesOfSequence[item.sequence] = item.bytes.readableBytes
+                        s.unsettledBytes += item.bytes.readableBytes
                         s.appended += 1
                     } else if let of = s.segmentOfSequence.removeValue(forKey: item.sequence) {
                         s.unsettledBySegment[of, default: 1] -= 1
+                        s.unsettledBytes -= s.bytesOfSequence.removeValue(forKey: item.sequence) ?? 0
                     }
                 }
                 // Only a prefix of settled segments goes: a settlement record always lives in a

@@ -86,7 +86,17 @@ public enum ConfigLoader {
             c.services[name] = readService(node, "services.\(name)", &r)
         }
         _ = r.mapping(top["registry"], "registry", allowed: [])
-        let journal = r.mapping(top["journal"], "journal", allowed: ["dead_letter_limit"])
+        let journal = r.mapping(
+            top["journal"], "journal",
+            allowed: ["enabled", "max_bytes", "segment_bytes", "max_commit_latency", "sync", "dead_letter_limit"]
+        )
+        if let v = r.bool(journal["enabled"], "journal.enabled") { c.journal.enabled = v }
+        if let v = r.size(journal["max_bytes"], "journal.max_bytes", range: (1 << 20)...(1 << 50)) { c.journal.maxBytes = v }
+        if let v = r.size(journal["segment_bytes"], "journal.segment_bytes", range: (64 << 10)...(4 << 30)) { c.journal.segmentBytes = v }
+        if let v = r.duration(journal["max_commit_latency"], "journal.max_commit_latency", range: 0...1) {
+            c.journal.maxCommitLatencySeconds = v
+        }
+        if let v = r.bool(journal["sync"], "journal.sync") { c.journal.sync = v }
         if let v = r.int(journal["dead_letter_limit"], "journal.dead_letter_limit", range: 1...10_000_000) {
             c.journal.deadLetterLimit = v
         }

@@ -81,6 +81,14 @@ public final class MessageLedger: Sendable {
         }
     }
 
+    /// An accepted message could not be kept after all (the journal failed): it becomes a rejection.
+    public func acceptedThenRejected(channel: String, reason: String) {
+        update {
+            $0.rejected[Pair(channel, reason), default: 0] += 1
+            $0.inFlight -= 1
+        }
+    }
+
     public func forwarded(route: String) {
         update {
             $0.forwarded[route, default: 0] += 1

@@ -161,6 +161,15 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
     }
 
     public struct Journal: Sendable, Equatable {
+        /// Off: 202 means "in memory" and a crash loses what is in flight (tests, benchmarks).
+        public var enabled = true
+        /// Backpressure: past this many bytes of unsettled messages, channels push back (HTTP 503).
+        public var maxBytes = 1 << 30
+        public var segmentBytes = 64 << 20
+        /// Group commit: how long a record may wait for others to share its fsync.
+        public var maxCommitLatencySeconds = 0.002
+        /// fsync each commit; off trades the durability promise for speed.
+        public var sync = true
         /// Dead letters kept in memory (oldest evicted first, counted).
         public var deadLetterLimit = 10_000
         public init() {}

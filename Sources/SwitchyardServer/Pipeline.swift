@@ -1,18 +1,26 @@
 import Controller
+import Journal
 import NIOConcurrencyHelpers
 import NIOCore
 import Router
 import SwitchyardCore
 
-/// The `MessageSink` every channel feeds: identity → filters → tags/lane → router.
+/// The `MessageSink` every channel feeds: identity → filters → tags/lane → journal →
+/// (per-device order) → router. A sender's acknowledgement waits for the journal commit.
 /// Counts each message's outcome in the ledger exactly once.
 final class Pipeline: MessageSink {
     private let current: NIOLockedValueBox<PipelineSnapshot>
     let ledger: MessageLedger
+    let journal: Journal?
+    let dispatcher: OrderedDispatcher
+    let maxBacklogBytes: Int
 
-    init(snapshot: PipelineSnapshot, ledger: MessageLedger) {
+    init(snapshot: PipelineSnapshot, ledger: MessageLedger, journal: Journal?, dispatcher: OrderedDispatcher, maxBacklogBytes: Int) {
         current = NIOLockedValueBox(snapshot)
         self.ledger = ledger
+        self.journal = journal
+        self.dispatcher = dispatcher
+        self.maxBacklogBytes = maxBacklogBytes
     }
 
     var snapshot: PipelineSnapshot { current.withLockedValue { $0 } }
@@ -36,9 +44,52 @@ final class Pipeline: MessageSink {
             ledger.receivedAndRejected(channel: envelope.channel, reason: "duplicate")
             return loop.makeSucceededFuture(.duplicate)
         case .accepted:
+            let router = snapshot.router
+            guard let journal else {
+                ledger.receivedAndAccepted(channel: envelope.channel)
+                deliver(envelope, sequence: nil, router: router)
+                return loop.makeSucceededFuture(.accepted)
+            }
+            let backlog = journal.backlogBytes
+            if backlog > maxBacklogBytes {
+                ledger.receivedAndRejected(channel: envelope.channel, reason: "backpressure")
+                return loop.makeSucceededFuture(
+                    .rejected(
+                        Rejection(
+                            filter: "journal", reason: "backpressure", status: 503,
+                            message: "\(backlog) bytes wait for delivery (journal.max_bytes \(maxBacklogBytes)); retry later",
+                            retryAfterSeconds: 1
+                        )
+                    )
+                )
+            }
             ledger.receivedAndAccepted(channel: envelope.channel)
-            snapshot.router.route(envelope, on: loop)
-            return loop.makeSucceededFuture(.accepted)
+            let accepted = envelope
+            return journal.append(envelope, on: loop).map { sequence in
+                self.deliver(accepted, sequence: sequence, router: router)
+                return SubmitResult.accepted
+            }.recover { error in
+                self.ledger.acceptedThenRejected(channel: accepted.channel, reason: "journal_unavailable")
+                return .rejected(
+                    Rejection(
+                        filter: "journal", reason: "journal_unavailable", status: 503,
+                        message: "the message could not be stored: \(error)", retryAfterSeconds: 5
+                    )
+                )
+            }
+        }
+    }
+
+    /// Hands an accepted (journaled) message to delivery, behind its device's earlier ones;
+    /// settles it in the journal once its outcome is final.
+    func deliver(_ envelope: Envelope, sequence: UInt64?, router: Router) {
+        let journal = self.journal
+        dispatcher.dispatch(envelope) { envelope, loop in
+            router.route(envelope, on: loop).map { outcome in
+                // Cut off by shutdown: not an outcome; the journal redelivers it at the next start.
+                if case .deadLettered(_, "shutdown") = outcome { return }
+                if let sequence { journal?.settle(sequence) }
+            }
         }
     }
 

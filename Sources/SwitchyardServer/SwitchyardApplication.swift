@@ -2,6 +2,7 @@ import Controller
 import Foundation
 import HTTPForwarder
 import HTTPIngress
+import Journal
 public import Logging
 import Metrics
 import NIOConcurrencyHelpers
@@ -29,6 +30,9 @@ public final class SwitchyardApplication: Sendable {
     let ingest: HTTPServer?
     let admin: HTTPServer
     let adminToken: String
+    let journal: Journal?
+    /// Unsettled messages found on disk at start, redelivered when the node runs.
+    private let recovered: NIOLockedValueBox<[(sequence: UInt64, envelope: Envelope)]>
     private let ready = NIOLockedValueBox(false)
     private let reloads = NIOLockedValueBox<(ok: Int, rejected: Int)>((0, 0))
     private let drainSeconds: Double
@@ -63,7 +67,29 @@ public final class SwitchyardApplication: Sendable {
             logger: logger
         )
         let snapshot = try PipelineSnapshot(configuration: configuration, shared: shared, previous: nil)
-        pipeline = Pipeline(snapshot: snapshot, ledger: shared.ledger)
+        if configuration.journal.enabled {
+            var options = JournalOptions()
+            options.segmentBytes = configuration.journal.segmentBytes
+            options.maxCommitLatencySeconds = configuration.journal.maxCommitLatencySeconds
+            options.sync = configuration.journal.sync
+            let (journal, report) = try Journal.open(directory: self.dataDir + "/journal", options: options, logger: logger)
+            self.journal = journal
+            recovered = NIOLockedValueBox(report.unsettled)
+            logger.info(
+                "journal recovered",
+                metadata: [
+                    "segments": "\(report.segments)", "records": "\(report.recordsRead)", "redeliver": "\(report.unsettled.count)",
+                    "problems": "\(report.problems.count)",
+                ]
+            )
+        } else {
+            journal = nil
+            recovered = NIOLockedValueBox([])
+        }
+        pipeline = Pipeline(
+            snapshot: snapshot, ledger: shared.ledger, journal: journal, dispatcher: OrderedDispatcher(group: group),
+            maxBacklogBytes: configuration.journal.maxBytes
+        )
         for (name, rule) in configuration.services { forwarder.setConcurrencyLimit(rule.maxConcurrency, forService: name) }
 
         let http = configuration.channels.http
@@ -117,6 +143,7 @@ public final class SwitchyardApplication: Sendable {
         ]
         if let ingest { services.append(.init(service: ingest)) }
         services.append(.init(service: ReloadWatcher(app: self)))
+        redeliverRecovered()
         var config = ServiceGroupConfiguration(services: services, logger: logger)
         if handleSignals { config.gracefulShutdownSignals = [.sigterm, .sigint] }
         let group = ServiceGroup(configuration: config)
@@ -135,9 +162,23 @@ public final class SwitchyardApplication: Sendable {
         await shutdownResources()
     }
 
+    /// Messages the journal held at start go out again (same ids; the delivery attempt header restarts at 1).
+    private func redeliverRecovered() {
+        let messages = recovered.withLockedValue { list in
+            defer { list = [] }
+            return list
+        }
+        let router = pipeline.snapshot.router
+        for (sequence, envelope) in messages {
+            shared.ledger.receivedAndAccepted(channel: envelope.channel)
+            pipeline.deliver(envelope, sequence: sequence, router: router)
+        }
+    }
+
     private func shutdownResources() async {
         ready.withLockedValue { $0 = false }
         forwarder.shutdown()
+        journal?.close()
         try? await group.shutdownGracefully()
     }
 
