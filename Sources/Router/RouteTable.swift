@@ -7,11 +7,13 @@ public struct RouteTable: Sendable {
         public let name: String
         public let regex: TopicRegex
         public let targets: [SwitchyardConfiguration.TargetRule]
+        public let ttlSeconds: Double
 
-        init(name: String, regex: TopicRegex, targets: [SwitchyardConfiguration.TargetRule]) {
+        init(name: String, regex: TopicRegex, targets: [SwitchyardConfiguration.TargetRule], ttlSeconds: Double) {
             self.name = name
             self.regex = regex
             self.targets = targets
+            self.ttlSeconds = ttlSeconds
         }
     }
 
@@ -22,7 +24,7 @@ public struct RouteTable: Sendable {
         var routes: [Route] = []
         for (index, rule) in rules.enumerated() {
             do {
-                routes.append(Route(name: rule.name, regex: try TopicRegex(rule.match), targets: rule.targets))
+                routes.append(Route(name: rule.name, regex: try TopicRegex(rule.match), targets: rule.targets, ttlSeconds: rule.ttlSeconds))
             } catch {
                 throw KeyPathError(path: "routes[\(index)].match", message: error.description)
             }

@@ -66,7 +66,7 @@ public final class Router: Sendable {
             return loop.makeSucceededFuture(.deadLettered(route: Router.unroutedLabel, reason: "unrouted"))
         }
         if route.targets.count == 1 {
-            return deliver(envelope, route: route, captures: captures, target: route.targets[0], attempt: 1, loop: loop).map { result in
+            return deliver(envelope, route: route, captures: captures, target: route.targets[0], attempt: 1, parked: 0, loop: loop).map { result in
                 if let failure = result.failure {
                     self.ledger.deadLettered(route: route.name, reason: failure)
                     return .deadLettered(route: route.name, reason: failure)
@@ -76,7 +76,7 @@ public final class Router: Sendable {
             }
         }
         let deliveries = route.targets.map { target in
-            deliver(envelope, route: route, captures: captures, target: target, attempt: 1, loop: loop)
+            deliver(envelope, route: route, captures: captures, target: target, attempt: 1, parked: 0, loop: loop)
         }
         return EventLoopFuture.whenAllSucceed(deliveries, on: loop).map { results in
             if let failure = results.compactMap(\.failure).first {
@@ -99,6 +99,7 @@ public final class Router: Sendable {
         captures: [String: String],
         target: SwitchyardConfiguration.TargetRule,
         attempt: Int,
+        parked: Int,
         loop: any EventLoop
     ) -> EventLoopFuture<TargetResult> {
         // `sent`: whether this attempt reached the forwarder (it counts as an attempt then).
@@ -108,6 +109,13 @@ public final class Router: Sendable {
                 error: error
             )
             return loop.makeSucceededFuture(TargetResult(failure: reason))
+        }
+        let ageSeconds = Double(WallClock.nowNanos() &- envelope.receivedAt) / 1e9
+        if ageSeconds > route.ttlSeconds {
+            return fail(
+                "expired", "the message is \(Int(ageSeconds)) s old; route \"\(route.name)\" keeps messages \(Int(route.ttlSeconds)) s",
+                false
+            )
         }
         let candidates: [ServiceInstance]
         let fallback: Bool
@@ -161,6 +169,18 @@ public final class Router: Sendable {
                     reason = "connection_failed"
                     detail = "\(instance): \(error)"
                 }
+                if reason == "unreachable" {
+                    var rng = FastRandom()
+                    // The service is down, not failing: the message waits (in the journal) without
+                    // using up its retries, until the service is back or the route's TTL runs out.
+                    let wait = min(5.0, 0.1 * Double(1 << min(parked, 6))) * Double.random(in: 0.5...1, using: &rng)
+                    self.logger.debug("service unreachable; waiting", metadata: ["id": "\(envelope.id)", "error": "\(detail)"])
+                    return loop.flatScheduleTask(in: .nanoseconds(Int64(wait * 1e9))) {
+                        self.deliver(
+                            envelope, route: route, captures: captures, target: target, attempt: attempt, parked: parked + 1, loop: loop
+                        )
+                    }.futureResult
+                }
                 guard attempt <= policy.retries, reason != "shutdown" else {
                     return fail(reason, detail, true)
                 }
@@ -171,7 +191,9 @@ public final class Router: Sendable {
                     metadata: ["id": "\(envelope.id)", "route": "\(route.name)", "attempt": "\(attempt)", "error": "\(detail)"]
                 )
                 return loop.flatScheduleTask(in: .nanoseconds(Int64(delay * 1e9))) {
-                    self.deliver(envelope, route: route, captures: captures, target: target, attempt: attempt + 1, loop: loop)
+                    self.deliver(
+                        envelope, route: route, captures: captures, target: target, attempt: attempt + 1, parked: parked, loop: loop
+                    )
                 }.futureResult
             }
     }

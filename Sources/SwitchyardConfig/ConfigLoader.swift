@@ -214,11 +214,12 @@ public enum ConfigLoader {
     }
 
     static func readRoute(_ node: Node, _ path: String, _ r: inout ConfigReader) -> SwitchyardConfiguration.RouteRule {
-        let m = r.mapping(node, path, allowed: ["name", "match", "targets"])
+        let m = r.mapping(node, path, allowed: ["name", "match", "targets", "ttl"])
         var route = SwitchyardConfiguration.RouteRule(
             name: r.string(m["name"], "\(path).name") ?? "",
             match: r.string(m["match"], "\(path).match") ?? ""
         )
+        if let v = r.duration(m["ttl"], "\(path).ttl", range: 0.001...(30 * 86_400)) { route.ttlSeconds = v }
         if m["name"] == nil { r.fail("\(path).name", "missing: every route needs a name (it labels metrics)", node) }
         if m["match"] == nil { r.fail("\(path).match", "missing: a topic regex such as ^devices/(?<product>[^/]+)/", node) }
         route.targets = r.sequence(m["targets"], "\(path).targets").enumerated().map { i, t in

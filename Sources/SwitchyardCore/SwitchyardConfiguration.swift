@@ -127,6 +127,8 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
         public var name: String
         public var match: String
         public var targets: [TargetRule] = []
+        /// A message older than this is dead-lettered with reason `expired` instead of delivered.
+        public var ttlSeconds = 86_400.0
         public init(name: String, match: String) {
             self.name = name
             self.match = match

@@ -80,5 +80,6 @@ public enum TestHTTPClient {
 
 public struct TestClientError: Error, CustomStringConvertible {
     public var message: String
+    public init(message: String) { self.message = message }
     public var description: String { message }
 }

@@ -35,7 +35,12 @@ public final class TestHTTPService: Sendable {
         self.state = state
     }
 
-    public static func start(status: Int = 200, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws -> TestHTTPService {
+    /// Starts on `port` (0: any free port; a given port is how a test brings a stopped service back).
+    public static func start(
+        status: Int = 200,
+        port: Int = 0,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) async throws -> TestHTTPService {
         let state = NIOLockedValueBox(State(status: status))
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -46,7 +51,7 @@ public final class TestHTTPService: Sendable {
                     try channel.pipeline.syncOperations.addHandler(RecordingHandler(state: state))
                 }
             }
-            .bind(host: "127.0.0.1", port: 0)
+            .bind(host: "127.0.0.1", port: port)
             .get()
         return TestHTTPService(channel: channel, state: state)
     }

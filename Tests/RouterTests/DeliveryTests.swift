@@ -18,11 +18,13 @@ struct Harness {
         instances: [ServiceInstance],
         retries: Int = 2,
         targets: Int = 1,
+        ttlSeconds: Double = 86_400,
         script: @escaping InMemoryForwarder.Script = { _, _ in .success(200) }
     ) throws {
         var config = SwitchyardConfiguration()
         config.lanes = lanes
         var route = SwitchyardConfiguration.RouteRule(name: "telemetry", match: "^devices/(?<product>[^/]+)/(?<device>[^/]+)/telemetry$")
+        route.ttlSeconds = ttlSeconds
         for i in 0..<targets {
             var target = SwitchyardConfiguration.TargetRule(service: i == 0 ? "svc" : "svc\(i)")
             target.path = "/in/{device}"
@@ -44,7 +46,7 @@ struct Harness {
     func send(device: String = "d1", lane: String? = nil, topic: String? = nil) async throws -> Router.Outcome {
         var e = Envelope(
             id: MessageID.generate(), channel: "http", topic: topic ?? "devices/p1/\(device)/telemetry", product: "p1",
-            device: device, payload: ByteBuffer(string: "{}"), tags: ["kind": "telemetry"], lane: lane, receivedAt: 0,
+            device: device, payload: ByteBuffer(string: "{}"), tags: ["kind": "telemetry"], lane: lane, receivedAt: WallClock.nowNanos(),
             trace: .generate()
         )
         e.lane = lane
@@ -132,8 +134,23 @@ func lane(_ name: String, fallback: SwitchyardConfiguration.LaneFallback = .base
         let t = try Harness(instances: [baseline], retries: 1) { _, _ in .failure(ForwardError(.timeout, "slow")) }
         #expect(try await t.send() == .deadLettered(route: "telemetry", reason: "timeout"))
         #expect(t.forwarder.recorded.count == 2)
-        let u = try Harness(instances: [baseline], retries: 0) { _, _ in .failure(ForwardError(.connectFailed, "refused")) }
-        #expect(try await u.send() == .deadLettered(route: "telemetry", reason: "unreachable"))
+    }
+
+    @Test func unreachableServiceWaitsWithoutUsingRetries() async throws {
+        let h = try Harness(instances: [baseline], retries: 0) { _, n in
+            n <= 3 ? .failure(ForwardError(.connectFailed, "refused")) : .success(200)
+        }
+        #expect(try await h.send() == .forwarded(route: "telemetry"))
+        let calls = h.forwarder.recorded
+        #expect(calls.count == 4)
+        #expect(calls.allSatisfy { $0.header("x-switchyard-delivery-attempt") == "1" })  // the service saw one attempt
+        #expect(h.ledger.snapshot().retried.isEmpty)
+    }
+
+    @Test func messagesOlderThanTheRouteTTLExpire() async throws {
+        let h = try Harness(instances: [baseline], retries: 0, ttlSeconds: 0.3) { _, _ in .failure(ForwardError(.connectFailed, "refused")) }
+        #expect(try await h.send() == .deadLettered(route: "telemetry", reason: "expired"))
+        #expect(h.deadLetters.list().first?.lastError.contains("keeps messages") == true)
     }
 
     @Test func unroutedIsDeadLetteredAndCounted() async throws {

@@ -1,0 +1,65 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import Router
+import SwitchyardCore
+import Testing
+
+@Suite struct OrderedDispatcherTests {
+    func envelope(_ device: String?, _ n: Int) -> Envelope {
+        Envelope(id: "\(device ?? "-")-\(n)", channel: "http", topic: "t", device: device, payload: ByteBuffer(), receivedAt: 0, trace: .generate())
+    }
+
+    @Test func oneDeviceWaitsOnItsHeadOthersDoNot() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        let dispatcher = OrderedDispatcher(group: group)
+        let log = NIOLockedValueBox([String]())
+        let held = NIOLockedValueBox<EventLoopPromise<Void>?>(nil)
+        // a-1 is held open; a-2 must wait for it, b-1 must not.
+        dispatcher.dispatch(envelope("a", 1)) { e, loop in
+            log.withLockedValue { $0.append("start \(e.id)") }
+            let p = loop.makePromise(of: Void.self)
+            held.withLockedValue { $0 = p }
+            return p.futureResult
+        }
+        for e in [envelope("a", 2), envelope("b", 1), envelope(nil, 1)] {
+            dispatcher.dispatch(e) { e, loop in
+                log.withLockedValue { $0.append("start \(e.id)") }
+                return loop.makeSucceededVoidFuture()
+            }
+        }
+        try await Task.sleep(nanoseconds: 100_000_000)
+        var seen = log.withLockedValue { $0 }
+        #expect(seen.contains("start a-1") && seen.contains("start b-1") && seen.contains("start --1"))
+        #expect(!seen.contains("start a-2"))
+        held.withLockedValue { $0 }?.succeed(())
+        try await Task.sleep(nanoseconds: 100_000_000)
+        seen = log.withLockedValue { $0 }
+        #expect(seen.last == "start a-2")
+        #expect(try await dispatcher.busyDevices().get() == 0)
+        try await group.shutdownGracefully()
+    }
+
+    @Test func orderHoldsUnderLoad() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        let dispatcher = OrderedDispatcher(group: group)
+        let seen = NIOLockedValueBox([String: [Int]]())
+        for n in 0..<2000 {
+            let device = "d\(n % 13)"
+            dispatcher.dispatch(envelope(device, n)) { e, loop in
+                // Completes later, on another tick, like a network round trip.
+                loop.scheduleTask(in: .microseconds(Int64(n % 7) * 50)) {
+                    seen.withLockedValue { $0[device, default: []].append(n) }
+                }.futureResult
+            }
+        }
+        for _ in 0..<200 where seen.withLockedValue({ $0.values.reduce(0) { $0 + $1.count } }) < 2000 {
+            try await Task.sleep(nanoseconds: 20_000_000)
+        }
+        for (device, list) in seen.withLockedValue({ $0 }) {
+            #expect(list == list.sorted(), "\(device) out of order")
+        }
+        #expect(seen.withLockedValue { $0.values.reduce(0) { $0 + $1.count } } == 2000)
+        try await group.shutdownGracefully()
+    }
+}

@@ -1,0 +1,52 @@
+import Foundation
+import SwitchyardTesting
+import Testing
+
+/// A stopped service is not an error of the messages: they wait in the journal up to its
+/// cap, then the HTTP channel pushes back with 503 + Retry-After; none accepted is lost.
+@Suite(.serialized) struct BackpressureTests {
+    @Test func journalCapPushesBackAndNothingAcceptedIsLost() async throws {
+        var svc = try await TestHTTPService.start()
+        let port = svc.port
+        await svc.stop()  // the service is down: connections are refused
+        let server = try await TestServer.start(
+            """
+            journal: {max_bytes: 1MiB}
+            routes:
+              - {name: r, match: "^devices/(?<device>[^/]+)/x$", targets: [{service: s, path: "/in/{device}", retries: 0}]}
+            services:
+              s: {instances: [{url: "http://127.0.0.1:\(port)"}]}
+            """
+        )
+        let payload = String(repeating: "p", count: 4096)
+        var accepted: [String] = []
+        var pushedBack: TestHTTPClient.Response?
+        for i in 0..<1000 where pushedBack == nil {
+            let id = "m-\(i)"
+            let r = try await server.post("devices/d\(i % 8)/x", body: id + ":" + payload, headers: [("x-message-id", id)])
+            switch r.status {
+            case 202: accepted.append(id)
+            case 503: pushedBack = r
+            default: Issue.record("unexpected \(r.status): \(r.body)")
+            }
+        }
+        let refusal = try #require(pushedBack, "no 503 after \(accepted.count) messages")
+        #expect(refusal.body.contains("\"error\":\"backpressure\""))
+        #expect(refusal.header("retry-after") == "1")
+        #expect(accepted.count > 100)  // ~1 MiB of 4 KiB messages went in first
+        #expect(server.app.ledger.snapshot().rejected.keys.contains { $0.second == "backpressure" })
+
+        // The service comes back on the same port: everything accepted arrives.
+        svc = try await TestHTTPService.start(port: port)
+        let got = await svc.waitFor(count: accepted.count, timeoutSeconds: 30)
+        let arrived = Set(got.map { String($0.body.prefix { $0 != ":" }) })
+        #expect(arrived.isSuperset(of: accepted), "\(Set(accepted).subtracting(arrived).count) accepted messages lost")
+        await server.settle(timeoutSeconds: 10)
+        #expect(try await server.post("devices/d0/x", body: "after").status == 202)
+        let ledger = server.app.ledger.snapshot()
+        #expect(ledger.balances)
+        #expect(ledger.deadLetteredTotal == 0)
+        await server.stop()
+        await svc.stop()
+    }
+}
