@@ -99,3 +99,35 @@ public enum EnvelopeCodec {
         return .some(s)
     }
 }
+
+/// A dead letter on disk: its fields, then the envelope (`key` is the record's sequence).
+public enum DeadLetterCodec {
+    public static func encode(_ d: DeadLetter, into buffer: inout ByteBuffer) {
+        var fields = ByteBuffer()
+        for s in [d.id, d.route, d.service ?? "\u{0}", d.reason, d.lastError] {
+            fields.writeInteger(UInt32(s.utf8.count))
+            fields.writeString(s)
+        }
+        fields.writeInteger(UInt32(max(0, d.attempts)))
+        fields.writeInteger(d.at)
+        buffer.writeInteger(UInt32(fields.readableBytes))
+        buffer.writeBuffer(&fields)
+        EnvelopeCodec.encode(d.envelope, into: &buffer)
+    }
+
+    public static func decode(_ buffer: inout ByteBuffer) -> DeadLetter? {
+        guard let length = buffer.readInteger(as: UInt32.self), var fields = buffer.readSlice(length: Int(length)) else { return nil }
+        var strings: [String] = []
+        for _ in 0..<5 {
+            guard let n = fields.readInteger(as: UInt32.self), let s = fields.readString(length: Int(n)) else { return nil }
+            strings.append(s)
+        }
+        guard let attempts = fields.readInteger(as: UInt32.self), let at = fields.readInteger(as: UInt64.self),
+            let envelope = EnvelopeCodec.decode(&buffer)
+        else { return nil }
+        return DeadLetter(
+            id: strings[0], route: strings[1], service: strings[2] == "\u{0}" ? nil : strings[2], reason: strings[3],
+            attempts: Int(attempts), lastError: strings[4], at: at, envelope: envelope
+        )
+    }
+}

@@ -18,7 +18,12 @@ public final class Journal: Sendable {
     public enum Kind: UInt8, Sendable {
         case message = 1
         case settled = 2
+        /// In `dead-letters.log`: a dead letter (sequence = its key) and its removal.
+        case deadLetter = 3
+        case deadLetterRemoved = 4
     }
+
+    static let deadLetterFile = "dead-letters.log"
 
     let directory: String
     let options: JournalOptions
@@ -27,6 +32,8 @@ public final class Journal: Sendable {
     private let wakeup = ConditionVariable()
 
     struct Pending {
+        /// Dead-letter records go to their own file, in the same batch and before its fsync ends.
+        var deadLetterFile = false
         var sequence: UInt64
         var bytes: ByteBuffer
         var promise: EventLoopPromise<UInt64>?
@@ -71,8 +78,16 @@ public final class Journal: Sendable {
             report.problems += result.problems
             report.truncatedBytes += result.truncatedBytes
             for record in result.records {
-                nextSequence = max(nextSequence, record.sequence + 1)
                 switch record.kind {
+                case .deadLetter, .deadLetterRemoved:
+                    report.problems.append("\(path): a dead-letter record in a journal segment; skipped")
+                    continue
+                default:
+                    nextSequence = max(nextSequence, record.sequence + 1)
+                }
+                switch record.kind {
+                case .deadLetter, .deadLetterRemoved:
+                    continue
                 case .message:
                     var body = record.body
                     guard let envelope = EnvelopeCodec.decode(&body) else {
@@ -92,6 +107,9 @@ public final class Journal: Sendable {
             }
         }
         report.unsettled = unsettled.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+        let (letters, letterProblems) = try recoverDeadLetters(directory: directory, maxRecord: options.maxRecordBytes)
+        report.deadLetters = letters
+        report.problems += letterProblems
         for problem in report.problems { logger.warning("journal recovery", metadata: ["problem": "\(problem)"]) }
         // Appends go to a fresh segment; fully settled old segments can go now.
         let active = nextSequence
@@ -136,7 +154,7 @@ public final class Journal: Sendable {
         enqueue(kind: .settled, body: ByteBuffer(), promise: nil, sequence: sequence)
     }
 
-    private func enqueue(kind: Kind, body: ByteBuffer, promise: EventLoopPromise<UInt64>?, sequence: UInt64?) {
+    private func enqueue(kind: Kind, body: ByteBuffer, promise: EventLoopPromise<UInt64>?, sequence: UInt64?, deadLetterFile: Bool = false) {
         let refused: String? = state.withLockedValue { s in
             if s.closing { return "the journal is closed" }
             if let failure = s.failure { return failure }
@@ -149,7 +167,7 @@ public final class Journal: Sendable {
             }
             let frame = Self.frame(kind: kind, sequence: seq, body: body)
             s.pendingBytes += frame.readableBytes
-            s.queue.append(Pending(sequence: seq, bytes: frame, promise: promise))
+            s.queue.append(Pending(deadLetterFile: deadLetterFile, sequence: seq, bytes: frame, promise: promise))
             return nil
         }
         if let refused {
@@ -186,7 +204,9 @@ public final class Journal: Sendable {
 
     private func startWriter() throws {
         let fd = try openSegment(state.withLockedValue { $0.activeSegment })
-        let thread = WriterThread { [self] in self.writerLoop(fd: fd) }
+        let letters = Glibc.open("\(directory)/\(Self.deadLetterFile)", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        guard letters >= 0 else { throw JournalError("cannot open \(directory)/\(Self.deadLetterFile): errno \(errno)") }
+        let thread = WriterThread { [self] in self.writerLoop(fd: fd, deadLetters: letters) }
         thread.start()
     }
 
@@ -196,7 +216,7 @@ public final class Journal: Sendable {
         return fd
     }
 
-    private func writerLoop(fd initial: Int32) {
+    private func writerLoop(fd initial: Int32, deadLetters: Int32) {
         var fd = initial
         var segmentSize = Int(lseek(fd, 0, SEEK_END))
         while true {
@@ -217,8 +237,14 @@ public final class Journal: Sendable {
             if batch.isEmpty && closing { break }
             var failure: String?
             var buffer = ByteBuffer()
+            var letterBuffer = ByteBuffer()
             var rolledTo: [(index: Int, first: UInt64)] = []
             for (index, item) in batch.enumerated() {
+                if item.deadLetterFile {
+                    var bytes = item.bytes
+                    letterBuffer.writeBuffer(&bytes)
+                    continue
+                }
                 let isMessage = item.promise != nil
                 if isMessage, segmentSize + buffer.readableBytes + item.bytes.readableBytes > options.segmentBytes,
                     segmentSize + buffer.readableBytes > 0
@@ -240,6 +266,11 @@ public final class Journal: Sendable {
                 var bytes = item.bytes
                 buffer.writeBuffer(&bytes)
             }
+            // Dead letters first: a message's settlement must never be durable before its dead letter.
+            if letterBuffer.readableBytes > 0 {
+                failure = failure ?? writeAll(deadLetters, &letterBuffer)
+                if failure == nil && options.sync && fdatasync(deadLetters) != 0 { failure = "fdatasync failed: errno \(errno)" }
+            }
             if buffer.readableBytes > 0 {
                 let size = buffer.readableBytes
                 failure = failure ?? writeAll(fd, &buffer)
@@ -252,7 +283,7 @@ public final class Journal: Sendable {
                 if let failure { s.failure = failure }
                 var segment = s.activeSegment
                 var rolls = rolledTo[...]
-                for (index, item) in batch.enumerated() {
+                for (index, item) in batch.enumerated() where !item.deadLetterFile {
                     if let roll = rolls.first, roll.index == index {
                         segment = roll.first
                         s.liveSegments.append(roll.first)
@@ -286,8 +317,12 @@ public final class Journal: Sendable {
             }
             if failure != nil { logger.error("journal write failed; appends are refused", metadata: ["error": "\(failure!)"]) }
         }
-        if options.sync { fdatasync(fd) }
+        if options.sync {
+            fdatasync(fd)
+            fdatasync(deadLetters)
+        }
         Glibc.close(fd)
+        Glibc.close(deadLetters)
         state.withLockedValue { $0.closed = true }
         wakeup.signal()
     }
@@ -310,6 +345,56 @@ public final class Journal: Sendable {
         state.withLockedValue { $0.closing = true }
         wakeup.signal()
         wakeup.wait(until: { self.state.withLockedValue { $0.closed } })
+    }
+
+    // MARK: - Dead letters
+
+    /// Reads `dead-letters.log` back and rewrites it with only the live entries (compaction).
+    static func recoverDeadLetters(directory: String, maxRecord: Int) throws -> ([DeadLetter], [String]) {
+        let path = "\(directory)/\(deadLetterFile)"
+        guard access(path, F_OK) == 0 else { return ([], []) }
+        let scan = try Recovery.scan(path: path, isLast: true, maxRecord: maxRecord)
+        var problems = scan.problems
+        var live: [UInt64: DeadLetter] = [:]
+        for record in scan.records {
+            switch record.kind {
+            case .deadLetter:
+                var body = record.body
+                guard var letter = DeadLetterCodec.decode(&body) else {
+                    problems.append("\(path): dead letter \(record.sequence) is undecodable; skipped")
+                    continue
+                }
+                letter.key = record.sequence
+                live[record.sequence] = letter
+            case .deadLetterRemoved:
+                live.removeValue(forKey: record.sequence)
+            default:
+                problems.append("\(path): unexpected record kind \(record.kind.rawValue); skipped")
+            }
+        }
+        let letters = live.values.sorted { $0.key < $1.key }
+        var compacted = ByteBuffer()
+        for letter in letters {
+            var body = ByteBuffer()
+            DeadLetterCodec.encode(letter, into: &body)
+            var frame = Journal.frame(kind: .deadLetter, sequence: letter.key, body: body)
+            compacted.writeBuffer(&frame)
+        }
+        let tmp = path + ".tmp"
+        let fd = Glibc.open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw JournalError("cannot write \(tmp): errno \(errno)") }
+        while compacted.readableBytes > 0 {
+            let n = compacted.withUnsafeReadableBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+            guard n >= 0 else {
+                Glibc.close(fd)
+                throw JournalError("cannot write \(tmp): errno \(errno)")
+            }
+            compacted.moveReaderIndex(forwardBy: n)
+        }
+        fsync(fd)
+        Glibc.close(fd)
+        guard rename(tmp, path) == 0 else { throw JournalError("cannot replace \(path): errno \(errno)") }
+        return (letters, problems)
     }
 
     // MARK: - Files
@@ -341,6 +426,19 @@ public final class Journal: Sendable {
             if mkdir(current, 0o755) != 0 && errno != EEXIST { return false }
         }
         return true
+    }
+}
+
+extension Journal: DeadLetterPersistence {
+    /// Written by the writer thread with the next batch, fsynced before that batch's journal records.
+    public func added(_ letter: DeadLetter) {
+        var body = ByteBuffer()
+        DeadLetterCodec.encode(letter, into: &body)
+        enqueue(kind: .deadLetter, body: body, promise: nil, sequence: letter.key, deadLetterFile: true)
+    }
+
+    public func removed(keys: [UInt64]) {
+        for key in keys { enqueue(kind: .deadLetterRemoved, body: ByteBuffer(), promise: nil, sequence: key, deadLetterFile: true) }
     }
 }
 

@@ -25,4 +25,6 @@ public struct RecoveryReport: Sendable {
     /// Each bad record or torn tail, with the file and offset.
     public var problems: [String] = []
     public var truncatedBytes = 0
+    /// Dead letters kept in `dead-letters.log`, oldest first.
+    public var deadLetters: [DeadLetter] = []
 }

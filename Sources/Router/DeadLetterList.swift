@@ -2,62 +2,106 @@ import NIOConcurrencyHelpers
 import NIOCore
 public import SwitchyardCore
 
-/// A message (or one fan-out target of it) that could not be delivered.
-public struct DeadLetter: Sendable {
-    public var id: String
-    public var route: String
-    public var service: String?
-    public var reason: String
-    public var attempts: Int
-    public var lastError: String
-    /// Wall-clock time it was dead-lettered, nanoseconds since the epoch.
-    public var at: UInt64
-    public var envelope: Envelope
-
-    public init(id: String, route: String, service: String?, reason: String, attempts: Int, lastError: String, at: UInt64, envelope: Envelope) {
-        self.id = id
-        self.route = route
-        self.service = service
-        self.reason = reason
-        self.attempts = attempts
-        self.lastError = lastError
-        self.at = at
-        self.envelope = envelope
-    }
-}
-
-/// Dead letters kept in memory, newest last, bounded (the journal makes them durable later).
-/// When full, the oldest entry is dropped and counted in `evicted`.
+/// Dead letters, newest last, bounded: when full the oldest is dropped and counted in
+/// `evicted`. Every change goes to the persistence (when given) so the list survives restarts.
 public final class DeadLetterList: Sendable {
     public let limit: Int
-    private let state: NIOLockedValueBox<(entries: CircularBuffer<DeadLetter>, evicted: UInt64)>
+    private let persistence: (any DeadLetterPersistence)?
+    private let state: NIOLockedValueBox<State>
 
-    public init(limit: Int) {
-        self.limit = max(1, limit)
-        state = NIOLockedValueBox((CircularBuffer(initialCapacity: min(limit, 1024)), 0))
+    struct State {
+        var entries = CircularBuffer<DeadLetter>()
+        var evicted: UInt64 = 0
+        var nextKey: UInt64 = 1
     }
 
-    public func append(_ letter: DeadLetter) {
-        state.withLockedValue {
-            if $0.entries.count >= limit {
-                $0.entries.removeFirst()
-                $0.evicted += 1
-            }
-            $0.entries.append(letter)
+    /// A filter over dead letters; nil fields match anything.
+    public struct Filter: Sendable {
+        public var keys: Set<UInt64>?
+        public var id: String?
+        public var route: String?
+        public var reason: String?
+        /// Dead-lettered at or after this wall-clock time (nanoseconds since the epoch).
+        public var since: UInt64?
+        public var until: UInt64?
+
+        public init(keys: Set<UInt64>? = nil, id: String? = nil, route: String? = nil, reason: String? = nil, since: UInt64? = nil, until: UInt64? = nil) {
+            self.keys = keys
+            self.id = id
+            self.route = route
+            self.reason = reason
+            self.since = since
+            self.until = until
+        }
+
+        func matches(_ d: DeadLetter) -> Bool {
+            if let keys, !keys.contains(d.key) { return false }
+            if let id, d.id != id { return false }
+            if let route, d.route != route { return false }
+            if let reason, d.reason != reason { return false }
+            if let since, d.at < since { return false }
+            if let until, d.at > until { return false }
+            return true
         }
     }
 
-    /// Newest first, optionally filtered.
-    public func list(route: String? = nil, reason: String? = nil, limit: Int = 100) -> [DeadLetter] {
+    /// `restored`: dead letters loaded from persistence at start (oldest first).
+    public init(limit: Int, persistence: (any DeadLetterPersistence)? = nil, restored: [DeadLetter] = []) {
+        self.limit = max(1, limit)
+        self.persistence = persistence
+        var s = State()
+        for letter in restored.suffix(self.limit) {
+            s.entries.append(letter)
+            s.nextKey = max(s.nextKey, letter.key + 1)
+        }
+        state = NIOLockedValueBox(s)
+    }
+
+    public func append(_ letter: DeadLetter) {
+        let (stored, dropped): (DeadLetter, UInt64?) = state.withLockedValue {
+            var letter = letter
+            letter.key = $0.nextKey
+            $0.nextKey += 1
+            var dropped: UInt64?
+            if $0.entries.count >= limit {
+                dropped = $0.entries.removeFirst().key
+                $0.evicted += 1
+            }
+            $0.entries.append(letter)
+            return (letter, dropped)
+        }
+        persistence?.added(stored)
+        if let dropped { persistence?.removed(keys: [dropped]) }
+    }
+
+    /// Newest first, filtered.
+    public func list(_ filter: Filter = Filter(), limit: Int = 100) -> [DeadLetter] {
         state.withLockedValue { s in
             var out: [DeadLetter] = []
-            for letter in s.entries.reversed() where out.count < limit {
-                if let route, letter.route != route { continue }
-                if let reason, letter.reason != reason { continue }
+            for letter in s.entries.reversed() where out.count < limit && filter.matches(letter) {
                 out.append(letter)
             }
             return out
         }
+    }
+
+    public func list(route: String? = nil, reason: String? = nil, limit: Int = 100) -> [DeadLetter] {
+        list(Filter(route: route, reason: reason), limit: limit)
+    }
+
+    /// Removes and returns the matching dead letters, oldest first (replay and purge).
+    public func take(_ filter: Filter) -> [DeadLetter] {
+        let taken: [DeadLetter] = state.withLockedValue { s in
+            var kept = CircularBuffer<DeadLetter>()
+            var taken: [DeadLetter] = []
+            for letter in s.entries {
+                if filter.matches(letter) { taken.append(letter) } else { kept.append(letter) }
+            }
+            s.entries = kept
+            return taken
+        }
+        if !taken.isEmpty { persistence?.removed(keys: taken.map(\.key)) }
+        return taken
     }
 
     public var count: Int { state.withLockedValue { $0.entries.count } }

@@ -43,8 +43,39 @@ struct AdminResponder: HTTPResponder {
             guard let limit = Int(q["limit"] ?? "100"), limit > 0 else {
                 return .error(.badRequest, "bad_query", "limit must be a positive whole number")
             }
-            let letters = app.deadLetters.list(route: q["route"], reason: q["reason"], limit: limit)
-            return encode(DeadLettersView(total: app.deadLetters.count, evicted: app.deadLetters.evicted, entries: letters.map(DeadLetterView.init)))
+            let filter: DeadLetterList.Filter
+            switch DeadLetterQuery(route: q["route"], reason: q["reason"], id: q["id"], since: q["since"], until: q["until"]).filter() {
+            case .success(let f): filter = f
+            case .failure(let problem): return .error(.badRequest, "bad_query", problem.message)
+            }
+            let letters = app.deadLetters.list(filter, limit: limit)
+            return encode(DeadLettersView(total: app.deadLetters.count, evicted: app.deadLetters.evicted, entries: letters.map { DeadLetterView($0) }))
+        case (.POST, "/admin/dead-letters/replay"), (.POST, "/admin/dead-letters/purge"):
+            let query: DeadLetterQuery
+            do {
+                query = try JSONDecoder().decode(DeadLetterQuery.self, from: Data(request.body.readableBytesView))
+            } catch {
+                return .error(.badRequest, "bad_request", "expected JSON {keys?, id?, route?, reason?, since?, until?, all?}: \(error)")
+            }
+            guard query.selectsSomething else {
+                return .error(.badRequest, "bad_request", "name what to select (keys, id, route, reason, since, until) or send \"all\": true")
+            }
+            let filter: DeadLetterList.Filter
+            switch query.filter() {
+            case .success(let f): filter = f
+            case .failure(let problem): return .error(.badRequest, "bad_request", problem.message)
+            }
+            if path.hasSuffix("/replay") {
+                return .json(.ok, "{\"replayed\":\(app.replayDeadLetters(filter))}")
+            }
+            return .json(.ok, "{\"purged\":\(app.purgeDeadLetters(filter))}")
+        case (.GET, _) where path.hasPrefix("/admin/dead-letters/"):
+            guard let key = UInt64(path.dropFirst("/admin/dead-letters/".count)),
+                let letter = app.deadLetters.list(DeadLetterList.Filter(keys: [key]), limit: 1).first
+            else {
+                return .error(.notFound, "not_found", "no dead letter with key \(path.dropFirst("/admin/dead-letters/".count))")
+            }
+            return encode(DeadLetterView(letter, full: true))
         case (.POST, "/admin/explain"):
             let explainRequest: ExplainRequest
             do {
@@ -59,7 +90,8 @@ struct AdminResponder: HTTPResponder {
             case .failure(let errors):
                 return .error(.unprocessableEntity, "invalid_config", errors.description)
             }
-        case (_, "/admin/routes"), (_, "/admin/lanes"), (_, "/admin/dead-letters"), (_, "/admin/explain"), (_, "/admin/reload"):
+        case (_, "/admin/routes"), (_, "/admin/lanes"), (_, "/admin/dead-letters"), (_, "/admin/explain"), (_, "/admin/reload"),
+            (_, "/admin/dead-letters/replay"), (_, "/admin/dead-letters/purge"):
             return .error(.methodNotAllowed, "method_not_allowed", "wrong method for \(path)")
         default:
             return .error(.notFound, "not_found", "no such endpoint: \(path)")
@@ -157,7 +189,56 @@ struct DeadLettersView: Encodable {
     var entries: [DeadLetterView]
 }
 
+/// Selects dead letters: from query parameters (list) or a JSON body (replay, purge).
+struct DeadLetterQuery: Decodable {
+    var keys: [UInt64]?
+    var id: String?
+    var route: String?
+    var reason: String?
+    /// RFC 3339 time or seconds since the epoch.
+    var since: String?
+    var until: String?
+    var all: Bool?
+
+    init(route: String?, reason: String?, id: String?, since: String?, until: String?) {
+        self.route = route
+        self.reason = reason
+        self.id = id
+        self.since = since
+        self.until = until
+    }
+
+    var selectsSomething: Bool {
+        all == true || keys != nil || id != nil || route != nil || reason != nil || since != nil || until != nil
+    }
+
+    struct Problem: Error { var message: String }
+
+    func filter() -> Result<DeadLetterList.Filter, Problem> {
+        func time(_ text: String?, _ name: String) -> Result<UInt64?, Problem> {
+            guard let text else { return .success(nil) }
+            if let seconds = Double(text) { return .success(UInt64(max(0, seconds) * 1e9)) }
+            if let date = ISO8601DateFormatter().date(from: text) { return .success(UInt64(date.timeIntervalSince1970 * 1e9)) }
+            return .failure(Problem(message: "\(name) must be an RFC 3339 time or seconds since the epoch, got \"\(text)\""))
+        }
+        let since: UInt64?
+        let until: UInt64?
+        switch time(self.since, "since") {
+        case .success(let v): since = v
+        case .failure(let p): return .failure(p)
+        }
+        switch time(self.until, "until") {
+        case .success(let v): until = v
+        case .failure(let p): return .failure(p)
+        }
+        return .success(
+            DeadLetterList.Filter(keys: keys.map(Set.init), id: id, route: route, reason: reason, since: since, until: until)
+        )
+    }
+}
+
 struct DeadLetterView: Encodable {
+    var key: UInt64
     var id: String
     var route: String
     var service: String?
@@ -172,8 +253,13 @@ struct DeadLetterView: Encodable {
     var tags: [String: String]
     var payloadBytes: Int
     var payloadPreview: String
+    /// Only when inspecting one dead letter.
+    var payloadBase64: String?
+    var headers: [String: String]?
+    var traceparent: String?
 
-    init(_ d: DeadLetter) {
+    init(_ d: DeadLetter, full: Bool = false) {
+        key = d.key
         id = d.id
         route = d.route
         service = d.service
@@ -188,5 +274,10 @@ struct DeadLetterView: Encodable {
         tags = d.envelope.tags
         payloadBytes = d.envelope.payload.readableBytes
         payloadPreview = String(decoding: d.envelope.payload.readableBytesView.prefix(256), as: UTF8.self)
+        if full {
+            payloadBase64 = Data(d.envelope.payload.readableBytesView).base64EncodedString()
+            headers = Dictionary(d.envelope.headers.map { ($0.name, $0.value) }, uniquingKeysWith: { first, _ in first })
+            traceparent = d.envelope.trace.traceparent
+        }
     }
 }

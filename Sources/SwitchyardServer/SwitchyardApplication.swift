@@ -58,15 +58,7 @@ public final class SwitchyardApplication: Sendable {
         adminToken = try AdminToken.load(dataDir: self.dataDir, environment: environment)
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, threads))
         forwarder = HTTPForwarder(group: group)
-        shared = SharedParts(
-            clock: SystemMonotonicClock(),
-            forwarder: forwarder,
-            deadLetters: DeadLetterList(limit: configuration.journal.deadLetterLimit),
-            ledger: MessageLedger(),
-            balancer: Balancer(),
-            logger: logger
-        )
-        let snapshot = try PipelineSnapshot(configuration: configuration, shared: shared, previous: nil)
+        var restoredLetters: [DeadLetter] = []
         if configuration.journal.enabled {
             var options = JournalOptions()
             options.segmentBytes = configuration.journal.segmentBytes
@@ -75,6 +67,7 @@ public final class SwitchyardApplication: Sendable {
             let (journal, report) = try Journal.open(directory: self.dataDir + "/journal", options: options, logger: logger)
             self.journal = journal
             recovered = NIOLockedValueBox(report.unsettled)
+            restoredLetters = report.deadLetters
             logger.info(
                 "journal recovered",
                 metadata: [
@@ -86,6 +79,15 @@ public final class SwitchyardApplication: Sendable {
             journal = nil
             recovered = NIOLockedValueBox([])
         }
+        shared = SharedParts(
+            clock: SystemMonotonicClock(),
+            forwarder: forwarder,
+            deadLetters: DeadLetterList(limit: configuration.journal.deadLetterLimit, persistence: journal, restored: restoredLetters),
+            ledger: MessageLedger(),
+            balancer: Balancer(),
+            logger: logger
+        )
+        let snapshot = try PipelineSnapshot(configuration: configuration, shared: shared, previous: nil)
         pipeline = Pipeline(
             snapshot: snapshot, ledger: shared.ledger, journal: journal, dispatcher: OrderedDispatcher(group: group),
             maxBacklogBytes: configuration.journal.maxBytes
@@ -160,6 +162,42 @@ public final class SwitchyardApplication: Sendable {
             throw error
         }
         await shutdownResources()
+    }
+
+    /// Takes the matching dead letters out of the list and delivers them again under their own
+    /// ids (journaled first when the journal is on). Returns how many were replayed.
+    public func replayDeadLetters(_ filter: DeadLetterList.Filter) -> Int {
+        let letters = shared.deadLetters.take(filter)
+        let router = pipeline.snapshot.router
+        for letter in letters {
+            var envelope = letter.envelope
+            envelope.receivedAt = WallClock.nowNanos()  // a replay is a new delivery: its TTL starts now
+            shared.ledger.receivedAndAccepted(channel: "replay")
+            guard let journal else {
+                pipeline.deliver(envelope, sequence: nil, router: router)
+                continue
+            }
+            let ledger = shared.ledger
+            let pipeline = self.pipeline
+            let deadLetters = shared.deadLetters
+            journal.append(envelope, on: group.next()).whenComplete { result in
+                switch result {
+                case .success(let sequence): pipeline.deliver(envelope, sequence: sequence, router: router)
+                case .failure:
+                    ledger.acceptedThenRejected(channel: "replay", reason: "journal_unavailable")
+                    deadLetters.append(letter)  // back where it was: nothing is dropped silently
+                }
+            }
+        }
+        logger.info("dead letters replayed", metadata: ["count": "\(letters.count)"])
+        return letters.count
+    }
+
+    /// Removes the matching dead letters for good. Returns how many.
+    public func purgeDeadLetters(_ filter: DeadLetterList.Filter) -> Int {
+        let count = shared.deadLetters.take(filter).count
+        logger.notice("dead letters purged", metadata: ["count": "\(count)"])
+        return count
     }
 
     /// Messages the journal held at start go out again (same ids; the delivery attempt header restarts at 1).

@@ -134,6 +134,18 @@ import Testing
         #expect(FileManager.default.fileExists(atPath: "\(dir)/switchyard-data/admin-token"))
         let posted = try await TestHTTPClient.request("POST", port: 8080, path: "/v1/messages/devices/p/d/t", body: "{}")
         #expect(posted.status == 202)
+        // The dlq CLI finds the node and its token by the defaults (./switchyard-data).
+        let cli = Process()
+        cli.executableURL = URL(fileURLWithPath: ProcessTests.binary)
+        cli.arguments = ["dlq", "list"]
+        cli.currentDirectoryURL = URL(fileURLWithPath: dir)
+        let pipe = Pipe()
+        cli.standardOutput = pipe
+        try cli.run()
+        let listed = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        cli.waitUntilExit()
+        #expect(cli.terminationStatus == 0)
+        #expect(listed.contains("\"reason\" : \"unrouted\""))
         kill(process.processIdentifier, SIGHUP)
         try await Task.sleep(nanoseconds: 300_000_000)
         #expect(process.isRunning)

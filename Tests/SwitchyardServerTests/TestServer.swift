@@ -26,8 +26,9 @@ final class TestServer: Sendable {
         self.dir = dir
     }
 
-    static func start(_ yaml: String) async throws -> TestServer {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-test-\(UUID().uuidString)").path
+    /// `dir`: reuse a previous server's directory (its journal and dead letters) to test a restart.
+    static func start(_ yaml: String, dir existing: String? = nil) async throws -> TestServer {
+        let dir = existing ?? FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-test-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let path = "\(dir)/switchyard.yaml"
         try withListeners(yaml, dir: dir).write(toFile: path, atomically: true, encoding: .utf8)
@@ -70,10 +71,10 @@ final class TestServer: Sendable {
         return try await TestHTTPClient.request(method, port: adminPort, path: path, headers: headers, body: body)
     }
 
-    func stop() async {
+    func stop(keepingData: Bool = false) async {
         task.cancel()
         _ = try? await task.value
-        try? FileManager.default.removeItem(atPath: dir)
+        if !keepingData { try? FileManager.default.removeItem(atPath: dir) }
     }
 
     /// Waits until no message is in flight.
