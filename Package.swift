@@ -57,6 +57,7 @@ let package = Package(
             name: "Journal",
             dependencies: [
                 "SwitchyardCore",
+                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Metrics
 import NIOConcurrencyHelpers
 public import NIOCore
 public import SwitchyardCore
@@ -29,6 +30,9 @@ public final class Journal: Sendable {
     let options: JournalOptions
     let logger: Logger
     private let state: NIOLockedValueBox<State>
+    private let commitTimer = Metrics.Timer(label: "switchyard_journal_commit_duration_seconds")
+    private let fsyncCounter = Counter(label: "switchyard_journal_fsyncs_total")
+    private let appendCounter = Counter(label: "switchyard_messages_journaled_total")
     private let wakeup = ConditionVariable()
 
     struct Pending {
@@ -235,6 +239,7 @@ public final class Journal: Sendable {
                 return (b, s.closing)
             }
             if batch.isEmpty && closing { break }
+            let commitStart = DispatchTime.now().uptimeNanoseconds
             var failure: String?
             var buffer = ByteBuffer()
             var letterBuffer = ByteBuffer()
@@ -311,6 +316,9 @@ public final class Journal: Sendable {
                 }
                 return deletable
             }
+            commitTimer.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds - commitStart))
+            fsyncCounter.increment()
+            appendCounter.increment(by: batch.reduce(0) { $0 + ($1.promise != nil ? 1 : 0) })
             for segment in toDelete { unlink(Self.segmentPath(directory, segment)) }
             for item in batch {
                 if let failure { item.promise?.fail(JournalError(failure)) } else { item.promise?.succeed(item.sequence) }

@@ -207,6 +207,7 @@ public final class SwitchyardApplication: Sendable {
             return list
         }
         let router = pipeline.snapshot.router
+        if !messages.isEmpty { Counter(label: "switchyard_messages_redelivered_total").increment(by: messages.count) }
         for (sequence, envelope) in messages {
             shared.ledger.receivedAndAccepted(channel: envelope.channel)
             pipeline.deliver(envelope, sequence: sequence, router: router)
@@ -290,7 +291,10 @@ public final class SwitchyardApplication: Sendable {
         Telemetry.exposition(
             ledger: shared.ledger.snapshot(),
             gauges: [
-                ("switchyard_dead_letters_stored", "Dead letters currently kept in memory.", Double(shared.deadLetters.count)),
+                ("switchyard_journal_backlog_bytes", "Bytes of journaled messages not yet settled (backpressure past journal.max_bytes).", Double(journal?.backlogBytes ?? 0)),
+                ("switchyard_journal_pending_bytes", "Bytes appended and not yet committed to disk.", Double(journal?.pendingBytes ?? 0)),
+                ("switchyard_journal_unsettled_messages", "Journaled messages awaiting their final outcome.", Double(journal?.unsettledCount ?? 0)),
+                ("switchyard_dead_letters_stored", "Dead letters currently kept (durably when the journal is on).", Double(shared.deadLetters.count)),
                 ("switchyard_dead_letters_evicted_total", "Dead letters dropped from memory because the list was full.", Double(shared.deadLetters.evicted)),
             ]
         )

@@ -63,6 +63,12 @@ import Testing
         #expect(metrics.contains(#"switchyard_messages_rejected_total{channel="http",reason="device_denied"}"#))
         #expect(metrics.contains(#"switchyard_messages_retried_total{route="bad"}"#))
         #expect(metrics.contains("switchyard_forward_duration_seconds_bucket"))
+        for name in [
+            "switchyard_journal_backlog_bytes", "switchyard_journal_unsettled_messages 0", "switchyard_journal_fsyncs_total",
+            "switchyard_messages_journaled_total", "switchyard_journal_commit_duration_seconds_bucket",
+        ] {
+            #expect(metrics.contains(name), "missing \(name)")
+        }
         await server.stop()
         await ok.stop()
         await failing.stop()
