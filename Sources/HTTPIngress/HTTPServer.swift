@@ -1,6 +1,7 @@
 // HTTPIngress: a small NIO HTTP/1.1 server (keep-alive, pipelining, bounded bodies) and
 // the HTTP message channel (`POST /v1/messages/{topic}`) built on it.
 import Logging
+import SwitchyardCore
 import NIOConcurrencyHelpers
 public import NIOCore
 public import NIOHTTP1

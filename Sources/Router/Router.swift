@@ -1,6 +1,7 @@
 // Router: route table, lane resolution, balancing, retries and dead letters.
 import Logging
 import Metrics
+import NIOConcurrencyHelpers
 public import NIOCore
 public import SwitchyardCore
 
@@ -17,6 +18,7 @@ public final class Router: Sendable {
     let balancer: Balancer
     let logger: Logger
     let timers: [String: Metrics.Timer]
+    let batchers = NIOLockedValueBox([BatchKey: Batcher]())
 
     /// How one message ended.
     public enum Outcome: Sendable, Equatable {
@@ -66,7 +68,7 @@ public final class Router: Sendable {
             return loop.makeSucceededFuture(.deadLettered(route: Router.unroutedLabel, reason: "unrouted"))
         }
         if route.targets.count == 1 {
-            return deliver(envelope, route: route, captures: captures, target: route.targets[0], attempt: 1, parked: 0, loop: loop).map { result in
+            return deliverToTarget(envelope, route: route, captures: captures, index: 0, loop: loop).map { result in
                 if let failure = result.failure {
                     self.ledger.deadLettered(route: route.name, reason: failure)
                     return .deadLettered(route: route.name, reason: failure)
@@ -75,8 +77,8 @@ public final class Router: Sendable {
                 return .forwarded(route: route.name)
             }
         }
-        let deliveries = route.targets.map { target in
-            deliver(envelope, route: route, captures: captures, target: target, attempt: 1, parked: 0, loop: loop)
+        let deliveries = route.targets.indices.map { index in
+            deliverToTarget(envelope, route: route, captures: captures, index: index, loop: loop)
         }
         return EventLoopFuture.whenAllSucceed(deliveries, on: loop).map { results in
             if let failure = results.compactMap(\.failure).first {
@@ -86,6 +88,19 @@ public final class Router: Sendable {
             self.ledger.forwarded(route: route.name)
             return .forwarded(route: route.name)
         }
+    }
+
+    private func deliverToTarget(
+        _ envelope: Envelope,
+        route: RouteTable.Route,
+        captures: [String: String],
+        index: Int,
+        loop: any EventLoop
+    ) -> EventLoopFuture<TargetResult> {
+        if route.targets[index].batch != nil {
+            return deliverBatched(envelope, route: route, index: index, loop: loop)
+        }
+        return deliver(envelope, route: route, captures: captures, target: route.targets[index], attempt: 1, parked: 0, loop: loop)
     }
 
     struct TargetResult: Sendable {
@@ -198,7 +213,7 @@ public final class Router: Sendable {
             }
     }
 
-    private func deadLetter(_ envelope: Envelope, route: String, service: String?, reason: String, attempts: Int, error: String) {
+    func deadLetter(_ envelope: Envelope, route: String, service: String?, reason: String, attempts: Int, error: String) {
         // Per message: debug only (a failing service would flood the log); the count is in
         // the metrics and every entry in `GET /admin/dead-letters`.
         logger.debug(

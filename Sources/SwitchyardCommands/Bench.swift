@@ -34,6 +34,8 @@ struct BenchHTTP: AsyncParsableCommand {
     @Flag(help: "Also run the same load through nginx (needs nginx installed) and print the ratio.") var peer = false
     @Flag(help: "No filters, tags or lanes: only the channel, the route and the forwarder.") var bare = false
     @Option(help: "max_concurrency of the sink service (requests in flight to it).") var upstreamConcurrency = 512
+    @Option(help: "Deliver in batches of up to this many messages (5 ms linger); 0 = one request per message.") var batch = 0
+    @Flag(help: "Without the journal: 202 means in memory, not on disk (for comparison only).") var noJournal = false
 
     func run() async throws {
         LoggingSystem.bootstrap { label in
@@ -42,7 +44,7 @@ struct BenchHTTP: AsyncParsableCommand {
             return h
         }
         print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, \(ProcessInfo.processInfo.physicalMemory >> 30) GiB")
-        print("command: switchyard bench http --messages \(messages) --connections \(connections) --depth \(depth) --payload-bytes \(payloadBytes)\(peer ? " --peer" : "")\(bare ? " --bare" : "") --upstream-concurrency \(upstreamConcurrency)")
+        print("command: switchyard bench http --messages \(messages) --connections \(connections) --depth \(depth) --payload-bytes \(payloadBytes)\(peer ? " --peer" : "")\(bare ? " --bare" : "")\(batch > 0 ? " --batch \(batch)" : "")\(noJournal ? " --no-journal" : "")")
         let sinkGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let sink = try await BenchSink.start(group: sinkGroup)
         let dataDir = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-bench-\(getpid())").path
@@ -52,8 +54,9 @@ struct BenchHTTP: AsyncParsableCommand {
             listeners:
               http: {host: 127.0.0.1, port: 0}
               admin: {host: 127.0.0.1, port: 0}
+            journal: {enabled: \(!noJournal)}
             \(bare ? "" : BenchConfig.controller)
-            \(BenchConfig.routing(sinkURL: "http://127.0.0.1:\(sink.port)", maxConcurrency: upstreamConcurrency))
+            \(BenchConfig.routing(sinkURL: "http://127.0.0.1:\(sink.port)", maxConcurrency: upstreamConcurrency, batch: batch))
             """
         let config = try ConfigLoader.parse(yaml: yaml)
         let threadsBefore = CPUTime.threadIDs()
@@ -122,15 +125,19 @@ enum BenchConfig {
             entry: {percentage: 5}
         """
 
-    static func routing(sinkURL: String, maxConcurrency: Int) -> String {
-        """
+    static func routing(sinkURL: String, maxConcurrency: Int, batch: Int = 0) -> String {
+        let target =
+            batch > 0
+            ? "{service: sink, path: /ingest, timeout: 5s, retries: 2, batch: {max: \(batch), linger: 5ms}}"
+            : "{service: sink, path: \"/ingest/{device}\", timeout: 5s, retries: 2}"
+        return """
         channels:
           device_patterns: ["bench/{device}/#"]
         routes:
           - name: bench
             match: "^bench/(?<device>[^/]+)/data$"
             targets:
-              - {service: sink, path: "/ingest/{device}", timeout: 5s, retries: 2}
+              - \(target)
         services:
           sink:
             max_concurrency: \(maxConcurrency)
@@ -226,6 +233,7 @@ final class LoadHandler: ChannelInboundHandler {
     let depth: Int
     let payloadBytes: Int
     let device: String
+    let devicesPerConnection = 100
     let done: EventLoopPromise<[UInt64]>
     var sent = 0
     var answered = 0
@@ -253,7 +261,10 @@ final class LoadHandler: ChannelInboundHandler {
         let stamp = String(now)
         body.writeString(String(repeating: "0", count: 20 - stamp.count) + stamp)
         body.writeRepeatingByte(UInt8(ascii: "x"), count: max(0, payloadBytes - 20))
-        var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: "/v1/messages/bench/\(device)/data")
+        // Each connection speaks for `devicesPerConnection` devices in turn (per-device order
+        // allows one message in delivery per device, so the device count sets the parallelism).
+        let uri = "/v1/messages/bench/\(device)-\(sent % devicesPerConnection)/data"
+        var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: uri)
         head.headers.add(name: "host", value: "127.0.0.1")
         head.headers.add(name: "content-length", value: String(body.readableBytes))
         context.write(wrapOutboundOut(.head(head)), promise: nil)
@@ -334,6 +345,8 @@ final class SinkHandler: ChannelInboundHandler {
     typealias OutboundOut = HTTPServerResponsePart
     let state: NIOLockedValueBox<(latencies: [UInt64], last: UInt64?)>
     var stamp: UInt64?
+    /// Batched requests: the whole body, whose messages each carry a stamp.
+    var batch: ByteBuffer?
     static let okHead: HTTPResponseHead = {
         var h = HTTPHeaders()
         h.add(name: "content-length", value: "0")
@@ -344,14 +357,36 @@ final class SinkHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
-        case .head: stamp = nil
-        case .body(let b):
-            if stamp == nil, let text = b.getString(at: b.readerIndex, length: min(20, b.readableBytes)) { stamp = UInt64(text) }
+        case .head(let head):
+            stamp = nil
+            batch = head.headers.first(name: "x-switchyard-batch-size") != nil ? ByteBuffer() : nil
+        case .body(var b):
+            if batch != nil {
+                batch!.writeBuffer(&b)
+            } else if stamp == nil, let text = b.getString(at: b.readerIndex, length: min(20, b.readableBytes)) {
+                stamp = UInt64(text)
+            }
         case .end:
             let now = SystemMonotonicClock().nowNanos()
-            if let stamp {
+            var stamps: [UInt64] = stamp.map { [$0] } ?? []
+            if let batch {
+                // Each message of the batch: ..."payload":"<20-digit stamp>xxxx"...
+                let marker = Array("\"payload\":\"".utf8)
+                let bytes = Array(batch.readableBytesView)
+                var i = 0
+                while i + marker.count + 20 <= bytes.count {
+                    if bytes[i] == marker[0] && Array(bytes[i..<(i + marker.count)]) == marker {
+                        let start = i + marker.count
+                        if let s = UInt64(String(decoding: bytes[start..<(start + 20)], as: UTF8.self)) { stamps.append(s) }
+                        i = start + 20
+                    } else {
+                        i += 1
+                    }
+                }
+            }
+            if !stamps.isEmpty {
                 state.withLockedValue {
-                    $0.latencies.append(now &- stamp)
+                    for s in stamps { $0.latencies.append(now &- s) }
                     $0.last = now
                 }
             }

@@ -224,7 +224,7 @@ public enum ConfigLoader {
         if m["match"] == nil { r.fail("\(path).match", "missing: a topic regex such as ^devices/(?<product>[^/]+)/", node) }
         route.targets = r.sequence(m["targets"], "\(path).targets").enumerated().map { i, t in
             let p = "\(path).targets[\(i)]"
-            let tm = r.mapping(t, p, allowed: ["service", "path", "method", "timeout", "retries", "backoff"])
+            let tm = r.mapping(t, p, allowed: ["service", "path", "method", "timeout", "retries", "backoff", "batch"])
             var target = SwitchyardConfiguration.TargetRule(service: r.string(tm["service"], "\(p).service") ?? "")
             if tm["service"] == nil { r.fail("\(p).service", "missing: the service to forward to", t) }
             if let v = r.string(tm["path"], "\(p).path") { target.path = v }
@@ -235,6 +235,18 @@ public enum ConfigLoader {
                 let b = r.mapping(tm["backoff"], "\(p).backoff", allowed: ["base", "max"])
                 if let v = r.duration(b["base"], "\(p).backoff.base", range: 0.001...600) { target.backoffBaseSeconds = v }
                 if let v = r.duration(b["max"], "\(p).backoff.max", range: 0.001...3600) { target.backoffMaxSeconds = v }
+            }
+            if tm["batch"] != nil {
+                let b = r.mapping(tm["batch"], "\(p).batch", allowed: ["max", "linger", "format"])
+                var batch = SwitchyardConfiguration.BatchRule()
+                if let v = r.int(b["max"], "\(p).batch.max", range: 1...10_000) { batch.max = v }
+                if let v = r.duration(b["linger"], "\(p).batch.linger", range: 0...1) { batch.lingerSeconds = v }
+                if let f = r.string(b["format"], "\(p).batch.format") {
+                    if let v = SwitchyardConfiguration.BatchFormat(rawValue: f) { batch.format = v } else {
+                        r.fail("\(p).batch.format", "must be json or ndjson, got \"\(f)\"", b["format"])
+                    }
+                }
+                target.batch = batch
             }
             return target
         }
@@ -315,6 +327,9 @@ public enum ConfigLoader {
                     )
                 }
                 if !t.path.hasPrefix("/") { r.fail("\(p).path", "must start with \"/\"", nil) }
+                if t.batch != nil, !PathTemplate.placeholders(in: t.path).isEmpty {
+                    r.fail("\(p).path", "a batched target's path cannot use placeholders: one request carries many messages", nil)
+                }
                 for name in PathTemplate.placeholders(in: t.path) where !captures.contains(name) && !PathTemplate.builtins.contains(name) {
                     r.fail(
                         "\(p).path",

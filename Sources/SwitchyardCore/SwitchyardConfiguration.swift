@@ -145,7 +145,23 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
         public var retries = 2
         public var backoffBaseSeconds = 0.05
         public var backoffMaxSeconds = 2.0
+        /// When set, messages go to this target in batches: one request, settled and retried as a whole.
+        public var batch: BatchRule?
         public init(service: String) { self.service = service }
+    }
+
+    public enum BatchFormat: String, Sendable, Equatable {
+        /// A JSON array of message objects.
+        case json
+        /// One message object per line (`application/x-ndjson`).
+        case ndjson
+    }
+
+    public struct BatchRule: Sendable, Equatable {
+        public var max = 100
+        public var lingerSeconds = 0.005
+        public var format = BatchFormat.json
+        public init() {}
     }
 
     public struct StaticInstance: Sendable, Equatable {

@@ -19,6 +19,7 @@ struct Harness {
         retries: Int = 2,
         targets: Int = 1,
         ttlSeconds: Double = 86_400,
+        batch: SwitchyardConfiguration.BatchRule? = nil,
         script: @escaping InMemoryForwarder.Script = { _, _ in .success(200) }
     ) throws {
         var config = SwitchyardConfiguration()
@@ -31,6 +32,10 @@ struct Harness {
             target.retries = retries
             target.backoffBaseSeconds = 0.001
             target.backoffMaxSeconds = 0.002
+            if let batch {
+                target.batch = batch
+                target.path = "/batch"
+            }
             route.targets.append(target)
         }
         config.routes = [route]
@@ -176,6 +181,48 @@ func lane(_ name: String, fallback: SwitchyardConfiguration.LaneFallback = .base
     @Test func noInstances() async throws {
         let h = try Harness(instances: [])
         #expect(try await h.send() == .deadLettered(route: "telemetry", reason: "no_instances"))
+    }
+}
+
+@Suite struct BatchTests {
+    func rule(max: Int, linger: Double = 0.02, format: SwitchyardConfiguration.BatchFormat = .json) -> SwitchyardConfiguration.BatchRule {
+        var r = SwitchyardConfiguration.BatchRule()
+        r.max = max
+        r.lingerSeconds = linger
+        r.format = format
+        return r
+    }
+
+    @Test func messagesGoInBatchesOfMaxThenOnLinger() async throws {
+        let h = try Harness(instances: [baseline], batch: rule(max: 3))
+        let outcomes = try await withThrowingTaskGroup(of: Router.Outcome.self) { group in
+            for i in 0..<5 { group.addTask { try await h.send(device: "d\(i)") } }
+            var all: [Router.Outcome] = []
+            for try await o in group { all.append(o) }
+            return all
+        }
+        #expect(outcomes.allSatisfy { $0 == .forwarded(route: "telemetry") })
+        let calls = h.forwarder.recorded
+        #expect(calls.map { $0.header("x-switchyard-batch-size") ?? "" }.sorted() == ["2", "3"])
+        #expect(calls.allSatisfy { $0.request.path == "/batch" && $0.header("content-type") == "application/json" })
+        let bodies = calls.map { String(buffer: $0.request.body) }.joined()
+        for i in 0..<5 { #expect(bodies.contains("\"device\":\"d\(i)\"")) }
+        #expect(bodies.hasPrefix("[{\"id\":"))
+        #expect(h.ledger.snapshot().balances)
+    }
+
+    @Test func aBatchIsRetriedAndDeadLetteredAsAWhole() async throws {
+        let h = try Harness(instances: [baseline], retries: 1, batch: rule(max: 2, format: .ndjson)) { _, _ in .success(503) }
+        let outcomes = try await withThrowingTaskGroup(of: Router.Outcome.self) { group in
+            for i in 0..<2 { group.addTask { try await h.send(device: "d\(i)") } }
+            var all: [Router.Outcome] = []
+            for try await o in group { all.append(o) }
+            return all
+        }
+        #expect(outcomes.allSatisfy { $0 == .deadLettered(route: "telemetry", reason: "service_error") })
+        #expect(h.forwarder.recorded.count == 2)  // the first attempt and one retry, each carrying both
+        #expect(h.forwarder.recorded.allSatisfy { $0.header("content-type") == "application/x-ndjson" && $0.header("x-switchyard-batch-size") == "2" })
+        #expect(h.deadLetters.count == 2)
     }
 }
 

@@ -109,6 +109,27 @@ import Testing
         #expect(c.filters == [.dedup(windowSeconds: 300, maxEntries: 1_000_000), .maxPayload(bytes: 1000)])
     }
 
+    @Test func batchedTargets() throws {
+        let c = try ConfigLoader.parse(
+            yaml: """
+                services: {s: {instances: [{url: "http://127.0.0.1:1"}]}}
+                routes: [{name: r, match: "^x$", ttl: 10m, targets: [{service: s, path: /b, batch: {max: 50, linger: 10ms, format: ndjson}}]}]
+                """
+        )
+        #expect(c.routes[0].ttlSeconds == 600)
+        #expect(c.routes[0].targets[0].batch?.max == 50)
+        #expect(c.routes[0].targets[0].batch?.format == .ndjson)
+        let errs = errors(
+            """
+            services: {s: {instances: [{url: "http://127.0.0.1:1"}]}}
+            routes: [{name: r, match: "^(?<d>x)$", targets: [{service: s, path: "/b/{d}", batch: {max: 0, format: xml}}]}]
+            """
+        )
+        #expect(errs.contains { $0.hasPrefix("routes[0].targets[0].batch.max: must be between 1 and 10000") })
+        #expect(errs.contains { $0.hasPrefix("routes[0].targets[0].batch.format: must be json or ndjson") })
+        #expect(errs.contains { $0.hasPrefix("routes[0].targets[0].path: a batched target's path cannot use placeholders") })
+    }
+
     @Test func laneNamesAreChecked() {
         #expect(errors("lanes: [{name: baseline, entry: {percentage: 1}}]").first?.contains("implicit") == true)
         #expect(errors("lanes: [{name: a, entry: {percentage: 1}}, {name: a, entry: {percentage: 2}}]").first?.contains("twice") == true)

@@ -1,0 +1,219 @@
+import Metrics
+import NIOConcurrencyHelpers
+import NIOCore
+import SwitchyardCore
+
+/// Batched delivery: messages for one target, lane and event loop are gathered up to
+/// `batch.max` or `batch.linger`, sent as one request (a JSON array or NDJSON), and settled
+/// and retried as a whole.
+extension Router {
+    struct BatchKey: Hashable {
+        var route: String
+        var target: Int
+        var lane: String?
+        var loop: ObjectIdentifier
+    }
+
+    struct BatchItem {
+        var envelope: Envelope
+        var promise: EventLoopPromise<TargetResult>
+    }
+
+    /// Gathers one batch at a time. `@unchecked Sendable`: every method runs on `loop`.
+    final class Batcher: @unchecked Sendable {
+        let loop: any EventLoop
+        let rule: SwitchyardConfiguration.BatchRule
+        var items: [BatchItem] = []
+        var timer: Scheduled<Void>?
+        let send: ([BatchItem]) -> Void
+
+        init(loop: any EventLoop, rule: SwitchyardConfiguration.BatchRule, send: @escaping ([BatchItem]) -> Void) {
+            self.loop = loop
+            self.rule = rule
+            self.send = send
+        }
+
+        func add(_ item: BatchItem) {
+            items.append(item)
+            if items.count >= rule.max {
+                flush()
+            } else if timer == nil {
+                timer = loop.scheduleTask(in: .nanoseconds(Int64(rule.lingerSeconds * 1e9))) { self.flush() }
+            }
+        }
+
+        func flush() {
+            timer?.cancel()
+            timer = nil
+            guard !items.isEmpty else { return }
+            let batch = items
+            items = []
+            send(batch)
+        }
+    }
+
+    func deliverBatched(_ envelope: Envelope, route: RouteTable.Route, index: Int, loop: any EventLoop) -> EventLoopFuture<TargetResult> {
+        let target = route.targets[index]
+        let key = BatchKey(route: route.name, target: index, lane: envelope.lane, loop: ObjectIdentifier(loop))
+        let batcher = batchers.withLockedValue { batchers in
+            if let existing = batchers[key] { return existing }
+            let created = Batcher(loop: loop, rule: target.batch!) { [self] batch in
+                sendBatch(batch, route: route, target: target, lane: envelope.lane, attempt: 1, parked: 0, loop: loop)
+            }
+            batchers[key] = created
+            return created
+        }
+        let promise = loop.makePromise(of: TargetResult.self)
+        let item = BatchItem(envelope: envelope, promise: promise)
+        if loop.inEventLoop { batcher.add(item) } else { loop.execute { batcher.add(item) } }
+        return promise.futureResult
+    }
+
+    private func sendBatch(
+        _ batch: [BatchItem],
+        route: RouteTable.Route,
+        target: SwitchyardConfiguration.TargetRule,
+        lane: String?,
+        attempt: Int,
+        parked: Int,
+        loop: any EventLoop
+    ) {
+        // Each message ends alone when it cannot go: expired, or nowhere to send it.
+        func failAll(_ items: [BatchItem], _ reason: String, _ error: String, attempts: Int) {
+            for item in items {
+                deadLetter(item.envelope, route: route.name, service: target.service, reason: reason, attempts: attempts, error: error)
+                item.promise.succeed(TargetResult(failure: reason))
+            }
+        }
+        let now = WallClock.nowNanos()
+        let expired = batch.filter { Double(now &- $0.envelope.receivedAt) / 1e9 > route.ttlSeconds }
+        failAll(expired, "expired", "older than the route's TTL of \(Int(route.ttlSeconds)) s", attempts: attempt - 1)
+        let live = batch.filter { Double(now &- $0.envelope.receivedAt) / 1e9 <= route.ttlSeconds }
+        guard !live.isEmpty else { return }
+
+        let candidates: [ServiceInstance]
+        let fallback: Bool
+        switch resolver.resolve(lane: lane, instances: directory.instances(of: target.service)) {
+        case .lane(let list): (candidates, fallback) = (list, false)
+        case .fallback(let list): (candidates, fallback) = (list, true)
+        case .laneUnavailable:
+            failAll(live, "lane_unavailable", "lane \"\(lane ?? "baseline")\" has no instance of \"\(target.service)\" (strict)", attempts: attempt - 1)
+            return
+        case .noInstances:
+            failAll(live, "no_instances", "service \"\(target.service)\" has no instance", attempts: attempt - 1)
+            return
+        }
+        guard let instance = balancer.pick(from: candidates) else {
+            failAll(live, "no_instances", "every instance of \"\(target.service)\" has weight 0", attempts: attempt - 1)
+            return
+        }
+        let rule = target.batch!
+        var body = ByteBuffer()
+        BatchBody.encode(live.map(\.envelope), format: rule.format, into: &body)
+        var headers = [
+            HeaderField("x-switchyard-batch-size", String(live.count)),
+            HeaderField("x-switchyard-delivery-attempt", String(attempt)),
+            HeaderField("traceparent", TraceContext.generate().traceparent),
+            HeaderField("content-type", rule.format == .json ? "application/json" : "application/x-ndjson"),
+        ]
+        if let lane { headers.append(HeaderField("x-switchyard-lane", lane)) }
+        if fallback { headers.append(HeaderField("x-switchyard-lane-fallback", "true")) }
+        let request = ForwardRequest(method: target.method, path: instance.basePath + target.path, headers: headers, body: body)
+        let policy = RetryPolicy(target)
+        let started = SystemMonotonicClock().nowNanos()
+        let timer = timers[route.name]
+        forwarder.forward(request, to: instance, timeout: .nanoseconds(Int64(target.timeoutSeconds * 1e9)), on: loop)
+            .hop(to: loop)
+            .whenComplete { [self] result in
+                timer?.recordNanoseconds(Int64(SystemMonotonicClock().nowNanos() - started))
+                let reason: String
+                let detail: String
+                switch result {
+                case .success(let response) where (200..<300).contains(response.status):
+                    for item in live { item.promise.succeed(TargetResult(failure: nil)) }
+                    return
+                case .success(let response) where !RetryPolicy.isRetryable(status: response.status):
+                    failAll(live, "rejected_by_service", "\(instance) answered HTTP \(response.status): \(response.bodySnippet)", attempts: attempt)
+                    return
+                case .success(let response):
+                    reason = "service_error"
+                    detail = "\(instance) answered HTTP \(response.status): \(response.bodySnippet)"
+                case .failure(let error as ForwardError):
+                    reason = error.kind == .connectFailed ? "unreachable" : error.kind.rawValue
+                    detail = "\(instance): \(error)"
+                case .failure(let error):
+                    reason = "connection_failed"
+                    detail = "\(instance): \(error)"
+                }
+                if reason == "unreachable" {
+                    var rng = FastRandom()
+                    let wait = min(5.0, 0.1 * Double(1 << min(parked, 6))) * Double.random(in: 0.5...1, using: &rng)
+                    loop.scheduleTask(in: .nanoseconds(Int64(wait * 1e9))) {
+                        self.sendBatch(live, route: route, target: target, lane: lane, attempt: attempt, parked: parked + 1, loop: loop)
+                    }
+                    return
+                }
+                guard attempt <= policy.retries, reason != "shutdown" else {
+                    failAll(live, reason, detail, attempts: attempt)
+                    return
+                }
+                for _ in live { ledger.retried(route: route.name) }
+                loop.scheduleTask(in: .nanoseconds(Int64(policy.backoff(afterAttempt: attempt) * 1e9))) {
+                    self.sendBatch(live, route: route, target: target, lane: lane, attempt: attempt + 1, parked: parked, loop: loop)
+                }
+            }
+    }
+}
+
+/// The body of a batch: each message as `{id, topic, device, product, lane, tags,
+/// received_at, payload}` (`payload_base64` instead when the payload is not UTF-8).
+enum BatchBody {
+    static func encode(_ envelopes: [Envelope], format: SwitchyardConfiguration.BatchFormat, into buffer: inout ByteBuffer) {
+        if format == .json { buffer.writeStaticString("[") }
+        for (i, e) in envelopes.enumerated() {
+            if i > 0 { buffer.writeStaticString(format == .json ? "," : "\n") }
+            buffer.writeString("{\"id\":\(JSONText.quote(e.id)),\"topic\":\(JSONText.quote(e.topic))")
+            if let d = e.device { buffer.writeString(",\"device\":\(JSONText.quote(d))") }
+            if let p = e.product { buffer.writeString(",\"product\":\(JSONText.quote(p))") }
+            if let l = e.lane { buffer.writeString(",\"lane\":\(JSONText.quote(l))") }
+            if !e.tags.isEmpty {
+                let tags = e.tags.keys.sorted().map { "\(JSONText.quote($0)):\(JSONText.quote(e.tags[$0]!))" }.joined(separator: ",")
+                buffer.writeString(",\"tags\":{\(tags)}")
+            }
+            buffer.writeString(",\"received_at\":\(e.receivedAt)")
+            if let text = e.payload.getString(at: e.payload.readerIndex, length: e.payload.readableBytes),
+                String(validating: e.payload.readableBytesView, as: UTF8.self) != nil
+            {
+                buffer.writeString(",\"payload\":\(JSONText.quote(text))}")
+            } else {
+                buffer.writeString(",\"payload_base64\":\"\(Base64.encode(Array(e.payload.readableBytesView)))\"}")
+            }
+        }
+        buffer.writeStaticString(format == .json ? "]" : "\n")
+    }
+}
+
+/// Standard base64 (no line breaks).
+enum Base64 {
+    static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+
+    static func encode(_ bytes: [UInt8]) -> String {
+        var out: [UInt8] = []
+        out.reserveCapacity((bytes.count + 2) / 3 * 4)
+        var i = 0
+        while i + 2 < bytes.count {
+            let n = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2])
+            out += [alphabet[Int(n >> 18 & 63)], alphabet[Int(n >> 12 & 63)], alphabet[Int(n >> 6 & 63)], alphabet[Int(n & 63)]]
+            i += 3
+        }
+        let rest = bytes.count - i
+        if rest == 1 {
+            let n = UInt32(bytes[i]) << 16
+            out += [alphabet[Int(n >> 18 & 63)], alphabet[Int(n >> 12 & 63)], UInt8(ascii: "="), UInt8(ascii: "=")]
+        } else if rest == 2 {
+            let n = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8
+            out += [alphabet[Int(n >> 18 & 63)], alphabet[Int(n >> 12 & 63)], alphabet[Int(n >> 6 & 63)], UInt8(ascii: "=")]
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}
