@@ -159,9 +159,12 @@ public final class Journal: Sendable {
     }
 
     private func enqueue(kind: Kind, body: ByteBuffer, promise: EventLoopPromise<UInt64>?, sequence: UInt64?, deadLetterFile: Bool = false) {
-        let refused: String? = state.withLockedValue { s in
-            if s.closing { return "the journal is closed" }
-            if let failure = s.failure { return failure }
+        // The frame (and its checksum) is built outside the lock.
+        // Sequences are assigned under the lock; the checksum then covers the final bytes.
+        let frame = Self.frame(kind: kind, sequence: sequence ?? 0, body: body, checksum: sequence != nil)
+        let (refused, wake): (String?, Bool) = state.withLockedValue { s in
+            if s.closing { return ("the journal is closed", false) }
+            if let failure = s.failure { return (failure, false) }
             let seq: UInt64
             if let sequence {
                 seq = sequence
@@ -169,19 +172,31 @@ public final class Journal: Sendable {
                 seq = s.nextSequence
                 s.nextSequence += 1
             }
-            let frame = Self.frame(kind: kind, sequence: seq, body: body)
+            var frame = frame
+            if sequence == nil { Self.setSequence(seq, in: &frame) }
             s.pendingBytes += frame.readableBytes
             s.queue.append(Pending(deadLetterFile: deadLetterFile, sequence: seq, bytes: frame, promise: promise))
-            return nil
+            // Wake the writer only for the first record of a batch or a full batch: a wake-up per
+            // record would cost a context switch per message while it lingers.
+            return (nil, s.queue.count == 1 || s.pendingBytes >= options.maxBatchBytes)
         }
         if let refused {
             promise?.fail(JournalError(refused))
             return
         }
-        wakeup.signal()
+        if wake { wakeup.signal() }
     }
 
-    static func frame(kind: Kind, sequence: UInt64, body: ByteBuffer) -> ByteBuffer {
+    /// Writes the sequence into a built frame and fixes its checksum (sequences are assigned under the lock).
+    static func setSequence(_ sequence: UInt64, in frame: inout ByteBuffer) {
+        let start = frame.readerIndex
+        frame.setInteger(sequence, at: start + 9)
+        let length = Int(frame.getInteger(at: start, as: UInt32.self)!)
+        let crc = frame.withUnsafeReadableBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[8..<(8 + length)])) }
+        frame.setInteger(crc, at: start + 4)
+    }
+
+    static func frame(kind: Kind, sequence: UInt64, body: ByteBuffer, checksum: Bool = true) -> ByteBuffer {
         var content = ByteBuffer()
         content.reserveCapacity(9 + body.readableBytes)
         content.writeInteger(kind.rawValue)
@@ -191,7 +206,7 @@ public final class Journal: Sendable {
         var frame = ByteBuffer()
         frame.reserveCapacity(8 + content.readableBytes)
         frame.writeInteger(UInt32(content.readableBytes))
-        frame.writeInteger(content.withUnsafeReadableBytes { CRC32C.checksum($0) })
+        frame.writeInteger(checksum ? content.withUnsafeReadableBytes { CRC32C.checksum($0) } : UInt32(0))
         frame.writeBuffer(&content)
         return frame
     }
