@@ -38,18 +38,22 @@ enum Recovery {
             UInt32(bytes[at]) << 24 | UInt32(bytes[at + 1]) << 16 | UInt32(bytes[at + 2]) << 8 | UInt32(bytes[at + 3])
         }
 
-        while offset < bytes.count {
-            guard let (length, ok) = frame(at: offset) else {
-                let cut = bytes.count - offset
-                if isLast {
-                    result.problems.append("\(path): torn or corrupt record at offset \(offset); truncated \(cut) bytes")
-                    result.truncatedBytes += cut
-                    guard truncate(path, off_t(offset)) == 0 else { throw JournalError("cannot truncate \(path): errno \(errno)") }
-                } else {
-                    result.problems.append("\(path): unreadable from offset \(offset) (\(cut) bytes ignored)")
-                }
-                return result
+        /// Everything from `offset` on is lost: cut off in the last segment (appends continue
+        /// after it), only reported in an older one.
+        func cutTail(_ what: String) throws -> Result {
+            let cut = bytes.count - offset
+            if isLast {
+                result.problems.append("\(path): \(what) at offset \(offset); truncated \(cut) bytes")
+                result.truncatedBytes += cut
+                guard truncate(path, off_t(offset)) == 0 else { throw JournalError("cannot truncate \(path): errno \(errno)") }
+            } else {
+                result.problems.append("\(path): \(what) at offset \(offset); \(cut) bytes ignored")
             }
+            return result
+        }
+
+        while offset < bytes.count {
+            guard let (length, ok) = frame(at: offset) else { return try cutTail("torn or corrupt record") }
             let next = offset + 8 + length
             if !ok {
                 if next == bytes.count || frame(at: next)?.ok == true {
@@ -57,15 +61,7 @@ enum Recovery {
                     offset = next
                     continue
                 }
-                let cut = bytes.count - offset
-                if isLast {
-                    result.problems.append("\(path): corrupt record at offset \(offset); truncated \(cut) bytes")
-                    result.truncatedBytes += cut
-                    guard truncate(path, off_t(offset)) == 0 else { throw JournalError("cannot truncate \(path): errno \(errno)") }
-                } else {
-                    result.problems.append("\(path): corrupt from offset \(offset) (\(cut) bytes ignored)")
-                }
-                return result
+                return try cutTail("corrupt record")
             }
             var body = ByteBuffer(bytes: bytes[(offset + 8)..<next])
             guard let kindByte = body.readInteger(as: UInt8.self), let kind = Journal.Kind(rawValue: kindByte),

@@ -25,6 +25,40 @@ public struct RetryPolicy: Sendable {
         return exp / 2 + Double.random(in: 0...(exp / 2), using: &rng)
     }
 
+    /// What one forward attempt means for the message.
+    public enum Verdict: Sendable, Equatable {
+        case delivered
+        /// Final: the service refused it (4xx, 3xx).
+        case rejected(detail: String)
+        /// Worth another attempt (5xx, timeout, broken connection, shutdown).
+        case failed(reason: String, detail: String)
+        /// The instance could not be reached: wait without using up retries.
+        case unreachable(detail: String)
+    }
+
+    public static func verdict(_ result: Result<ForwardResponse, any Error>, instance: ServiceInstance) -> Verdict {
+        switch result {
+        case .success(let response) where (200..<300).contains(response.status):
+            return .delivered
+        case .success(let response) where !isRetryable(status: response.status):
+            return .rejected(detail: "\(instance) answered HTTP \(response.status): \(response.bodySnippet)")
+        case .success(let response):
+            return .failed(reason: "service_error", detail: "\(instance) answered HTTP \(response.status): \(response.bodySnippet)")
+        case .failure(let error as ForwardError) where error.kind == .connectFailed:
+            return .unreachable(detail: "\(instance): \(error)")
+        case .failure(let error as ForwardError):
+            return .failed(reason: error.kind.rawValue, detail: "\(instance): \(error)")
+        case .failure(let error):
+            return .failed(reason: "connection_failed", detail: "\(instance): \(error)")
+        }
+    }
+
+    /// How long a message waits for an unreachable service before trying again (up to 5 s).
+    public static func parkDelay(afterWaits parked: Int) -> Double {
+        var rng = FastRandom()
+        return min(5.0, 0.1 * Double(1 << min(parked, 6))) * Double.random(in: 0.5...1, using: &rng)
+    }
+
     public func backoff(afterAttempt attempt: Int) -> Double {
         var rng = FastRandom()
         return backoff(afterAttempt: attempt, using: &rng)

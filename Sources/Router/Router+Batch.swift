@@ -128,26 +128,17 @@ extension Router {
                 timer?.recordNanoseconds(Int64(SystemMonotonicClock().nowNanos() - started))
                 let reason: String
                 let detail: String
-                switch result {
-                case .success(let response) where (200..<300).contains(response.status):
+                switch RetryPolicy.verdict(result, instance: instance) {
+                case .delivered:
                     for item in live { item.promise.succeed(TargetResult(failure: nil)) }
                     return
-                case .success(let response) where !RetryPolicy.isRetryable(status: response.status):
-                    failAll(live, "rejected_by_service", "\(instance) answered HTTP \(response.status): \(response.bodySnippet)", attempts: attempt)
+                case .rejected(let why):
+                    failAll(live, "rejected_by_service", why, attempts: attempt)
                     return
-                case .success(let response):
-                    reason = "service_error"
-                    detail = "\(instance) answered HTTP \(response.status): \(response.bodySnippet)"
-                case .failure(let error as ForwardError):
-                    reason = error.kind == .connectFailed ? "unreachable" : error.kind.rawValue
-                    detail = "\(instance): \(error)"
-                case .failure(let error):
-                    reason = "connection_failed"
-                    detail = "\(instance): \(error)"
-                }
-                if reason == "unreachable" {
-                    var rng = FastRandom()
-                    let wait = min(5.0, 0.1 * Double(1 << min(parked, 6))) * Double.random(in: 0.5...1, using: &rng)
+                case .failed(let r, let why):
+                    (reason, detail) = (r, why)
+                case .unreachable:
+                    let wait = RetryPolicy.parkDelay(afterWaits: parked)
                     loop.scheduleTask(in: .nanoseconds(Int64(wait * 1e9))) {
                         self.sendBatch(live, route: route, target: target, lane: lane, attempt: attempt, parked: parked + 1, loop: loop)
                     }

@@ -165,31 +165,18 @@ public final class Router: Sendable {
                 timer?.recordNanoseconds(Int64(SystemMonotonicClock().nowNanos() - started))
                 let reason: String
                 let detail: String
-                switch result {
-                case .success(let response) where (200..<300).contains(response.status):
+                switch RetryPolicy.verdict(result, instance: instance) {
+                case .delivered:
                     return loop.makeSucceededFuture(TargetResult(failure: nil))
-                case .success(let response) where !RetryPolicy.isRetryable(status: response.status):
-                    return fail(
-                        "rejected_by_service",
-                        "\(instance) answered HTTP \(response.status): \(response.bodySnippet)",
-                        true
-                    )
-                case .success(let response):
-                    reason = "service_error"
-                    detail = "\(instance) answered HTTP \(response.status): \(response.bodySnippet)"
-                case .failure(let error as ForwardError):
-                    reason = error.kind == .connectFailed ? "unreachable" : error.kind.rawValue
-                    detail = "\(instance): \(error)"
-                case .failure(let error):
-                    reason = "connection_failed"
-                    detail = "\(instance): \(error)"
-                }
-                if reason == "unreachable" {
-                    var rng = FastRandom()
+                case .rejected(let why):
+                    return fail("rejected_by_service", why, true)
+                case .failed(let r, let why):
+                    (reason, detail) = (r, why)
+                case .unreachable(let why):
                     // The service is down, not failing: the message waits (in the journal) without
                     // using up its retries, until the service is back or the route's TTL runs out.
-                    let wait = min(5.0, 0.1 * Double(1 << min(parked, 6))) * Double.random(in: 0.5...1, using: &rng)
-                    self.logger.debug("service unreachable; waiting", metadata: ["id": "\(envelope.id)", "error": "\(detail)"])
+                    let wait = RetryPolicy.parkDelay(afterWaits: parked)
+                    self.logger.debug("service unreachable; waiting", metadata: ["id": "\(envelope.id)", "error": "\(why)"])
                     return loop.flatScheduleTask(in: .nanoseconds(Int64(wait * 1e9))) {
                         self.deliver(
                             envelope, route: route, captures: captures, target: target, attempt: attempt, parked: parked + 1, loop: loop
