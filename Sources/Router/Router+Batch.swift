@@ -14,7 +14,7 @@ extension Router {
         var loop: ObjectIdentifier
     }
 
-    struct BatchItem {
+    struct BatchItem: Sendable {
         var envelope: Envelope
         var promise: EventLoopPromise<TargetResult>
     }
@@ -79,7 +79,7 @@ extension Router {
         loop: any EventLoop
     ) {
         // Each message ends alone when it cannot go: expired, or nowhere to send it.
-        func failAll(_ items: [BatchItem], _ reason: String, _ error: String, attempts: Int) {
+        @Sendable func failAll(_ items: [BatchItem], _ reason: String, _ error: String, attempts: Int) {
             for item in items {
                 deadLetter(item.envelope, route: route.name, service: target.service, reason: reason, attempts: attempts, error: error)
                 item.promise.succeed(TargetResult(failure: reason))
