@@ -335,9 +335,7 @@ public final class Journal: Sendable {
             fsyncCounter.increment()
             appendCounter.increment(by: batch.reduce(0) { $0 + ($1.promise != nil ? 1 : 0) })
             for segment in toDelete { unlink(Self.segmentPath(directory, segment)) }
-            for item in batch {
-                if let failure { item.promise?.fail(JournalError(failure)) } else { item.promise?.succeed(item.sequence) }
-            }
+            Self.complete(batch, failure: failure)
             if failure != nil { logger.error("journal write failed; appends are refused", metadata: ["error": "\(failure!)"]) }
         }
         if options.sync {
@@ -348,6 +346,25 @@ public final class Journal: Sendable {
         Glibc.close(deadLetters)
         state.withLockedValue { $0.closed = true }
         wakeup.signal()
+    }
+
+    /// Completes a batch's appends with one task per event loop rather than one cross-thread
+    /// hand-off per record.
+    static func complete(_ batch: [Pending], failure: String?) {
+        var byLoop: [ObjectIdentifier: (loop: any EventLoop, items: [(EventLoopPromise<UInt64>, UInt64)])] = [:]
+        for item in batch {
+            guard let promise = item.promise else { continue }
+            let loop = promise.futureResult.eventLoop
+            byLoop[ObjectIdentifier(loop), default: (loop, [])].items.append((promise, item.sequence))
+        }
+        for (_, group) in byLoop {
+            let items = group.items
+            group.loop.execute {
+                for (promise, sequence) in items {
+                    if let failure { promise.fail(JournalError(failure)) } else { promise.succeed(sequence) }
+                }
+            }
+        }
     }
 
     private func writeAll(_ fd: Int32, _ buffer: inout ByteBuffer) -> String? {

@@ -170,8 +170,9 @@ public final class SwitchyardApplication: Sendable {
         let letters = shared.deadLetters.take(filter)
         let router = pipeline.snapshot.router
         for letter in letters {
-            var envelope = letter.envelope
-            envelope.receivedAt = WallClock.nowNanos()  // a replay is a new delivery: its TTL starts now
+            var fresh = letter.envelope
+            fresh.receivedAt = WallClock.nowNanos()  // a replay is a new delivery: its TTL starts now
+            let envelope = fresh
             shared.ledger.receivedAndAccepted(channel: "replay")
             guard let journal else {
                 pipeline.deliver(envelope, sequence: nil, router: router)
