@@ -193,6 +193,9 @@ final class RequestHandler: ChannelInboundHandler {
     /// (one syscall for a burst of pipelined requests instead of one each).
     private var reading = false
     private var flushPending = false
+    /// Answers completed later (after the journal commit) are flushed once per event-loop task
+    /// that completes them, so a burst of commits costs one write per connection, not one each.
+    private var flushScheduled = false
 
     init(server: HTTPServer, maxBodyBytes: Int) {
         self.server = server
@@ -281,6 +284,19 @@ final class RequestHandler: ChannelInboundHandler {
         if keepAlive && reading {
             context.write(wrapOutboundOut(.end(nil)), promise: nil)
             flushPending = true
+            return
+        }
+        if keepAlive {
+            context.write(wrapOutboundOut(.end(nil)), promise: nil)
+            if !flushScheduled {
+                flushScheduled = true
+                let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+                context.eventLoop.execute {
+                    let (handler, context) = loopBound.value
+                    handler.flushScheduled = false
+                    context.flush()
+                }
+            }
             return
         }
         let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
