@@ -76,6 +76,7 @@ extension Router {
         lane: String?,
         attempt: Int,
         parked: Int,
+        refused: Set<String> = [],
         loop: any EventLoop
     ) {
         // Each message ends alone when it cannot go: expired, or nowhere to send it.
@@ -103,7 +104,8 @@ extension Router {
             failAll(live, "no_instances", "service \"\(target.service)\" has no instance", attempts: attempt - 1)
             return
         }
-        guard let instance = balancer.pick(from: candidates) else {
+        let untried = candidates.filter { !refused.contains($0.key) }
+        guard let instance = balancer.pick(from: untried.isEmpty ? candidates : untried) else {
             failAll(live, "no_instances", "every instance of \"\(target.service)\" has weight 0", attempts: attempt - 1)
             return
         }
@@ -138,6 +140,11 @@ extension Router {
                 case .failed(let r, let why):
                     (reason, detail) = (r, why)
                 case .unreachable:
+                    let nowRefused = refused.union([instance.key])
+                    if candidates.contains(where: { !nowRefused.contains($0.key) }) {
+                        self.sendBatch(live, route: route, target: target, lane: lane, attempt: attempt, parked: parked, refused: nowRefused, loop: loop)
+                        return
+                    }
                     let wait = RetryPolicy.parkDelay(afterWaits: parked)
                     loop.scheduleTask(in: .nanoseconds(Int64(wait * 1e9))) {
                         self.sendBatch(live, route: route, target: target, lane: lane, attempt: attempt, parked: parked + 1, loop: loop)

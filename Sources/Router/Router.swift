@@ -115,6 +115,7 @@ public final class Router: Sendable {
         target: SwitchyardConfiguration.TargetRule,
         attempt: Int,
         parked: Int,
+        refused: Set<String> = [],
         loop: any EventLoop
     ) -> EventLoopFuture<TargetResult> {
         // `sent`: whether this attempt reached the forwarder (it counts as an attempt then).
@@ -146,7 +147,9 @@ public final class Router: Sendable {
         case .noInstances:
             return fail("no_instances", "service \"\(target.service)\" has no instance for lane \"\(envelope.lane ?? "baseline")\"", false)
         }
-        guard let instance = balancer.pick(from: candidates) else {
+        // Instances that refused this message just now are skipped until every one has.
+        let untried = candidates.filter { !refused.contains($0.key) }
+        guard let instance = balancer.pick(from: untried.isEmpty ? candidates : untried) else {
             return fail("no_instances", "every instance of service \"\(target.service)\" has weight 0", false)
         }
         let request = Router.request(
@@ -173,6 +176,14 @@ public final class Router: Sendable {
                 case .failed(let r, let why):
                     (reason, detail) = (r, why)
                 case .unreachable(let why):
+                    // Another instance may take it at once.
+                    let nowRefused = refused.union([instance.key])
+                    if candidates.contains(where: { !nowRefused.contains($0.key) }) {
+                        return self.deliver(
+                            envelope, route: route, captures: captures, target: target, attempt: attempt, parked: parked,
+                            refused: nowRefused, loop: loop
+                        )
+                    }
                     // The service is down, not failing: the message waits (in the journal) without
                     // using up its retries, until the service is back or the route's TTL runs out.
                     let wait = RetryPolicy.parkDelay(afterWaits: parked)

@@ -152,6 +152,20 @@ func lane(_ name: String, fallback: SwitchyardConfiguration.LaneFallback = .base
         #expect(h.ledger.snapshot().retried.isEmpty)
     }
 
+    @Test func aRefusingInstanceFailsOverAtOnce() async throws {
+        let other = ServiceInstance(service: "svc", host: "127.0.0.1", port: 9003)
+        let h = try Harness(instances: [baseline, other], retries: 0) { call, _ in
+            call.instance == baseline ? .failure(ForwardError(.connectFailed, "refused")) : .success(200)
+        }
+        for _ in 0..<20 { #expect(try await h.send() == .forwarded(route: "telemetry")) }
+        let calls = h.forwarder.recorded
+        #expect(calls.filter { $0.instance == other }.count == 20)
+        // Each refusal is followed at once by the other instance, never by the refusing one again.
+        for (i, call) in calls.enumerated() where call.instance == baseline {
+            #expect(i + 1 < calls.count && calls[i + 1].instance == other)
+        }
+    }
+
     @Test func messagesOlderThanTheRouteTTLExpire() async throws {
         let h = try Harness(instances: [baseline], retries: 0, ttlSeconds: 0.3) { _, _ in .failure(ForwardError(.connectFailed, "refused")) }
         #expect(try await h.send() == .deadLettered(route: "telemetry", reason: "expired"))
