@@ -1,8 +1,9 @@
 public import NIOCore
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// An IPv4 or IPv6 network (`10.0.0.0/8`, `::1/128`); a bare address is a /32 or /128.

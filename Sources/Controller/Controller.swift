@@ -196,7 +196,8 @@ public final class Controller: Sendable {
             let wait = limiter.acquire(key, consume: !dryRun)
             if wait > 0 {
                 return reject(
-                    "rate_limited", 429,
+                    "rate_limited",
+                    429,
                     "\(scope.rawValue) \"\(key)\" exceeds \(formatted(limiter.rate))/s (burst \(formatted(limiter.burst)))",
                     retryAfter: wait
                 )
@@ -261,7 +262,10 @@ public final class Controller: Sendable {
             }
             if !lane.tags.isEmpty && lane.tags.allSatisfy({ envelope.tags[$0.key] == $0.value }) {
                 if !explain { return (lane.name, "") }
-                return (lane.name, "tags \(lane.tags.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")) match lane \"\(lane.name)\"")
+                return (
+                    lane.name,
+                    "tags \(lane.tags.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")) match lane \"\(lane.name)\""
+                )
             }
             if let percentage = lane.percentage {
                 let key: String?
@@ -275,7 +279,10 @@ public final class Controller: Sendable {
                     let threshold = Int((percentage * 100).rounded())
                     if bucket < threshold {
                         if !explain { return (lane.name, "") }
-                        return (lane.name, "bucket \(bucket) of key \"\(key)\" is below \(threshold) (\(formatted(percentage)) %) of lane \"\(lane.name)\"")
+                        return (
+                            lane.name,
+                            "bucket \(bucket) of key \"\(key)\" is below \(threshold) (\(formatted(percentage)) %) of lane \"\(lane.name)\""
+                        )
                     }
                 }
             }

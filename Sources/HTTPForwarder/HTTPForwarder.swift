@@ -77,7 +77,9 @@ final class LoopPools: @unchecked Sendable {
 
     func hasPool(for instance: ServiceInstance) -> Bool { pools[instance.key] != nil }
 
-    func forward(_ request: ForwardRequest, to instance: ServiceInstance, deadline: NIODeadline, newPoolLimit: Int) -> EventLoopFuture<ForwardResponse> {
+    func forward(_ request: ForwardRequest, to instance: ServiceInstance, deadline: NIODeadline, newPoolLimit: Int) -> EventLoopFuture<
+        ForwardResponse
+    > {
         loop.assertInEventLoop()
         let promise = loop.makePromise(of: ForwardResponse.self)
         let pool: ConnectionPool

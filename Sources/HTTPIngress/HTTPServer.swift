@@ -1,12 +1,12 @@
 // HTTPIngress: a small NIO HTTP/1.1 server (keep-alive, pipelining, bounded bodies) and
 // the HTTP message channel (`POST /v1/messages/{topic}`) built on it.
 import Logging
-import SwitchyardCore
 import NIOConcurrencyHelpers
 public import NIOCore
 public import NIOHTTP1
 import NIOPosix
 public import ServiceLifecycle
+import SwitchyardCore
 import Synchronization
 
 /// A request with its whole body.
@@ -235,7 +235,9 @@ final class RequestHandler: ChannelInboundHandler {
             if tooLarge {
                 server.onBodyTooLarge(IncomingRequestSummary(method: head.method, uri: head.uri))
                 let response = OutgoingResponse.error(
-                    .payloadTooLarge, "payload_too_large", "request body exceeds the listener limit of \(maxBodyBytes) bytes"
+                    .payloadTooLarge,
+                    "payload_too_large",
+                    "request body exceeds the listener limit of \(maxBodyBytes) bytes"
                 )
                 write(response, keepAlive: false, context: context)
                 return

@@ -60,8 +60,16 @@ public enum EnvelopeCodec {
             return nil
         }
         return Envelope(
-            id: id, channel: channel, topic: topic, product: product, device: device, payload: payload, headers: headers,
-            tags: tags, lane: lane, receivedAt: receivedAt,
+            id: id,
+            channel: channel,
+            topic: topic,
+            product: product,
+            device: device,
+            payload: payload,
+            headers: headers,
+            tags: tags,
+            lane: lane,
+            receivedAt: receivedAt,
             trace: TraceContext(traceID: traceID, spanID: spanID, flags: flags, baggage: baggage),
             clientAddress: address.flatMap { try? SocketAddress(ipAddress: $0, port: 0) },
             idFromSender: fromSender == 1
@@ -126,8 +134,14 @@ public enum DeadLetterCodec {
             let envelope = EnvelopeCodec.decode(&buffer)
         else { return nil }
         return DeadLetter(
-            id: strings[0], route: strings[1], service: strings[2] == "\u{0}" ? nil : strings[2], reason: strings[3],
-            attempts: Int(attempts), lastError: strings[4], at: at, envelope: envelope
+            id: strings[0],
+            route: strings[1],
+            service: strings[2] == "\u{0}" ? nil : strings[2],
+            reason: strings[3],
+            attempts: Int(attempts),
+            lastError: strings[4],
+            at: at,
+            envelope: envelope
         )
     }
 }

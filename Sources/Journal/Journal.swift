@@ -6,9 +6,9 @@ public import NIOCore
 public import SwitchyardCore
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// A segmented append-only log in a directory. Each record is `[length][crc32c][kind,
@@ -124,7 +124,9 @@ public final class Journal: Sendable {
             live.removeFirst()
         }
         var initial = State(
-            nextSequence: nextSequence, unsettledBySegment: unsettledBySegment, segmentOfSequence: segmentOfSequence,
+            nextSequence: nextSequence,
+            unsettledBySegment: unsettledBySegment,
+            segmentOfSequence: segmentOfSequence,
             activeSegment: active
         )
         initial.liveSegments = live + [active]

@@ -25,7 +25,14 @@ public final class DeadLetterList: Sendable {
         public var since: UInt64?
         public var until: UInt64?
 
-        public init(keys: Set<UInt64>? = nil, id: String? = nil, route: String? = nil, reason: String? = nil, since: UInt64? = nil, until: UInt64? = nil) {
+        public init(
+            keys: Set<UInt64>? = nil,
+            id: String? = nil,
+            route: String? = nil,
+            reason: String? = nil,
+            since: UInt64? = nil,
+            until: UInt64? = nil
+        ) {
             self.keys = keys
             self.id = id
             self.route = route

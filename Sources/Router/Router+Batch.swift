@@ -98,7 +98,12 @@ extension Router {
         case .lane(let list): (candidates, fallback) = (list, false)
         case .fallback(let list): (candidates, fallback) = (list, true)
         case .laneUnavailable:
-            failAll(live, "lane_unavailable", "lane \"\(lane ?? "baseline")\" has no instance of \"\(target.service)\" (strict)", attempts: attempt - 1)
+            failAll(
+                live,
+                "lane_unavailable",
+                "lane \"\(lane ?? "baseline")\" has no instance of \"\(target.service)\" (strict)",
+                attempts: attempt - 1
+            )
             return
         case .noInstances:
             failAll(live, "no_instances", "service \"\(target.service)\" has no instance", attempts: attempt - 1)
@@ -142,7 +147,16 @@ extension Router {
                 case .unreachable:
                     let nowRefused = refused.union([instance.key])
                     if candidates.contains(where: { !nowRefused.contains($0.key) }) {
-                        self.sendBatch(live, route: route, target: target, lane: lane, attempt: attempt, parked: parked, refused: nowRefused, loop: loop)
+                        self.sendBatch(
+                            live,
+                            route: route,
+                            target: target,
+                            lane: lane,
+                            attempt: attempt,
+                            parked: parked,
+                            refused: nowRefused,
+                            loop: loop
+                        )
                         return
                     }
                     let wait = RetryPolicy.parkDelay(afterWaits: parked)

@@ -61,7 +61,11 @@ public final class Router: Sendable {
     public func route(_ envelope: Envelope, on loop: any EventLoop) -> EventLoopFuture<Outcome> {
         guard let (route, captures) = table.match(envelope.topic) else {
             deadLetter(
-                envelope, route: Router.unroutedLabel, service: nil, reason: "unrouted", attempts: 0,
+                envelope,
+                route: Router.unroutedLabel,
+                service: nil,
+                reason: "unrouted",
+                attempts: 0,
                 error: "no route matches topic \"\(envelope.topic)\""
             )
             ledger.deadLettered(route: Router.unroutedLabel, reason: "unrouted")
@@ -121,7 +125,11 @@ public final class Router: Sendable {
         // `sent`: whether this attempt reached the forwarder (it counts as an attempt then).
         let fail = { @Sendable (reason: String, error: String, sent: Bool) -> EventLoopFuture<TargetResult> in
             self.deadLetter(
-                envelope, route: route.name, service: target.service, reason: reason, attempts: sent ? attempt : attempt - 1,
+                envelope,
+                route: route.name,
+                service: target.service,
+                reason: reason,
+                attempts: sent ? attempt : attempt - 1,
                 error: error
             )
             return loop.makeSucceededFuture(TargetResult(failure: reason))
@@ -129,7 +137,8 @@ public final class Router: Sendable {
         let ageSeconds = Double(WallClock.nowNanos() &- envelope.receivedAt) / 1e9
         if ageSeconds > route.ttlSeconds {
             return fail(
-                "expired", "the message is \(Int(ageSeconds)) s old; route \"\(route.name)\" keeps messages \(Int(route.ttlSeconds)) s",
+                "expired",
+                "the message is \(Int(ageSeconds)) s old; route \"\(route.name)\" keeps messages \(Int(route.ttlSeconds)) s",
                 false
             )
         }
@@ -153,7 +162,12 @@ public final class Router: Sendable {
             return fail("no_instances", "every instance of service \"\(target.service)\" has weight 0", false)
         }
         let request = Router.request(
-            for: envelope, target: target, captures: captures, instance: instance, fallback: fallback, attempt: attempt
+            for: envelope,
+            target: target,
+            captures: captures,
+            instance: instance,
+            fallback: fallback,
+            attempt: attempt
         )
         let policy = RetryPolicy(target)
         let started = SystemMonotonicClock().nowNanos()
@@ -180,8 +194,14 @@ public final class Router: Sendable {
                     let nowRefused = refused.union([instance.key])
                     if candidates.contains(where: { !nowRefused.contains($0.key) }) {
                         return self.deliver(
-                            envelope, route: route, captures: captures, target: target, attempt: attempt, parked: parked,
-                            refused: nowRefused, loop: loop
+                            envelope,
+                            route: route,
+                            captures: captures,
+                            target: target,
+                            attempt: attempt,
+                            parked: parked,
+                            refused: nowRefused,
+                            loop: loop
                         )
                     }
                     // The service is down, not failing: the message waits (in the journal) without
@@ -190,7 +210,13 @@ public final class Router: Sendable {
                     self.logger.debug("service unreachable; waiting", metadata: ["id": "\(envelope.id)", "error": "\(why)"])
                     return loop.flatScheduleTask(in: .nanoseconds(Int64(wait * 1e9))) {
                         self.deliver(
-                            envelope, route: route, captures: captures, target: target, attempt: attempt, parked: parked + 1, loop: loop
+                            envelope,
+                            route: route,
+                            captures: captures,
+                            target: target,
+                            attempt: attempt,
+                            parked: parked + 1,
+                            loop: loop
                         )
                     }.futureResult
                 }
@@ -205,7 +231,13 @@ public final class Router: Sendable {
                 )
                 return loop.flatScheduleTask(in: .nanoseconds(Int64(delay * 1e9))) {
                     self.deliver(
-                        envelope, route: route, captures: captures, target: target, attempt: attempt + 1, parked: parked, loop: loop
+                        envelope,
+                        route: route,
+                        captures: captures,
+                        target: target,
+                        attempt: attempt + 1,
+                        parked: parked,
+                        loop: loop
                     )
                 }.futureResult
             }
@@ -220,8 +252,14 @@ public final class Router: Sendable {
         )
         deadLetters.append(
             DeadLetter(
-                id: envelope.id, route: route, service: service, reason: reason, attempts: attempts, lastError: error,
-                at: WallClock.nowNanos(), envelope: envelope
+                id: envelope.id,
+                route: route,
+                service: service,
+                reason: reason,
+                attempts: attempts,
+                lastError: error,
+                at: WallClock.nowNanos(),
+                envelope: envelope
             )
         )
     }
@@ -289,7 +327,9 @@ public final class Router: Sendable {
     public func explain(_ envelope: Envelope) -> Explanation {
         guard let (route, captures) = table.match(envelope.topic) else {
             return Explanation(
-                route: nil, captures: [:], targets: [],
+                route: nil,
+                captures: [:],
+                targets: [],
                 outcome: "dead-lettered: unrouted (no route matches \"\(envelope.topic)\")"
             )
         }
@@ -299,31 +339,51 @@ public final class Router: Sendable {
             switch resolver.resolve(lane: envelope.lane, instances: directory.instances(of: target.service)) {
             case .lane(let list):
                 return TargetExplanation(
-                    service: target.service, method: target.method, path: path, resolution: "lane", fallbackTaken: false,
-                    candidates: list.map(\.url), detail: "\(list.count) instance(s) in lane \"\(lane)\""
+                    service: target.service,
+                    method: target.method,
+                    path: path,
+                    resolution: "lane",
+                    fallbackTaken: false,
+                    candidates: list.map(\.url),
+                    detail: "\(list.count) instance(s) in lane \"\(lane)\""
                 )
             case .fallback(let list):
                 return TargetExplanation(
-                    service: target.service, method: target.method, path: path, resolution: "fallback", fallbackTaken: true,
+                    service: target.service,
+                    method: target.method,
+                    path: path,
+                    resolution: "fallback",
+                    fallbackTaken: true,
                     candidates: list.map(\.url),
                     detail: "lane \"\(lane)\" has no instance of \"\(target.service)\"; baseline serves it (x-switchyard-lane-fallback: true)"
                 )
             case .laneUnavailable:
                 return TargetExplanation(
-                    service: target.service, method: target.method, path: path, resolution: "lane_unavailable",
-                    fallbackTaken: false, candidates: [],
+                    service: target.service,
+                    method: target.method,
+                    path: path,
+                    resolution: "lane_unavailable",
+                    fallbackTaken: false,
+                    candidates: [],
                     detail: "lane \"\(lane)\" has no instance of \"\(target.service)\" and its fallback is strict: dead-letter"
                 )
             case .noInstances:
                 return TargetExplanation(
-                    service: target.service, method: target.method, path: path, resolution: "no_instances",
-                    fallbackTaken: false, candidates: [], detail: "service \"\(target.service)\" has no usable instance"
+                    service: target.service,
+                    method: target.method,
+                    path: path,
+                    resolution: "no_instances",
+                    fallbackTaken: false,
+                    candidates: [],
+                    detail: "service \"\(target.service)\" has no usable instance"
                 )
             }
         }
         let ok = targets.allSatisfy { $0.resolution == "lane" || $0.resolution == "fallback" }
         return Explanation(
-            route: route.name, captures: captures, targets: targets,
+            route: route.name,
+            captures: captures,
+            targets: targets,
             outcome: ok ? "forward to \(targets.count) target(s)" : "dead-letter (see targets)"
         )
     }

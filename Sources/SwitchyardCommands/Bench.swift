@@ -44,7 +44,9 @@ struct BenchHTTP: AsyncParsableCommand {
             return h
         }
         print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, \(ProcessInfo.processInfo.physicalMemory >> 30) GiB")
-        print("command: switchyard bench http --messages \(messages) --connections \(connections) --depth \(depth) --payload-bytes \(payloadBytes)\(peer ? " --peer" : "")\(bare ? " --bare" : "")\(batch > 0 ? " --batch \(batch)" : "")\(noJournal ? " --no-journal" : "")")
+        print(
+            "command: switchyard bench http --messages \(messages) --connections \(connections) --depth \(depth) --payload-bytes \(payloadBytes)\(peer ? " --peer" : "")\(bare ? " --bare" : "")\(batch > 0 ? " --batch \(batch)" : "")\(noJournal ? " --no-journal" : "")"
+        )
         let sinkGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let sink = try await BenchSink.start(group: sinkGroup)
         let dataDir = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-bench-\(getpid())").path
@@ -61,7 +63,10 @@ struct BenchHTTP: AsyncParsableCommand {
         let config = try ConfigLoader.parse(yaml: yaml)
         let threadsBefore = CPUTime.threadIDs()
         let app = try SwitchyardApplication(
-            configuration: config, dataDir: dataDir, logger: Logger(label: "bench"), threads: threads,
+            configuration: config,
+            dataDir: dataDir,
+            logger: Logger(label: "bench"),
+            threads: threads,
             environment: ["SWITCHYARD_ADMIN_TOKEN": "bench"]
         )
         let appThreads = CPUTime.threadIDs().subtracting(threadsBefore)  // the app's event loops
@@ -72,8 +77,14 @@ struct BenchHTTP: AsyncParsableCommand {
         let cpuBefore = CPUTime.process()
         let appThreadsBefore = CPUTime.threadsSplit(appThreads)
         var result = try await LoadGenerator.run(
-            group: clientGroup, port: address.port!, messages: messages, connections: connections, depth: depth,
-            payloadBytes: payloadBytes, timeLimit: timeLimit, sink: sink
+            group: clientGroup,
+            port: address.port!,
+            messages: messages,
+            connections: connections,
+            depth: depth,
+            payloadBytes: payloadBytes,
+            timeLimit: timeLimit,
+            sink: sink
         )
         result.cpuSeconds = CPUTime.process() - cpuBefore
         let appThreadsAfter = CPUTime.threadsSplit(appThreads)
@@ -81,7 +92,9 @@ struct BenchHTTP: AsyncParsableCommand {
         result.proxySystemCPUSeconds = appThreadsAfter.system - appThreadsBefore.system
         let ledger = app.ledger.snapshot()
         print(result.report(title: "switchyard"))
-        print("ledger: received \(ledger.receivedTotal), forwarded \(ledger.forwardedTotal), rejected \(ledger.rejectedTotal), dead-lettered \(ledger.deadLetteredTotal), in flight \(ledger.inFlight)")
+        print(
+            "ledger: received \(ledger.receivedTotal), forwarded \(ledger.forwardedTotal), rejected \(ledger.rejectedTotal), dead-lettered \(ledger.deadLetteredTotal), in flight \(ledger.inFlight)"
+        )
         runTask.cancel()
         _ = try? await runTask.value
 
@@ -91,8 +104,14 @@ struct BenchHTTP: AsyncParsableCommand {
                 let nginxBefore = CPUTime.of(pid: nginx.process.processIdentifier)
                 let before = CPUTime.process() + nginxBefore
                 var peerResult = try await LoadGenerator.run(
-                    group: clientGroup, port: nginx.port, messages: messages, connections: connections, depth: depth,
-                    payloadBytes: payloadBytes, timeLimit: timeLimit, sink: sink
+                    group: clientGroup,
+                    port: nginx.port,
+                    messages: messages,
+                    connections: connections,
+                    depth: depth,
+                    payloadBytes: payloadBytes,
+                    timeLimit: timeLimit,
+                    sink: sink
                 )
                 peerResult.cpuSeconds = CPUTime.process() + CPUTime.of(pid: nginx.process.processIdentifier) - before
                 peerResult.proxyCPUSeconds = CPUTime.of(pid: nginx.process.processIdentifier) - nginxBefore
@@ -131,18 +150,18 @@ enum BenchConfig {
             ? "{service: sink, path: /ingest, timeout: 5s, retries: 2, batch: {max: \(batch), linger: 5ms}}"
             : "{service: sink, path: \"/ingest/{device}\", timeout: 5s, retries: 2}"
         return """
-        channels:
-          device_patterns: ["bench/{device}/#"]
-        routes:
-          - name: bench
-            match: "^bench/(?<device>[^/]+)/data$"
-            targets:
-              - \(target)
-        services:
-          sink:
-            max_concurrency: \(maxConcurrency)
-            instances: [{url: "\(sinkURL)"}]
-        """
+            channels:
+              device_patterns: ["bench/{device}/#"]
+            routes:
+              - name: bench
+                match: "^bench/(?<device>[^/]+)/data$"
+                targets:
+                  - \(target)
+            services:
+              sink:
+                max_concurrency: \(maxConcurrency)
+                instances: [{url: "\(sinkURL)"}]
+            """
     }
 }
 
@@ -181,8 +200,14 @@ struct LoadResult {
 
 enum LoadGenerator {
     static func run(
-        group: any EventLoopGroup, port: Int, messages: Int, connections: Int, depth: Int, payloadBytes: Int,
-        timeLimit: Double, sink: BenchSink
+        group: any EventLoopGroup,
+        port: Int,
+        messages: Int,
+        connections: Int,
+        depth: Int,
+        payloadBytes: Int,
+        timeLimit: Double,
+        sink: BenchSink
     ) async throws -> LoadResult {
         let perConnection = max(1, messages / connections)
         let total = perConnection * connections
@@ -218,8 +243,12 @@ enum LoadGenerator {
         let seconds = Double(sink.lastArrival.map { $0 - start } ?? (SystemMonotonicClock().nowNanos() - start)) / 1e9
         for ch in channels { try? await ch.close() }
         return LoadResult(
-            sent: total, accepted: accept.count, delivered: sink.count, seconds: seconds,
-            acceptLatencies: accept, endToEndLatencies: sink.latencies
+            sent: total,
+            accepted: accept.count,
+            delivered: sink.count,
+            seconds: seconds,
+            acceptLatencies: accept,
+            endToEndLatencies: sink.latencies
         )
     }
 }

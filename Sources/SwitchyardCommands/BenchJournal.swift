@@ -25,7 +25,13 @@ struct BenchJournal: AsyncParsableCommand {
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         let payload = ByteBuffer(string: String(repeating: "x", count: payloadBytes))
         let template = Envelope(
-            id: "", channel: "http", topic: "bench/d/data", device: "d", payload: payload, receivedAt: 0, trace: .generate()
+            id: "",
+            channel: "http",
+            topic: "bench/d/data",
+            device: "d",
+            payload: payload,
+            receivedAt: 0,
+            trace: .generate()
         )
         let clock = SystemMonotonicClock()
         let start = clock.nowNanos()
@@ -49,7 +55,11 @@ struct BenchJournal: AsyncParsableCommand {
         print(
             String(
                 format: "journal: %d appends in %.2f s → %.0f appends/s durable (fsync), %llu fsyncs (%.0f records per fsync)",
-                records, seconds, Double(records) / seconds, fsyncs, Double(records) / Double(max(fsyncs, 1))
+                records,
+                seconds,
+                Double(records) / seconds,
+                fsyncs,
+                Double(records) / Double(max(fsyncs, 1))
             )
         )
     }

@@ -23,6 +23,13 @@ struct BenchPipeline: ParsableCommand {
         let result = try PipelineProbe.run(configuration: config, topics: topics, messages: messages)
         print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores")
         print("command: switchyard bench pipeline --messages \(messages) --devices \(devices)")
-        print(String(format: "controller + router: %.2f µs per message on one core (%d messages, %.2f s)", result.seconds / Double(messages) * 1e6, messages, result.seconds))
+        print(
+            String(
+                format: "controller + router: %.2f µs per message on one core (%d messages, %.2f s)",
+                result.seconds / Double(messages) * 1e6,
+                messages,
+                result.seconds
+            )
+        )
     }
 }

@@ -1,9 +1,8 @@
 import Controller
+import Foundation
 import Router
 public import SwitchyardCore
 import Yams
-
-import Foundation
 
 /// Loads and validates a configuration file.
 public enum ConfigLoader {
@@ -62,7 +61,8 @@ public enum ConfigLoader {
 
         let channels = r.mapping(top["channels"], "channels", allowed: ["http", "device_patterns"])
         let http = r.mapping(
-            channels["http"], "channels.http",
+            channels["http"],
+            "channels.http",
             allowed: ["enabled", "max_body_bytes", "device_header", "product_header", "message_id_header"]
         )
         if let v = r.bool(http["enabled"], "channels.http.enabled") { c.channels.http.enabled = v }
@@ -87,7 +87,8 @@ public enum ConfigLoader {
         }
         _ = r.mapping(top["registry"], "registry", allowed: [])
         let journal = r.mapping(
-            top["journal"], "journal",
+            top["journal"],
+            "journal",
             allowed: ["enabled", "max_bytes", "segment_bytes", "max_commit_latency", "sync", "dead_letter_limit"]
         )
         if let v = r.bool(journal["enabled"], "journal.enabled") { c.journal.enabled = v }
@@ -119,8 +120,11 @@ public enum ConfigLoader {
     static func readFilter(_ node: Node, _ path: String, _ r: inout ConfigReader) -> SwitchyardConfiguration.FilterRule? {
         let m = r.mapping(node, path, allowed: filterKinds)
         guard m.count == 1, let (kind, body) = m.first else {
-            if m.count > 1 { r.fail(path, "one filter per list item (found \(m.keys.sorted().joined(separator: ", ")))", node) }
-            else if r.issues.isEmpty { r.fail(path, "name the filter: one of \(filterKinds.joined(separator: ", "))", node) }
+            if m.count > 1 {
+                r.fail(path, "one filter per list item (found \(m.keys.sorted().joined(separator: ", ")))", node)
+            } else if r.issues.isEmpty {
+                r.fail(path, "name the filter: one of \(filterKinds.joined(separator: ", "))", node)
+            }
             return nil
         }
         let p = "\(path).\(kind)"
@@ -190,7 +194,9 @@ public enum ConfigLoader {
         var lane = SwitchyardConfiguration.LaneRule(name: r.string(m["name"], "\(path).name") ?? "")
         if m["name"] == nil { r.fail("\(path).name", "missing: every lane needs a name", node) }
         if let f = r.string(m["fallback"], "\(path).fallback") {
-            if let v = SwitchyardConfiguration.LaneFallback(rawValue: f) { lane.fallback = v } else {
+            if let v = SwitchyardConfiguration.LaneFallback(rawValue: f) {
+                lane.fallback = v
+            } else {
                 r.fail("\(path).fallback", "must be baseline or strict, got \"\(f)\"", m["fallback"])
             }
         }
@@ -242,7 +248,9 @@ public enum ConfigLoader {
                 if let v = r.int(b["max"], "\(p).batch.max", range: 1...10_000) { batch.max = v }
                 if let v = r.duration(b["linger"], "\(p).batch.linger", range: 0...1) { batch.lingerSeconds = v }
                 if let f = r.string(b["format"], "\(p).batch.format") {
-                    if let v = SwitchyardConfiguration.BatchFormat(rawValue: f) { batch.format = v } else {
+                    if let v = SwitchyardConfiguration.BatchFormat(rawValue: f) {
+                        batch.format = v
+                    } else {
                         r.fail("\(p).batch.format", "must be json or ndjson, got \"\(f)\"", b["format"])
                     }
                 }

@@ -25,9 +25,19 @@ public struct Envelope: Sendable {
         var idFromSender: Bool
 
         init(
-            id: String, channel: String, topic: String, product: String?, device: String?, payload: ByteBuffer,
-            headers: [HeaderField], tags: [String: String], lane: String?, receivedAt: UInt64,
-            trace: TraceContext, clientAddress: SocketAddress?, idFromSender: Bool
+            id: String,
+            channel: String,
+            topic: String,
+            product: String?,
+            device: String?,
+            payload: ByteBuffer,
+            headers: [HeaderField],
+            tags: [String: String],
+            lane: String?,
+            receivedAt: UInt64,
+            trace: TraceContext,
+            clientAddress: SocketAddress?,
+            idFromSender: Bool
         ) {
             self.id = id
             self.channel = channel
@@ -46,8 +56,18 @@ public struct Envelope: Sendable {
 
         func copy() -> Storage {
             Storage(
-                id: id, channel: channel, topic: topic, product: product, device: device, payload: payload, headers: headers,
-                tags: tags, lane: lane, receivedAt: receivedAt, trace: trace, clientAddress: clientAddress,
+                id: id,
+                channel: channel,
+                topic: topic,
+                product: product,
+                device: device,
+                payload: payload,
+                headers: headers,
+                tags: tags,
+                lane: lane,
+                receivedAt: receivedAt,
+                trace: trace,
+                clientAddress: clientAddress,
                 idFromSender: idFromSender
             )
         }
@@ -76,8 +96,18 @@ public struct Envelope: Sendable {
         idFromSender: Bool = false
     ) {
         storage = Storage(
-            id: id, channel: channel, topic: topic, product: product, device: device, payload: payload, headers: headers,
-            tags: tags, lane: lane, receivedAt: receivedAt, trace: trace, clientAddress: clientAddress,
+            id: id,
+            channel: channel,
+            topic: topic,
+            product: product,
+            device: device,
+            payload: payload,
+            headers: headers,
+            tags: tags,
+            lane: lane,
+            receivedAt: receivedAt,
+            trace: trace,
+            clientAddress: clientAddress,
             idFromSender: idFromSender
         )
     }

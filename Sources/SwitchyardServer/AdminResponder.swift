@@ -1,9 +1,9 @@
 import Foundation
-import SwitchyardConfig
 import HTTPIngress
 import NIOCore
 import NIOHTTP1
 import Router
+import SwitchyardConfig
 import SwitchyardCore
 import Telemetry
 
@@ -49,7 +49,9 @@ struct AdminResponder: HTTPResponder {
             case .failure(let problem): return .error(.badRequest, "bad_query", problem.message)
             }
             let letters = app.deadLetters.list(filter, limit: limit)
-            return encode(DeadLettersView(total: app.deadLetters.count, evicted: app.deadLetters.evicted, entries: letters.map { DeadLetterView($0) }))
+            return encode(
+                DeadLettersView(total: app.deadLetters.count, evicted: app.deadLetters.evicted, entries: letters.map { DeadLetterView($0) })
+            )
         case (.POST, "/admin/dead-letters/replay"), (.POST, "/admin/dead-letters/purge"):
             let query: DeadLetterQuery
             do {
@@ -103,7 +105,8 @@ struct AdminResponder: HTTPResponder {
             AdminToken.matches(String(header.dropFirst(7)), token)
         else {
             return .error(
-                .unauthorized, "unauthorized",
+                .unauthorized,
+                "unauthorized",
                 "send Authorization: Bearer <token> (the token is in <data dir>/admin-token or SWITCHYARD_ADMIN_TOKEN)",
                 headers: ["www-authenticate": "Bearer"]
             )
@@ -174,8 +177,13 @@ struct LanesView: Encodable {
             case .tag(let t): hashKey = "tag:\(t)"
             }
             return Lane(
-                name: lane.name, fallback: lane.fallback.rawValue, devices: lane.devices, products: lane.products,
-                tags: lane.tags, percentage: lane.percentage, hashKey: hashKey,
+                name: lane.name,
+                fallback: lane.fallback.rawValue,
+                devices: lane.devices,
+                products: lane.products,
+                tags: lane.tags,
+                percentage: lane.percentage,
+                hashKey: hashKey,
                 instances: services.mapValues { $0.filter { $0.lane == lane.name }.map(\.url) }.filter { !$0.value.isEmpty }
             )
         }

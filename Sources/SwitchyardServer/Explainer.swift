@@ -12,7 +12,14 @@ public struct ExplainRequest: Sendable, Decodable {
     public var payload: String?
     public var channel: String?
 
-    public init(topic: String, device: String? = nil, product: String? = nil, headers: [String: String]? = nil, payload: String? = nil, channel: String? = nil) {
+    public init(
+        topic: String,
+        device: String? = nil,
+        product: String? = nil,
+        headers: [String: String]? = nil,
+        payload: String? = nil,
+        channel: String? = nil
+    ) {
         self.topic = topic
         self.device = device
         self.product = product
@@ -71,7 +78,10 @@ enum Explainer {
         envelope.lane = c.lane
         return ExplainReport(
             message: .init(
-                topic: envelope.topic, channel: envelope.channel, device: envelope.device, product: envelope.product,
+                topic: envelope.topic,
+                channel: envelope.channel,
+                device: envelope.device,
+                product: envelope.product,
                 payloadBytes: envelope.payload.readableBytes
             ),
             problems: problems,

@@ -29,7 +29,9 @@ public enum OfflineExplain {
 struct NoForwarder: Forwarder {
     let loop = EmbeddedEventLoop()
     func anyEventLoop() -> any EventLoop { loop }
-    func forward(_ request: ForwardRequest, to instance: ServiceInstance, timeout: TimeAmount, on loop: any EventLoop) -> EventLoopFuture<ForwardResponse> {
+    func forward(_ request: ForwardRequest, to instance: ServiceInstance, timeout: TimeAmount, on loop: any EventLoop) -> EventLoopFuture<
+        ForwardResponse
+    > {
         loop.makeFailedFuture(ForwardError(.shutdown, "explain does not send"))
     }
 }

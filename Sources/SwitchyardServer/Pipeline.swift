@@ -56,7 +56,9 @@ final class Pipeline: MessageSink {
                 return loop.makeSucceededFuture(
                     .rejected(
                         Rejection(
-                            filter: "journal", reason: "backpressure", status: 503,
+                            filter: "journal",
+                            reason: "backpressure",
+                            status: 503,
                             message: "\(backlog) bytes wait for delivery (journal.max_bytes \(maxBacklogBytes)); retry later",
                             retryAfterSeconds: 1
                         )
@@ -72,8 +74,11 @@ final class Pipeline: MessageSink {
                 self.ledger.acceptedThenRejected(channel: accepted.channel, reason: "journal_unavailable")
                 return .rejected(
                     Rejection(
-                        filter: "journal", reason: "journal_unavailable", status: 503,
-                        message: "the message could not be stored: \(error)", retryAfterSeconds: 5
+                        filter: "journal",
+                        reason: "journal_unavailable",
+                        status: 503,
+                        message: "the message could not be stored: \(error)",
+                        retryAfterSeconds: 5
                     )
                 )
             }
@@ -106,7 +111,9 @@ final class Pipeline: MessageSink {
     private static func conflict(_ what: String, header: String?, topic: String?) -> Rejection? {
         guard let header, let topic, header != topic else { return nil }
         return Rejection(
-            filter: "identity", reason: "identity_conflict", status: 400,
+            filter: "identity",
+            reason: "identity_conflict",
+            status: 400,
             message: "\(what) \"\(header)\" from the header contradicts \(what) \"\(topic)\" in the topic"
         )
     }

@@ -10,8 +10,12 @@ public import SwitchyardCore
 public enum PipelineProbe {
     public static func run(configuration: SwitchyardConfiguration, topics: [String], messages: Int) throws -> (seconds: Double, forwarded: Int) {
         let shared = SharedParts(
-            clock: SystemMonotonicClock(), forwarder: NoForwarder(), deadLetters: DeadLetterList(limit: 1), ledger: MessageLedger(),
-            balancer: Balancer(), logger: Logger(label: "probe")
+            clock: SystemMonotonicClock(),
+            forwarder: NoForwarder(),
+            deadLetters: DeadLetterList(limit: 1),
+            ledger: MessageLedger(),
+            balancer: Balancer(),
+            logger: Logger(label: "probe")
         )
         let snapshot = try PipelineSnapshot(configuration: configuration, shared: shared, previous: nil)
         let payload = ByteBuffer(string: String(repeating: "x", count: 128))
@@ -20,8 +24,12 @@ public enum PipelineProbe {
         var rendered = 0
         for i in 0..<messages {
             var envelope = Envelope(
-                id: MessageID.generate(), channel: "http", topic: topics[i % topics.count], payload: payload,
-                headers: [HeaderField("content-type", "application/octet-stream")], receivedAt: WallClock.nowNanos(),
+                id: MessageID.generate(),
+                channel: "http",
+                topic: topics[i % topics.count],
+                payload: payload,
+                headers: [HeaderField("content-type", "application/octet-stream")],
+                receivedAt: WallClock.nowNanos(),
                 trace: .generate()
             )
             guard Pipeline.identify(&envelope, controller: snapshot.controller) == nil else { continue }
@@ -30,7 +38,12 @@ public enum PipelineProbe {
                 let instance = snapshot.directory.instances(of: route.targets[0].service).first
             else { continue }
             let request = Router.request(
-                for: envelope, target: route.targets[0], captures: captures, instance: instance, fallback: false, attempt: 1
+                for: envelope,
+                target: route.targets[0],
+                captures: captures,
+                instance: instance,
+                fallback: false,
+                attempt: 1
             )
             rendered += request.headers.count > 0 ? 1 : 0
         }

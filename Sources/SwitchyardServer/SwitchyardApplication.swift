@@ -6,15 +6,15 @@ import Journal
 public import Logging
 import Metrics
 import NIOConcurrencyHelpers
-import NIOHTTP1
-import UnixSignals
 public import NIOCore
+import NIOHTTP1
 import NIOPosix
 import Router
 import ServiceLifecycle
 public import SwitchyardConfig
 public import SwitchyardCore
 import Telemetry
+import UnixSignals
 
 /// One Switchyard node: the HTTP channel, the admin API and the reload watcher, composed
 /// in one `ServiceGroup`. Shutdown order: stop watching → stop accepting messages →
@@ -89,7 +89,10 @@ public final class SwitchyardApplication: Sendable {
         )
         let snapshot = try PipelineSnapshot(configuration: configuration, shared: shared, previous: nil)
         pipeline = Pipeline(
-            snapshot: snapshot, ledger: shared.ledger, journal: journal, dispatcher: OrderedDispatcher(group: group),
+            snapshot: snapshot,
+            ledger: shared.ledger,
+            journal: journal,
+            dispatcher: OrderedDispatcher(group: group),
             maxBacklogBytes: configuration.journal.maxBytes
         )
         for (name, rule) in configuration.services { forwarder.setConcurrencyLimit(rule.maxConcurrency, forService: name) }
@@ -292,11 +295,17 @@ public final class SwitchyardApplication: Sendable {
         Telemetry.exposition(
             ledger: shared.ledger.snapshot(),
             gauges: [
-                ("switchyard_journal_backlog_bytes", "Bytes of journaled messages not yet settled (backpressure past journal.max_bytes).", Double(journal?.backlogBytes ?? 0)),
+                (
+                    "switchyard_journal_backlog_bytes", "Bytes of journaled messages not yet settled (backpressure past journal.max_bytes).",
+                    Double(journal?.backlogBytes ?? 0)
+                ),
                 ("switchyard_journal_pending_bytes", "Bytes appended and not yet committed to disk.", Double(journal?.pendingBytes ?? 0)),
                 ("switchyard_journal_unsettled_messages", "Journaled messages awaiting their final outcome.", Double(journal?.unsettledCount ?? 0)),
                 ("switchyard_dead_letters_stored", "Dead letters currently kept (durably when the journal is on).", Double(shared.deadLetters.count)),
-                ("switchyard_dead_letters_evicted_total", "Dead letters dropped from memory because the list was full.", Double(shared.deadLetters.evicted)),
+                (
+                    "switchyard_dead_letters_evicted_total", "Dead letters dropped from memory because the list was full.",
+                    Double(shared.deadLetters.evicted)
+                ),
             ]
         )
     }

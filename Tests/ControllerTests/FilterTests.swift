@@ -15,8 +15,15 @@ func envelope(
     idFromSender: Bool = false
 ) -> Envelope {
     Envelope(
-        id: id, channel: channel, topic: topic, product: product, device: device, payload: ByteBuffer(string: payload),
-        receivedAt: 0, trace: .generate(), clientAddress: address.flatMap { try? SocketAddress(ipAddress: $0, port: 1234) },
+        id: id,
+        channel: channel,
+        topic: topic,
+        product: product,
+        device: device,
+        payload: ByteBuffer(string: payload),
+        receivedAt: 0,
+        trace: .generate(),
+        clientAddress: address.flatMap { try? SocketAddress(ipAddress: $0, port: 1234) },
         idFromSender: idFromSender
     )
 }

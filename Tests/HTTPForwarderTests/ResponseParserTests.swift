@@ -1,6 +1,8 @@
-@testable import HTTPForwarder
 import NIOCore
+import SwitchyardCore
 import Testing
+
+@testable import HTTPForwarder
 
 @Suite struct ResponseParserTests {
     /// Feeds `text` in pieces of `step` bytes and collects the events.
@@ -79,12 +81,16 @@ import Testing
         #expect(String(buffer: buffer) == "POST /a/b HTTP/1.1\r\nhost: h:1\r\ncontent-length: 2\r\nx-a: 1\r\n\r\nhi")
         var other = ByteBuffer()
         #expect(HTTP1RequestEncoder.encode(ForwardRequestFixture.make(path: "/a b"), host: "h", into: &other) != nil)
-        #expect(HTTP1RequestEncoder.encode(ForwardRequestFixture.make(path: "/a", headers: [HeaderField("x", "1\r\nevil: 1")]), host: "h", into: &other) != nil)
-        #expect(HTTP1RequestEncoder.encode(ForwardRequestFixture.make(path: "/a", headers: [HeaderField("bad name", "1")]), host: "h", into: &other) != nil)
+        #expect(
+            HTTP1RequestEncoder.encode(ForwardRequestFixture.make(path: "/a", headers: [HeaderField("x", "1\r\nevil: 1")]), host: "h", into: &other)
+                != nil
+        )
+        #expect(
+            HTTP1RequestEncoder.encode(ForwardRequestFixture.make(path: "/a", headers: [HeaderField("bad name", "1")]), host: "h", into: &other)
+                != nil
+        )
     }
 }
-
-import SwitchyardCore
 
 enum ForwardRequestFixture {
     static func make(path: String, headers: [HeaderField] = []) -> ForwardRequest {

@@ -1,10 +1,11 @@
 import Foundation
-@testable import Journal
 import Logging
 import NIOCore
 import NIOPosix
 import SwitchyardCore
 import Testing
+
+@testable import Journal
 
 @Suite(.serialized) struct JournalTests {
     let loop = MultiThreadedEventLoopGroup.singleton.next()
@@ -16,10 +17,19 @@ import Testing
 
     func envelope(_ i: Int) -> Envelope {
         Envelope(
-            id: "m-\(i)", channel: "http", topic: "devices/p/d\(i % 7)/t", product: "p", device: "d\(i % 7)",
-            payload: ByteBuffer(string: "{\"seq\":\(i)}"), headers: [HeaderField("content-type", "application/json")],
-            tags: ["kind": "t"], lane: i % 2 == 0 ? "gray" : nil, receivedAt: UInt64(i), trace: .generate(),
-            clientAddress: try? SocketAddress(ipAddress: "127.0.0.1", port: 1), idFromSender: true
+            id: "m-\(i)",
+            channel: "http",
+            topic: "devices/p/d\(i % 7)/t",
+            product: "p",
+            device: "d\(i % 7)",
+            payload: ByteBuffer(string: "{\"seq\":\(i)}"),
+            headers: [HeaderField("content-type", "application/json")],
+            tags: ["kind": "t"],
+            lane: i % 2 == 0 ? "gray" : nil,
+            receivedAt: UInt64(i),
+            trace: .generate(),
+            clientAddress: try? SocketAddress(ipAddress: "127.0.0.1", port: 1),
+            idFromSender: true
         )
     }
 

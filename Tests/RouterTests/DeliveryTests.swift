@@ -43,15 +43,27 @@ struct Harness {
         var byService: [String: [ServiceInstance]] = [:]
         for i in instances { byService[i.service, default: []].append(i) }
         router = try Router(
-            configuration: config, directory: StaticServiceDirectory(byService), forwarder: forwarder,
-            deadLetters: deadLetters, ledger: ledger, balancer: Balancer(), logger: Logger(label: "test")
+            configuration: config,
+            directory: StaticServiceDirectory(byService),
+            forwarder: forwarder,
+            deadLetters: deadLetters,
+            ledger: ledger,
+            balancer: Balancer(),
+            logger: Logger(label: "test")
         )
     }
 
     func send(device: String = "d1", lane: String? = nil, topic: String? = nil) async throws -> Router.Outcome {
         var e = Envelope(
-            id: MessageID.generate(), channel: "http", topic: topic ?? "devices/p1/\(device)/telemetry", product: "p1",
-            device: device, payload: ByteBuffer(string: "{}"), tags: ["kind": "telemetry"], lane: lane, receivedAt: WallClock.nowNanos(),
+            id: MessageID.generate(),
+            channel: "http",
+            topic: topic ?? "devices/p1/\(device)/telemetry",
+            product: "p1",
+            device: device,
+            payload: ByteBuffer(string: "{}"),
+            tags: ["kind": "telemetry"],
+            lane: lane,
+            receivedAt: WallClock.nowNanos(),
             trace: .generate()
         )
         e.lane = lane
@@ -235,7 +247,9 @@ func lane(_ name: String, fallback: SwitchyardConfiguration.LaneFallback = .base
         }
         #expect(outcomes.allSatisfy { $0 == .deadLettered(route: "telemetry", reason: "service_error") })
         #expect(h.forwarder.recorded.count == 2)  // the first attempt and one retry, each carrying both
-        #expect(h.forwarder.recorded.allSatisfy { $0.header("content-type") == "application/x-ndjson" && $0.header("x-switchyard-batch-size") == "2" })
+        #expect(
+            h.forwarder.recorded.allSatisfy { $0.header("content-type") == "application/x-ndjson" && $0.header("x-switchyard-batch-size") == "2" }
+        )
         #expect(h.deadLetters.count == 2)
     }
 }

@@ -75,12 +75,17 @@ import Testing
 
     @Test func pathTemplateRendersCapturesAndBuiltins() {
         let e = Envelope(
-            id: "m1", channel: "http", topic: "devices/p/d 1/x", product: "p", device: "d 1", payload: ByteBuffer(),
-            receivedAt: 0, trace: .generate()
+            id: "m1",
+            channel: "http",
+            topic: "devices/p/d 1/x",
+            product: "p",
+            device: "d 1",
+            payload: ByteBuffer(),
+            receivedAt: 0,
+            trace: .generate()
         )
         #expect(PathTemplate.render("/in/{product}/{device}?id={id}", captures: [:], envelope: e) == "/in/p/d%201?id=m1")
         #expect(PathTemplate.render("/c/{x}/{lane}", captures: ["x": "ä"], envelope: e) == "/c/%C3%A4/baseline")
         #expect(PathTemplate.render("/static", captures: [:], envelope: e) == "/static")
     }
 }
-

@@ -84,7 +84,10 @@ import Testing
                         while true {
                             attempts += 1
                             if let status = try? await client.post(
-                                "/v1/messages/devices/d\(d)/seq", headers: [("x-message-id", key)], body: key, timeoutSeconds: 5
+                                "/v1/messages/devices/d\(d)/seq",
+                                headers: [("x-message-id", key)],
+                                body: key,
+                                timeoutSeconds: 5
                             ), status == 202 {
                                 break
                             }

@@ -33,7 +33,9 @@ import Testing
         let listed = try await second.admin("GET", "/admin/dead-letters?reason=rejected_by_service&limit=2").body
         #expect(listed.contains("\"reason\" : \"rejected_by_service\""))
         let key = try #require(
-            (try JSONSerialization.jsonObject(with: Data(listed.utf8)) as? [String: Any]).flatMap { ($0["entries"] as? [[String: Any]])?.first?["key"] as? Int }
+            (try JSONSerialization.jsonObject(with: Data(listed.utf8)) as? [String: Any]).flatMap {
+                ($0["entries"] as? [[String: Any]])?.first?["key"] as? Int
+            }
         )
         let one = try await second.admin("GET", "/admin/dead-letters/\(key)")
         #expect(one.status == 200)

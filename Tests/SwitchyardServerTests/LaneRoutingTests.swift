@@ -26,7 +26,8 @@ import Testing
         let server = try await TestServer.start(config(baseline: baseline, gray: gray))
 
         let r1 = try await server.post(
-            "devices/lock/d-gray/telemetry", body: #"{"t":1}"#,
+            "devices/lock/d-gray/telemetry",
+            body: #"{"t":1}"#,
             headers: [("x-switchyard-lane", "dev"), ("x-message-id", "msg-1"), ("content-type", "application/json")]
         )
         #expect(r1.status == 202)

@@ -36,7 +36,11 @@ final class TestServer: Sendable {
         var logger = Logger(label: "switchyard-test")
         logger.logLevel = .critical
         let app = try SwitchyardApplication(
-            configuration: config, configPath: path, logger: logger, threads: 2, drainSeconds: 2,
+            configuration: config,
+            configPath: path,
+            logger: logger,
+            threads: 2,
+            drainSeconds: 2,
             environment: ["SWITCHYARD_ADMIN_TOKEN": token]
         )
         let task = Task { try await app.run(handleSignals: false) }
