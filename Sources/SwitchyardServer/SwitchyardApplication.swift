@@ -233,7 +233,12 @@ public final class SwitchyardApplication: Sendable {
         }
         let left = shared.ledger.snapshot().inFlight
         if left > 0 {
-            logger.warning("shutdown with messages still in delivery", metadata: ["in_flight": "\(left)"])
+            logger.warning(
+                journal == nil
+                    ? "shutdown with messages still in delivery: they are lost (the journal is off)"
+                    : "shutdown with messages still in delivery: they stay in the journal and go out after the next start",
+                metadata: ["in_flight": "\(left)"]
+            )
         }
     }
 
