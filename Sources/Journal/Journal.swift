@@ -225,14 +225,14 @@ public final class Journal: Sendable {
 
     private func startWriter() throws {
         let fd = try openSegment(state.withLockedValue { $0.activeSegment })
-        let letters = Glibc.open("\(directory)/\(Self.deadLetterFile)", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        let letters = Glibc.open("\(directory)/\(Self.deadLetterFile)", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
         guard letters >= 0 else { throw JournalError("cannot open \(directory)/\(Self.deadLetterFile): errno \(errno)") }
         let thread = WriterThread { [self] in self.writerLoop(fd: fd, deadLetters: letters) }
         thread.start()
     }
 
     private func openSegment(_ first: UInt64) throws -> Int32 {
-        let fd = Glibc.open(Self.segmentPath(directory, first), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        let fd = Glibc.open(Self.segmentPath(directory, first), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw JournalError("cannot open segment \(Self.segmentPath(directory, first)): errno \(errno)") }
         return fd
     }
@@ -423,7 +423,7 @@ public final class Journal: Sendable {
             compacted.writeBuffer(&frame)
         }
         let tmp = path + ".tmp"
-        let fd = Glibc.open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        let fd = Glibc.open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw JournalError("cannot write \(tmp): errno \(errno)") }
         while compacted.readableBytes > 0 {
             let n = compacted.withUnsafeReadableBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
@@ -465,7 +465,7 @@ public final class Journal: Sendable {
         var current = path.hasPrefix("/") ? "" : "."
         for part in path.split(separator: "/") {
             current += "/\(part)"
-            if mkdir(current, 0o755) != 0 && errno != EEXIST { return false }
+            if mkdir(current, 0o700) != 0 && errno != EEXIST { return false }
         }
         return true
     }

@@ -9,7 +9,8 @@ public enum AdminToken {
     public static func load(dataDir: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> String {
         if let token = environment[environmentVariable], !token.isEmpty { return token }
         let fm = FileManager.default
-        try fm.createDirectory(atPath: dataDir, withIntermediateDirectories: true)
+        // The data dir holds the token and the journal (message payloads): owner only.
+        try fm.createDirectory(atPath: dataDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let path = (dataDir as NSString).appendingPathComponent(fileName)
         if let existing = try? String(contentsOfFile: path, encoding: .utf8) {
             let token = existing.trimmingCharacters(in: .whitespacesAndNewlines)

@@ -50,6 +50,8 @@ import Testing
         let tokenPath = "\(dir)/data/admin-token"
         let attrs = try FileManager.default.attributesOfItem(atPath: tokenPath)
         #expect((attrs[.posixPermissions] as? NSNumber)?.intValue == 0o600)
+        let dataDirAttrs = try FileManager.default.attributesOfItem(atPath: "\(dir)/data")
+        #expect((dataDirAttrs[.posixPermissions] as? NSNumber)?.intValue == 0o700)  // payloads live here
         let token = try String(contentsOfFile: tokenPath, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
         #expect(token.count == 64)
         let routes = try await TestHTTPClient.request("GET", port: adminPort, path: "/admin/routes", headers: [("authorization", "Bearer \(token)")])
