@@ -1,18 +1,42 @@
+import NIOConcurrencyHelpers
 public import NIOCore
 public import SwitchyardCore
 
 /// Per-device order: messages of one device are delivered one at a time, in the order they
 /// were dispatched, even across retries (a device waits on its own head message); devices
-/// never wait on each other. Devices are spread over the event loops by a stable hash, and
-/// each loop keeps its devices' queues without locks. Messages without a device go at once.
+/// never wait on each other. Messages without a device go at once.
+///
+/// A device with messages pending is owned by one event loop, which keeps its queue without
+/// locks. An idle device is given to the loop its next message arrives on, so a device that
+/// talks over one connection is served without a thread hop; a striped table (one short lock
+/// when a message is dispatched and when it finishes) says which loop owns a busy device.
 public final class OrderedDispatcher: Sendable {
     /// Delivers one message; the future completes when its outcome is final.
     public typealias Deliver = @Sendable (Envelope, any EventLoop) -> EventLoopFuture<Void>
 
     private let shards: [Shard]
+    private let owners: [NIOLockedValueBox<[String: Owner]>]
+
+    struct Owner {
+        var shard: Int
+        /// Dispatched and not finished.
+        var pending: Int
+        /// Handed to the owner loop and not yet queued there (inline queueing waits for these).
+        var inTransit: Int
+    }
 
     public init(group: any EventLoopGroup) {
-        shards = group.makeIterator().map { Shard(loop: $0) }
+        let owners = (0..<16).map { _ in NIOLockedValueBox([String: Owner]()) }
+        self.owners = owners
+        shards = group.makeIterator().map { loop in
+            Shard(loop: loop) { device in
+                owners[Int(StableHash.fnv1a(device) % UInt64(owners.count))].withLockedValue { table in
+                    guard var owner = table[device] else { return }
+                    owner.pending -= 1
+                    table[device] = owner.pending > 0 ? owner : nil
+                }
+            }
+        }
         precondition(!shards.isEmpty, "an event loop group has at least one loop")
     }
 
@@ -23,13 +47,28 @@ public final class OrderedDispatcher: Sendable {
             loop.execute { _ = deliver(envelope, loop) }
             return
         }
-        let shard = shards[Int(StableHash.fnv1a(device) % UInt64(shards.count))]
+        let hash = StableHash.fnv1a(device)
+        let table = owners[Int(hash % UInt64(owners.count))]
+        let here = shards.firstIndex { $0.loop.inEventLoop }
         let item = Shard.Item(envelope: envelope, deliver: deliver)
-        if shard.loop.inEventLoop {
-            shard.enqueue(device, item)
-        } else {
-            shard.loop.execute { shard.enqueue(device, item) }
+        let inline: Shard? = table.withLockedValue { owners in
+            var owner = owners[device] ?? Owner(shard: here ?? Int(hash % UInt64(shards.count)), pending: 0, inTransit: 0)
+            owner.pending += 1
+            let shard = shards[owner.shard]
+            if shard.loop.inEventLoop && owner.inTransit == 0 {
+                owners[device] = owner
+                return shard
+            }
+            // Handed over under the lock, so the owner loop queues this device's messages in order.
+            owner.inTransit += 1
+            owners[device] = owner
+            shard.loop.execute {
+                table.withLockedValue { $0[device]?.inTransit -= 1 }
+                shard.enqueue(device, item)
+            }
+            return nil
         }
+        inline?.enqueue(device, item)
     }
 
     /// Devices with messages waiting or in delivery (for metrics and tests).
@@ -49,8 +88,12 @@ public final class OrderedDispatcher: Sendable {
         let loop: any EventLoop
         /// Waiting messages per device; a device is present while its head is in delivery.
         var queues: [String: CircularBuffer<Item>] = [:]
+        let finished: @Sendable (String) -> Void
 
-        init(loop: any EventLoop) { self.loop = loop }
+        init(loop: any EventLoop, finished: @escaping @Sendable (String) -> Void) {
+            self.loop = loop
+            self.finished = finished
+        }
 
         func enqueue(_ device: String, _ item: Item) {
             if queues[device] != nil {
@@ -63,6 +106,7 @@ public final class OrderedDispatcher: Sendable {
 
         private func start(_ device: String, _ item: Item) {
             item.deliver(item.envelope, loop).hop(to: loop).whenComplete { _ in
+                self.finished(device)
                 self.next(device)
             }
         }

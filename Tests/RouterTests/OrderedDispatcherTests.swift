@@ -40,6 +40,36 @@ import Testing
         try await group.shutdownGracefully()
     }
 
+    /// Messages of one device dispatched in turn from different event loops (the device's
+    /// connection moved) keep their order: the owning loop takes them in dispatch order.
+    @Test func orderHoldsWhenADeviceArrivesOnDifferentLoops() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        let loops = Array(group.makeIterator())
+        let dispatcher = OrderedDispatcher(group: group)
+        let seen = NIOLockedValueBox([String: [Int]]())
+        for n in 0..<600 {
+            let device = "d\(n % 5)"
+            // Each dispatch happens after the previous one, alternating loops.
+            try await loops[(n / 5) % 2].submit {
+                dispatcher.dispatch(self.envelope(device, n)) { _, loop in
+                    // Later messages finish faster: only the owner's queue keeps them in order.
+                    loop.scheduleTask(in: .microseconds(Int64(3 - n % 3) * 400)) {
+                        seen.withLockedValue { $0[device, default: []].append(n) }
+                    }.futureResult
+                }
+            }.get()
+        }
+        for _ in 0..<300 where seen.withLockedValue({ $0.values.reduce(0) { $0 + $1.count } }) < 600 {
+            try await Task.sleep(nanoseconds: 20_000_000)
+        }
+        #expect(seen.withLockedValue { $0.values.reduce(0) { $0 + $1.count } } == 600)
+        for (device, list) in seen.withLockedValue({ $0 }) {
+            #expect(list == list.sorted(), "\(device) out of order")
+        }
+        #expect(try await dispatcher.busyDevices().get() == 0)
+        try await group.shutdownGracefully()
+    }
+
     @Test func orderHoldsUnderLoad() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         let dispatcher = OrderedDispatcher(group: group)
