@@ -80,7 +80,7 @@ public final class Controller: Sendable {
         case .maxPayload(let bytes): return .maxPayload(bytes)
         case .products(let allow, let deny): return .products(allow: Set(allow), deny: Set(deny))
         case .devices(let allow, let deny): return .devices(allow: Set(allow), deny: Set(deny))
-        case .rateLimit(let scope, let rate, let burst, let maxKeys, _):
+        case .rateLimit(let scope, let rate, let burst, let maxKeys):
             return .rateLimit(scope, KeyedRateLimiter(rate: rate, burst: burst, maxKeys: maxKeys, clock: clock))
         case .dedup(let window, let maxEntries):
             return .dedup(DuplicateFilter(windowSeconds: window, maxEntries: maxEntries, clock: clock))

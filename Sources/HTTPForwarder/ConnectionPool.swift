@@ -29,8 +29,6 @@ final class ConnectionPool {
         self.limit = max(1, limit)
     }
 
-    var inFlight: Int { slotsInUse }
-
     func submit(_ job: Job) {
         if shutDown {
             job.promise.fail(ForwardError(.shutdown, "forwarder is shutting down"))

@@ -59,7 +59,6 @@ public final class Journal: Sendable {
         /// Segment files on disk, oldest first.
         var liveSegments: [UInt64] = []
         var pendingBytes = 0
-        var appended: UInt64 = 0
         var fsyncs: UInt64 = 0
     }
 
@@ -317,7 +316,6 @@ public final class Journal: Sendable {
                         s.unsettledBySegment[segment, default: 0] += 1
                         s.bytesOfSequence[item.sequence] = item.bytes.readableBytes
                         s.unsettledBytes += item.bytes.readableBytes
-                        s.appended += 1
                     } else if let of = s.segmentOfSequence.removeValue(forKey: item.sequence) {
                         s.unsettledBySegment[of, default: 1] -= 1
                         s.unsettledBytes -= s.bytesOfSequence.removeValue(forKey: item.sequence) ?? 0

@@ -47,8 +47,4 @@ public final class Balancer: Sendable {
             $0[instance.key] = n > 0 ? n : nil
         }
     }
-
-    public func outstandingRequests(_ instance: ServiceInstance) -> Int {
-        outstanding.withLockedValue { $0[instance.key] ?? 0 }
-    }
 }

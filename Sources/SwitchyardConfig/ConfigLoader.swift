@@ -158,7 +158,7 @@ public enum ConfigLoader {
             let burst = r.double(s["burst"], "\(p).burst", range: 1...100_000_000) ?? max(1, rate ?? 1)
             let maxKeys = r.int(s["max_keys"], "\(p).max_keys", range: 16...100_000_000) ?? 1_000_000
             guard let scope, let rate else { return nil }
-            return .rateLimit(scope: scope, rate: rate, burst: burst, maxKeys: maxKeys, idleEviction: 0)
+            return .rateLimit(scope: scope, rate: rate, burst: burst, maxKeys: maxKeys)
         case "dedup":
             let s = r.mapping(body, p, allowed: ["window", "max_entries"])
             let window = r.duration(s["window"], "\(p).window", range: 0.001...86_400) ?? 60

@@ -64,7 +64,7 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
         case maxPayload(bytes: Int)
         case products(allow: [String], deny: [String])
         case devices(allow: [String], deny: [String])
-        case rateLimit(scope: RateScope, rate: Double, burst: Double, maxKeys: Int, idleEviction: Double)
+        case rateLimit(scope: RateScope, rate: Double, burst: Double, maxKeys: Int)
         case dedup(windowSeconds: Double, maxEntries: Int)
 
         public var kind: String {
@@ -73,7 +73,7 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
             case .maxPayload: "max_payload"
             case .products: "products"
             case .devices: "devices"
-            case .rateLimit(let scope, _, _, _, _): "rate_limit(\(scope.rawValue))"
+            case .rateLimit(let scope, _, _, _): "rate_limit(\(scope.rawValue))"
             case .dedup: "dedup"
             }
         }

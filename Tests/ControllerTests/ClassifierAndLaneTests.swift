@@ -137,7 +137,7 @@ import Testing
 
     @Test func explainIsADryRun() throws {
         let clock = ManualClock()
-        let c = try controller([.rateLimit(scope: .device, rate: 1, burst: 1, maxKeys: 100, idleEviction: 0)], clock: clock)
+        let c = try controller([.rateLimit(scope: .device, rate: 1, burst: 1, maxKeys: 100)], clock: clock)
         for _ in 0..<5 { #expect(c.explain(envelope()).admission == "accepted") }
         #expect(rejection(c, envelope()) == nil)
         let x = c.explain(envelope())

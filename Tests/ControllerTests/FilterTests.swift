@@ -111,7 +111,7 @@ func rejection(_ c: Controller, _ e: Envelope) -> Rejection? {
 @Suite struct RateLimitTests {
     @Test func tokenBucketPerDeviceWithInjectedClock() throws {
         let clock = ManualClock()
-        let c = try controller([.rateLimit(scope: .device, rate: 2, burst: 3, maxKeys: 1000, idleEviction: 0)], clock: clock)
+        let c = try controller([.rateLimit(scope: .device, rate: 2, burst: 3, maxKeys: 1000)], clock: clock)
         for _ in 0..<3 { #expect(rejection(c, envelope(device: "a")) == nil) }
         let r = try #require(rejection(c, envelope(device: "a")))
         #expect(r.reason == "rate_limited")
@@ -131,8 +131,8 @@ func rejection(_ c: Controller, _ e: Envelope) -> Rejection? {
         let clock = ManualClock()
         let c = try controller(
             [
-                .rateLimit(scope: .product, rate: 1, burst: 2, maxKeys: 100, idleEviction: 0),
-                .rateLimit(scope: .global, rate: 1, burst: 3, maxKeys: 100, idleEviction: 0),
+                .rateLimit(scope: .product, rate: 1, burst: 2, maxKeys: 100),
+                .rateLimit(scope: .global, rate: 1, burst: 3, maxKeys: 100),
             ],
             clock: clock
         )
@@ -142,7 +142,7 @@ func rejection(_ c: Controller, _ e: Envelope) -> Rejection? {
         #expect(rejection(c, envelope(device: "d", product: "q")) == nil)
         #expect(rejection(c, envelope(device: "e", product: "r"))?.filter == "rate_limit(global)")
 
-        let ch = try controller([.rateLimit(scope: .channel, rate: 1, burst: 1, maxKeys: 100, idleEviction: 0)], clock: clock)
+        let ch = try controller([.rateLimit(scope: .channel, rate: 1, burst: 1, maxKeys: 100)], clock: clock)
         #expect(rejection(ch, envelope(channel: "http")) == nil)
         #expect(rejection(ch, envelope(channel: "http")) != nil)
         #expect(rejection(ch, envelope(channel: "mqtt")) == nil)
@@ -182,7 +182,7 @@ func rejection(_ c: Controller, _ e: Envelope) -> Rejection? {
     @Test func rejectedMessageIsNotRememberedAsSeen() throws {
         let clock = ManualClock()
         let c = try controller(
-            [.dedup(windowSeconds: 60, maxEntries: 1000), .rateLimit(scope: .device, rate: 1, burst: 1, maxKeys: 100, idleEviction: 0)],
+            [.dedup(windowSeconds: 60, maxEntries: 1000), .rateLimit(scope: .device, rate: 1, burst: 1, maxKeys: 100)],
             clock: clock
         )
         var e = envelope(id: "a", idFromSender: true)
