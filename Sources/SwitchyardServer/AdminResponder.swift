@@ -115,11 +115,8 @@ struct AdminResponder: HTTPResponder {
     }
 
     private func encode<T: Encodable>(_ value: T) -> OutgoingResponse {
-        let encoder = JSONEncoder()
-        encoder.keyEncodingStrategy = .convertToSnakeCase
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         do {
-            return .json(.ok, String(decoding: try encoder.encode(value), as: UTF8.self))
+            return .json(.ok, String(decoding: try AdminJSON.encoder().encode(value), as: UTF8.self))
         } catch {
             return .error(.internalServerError, "internal", "cannot encode the response: \(error)")
         }

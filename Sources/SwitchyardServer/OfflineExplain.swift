@@ -9,19 +9,33 @@ public import SwitchyardCore
 /// the same dry run as `POST /admin/explain`. Returns pretty JSON.
 public enum OfflineExplain {
     public static func run(configuration: SwitchyardConfiguration, request: ExplainRequest) throws -> String {
+        let snapshot = try PipelineSnapshot.offline(configuration)
+        return String(decoding: try AdminJSON.encoder().encode(Explainer.explain(request, snapshot: snapshot)), as: UTF8.self)
+    }
+}
+
+extension PipelineSnapshot {
+    /// A snapshot that can decide but never send (explain, benchmarks of the domain logic).
+    static func offline(_ configuration: SwitchyardConfiguration) throws -> PipelineSnapshot {
         let shared = SharedParts(
             clock: SystemMonotonicClock(),
             forwarder: NoForwarder(),
             deadLetters: DeadLetterList(limit: 1),
             ledger: MessageLedger(),
             balancer: Balancer(),
-            logger: Logger(label: "switchyard.explain")
+            logger: Logger(label: "switchyard.offline")
         )
-        let snapshot = try PipelineSnapshot(configuration: configuration, shared: shared, previous: nil)
+        return try PipelineSnapshot(configuration: configuration, shared: shared, previous: nil)
+    }
+}
+
+/// The JSON the admin API and the CLI print: snake_case keys, sorted, indented.
+enum AdminJSON {
+    static func encoder() -> JSONEncoder {
         let encoder = JSONEncoder()
         encoder.keyEncodingStrategy = .convertToSnakeCase
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        return String(decoding: try encoder.encode(Explainer.explain(request, snapshot: snapshot)), as: UTF8.self)
+        return encoder
     }
 }
 

@@ -9,15 +9,7 @@ public import SwitchyardCore
 /// rendering without I/O, to measure the per-message CPU of the domain logic.
 public enum PipelineProbe {
     public static func run(configuration: SwitchyardConfiguration, topics: [String], messages: Int) throws -> (seconds: Double, forwarded: Int) {
-        let shared = SharedParts(
-            clock: SystemMonotonicClock(),
-            forwarder: NoForwarder(),
-            deadLetters: DeadLetterList(limit: 1),
-            ledger: MessageLedger(),
-            balancer: Balancer(),
-            logger: Logger(label: "probe")
-        )
-        let snapshot = try PipelineSnapshot(configuration: configuration, shared: shared, previous: nil)
+        let snapshot = try PipelineSnapshot.offline(configuration)
         let payload = ByteBuffer(string: String(repeating: "x", count: 128))
         let clock = SystemMonotonicClock()
         let start = clock.nowNanos()
