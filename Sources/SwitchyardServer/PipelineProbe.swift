@@ -1,7 +1,5 @@
 import Controller
-import Logging
 import NIOCore
-import NIOEmbedded
 import Router
 public import SwitchyardCore
 
