@@ -147,22 +147,23 @@ public final class Journal: Sendable {
 
     /// Appends a message; the future (on `loop`) carries its sequence once it is on disk.
     public func append(_ envelope: Envelope, on loop: any EventLoop) -> EventLoopFuture<UInt64> {
-        var body = ByteBufferAllocator().buffer(capacity: 64 + envelope.payload.readableBytes)
-        EnvelopeCodec.encode(envelope, into: &body)
+        // Encoded straight into its frame; the sequence and checksum are filled in under the lock.
+        let frame = Self.frame(kind: .message, sequence: 0, checksum: false, capacity: 128 + envelope.payload.readableBytes) {
+            EnvelopeCodec.encode(envelope, into: &$0)
+        }
         let promise = loop.makePromise(of: UInt64.self)
-        enqueue(kind: .message, body: body, promise: promise, sequence: nil)
+        enqueue(frame, promise: promise, sequence: nil)
         return promise.futureResult
     }
 
     /// Records that a message reached its final outcome; its segment can go once all its messages have.
     public func settle(_ sequence: UInt64) {
-        enqueue(kind: .settled, body: ByteBuffer(), promise: nil, sequence: sequence)
+        enqueue(Self.frame(kind: .settled, sequence: sequence), promise: nil, sequence: sequence)
     }
 
-    private func enqueue(kind: Kind, body: ByteBuffer, promise: EventLoopPromise<UInt64>?, sequence: UInt64?, deadLetterFile: Bool = false) {
-        // The frame (and its checksum) is built outside the lock.
-        // Sequences are assigned under the lock; the checksum then covers the final bytes.
-        let frame = Self.frame(kind: kind, sequence: sequence ?? 0, body: body, checksum: sequence != nil)
+    /// Queues a frame built outside the lock. Without a `sequence`, one is assigned under the
+    /// lock and written into the frame with its checksum.
+    private func enqueue(_ frame: ByteBuffer, promise: EventLoopPromise<UInt64>?, sequence: UInt64?, deadLetterFile: Bool = false) {
         let (refused, wake): (String?, Bool) = state.withLockedValue { s in
             if s.closing { return ("the journal is closed", false) }
             if let failure = s.failure { return (failure, false) }
@@ -190,25 +191,32 @@ public final class Journal: Sendable {
 
     /// Writes the sequence into a built frame and fixes its checksum (sequences are assigned under the lock).
     static func setSequence(_ sequence: UInt64, in frame: inout ByteBuffer) {
-        let start = frame.readerIndex
-        frame.setInteger(sequence, at: start + 9)
-        let length = Int(frame.getInteger(at: start, as: UInt32.self)!)
-        let crc = frame.withUnsafeReadableBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[8..<(8 + length)])) }
-        frame.setInteger(crc, at: start + 4)
+        frame.setInteger(sequence, at: frame.readerIndex + 9)
+        setChecksum(in: &frame)
     }
 
-    static func frame(kind: Kind, sequence: UInt64, body: ByteBuffer, checksum: Bool = true) -> ByteBuffer {
-        var content = ByteBuffer()
-        content.reserveCapacity(9 + body.readableBytes)
-        content.writeInteger(kind.rawValue)
-        content.writeInteger(sequence)
-        var b = body
-        content.writeBuffer(&b)
+    static func setChecksum(in frame: inout ByteBuffer) {
+        let crc = frame.withUnsafeReadableBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[8...])) }
+        frame.setInteger(crc, at: frame.readerIndex + 4)
+    }
+
+    /// `[length][crc32c][kind, sequence, body]`, the body written in place by `writeBody`.
+    static func frame(
+        kind: Kind,
+        sequence: UInt64,
+        checksum: Bool = true,
+        capacity: Int = 32,
+        writeBody: (inout ByteBuffer) -> Void = { _ in }
+    ) -> ByteBuffer {
         var frame = ByteBuffer()
-        frame.reserveCapacity(8 + content.readableBytes)
-        frame.writeInteger(UInt32(content.readableBytes))
-        frame.writeInteger(checksum ? content.withUnsafeReadableBytes { CRC32C.checksum($0) } : UInt32(0))
-        frame.writeBuffer(&content)
+        frame.reserveCapacity(capacity)
+        frame.writeInteger(UInt32(0))  // length, set below
+        frame.writeInteger(UInt32(0))  // checksum, set below or under the lock
+        frame.writeInteger(kind.rawValue)
+        frame.writeInteger(sequence)
+        writeBody(&frame)
+        frame.setInteger(UInt32(frame.readableBytes - 8), at: frame.readerIndex)
+        if checksum { setChecksum(in: &frame) }
         return frame
     }
 
@@ -415,9 +423,7 @@ public final class Journal: Sendable {
         let letters = live.values.sorted { $0.key < $1.key }
         var compacted = ByteBuffer()
         for letter in letters {
-            var body = ByteBuffer()
-            DeadLetterCodec.encode(letter, into: &body)
-            var frame = Journal.frame(kind: .deadLetter, sequence: letter.key, body: body)
+            var frame = Journal.frame(kind: .deadLetter, sequence: letter.key) { DeadLetterCodec.encode(letter, into: &$0) }
             compacted.writeBuffer(&frame)
         }
         let tmp = path + ".tmp"
@@ -472,13 +478,12 @@ public final class Journal: Sendable {
 extension Journal: DeadLetterPersistence {
     /// Written by the writer thread with the next batch, fsynced before that batch's journal records.
     public func added(_ letter: DeadLetter) {
-        var body = ByteBuffer()
-        DeadLetterCodec.encode(letter, into: &body)
-        enqueue(kind: .deadLetter, body: body, promise: nil, sequence: letter.key, deadLetterFile: true)
+        let frame = Self.frame(kind: .deadLetter, sequence: letter.key) { DeadLetterCodec.encode(letter, into: &$0) }
+        enqueue(frame, promise: nil, sequence: letter.key, deadLetterFile: true)
     }
 
     public func removed(keys: [UInt64]) {
-        for key in keys { enqueue(kind: .deadLetterRemoved, body: ByteBuffer(), promise: nil, sequence: key, deadLetterFile: true) }
+        for key in keys { enqueue(Self.frame(kind: .deadLetterRemoved, sequence: key), promise: nil, sequence: key, deadLetterFile: true) }
     }
 }
 
