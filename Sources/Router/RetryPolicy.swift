@@ -30,8 +30,10 @@ public struct RetryPolicy: Sendable {
         case delivered
         /// Final: the service refused it (4xx, 3xx).
         case rejected(detail: String)
-        /// Worth another attempt (5xx, timeout, broken connection, shutdown).
+        /// Worth another attempt (5xx, timeout, broken connection).
         case failed(reason: String, detail: String)
+        /// Switchyard is shutting down: no outcome; the journal delivers it after the next start.
+        case interrupted
         /// The instance could not be reached: wait without using up retries.
         case unreachable(detail: String)
     }
@@ -46,6 +48,8 @@ public struct RetryPolicy: Sendable {
             return .failed(reason: "service_error", detail: "\(instance) answered HTTP \(response.status): \(response.bodySnippet)")
         case .failure(let error as ForwardError) where error.kind == .connectFailed:
             return .unreachable(detail: "\(instance): \(error)")
+        case .failure(let error as ForwardError) where error.kind == .shutdown:
+            return .interrupted
         case .failure(let error as ForwardError):
             return .failed(reason: error.kind.rawValue, detail: "\(instance): \(error)")
         case .failure(let error):

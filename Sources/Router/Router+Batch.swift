@@ -142,6 +142,9 @@ extension Router {
                 case .rejected(let why):
                     failAll(live, "rejected_by_service", why, attempts: attempt)
                     return
+                case .interrupted:
+                    for item in live { item.promise.succeed(.interruptedByShutdown) }
+                    return
                 case .failed(let r, let why):
                     (reason, detail) = (r, why)
                 case .unreachable:
@@ -165,7 +168,7 @@ extension Router {
                     }
                     return
                 }
-                guard attempt <= policy.retries, reason != "shutdown" else {
+                guard attempt <= policy.retries else {
                     failAll(live, reason, detail, attempts: attempt)
                     return
                 }

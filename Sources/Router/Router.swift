@@ -24,6 +24,8 @@ public final class Router: Sendable {
     public enum Outcome: Sendable, Equatable {
         case forwarded(route: String)
         case deadLettered(route: String, reason: String)
+        /// Cut off by shutdown before an outcome: still in flight (the journal redelivers it).
+        case interrupted(route: String)
     }
 
     /// Route label used for messages that match no route.
@@ -73,25 +75,27 @@ public final class Router: Sendable {
         }
         if route.targets.count == 1 {
             return deliverToTarget(envelope, route: route, captures: captures, index: 0, loop: loop).map { result in
-                if let failure = result.failure {
-                    self.ledger.deadLettered(route: route.name, reason: failure)
-                    return .deadLettered(route: route.name, reason: failure)
-                }
-                self.ledger.forwarded(route: route.name)
-                return .forwarded(route: route.name)
+                self.outcome(of: [result], route: route)
             }
         }
         let deliveries = route.targets.indices.map { index in
             deliverToTarget(envelope, route: route, captures: captures, index: index, loop: loop)
         }
         return EventLoopFuture.whenAllSucceed(deliveries, on: loop).map { results in
-            if let failure = results.compactMap(\.failure).first {
-                self.ledger.deadLettered(route: route.name, reason: failure)
-                return .deadLettered(route: route.name, reason: failure)
-            }
-            self.ledger.forwarded(route: route.name)
-            return .forwarded(route: route.name)
+            self.outcome(of: results, route: route)
         }
+    }
+
+    /// The message's one outcome from its targets' results, counted in the ledger (an
+    /// interrupted message is not counted: it is still in flight, in the journal).
+    private func outcome(of results: [TargetResult], route: RouteTable.Route) -> Outcome {
+        if results.contains(where: \.interrupted) { return .interrupted(route: route.name) }
+        if let failure = results.compactMap(\.failure).first {
+            ledger.deadLettered(route: route.name, reason: failure)
+            return .deadLettered(route: route.name, reason: failure)
+        }
+        ledger.forwarded(route: route.name)
+        return .forwarded(route: route.name)
     }
 
     private func deliverToTarget(
@@ -110,6 +114,10 @@ public final class Router: Sendable {
     struct TargetResult: Sendable {
         /// Dead-letter reason, nil when delivered.
         var failure: String?
+        /// Cut off by shutdown: neither delivered nor dead-lettered.
+        var interrupted = false
+
+        static let interruptedByShutdown = TargetResult(failure: nil, interrupted: true)
     }
 
     private func deliver(
@@ -187,6 +195,8 @@ public final class Router: Sendable {
                     return loop.makeSucceededFuture(TargetResult(failure: nil))
                 case .rejected(let why):
                     return fail("rejected_by_service", why, true)
+                case .interrupted:
+                    return loop.makeSucceededFuture(.interruptedByShutdown)
                 case .failed(let r, let why):
                     (reason, detail) = (r, why)
                 case .unreachable(let why):
@@ -220,7 +230,7 @@ public final class Router: Sendable {
                         )
                     }.futureResult
                 }
-                guard attempt <= policy.retries, reason != "shutdown" else {
+                guard attempt <= policy.retries else {
                     return fail(reason, detail, true)
                 }
                 self.ledger.retried(route: route.name)

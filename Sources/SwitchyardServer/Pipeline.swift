@@ -91,8 +91,8 @@ final class Pipeline: MessageSink {
         let journal = self.journal
         dispatcher.dispatch(envelope) { envelope, loop in
             router.route(envelope, on: loop).map { outcome in
-                // Cut off by shutdown: not an outcome; the journal redelivers it at the next start.
-                if case .deadLettered(_, "shutdown") = outcome { return }
+                // Cut off by shutdown: no outcome yet; the journal redelivers it at the next start.
+                if case .interrupted = outcome { return }
                 if let sequence { journal?.settle(sequence) }
             }
         }
