@@ -74,18 +74,22 @@ struct BenchHTTP: AsyncParsableCommand {
         let address = try await app.ingestAddress!.get()
 
         let clientGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        /// The same load against either proxy.
+        func load(port: Int) async throws -> LoadResult {
+            try await LoadGenerator.run(
+                group: clientGroup,
+                port: port,
+                messages: messages,
+                connections: connections,
+                depth: depth,
+                payloadBytes: payloadBytes,
+                timeLimit: timeLimit,
+                sink: sink
+            )
+        }
         let cpuBefore = CPUTime.process()
         let appThreadsBefore = CPUTime.threadsSplit(appThreads)
-        var result = try await LoadGenerator.run(
-            group: clientGroup,
-            port: address.port!,
-            messages: messages,
-            connections: connections,
-            depth: depth,
-            payloadBytes: payloadBytes,
-            timeLimit: timeLimit,
-            sink: sink
-        )
+        var result = try await load(port: address.port!)
         result.cpuSeconds = CPUTime.process() - cpuBefore
         let appThreadsAfter = CPUTime.threadsSplit(appThreads)
         result.proxyCPUSeconds = appThreadsAfter.user + appThreadsAfter.system - appThreadsBefore.user - appThreadsBefore.system
@@ -103,16 +107,7 @@ struct BenchHTTP: AsyncParsableCommand {
                 sink.reset()
                 let nginxBefore = CPUTime.of(pid: nginx.process.processIdentifier)
                 let before = CPUTime.process() + nginxBefore
-                var peerResult = try await LoadGenerator.run(
-                    group: clientGroup,
-                    port: nginx.port,
-                    messages: messages,
-                    connections: connections,
-                    depth: depth,
-                    payloadBytes: payloadBytes,
-                    timeLimit: timeLimit,
-                    sink: sink
-                )
+                var peerResult = try await load(port: nginx.port)
                 peerResult.cpuSeconds = CPUTime.process() + CPUTime.of(pid: nginx.process.processIdentifier) - before
                 peerResult.proxyCPUSeconds = CPUTime.of(pid: nginx.process.processIdentifier) - nginxBefore
                 nginx.stop()
