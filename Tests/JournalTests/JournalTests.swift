@@ -43,6 +43,14 @@ import Testing
         ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter { $0.hasSuffix(".log") }.sorted()
     }
 
+    /// Ten messages, the journal closed; returns the segment holding them.
+    func writeTenAndClose(_ dir: String) async throws -> String {
+        let (journal, _) = try open(dir)
+        for i in 0..<10 { _ = try await journal.append(envelope(i), on: loop).get() }
+        journal.close()
+        return "\(dir)/\(segments(dir).last!)"
+    }
+
     @Test func crc32cKnownAnswer() {
         #expect(CRC32C.checksum(Array("123456789".utf8)) == 0xE306_9283)
         #expect(CRC32C.checksum([UInt8]()) == 0)
@@ -97,10 +105,7 @@ import Testing
     @Test func tornTailIsTruncatedAndReported() async throws {
         let dir = tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let (journal, _) = try open(dir)
-        for i in 0..<10 { _ = try await journal.append(envelope(i), on: loop).get() }
-        journal.close()
-        let file = "\(dir)/\(segments(dir).last!)"
+        let file = try await writeTenAndClose(dir)
         let size = try FileManager.default.attributesOfItem(atPath: file)[.size] as! Int
         #expect(truncate(file, off_t(size - 7)) == 0)  // the last record cut mid-way
 
@@ -119,10 +124,7 @@ import Testing
     @Test func flippedByteSkipsOnlyThatRecord() async throws {
         let dir = tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let (journal, _) = try open(dir)
-        for i in 0..<10 { _ = try await journal.append(envelope(i), on: loop).get() }
-        journal.close()
-        let file = "\(dir)/\(segments(dir).last!)"
+        let file = try await writeTenAndClose(dir)
         var bytes = try Data(contentsOf: URL(fileURLWithPath: file))
         let recordSize = bytes.count / 10  // records are the same size give or take a digit
         bytes[recordSize * 4 + 20] ^= 0xFF  // inside the fifth record's body
