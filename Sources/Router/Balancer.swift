@@ -15,6 +15,7 @@ public final class Balancer: Sendable {
     }
 
     public func pick<R: RandomNumberGenerator>(from instances: [ServiceInstance], using rng: inout R) -> ServiceInstance? {
+        if instances.count == 1 { return instances[0].weight > 0 ? instances[0] : nil }  // the common case, no copy
         let candidates = instances.filter { $0.weight > 0 }
         guard !candidates.isEmpty else { return nil }
         if candidates.count == 1 { return candidates[0] }

@@ -109,7 +109,8 @@ extension Router {
             failAll(live, "no_instances", "service \"\(target.service)\" has no instance", attempts: attempt - 1)
             return
         }
-        let untried = candidates.filter { !refused.contains($0.key) }
+        // Instances that refused this message just now are skipped until every one has.
+        let untried = refused.isEmpty ? candidates : candidates.filter { !refused.contains($0.key) }
         guard let instance = balancer.pick(from: untried.isEmpty ? candidates : untried) else {
             failAll(live, "no_instances", "every instance of \"\(target.service)\" has weight 0", attempts: attempt - 1)
             return

@@ -165,7 +165,7 @@ public final class Router: Sendable {
             return fail("no_instances", "service \"\(target.service)\" has no instance for lane \"\(envelope.lane ?? "baseline")\"", false)
         }
         // Instances that refused this message just now are skipped until every one has.
-        let untried = candidates.filter { !refused.contains($0.key) }
+        let untried = refused.isEmpty ? candidates : candidates.filter { !refused.contains($0.key) }
         guard let instance = balancer.pick(from: untried.isEmpty ? candidates : untried) else {
             return fail("no_instances", "every instance of service \"\(target.service)\" has weight 0", false)
         }
