@@ -92,29 +92,14 @@ extension Router {
         let live = batch.filter { Double(now &- $0.envelope.receivedAt) / 1e9 <= route.ttlSeconds }
         guard !live.isEmpty else { return }
 
-        let candidates: [ServiceInstance]
-        let fallback: Bool
-        switch resolver.resolve(lane: lane, instances: directory.instances(of: target.service)) {
-        case .lane(let list): (candidates, fallback) = (list, false)
-        case .fallback(let list): (candidates, fallback) = (list, true)
-        case .laneUnavailable:
-            failAll(
-                live,
-                "lane_unavailable",
-                "lane \"\(lane ?? "baseline")\" has no instance of \"\(target.service)\" (strict)",
-                attempts: attempt - 1
-            )
-            return
-        case .noInstances:
-            failAll(live, "no_instances", "service \"\(target.service)\" has no instance", attempts: attempt - 1)
+        let choice: Choice
+        switch choose(service: target.service, lane: lane, refused: refused) {
+        case .success(let c): choice = c
+        case .failure(let none):
+            failAll(live, none.reason, none.detail, attempts: attempt - 1)
             return
         }
-        // Instances that refused this message just now are skipped until every one has.
-        let untried = refused.isEmpty ? candidates : candidates.filter { !refused.contains($0.key) }
-        guard let instance = balancer.pick(from: untried.isEmpty ? candidates : untried) else {
-            failAll(live, "no_instances", "every instance of \"\(target.service)\" has weight 0", attempts: attempt - 1)
-            return
-        }
+        let (instance, fallback, candidates) = (choice.instance, choice.fallback, choice.candidates)
         let rule = target.batch!
         var body = ByteBuffer()
         BatchBody.encode(live.map(\.envelope), format: rule.format, into: &body)

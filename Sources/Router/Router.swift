@@ -111,6 +111,46 @@ public final class Router: Sendable {
         return deliver(envelope, route: route, captures: captures, target: route.targets[index], attempt: 1, parked: 0, loop: loop)
     }
 
+    struct Choice {
+        var instance: ServiceInstance
+        /// Baseline serves a lane that has no instance of the service.
+        var fallback: Bool
+        /// Every instance that could serve the message (for failover).
+        var candidates: [ServiceInstance]
+    }
+
+    struct NoInstance: Error {
+        var reason: String
+        var detail: String
+    }
+
+    /// The instance for a message of `lane`: lane resolution, then the balancer, skipping
+    /// instances that refused it just now until every one has.
+    func choose(service: String, lane: String?, refused: Set<String>) -> Result<Choice, NoInstance> {
+        let candidates: [ServiceInstance]
+        let fallback: Bool
+        switch resolver.resolve(lane: lane, instances: directory.instances(of: service)) {
+        case .lane(let list): (candidates, fallback) = (list, false)
+        case .fallback(let list): (candidates, fallback) = (list, true)
+        case .laneUnavailable:
+            return .failure(
+                NoInstance(
+                    reason: "lane_unavailable",
+                    detail: "lane \"\(lane ?? "baseline")\" has no instance of service \"\(service)\" and its fallback is strict"
+                )
+            )
+        case .noInstances:
+            return .failure(
+                NoInstance(reason: "no_instances", detail: "service \"\(service)\" has no instance for lane \"\(lane ?? "baseline")\"")
+            )
+        }
+        let untried = refused.isEmpty ? candidates : candidates.filter { !refused.contains($0.key) }
+        guard let instance = balancer.pick(from: untried.isEmpty ? candidates : untried) else {
+            return .failure(NoInstance(reason: "no_instances", detail: "every instance of service \"\(service)\" has weight 0"))
+        }
+        return .success(Choice(instance: instance, fallback: fallback, candidates: candidates))
+    }
+
     struct TargetResult: Sendable {
         /// Dead-letter reason, nil when delivered.
         var failure: String?
@@ -150,25 +190,12 @@ public final class Router: Sendable {
                 false
             )
         }
-        let candidates: [ServiceInstance]
-        let fallback: Bool
-        switch resolver.resolve(lane: envelope.lane, instances: directory.instances(of: target.service)) {
-        case .lane(let list): (candidates, fallback) = (list, false)
-        case .fallback(let list): (candidates, fallback) = (list, true)
-        case .laneUnavailable:
-            return fail(
-                "lane_unavailable",
-                "lane \"\(envelope.lane ?? "baseline")\" has no instance of service \"\(target.service)\" and its fallback is strict",
-                false
-            )
-        case .noInstances:
-            return fail("no_instances", "service \"\(target.service)\" has no instance for lane \"\(envelope.lane ?? "baseline")\"", false)
+        let choice: Choice
+        switch choose(service: target.service, lane: envelope.lane, refused: refused) {
+        case .success(let c): choice = c
+        case .failure(let none): return fail(none.reason, none.detail, false)
         }
-        // Instances that refused this message just now are skipped until every one has.
-        let untried = refused.isEmpty ? candidates : candidates.filter { !refused.contains($0.key) }
-        guard let instance = balancer.pick(from: untried.isEmpty ? candidates : untried) else {
-            return fail("no_instances", "every instance of service \"\(target.service)\" has weight 0", false)
-        }
+        let (instance, fallback, candidates) = (choice.instance, choice.fallback, choice.candidates)
         let request = Router.request(
             for: envelope,
             target: target,
