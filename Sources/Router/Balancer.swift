@@ -6,8 +6,12 @@ public import SwitchyardCore
 /// unit of weight wins. Outstanding counts are shared by every router snapshot.
 public final class Balancer: Sendable {
     private let outstanding = NIOLockedValueBox([String: Int]())
+    /// Which instances are skipped for now because they keep failing.
+    public let breakers: CircuitBreakers
 
-    public init() {}
+    public init(breakers: CircuitBreakers = CircuitBreakers()) {
+        self.breakers = breakers
+    }
 
     public func pick(from instances: [ServiceInstance]) -> ServiceInstance? {
         var rng = FastRandom()

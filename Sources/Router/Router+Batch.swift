@@ -92,9 +92,18 @@ extension Router {
         let live = batch.filter { Double(now &- $0.envelope.receivedAt) / 1e9 <= route.ttlSeconds }
         guard !live.isEmpty else { return }
 
+        @Sendable func park() {
+            let wait = RetryPolicy.parkDelay(afterWaits: parked)
+            loop.scheduleTask(in: .nanoseconds(Int64(wait * 1e9))) {
+                self.sendBatch(live, route: route, target: target, lane: lane, attempt: attempt, parked: parked + 1, loop: loop)
+            }
+        }
         let choice: Choice
         switch choose(service: target.service, lane: lane, refused: refused) {
         case .success(let c): choice = c
+        case .failure(let none) where none.waits:
+            park()
+            return
         case .failure(let none):
             failAll(live, none.reason, none.detail, attempts: attempt - 1)
             return
@@ -121,7 +130,9 @@ extension Router {
                 timer?.recordNanoseconds(Int64(SystemMonotonicClock().nowNanos() - started))
                 let reason: String
                 let detail: String
-                switch RetryPolicy.verdict(result, instance: instance) {
+                let verdict = RetryPolicy.verdict(result, instance: instance)
+                recordCircuit(verdict, instance: instance)
+                switch verdict {
                 case .delivered:
                     for item in live { item.promise.succeed(TargetResult(failure: nil)) }
                     return
@@ -148,10 +159,7 @@ extension Router {
                         )
                         return
                     }
-                    let wait = RetryPolicy.parkDelay(afterWaits: parked)
-                    loop.scheduleTask(in: .nanoseconds(Int64(wait * 1e9))) {
-                        self.sendBatch(live, route: route, target: target, lane: lane, attempt: attempt, parked: parked + 1, loop: loop)
-                    }
+                    park()
                     return
                 }
                 guard attempt <= policy.retries else {

@@ -18,6 +18,7 @@ public final class Router: Sendable {
     let balancer: Balancer
     let logger: Logger
     let timers: [String: Metrics.Timer]
+    let circuitRules: [String: SwitchyardConfiguration.CircuitRule]
     let batchers = NIOLockedValueBox([BatchKey: Batcher]())
 
     /// How one message ended.
@@ -53,6 +54,7 @@ public final class Router: Sendable {
             timers[route.name] = Metrics.Timer(label: "switchyard_forward_duration_seconds", dimensions: [("route", route.name)])
         }
         self.timers = timers
+        circuitRules = configuration.services.mapValues(\.circuit)
     }
 
     // MARK: - Delivery
@@ -122,10 +124,12 @@ public final class Router: Sendable {
     struct NoInstance: Error {
         var reason: String
         var detail: String
+        /// The service is down for now (every circuit open): the message waits instead of ending.
+        var waits = false
     }
 
-    /// The instance for a message of `lane`: lane resolution, then the balancer, skipping
-    /// instances that refused it just now until every one has.
+    /// The instance for a message of `lane`: lane resolution, circuit breakers, then the
+    /// balancer, skipping instances that refused it just now until every one has.
     func choose(service: String, lane: String?, refused: Set<String>) -> Result<Choice, NoInstance> {
         let candidates: [ServiceInstance]
         let fallback: Bool
@@ -144,11 +148,38 @@ public final class Router: Sendable {
                 NoInstance(reason: "no_instances", detail: "service \"\(service)\" has no instance for lane \"\(lane ?? "baseline")\"")
             )
         }
-        let untried = refused.isEmpty ? candidates : candidates.filter { !refused.contains($0.key) }
-        guard let instance = balancer.pick(from: untried.isEmpty ? candidates : untried) else {
-            return .failure(NoInstance(reason: "no_instances", detail: "every instance of service \"\(service)\" has weight 0"))
+        let admitted = balancer.breakers.admitted(candidates)
+        let allOpen = NoInstance(
+            reason: "circuit_open",
+            detail: "every instance of service \"\(service)\" has an open circuit (too many failures in a row)",
+            waits: true
+        )
+        if admitted.isEmpty { return .failure(allOpen) }
+        let untried = refused.isEmpty ? admitted : admitted.filter { !refused.contains($0.key) }
+        var pool = untried.isEmpty ? admitted : untried
+        while true {
+            guard let instance = balancer.pick(from: pool) else {
+                return .failure(NoInstance(reason: "no_instances", detail: "every instance of service \"\(service)\" has weight 0"))
+            }
+            if balancer.breakers.claim(instance) {
+                return .success(Choice(instance: instance, fallback: fallback, candidates: admitted))
+            }
+            pool.removeAll { $0.key == instance.key }  // its probe went out meanwhile
+            if pool.isEmpty { return .failure(allOpen) }
         }
-        return .success(Choice(instance: instance, fallback: fallback, candidates: candidates))
+    }
+
+    /// Instances with failures counted or a circuit not closed (`GET /admin/circuits`).
+    public var circuits: [CircuitBreakers.Status] { balancer.breakers.status() }
+
+    /// Feeds an attempt's verdict to the instance's circuit breaker.
+    func recordCircuit(_ verdict: RetryPolicy.Verdict, instance: ServiceInstance) {
+        let rule = circuitRules[instance.service] ?? SwitchyardConfiguration.CircuitRule()
+        switch verdict {
+        case .delivered, .rejected: balancer.breakers.record(instance, failed: false, rule: rule)
+        case .failed, .unreachable: balancer.breakers.record(instance, failed: true, rule: rule)
+        case .interrupted: balancer.breakers.abandon(instance)
+        }
     }
 
     struct TargetResult: Sendable {
@@ -190,9 +221,27 @@ public final class Router: Sendable {
                 false
             )
         }
+        // The service is down: the message waits (in the journal) without using up its retries,
+        // until the service is back or the route's TTL runs out.
+        let park = { @Sendable (why: String) -> EventLoopFuture<TargetResult> in
+            let wait = RetryPolicy.parkDelay(afterWaits: parked)
+            self.logger.debug("service unreachable; waiting", metadata: ["id": "\(envelope.id)", "error": "\(why)"])
+            return loop.flatScheduleTask(in: .nanoseconds(Int64(wait * 1e9))) {
+                self.deliver(
+                    envelope,
+                    route: route,
+                    captures: captures,
+                    target: target,
+                    attempt: attempt,
+                    parked: parked + 1,
+                    loop: loop
+                )
+            }.futureResult
+        }
         let choice: Choice
         switch choose(service: target.service, lane: envelope.lane, refused: refused) {
         case .success(let c): choice = c
+        case .failure(let none) where none.waits: return park(none.detail)
         case .failure(let none): return fail(none.reason, none.detail, false)
         }
         let (instance, fallback, candidates) = (choice.instance, choice.fallback, choice.candidates)
@@ -217,7 +266,9 @@ public final class Router: Sendable {
                 timer?.recordNanoseconds(Int64(SystemMonotonicClock().nowNanos() - started))
                 let reason: String
                 let detail: String
-                switch RetryPolicy.verdict(result, instance: instance) {
+                let verdict = RetryPolicy.verdict(result, instance: instance)
+                self.recordCircuit(verdict, instance: instance)
+                switch verdict {
                 case .delivered:
                     return loop.makeSucceededFuture(TargetResult(failure: nil))
                 case .rejected(let why):
@@ -241,21 +292,7 @@ public final class Router: Sendable {
                             loop: loop
                         )
                     }
-                    // The service is down, not failing: the message waits (in the journal) without
-                    // using up its retries, until the service is back or the route's TTL runs out.
-                    let wait = RetryPolicy.parkDelay(afterWaits: parked)
-                    self.logger.debug("service unreachable; waiting", metadata: ["id": "\(envelope.id)", "error": "\(why)"])
-                    return loop.flatScheduleTask(in: .nanoseconds(Int64(wait * 1e9))) {
-                        self.deliver(
-                            envelope,
-                            route: route,
-                            captures: captures,
-                            target: target,
-                            attempt: attempt,
-                            parked: parked + 1,
-                            loop: loop
-                        )
-                    }.futureResult
+                    return park(why)
                 }
                 guard attempt <= policy.retries else {
                     return fail(reason, detail, true)

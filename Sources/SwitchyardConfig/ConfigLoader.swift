@@ -263,9 +263,18 @@ public enum ConfigLoader {
     }
 
     static func readService(_ node: Node, _ path: String, _ r: inout ConfigReader) -> SwitchyardConfiguration.ServiceRule {
-        let m = r.mapping(node, path, allowed: ["instances", "max_concurrency"])
+        let m = r.mapping(node, path, allowed: ["instances", "max_concurrency", "circuit"])
         var s = SwitchyardConfiguration.ServiceRule()
         if let v = r.int(m["max_concurrency"], "\(path).max_concurrency", range: 1...100_000) { s.maxConcurrency = v }
+        if m["circuit"] != nil {
+            let c = r.mapping(m["circuit"], "\(path).circuit", allowed: ["failures", "open_for", "max_open_for"])
+            if let v = r.int(c["failures"], "\(path).circuit.failures", range: 0...10_000) { s.circuit.failures = v }
+            if let v = r.duration(c["open_for"], "\(path).circuit.open_for", range: 0.01...3600) { s.circuit.openSeconds = v }
+            if let v = r.duration(c["max_open_for"], "\(path).circuit.max_open_for", range: 0.01...86_400) { s.circuit.maxOpenSeconds = v }
+            if s.circuit.maxOpenSeconds < s.circuit.openSeconds {
+                r.fail("\(path).circuit.max_open_for", "must not be below open_for", c["max_open_for"])
+            }
+        }
         s.instances = r.sequence(m["instances"], "\(path).instances").enumerated().map { i, n in
             let p = "\(path).instances[\(i)]"
             let im = r.mapping(n, p, allowed: ["url", "weight", "lane"])

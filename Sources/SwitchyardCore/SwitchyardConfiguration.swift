@@ -175,6 +175,18 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
         public var instances: [StaticInstance] = []
         /// Requests in flight per instance; more wait for a free slot.
         public var maxConcurrency = 256
+        public var circuit = CircuitRule()
+        public init() {}
+    }
+
+    /// Per instance: after `failures` consecutive failed attempts (refused connection, timeout,
+    /// broken connection, 5xx) the instance gets no messages for `openSeconds`; then one probe
+    /// decides (success closes it, failure opens it again for twice as long, up to `maxOpenSeconds`).
+    public struct CircuitRule: Sendable, Equatable {
+        /// 0 turns the breaker off.
+        public var failures = 5
+        public var openSeconds = 5.0
+        public var maxOpenSeconds = 60.0
         public init() {}
     }
 

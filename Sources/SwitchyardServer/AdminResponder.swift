@@ -38,6 +38,8 @@ struct AdminResponder: HTTPResponder {
             return encode(snapshot.router.table.routes.map { RouteView($0) })
         case (.GET, "/admin/lanes"):
             return encode(LanesView(snapshot))
+        case (.GET, "/admin/circuits"):
+            return encode(snapshot.router.circuits)
         case (.GET, "/admin/dead-letters"):
             let q = request.query
             guard let limit = Int(q["limit"] ?? "100"), limit > 0 else {
@@ -92,7 +94,8 @@ struct AdminResponder: HTTPResponder {
             case .failure(let errors):
                 return .error(.unprocessableEntity, "invalid_config", errors.description)
             }
-        case (_, "/admin/routes"), (_, "/admin/lanes"), (_, "/admin/dead-letters"), (_, "/admin/explain"), (_, "/admin/reload"),
+        case (_, "/admin/routes"), (_, "/admin/lanes"), (_, "/admin/circuits"), (_, "/admin/dead-letters"), (_, "/admin/explain"),
+            (_, "/admin/reload"),
             (_, "/admin/dead-letters/replay"), (_, "/admin/dead-letters/purge"):
             return .error(.methodNotAllowed, "method_not_allowed", "wrong method for \(path)")
         default:

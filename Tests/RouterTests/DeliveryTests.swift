@@ -20,6 +20,8 @@ struct Harness {
         targets: Int = 1,
         ttlSeconds: Double = 86_400,
         batch: SwitchyardConfiguration.BatchRule? = nil,
+        circuit: SwitchyardConfiguration.CircuitRule = SwitchyardConfiguration.CircuitRule(),
+        breakers: CircuitBreakers = CircuitBreakers(),
         script: @escaping InMemoryForwarder.Script = { _, _ in .success(200) }
     ) throws {
         var config = SwitchyardConfiguration()
@@ -39,6 +41,9 @@ struct Harness {
             route.targets.append(target)
         }
         config.routes = [route]
+        var service = SwitchyardConfiguration.ServiceRule()
+        service.circuit = circuit
+        config.services = ["svc": service]
         forwarder = InMemoryForwarder(script: script)
         var byService: [String: [ServiceInstance]] = [:]
         for i in instances { byService[i.service, default: []].append(i) }
@@ -48,7 +53,7 @@ struct Harness {
             forwarder: forwarder,
             deadLetters: deadLetters,
             ledger: ledger,
-            balancer: Balancer(),
+            balancer: Balancer(breakers: breakers),
             logger: Logger(label: "test")
         )
     }
@@ -207,6 +212,100 @@ func lane(_ name: String, fallback: SwitchyardConfiguration.LaneFallback = .base
     @Test func noInstances() async throws {
         let h = try Harness(instances: [])
         #expect(try await h.send() == .deadLettered(route: "telemetry", reason: "no_instances"))
+    }
+}
+
+@Suite struct CircuitTests {
+    func rule(failures: Int, open: Double = 5, max: Double = 60) -> SwitchyardConfiguration.CircuitRule {
+        var r = SwitchyardConfiguration.CircuitRule()
+        r.failures = failures
+        r.openSeconds = open
+        r.maxOpenSeconds = max
+        return r
+    }
+
+    @Test func consecutiveFailuresOpenTheCircuitAndTrafficGoesElsewhere() async throws {
+        let other = ServiceInstance(service: "svc", host: "127.0.0.1", port: 9003)
+        let clock = ManualClock()
+        let h = try Harness(
+            instances: [baseline, other],
+            retries: 5,
+            circuit: rule(failures: 3),
+            breakers: CircuitBreakers(clock: clock)
+        ) { call, _ in call.instance == baseline ? .success(500) : .success(200) }
+        for _ in 0..<30 { #expect(try await h.send() == .forwarded(route: "telemetry")) }
+        let toBaseline = h.forwarder.recorded.filter { $0.instance == baseline }.count
+        #expect(toBaseline == 3)  // three failures in a row, then nothing more
+        let status = try #require(h.router.circuits.first)
+        #expect(status.instance == baseline.key && status.state == .open && status.consecutiveFailures == 3)
+        #expect(status.retryInSeconds > 4.9)
+
+        // Time up: one probe; it fails, so the circuit opens for twice as long.
+        clock.advance(seconds: 5.1)
+        for _ in 0..<30 { #expect(try await h.send() == .forwarded(route: "telemetry")) }
+        #expect(h.forwarder.recorded.filter { $0.instance == baseline }.count == 4)
+        #expect(try #require(h.router.circuits.first).retryInSeconds > 9.9)
+    }
+
+    @Test func aSuccessfulProbeClosesTheCircuit() async throws {
+        let clock = ManualClock()
+        let healthy = NIOLockedValueBox(false)
+        let h = try Harness(
+            instances: [baseline],
+            retries: 10,
+            circuit: rule(failures: 2, open: 0.2),
+            breakers: CircuitBreakers(clock: clock)
+        ) { _, _ in healthy.withLockedValue { $0 } ? .success(200) : .success(503) }
+        // Two failures open it; the retry then waits for the circuit instead of failing on.
+        let pending = Task { try await h.send() }
+        try await waitUntil { h.router.circuits.first?.state == .open }
+        #expect(h.forwarder.recorded.count == 2)
+        #expect(h.ledger.snapshot().retried["telemetry"] == 2)  // the second retry waits for the circuit
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(h.forwarder.recorded.count == 2)  // open: nothing sent while it waits
+        healthy.withLockedValue { $0 = true }
+        clock.advance(seconds: 0.25)
+        #expect(try await pending.value == .forwarded(route: "telemetry"))
+        #expect(h.forwarder.recorded.count == 3)
+        #expect(h.forwarder.recorded.last?.header("x-switchyard-delivery-attempt") == "3")
+        #expect(h.router.circuits.isEmpty)  // closed and forgotten
+    }
+
+    @Test func allCircuitsOpenMessagesWaitUntilTheTTL() async throws {
+        let clock = ManualClock()
+        let h = try Harness(
+            instances: [baseline],
+            retries: 0,
+            ttlSeconds: 0.4,
+            circuit: rule(failures: 1, open: 60),
+            breakers: CircuitBreakers(clock: clock)
+        ) { _, _ in .failure(ForwardError(.timeout, "slow")) }
+        #expect(try await h.send() == .deadLettered(route: "telemetry", reason: "timeout"))  // retries: 0
+        #expect(try await h.send() == .deadLettered(route: "telemetry", reason: "expired"))  // waited, never sent
+        #expect(h.forwarder.recorded.count == 1)
+        #expect(h.ledger.snapshot().balances)
+    }
+
+    @Test func zeroFailuresTurnsTheBreakerOff() async throws {
+        let h = try Harness(instances: [baseline], retries: 0, circuit: rule(failures: 0)) { _, _ in .success(500) }
+        for _ in 0..<10 { #expect(try await h.send() == .deadLettered(route: "telemetry", reason: "service_error")) }
+        #expect(h.forwarder.recorded.count == 10)
+        #expect(h.router.circuits.isEmpty)
+    }
+
+    @Test func answersFromTheServiceResetTheCount() async throws {
+        let h = try Harness(instances: [baseline], retries: 0, circuit: rule(failures: 3)) { _, n in n % 3 == 0 ? .success(404) : .success(500) }
+        for _ in 0..<12 { _ = try await h.send() }
+        #expect(h.forwarder.recorded.count == 12)  // 500, 500, 404 (an answer): never three failures in a row
+        #expect(h.router.circuits.allSatisfy { $0.state == .closed })
+    }
+}
+
+func waitUntil(timeout: Duration = .seconds(5), _ condition: () -> Bool) async throws {
+    let deadline = ContinuousClock.now + timeout
+    while !condition() {
+        if ContinuousClock.now > deadline { throw CancellationError() }
+        try await Task.sleep(for: .milliseconds(5))
     }
 }
 

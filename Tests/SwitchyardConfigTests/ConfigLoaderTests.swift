@@ -130,6 +130,18 @@ import Testing
         #expect(errs.contains { $0.hasPrefix("routes[0].targets[0].path: a batched target's path cannot use placeholders") })
     }
 
+    @Test func circuitBreakers() throws {
+        let c = try ConfigLoader.parse(yaml: "services: {s: {circuit: {failures: 3, open_for: 2s, max_open_for: 1m}}}")
+        #expect(c.services["s"]?.circuit.failures == 3)
+        #expect(c.services["s"]?.circuit.openSeconds == 2)
+        #expect(c.services["s"]?.circuit.maxOpenSeconds == 60)
+        #expect(try ConfigLoader.parse(yaml: "services: {s: {}}").services["s"]?.circuit == SwitchyardConfiguration.CircuitRule())
+        let errs = errors("services: {s: {circuit: {failures: -1, open_for: 10s, max_open_for: 1s, open: 1}}}")
+        #expect(errs.contains { $0.hasPrefix("services.s.circuit.failures: must be between 0 and 10000") })
+        #expect(errs.contains { $0.hasPrefix("services.s.circuit.max_open_for: must not be below open_for") })
+        #expect(errs.contains { $0.hasPrefix("services.s.circuit.open:") && $0.contains("open_for") })
+    }
+
     @Test func laneNamesAreChecked() {
         #expect(errors("lanes: [{name: baseline, entry: {percentage: 1}}]").first?.contains("implicit") == true)
         #expect(errors("lanes: [{name: a, entry: {percentage: 1}}, {name: a, entry: {percentage: 2}}]").first?.contains("twice") == true)

@@ -19,7 +19,7 @@ import Testing
                 targets: [{service: failing, retries: 2, backoff: {base: 5ms, max: 10ms}}]
             services:
               ok: {instances: [{url: "\(ok.url)"}]}
-              failing: {instances: [{url: "\(failing.url)"}]}
+              failing: {instances: [{url: "\(failing.url)"}], circuit: {failures: 0}}  # dead letters, not waiting
             """
         )
         let total = 1200

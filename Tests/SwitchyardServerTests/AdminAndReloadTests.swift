@@ -40,6 +40,38 @@ import Testing
         await svc.stop()
     }
 
+    @Test func aFailingServiceOpensItsCircuitAndMessagesWaitForIt() async throws {
+        let svc = try await TestHTTPService.start()
+        svc.setStatus(500)
+        let yaml = """
+            routes:
+              - name: telemetry
+                match: "^devices/(?<product>[^/]+)/(?<device>[^/]+)/telemetry$"
+                targets: [{service: telemetry, path: "/t/{device}", retries: 10, backoff: {base: 1ms, max: 2ms}}]
+            services:
+              telemetry: {instances: [{url: "\(svc.url)"}], circuit: {failures: 3, open_for: 600ms}}
+            """
+        let server = try await TestServer.start(yaml)
+        #expect(try await server.admin("GET", "/admin/circuits", token: nil).status == 401)
+        #expect(try await server.admin("GET", "/admin/circuits").body.trimmingCharacters(in: .whitespacesAndNewlines) == "[\n\n]")
+        #expect(try await server.post("devices/p/d/telemetry").status == 202)
+        _ = await svc.waitFor(count: 3)
+        let open = try await server.admin("GET", "/admin/circuits").body
+        #expect(open.contains("\"state\" : \"open\""))
+        #expect(open.contains("\"consecutive_failures\" : 3"))
+        let metrics = try await server.admin("GET", "/metrics").body
+        #expect(metrics.contains("switchyard_circuit_open{service=\"telemetry\",instance=\"telemetry@127.0.0.1:\(svc.port)\"} 1"))
+        #expect(metrics.contains("switchyard_circuit_opened_total{service=\"telemetry\"} 1"))
+        // The service recovers: the probe closes the circuit and the waiting message is delivered.
+        svc.setStatus(200)
+        let received = await svc.waitFor(count: 4)
+        #expect(received.count == 4)
+        #expect(received.last?.header("x-switchyard-delivery-attempt") == "4")
+        #expect(try await server.admin("GET", "/admin/circuits").body.contains("open") == false)
+        await server.stop()
+        await svc.stop()
+    }
+
     @Test func explainShowsEveryDecision() async throws {
         let svc = try await TestHTTPService.start()
         let server = try await TestServer.start(Self.yaml(svc))
