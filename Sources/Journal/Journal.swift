@@ -22,6 +22,8 @@ public final class Journal: Sendable {
         /// In `dead-letters.log`: a dead letter (sequence = its key) and its removal.
         case deadLetter = 3
         case deadLetterRemoved = 4
+        /// A message's delivery attempt number (body: UInt32), written when a retry is scheduled.
+        case attempted = 5
     }
 
     static let deadLetterFile = "dead-letters.log"
@@ -38,6 +40,8 @@ public final class Journal: Sendable {
     struct Pending {
         /// Dead-letter records go to their own file, in the same batch and before its fsync ends.
         var deadLetterFile = false
+        /// A settlement record (it releases its message's bytes and segment once written).
+        var settles = false
         var sequence: UInt64
         var bytes: ByteBuffer
         var promise: EventLoopPromise<UInt64>?
@@ -71,6 +75,7 @@ public final class Journal: Sendable {
         var segmentOfSequence: [UInt64: UInt64] = [:]
         var bytesOfSequence: [UInt64: Int] = [:]
         var unsettled: [UInt64: Envelope] = [:]
+        var attempts: [UInt64: Int] = [:]
         let segments = try listSegments(directory)
         for (index, first) in segments.enumerated() {
             let path = segmentPath(directory, first)
@@ -91,6 +96,9 @@ public final class Journal: Sendable {
                 switch record.kind {
                 case .deadLetter, .deadLetterRemoved:
                     continue
+                case .attempted:
+                    var body = record.body
+                    if let n = body.readInteger(as: UInt32.self) { attempts[record.sequence] = max(attempts[record.sequence] ?? 0, Int(n)) }
                 case .message:
                     var body = record.body
                     guard let envelope = EnvelopeCodec.decode(&body) else {
@@ -102,6 +110,7 @@ public final class Journal: Sendable {
                     bytesOfSequence[record.sequence] = record.body.readableBytes + 17
                     unsettledBySegment[first, default: 0] += 1
                 case .settled:
+                    attempts.removeValue(forKey: record.sequence)
                     bytesOfSequence.removeValue(forKey: record.sequence)
                     if unsettled.removeValue(forKey: record.sequence) != nil, let segment = segmentOfSequence.removeValue(forKey: record.sequence) {
                         unsettledBySegment[segment, default: 1] -= 1
@@ -109,7 +118,7 @@ public final class Journal: Sendable {
                 }
             }
         }
-        report.unsettled = unsettled.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+        report.unsettled = unsettled.sorted { $0.key < $1.key }.map { ($0.key, $0.value, max(1, attempts[$0.key] ?? 0)) }
         let (letters, letterProblems) = try recoverDeadLetters(directory: directory, maxRecord: options.maxRecordBytes)
         report.deadLetters = letters
         report.problems += letterProblems
@@ -158,12 +167,25 @@ public final class Journal: Sendable {
 
     /// Records that a message reached its final outcome; its segment can go once all its messages have.
     public func settle(_ sequence: UInt64) {
-        enqueue(Self.frame(kind: .settled, sequence: sequence), promise: nil, sequence: sequence)
+        enqueue(Self.frame(kind: .settled, sequence: sequence), promise: nil, sequence: sequence, settles: true)
+    }
+
+    /// Records that delivery attempt `attempt` of a message is about to go out, so that after a
+    /// restart its attempts go on from there (not awaited: at worst a number is skipped).
+    public func recordAttempt(_ sequence: UInt64, attempt: Int) {
+        let frame = Self.frame(kind: .attempted, sequence: sequence) { $0.writeInteger(UInt32(clamping: attempt)) }
+        enqueue(frame, promise: nil, sequence: sequence)
     }
 
     /// Queues a frame built outside the lock. Without a `sequence`, one is assigned under the
     /// lock and written into the frame with its checksum.
-    private func enqueue(_ frame: ByteBuffer, promise: EventLoopPromise<UInt64>?, sequence: UInt64?, deadLetterFile: Bool = false) {
+    private func enqueue(
+        _ frame: ByteBuffer,
+        promise: EventLoopPromise<UInt64>?,
+        sequence: UInt64?,
+        deadLetterFile: Bool = false,
+        settles: Bool = false
+    ) {
         let (refused, wake): (String?, Bool) = state.withLockedValue { s in
             if s.closing { return ("the journal is closed", false) }
             if let failure = s.failure { return (failure, false) }
@@ -177,7 +199,7 @@ public final class Journal: Sendable {
             var frame = frame
             if sequence == nil { Self.setSequence(seq, in: &frame) }
             s.pendingBytes += frame.readableBytes
-            s.queue.append(Pending(deadLetterFile: deadLetterFile, sequence: seq, bytes: frame, promise: promise))
+            s.queue.append(Pending(deadLetterFile: deadLetterFile, settles: settles, sequence: seq, bytes: frame, promise: promise))
             // Wake the writer only for the first record of a batch or a full batch: a wake-up per
             // record would cost a context switch per message while it lingers.
             return (nil, s.queue.count == 1 || s.pendingBytes >= options.maxBatchBytes)
@@ -324,7 +346,7 @@ public final class Journal: Sendable {
                         s.unsettledBySegment[segment, default: 0] += 1
                         s.bytesOfSequence[item.sequence] = item.bytes.readableBytes
                         s.unsettledBytes += item.bytes.readableBytes
-                    } else if let of = s.segmentOfSequence.removeValue(forKey: item.sequence) {
+                    } else if item.settles, let of = s.segmentOfSequence.removeValue(forKey: item.sequence) {
                         s.unsettledBySegment[of, default: 1] -= 1
                         s.unsettledBytes -= s.bytesOfSequence.removeValue(forKey: item.sequence) ?? 0
                     }

@@ -18,8 +18,10 @@ public struct JournalOptions: Sendable {
 
 /// What recovery found when the journal was opened.
 public struct RecoveryReport: Sendable {
-    /// Messages appended and not settled, in append order: to be delivered again.
-    public var unsettled: [(sequence: UInt64, envelope: Envelope)] = []
+    /// Messages appended and not settled, in append order: to be delivered again. `attempts`:
+    /// how many delivery attempts it may have had (at least 1: it may have been sent before
+    /// the stop), so the next attempt number is higher than any a service has seen.
+    public var unsettled: [(sequence: UInt64, envelope: Envelope, attempts: Int)] = []
     public var recordsRead = 0
     public var segments = 0
     /// Each bad record or torn tail, with the file and offset.

@@ -17,6 +17,7 @@ extension Router {
     struct BatchItem: Sendable {
         var envelope: Envelope
         var promise: EventLoopPromise<TargetResult>
+        var attempts: Attempts
     }
 
     /// Gathers one batch at a time. `@unchecked Sendable`: every method runs on `loop`.
@@ -52,19 +53,27 @@ extension Router {
         }
     }
 
-    func deliverBatched(_ envelope: Envelope, route: RouteTable.Route, index: Int, loop: any EventLoop) -> EventLoopFuture<TargetResult> {
+    func deliverBatched(
+        _ envelope: Envelope,
+        route: RouteTable.Route,
+        index: Int,
+        attempts: Attempts,
+        loop: any EventLoop
+    ) -> EventLoopFuture<TargetResult> {
         let target = route.targets[index]
         let key = BatchKey(route: route.name, target: index, lane: envelope.lane, loop: ObjectIdentifier(loop))
         let batcher = batchers.withLockedValue { batchers in
             if let existing = batchers[key] { return existing }
             let created = Batcher(loop: loop, rule: target.batch!) { [self] batch in
-                sendBatch(batch, route: route, target: target, lane: envelope.lane, attempt: 1, parked: 0, loop: loop)
+                // A batch goes on from its most-tried message (recovered ones start above 1).
+                let first = batch.map(\.attempts.first).max() ?? 1
+                sendBatch(batch, route: route, target: target, lane: envelope.lane, attempt: first, parked: 0, loop: loop)
             }
             batchers[key] = created
             return created
         }
         let promise = loop.makePromise(of: TargetResult.self)
-        let item = BatchItem(envelope: envelope, promise: promise)
+        let item = BatchItem(envelope: envelope, promise: promise, attempts: attempts)
         if loop.inEventLoop { batcher.add(item) } else { loop.execute { batcher.add(item) } }
         return promise.futureResult
     }
@@ -166,7 +175,10 @@ extension Router {
                     failAll(live, reason, detail, attempts: attempt)
                     return
                 }
-                for _ in live { ledger.retried(route: route.name) }
+                for item in live {
+                    ledger.retried(route: route.name)
+                    item.attempts.retrying?(attempt + 1)
+                }
                 loop.scheduleTask(in: .nanoseconds(Int64(policy.backoff(afterAttempt: attempt) * 1e9))) {
                     self.sendBatch(live, route: route, target: target, lane: lane, attempt: attempt + 1, parked: parked, loop: loop)
                 }

@@ -59,10 +59,24 @@ public final class Router: Sendable {
 
     // MARK: - Delivery
 
+    /// Where a message's delivery attempts start, and who hears of each retry (the journal,
+    /// so that attempt numbers go on after a restart).
+    public struct Attempts: Sendable {
+        /// The number of the first attempt (above 1 for a message recovered after a restart).
+        public var first: Int
+        /// Called with the number of an attempt before it is scheduled (retries only).
+        public var retrying: (@Sendable (Int) -> Void)?
+
+        public init(first: Int = 1, retrying: (@Sendable (Int) -> Void)? = nil) {
+            self.first = first
+            self.retrying = retrying
+        }
+    }
+
     /// Delivers an accepted envelope to every target of its route and records the outcome
     /// in the ledger (the channel has already counted it as received and in flight).
     @discardableResult
-    public func route(_ envelope: Envelope, on loop: any EventLoop) -> EventLoopFuture<Outcome> {
+    public func route(_ envelope: Envelope, attempts: Attempts = Attempts(), on loop: any EventLoop) -> EventLoopFuture<Outcome> {
         guard let (route, captures) = table.match(envelope.topic) else {
             deadLetter(
                 envelope,
@@ -76,12 +90,12 @@ public final class Router: Sendable {
             return loop.makeSucceededFuture(.deadLettered(route: Router.unroutedLabel, reason: "unrouted"))
         }
         if route.targets.count == 1 {
-            return deliverToTarget(envelope, route: route, captures: captures, index: 0, loop: loop).map { result in
+            return deliverToTarget(envelope, route: route, captures: captures, index: 0, attempts: attempts, loop: loop).map { result in
                 self.outcome(of: [result], route: route)
             }
         }
         let deliveries = route.targets.indices.map { index in
-            deliverToTarget(envelope, route: route, captures: captures, index: index, loop: loop)
+            deliverToTarget(envelope, route: route, captures: captures, index: index, attempts: attempts, loop: loop)
         }
         return EventLoopFuture.whenAllSucceed(deliveries, on: loop).map { results in
             self.outcome(of: results, route: route)
@@ -105,12 +119,22 @@ public final class Router: Sendable {
         route: RouteTable.Route,
         captures: [String: String],
         index: Int,
+        attempts: Attempts,
         loop: any EventLoop
     ) -> EventLoopFuture<TargetResult> {
         if route.targets[index].batch != nil {
-            return deliverBatched(envelope, route: route, index: index, loop: loop)
+            return deliverBatched(envelope, route: route, index: index, attempts: attempts, loop: loop)
         }
-        return deliver(envelope, route: route, captures: captures, target: route.targets[index], attempt: 1, parked: 0, loop: loop)
+        return deliver(
+            envelope,
+            route: route,
+            captures: captures,
+            target: route.targets[index],
+            attempt: attempts.first,
+            retrying: attempts.retrying,
+            parked: 0,
+            loop: loop
+        )
     }
 
     struct Choice {
@@ -197,6 +221,7 @@ public final class Router: Sendable {
         captures: [String: String],
         target: SwitchyardConfiguration.TargetRule,
         attempt: Int,
+        retrying: (@Sendable (Int) -> Void)?,
         parked: Int,
         refused: Set<String> = [],
         loop: any EventLoop
@@ -233,6 +258,7 @@ public final class Router: Sendable {
                     captures: captures,
                     target: target,
                     attempt: attempt,
+                    retrying: retrying,
                     parked: parked + 1,
                     loop: loop
                 )
@@ -287,6 +313,7 @@ public final class Router: Sendable {
                             captures: captures,
                             target: target,
                             attempt: attempt,
+                            retrying: retrying,
                             parked: parked,
                             refused: nowRefused,
                             loop: loop
@@ -298,6 +325,7 @@ public final class Router: Sendable {
                     return fail(reason, detail, true)
                 }
                 self.ledger.retried(route: route.name)
+                retrying?(attempt + 1)
                 let delay = policy.backoff(afterAttempt: attempt)
                 self.logger.debug(
                     "retrying",
@@ -310,6 +338,7 @@ public final class Router: Sendable {
                         captures: captures,
                         target: target,
                         attempt: attempt + 1,
+                        retrying: retrying,
                         parked: parked,
                         loop: loop
                     )

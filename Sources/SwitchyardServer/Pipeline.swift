@@ -87,10 +87,18 @@ final class Pipeline: MessageSink {
 
     /// Hands an accepted (journaled) message to delivery, behind its device's earlier ones;
     /// settles it in the journal once its outcome is final.
-    func deliver(_ envelope: Envelope, sequence: UInt64?, router: Router) {
+    /// `priorAttempts`: attempts it may have had before (the journal's count after a restart,
+    /// the dead letter's on replay); attempt numbers go on from there.
+    func deliver(_ envelope: Envelope, sequence: UInt64?, router: Router, priorAttempts: Int = 0) {
         let journal = self.journal
-        dispatcher.dispatch(envelope) { envelope, loop in
-            router.route(envelope, on: loop).map { outcome in
+        var attempts = Router.Attempts(first: priorAttempts + 1)
+        if let journal, let sequence {
+            attempts.retrying = { journal.recordAttempt(sequence, attempt: $0) }
+            // A recovered or replayed message: a stop before its next retry must not reuse this number.
+            if priorAttempts > 0 { journal.recordAttempt(sequence, attempt: attempts.first) }
+        }
+        dispatcher.dispatch(envelope) { [attempts] envelope, loop in
+            router.route(envelope, attempts: attempts, on: loop).map { outcome in
                 // Cut off by shutdown: no outcome yet; the journal redelivers it at the next start.
                 if case .interrupted = outcome { return }
                 if let sequence { journal?.settle(sequence) }

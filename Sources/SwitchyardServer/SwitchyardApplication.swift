@@ -32,7 +32,7 @@ public final class SwitchyardApplication: Sendable {
     let adminToken: String
     let journal: Journal?
     /// Unsettled messages found on disk at start, redelivered when the node runs.
-    private let recovered: NIOLockedValueBox<[(sequence: UInt64, envelope: Envelope)]>
+    private let recovered: NIOLockedValueBox<[(sequence: UInt64, envelope: Envelope, attempts: Int)]>
     private let ready = NIOLockedValueBox(false)
     private let reloads = NIOLockedValueBox<(ok: Int, rejected: Int)>((0, 0))
     private let drainSeconds: Double
@@ -178,7 +178,7 @@ public final class SwitchyardApplication: Sendable {
             let envelope = fresh
             shared.ledger.receivedAndAccepted(channel: "replay")
             guard let journal else {
-                pipeline.deliver(envelope, sequence: nil, router: router)
+                pipeline.deliver(envelope, sequence: nil, router: router, priorAttempts: letter.attempts)
                 continue
             }
             let ledger = shared.ledger
@@ -186,7 +186,7 @@ public final class SwitchyardApplication: Sendable {
             let deadLetters = shared.deadLetters
             journal.append(envelope, on: group.next()).whenComplete { result in
                 switch result {
-                case .success(let sequence): pipeline.deliver(envelope, sequence: sequence, router: router)
+                case .success(let sequence): pipeline.deliver(envelope, sequence: sequence, router: router, priorAttempts: letter.attempts)
                 case .failure:
                     ledger.acceptedThenRejected(channel: "replay", reason: "journal_unavailable")
                     deadLetters.append(letter)  // back where it was: nothing is dropped silently
@@ -204,7 +204,8 @@ public final class SwitchyardApplication: Sendable {
         return count
     }
 
-    /// Messages the journal held at start go out again (same ids; the delivery attempt header restarts at 1).
+    /// Messages the journal held at start go out again (same ids; attempt numbers go on from
+    /// the journal's count, so a service never sees an attempt number twice).
     private func redeliverRecovered() {
         let messages = recovered.withLockedValue { list in
             defer { list = [] }
@@ -212,9 +213,9 @@ public final class SwitchyardApplication: Sendable {
         }
         let router = pipeline.snapshot.router
         if !messages.isEmpty { Counter(label: "switchyard_messages_redelivered_total").increment(by: messages.count) }
-        for (sequence, envelope) in messages {
+        for (sequence, envelope, attempts) in messages {
             shared.ledger.receivedAndAccepted(channel: envelope.channel)
-            pipeline.deliver(envelope, sequence: sequence, router: router)
+            pipeline.deliver(envelope, sequence: sequence, router: router, priorAttempts: attempts)
         }
     }
 

@@ -156,4 +156,29 @@ import Testing
         let (_, report) = try open(dir)
         #expect(report.unsettled.map(\.envelope.id) == ["m-100", "m-101"])
     }
+
+    @Test func attemptNumbersGoOnAfterARestart() async throws {
+        let dir = tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (journal, _) = try open(dir)
+        let a = try await journal.append(envelope(0), on: loop).get()
+        let b = try await journal.append(envelope(1), on: loop).get()
+        let c = try await journal.append(envelope(2), on: loop).get()
+        journal.recordAttempt(a, attempt: 2)
+        journal.recordAttempt(a, attempt: 4)
+        journal.recordAttempt(a, attempt: 3)  // out of order: the highest counts
+        journal.recordAttempt(c, attempt: 2)
+        journal.settle(c)
+        // An attempt record does not settle its message: its segment and bytes stay.
+        _ = try await journal.append(envelope(3), on: loop).get()
+        #expect(journal.unsettledCount == 3)
+        journal.close()
+        let (again, report) = try open(dir)
+        defer { again.close() }
+        let attempts = Dictionary(uniqueKeysWithValues: report.unsettled.map { ($0.sequence, $0.attempts) })
+        #expect(attempts[a] == 4)
+        #expect(attempts[b] == 1)  // never retried, but it may have been sent once
+        #expect(attempts[c] == nil)  // settled
+        #expect(report.problems.isEmpty)
+    }
 }

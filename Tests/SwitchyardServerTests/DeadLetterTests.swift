@@ -48,6 +48,7 @@ import Testing
         let got = await svc.waitFor(count: 10)
         let replayed = got.suffix(5)
         #expect(Set(replayed.compactMap { $0.header("x-switchyard-message-id") }) == Set((0..<5).map { "id-\($0)" }))
+        #expect(replayed.allSatisfy { $0.header("x-switchyard-delivery-attempt") == "2" })  // attempt 1 was refused
         await second.settle()
         #expect(try await total(second) == 0)
         await second.stop(keepingData: true)
@@ -56,6 +57,32 @@ import Testing
         let third = try await TestServer.start(Self.yaml(svc), dir: first.dir)
         #expect(try await total(third) == 0)
         await third.stop()
+        await svc.stop()
+    }
+
+    @Test func attemptNumbersGoOnAfterARestart() async throws {
+        let svc = try await TestHTTPService.start(status: 503)
+        let yaml = """
+            routes:
+              - name: r
+                match: "^devices/(?<device>[^/]+)/x$"
+                targets: [{service: s, path: "/in/{device}", retries: 20, backoff: {base: 20ms, max: 20ms}}]
+            services:
+              s: {instances: [{url: "\(svc.url)"}], circuit: {failures: 0}}
+            """
+        let first = try await TestServer.start(yaml)
+        #expect(try await first.post("devices/d1/x", body: "m").status == 202)
+        let failed = await svc.waitFor(count: 3)
+        await first.stop(keepingData: true)
+        let seen = failed.compactMap { Int($0.header("x-switchyard-delivery-attempt") ?? "") }
+        #expect(Array(seen.prefix(3)) == [1, 2, 3])
+
+        svc.setStatus(200)
+        let second = try await TestServer.start(yaml, dir: first.dir)
+        let all = await svc.waitFor(count: seen.count + 1)
+        let next = try #require(Int(all.last?.header("x-switchyard-delivery-attempt") ?? ""))
+        #expect(next > seen.max()!)  // never a number the service has seen for this message
+        await second.stop()
         await svc.stop()
     }
 
