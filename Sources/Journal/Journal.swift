@@ -35,6 +35,7 @@ public final class Journal: Sendable {
     private let commitTimer = Metrics.Timer(label: "switchyard_journal_commit_duration_seconds")
     private let fsyncCounter = Counter(label: "switchyard_journal_fsyncs_total")
     private let appendCounter = Counter(label: "switchyard_messages_journaled_total")
+    private let writeErrors = Counter(label: "switchyard_journal_write_errors_total")
     private let wakeup = ConditionVariable()
 
     struct Pending {
@@ -52,6 +53,7 @@ public final class Journal: Sendable {
         var queue: [Pending] = []
         var closing = false
         var closed = false
+        /// The last write error, while writes fail (cleared by the next successful write).
         var failure: String?
         /// Unsettled messages per segment (keyed by the segment's first sequence).
         var unsettledBySegment: [UInt64: Int] = [:]
@@ -188,7 +190,6 @@ public final class Journal: Sendable {
     ) {
         let (refused, wake): (String?, Bool) = state.withLockedValue { s in
             if s.closing { return ("the journal is closed", false) }
-            if let failure = s.failure { return (failure, false) }
             let seq: UInt64
             if let sequence {
                 seq = sequence
@@ -249,6 +250,8 @@ public final class Journal: Sendable {
     /// Messages appended and not settled.
     public var unsettledCount: Int { state.withLockedValue { $0.segmentOfSequence.count } }
     public var fsyncCount: UInt64 { state.withLockedValue { $0.fsyncs } }
+    /// The last write error while writes fail (disk full, I/O error); nil when writes succeed.
+    public var writeFailure: String? { state.withLockedValue { $0.failure } }
 
     // MARK: - Writer
 
@@ -269,10 +272,17 @@ public final class Journal: Sendable {
     private func writerLoop(fd initial: Int32, deadLetters: Int32) {
         var fd = initial
         var segmentSize = Int(lseek(fd, 0, SEEK_END))
+        var lettersSize = Int(lseek(deadLetters, 0, SEEK_END))
+        var mustRoll = false
+        var failures = 0
         while true {
             wakeup.wait(until: { self.state.withLockedValue { !$0.queue.isEmpty || $0.closing } })
-            // Linger (bounded) so that more records share this fsync.
-            if options.maxCommitLatencySeconds > 0 {
+            if failures > 0 {
+                // Failing (disk full, I/O error): wait before the next try instead of spinning.
+                let pause = min(1.0, 0.05 * Double(1 << min(failures - 1, 5)))
+                wakeup.wait(until: { self.state.withLockedValue { $0.closing } }, deadline: Date().addingTimeInterval(pause))
+            } else if options.maxCommitLatencySeconds > 0 {
+                // Linger (bounded) so that more records share this fsync.
                 let deadline = Date().addingTimeInterval(options.maxCommitLatencySeconds)
                 wakeup.wait(
                     until: { self.state.withLockedValue { $0.pendingBytes >= self.options.maxBatchBytes || $0.closing } },
@@ -287,60 +297,70 @@ public final class Journal: Sendable {
             if batch.isEmpty && closing { break }
             let commitStart = DispatchTime.now().uptimeNanoseconds
             var failure: String?
-            var buffer = ByteBuffer()
-            var letterBuffer = ByteBuffer()
-            var rolledTo: [(index: Int, first: UInt64)] = []
-            for (index, item) in batch.enumerated() {
-                if item.deadLetterFile {
-                    var bytes = item.bytes
-                    letterBuffer.writeBuffer(&bytes)
-                    continue
-                }
-                let isMessage = item.promise != nil
-                if isMessage, segmentSize + buffer.readableBytes + item.bytes.readableBytes > options.segmentBytes,
-                    segmentSize + buffer.readableBytes > 0
-                {
-                    // Roll: what is buffered goes to the old segment, this message opens the next.
-                    let size = buffer.readableBytes
-                    failure = failure ?? writeAll(fd, &buffer)
-                    segmentSize += size
+            // Segments roll between batches, at the first message of a batch (its sequence names the file).
+            if let first = batch.first(where: { $0.promise != nil }), mustRoll || segmentSize >= options.segmentBytes {
+                do {
+                    let next = try openSegment(first.sequence)
                     if options.sync { fdatasync(fd) }
                     Glibc.close(fd)
-                    do {
-                        fd = try openSegment(item.sequence)
-                        segmentSize = 0
-                        rolledTo.append((index, item.sequence))
-                    } catch {
-                        failure = failure ?? "\(error)"
+                    fd = next
+                    segmentSize = Int(lseek(fd, 0, SEEK_END))
+                    mustRoll = false
+                    state.withLockedValue { s in
+                        s.liveSegments.append(first.sequence)
+                        s.activeSegment = first.sequence
                     }
+                } catch {
+                    failure = "\(error)"
                 }
+            }
+            var buffer = ByteBuffer()
+            var letterBuffer = ByteBuffer()
+            for item in batch {
                 var bytes = item.bytes
-                buffer.writeBuffer(&bytes)
+                if item.deadLetterFile { letterBuffer.writeBuffer(&bytes) } else { buffer.writeBuffer(&bytes) }
             }
-            // Dead letters first: a message's settlement must never be durable before its dead letter.
-            if letterBuffer.readableBytes > 0 {
-                failure = failure ?? writeAll(deadLetters, &letterBuffer)
+            // Dead letters first: a message's settlement must never be durable before its dead
+            // letter, so nothing of the batch goes to the journal when they fail.
+            if failure == nil, letterBuffer.readableBytes > 0 {
+                let size = letterBuffer.readableBytes
+                failure = writeAll(deadLetters, &letterBuffer)
                 if failure == nil && options.sync && fdatasync(deadLetters) != 0 { failure = "fdatasync failed: errno \(errno)" }
+                if failure == nil {
+                    lettersSize += size
+                } else if ftruncate(deadLetters, off_t(lettersSize)) != 0 {
+                    logger.error("cannot cut a failed write off dead-letters.log", metadata: ["errno": "\(errno)"])
+                }
             }
-            if buffer.readableBytes > 0 {
+            if failure == nil, buffer.readableBytes > 0 {
                 let size = buffer.readableBytes
-                failure = failure ?? writeAll(fd, &buffer)
-                segmentSize += size
+                failure = writeAll(fd, &buffer)
+                if failure == nil && options.sync && fdatasync(fd) != 0 { failure = "fdatasync failed: errno \(errno)" }
+                if failure == nil {
+                    segmentSize += size
+                } else {
+                    // Cut the failed write off (if that fails too, recovery reports the torn tail)
+                    // and go on in a new segment: a file-size limit or a bad block stays behind.
+                    if ftruncate(fd, off_t(segmentSize)) != 0 {
+                        logger.error("cannot cut a failed write off the journal segment", metadata: ["errno": "\(errno)"])
+                    }
+                    mustRoll = segmentSize > 0
+                }
             }
-            if failure == nil && options.sync && fdatasync(fd) != 0 { failure = "fdatasync failed: errno \(errno)" }
+            // On failure the appends in the batch fail (their senders hear it and retry); the
+            // records that are not appends (settlements, attempts, dead letters) are written again
+            // with the next batch.
+            let retained = failure == nil ? [] : batch.filter { $0.promise == nil }
             let toDelete = state.withLockedValue { s -> [UInt64] in
                 s.fsyncs += 1
-                s.pendingBytes -= batch.reduce(0) { $0 + $1.bytes.readableBytes }
-                if let failure { s.failure = failure }
-                var segment = s.activeSegment
-                var rolls = rolledTo[...]
-                for (index, item) in batch.enumerated() where !item.deadLetterFile {
-                    if let roll = rolls.first, roll.index == index {
-                        segment = roll.first
-                        s.liveSegments.append(roll.first)
-                        s.activeSegment = roll.first
-                        rolls = rolls.dropFirst()
-                    }
+                s.pendingBytes -= batch.reduce(0) { $0 + $1.bytes.readableBytes } - retained.reduce(0) { $0 + $1.bytes.readableBytes }
+                s.failure = failure
+                if failure != nil {
+                    s.queue = retained + s.queue
+                    return []
+                }
+                let segment = s.activeSegment
+                for item in batch where !item.deadLetterFile {
                     if item.promise != nil {
                         s.segmentOfSequence[item.sequence] = segment
                         s.unsettledBySegment[segment, default: 0] += 1
@@ -363,10 +383,23 @@ public final class Journal: Sendable {
             }
             commitTimer.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds - commitStart))
             fsyncCounter.increment()
-            appendCounter.increment(by: batch.reduce(0) { $0 + ($1.promise != nil ? 1 : 0) })
             for segment in toDelete { unlink(Self.segmentPath(directory, segment)) }
             Self.complete(batch, failure: failure)
-            if failure != nil { logger.error("journal write failed; appends are refused", metadata: ["error": "\(failure!)"]) }
+            if let failure {
+                writeErrors.increment()
+                if failures == 0 {
+                    logger.error("journal write failed; appends fail (HTTP 503) until a write succeeds", metadata: ["error": "\(failure)"])
+                }
+                failures += 1
+                if closing {
+                    logger.error("journal closing while writes fail", metadata: ["records_not_written": "\(retained.count)"])
+                    break
+                }
+            } else {
+                appendCounter.increment(by: batch.reduce(0) { $0 + ($1.promise != nil ? 1 : 0) })
+                if failures > 0 { logger.notice("journal writes succeed again", metadata: ["failed_batches": "\(failures)"]) }
+                failures = 0
+            }
         }
         if options.sync {
             fdatasync(fd)

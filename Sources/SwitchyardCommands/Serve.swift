@@ -17,6 +17,9 @@ struct Serve: AsyncParsableCommand {
     var dataDir: String?
 
     func run() async throws {
+        // A file-size limit (ulimit -f) must make a journal write fail with EFBIG, which the
+        // journal survives, rather than kill the process.
+        signal(SIGXFSZ, SIG_IGN)
         let configuration: SwitchyardConfiguration
         if let config {
             do {

@@ -24,7 +24,11 @@ struct AdminResponder: HTTPResponder {
         case (.GET, "/healthz"):
             return .json(.ok, "{\"status\":\"ok\"}")
         case (.GET, "/readyz"):
-            return app.isReady ? .json(.ok, "{\"status\":\"ready\"}") : .error(.serviceUnavailable, "not_ready", "listeners are not bound yet")
+            guard app.isReady else { return .error(.serviceUnavailable, "not_ready", "listeners are not bound yet") }
+            if let failure = app.journalWriteFailure {
+                return .error(.serviceUnavailable, "journal_failing", "the journal cannot write (\(failure)); messages are refused")
+            }
+            return .json(.ok, "{\"status\":\"ready\"}")
         case (.GET, "/metrics"):
             if snapshot.configuration.telemetry.metricsRequireToken, let denied = authorize(request) { return denied }
             return .text(.ok, app.metricsText(), contentType: "text/plain; version=0.0.4; charset=utf-8")

@@ -139,6 +139,7 @@ public final class SwitchyardApplication: Sendable {
     public var adminAddress: EventLoopFuture<SocketAddress> { admin.boundAddress }
     public var token: String { adminToken }
     var isReady: Bool { ready.withLockedValue { $0 } }
+    var journalWriteFailure: String? { journal?.writeFailure }
 
     /// Runs until SIGTERM/SIGINT (when `handleSignals`) or until the task is cancelled.
     public func run(handleSignals: Bool = true) async throws {

@@ -1,0 +1,98 @@
+import Foundation
+import SwitchyardTesting
+import Testing
+
+/// The journal cannot write (here: a file-size limit, as `ulimit -f` sets it; a full disk
+/// behaves alike): the senders of the failed batch get 503 `journal_unavailable`, nothing
+/// acknowledged is lost, and appends work again without a restart.
+@Suite(.serialized) struct JournalFailureTests {
+    @Test func writeErrorsRefuseThenRecoverWithoutARestart() async throws {
+        #expect(FileManager.default.isExecutableFile(atPath: "/usr/bin/prlimit"), "prlimit (util-linux) is needed")
+        let svc = try await TestHTTPService.start()
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-fsize-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let httpPort = ProcessTests.freePort()
+        let adminPort = httpPort + 1
+        let configPath = "\(dir)/switchyard.yaml"
+        try """
+        listeners:
+          http: {host: 127.0.0.1, port: \(httpPort)}
+          admin: {host: 127.0.0.1, port: \(adminPort)}
+        routes:
+          - {name: r, match: "^devices/(?<device>[^/]+)$", targets: [{service: s, path: "/in/{device}"}]}
+        services:
+          s: {instances: [{url: "\(svc.url)"}]}
+        """.write(toFile: configPath, atomically: true, encoding: .utf8)
+
+        // No file of the process may grow past 64 KiB: every few dozen messages a write fails.
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/prlimit")
+        process.arguments = ["--fsize=65536", "--", ProcessTests.binary, "serve", "--config", configPath, "--data-dir", "\(dir)/data"]
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        defer { if process.isRunning { process.terminate() } }
+        var ready = false
+        for _ in 0..<200 where !ready {
+            ready = (try? await TestHTTPClient.request("GET", port: adminPort, path: "/readyz"))?.status == 200
+            if !ready { try await Task.sleep(nanoseconds: 25_000_000) }
+        }
+        try #require(ready)
+
+        let payload = String(repeating: "x", count: 1000)
+        var refused = 0
+        var refusal = ""
+        for i in 0..<200 {
+            // A device retries until it is acknowledged.
+            for _ in 0..<100 {
+                let r = try await TestHTTPClient.request(
+                    "POST",
+                    port: httpPort,
+                    path: "/v1/messages/devices/d\(i % 5)",
+                    headers: [("x-message-id", "m-\(i)")],
+                    body: payload
+                )
+                if r.status == 202 { break }
+                #expect(r.status == 503)
+                refused += 1
+                refusal = r.body
+                try await Task.sleep(nanoseconds: 20_000_000)
+            }
+        }
+        print("journal write failures: \(refused) refusals while 200 messages of 1 KB went through a 64 KiB file-size limit")
+        #expect(refused > 0)
+        #expect(refusal.contains("journal_unavailable"))
+        let received = await svc.waitFor(count: 200)
+        #expect(Set(received.compactMap { $0.header("x-switchyard-message-id") }) == Set((0..<200).map { "m-\($0)" }))
+
+        let metrics = try await TestHTTPClient.request("GET", port: adminPort, path: "/metrics").body
+        #expect(metrics.contains("switchyard_journal_write_errors_total"))
+        #expect(metrics.contains(#"switchyard_messages_rejected_total{channel="http",reason="journal_unavailable"}"#))
+        #expect(try await TestHTTPClient.request("GET", port: adminPort, path: "/readyz").status == 200)  // recovered
+        process.terminate()
+        process.waitUntilExit()
+        #expect(process.terminationReason == .exit)
+
+        // Nothing left to redeliver and nothing torn: every acknowledged message was settled.
+        let again = Process()
+        again.executableURL = URL(fileURLWithPath: ProcessTests.binary)
+        again.arguments = ["serve", "--config", configPath, "--data-dir", "\(dir)/data"]
+        let log = Pipe()
+        again.standardError = log
+        again.standardOutput = log
+        try again.run()
+        defer { if again.isRunning { again.terminate() } }
+        ready = false
+        for _ in 0..<200 where !ready {
+            ready = (try? await TestHTTPClient.request("GET", port: adminPort, path: "/readyz"))?.status == 200
+            if !ready { try await Task.sleep(nanoseconds: 25_000_000) }
+        }
+        try #require(ready)
+        again.terminate()
+        again.waitUntilExit()
+        let output = String(decoding: log.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(output.contains("journal recovered"))
+        #expect(output.contains("redeliver=0"))
+        await svc.stop()
+    }
+}
