@@ -121,7 +121,7 @@ public final class Journal: Sendable {
             }
         }
         report.unsettled = unsettled.sorted { $0.key < $1.key }.map { ($0.key, $0.value, max(1, attempts[$0.key] ?? 0)) }
-        let (letters, letterProblems) = try recoverDeadLetters(directory: directory, maxRecord: options.maxRecordBytes)
+        let (letters, letterIndex, letterProblems) = try recoverDeadLetters(directory: directory, maxRecord: options.maxRecordBytes)
         report.deadLetters = letters
         report.problems += letterProblems
         for problem in report.problems { logger.warning("journal recovery", metadata: ["problem": "\(problem)"]) }
@@ -143,7 +143,7 @@ public final class Journal: Sendable {
         initial.bytesOfSequence = bytesOfSequence
         initial.unsettledBytes = bytesOfSequence.values.reduce(0, +)
         let journal = Journal(directory: directory, options: options, logger: logger, state: initial)
-        try journal.startWriter()
+        try journal.startWriter(letterIndex: letterIndex)
         return (journal, report)
     }
 
@@ -255,12 +255,18 @@ public final class Journal: Sendable {
 
     // MARK: - Writer
 
-    private func startWriter() throws {
+    private func startWriter(letterIndex: LetterIndex) throws {
         let fd = try openSegment(state.withLockedValue { $0.activeSegment })
-        let letters = Glibc.open("\(directory)/\(Self.deadLetterFile)", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
-        guard letters >= 0 else { throw JournalError("cannot open \(directory)/\(Self.deadLetterFile): errno \(errno)") }
-        let thread = WriterThread { [self] in self.writerLoop(fd: fd, deadLetters: letters) }
+        let letters = try openDeadLetterFile()
+        let thread = WriterThread { [self] in self.writerLoop(fd: fd, deadLetters: letters, letterIndex: letterIndex) }
         thread.start()
+    }
+
+    /// Read-write: compaction reads the live entries back.
+    private func openDeadLetterFile() throws -> Int32 {
+        let fd = Glibc.open("\(directory)/\(Self.deadLetterFile)", O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw JournalError("cannot open \(directory)/\(Self.deadLetterFile): errno \(errno)") }
+        return fd
     }
 
     private func openSegment(_ first: UInt64) throws -> Int32 {
@@ -269,8 +275,10 @@ public final class Journal: Sendable {
         return fd
     }
 
-    private func writerLoop(fd initial: Int32, deadLetters: Int32) {
+    private func writerLoop(fd initial: Int32, deadLetters initialLetters: Int32, letterIndex initialIndex: LetterIndex) {
         var fd = initial
+        var deadLetters = initialLetters
+        var letterIndex = initialIndex
         var segmentSize = Int(lseek(fd, 0, SEEK_END))
         var lettersSize = Int(lseek(deadLetters, 0, SEEK_END))
         var mustRoll = false
@@ -327,6 +335,7 @@ public final class Journal: Sendable {
                 failure = writeAll(deadLetters, &letterBuffer)
                 if failure == nil && options.sync && fdatasync(deadLetters) != 0 { failure = "fdatasync failed: errno \(errno)" }
                 if failure == nil {
+                    letterIndex.wrote(batch.filter(\.deadLetterFile), at: lettersSize)
                     lettersSize += size
                 } else if ftruncate(deadLetters, off_t(lettersSize)) != 0 {
                     logger.error("cannot cut a failed write off dead-letters.log", metadata: ["errno": "\(errno)"])
@@ -384,6 +393,9 @@ public final class Journal: Sendable {
             commitTimer.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds - commitStart))
             fsyncCounter.increment()
             for segment in toDelete { unlink(Self.segmentPath(directory, segment)) }
+            if failure == nil, letterIndex.deadBytes >= options.deadLetterCompactionBytes, letterIndex.deadBytes > letterIndex.liveBytes {
+                compactDeadLetters(&deadLetters, index: &letterIndex, size: &lettersSize)
+            }
             Self.complete(batch, failure: failure)
             if let failure {
                 writeErrors.increment()
@@ -453,9 +465,9 @@ public final class Journal: Sendable {
     // MARK: - Dead letters
 
     /// Reads `dead-letters.log` back and rewrites it with only the live entries (compaction).
-    static func recoverDeadLetters(directory: String, maxRecord: Int) throws -> ([DeadLetter], [String]) {
+    static func recoverDeadLetters(directory: String, maxRecord: Int) throws -> ([DeadLetter], LetterIndex, [String]) {
         let path = "\(directory)/\(deadLetterFile)"
-        guard access(path, F_OK) == 0 else { return ([], []) }
+        guard access(path, F_OK) == 0 else { return ([], LetterIndex(), []) }
         let scan = try Recovery.scan(path: path, isLast: true, maxRecord: maxRecord)
         var problems = scan.problems
         var live: [UInt64: DeadLetter] = [:]
@@ -477,8 +489,11 @@ public final class Journal: Sendable {
         }
         let letters = live.values.sorted { $0.key < $1.key }
         var compacted = ByteBuffer()
+        var index = LetterIndex()
         for letter in letters {
             var frame = Journal.frame(kind: .deadLetter, sequence: letter.key) { DeadLetterCodec.encode(letter, into: &$0) }
+            index.live[letter.key] = (compacted.writerIndex, frame.readableBytes)
+            index.liveBytes += frame.readableBytes
             compacted.writeBuffer(&frame)
         }
         let tmp = path + ".tmp"
@@ -495,7 +510,7 @@ public final class Journal: Sendable {
         fsync(fd)
         Glibc.close(fd)
         guard rename(tmp, path) == 0 else { throw JournalError("cannot replace \(path): errno \(errno)") }
-        return (letters, problems)
+        return (letters, index, problems)
     }
 
     // MARK: - Files
@@ -527,6 +542,86 @@ public final class Journal: Sendable {
             if mkdir(current, 0o700) != 0 && errno != EEXIST { return false }
         }
         return true
+    }
+}
+
+/// Where each live dead letter sits in `dead-letters.log`, and how many bytes are dead.
+struct LetterIndex: Sendable {
+    var live: [UInt64: (offset: Int, length: Int)] = [:]
+    var liveBytes = 0
+    var deadBytes = 0
+
+    /// Accounts for frames just appended at `offset`, in order.
+    mutating func wrote(_ items: [Journal.Pending], at offset: Int) {
+        var at = offset
+        for item in items {
+            let length = item.bytes.readableBytes
+            let kind = item.bytes.getInteger(at: item.bytes.readerIndex + 8, as: UInt8.self)
+            if let old = live.removeValue(forKey: item.sequence) {
+                liveBytes -= old.length
+                deadBytes += old.length
+            }
+            if kind == Journal.Kind.deadLetter.rawValue {
+                live[item.sequence] = (at, length)
+                liveBytes += length
+            } else {
+                deadBytes += length  // a removal record is dead once written
+            }
+            at += length
+        }
+    }
+}
+
+extension Journal {
+    /// Rewrites `dead-letters.log` with its live entries only (read back from the file), then
+    /// swaps it in. On any error the old file stays as it is.
+    func compactDeadLetters(_ fd: inout Int32, index: inout LetterIndex, size: inout Int) {
+        let path = "\(directory)/\(Self.deadLetterFile)"
+        let tmp = path + ".tmp"
+        var out = ByteBuffer()
+        var fresh = LetterIndex()
+        for (key, place) in index.live.sorted(by: { $0.value.offset < $1.value.offset }) {
+            var bytes = [UInt8](repeating: 0, count: place.length)
+            let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, place.length, off_t(place.offset)) }
+            guard n == place.length else {
+                logger.error("dead-letter compaction skipped: cannot read the file back", metadata: ["errno": "\(errno)"])
+                return
+            }
+            fresh.live[key] = (out.writerIndex, place.length)
+            fresh.liveBytes += place.length
+            out.writeBytes(bytes)
+        }
+        // Opened as the dead-letter file will be used: after the rename it simply is that file.
+        let tmpFD = Glibc.open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o600)
+        guard tmpFD >= 0 else {
+            logger.error("dead-letter compaction skipped", metadata: ["error": "cannot create \(tmp): errno \(errno)"])
+            return
+        }
+        let newSize = out.readableBytes
+        let failure = writeAll(tmpFD, &out) ?? (fsync(tmpFD) != 0 ? "fsync failed: errno \(errno)" : nil)
+        if let failure {
+            Glibc.close(tmpFD)
+            unlink(tmp)
+            logger.error("dead-letter compaction skipped", metadata: ["error": "\(failure)"])
+            return
+        }
+        guard rename(tmp, path) == 0 else {
+            Glibc.close(tmpFD)
+            unlink(tmp)
+            logger.error("dead-letter compaction skipped", metadata: ["error": "cannot replace \(path): errno \(errno)"])
+            return
+        }
+        let dirFD = Glibc.open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if dirFD >= 0 {
+            fsync(dirFD)  // the rename itself is durable
+            Glibc.close(dirFD)
+        }
+        let reclaimed = size - newSize
+        Glibc.close(fd)
+        fd = tmpFD
+        index = fresh
+        size = newSize
+        logger.info("dead letters compacted", metadata: ["live": "\(fresh.live.count)", "reclaimed_bytes": "\(reclaimed)"])
     }
 }
 

@@ -12,6 +12,9 @@ public struct JournalOptions: Sendable {
     public var sync = true
     /// Largest record accepted (a bigger length read back is corruption).
     public var maxRecordBytes = 16 << 20
+    /// `dead-letters.log` is rewritten with only its live entries once this many bytes of it
+    /// are dead (replayed or purged entries) and they outweigh the live ones.
+    public var deadLetterCompactionBytes = 4 << 20
 
     public init() {}
 }

@@ -181,4 +181,39 @@ import Testing
         #expect(attempts[c] == nil)  // settled
         #expect(report.problems.isEmpty)
     }
+
+    @Test func deadLettersAreCompactedWhileRunning() async throws {
+        let dir = tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var options = JournalOptions()
+        options.deadLetterCompactionBytes = 16 << 10
+        let (journal, _) = try Journal.open(directory: dir, options: options, logger: Logger(label: "test"))
+        let file = "\(dir)/\(Journal.deadLetterFile)"
+        func size() -> Int { ((try? FileManager.default.attributesOfItem(atPath: file))?[.size] as? Int) ?? -1 }
+        func letter(_ key: UInt64) -> DeadLetter {
+            var e = envelope(Int(key))
+            e.payload = ByteBuffer(string: String(repeating: "p", count: 1000))
+            return DeadLetter(key: key, id: "m-\(key)", route: "r", service: "s", reason: "expired", attempts: 2, lastError: "e", at: 1, envelope: e)
+        }
+        for key in 1...100 { journal.added(letter(UInt64(key))) }
+        _ = try await journal.append(envelope(0), on: loop).get()  // the letters are written by now
+        let full = size()
+        #expect(full > 100_000)
+        journal.removed(keys: (1...90).map(UInt64.init))  // 90 KB dead, 10 KB live: compacted
+        _ = try await journal.append(envelope(1), on: loop).get()
+        let compacted = size()
+        #expect(compacted < full / 5)
+        // Appends after the compaction land in the new file.
+        journal.added(letter(200))
+        journal.removed(keys: [91])
+        _ = try await journal.append(envelope(2), on: loop).get()
+        #expect(size() > compacted)
+        #expect(!FileManager.default.fileExists(atPath: file + ".tmp"))
+        journal.close()
+        let (again, report) = try Journal.open(directory: dir, options: options, logger: Logger(label: "test"))
+        defer { again.close() }
+        #expect(report.deadLetters.map(\.key) == Array(92...100).map(UInt64.init) + [200])
+        #expect(report.deadLetters.first?.envelope.payload.readableBytes == 1000)
+        #expect(report.problems.isEmpty)
+    }
 }
