@@ -33,22 +33,12 @@ enum HTTP1RequestEncoder {
         return nil
     }
 
-    static func isToken(_ s: String) -> Bool {
-        guard !s.isEmpty else { return false }
-        for b in s.utf8 where !tokenBytes[Int(b)] { return false }
-        return true
-    }
+    static func isToken(_ s: String) -> Bool { HTTPToken.isToken(s) }
 
     static func isSafe(_ s: String, allowSpace: Bool) -> Bool {
         for b in s.utf8 {
             if b == 0x7F || (b <= 0x20 && !(allowSpace && (b == 0x20 || b == 0x09))) { return false }
         }
         return true
-    }
-
-    /// RFC 9110 `tchar`.
-    static let tokenBytes: [Bool] = (0..<256).map { i in
-        let b = UInt8(i)
-        return (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || "!#$%&'*+-.^_`|~".utf8.contains(b)
     }
 }

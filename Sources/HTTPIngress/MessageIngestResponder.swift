@@ -12,10 +12,13 @@ public struct MessageIngestResponder: HTTPResponder {
         public var productHeader = "x-product-key"
         public var messageIDHeader = "x-message-id"
         public var channelName = "http"
+        /// Most messages one `POST /v1/batch` may carry.
+        public var maxBatchItems = 1000
         public init() {}
     }
 
     public static let pathPrefix = "/v1/messages/"
+    public static let batchPath = "/v1/batch"
 
     let sink: any MessageSink
     let options: Options
@@ -29,6 +32,7 @@ public struct MessageIngestResponder: HTTPResponder {
     }
 
     public func respond(to request: IncomingRequest, on loop: any EventLoop) -> EventLoopFuture<OutgoingResponse> {
+        if request.path == Self.batchPath { return respondToBatch(request, on: loop) }
         switch makeEnvelope(request) {
         case .failure(let bad):
             onMalformed(bad.code)
@@ -43,16 +47,18 @@ public struct MessageIngestResponder: HTTPResponder {
                     return .json(.accepted, "{\"id\":\(JSONText.quote(id)),\"status\":\"duplicate\"}")
                 case .rejected(let r):
                     var headers = HTTPHeaders()
-                    if let wait = r.retryAfterSeconds {
-                        headers.add(name: "retry-after", value: String(max(1, Int(wait.rounded(.up)))))
-                    }
-                    let body =
-                        "{\"error\":\(JSONText.quote(r.reason)),\"filter\":\(JSONText.quote(r.filter)),"
-                        + "\"message\":\(JSONText.quote(r.message)),\"id\":\(JSONText.quote(id))}"
-                    return .json(HTTPResponseStatus(statusCode: r.status), body, headers: headers)
+                    if let wait = r.retryAfterSeconds { headers.add(name: "retry-after", value: Self.retryAfter(wait)) }
+                    return .json(HTTPResponseStatus(statusCode: r.status), Self.rejectionJSON(r, id: id), headers: headers)
                 }
             }
         }
+    }
+
+    static func retryAfter(_ seconds: Double) -> String { String(max(1, Int(seconds.rounded(.up)))) }
+
+    static func rejectionJSON(_ r: Rejection, id: String) -> String {
+        "{\"error\":\(JSONText.quote(r.reason)),\"filter\":\(JSONText.quote(r.filter)),"
+            + "\"message\":\(JSONText.quote(r.message)),\"id\":\(JSONText.quote(id))}"
     }
 
     struct BadRequest: Error {
@@ -103,16 +109,10 @@ public struct MessageIngestResponder: HTTPResponder {
         headers.reserveCapacity(request.headers.count)
         for (name, value) in request.headers {
             let lower = name.utf8.contains(where: { $0 >= 0x41 && $0 <= 0x5A }) ? name.lowercased() : name
-            // Switchyard's own headers are assigned here, never taken from the sender.
-            if lower.hasPrefix("x-switchyard-") || lower == "host" || lower == "content-length" || lower == "connection" {
-                continue
-            }
+            if Self.isReserved(lower) { continue }
             headers.append(HeaderField(lower, value))
         }
-        let baggage = request.headers.first(name: "baggage")
-        let trace =
-            TraceContext(traceparent: request.headers.first(name: "traceparent"), baggage: baggage)
-            ?? .generate(baggage: baggage)
+        let trace = Self.trace(request.headers.first(name: "traceparent"), baggage: request.headers.first(name: "baggage"))
         let now = WallClock.nowNanos()
         let senderID = identity[options.messageIDHeader]
         return .success(
@@ -130,6 +130,16 @@ public struct MessageIngestResponder: HTTPResponder {
                 idFromSender: senderID != nil
             )
         )
+    }
+
+    /// Switchyard's own headers are assigned here, never taken from the sender; hop-by-hop ones do not travel.
+    static func isReserved(_ lowercasedName: String) -> Bool {
+        lowercasedName.hasPrefix("x-switchyard-") || lowercasedName == "host" || lowercasedName == "content-length"
+            || lowercasedName == "connection"
+    }
+
+    static func trace(_ traceparent: String?, baggage: String?) -> TraceContext {
+        TraceContext(traceparent: traceparent, baggage: baggage) ?? .generate(baggage: baggage)
     }
 
     /// NIO decodes header bytes leniently (invalid UTF-8 becomes U+FFFD); refuse those and control characters.

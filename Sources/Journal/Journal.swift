@@ -43,8 +43,12 @@ public final class Journal: Sendable {
         var deadLetterFile = false
         /// A settlement record (it releases its message's bytes and segment once written).
         var settles = false
+        /// A message (an append): counted as unsettled once written, failed when the write fails.
+        var isMessage = false
         var sequence: UInt64
         var bytes: ByteBuffer
+        /// Completed with the record's sequence once it is on disk (for a group of appends,
+        /// only the last record carries one).
         var promise: EventLoopPromise<UInt64>?
     }
 
@@ -163,51 +167,69 @@ public final class Journal: Sendable {
             EnvelopeCodec.encode(envelope, into: &$0)
         }
         let promise = loop.makePromise(of: UInt64.self)
-        enqueue(frame, promise: promise, sequence: nil)
+        enqueue([frame], promise: promise)
         return promise.futureResult
+    }
+
+    /// Appends messages as one group: consecutive sequences, one commit, one completion.
+    public func append(contentsOf envelopes: [Envelope], on loop: any EventLoop) -> EventLoopFuture<[UInt64]> {
+        guard !envelopes.isEmpty else { return loop.makeSucceededFuture([]) }
+        let frames = envelopes.map { envelope in
+            Self.frame(kind: .message, sequence: 0, checksum: false, capacity: 128 + envelope.payload.readableBytes) {
+                EnvelopeCodec.encode(envelope, into: &$0)
+            }
+        }
+        let promise = loop.makePromise(of: UInt64.self)
+        enqueue(frames, promise: promise)
+        let count = UInt64(envelopes.count)
+        return promise.futureResult.map { last in Array((last - count + 1)...last) }
     }
 
     /// Records that a message reached its final outcome; its segment can go once all its messages have.
     public func settle(_ sequence: UInt64) {
-        enqueue(Self.frame(kind: .settled, sequence: sequence), promise: nil, sequence: sequence, settles: true)
+        enqueue(Self.frame(kind: .settled, sequence: sequence), sequence: sequence, settles: true)
     }
 
     /// Records that delivery attempt `attempt` of a message is about to go out, so that after a
     /// restart its attempts go on from there (not awaited: at worst a number is skipped).
     public func recordAttempt(_ sequence: UInt64, attempt: Int) {
         let frame = Self.frame(kind: .attempted, sequence: sequence) { $0.writeInteger(UInt32(clamping: attempt)) }
-        enqueue(frame, promise: nil, sequence: sequence)
+        enqueue(frame, sequence: sequence)
     }
 
-    /// Queues a frame built outside the lock. Without a `sequence`, one is assigned under the
-    /// lock and written into the frame with its checksum.
-    private func enqueue(
-        _ frame: ByteBuffer,
-        promise: EventLoopPromise<UInt64>?,
-        sequence: UInt64?,
-        deadLetterFile: Bool = false,
-        settles: Bool = false
-    ) {
+    /// Queues message frames built outside the lock: sequences are assigned under it (and
+    /// written into each frame with its checksum); `promise` goes with the last one.
+    private func enqueue(_ frames: [ByteBuffer], promise: EventLoopPromise<UInt64>) {
         let (refused, wake): (String?, Bool) = state.withLockedValue { s in
             if s.closing { return ("the journal is closed", false) }
-            let seq: UInt64
-            if let sequence {
-                seq = sequence
-            } else {
-                seq = s.nextSequence
+            for (i, frame) in frames.enumerated() {
+                let seq = s.nextSequence
                 s.nextSequence += 1
+                var frame = frame
+                Self.setSequence(seq, in: &frame)
+                s.pendingBytes += frame.readableBytes
+                s.queue.append(Pending(isMessage: true, sequence: seq, bytes: frame, promise: i == frames.count - 1 ? promise : nil))
             }
-            var frame = frame
-            if sequence == nil { Self.setSequence(seq, in: &frame) }
-            s.pendingBytes += frame.readableBytes
-            s.queue.append(Pending(deadLetterFile: deadLetterFile, settles: settles, sequence: seq, bytes: frame, promise: promise))
-            // Wake the writer only for the first record of a batch or a full batch: a wake-up per
+            // Wake the writer only for the first records of a batch or a full batch: a wake-up per
             // record would cost a context switch per message while it lingers.
-            return (nil, s.queue.count == 1 || s.pendingBytes >= options.maxBatchBytes)
+            return (nil, s.queue.count == frames.count || s.pendingBytes >= options.maxBatchBytes)
         }
         if let refused {
-            promise?.fail(JournalError(refused))
+            promise.fail(JournalError(refused))
             return
+        }
+        if wake { wakeup.signal() }
+    }
+
+    /// Queues a record that is not a message (its sequence is the message's or dead letter's).
+    /// Dropped once the journal is closing: the message is then redelivered, or the dead letter
+    /// change not made, after the next start.
+    private func enqueue(_ frame: ByteBuffer, sequence: UInt64, deadLetterFile: Bool = false, settles: Bool = false) {
+        let wake: Bool = state.withLockedValue { s in
+            if s.closing { return false }
+            s.pendingBytes += frame.readableBytes
+            s.queue.append(Pending(deadLetterFile: deadLetterFile, settles: settles, sequence: sequence, bytes: frame, promise: nil))
+            return s.queue.count == 1 || s.pendingBytes >= options.maxBatchBytes
         }
         if wake { wakeup.signal() }
     }
@@ -306,7 +328,7 @@ public final class Journal: Sendable {
             let commitStart = DispatchTime.now().uptimeNanoseconds
             var failure: String?
             // Segments roll between batches, at the first message of a batch (its sequence names the file).
-            if let first = batch.first(where: { $0.promise != nil }), mustRoll || segmentSize >= options.segmentBytes {
+            if let first = batch.first(where: \.isMessage), mustRoll || segmentSize >= options.segmentBytes {
                 do {
                     let next = try openSegment(first.sequence)
                     if options.sync { fdatasync(fd) }
@@ -359,7 +381,7 @@ public final class Journal: Sendable {
             // On failure the appends in the batch fail (their senders hear it and retry); the
             // records that are not appends (settlements, attempts, dead letters) are written again
             // with the next batch.
-            let retained = failure == nil ? [] : batch.filter { $0.promise == nil }
+            let retained = failure == nil ? [] : batch.filter { !$0.isMessage }
             let toDelete = state.withLockedValue { s -> [UInt64] in
                 s.fsyncs += 1
                 s.pendingBytes -= batch.reduce(0) { $0 + $1.bytes.readableBytes } - retained.reduce(0) { $0 + $1.bytes.readableBytes }
@@ -370,7 +392,7 @@ public final class Journal: Sendable {
                 }
                 let segment = s.activeSegment
                 for item in batch where !item.deadLetterFile {
-                    if item.promise != nil {
+                    if item.isMessage {
                         s.segmentOfSequence[item.sequence] = segment
                         s.unsettledBySegment[segment, default: 0] += 1
                         s.bytesOfSequence[item.sequence] = item.bytes.readableBytes
@@ -408,7 +430,7 @@ public final class Journal: Sendable {
                     break
                 }
             } else {
-                appendCounter.increment(by: batch.reduce(0) { $0 + ($1.promise != nil ? 1 : 0) })
+                appendCounter.increment(by: batch.reduce(0) { $0 + ($1.isMessage ? 1 : 0) })
                 if failures > 0 { logger.notice("journal writes succeed again", metadata: ["failed_batches": "\(failures)"]) }
                 failures = 0
             }
@@ -629,11 +651,11 @@ extension Journal: DeadLetterPersistence {
     /// Written by the writer thread with the next batch, fsynced before that batch's journal records.
     public func added(_ letter: DeadLetter) {
         let frame = Self.frame(kind: .deadLetter, sequence: letter.key) { DeadLetterCodec.encode(letter, into: &$0) }
-        enqueue(frame, promise: nil, sequence: letter.key, deadLetterFile: true)
+        enqueue(frame, sequence: letter.key, deadLetterFile: true)
     }
 
     public func removed(keys: [UInt64]) {
-        for key in keys { enqueue(Self.frame(kind: .deadLetterRemoved, sequence: key), promise: nil, sequence: key, deadLetterFile: true) }
+        for key in keys { enqueue(Self.frame(kind: .deadLetterRemoved, sequence: key), sequence: key, deadLetterFile: true) }
     }
 }
 

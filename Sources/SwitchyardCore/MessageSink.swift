@@ -35,4 +35,14 @@ public enum SubmitResult: Sendable, Equatable {
 /// router) and by an in-memory sink in `SwitchyardTesting`.
 public protocol MessageSink: Sendable {
     func submit(_ envelope: Envelope, on loop: any EventLoop) -> EventLoopFuture<SubmitResult>
+    /// Several envelopes from one request: one result per envelope, in order. Accepted ones
+    /// are acknowledged together (one journal commit).
+    func submit(batch: [Envelope], on loop: any EventLoop) -> EventLoopFuture<[SubmitResult]>
+}
+
+extension MessageSink {
+    /// One by one, for sinks with nothing to gain from a group.
+    public func submit(batch: [Envelope], on loop: any EventLoop) -> EventLoopFuture<[SubmitResult]> {
+        EventLoopFuture.whenAllSucceed(batch.map { submit($0, on: loop) }, on: loop)
+    }
 }

@@ -51,6 +51,8 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
         public var deviceHeader = "x-device-id"
         public var productHeader = "x-product-key"
         public var messageIDHeader = "x-message-id"
+        /// Most messages one `POST /v1/batch` may carry.
+        public var maxBatchItems = 1000
         public init() {}
     }
 

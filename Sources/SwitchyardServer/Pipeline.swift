@@ -32,57 +32,112 @@ final class Pipeline: MessageSink {
     func submit(_ envelope: Envelope, on loop: any EventLoop) -> EventLoopFuture<SubmitResult> {
         let snapshot = self.snapshot
         var envelope = envelope
-        if let rejection = Pipeline.identify(&envelope, controller: snapshot.controller) {
+        if let refused = admit(&envelope, snapshot: snapshot) { return loop.makeSucceededFuture(refused) }
+        let router = snapshot.router
+        guard let journal else {
+            ledger.receivedAndAccepted(channel: envelope.channel)
+            deliver(envelope, sequence: nil, router: router)
+            return loop.makeSucceededFuture(.accepted)
+        }
+        if let rejection = backpressure(journal) {
             ledger.receivedAndRejected(channel: envelope.channel, reason: rejection.reason)
             return loop.makeSucceededFuture(.rejected(rejection))
+        }
+        ledger.receivedAndAccepted(channel: envelope.channel)
+        let accepted = envelope
+        return journal.append(envelope, on: loop).map { sequence in
+            self.deliver(accepted, sequence: sequence, router: router)
+            return SubmitResult.accepted
+        }.recover { error in
+            self.ledger.acceptedThenRejected(channel: accepted.channel, reason: "journal_unavailable")
+            return .rejected(Pipeline.journalUnavailable(error))
+        }
+    }
+
+    /// Each envelope is admitted on its own; the accepted ones are journaled as one group and
+    /// acknowledged together (or, when the journal cannot take them, refused together).
+    func submit(batch: [Envelope], on loop: any EventLoop) -> EventLoopFuture<[SubmitResult]> {
+        let snapshot = self.snapshot
+        var results = [SubmitResult](repeating: .accepted, count: batch.count)
+        var accepted: [(index: Int, envelope: Envelope)] = []
+        accepted.reserveCapacity(batch.count)
+        for (index, original) in batch.enumerated() {
+            var envelope = original
+            if let refused = admit(&envelope, snapshot: snapshot) {
+                results[index] = refused
+            } else {
+                accepted.append((index, envelope))
+            }
+        }
+        let router = snapshot.router
+        guard let journal, !accepted.isEmpty else {
+            for (_, envelope) in accepted {
+                ledger.receivedAndAccepted(channel: envelope.channel)
+                deliver(envelope, sequence: nil, router: router)
+            }
+            return loop.makeSucceededFuture(results)
+        }
+        if let rejection = backpressure(journal) {
+            for (index, envelope) in accepted {
+                ledger.receivedAndRejected(channel: envelope.channel, reason: rejection.reason)
+                results[index] = .rejected(rejection)
+            }
+            return loop.makeSucceededFuture(results)
+        }
+        for (_, envelope) in accepted { ledger.receivedAndAccepted(channel: envelope.channel) }
+        let taken = accepted
+        let admitted = results
+        return journal.append(contentsOf: taken.map(\.envelope), on: loop).map { sequences in
+            for (item, sequence) in zip(taken, sequences) { self.deliver(item.envelope, sequence: sequence, router: router) }
+            return admitted
+        }.recover { error in
+            var results = admitted
+            for (index, envelope) in taken {
+                self.ledger.acceptedThenRejected(channel: envelope.channel, reason: "journal_unavailable")
+                results[index] = .rejected(Pipeline.journalUnavailable(error))
+            }
+            return results
+        }
+    }
+
+    /// Identity, filters, tags and lane; the answer when the message goes no further (counted).
+    private func admit(_ envelope: inout Envelope, snapshot: PipelineSnapshot) -> SubmitResult? {
+        if let rejection = Pipeline.identify(&envelope, controller: snapshot.controller) {
+            ledger.receivedAndRejected(channel: envelope.channel, reason: rejection.reason)
+            return .rejected(rejection)
         }
         switch snapshot.controller.admit(&envelope) {
         case .rejected(let rejection):
             ledger.receivedAndRejected(channel: envelope.channel, reason: rejection.reason)
-            return loop.makeSucceededFuture(.rejected(rejection))
+            return .rejected(rejection)
         case .duplicate:
             ledger.receivedAndRejected(channel: envelope.channel, reason: "duplicate")
-            return loop.makeSucceededFuture(.duplicate)
+            return .duplicate
         case .accepted:
-            let router = snapshot.router
-            guard let journal else {
-                ledger.receivedAndAccepted(channel: envelope.channel)
-                deliver(envelope, sequence: nil, router: router)
-                return loop.makeSucceededFuture(.accepted)
-            }
-            let backlog = journal.backlogBytes
-            if backlog > maxBacklogBytes {
-                ledger.receivedAndRejected(channel: envelope.channel, reason: "backpressure")
-                return loop.makeSucceededFuture(
-                    .rejected(
-                        Rejection(
-                            filter: "journal",
-                            reason: "backpressure",
-                            status: 503,
-                            message: "\(backlog) bytes wait for delivery (journal.max_bytes \(maxBacklogBytes)); retry later",
-                            retryAfterSeconds: 1
-                        )
-                    )
-                )
-            }
-            ledger.receivedAndAccepted(channel: envelope.channel)
-            let accepted = envelope
-            return journal.append(envelope, on: loop).map { sequence in
-                self.deliver(accepted, sequence: sequence, router: router)
-                return SubmitResult.accepted
-            }.recover { error in
-                self.ledger.acceptedThenRejected(channel: accepted.channel, reason: "journal_unavailable")
-                return .rejected(
-                    Rejection(
-                        filter: "journal",
-                        reason: "journal_unavailable",
-                        status: 503,
-                        message: "the message could not be stored: \(error)",
-                        retryAfterSeconds: 5
-                    )
-                )
-            }
+            return nil
         }
+    }
+
+    private func backpressure(_ journal: Journal) -> Rejection? {
+        let backlog = journal.backlogBytes
+        guard backlog > maxBacklogBytes else { return nil }
+        return Rejection(
+            filter: "journal",
+            reason: "backpressure",
+            status: 503,
+            message: "\(backlog) bytes wait for delivery (journal.max_bytes \(maxBacklogBytes)); retry later",
+            retryAfterSeconds: 1
+        )
+    }
+
+    private static func journalUnavailable(_ error: any Error) -> Rejection {
+        Rejection(
+            filter: "journal",
+            reason: "journal_unavailable",
+            status: 503,
+            message: "the message could not be stored: \(error)",
+            retryAfterSeconds: 5
+        )
     }
 
     /// Hands an accepted (journaled) message to delivery, behind its device's earlier ones;

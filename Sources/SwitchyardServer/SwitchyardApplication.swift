@@ -103,6 +103,7 @@ public final class SwitchyardApplication: Sendable {
             options.deviceHeader = http.deviceHeader
             options.productHeader = http.productHeader
             options.messageIDHeader = http.messageIDHeader
+            options.maxBatchItems = http.maxBatchItems
             let ledger = shared.ledger
             ingest = HTTPServer(
                 host: configuration.listeners.http.host,
@@ -114,7 +115,8 @@ public final class SwitchyardApplication: Sendable {
                 },
                 logger: logger.with("listener", "http"),
                 onBodyTooLarge: { summary in
-                    if summary.uri.hasPrefix(MessageIngestResponder.pathPrefix) {
+                    // A batch too large is counted as one message: how many it held is unknown.
+                    if summary.uri.hasPrefix(MessageIngestResponder.pathPrefix) || summary.uri.hasPrefix(MessageIngestResponder.batchPath) {
                         ledger.receivedAndRejected(channel: "http", reason: "payload_too_large")
                     }
                 }

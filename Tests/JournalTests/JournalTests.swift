@@ -216,4 +216,19 @@ import Testing
         #expect(report.deadLetters.first?.envelope.payload.readableBytes == 1000)
         #expect(report.problems.isEmpty)
     }
+
+    @Test func aGroupOfAppendsGetsConsecutiveSequencesAndOneCompletion() async throws {
+        let dir = tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (journal, _) = try open(dir)
+        let single = try await journal.append(envelope(0), on: loop).get()
+        let group = try await journal.append(contentsOf: (1...5).map(envelope), on: loop).get()
+        #expect(group == Array((single + 1)...(single + 5)))
+        #expect(try await journal.append(contentsOf: [], on: loop).get().isEmpty)
+        journal.settle(group[2])
+        journal.close()
+        let (again, report) = try open(dir)
+        defer { again.close() }
+        #expect(report.unsettled.map(\.envelope.id) == ["m-0", "m-1", "m-2", "m-4", "m-5"])
+    }
 }
