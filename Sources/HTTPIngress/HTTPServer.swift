@@ -65,9 +65,13 @@ public struct OutgoingResponse: Sendable {
 
     /// A JSON body (already encoded).
     public static func json(_ status: HTTPResponseStatus, _ json: String, headers: HTTPHeaders = [:]) -> OutgoingResponse {
+        self.json(status, ByteBuffer(string: json), headers: headers)
+    }
+
+    public static func json(_ status: HTTPResponseStatus, _ json: ByteBuffer, headers: HTTPHeaders = [:]) -> OutgoingResponse {
         var h = headers
         h.replaceOrAdd(name: "content-type", value: "application/json")
-        return OutgoingResponse(status: status, headers: h, body: ByteBuffer(string: json))
+        return OutgoingResponse(status: status, headers: h, body: json)
     }
 
     /// `{"error": code, "message": message}`: every error Switchyard answers looks like this.

@@ -117,31 +117,42 @@ extension MessageIngestResponder {
         var duplicates = 0
         var statuses = Set<Int>()
         var retryAfter: Double?
-        var results: [String] = []
-        results.reserveCapacity(outcomes.count)
+        var results = ByteBuffer()
+        results.reserveCapacity(outcomes.count * 72)
+        func field(_ name: StaticString, _ value: String) {
+            results.writeStaticString(name)
+            JSONText.writeQuoted(value, into: &results)
+        }
         for (index, outcome) in outcomes.enumerated() {
+            results.writeStaticString(index == 0 ? "\n{\"index\":" : ",\n{\"index\":")
+            results.writeString(String(index))
             switch outcome {
             case .pending:
                 statuses.insert(500)
-                results.append("{\"index\":\(index),\"status\":500,\"error\":\"internal\",\"message\":\"no outcome\"}")
+                results.writeStaticString(",\"status\":500,\"error\":\"internal\",\"message\":\"no outcome\"}")
             case .malformed(let error):
                 statuses.insert(400)
-                results.append(
-                    "{\"index\":\(index),\"status\":400,\"error\":\(JSONText.quote(error.code)),\"message\":\(JSONText.quote(error.message))}"
-                )
+                results.writeStaticString(",\"status\":400")
+                field(",\"error\":", error.code)
+                field(",\"message\":", error.message)
+                results.writeStaticString("}")
             case .submitted(let id, .accepted):
                 accepted += 1
-                results.append("{\"index\":\(index),\"status\":202,\"id\":\(JSONText.quote(id)),\"result\":\"accepted\"}")
+                field(",\"status\":202,\"id\":", id)
+                results.writeStaticString(",\"result\":\"accepted\"}")
             case .submitted(let id, .duplicate):
                 duplicates += 1
-                results.append("{\"index\":\(index),\"status\":202,\"id\":\(JSONText.quote(id)),\"result\":\"duplicate\"}")
+                field(",\"status\":202,\"id\":", id)
+                results.writeStaticString(",\"result\":\"duplicate\"}")
             case .submitted(let id, .rejected(let r)):
                 statuses.insert(r.status)
                 if let wait = r.retryAfterSeconds { retryAfter = max(retryAfter ?? 0, wait) }
-                results.append(
-                    "{\"index\":\(index),\"status\":\(r.status),\"id\":\(JSONText.quote(id)),\"error\":\(JSONText.quote(r.reason)),"
-                        + "\"filter\":\(JSONText.quote(r.filter)),\"message\":\(JSONText.quote(r.message))}"
-                )
+                results.writeString(",\"status\":\(r.status)")
+                field(",\"id\":", id)
+                field(",\"error\":", r.reason)
+                field(",\"filter\":", r.filter)
+                field(",\"message\":", r.message)
+                results.writeStaticString("}")
             }
         }
         let rejected = outcomes.count - accepted - duplicates
@@ -155,9 +166,11 @@ extension MessageIngestResponder {
         }
         var headers = HTTPHeaders()
         if let wait = retryAfter { headers.add(name: "retry-after", value: Self.retryAfter(wait)) }
-        let body =
-            "{\"accepted\":\(accepted),\"duplicates\":\(duplicates),\"rejected\":\(rejected),\"results\":[\n"
-            + results.joined(separator: ",\n") + "\n]}"
+        var body = ByteBuffer()
+        body.reserveCapacity(results.readableBytes + 80)
+        body.writeString("{\"accepted\":\(accepted),\"duplicates\":\(duplicates),\"rejected\":\(rejected),\"results\":[")
+        body.writeBuffer(&results)
+        body.writeStaticString("\n]}")
         return .json(status, body, headers: headers)
     }
 }

@@ -190,24 +190,46 @@ extension Router {
 /// received_at, payload}` (`payload_base64` instead when the payload is not UTF-8).
 enum BatchBody {
     static func encode(_ envelopes: [Envelope], format: SwitchyardConfiguration.BatchFormat, into buffer: inout ByteBuffer) {
+        buffer.reserveCapacity(envelopes.reduce(0) { $0 + $1.payload.readableBytes + 160 })
         if format == .json { buffer.writeStaticString("[") }
         for (i, e) in envelopes.enumerated() {
             if i > 0 { buffer.writeStaticString(format == .json ? "," : "\n") }
-            buffer.writeString("{\"id\":\(JSONText.quote(e.id)),\"topic\":\(JSONText.quote(e.topic))")
-            if let d = e.device { buffer.writeString(",\"device\":\(JSONText.quote(d))") }
-            if let p = e.product { buffer.writeString(",\"product\":\(JSONText.quote(p))") }
-            if let l = e.lane { buffer.writeString(",\"lane\":\(JSONText.quote(l))") }
-            if !e.tags.isEmpty {
-                let tags = e.tags.keys.sorted().map { "\(JSONText.quote($0)):\(JSONText.quote(e.tags[$0]!))" }.joined(separator: ",")
-                buffer.writeString(",\"tags\":{\(tags)}")
+            buffer.writeStaticString("{\"id\":")
+            JSONText.writeQuoted(e.id, into: &buffer)
+            buffer.writeStaticString(",\"topic\":")
+            JSONText.writeQuoted(e.topic, into: &buffer)
+            if let d = e.device {
+                buffer.writeStaticString(",\"device\":")
+                JSONText.writeQuoted(d, into: &buffer)
             }
-            buffer.writeString(",\"received_at\":\(e.receivedAt)")
-            if let text = e.payload.getString(at: e.payload.readerIndex, length: e.payload.readableBytes),
-                String(validating: e.payload.readableBytesView, as: UTF8.self) != nil
-            {
-                buffer.writeString(",\"payload\":\(JSONText.quote(text))}")
+            if let p = e.product {
+                buffer.writeStaticString(",\"product\":")
+                JSONText.writeQuoted(p, into: &buffer)
+            }
+            if let l = e.lane {
+                buffer.writeStaticString(",\"lane\":")
+                JSONText.writeQuoted(l, into: &buffer)
+            }
+            let tags = e.tags
+            if !tags.isEmpty {
+                buffer.writeStaticString(",\"tags\":{")
+                for (n, name) in tags.keys.sorted().enumerated() {
+                    if n > 0 { buffer.writeStaticString(",") }
+                    JSONText.writeQuoted(name, into: &buffer)
+                    buffer.writeStaticString(":")
+                    JSONText.writeQuoted(tags[name]!, into: &buffer)
+                }
+                buffer.writeStaticString("}")
+            }
+            buffer.writeStaticString(",\"received_at\":")
+            buffer.writeString(String(e.receivedAt))
+            let payload = e.payload
+            if String(validating: payload.readableBytesView, as: UTF8.self) != nil {
+                buffer.writeStaticString(",\"payload\":")
+                payload.withUnsafeReadableBytes { JSONText.writeQuoted(utf8: $0, into: &buffer) }
+                buffer.writeStaticString("}")
             } else {
-                buffer.writeString(",\"payload_base64\":\"\(Base64.encode(Array(e.payload.readableBytesView)))\"}")
+                buffer.writeString(",\"payload_base64\":\"\(Base64.encode(Array(payload.readableBytesView)))\"}")
             }
         }
         buffer.writeStaticString(format == .json ? "]" : "\n")

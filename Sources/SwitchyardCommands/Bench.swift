@@ -36,6 +36,8 @@ struct BenchHTTP: AsyncParsableCommand {
     @Option(help: "max_concurrency of the sink service (requests in flight to it).") var upstreamConcurrency = 512
     @Option(help: "Deliver in batches of up to this many messages (5 ms linger); 0 = one request per message.") var batch = 0
     @Flag(help: "Without the journal: 202 means in memory, not on disk (for comparison only).") var noJournal = false
+    @Option(help: "Post this many messages per request to POST /v1/batch (NDJSON); 0 = one message per POST /v1/messages.")
+    var ingestBatch = 0
 
     func run() async throws {
         LoggingSystem.bootstrap { label in
@@ -45,7 +47,7 @@ struct BenchHTTP: AsyncParsableCommand {
         }
         print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, \(ProcessInfo.processInfo.physicalMemory >> 30) GiB")
         print(
-            "command: switchyard bench http --messages \(messages) --connections \(connections) --depth \(depth) --payload-bytes \(payloadBytes)\(peer ? " --peer" : "")\(bare ? " --bare" : "")\(batch > 0 ? " --batch \(batch)" : "")\(noJournal ? " --no-journal" : "")"
+            "command: switchyard bench http --messages \(messages) --connections \(connections) --depth \(depth) --payload-bytes \(payloadBytes)\(peer ? " --peer" : "")\(bare ? " --bare" : "")\(batch > 0 ? " --batch \(batch)" : "")\(ingestBatch > 0 ? " --ingest-batch \(ingestBatch)" : "")\(noJournal ? " --no-journal" : "")"
         )
         let sinkGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let sink = try await BenchSink.start(group: sinkGroup)
@@ -83,6 +85,7 @@ struct BenchHTTP: AsyncParsableCommand {
                 connections: connections,
                 depth: depth,
                 payloadBytes: payloadBytes,
+                ingestBatch: ingestBatch,
                 timeLimit: timeLimit,
                 sink: sink
             )
@@ -102,7 +105,9 @@ struct BenchHTTP: AsyncParsableCommand {
         runTask.cancel()
         _ = try? await runTask.value
 
-        if peer {
+        if peer && ingestBatch > 0 {
+            print("peer: nginx does not take batches apart; no ratio for --ingest-batch")
+        } else if peer {
             if let nginx = try? await NginxPeer.start(sinkPort: sink.port) {
                 sink.reset()
                 let nginxBefore = CPUTime.of(pid: nginx.process.processIdentifier)
@@ -201,11 +206,13 @@ enum LoadGenerator {
         connections: Int,
         depth: Int,
         payloadBytes: Int,
+        ingestBatch: Int = 0,
         timeLimit: Double,
         sink: BenchSink
     ) async throws -> LoadResult {
-        let perConnection = max(1, messages / connections)
-        let total = perConnection * connections
+        let perRequest = max(1, ingestBatch)
+        let requestsPerConnection = max(1, messages / connections / perRequest)
+        let total = requestsPerConnection * perRequest * connections
         let start = SystemMonotonicClock().nowNanos()
         var channels: [any Channel] = []
         var handlers: [EventLoopFuture<[UInt64]>] = []
@@ -218,7 +225,14 @@ enum LoadGenerator {
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHTTPClientHandlers()
                         try channel.pipeline.syncOperations.addHandler(
-                            LoadHandler(count: perConnection, depth: depth, payloadBytes: payloadBytes, device: "dev-\(c)", done: done)
+                            LoadHandler(
+                                count: requestsPerConnection,
+                                depth: depth,
+                                payloadBytes: payloadBytes,
+                                batch: ingestBatch,
+                                device: "dev-\(c)",
+                                done: done
+                            )
                         )
                     }
                 }
@@ -239,7 +253,7 @@ enum LoadGenerator {
         for ch in channels { try? await ch.close() }
         return LoadResult(
             sent: total,
-            accepted: accept.count,
+            accepted: accept.count * perRequest,
             delivered: sink.count,
             seconds: seconds,
             acceptLatencies: accept,
@@ -248,7 +262,8 @@ enum LoadGenerator {
     }
 }
 
-/// Keeps `depth` requests in flight on one connection until `count` were answered.
+/// Keeps `depth` requests in flight on one connection until `count` were answered; each
+/// request carries one message, or `batch` messages as NDJSON to `POST /v1/batch`.
 final class LoadHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPClientResponsePart
     typealias OutboundOut = HTTPClientRequestPart
@@ -256,8 +271,10 @@ final class LoadHandler: ChannelInboundHandler {
     let count: Int
     let depth: Int
     let payloadBytes: Int
+    let batch: Int
     let device: String
     let devicesPerConnection = 100
+    var messagesSent = 0
     let done: EventLoopPromise<[UInt64]>
     var sent = 0
     var answered = 0
@@ -265,10 +282,11 @@ final class LoadHandler: ChannelInboundHandler {
     var latencies: [UInt64] = []
     var status202 = true
 
-    init(count: Int, depth: Int, payloadBytes: Int, device: String, done: EventLoopPromise<[UInt64]>) {
+    init(count: Int, depth: Int, payloadBytes: Int, batch: Int = 0, device: String, done: EventLoopPromise<[UInt64]>) {
         self.count = count
         self.depth = depth
         self.payloadBytes = payloadBytes
+        self.batch = batch
         self.device = device
         self.done = done
         latencies.reserveCapacity(count)
@@ -281,13 +299,28 @@ final class LoadHandler: ChannelInboundHandler {
 
     func send(context: ChannelHandlerContext) {
         let now = SystemMonotonicClock().nowNanos()
-        var body = context.channel.allocator.buffer(capacity: payloadBytes)
         let stamp = String(now)
-        body.writeString(String(repeating: "0", count: 20 - stamp.count) + stamp)
-        body.writeRepeatingByte(UInt8(ascii: "x"), count: max(0, payloadBytes - 20))
+        let paddedStamp = String(repeating: "0", count: 20 - stamp.count) + stamp
+        let uri: String
+        var body: ByteBuffer
         // Each connection speaks for `devicesPerConnection` devices in turn (per-device order
         // allows one message in delivery per device, so the device count sets the parallelism).
-        let uri = "/v1/messages/bench/\(device)-\(sent % devicesPerConnection)/data"
+        if batch > 0 {
+            uri = "/v1/batch"
+            body = context.channel.allocator.buffer(capacity: batch * (payloadBytes + 64))
+            for _ in 0..<batch {
+                body.writeString("{\"topic\":\"bench/\(device)-\(messagesSent % devicesPerConnection)/data\",\"payload\":\"\(paddedStamp)")
+                body.writeRepeatingByte(UInt8(ascii: "x"), count: max(0, payloadBytes - 20))
+                body.writeStaticString("\"}\n")
+                messagesSent += 1
+            }
+        } else {
+            uri = "/v1/messages/bench/\(device)-\(messagesSent % devicesPerConnection)/data"
+            body = context.channel.allocator.buffer(capacity: payloadBytes)
+            body.writeString(paddedStamp)
+            body.writeRepeatingByte(UInt8(ascii: "x"), count: max(0, payloadBytes - 20))
+            messagesSent += 1
+        }
         var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: uri)
         head.headers.add(name: "host", value: "127.0.0.1")
         head.headers.add(name: "content-length", value: String(body.readableBytes))
@@ -301,7 +334,7 @@ final class LoadHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let head):
-            if head.status != .accepted && head.status != .ok { status202 = false }
+            if head.status != .accepted && head.status != .ok { status202 = false }  // a 207 means some were refused
         case .body: break
         case .end:
             let t = sendTimes.removeFirst()

@@ -2,25 +2,25 @@
 /// nested objects and arrays are skipped with a depth counter (no recursion), so a
 /// 10k-deep document costs a scan, never a stack overflow. Used where only a few fields
 /// matter (tag rules on one field, the items of a message batch).
-public struct JSONScanner<Bytes: Collection<UInt8>> where Bytes.Index == Int {
+@frozen public struct JSONScanner<Bytes: Collection<UInt8>> where Bytes.Index == Int {
     public let json: Bytes
     public var index: Int
 
-    public init(_ json: Bytes) {
+    @inlinable public init(_ json: Bytes) {
         self.json = json
         index = json.startIndex
     }
 
-    public var atEnd: Bool { index >= json.endIndex }
+    @inlinable public var atEnd: Bool { index >= json.endIndex }
 
-    public mutating func skipSpace() {
+    @inlinable public mutating func skipSpace() {
         while index < json.endIndex, json[index] == 0x20 || json[index] == 0x0A || json[index] == 0x0D || json[index] == 0x09 {
             index += 1
         }
     }
 
     /// After spaces: whether the next byte is `byte` (consumed when it is).
-    public mutating func take(_ byte: UInt8) -> Bool {
+    @inlinable public mutating func take(_ byte: UInt8) -> Bool {
         skipSpace()
         guard index < json.endIndex, json[index] == byte else { return false }
         index += 1
@@ -28,13 +28,13 @@ public struct JSONScanner<Bytes: Collection<UInt8>> where Bytes.Index == Int {
     }
 
     /// After spaces, the next byte without consuming it.
-    public mutating func peek() -> UInt8? {
+    @inlinable public mutating func peek() -> UInt8? {
         skipSpace()
         return index < json.endIndex ? json[index] : nil
     }
 
     /// Reads a string (after spaces), unescaped; nil when there is none or it is malformed.
-    public mutating func readString() -> String? {
+    @inlinable public mutating func readString() -> String? {
         skipSpace()
         guard index < json.endIndex, json[index] == UInt8(ascii: "\"") else { return nil }
         index += 1
@@ -80,7 +80,7 @@ public struct JSONScanner<Bytes: Collection<UInt8>> where Bytes.Index == Int {
     }
 
     /// At the `u` of `\uXXXX` (a surrogate pair takes both escapes); leaves the index on the last hex digit.
-    private mutating func readUnicodeEscape() -> Unicode.Scalar? {
+    @usableFromInline mutating func readUnicodeEscape() -> Unicode.Scalar? {
         func hex4(at i: Int) -> UInt32? {
             guard i + 4 <= json.endIndex else { return nil }
             return UInt32(String(decoding: json[i..<(i + 4)], as: UTF8.self), radix: 16)
@@ -106,7 +106,7 @@ public struct JSONScanner<Bytes: Collection<UInt8>> where Bytes.Index == Int {
     }
 
     /// Skips one value (after spaces). `range` is its text; nil when malformed.
-    public mutating func skipValue() -> (value: Value, range: Range<Int>)? {
+    @inlinable public mutating func skipValue() -> (value: Value, range: Range<Int>)? {
         skipSpace()
         guard index < json.endIndex else { return nil }
         let start = index

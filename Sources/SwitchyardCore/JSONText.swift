@@ -1,3 +1,5 @@
+public import NIOCore
+
 /// Minimal JSON string quoting for hand-built response bodies on hot paths.
 public enum JSONText {
     public static func quote(_ s: String) -> String {
@@ -20,6 +22,36 @@ public enum JSONText {
             }
         }
         return out + "\""
+    }
+
+    /// `quote(s)` written straight into `buffer` as bytes.
+    public static func writeQuoted(_ s: String, into buffer: inout ByteBuffer) {
+        var s = s
+        s.withUTF8 { writeQuoted(utf8: UnsafeRawBufferPointer($0), into: &buffer) }
+    }
+
+    /// Quotes text that is valid UTF-8 (the caller checked) into `buffer`.
+    public static func writeQuoted(utf8 bytes: UnsafeRawBufferPointer, into buffer: inout ByteBuffer) {
+        buffer.writeInteger(UInt8(ascii: "\""))
+        var clean = 0  // start of the run that needs no escaping
+        for (i, b) in bytes.enumerated() where b < 0x20 || b == UInt8(ascii: "\"") || b == UInt8(ascii: "\\") {
+            buffer.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[clean..<i]))
+            switch b {
+            case UInt8(ascii: "\""): buffer.writeStaticString("\\\"")
+            case UInt8(ascii: "\\"): buffer.writeStaticString("\\\\")
+            case 0x0A: buffer.writeStaticString("\\n")
+            case 0x0D: buffer.writeStaticString("\\r")
+            case 0x09: buffer.writeStaticString("\\t")
+            default:
+                let hex = Array("0123456789abcdef".utf8)
+                buffer.writeStaticString("\\u00")
+                buffer.writeInteger(hex[Int(b >> 4)])
+                buffer.writeInteger(hex[Int(b & 0xF)])
+            }
+            clean = i + 1
+        }
+        buffer.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[clean...]))
+        buffer.writeInteger(UInt8(ascii: "\""))
     }
 }
 
