@@ -32,6 +32,12 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // MARK: - Layer 1: wire formats (NIOCore only)
+        .target(
+            name: "MQTTWire",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
         // MARK: - Layer 2: domain engines
         .target(
             name: "Controller",
@@ -160,6 +166,11 @@ let package = Package(
         .testTarget(
             name: "RouterTests",
             dependencies: ["Router", "SwitchyardCore", "SwitchyardConfig", "SwitchyardTesting"],
+            swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
+        ),
+        .testTarget(
+            name: "MQTTWireTests",
+            dependencies: ["MQTTWire", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
         .testTarget(
