@@ -40,6 +40,19 @@ let package = Package(
         ),
         // MARK: - Layer 2: domain engines
         .target(
+            name: "MQTTBroker",
+            dependencies: [
+                "MQTTWire", "SwitchyardCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "Controller",
             dependencies: [
                 "SwitchyardCore",
@@ -112,6 +125,7 @@ let package = Package(
         .target(
             name: "SwitchyardServer",
             dependencies: [
+                "MQTTBroker",
                 "SwitchyardCore", "SwitchyardConfig", "Controller", "Router", "HTTPForwarder", "HTTPIngress",
                 "Telemetry", "Journal",
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -166,6 +180,11 @@ let package = Package(
         .testTarget(
             name: "RouterTests",
             dependencies: ["Router", "SwitchyardCore", "SwitchyardConfig", "SwitchyardTesting"],
+            swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
+        ),
+        .testTarget(
+            name: "MQTTBrokerTests",
+            dependencies: ["MQTTBroker", "MQTTWire", "SwitchyardCore", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
         .testTarget(

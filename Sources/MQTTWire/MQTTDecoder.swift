@@ -16,6 +16,10 @@ public struct MQTTDecoder: Sendable {
     /// The next whole packet; nil (and nothing consumed) when more bytes are needed.
     public mutating func decode(_ buffer: inout ByteBuffer) throws(MQTTWireError) -> MQTTPacket? {
         guard let first = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) else { return nil }
+        // The type and flags are checked as soon as they arrive: garbage is refused at once,
+        // not waited on until its made-up length has come in.
+        let kind = try Self.kind(first)
+        if version == nil && kind != .connect { throw .protocolError("the first packet must be CONNECT, got \(kind)") }
         let length: Int
         let lengthBytes: Int
         switch VariableByteInteger.peek(buffer, at: buffer.readerIndex + 1) {
@@ -28,7 +32,6 @@ public struct MQTTDecoder: Sendable {
             throw MQTTWireError(.packetTooLarge, "a packet of \(total) bytes is over the maximum packet size \(maximumPacketSize)")
         }
         guard buffer.readableBytes >= total else { return nil }
-        let kind = try Self.kind(first)
         buffer.moveReaderIndex(forwardBy: 1 + lengthBytes)
         var body = buffer.readSlice(length: length)!
         let packet = try decodeBody(kind, flags: first & 0x0F, &body)

@@ -52,14 +52,27 @@ public enum ConfigLoader {
         if let v = r.string(node["name"], "node.name") { c.node.name = v }
         if let v = r.string(node["data_dir"], "node.data_dir") { c.node.dataDir = v }
 
-        let listeners = r.mapping(top["listeners"], "listeners", allowed: ["http", "admin"])
-        for (key, keyPath) in [("http", \SwitchyardConfiguration.Listeners.http), ("admin", \.admin)] {
+        let listeners = r.mapping(top["listeners"], "listeners", allowed: ["http", "admin", "mqtt"])
+        for (key, keyPath) in [("http", \SwitchyardConfiguration.Listeners.http), ("admin", \.admin), ("mqtt", \.mqtt)] {
             let l = r.mapping(listeners[key], "listeners.\(key)", allowed: ["host", "port"])
             if let v = r.string(l["host"], "listeners.\(key).host") { c.listeners[keyPath: keyPath].host = v }
             if let v = r.int(l["port"], "listeners.\(key).port", range: 0...65535) { c.listeners[keyPath: keyPath].port = v }
         }
 
-        let channels = r.mapping(top["channels"], "channels", allowed: ["http", "device_patterns"])
+        let channels = r.mapping(top["channels"], "channels", allowed: ["http", "mqtt", "device_patterns"])
+        let mqtt = r.mapping(
+            channels["mqtt"],
+            "channels.mqtt",
+            allowed: ["enabled", "allow_anonymous", "max_packet_size", "receive_maximum", "max_keep_alive", "max_connections"]
+        )
+        if let v = r.bool(mqtt["enabled"], "channels.mqtt.enabled") { c.channels.mqtt.enabled = v }
+        if let v = r.bool(mqtt["allow_anonymous"], "channels.mqtt.allow_anonymous") { c.channels.mqtt.allowAnonymous = v }
+        if let v = r.size(mqtt["max_packet_size"], "channels.mqtt.max_packet_size", range: 64...(256 << 20)) { c.channels.mqtt.maxPacketBytes = v }
+        if let v = r.int(mqtt["receive_maximum"], "channels.mqtt.receive_maximum", range: 1...65_535) { c.channels.mqtt.receiveMaximum = v }
+        if let v = r.duration(mqtt["max_keep_alive"], "channels.mqtt.max_keep_alive", range: 1...65_535) {
+            c.channels.mqtt.maxKeepAliveSeconds = Int(v)
+        }
+        if let v = r.int(mqtt["max_connections"], "channels.mqtt.max_connections", range: 1...10_000_000) { c.channels.mqtt.maxConnections = v }
         let http = r.mapping(
             channels["http"],
             "channels.http",

@@ -34,11 +34,13 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
     public struct Listeners: Sendable, Equatable {
         public var http = Listener(host: "0.0.0.0", port: 8080)
         public var admin = Listener(host: "127.0.0.1", port: 8090)
+        public var mqtt = Listener(host: "0.0.0.0", port: 1883)
         public init() {}
     }
 
     public struct Channels: Sendable, Equatable {
         public var http = HTTPChannel()
+        public var mqtt = MQTTChannel()
         /// Patterns such as `devices/{product}/{device}/#` that name the product and device in a topic.
         public var devicePatterns: [String] = ["devices/{product}/{device}/#"]
         public init() {}
@@ -53,6 +55,19 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
         public var messageIDHeader = "x-message-id"
         /// Most messages one `POST /v1/batch` may carry.
         public var maxBatchItems = 1000
+        public init() {}
+    }
+
+    public struct MQTTChannel: Sendable, Equatable {
+        public var enabled = true
+        /// Off by default: with it on, any client may connect and publish (tests, trusted networks).
+        public var allowAnonymous = false
+        public var maxPacketBytes = 1 << 20
+        /// Unacknowledged QoS 1/2 messages per connection (v5 Receive Maximum).
+        public var receiveMaximum = 64
+        /// Keep-alive granted at most (and to clients asking for none).
+        public var maxKeepAliveSeconds = 3600
+        public var maxConnections = 100_000
         public init() {}
     }
 

@@ -4,6 +4,7 @@ import HTTPForwarder
 import HTTPIngress
 import Journal
 public import Logging
+import MQTTBroker
 import Metrics
 import NIOConcurrencyHelpers
 public import NIOCore
@@ -28,6 +29,7 @@ public final class SwitchyardApplication: Sendable {
     let shared: SharedParts
     let pipeline: Pipeline
     let ingest: HTTPServer?
+    let mqtt: MQTTServer?
     let admin: HTTPServer
     let adminToken: String
     let journal: Journal?
@@ -124,6 +126,27 @@ public final class SwitchyardApplication: Sendable {
         } else {
             ingest = nil
         }
+        let mqttChannel = configuration.channels.mqtt
+        if mqttChannel.enabled {
+            var options = MQTTConnectionMachine.Options()
+            options.allowAnonymous = mqttChannel.allowAnonymous
+            options.maximumPacketSize = mqttChannel.maxPacketBytes
+            options.receiveMaximum = UInt16(mqttChannel.receiveMaximum)
+            options.maximumKeepAliveSeconds = UInt16(mqttChannel.maxKeepAliveSeconds)
+            let ledger = shared.ledger
+            mqtt = MQTTServer(
+                host: configuration.listeners.mqtt.host,
+                port: configuration.listeners.mqtt.port,
+                group: group,
+                sink: pipeline,
+                options: options,
+                maxConnections: mqttChannel.maxConnections,
+                logger: logger.with("listener", "mqtt"),
+                onRefused: { reason in ledger.receivedAndRejected(channel: "mqtt", reason: reason) }
+            )
+        } else {
+            mqtt = nil
+        }
         let adminBox = NIOLockedValueBox<SwitchyardApplication?>(nil)
         admin = HTTPServer(
             host: configuration.listeners.admin.host,
@@ -138,6 +161,8 @@ public final class SwitchyardApplication: Sendable {
 
     /// Address of the HTTP message channel once bound.
     public var ingestAddress: EventLoopFuture<SocketAddress>? { ingest?.boundAddress }
+    /// Address of the MQTT listener once bound.
+    public var mqttAddress: EventLoopFuture<SocketAddress>? { mqtt?.boundAddress }
     public var adminAddress: EventLoopFuture<SocketAddress> { admin.boundAddress }
     public var token: String { adminToken }
     var isReady: Bool { ready.withLockedValue { $0 } }
@@ -150,6 +175,7 @@ public final class SwitchyardApplication: Sendable {
             .init(service: DeliveryDrain(app: self)),
         ]
         if let ingest { services.append(.init(service: ingest)) }
+        if let mqtt { services.append(.init(service: mqtt)) }
         services.append(.init(service: ReloadWatcher(app: self)))
         redeliverRecovered()
         var config = ServiceGroupConfiguration(services: services, logger: logger)
@@ -158,6 +184,7 @@ public final class SwitchyardApplication: Sendable {
         let readiness = Task { [self] in
             _ = try? await admin.boundAddress.get()
             _ = try? await ingest?.boundAddress.get()
+            _ = try? await mqtt?.boundAddress.get()
             ready.withLockedValue { $0 = true }
         }
         defer { readiness.cancel() }
@@ -281,9 +308,9 @@ public final class SwitchyardApplication: Sendable {
             return .failure(ConfigErrors([ConfigIssue(path: "", message: "\(error)")]))
         }
         if config.listeners != old.configuration.listeners || config.channels.http != old.configuration.channels.http
-            || config.node != old.configuration.node
+            || config.channels.mqtt != old.configuration.channels.mqtt || config.node != old.configuration.node
         {
-            logger.warning("node, listeners and channels.http changes take effect after a restart")
+            logger.warning("node, listeners, channels.http and channels.mqtt changes take effect after a restart")
         }
         reloads.withLockedValue { $0.ok += 1 }
         Counter(label: "switchyard_config_reloads_total", dimensions: [("result", "ok")]).increment()

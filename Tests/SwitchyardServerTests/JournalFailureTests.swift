@@ -19,6 +19,7 @@ import Testing
         listeners:
           http: {host: 127.0.0.1, port: \(httpPort)}
           admin: {host: 127.0.0.1, port: \(adminPort)}
+          mqtt: {host: 127.0.0.1, port: 0}
         routes:
           - {name: r, match: "^devices/(?<device>[^/]+)$", targets: [{service: s, path: "/in/{device}"}]}
         services:

@@ -15,6 +15,8 @@ final class TestServer: Sendable {
     let adminPort: Int
     let configPath: String
     let dir: String
+    /// The MQTT listener's port (when the channel is on).
+    func mqttPort() async throws -> Int { try await app.mqttAddress!.get().port! }
     static let token = "test-token-\(UInt64.random(in: 0...UInt64.max))"
 
     init(app: SwitchyardApplication, task: Task<Void, any Error>, httpPort: Int, adminPort: Int, configPath: String, dir: String) {
@@ -61,6 +63,7 @@ final class TestServer: Sendable {
         listeners:
           http: {host: 127.0.0.1, port: 0}
           admin: {host: 127.0.0.1, port: 0}
+          mqtt: {host: 127.0.0.1, port: 0}
         \(yaml)
         """
     }

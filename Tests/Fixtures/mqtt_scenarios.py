@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""MQTT scenarios against a Switchyard MQTT listener, run by MQTTChannelTests.
+
+Real clients: paho-mqtt (pip) for well-behaved devices, a raw socket for bad input.
+Each scenario prints one JSON object on stdout.
+
+usage: mqtt_scenarios.py SCENARIO PORT [ARGS...]
+"""
+import json
+import socket
+import struct
+import sys
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+
+HOST = "127.0.0.1"
+
+
+def code(rc):
+    return rc.value if hasattr(rc, "value") else int(rc)
+
+
+def client(version, client_id, username=None):
+    proto = mqtt.MQTTv5 if version == "5" else mqtt.MQTTv311
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto)
+    if username:
+        c.username_pw_set(username, "x")
+    state = {"connack": None, "acks": {}, "reasons": {}, "disconnect": None, "connected": threading.Event(), "gone": threading.Event()}
+
+    def on_connect(cl, userdata, flags, reason_code, properties):
+        state["connack"] = code(reason_code)
+        state["connected"].set()
+
+    def on_publish(cl, userdata, mid, reason_code, properties):
+        state["acks"][mid] = code(reason_code)
+        if properties is not None and getattr(properties, "ReasonString", None):
+            state["reasons"][mid] = properties.ReasonString
+
+    def on_disconnect(cl, userdata, flags, reason_code, properties):
+        state["disconnect"] = code(reason_code)
+        state["gone"].set()
+        state["connected"].set()
+
+    c.on_connect = on_connect
+    c.on_publish = on_publish
+    c.on_disconnect = on_disconnect
+    return c, state
+
+
+def publish(port, version, qos, count, topic, client_id="dev-1"):
+    """Publishes COUNT messages ({i} in TOPIC is the index) and waits for every acknowledgement."""
+    c, state = client(version, client_id)
+    c.connect(HOST, port, keepalive=30)
+    c.loop_start()
+    state["connected"].wait(5)
+    mids = []
+    for i in range(count):
+        info = c.publish(topic.format(i=i), json.dumps({"seq": i}), qos=qos)
+        mids.append(info.mid)
+    deadline = time.time() + 10
+    while qos > 0 and time.time() < deadline and len(state["acks"]) < count and not state["gone"].is_set():
+        time.sleep(0.01)
+    if qos == 0:
+        time.sleep(0.3)
+    c.disconnect()
+    c.loop_stop()
+    return {
+        "connack": state["connack"],
+        "acks": [state["acks"].get(m) for m in mids],
+        "reasons": [state["reasons"].get(m) for m in mids],
+        "disconnect": state["disconnect"],
+    }
+
+
+def connect_only(port, version, username=None):
+    c, state = client(version, "dev-c", username)
+    try:
+        c.connect(HOST, port, keepalive=30)
+    except Exception as e:  # noqa: BLE001
+        return {"error": str(e)}
+    c.loop_start()
+    state["connected"].wait(5)
+    time.sleep(0.2)
+    c.loop_stop()
+    return {"connack": state["connack"]}
+
+
+# ---- raw packets -------------------------------------------------------------
+
+
+def vbi(n):
+    out = bytearray()
+    while True:
+        b = n % 128
+        n //= 128
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def s(text):
+    b = text.encode()
+    return struct.pack("!H", len(b)) + b
+
+
+def connect_packet(version, client_id, keepalive=30, will=None):
+    flags = 0x02
+    props = b"\x00" if version == 5 else b""
+    payload = s(client_id)
+    if will:
+        topic, message = will
+        flags |= 0x04
+        payload += (b"\x00" if version == 5 else b"") + s(topic) + s(message)
+    body = s("MQTT") + bytes([version, flags]) + struct.pack("!H", keepalive) + props + payload
+    return bytes([0x10]) + vbi(len(body)) + body
+
+
+def recv_all(sock, timeout=3.0):
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return data, True
+            data += chunk
+    except socket.timeout:
+        return data, False
+
+
+def raw(port, packets, pause=0.0, timeout=3.0):
+    sock = socket.create_connection((HOST, port))
+    for p in packets:
+        sock.sendall(p)
+        if pause:
+            time.sleep(pause)
+    data, closed = recv_all(sock, timeout)
+    sock.close()
+    return {"received": data.hex(), "closed": closed}
+
+
+def scenario(name, port, args):
+    if name == "publish":
+        version, qos, count, topic = args[0], int(args[1]), int(args[2]), args[3]
+        return publish(port, version, qos, count, topic)
+    if name == "connect":
+        return connect_only(port, args[0], args[1] if len(args) > 1 else None)
+    if name == "garbage":
+        return raw(port, [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"])
+    if name == "oversize":
+        big = bytes([0x30]) + vbi(200_000) + b"\x00" * 64  # only the start of a 200 kB PUBLISH
+        return raw(port, [connect_packet(5, "big"), big], pause=0.2)
+    if name == "will":
+        # Connect with a will, then drop the connection without DISCONNECT.
+        sock = socket.create_connection((HOST, port))
+        sock.sendall(connect_packet(4, "willing", will=(args[0], "offline")))
+        sock.settimeout(3)
+        connack = sock.recv(4)
+        sock.close()
+        return {"connack": connack.hex()}
+    if name == "takeover":
+        first = socket.create_connection((HOST, port))
+        first.sendall(connect_packet(5, "twin"))
+        first.settimeout(3)
+        first.recv(64)
+        second = socket.create_connection((HOST, port))
+        second.sendall(connect_packet(5, "twin"))
+        data, closed = recv_all(first)
+        second.close()
+        return {"received": data.hex(), "closed": closed}
+    if name == "keepalive":
+        return raw(port, [connect_packet(5, "sleepy", keepalive=1)], timeout=6.0)
+    if name == "subscribe":
+        sub = struct.pack("!H", 7) + b"\x00" + s("devices/p/d/cmd") + b"\x01"
+        return raw(port, [connect_packet(5, "sub"), bytes([0x82]) + vbi(len(sub)) + sub], pause=0.2, timeout=1.0)
+    raise SystemExit(f"unknown scenario {name}")
+
+
+if __name__ == "__main__":
+    print(json.dumps(scenario(sys.argv[1], int(sys.argv[2]), sys.argv[3:])))

@@ -1,0 +1,143 @@
+import Foundation
+import SwitchyardTesting
+import Testing
+
+/// The MQTT device channel with real clients: paho-mqtt (3.1.1 and 5) and raw sockets for
+/// bad input. The scenarios live in Tests/Fixtures/mqtt_scenarios.py.
+@Suite(.serialized) struct MQTTChannelTests {
+    static let script = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Fixtures/mqtt_scenarios.py").path
+
+    static func yaml(_ svc: TestHTTPService, anonymous: Bool = true) -> String {
+        """
+        channels:
+          mqtt: {allow_anonymous: \(anonymous), max_packet_size: 64KiB}
+        filters:
+          - devices: {deny: [banned]}
+        routes:
+          - name: t
+            match: "^devices/(?<product>[^/]+)/(?<device>[^/]+)/(?<kind>[^/]+)$"
+            targets: [{service: s, path: "/in/{device}/{kind}", retries: 0}]
+        services:
+          s: {instances: [{url: "\(svc.url)"}]}
+        """
+    }
+
+    /// Runs a scenario and returns its JSON.
+    func run(_ args: String...) throws -> [String: Any] {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["python3", Self.script] + args
+        let out = Pipe()
+        let err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        p.waitUntilExit()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        let problem = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        try #require(p.terminationStatus == 0, "scenario \(args) failed: \(problem)")
+        return try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+    }
+
+    @Test(arguments: ["4", "5"])
+    func devicesPublishAtEveryQoSAndEachMessageIsDelivered(version: String) async throws {
+        let svc = try await TestHTTPService.start()
+        let server = try await TestServer.start(Self.yaml(svc))
+        let port = try await server.mqttPort()
+        var expected = 0
+        for qos in 0...2 {
+            let r = try run("publish", String(port), version == "4" ? "3" : "5", String(qos), "5", "devices/p1/d\(qos)-{i}/telemetry")
+            #expect(r["connack"] as? Int == 0)
+            if qos > 0 { #expect(r["acks"] as? [Int] == [0, 0, 0, 0, 0], "QoS \(qos): \(r)") }
+            expected += 5
+        }
+        let got = await svc.waitFor(count: expected)
+        #expect(got.count == expected)
+        let one = try #require(got.first { $0.uri == "/in/d1-3/telemetry" })
+        #expect(one.body == #"{"seq": 3}"#)
+        #expect(one.header("x-switchyard-channel") == "mqtt")
+        #expect(one.header("x-switchyard-device") == "d1-3")
+        #expect(one.header("x-switchyard-product") == "p1")
+        await server.settle()
+        let ledger = ScrapedLedger(try await server.admin("GET", "/metrics", token: nil).body)
+        #expect(ledger.received == Double(expected) && ledger.forwarded == Double(expected))
+        await server.stop()
+        await svc.stop()
+    }
+
+    @Test func aRefusedMessageGetsItsReasonCodeInV5AndAClosedConnectionInV3() async throws {
+        let svc = try await TestHTTPService.start()
+        let server = try await TestServer.start(Self.yaml(svc))
+        let port = String(try await server.mqttPort())
+        let v5 = try run("publish", port, "5", "1", "2", "devices/p1/banned/telemetry")
+        #expect(v5["acks"] as? [Int] == [0x87, 0x87])  // not authorized: the device is denied
+        #expect((v5["reasons"] as? [String])?.first?.contains("device_denied") == true)
+        let v3 = try run("publish", port, "3", "1", "1", "devices/p1/banned/telemetry")
+        #expect((v3["acks"] as? [Any])?.first is NSNull)  // never a false acknowledgement
+        #expect(v3["disconnect"] != nil && !(v3["disconnect"] is NSNull))
+        let ledger = ScrapedLedger(try await server.admin("GET", "/metrics", token: nil).body)
+        #expect(ledger.rejected == 3)
+        #expect(svc.received.isEmpty)
+        await server.stop()
+        await svc.stop()
+    }
+
+    @Test func anonymousAccessIsOffByDefault() async throws {
+        let svc = try await TestHTTPService.start()
+        let server = try await TestServer.start(Self.yaml(svc, anonymous: false))
+        let port = String(try await server.mqttPort())
+        #expect(try run("connect", port, "3")["connack"] as? Int == 0x87)  // paho maps 3.1.1 code 5 to 0x87
+        #expect(try run("connect", port, "5")["connack"] as? Int == 0x87)
+        #expect(try run("connect", port, "5", "someone")["connack"] as? Int == 0x86)  // no credential store yet
+        await server.stop()
+        await svc.stop()
+    }
+
+    @Test func badInputIsAnsweredAndClosed() async throws {
+        let svc = try await TestHTTPService.start()
+        let server = try await TestServer.start(Self.yaml(svc))
+        let port = String(try await server.mqttPort())
+        let garbage = try run("garbage", port)
+        #expect(garbage["closed"] as? Bool == true)
+        // A PUBLISH over max_packet_size (64 KiB): DISCONNECT 0x95 from its header alone.
+        let oversize = try run("oversize", port)
+        let bytes = try #require(oversize["received"] as? String)
+        #expect(bytes.hasPrefix("20"))  // CONNACK first
+        #expect(bytes.contains("e0") && bytes.contains("95"), "\(bytes)")
+        #expect(oversize["closed"] as? Bool == true)
+        // SUBSCRIBE is refused out loud (0x83 per filter), never silently granted.
+        let sub = try run("subscribe", port)
+        #expect((sub["received"] as? String)?.hasSuffix("83") == true, "\(sub)")
+        // Keep-alive 1 s and silence: DISCONNECT 0x8D within 1.5 × keep-alive (checked each second).
+        let sleepy = try run("keepalive", port)
+        #expect((sleepy["received"] as? String)?.contains("e0") == true)
+        #expect((sleepy["received"] as? String)?.contains("8d") == true, "\(sleepy)")
+        #expect(sleepy["closed"] as? Bool == true)
+        // The same client id again: the first connection gets DISCONNECT 0x8E.
+        let takeover = try run("takeover", port)
+        #expect((takeover["received"] as? String)?.contains("e0") == true)
+        #expect((takeover["received"] as? String)?.contains("8e") == true, "\(takeover)")
+        #expect(takeover["closed"] as? Bool == true)
+        // Still serving.
+        let ok = try run("publish", port, "5", "1", "1", "devices/p1/d9/telemetry")
+        #expect(ok["acks"] as? [Int] == [0])
+        await server.stop()
+        await svc.stop()
+    }
+
+    @Test func aDroppedConnectionPublishesItsWill() async throws {
+        let svc = try await TestHTTPService.start()
+        let server = try await TestServer.start(Self.yaml(svc))
+        let port = String(try await server.mqttPort())
+        let r = try run("will", port, "devices/p1/d7/status")
+        #expect(r["connack"] as? String == "20020000")
+        let got = await svc.waitFor(count: 1)
+        #expect(got.first?.uri == "/in/d7/status")
+        #expect(got.first?.body == "offline")
+        #expect(got.first?.header("x-switchyard-channel") == "mqtt")
+        await server.stop()
+        await svc.stop()
+    }
+}
