@@ -16,14 +16,24 @@ public struct MQTTConnectionMachine: Sendable {
         public var receiveMaximum: UInt16 = 64
         /// A client asking for a longer keep-alive (or none) gets this one (v5: Server Keep Alive).
         public var maximumKeepAliveSeconds: UInt16 = 3600
+        /// QoS 1/2 messages sent to a client and not yet acknowledged (lowered to the client's Receive Maximum).
+        public var maximumInflight = 32
+        /// Messages waiting for the in-flight window; past it the oldest QoS 0 goes first (counted).
+        public var maximumQueued = 1000
         public var channelName = "mqtt"
         public init() {}
     }
 
     public enum Action: Sendable {
         case send(MQTTPacket)
-        /// Hand a device message to the pipeline; answer with `submitted(token:result:)`.
-        case submit(Envelope, token: UInt64)
+        /// Hand a device message to the pipeline; answer with `submitted(token:result:)`. Once
+        /// accepted, `publish` goes to the broker's subscribers (and the retained store).
+        case submit(Envelope, token: UInt64, publish: MQTTPacket.Publish)
+        /// Add subscriptions in the broker's trie (then send matching retained messages).
+        case subscribe([(MQTTPacket.Subscription, isNew: Bool)], identifier: Int?)
+        case unsubscribe([String])
+        /// A message for the client could not be kept (queue full, too large): count it.
+        case dropOutbound(reason: String)
         /// Register the client id (taking over an older connection with the same id).
         case register(clientID: String)
         /// Close the connection (after the packets sent before it).
@@ -59,6 +69,14 @@ public struct MQTTConnectionMachine: Sendable {
     /// QoS 2 messages accepted and awaiting PUBREL (not submitted again if resent).
     var awaitingRelease: Set<UInt16> = []
     var nextToken: UInt64 = 1
+    /// This connection's subscriptions (filter → options).
+    public private(set) var subscriptions: [String: MQTTPacket.Subscription] = [:]
+    /// Outbound QoS 1/2: in flight by packet id (QoS 2: `released` once PUBREC came and PUBREL went).
+    var inflight: [UInt16: (qos: QoS, released: Bool)] = [:]
+    var queued: [MQTTPacket.Publish] = []
+    var nextPacketID: UInt16 = 1
+    var inflightLimit = 32
+    var clientMaximumPacketSize = Int.max
     let remoteAddress: SocketAddress?
     let makeID: @Sendable () -> String
 
@@ -92,28 +110,15 @@ public struct MQTTConnectionMachine: Sendable {
                 let reason: ReasonCode = known || version != .v5 ? .success : .packetIdentifierNotFound
                 return [.send(.pubcomp(MQTTPacket.Ack(packetID: rel.packetID, reason: reason)))]
             case .subscribe(let s):
-                // Subscriptions (downlink to devices) come with the broker's fan-out; until then
-                // every filter is refused out loud, never silently granted.
-                var props = MQTTProperties()
-                if version == .v5 { props.reasonString = "subscriptions are not available on this server yet" }
-                return [
-                    .send(
-                        .suback(
-                            MQTTPacket.SubAck(
-                                packetID: s.packetID,
-                                reasons: s.subscriptions.map { _ in .implementationSpecificError },
-                                properties: props
-                            )
-                        )
-                    )
-                ]
+                return subscribe(s)
             case .unsubscribe(let u):
+                var reasons: [ReasonCode] = []
+                for filter in u.filters {
+                    reasons.append(subscriptions.removeValue(forKey: filter) != nil ? .success : .noSubscriptionExisted)
+                }
                 return [
-                    .send(
-                        .unsuback(
-                            MQTTPacket.UnsubAck(packetID: u.packetID, reasons: version == .v5 ? u.filters.map { _ in .noSubscriptionExisted } : [])
-                        )
-                    )
+                    .unsubscribe(u.filters),
+                    .send(.unsuback(MQTTPacket.UnsubAck(packetID: u.packetID, reasons: version == .v5 ? reasons : []))),
                 ]
             case .pingreq:
                 return [.send(.pingresp)]
@@ -123,8 +128,24 @@ public struct MQTTConnectionMachine: Sendable {
                 if d.reason == .disconnectWithWillMessage, let will, let clientID { actions.append(.publishWill(will, clientID: clientID)) }
                 will = nil
                 return actions + [.close(reason: "client disconnected (\(d.reason))")]
-            case .puback, .pubrec, .pubcomp:
-                return []  // nothing is sent to devices with QoS > 0 yet
+            case .puback(let a):
+                guard inflight[a.packetID]?.qos == .atLeastOnce else { return [] }
+                inflight.removeValue(forKey: a.packetID)
+                return drain()
+            case .pubrec(let a):
+                guard inflight[a.packetID]?.qos == .exactlyOnce else {
+                    return version == .v5 ? [.send(.pubrel(MQTTPacket.Ack(packetID: a.packetID, reason: .packetIdentifierNotFound)))] : []
+                }
+                if a.reason.isFailure {
+                    inflight.removeValue(forKey: a.packetID)  // the client refused it: done
+                    return drain()
+                }
+                inflight[a.packetID]?.released = true
+                return [.send(.pubrel(MQTTPacket.Ack(packetID: a.packetID)))]
+            case .pubcomp(let a):
+                guard inflight[a.packetID]?.released == true else { return [] }
+                inflight.removeValue(forKey: a.packetID)
+                return drain()
             case .auth:
                 return disconnect(.badAuthenticationMethod, "enhanced authentication is not supported")
             case .connack, .suback, .unsuback, .pingresp:
@@ -227,11 +248,10 @@ public struct MQTTConnectionMachine: Sendable {
             ackProperties.receiveMaximum = options.receiveMaximum
             ackProperties.maximumPacketSize = UInt32(options.maximumPacketSize)
             ackProperties.topicAliasMaximum = 0
-            ackProperties.retainAvailable = 0
-            ackProperties.wildcardSubscriptionAvailable = 0
-            ackProperties.subscriptionIdentifiersAvailable = 0
             ackProperties.sharedSubscriptionAvailable = 0
         }
+        inflightLimit = min(options.maximumInflight, Int(c.properties.receiveMaximum ?? UInt16.max))
+        if let max = c.properties.maximumPacketSize { clientMaximumPacketSize = Int(max) }
         state = .connected
         self.clientID = clientID
         will = c.will
@@ -247,10 +267,6 @@ public struct MQTTConnectionMachine: Sendable {
             return [.countRefused(reason: "topic_alias_invalid")]
                 + disconnect(.topicAliasInvalid, "topic aliases are not accepted (Topic Alias Maximum 0)")
         }
-        if p.retain && version == .v5 {
-            return [.countRefused(reason: "retain_not_supported")]
-                + disconnect(.retainNotSupported, "retained messages are not available (Retain Available 0)")
-        }
         if p.qos == .exactlyOnce, let id = p.packetID, awaitingRelease.contains(id) {
             return [.send(.pubrec(MQTTPacket.Ack(packetID: id)))]  // a resend of a message already taken
         }
@@ -263,7 +279,80 @@ public struct MQTTConnectionMachine: Sendable {
         if p.qos != .atMostOnce, let id = p.packetID {
             pendingAcks.append(PendingAck(token: token, packetID: id, qos: p.qos, result: nil))
         }
-        return [.submit(envelope(for: p), token: token)]
+        return [.submit(envelope(for: p), token: token, publish: p)]
+    }
+
+    mutating func subscribe(_ s: MQTTPacket.Subscribe) -> [Action] {
+        if version == .v5, s.properties.subscriptionIdentifiers.count > 1 {
+            return disconnect(.protocolError, "more than one subscription identifier in SUBSCRIBE")
+        }
+        let identifier = s.properties.subscriptionIdentifiers.first
+        var reasons: [ReasonCode] = []
+        var added: [(MQTTPacket.Subscription, isNew: Bool)] = []
+        for sub in s.subscriptions {
+            if MQTTTopic.problemWithFilter(sub.filter) != nil {
+                reasons.append(.topicFilterInvalid)
+            } else if MQTTTopic.shared(sub.filter) != nil {
+                reasons.append(.sharedSubscriptionsNotSupported)
+            } else {
+                let isNew = subscriptions.updateValue(sub, forKey: sub.filter) == nil
+                added.append((sub, isNew))
+                reasons.append([.success, .grantedQoS1, .grantedQoS2][Int(sub.qos.rawValue)])
+            }
+        }
+        var actions: [Action] = [.send(.suback(MQTTPacket.SubAck(packetID: s.packetID, reasons: reasons)))]
+        if !added.isEmpty { actions.append(.subscribe(added, identifier: identifier)) }
+        return actions
+    }
+
+    /// A message for this client (from the broker's fan-out or the retained store), at the
+    /// QoS it gets. QoS 1/2 waits for room in the in-flight window.
+    public mutating func deliver(_ p: MQTTPacket.Publish) -> [Action] {
+        guard state == .connected else { return [] }
+        if p.qos == .atMostOnce && queued.isEmpty {
+            return send(p)
+        }
+        if inflight.count < inflightLimit, queued.isEmpty {
+            return send(p)
+        }
+        if queued.count >= options.maximumQueued {
+            // Full: the oldest QoS 0 goes first, else the newcomer (counted either way).
+            guard let index = queued.firstIndex(where: { $0.qos == .atMostOnce }) else {
+                return [.dropOutbound(reason: "queue_full")]
+            }
+            queued.remove(at: index)
+            queued.append(p)
+            return [.dropOutbound(reason: "queue_full")]
+        }
+        queued.append(p)
+        return []
+    }
+
+    mutating func send(_ p: MQTTPacket.Publish) -> [Action] {
+        var p = p
+        p.packetID = nil
+        if p.qos != .atMostOnce {
+            while inflight[nextPacketID] != nil || nextPacketID == 0 { nextPacketID &+= 1 }
+            p.packetID = nextPacketID
+            inflight[nextPacketID] = (p.qos, false)
+            nextPacketID &+= 1
+        }
+        if clientMaximumPacketSize != Int.max, let size = try? MQTTEncoder.size(of: .publish(p), version: version ?? .v5),
+            size > clientMaximumPacketSize
+        {
+            if let id = p.packetID { inflight.removeValue(forKey: id) }
+            return [.dropOutbound(reason: "over_client_maximum_packet_size")]
+        }
+        return [.send(.publish(p))]
+    }
+
+    /// Sends queued messages while the window has room.
+    mutating func drain() -> [Action] {
+        var actions: [Action] = []
+        while !queued.isEmpty, queued[0].qos == .atMostOnce || inflight.count < inflightLimit {
+            actions += send(queued.removeFirst())
+        }
+        return actions
     }
 
     func envelope(for p: MQTTPacket.Publish) -> Envelope {

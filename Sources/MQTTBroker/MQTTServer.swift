@@ -26,6 +26,12 @@ public final class MQTTServer: Service, Sendable {
     let connections = NIOLockedValueBox([ObjectIdentifier: any Channel]())
     let connectionCount = Atomic<Int>(0)
     let connectionsGauge = Gauge(label: "switchyard_mqtt_connections")
+    /// Who gets what: one trie for every connection (subscriptions end with their connection).
+    let trie = NIOLockedValueBox(SubscriptionTrie())
+    /// The last retained message per topic (kept in memory).
+    let retained = NIOLockedValueBox([String: MQTTPacket.Publish]())
+    let subscriptionsGauge = Gauge(label: "switchyard_mqtt_subscriptions")
+    let retainedGauge = Gauge(label: "switchyard_mqtt_retained_messages")
 
     /// `onRefused` is told the reason for each PUBLISH refused before it reached the sink.
     public init(
@@ -100,6 +106,87 @@ public final class MQTTServer: Service, Sendable {
         logger.info("stopped", metadata: ["address": "\(host):\(port)"])
     }
 
+    // MARK: - Subscriptions and fan-out
+
+    /// Sends an accepted message to every matching subscriber (and keeps it when retained).
+    func fanOut(_ publish: MQTTPacket.Publish, from publisher: String?) {
+        if publish.retain {
+            let count = retained.withLockedValue { store in
+                if publish.payload.readableBytes == 0 {
+                    store.removeValue(forKey: publish.topic)  // an empty retained message clears the topic
+                } else {
+                    var kept = publish
+                    kept.dup = false
+                    kept.packetID = nil
+                    store[publish.topic] = kept
+                }
+                return store.count
+            }
+            retainedGauge.record(count)
+        }
+        let matches = trie.withLockedValue { $0.matches(publish.topic) }
+        guard !matches.isEmpty else { return }
+        let handlers = sessions.withLockedValue { sessions in matches.keys.compactMap { id in sessions[id].map { (id, $0) } } }
+        for (clientID, handler) in handlers {
+            let match = matches[clientID]!
+            if match.noLocal && clientID == publisher { continue }
+            var out = publish
+            out.qos = min(publish.qos, match.qos)
+            out.retain = match.retainAsPublished && publish.retain
+            out.dup = false
+            out.properties.topicAlias = nil
+            out.properties.subscriptionIdentifiers = match.identifiers
+            Counter(label: "switchyard_mqtt_messages_out_total", dimensions: [("qos", String(out.qos.rawValue))]).increment()
+            handler.deliver(out)
+        }
+    }
+
+    func subscribe(_ clientID: String, _ added: [(MQTTPacket.Subscription, isNew: Bool)], identifier: Int?) -> [MQTTPacket.Publish] {
+        let count = trie.withLockedValue { trie in
+            for (sub, _) in added {
+                trie.subscribe(
+                    clientID,
+                    filter: sub.filter,
+                    entry: SubscriptionTrie.Entry(
+                        qos: sub.qos,
+                        noLocal: sub.noLocal,
+                        retainAsPublished: sub.retainAsPublished,
+                        identifier: identifier
+                    )
+                )
+            }
+            return trie.count
+        }
+        subscriptionsGauge.record(count)
+        // Retained messages for the new subscriptions (retain handling 0: always, 1: if new, 2: never).
+        let wanted = added.filter { sub, isNew in
+            sub.retainHandling == .sendOnSubscribe || (sub.retainHandling == .sendIfNew && isNew)
+        }
+        guard !wanted.isEmpty else { return [] }
+        return retained.withLockedValue { store in
+            var out: [MQTTPacket.Publish] = []
+            for (topic, message) in store {
+                for (sub, _) in wanted where MQTTTopic.matches(filter: sub.filter, topic: topic) {
+                    var m = message
+                    m.qos = min(message.qos, sub.qos)
+                    m.retain = true
+                    if let identifier { m.properties.subscriptionIdentifiers = [identifier] }
+                    out.append(m)
+                    break
+                }
+            }
+            return out
+        }
+    }
+
+    func unsubscribe(_ clientID: String, _ filters: [String]) {
+        let count = trie.withLockedValue { trie in
+            for f in filters { trie.unsubscribe(clientID, filter: f) }
+            return trie.count
+        }
+        subscriptionsGauge.record(count)
+    }
+
     /// Makes `handler` the connection of `clientID`; returns the one it takes over.
     func register(_ handler: MQTTConnectionHandler, clientID: String) -> MQTTConnectionHandler? {
         sessions.withLockedValue { sessions in
@@ -109,10 +196,15 @@ public final class MQTTServer: Service, Sendable {
         }
     }
 
-    func unregister(_ handler: MQTTConnectionHandler, clientID: String) {
-        sessions.withLockedValue { sessions in
-            if sessions[clientID] === handler { sessions.removeValue(forKey: clientID) }
+    /// The connection ended: its session (and subscriptions) with it, unless a newer
+    /// connection took the client id over (its subscriptions are its own).
+    func unregister(_ handler: MQTTConnectionHandler, clientID: String, filters: [String]) {
+        let wasCurrent = sessions.withLockedValue { sessions in
+            guard sessions[clientID] === handler else { return false }
+            sessions.removeValue(forKey: clientID)
+            return true
         }
+        if wasCurrent && !filters.isEmpty { unsubscribe(clientID, filters) }
     }
 }
 
@@ -172,7 +264,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
     func channelInactive(context: ChannelHandlerContext) {
         keepAliveTimer?.cancel()
         perform(machine.connectionClosed(), context: context)
-        if let id = machine.clientID { server.unregister(self, clientID: id) }
+        if let id = machine.clientID { server.unregister(self, clientID: id, filters: Array(machine.subscriptions.keys)) }
         self.context = nil
         context.fireChannelInactive()
     }
@@ -184,6 +276,18 @@ final class MQTTConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
             guard let context = self.context else { return }
             self.perform(self.machine.takenOver(), context: context)
         }
+    }
+
+    /// From any loop: a message for this client.
+    func deliver(_ publish: MQTTPacket.Publish) {
+        guard let context else { return }
+        let loop = context.eventLoop
+        let run = {
+            guard let context = self.context else { return }
+            self.perform(self.machine.deliver(publish), context: context)
+            context.flush()
+        }
+        if loop.inEventLoop { run() } else { loop.execute(run) }
     }
 
     func shutDown() {
@@ -209,25 +313,41 @@ final class MQTTConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
             case .register(let clientID):
                 Counter(label: "switchyard_mqtt_connects_total", dimensions: [("result", "accepted")]).increment()
                 server.register(self, clientID: clientID)?.takeOver()
-            case .submit(let envelope, let token):
+            case .submit(let envelope, let token, let publish):
                 let loop = context.eventLoop
+                let publisher = machine.clientID
                 server.sink.submit(envelope, on: loop).hop(to: loop).whenComplete { result in
-                    guard let context = self.context else { return }
                     let outcome: SubmitResult
                     switch result {
                     case .success(let r): outcome = r
                     case .failure(let error):
                         outcome = .rejected(Rejection(filter: "mqtt", reason: "internal", status: 500, message: "\(error)"))
                     }
+                    // Subscribers get what the pipeline took (filters apply to them too), once.
+                    if case .accepted = outcome { self.server.fanOut(publish, from: publisher) }
+                    guard let context = self.context else { return }
                     self.perform(self.machine.submitted(token: token, result: outcome), context: context)
                     context.flush()
                 }
+            case .subscribe(let added, let identifier):
+                guard let clientID = machine.clientID else { continue }
+                for message in server.subscribe(clientID, added, identifier: identifier) {
+                    perform(machine.deliver(message), context: context)
+                }
+            case .unsubscribe(let filters):
+                if let clientID = machine.clientID { server.unsubscribe(clientID, filters) }
+            case .dropOutbound(let reason):
+                Counter(label: "switchyard_mqtt_messages_dropped_total", dimensions: [("reason", reason)]).increment()
             case .publishWill(let will, let clientID):
                 let p = MQTTPacket.Publish(topic: will.topic, payload: will.payload, qos: will.qos, retain: will.retain, properties: will.properties)
                 var envelope = machine.envelope(for: p)
                 envelope.headers.append(HeaderField("x-mqtt-will", clientID))
-                // The will is a message of the device like any other: filtered, journaled, routed.
-                _ = server.sink.submit(envelope, on: context.eventLoop)
+                // The will is a message of the device like any other: filtered, journaled, routed,
+                // and sent to subscribers once accepted.
+                let server = self.server
+                server.sink.submit(envelope, on: context.eventLoop).whenSuccess { result in
+                    if case .accepted = result { server.fanOut(p, from: clientID) }
+                }
             case .countRefused(let reason):
                 server.onRefused(reason)
             case .close(let reason):

@@ -141,7 +141,59 @@ def raw(port, packets, pause=0.0, timeout=3.0):
     return {"received": data.hex(), "closed": closed}
 
 
+def subscriber(port, version, client_id, topic_filter, qos):
+    c, state = client(version, client_id)
+    got = []
+    subscribed = threading.Event()
+
+    def on_message(cl, userdata, m):
+        got.append({"topic": m.topic, "payload": m.payload.decode(errors="replace"), "qos": m.qos, "retain": bool(m.retain)})
+
+    def on_subscribe(cl, userdata, mid, reason_codes, properties):
+        state["granted"] = [code(r) for r in reason_codes]
+        subscribed.set()
+
+    c.on_message = on_message
+    c.on_subscribe = on_subscribe
+    c.connect(HOST, port, keepalive=30)
+    c.loop_start()
+    state["connected"].wait(5)
+    c.subscribe(topic_filter, qos=qos)
+    subscribed.wait(5)
+    return c, state, got
+
+
+def wait_for(predicate, seconds=5.0):
+    deadline = time.time() + seconds
+    while time.time() < deadline and not predicate():
+        time.sleep(0.01)
+
+
+def pubsub(port, version, qos, count):
+    """A subscriber on devices/p1/+/telemetry, a publisher of COUNT messages, then a retained one."""
+    sub, sstate, got = subscriber(port, version, "sub-1", "devices/p1/+/telemetry", qos)
+    pub, pstate = client(version, "pub-1")
+    pub.connect(HOST, port, keepalive=30)
+    pub.loop_start()
+    pstate["connected"].wait(5)
+    for i in range(count):
+        pub.publish(f"devices/p1/d{i % 3}/telemetry", f"m{i}", qos=qos)
+    pub.publish("devices/p1/elsewhere/status", "not for the subscriber", qos=qos)
+    wait_for(lambda: len(got) >= count)
+    info = pub.publish("devices/p1/r1/state", "last known", qos=1, retain=True)
+    info.wait_for_publish(5)
+    late, lstate, late_got = subscriber(port, version, "sub-2", "devices/p1/r1/#", 1)
+    wait_for(lambda: len(late_got) >= 1, 3)
+    time.sleep(0.2)
+    for c in (sub, pub, late):
+        c.disconnect()
+        c.loop_stop()
+    return {"granted": sstate.get("granted"), "got": got, "late": late_got}
+
+
 def scenario(name, port, args):
+    if name == "pubsub":
+        return pubsub(port, args[0], int(args[1]), int(args[2]))
     if name == "publish":
         version, qos, count, topic = args[0], int(args[1]), int(args[2]), args[3]
         return publish(port, version, qos, count, topic)
@@ -173,7 +225,8 @@ def scenario(name, port, args):
     if name == "keepalive":
         return raw(port, [connect_packet(5, "sleepy", keepalive=1)], timeout=6.0)
     if name == "subscribe":
-        sub = struct.pack("!H", 7) + b"\x00" + s("devices/p/d/cmd") + b"\x01"
+        # An invalid filter and a shared subscription (not available yet): refused per filter.
+        sub = struct.pack("!H", 7) + b"\x00" + s("devices/#/bad") + b"\x01" + s("$share/g/x") + b"\x01"
         return raw(port, [connect_packet(5, "sub"), bytes([0x82]) + vbi(len(sub)) + sub], pause=0.2, timeout=1.0)
     raise SystemExit(f"unknown scenario {name}")
 

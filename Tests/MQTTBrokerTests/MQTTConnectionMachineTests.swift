@@ -18,7 +18,7 @@ import Testing
     }
 
     func tokens(_ actions: [MQTTConnectionMachine.Action]) -> [UInt64] {
-        actions.compactMap { if case .submit(_, let token) = $0 { token } else { nil } }
+        actions.compactMap { if case .submit(_, let token, _) = $0 { token } else { nil } }
     }
 
     func connected(_ version: MQTTVersion = .v5, keepAlive: UInt16 = 10, receiveMaximum: UInt16 = 64) -> MQTTConnectionMachine {
@@ -121,5 +121,39 @@ import Testing
                 if case .publishWill = $0 { true } else { false }
             }
         )
+    }
+
+    @Test func outboundQoS1WaitsForRoomInTheWindow() {
+        var m = machine()
+        var props = MQTTProperties()
+        props.receiveMaximum = 2  // the client takes two at a time
+        _ = m.received(.connect(MQTTPacket.Connect(version: .v5, clientID: "d1", properties: props)), now: 0)
+        func msg(_ i: Int) -> MQTTPacket.Publish { MQTTPacket.Publish(topic: "c/\(i)", payload: ByteBuffer(), qos: .atLeastOnce) }
+        let first = sent(m.deliver(msg(1))) + sent(m.deliver(msg(2)))
+        #expect(first.count == 2)
+        #expect(sent(m.deliver(msg(3))).isEmpty)  // queued
+        guard case .publish(let p1) = first[0], let id = p1.packetID else { Issue.record("no packet id"); return }
+        let next = sent(m.received(.puback(MQTTPacket.Ack(packetID: id)), now: 1))
+        guard case .publish(let p3)? = next.first else { Issue.record("the queued message did not go"); return }
+        #expect(p3.topic == "c/3")
+        #expect(p3.packetID != nil)
+    }
+
+    @Test func invalidAndSharedFiltersAreRefusedPerFilter() {
+        var m = connected()
+        let actions = m.received(
+            .subscribe(
+                MQTTPacket.Subscribe(
+                    packetID: 3,
+                    subscriptions: [.init(filter: "a/#/b"), .init(filter: "$share/g/a"), .init(filter: "a/+", qos: .atLeastOnce)]
+                )
+            ),
+            now: 1
+        )
+        #expect(
+            sent(actions).first
+                == .suback(MQTTPacket.SubAck(packetID: 3, reasons: [.topicFilterInvalid, .sharedSubscriptionsNotSupported, .grantedQoS1]))
+        )
+        #expect(m.subscriptions.keys.sorted() == ["a/+"])
     }
 }

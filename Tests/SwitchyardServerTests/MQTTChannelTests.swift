@@ -107,9 +107,9 @@ import Testing
         #expect(bytes.hasPrefix("20"))  // CONNACK first
         #expect(bytes.contains("e0") && bytes.contains("95"), "\(bytes)")
         #expect(oversize["closed"] as? Bool == true)
-        // SUBSCRIBE is refused out loud (0x83 per filter), never silently granted.
+        // An invalid filter gets 0x8F and a shared subscription 0x9E (not available yet): never a silent grant.
         let sub = try run("subscribe", port)
-        #expect((sub["received"] as? String)?.hasSuffix("83") == true, "\(sub)")
+        #expect((sub["received"] as? String)?.hasSuffix("8f9e") == true, "\(sub)")
         // Keep-alive 1 s and silence: DISCONNECT 0x8D within 1.5 × keep-alive (checked each second).
         let sleepy = try run("keepalive", port)
         #expect((sleepy["received"] as? String)?.contains("e0") == true)
@@ -123,6 +123,29 @@ import Testing
         // Still serving.
         let ok = try run("publish", port, "5", "1", "1", "devices/p1/d9/telemetry")
         #expect(ok["acks"] as? [Int] == [0])
+        await server.stop()
+        await svc.stop()
+    }
+
+    @Test(arguments: [("3", 0), ("3", 1), ("5", 1), ("5", 2)])
+    func subscribersGetWhatDevicesPublishAndRetainedMessages(version: String, qos: Int) async throws {
+        let svc = try await TestHTTPService.start()
+        let server = try await TestServer.start(Self.yaml(svc))
+        let port = String(try await server.mqttPort())
+        let r = try run("pubsub", port, version, String(qos), "20")
+        #expect(r["granted"] as? [Int] == [qos])
+        let got = try #require(r["got"] as? [[String: Any]])
+        #expect(got.count == 20, "\(got.count) of 20 at QoS \(qos)")
+        #expect(Set(got.compactMap { $0["payload"] as? String }) == Set((0..<20).map { "m\($0)" }))
+        #expect(got.allSatisfy { $0["qos"] as? Int == qos && $0["retain"] as? Bool == false })
+        #expect(!got.contains { ($0["topic"] as? String)?.hasSuffix("status") == true })
+        // A subscriber that comes later gets the retained message, flagged as retained.
+        let late = try #require(r["late"] as? [[String: Any]])
+        #expect(late.count == 1)
+        #expect(late.first?["payload"] as? String == "last known")
+        #expect(late.first?["retain"] as? Bool == true)
+        // The pipeline delivered every message to the service as well.
+        #expect(await svc.waitFor(count: 22).count == 22)
         await server.stop()
         await svc.stop()
     }
