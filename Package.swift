@@ -21,6 +21,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
     ],
     targets: [
         // MARK: - Layer 0: domain values and protocols
@@ -39,6 +40,15 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         // MARK: - Layer 2: domain engines
+        .target(
+            name: "DeviceRegistry",
+            dependencies: [
+                "SwitchyardCore",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "MQTTBroker",
             dependencies: [
@@ -125,6 +135,7 @@ let package = Package(
         .target(
             name: "SwitchyardServer",
             dependencies: [
+                "DeviceRegistry",
                 "MQTTBroker",
                 "SwitchyardCore", "SwitchyardConfig", "Controller", "Router", "HTTPForwarder", "HTTPIngress",
                 "Telemetry", "Journal",
@@ -180,6 +191,11 @@ let package = Package(
         .testTarget(
             name: "RouterTests",
             dependencies: ["Router", "SwitchyardCore", "SwitchyardConfig", "SwitchyardTesting"],
+            swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
+        ),
+        .testTarget(
+            name: "DeviceRegistryTests",
+            dependencies: ["DeviceRegistry"],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
         .testTarget(

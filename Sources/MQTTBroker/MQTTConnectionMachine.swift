@@ -6,6 +6,22 @@ public import SwitchyardCore
 
 /// The MQTT protocol of one connection as a value: packets and results go in, `Action`s
 /// come out; the channel handler performs them. Time is passed in (`now`, nanoseconds).
+/// Who a device is, once its credentials were checked.
+public struct DeviceIdentity: Sendable, Equatable {
+    public var product: String
+    public var device: String
+    public init(product: String, device: String) {
+        self.product = product
+        self.device = device
+    }
+}
+
+/// Checks CONNECT credentials; fails with the reason code to refuse with
+/// (`badUserNameOrPassword`, `notAuthorized`, …).
+public protocol DeviceAuthenticator: Sendable {
+    func authenticate(username: String, password: ByteBuffer?, clientID: String) -> Result<DeviceIdentity, MQTTWireError>
+}
+
 public struct MQTTConnectionMachine: Sendable {
     public struct Options: Sendable {
         /// Accept CONNECT without credentials (product and device then come from the topic).
@@ -21,6 +37,11 @@ public struct MQTTConnectionMachine: Sendable {
         /// Messages waiting for the in-flight window; past it the oldest QoS 0 goes first (counted).
         public var maximumQueued = 1000
         public var channelName = "mqtt"
+        /// Checks credentials; without one, only anonymous access (if allowed) gets in.
+        public var authenticator: (any DeviceAuthenticator)?
+        /// An authenticated device publishes and subscribes only under this topic space
+        /// (`{product}` and `{device}` filled in; a prefix ending in `/#`, or one exact topic).
+        public var aclTemplate = "devices/{product}/{device}/#"
         public init() {}
     }
 
@@ -62,6 +83,8 @@ public struct MQTTConnectionMachine: Sendable {
     var state = State.awaitingConnect
     public private(set) var version: MQTTVersion?
     public private(set) var clientID: String?
+    /// The authenticated device (nil for anonymous clients).
+    public private(set) var identity: DeviceIdentity?
     var keepAliveNanos: UInt64 = 0
     var lastPacketAt: UInt64 = 0
     var will: MQTTPacket.Will?
@@ -162,8 +185,12 @@ public struct MQTTConnectionMachine: Sendable {
             return []
         }
         pendingAcks[index].result = result
+        return flushAcks()
+    }
+
+    /// Acknowledgements leave in the order the PUBLISHes came (MQTT 4.6).
+    mutating func flushAcks() -> [Action] {
         var actions: [Action] = []
-        // Acknowledgements leave in the order the PUBLISHes came (MQTT 4.6).
         while let head = pendingAcks.first, let result = head.result {
             pendingAcks.removeFirst()
             switch result {
@@ -232,11 +259,16 @@ public struct MQTTConnectionMachine: Sendable {
             if c.version == .v5 { ackProperties.assignedClientIdentifier = clientID }
         }
         guard clientID.utf8.count <= 256 else { return refuse(.clientIdentifierNotValid, "the client id is over 256 bytes") }
-        guard c.username != nil || options.allowAnonymous else {
-            return refuse(.notAuthorized, "anonymous access is off on this listener (channels.mqtt.allow_anonymous)")
-        }
-        guard options.allowAnonymous else {
-            return refuse(.badUserNameOrPassword, "device credentials are not supported yet; enable channels.mqtt.allow_anonymous")
+        if let username = c.username {
+            guard let authenticator = options.authenticator else {
+                return refuse(.badUserNameOrPassword, "this listener has no device credentials")
+            }
+            switch authenticator.authenticate(username: username, password: c.password, clientID: clientID) {
+            case .success(let id): identity = id
+            case .failure(let why): return refuse(why.code, why.message)
+            }
+        } else if !options.allowAnonymous {
+            return refuse(.notAuthorized, "anonymous access is off on this listener (channels.mqtt.allow_anonymous); sign in as {device}&{product}")
         }
         var keepAlive = c.keepAliveSeconds
         if keepAlive == 0 || keepAlive > options.maximumKeepAliveSeconds {
@@ -270,6 +302,17 @@ public struct MQTTConnectionMachine: Sendable {
         if p.qos == .exactlyOnce, let id = p.packetID, awaitingRelease.contains(id) {
             return [.send(.pubrec(MQTTPacket.Ack(packetID: id)))]  // a resend of a message already taken
         }
+        if let identity, !Self.acl(options.aclTemplate, identity).allows(topic: p.topic) {
+            let refusal = Rejection(
+                filter: "acl",
+                reason: "acl_denied",
+                status: 403,
+                message: "device \(identity.product)/\(identity.device) may publish only under \(Self.acl(options.aclTemplate, identity).filter)"
+            )
+            guard p.qos != .atMostOnce, let id = p.packetID else { return [.countRefused(reason: "acl_denied")] }
+            pendingAcks.append(PendingAck(token: 0, packetID: id, qos: p.qos, result: .rejected(refusal)))
+            return [.countRefused(reason: "acl_denied")] + flushAcks()
+        }
         if p.qos != .atMostOnce, pendingAcks.count >= Int(options.receiveMaximum) {
             return [.countRefused(reason: "receive_maximum_exceeded")]
                 + disconnect(.receiveMaximumExceeded, "more than \(options.receiveMaximum) unacknowledged QoS 1/2 messages")
@@ -294,6 +337,8 @@ public struct MQTTConnectionMachine: Sendable {
                 reasons.append(.topicFilterInvalid)
             } else if MQTTTopic.shared(sub.filter) != nil {
                 reasons.append(.sharedSubscriptionsNotSupported)
+            } else if let identity, !Self.acl(options.aclTemplate, identity).covers(filter: sub.filter) {
+                reasons.append(.notAuthorized)
             } else {
                 let isNew = subscriptions.updateValue(sub, forKey: sub.filter) == nil
                 added.append((sub, isNew))
@@ -377,6 +422,8 @@ public struct MQTTConnectionMachine: Sendable {
             id: makeID(),
             channel: options.channelName,
             topic: p.topic,
+            product: identity?.product,
+            device: identity?.device,
             payload: p.payload,
             headers: headers,
             receivedAt: now,
@@ -431,5 +478,24 @@ public struct MQTTConnectionMachine: Sendable {
     mutating func close(_ message: String) -> [Action] {
         state = .closed
         return [.close(reason: message)]
+    }
+
+    /// The topic space of a device.
+    struct ACL {
+        var filter: String
+
+        /// A topic the device may publish to.
+        func allows(topic: String) -> Bool { MQTTTopic.matches(filter: filter, topic: topic) }
+
+        /// A filter whose every topic is inside the space.
+        func covers(filter f: String) -> Bool {
+            guard filter.hasSuffix("/#") else { return f == filter }
+            let prefix = filter.dropLast(2)
+            return f == prefix || f.hasPrefix(prefix + "/")
+        }
+    }
+
+    static func acl(_ template: String, _ identity: DeviceIdentity) -> ACL {
+        ACL(filter: template.replacing("{product}", with: identity.product).replacing("{device}", with: identity.device))
     }
 }

@@ -63,8 +63,17 @@ public enum ConfigLoader {
         let mqtt = r.mapping(
             channels["mqtt"],
             "channels.mqtt",
-            allowed: ["enabled", "allow_anonymous", "max_packet_size", "receive_maximum", "max_keep_alive", "max_connections"]
+            allowed: ["enabled", "allow_anonymous", "max_packet_size", "receive_maximum", "max_keep_alive", "max_connections", "acl"]
         )
+        if let v = r.string(mqtt["acl"], "channels.mqtt.acl") {
+            if !v.contains("{device}") {
+                r.fail("channels.mqtt.acl", "must contain {device} (e.g. devices/{product}/{device}/#): each device gets its own space", mqtt["acl"])
+            } else if v.dropLast(v.hasSuffix("/#") ? 2 : 0).contains(where: { $0 == "+" || $0 == "#" }) {
+                r.fail("channels.mqtt.acl", "a topic prefix ending in /#, or one exact topic; no other wildcards", mqtt["acl"])
+            } else {
+                c.channels.mqtt.aclTemplate = v
+            }
+        }
         if let v = r.bool(mqtt["enabled"], "channels.mqtt.enabled") { c.channels.mqtt.enabled = v }
         if let v = r.bool(mqtt["allow_anonymous"], "channels.mqtt.allow_anonymous") { c.channels.mqtt.allowAnonymous = v }
         if let v = r.size(mqtt["max_packet_size"], "channels.mqtt.max_packet_size", range: 64...(256 << 20)) { c.channels.mqtt.maxPacketBytes = v }

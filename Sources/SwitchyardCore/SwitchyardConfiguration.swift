@@ -68,6 +68,8 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
         /// Keep-alive granted at most (and to clients asking for none).
         public var maxKeepAliveSeconds = 3600
         public var maxConnections = 100_000
+        /// A signed-in device publishes and subscribes only under this topic space.
+        public var aclTemplate = "devices/{product}/{device}/#"
         public init() {}
     }
 

@@ -37,6 +37,7 @@ struct AdminResponder: HTTPResponder {
         }
         guard path.hasPrefix("/admin/") else { return .error(.notFound, "not_found", "no such endpoint: \(path)") }
         if let denied = authorize(request) { return denied }
+        if let devices = handleDevices(request, path: path) { return devices }
         switch (request.method, path) {
         case (.GET, "/admin/routes"):
             return encode(snapshot.router.table.routes.map { RouteView($0) })
@@ -121,7 +122,7 @@ struct AdminResponder: HTTPResponder {
         return nil
     }
 
-    private func encode<T: Encodable>(_ value: T) -> OutgoingResponse {
+    func encode<T: Encodable>(_ value: T) -> OutgoingResponse {
         do {
             return .json(.ok, String(decoding: try AdminJSON.encoder().encode(value), as: UTF8.self))
         } catch {

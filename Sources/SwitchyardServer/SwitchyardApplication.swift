@@ -1,4 +1,5 @@
 import Controller
+public import DeviceRegistry
 import Foundation
 import HTTPForwarder
 import HTTPIngress
@@ -30,6 +31,8 @@ public final class SwitchyardApplication: Sendable {
     let pipeline: Pipeline
     let ingest: HTTPServer?
     let mqtt: MQTTServer?
+    /// Device credentials (MQTT sign-in), managed through the admin API.
+    public let devices: DeviceStore
     let admin: HTTPServer
     let adminToken: String
     let journal: Journal?
@@ -58,6 +61,7 @@ public final class SwitchyardApplication: Sendable {
         self.logger = logger
         self.drainSeconds = drainSeconds
         adminToken = try AdminToken.load(dataDir: self.dataDir, environment: environment)
+        devices = try DeviceStore(path: self.dataDir + "/devices.json")
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, threads))
         forwarder = HTTPForwarder(group: group)
         var restoredLetters: [DeadLetter] = []
@@ -133,6 +137,8 @@ public final class SwitchyardApplication: Sendable {
             options.maximumPacketSize = mqttChannel.maxPacketBytes
             options.receiveMaximum = UInt16(mqttChannel.receiveMaximum)
             options.maximumKeepAliveSeconds = UInt16(mqttChannel.maxKeepAliveSeconds)
+            options.authenticator = RegistryAuthenticator(store: devices)
+            options.aclTemplate = mqttChannel.aclTemplate
             let ledger = shared.ledger
             mqtt = MQTTServer(
                 host: configuration.listeners.mqtt.host,

@@ -22,11 +22,11 @@ def code(rc):
     return rc.value if hasattr(rc, "value") else int(rc)
 
 
-def client(version, client_id, username=None):
+def client(version, client_id, username=None, password="x"):
     proto = mqtt.MQTTv5 if version == "5" else mqtt.MQTTv311
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto)
     if username:
-        c.username_pw_set(username, "x")
+        c.username_pw_set(username, password)
     state = {"connack": None, "acks": {}, "reasons": {}, "disconnect": None, "connected": threading.Event(), "gone": threading.Event()}
 
     def on_connect(cl, userdata, flags, reason_code, properties):
@@ -191,7 +191,41 @@ def pubsub(port, version, qos, count):
     return {"granted": sstate.get("granted"), "got": got, "late": late_got}
 
 
+def signed_in(port, version, username, password, publish_topics, subscribe_filters):
+    """Signs in, publishes QoS 1 to each topic and subscribes to each filter; reports every code."""
+    c, state = client(version, "signed-" + username, username, password)
+    granted = {}
+    done = threading.Event()
+
+    def on_subscribe(cl, userdata, mid, reason_codes, properties):
+        granted[mid] = [code(r) for r in reason_codes]
+        done.set()
+
+    c.on_subscribe = on_subscribe
+    c.connect(HOST, port, keepalive=30)
+    c.loop_start()
+    state["connected"].wait(5)
+    result = {"connack": state["connack"], "acks": [], "granted": []}
+    if state["connack"] == 0:
+        mids = [c.publish(t, "x", qos=1).mid for t in publish_topics]
+        wait_for(lambda: len(state["acks"]) >= len(mids) or state["gone"].is_set())
+        result["acks"] = [state["acks"].get(m) for m in mids]
+        for f in subscribe_filters:
+            done.clear()
+            mid = c.subscribe(f, qos=1)[1]
+            done.wait(5)
+            result["granted"] += granted.get(mid, [None])
+        c.disconnect()
+    c.loop_stop()
+    return result
+
+
 def scenario(name, port, args):
+    if name == "signin":
+        version, username, password = args[0], args[1], args[2]
+        topics = [t for t in args[3].split(",") if t] if len(args) > 3 else []
+        filters = [f for f in args[4].split(",") if f] if len(args) > 4 else []
+        return signed_in(port, version, username, password, topics, filters)
     if name == "pubsub":
         return pubsub(port, args[0], int(args[1]), int(args[2]))
     if name == "publish":

@@ -55,7 +55,8 @@ import Testing
         } catch let error as ForwardError {
             #expect(error.kind == .timeout)
         }
-        #expect(NIODeadline.now() - start < .seconds(1))
+        // Before the service's 2 s answer (with room for a loaded machine).
+        #expect(NIODeadline.now() - start < .milliseconds(1900))
         forwarder.shutdown()
         await svc.stop()
     }

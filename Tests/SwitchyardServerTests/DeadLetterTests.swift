@@ -66,7 +66,7 @@ import Testing
             routes:
               - name: r
                 match: "^devices/(?<device>[^/]+)/x$"
-                targets: [{service: s, path: "/in/{device}", retries: 20, backoff: {base: 20ms, max: 20ms}}]
+                targets: [{service: s, path: "/in/{device}", retries: 20, backoff: {base: 300ms, max: 300ms}}]
             services:
               s: {instances: [{url: "\(svc.url)"}], circuit: {failures: 0}}
             """

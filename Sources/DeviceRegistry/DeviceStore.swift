@@ -1,0 +1,223 @@
+// DeviceRegistry: per-device credentials. Secrets are generated here, shown once, and kept
+// only as salted HMAC-SHA256 digests in `<data dir>/devices.json` (0600).
+import Crypto
+import Foundation
+import NIOConcurrencyHelpers
+
+/// One device's record: no secret, only its salted digest.
+public struct DeviceRecord: Sendable, Codable, Equatable {
+    public var product: String
+    public var device: String
+    public var disabled: Bool
+    public var createdAt: Date
+    public var rotatedAt: Date
+    var salt: String
+    var digest: String
+}
+
+public struct DeviceRegistryError: Error, Sendable, Equatable, CustomStringConvertible {
+    public enum Code: String, Sendable {
+        case invalidName = "invalid_name"
+        case exists
+        case notFound = "not_found"
+        case storage
+    }
+
+    public var code: Code
+    public var message: String
+    public var description: String { message }
+}
+
+/// Why a device could not sign in.
+public enum AuthenticationFailure: Error, Sendable, Equatable {
+    case unknownDevice
+    case wrongSecret
+    case disabled
+}
+
+/// The device registry, in memory and persisted to a file after each change (written to a
+/// temporary file, fsynced, renamed).
+public final class DeviceStore: Sendable {
+    private let path: String?
+    private let records: NIOLockedValueBox<[String: DeviceRecord]>
+
+    /// `path` nil: in memory only (tests).
+    public init(path: String?) throws(DeviceRegistryError) {
+        self.path = path
+        var loaded: [String: DeviceRecord] = [:]
+        if let path, FileManager.default.fileExists(atPath: path) {
+            do {
+                let data = try Data(contentsOf: URL(fileURLWithPath: path))
+                for r in try JSONDecoder.registry.decode(File.self, from: data).devices { loaded[Self.key(r.product, r.device)] = r }
+            } catch {
+                throw DeviceRegistryError(code: .storage, message: "cannot read \(path): \(error)")
+            }
+        }
+        records = NIOLockedValueBox(loaded)
+    }
+
+    struct File: Codable {
+        var devices: [DeviceRecord]
+    }
+
+    static func key(_ product: String, _ device: String) -> String { "\(product)\u{0}\(device)" }
+
+    /// Names are topic levels: 1–128 bytes, no `/`, `+`, `#`, `&`, control characters or spaces.
+    public static func problem(with name: String, _ what: String) -> String? {
+        if name.isEmpty || name.utf8.count > 128 { return "\(what) must be 1–128 bytes" }
+        if name.unicodeScalars.contains(where: { "/+#&".unicodeScalars.contains($0) || $0.value <= 0x20 || $0.value == 0x7F }) {
+            return "\(what) \"\(name)\" may not contain / + # & spaces or control characters"
+        }
+        return nil
+    }
+
+    /// Registers a device and returns its secret (shown once; only a digest is kept).
+    public func add(product: String, device: String) throws(DeviceRegistryError) -> String {
+        for (name, what) in [(product, "product"), (device, "device")] {
+            if let problem = Self.problem(with: name, what) { throw DeviceRegistryError(code: .invalidName, message: problem) }
+        }
+        let secret = Self.makeSecret()
+        let now = Date()
+        let (salt, digest) = Self.digest(secret)
+        let record = DeviceRecord(product: product, device: device, disabled: false, createdAt: now, rotatedAt: now, salt: salt, digest: digest)
+        try change { records throws(DeviceRegistryError) in
+            guard records[Self.key(product, device)] == nil else {
+                throw DeviceRegistryError(code: .exists, message: "device \(product)/\(device) exists; rotate its secret instead")
+            }
+            records[Self.key(product, device)] = record
+        }
+        return secret
+    }
+
+    /// A new secret for a device; the old one stops working at once.
+    public func rotate(product: String, device: String) throws(DeviceRegistryError) -> String {
+        let secret = Self.makeSecret()
+        let (salt, digest) = Self.digest(secret)
+        try update(product, device) { r in
+            r.salt = salt
+            r.digest = digest
+            r.rotatedAt = Date()
+        }
+        return secret
+    }
+
+    public func setDisabled(_ disabled: Bool, product: String, device: String) throws(DeviceRegistryError) {
+        try update(product, device) { $0.disabled = disabled }
+    }
+
+    public func remove(product: String, device: String) throws(DeviceRegistryError) {
+        try change { records throws(DeviceRegistryError) in
+            guard records.removeValue(forKey: Self.key(product, device)) != nil else { throw Self.notFound(product, device) }
+        }
+    }
+
+    public func list() -> [DeviceRecord] {
+        records.withLockedValue { Array($0.values) }.sorted { ($0.product, $0.device) < ($1.product, $1.device) }
+    }
+
+    public var count: Int { records.withLockedValue { $0.count } }
+
+    /// Checks a device's secret (constant-time comparison of the digests).
+    public func authenticate(product: String, device: String, secret: String) -> Result<DeviceRecord, AuthenticationFailure> {
+        guard let record = records.withLockedValue({ $0[Self.key(product, device)] }) else { return .failure(.unknownDevice) }
+        guard let salt = Data(base64Encoded: record.salt), let expected = Data(base64Encoded: record.digest) else {
+            return .failure(.wrongSecret)
+        }
+        let actual = Data(HMAC<SHA256>.authenticationCode(for: Data(secret.utf8), using: SymmetricKey(data: salt)))
+        guard Self.constantTimeEqual(actual, expected) else { return .failure(.wrongSecret) }
+        if record.disabled { return .failure(.disabled) }
+        return .success(record)
+    }
+
+    // MARK: - Internals
+
+    private func update(_ product: String, _ device: String, _ body: (inout DeviceRecord) -> Void) throws(DeviceRegistryError) {
+        try change { records throws(DeviceRegistryError) in
+            guard var r = records[Self.key(product, device)] else { throw Self.notFound(product, device) }
+            body(&r)
+            records[Self.key(product, device)] = r
+        }
+    }
+
+    static func notFound(_ product: String, _ device: String) -> DeviceRegistryError {
+        DeviceRegistryError(code: .notFound, message: "no device \(product)/\(device)")
+    }
+
+    /// Applies a change and persists the result; on a storage error nothing changes.
+    private func change(_ body: (inout [String: DeviceRecord]) throws(DeviceRegistryError) -> Void) throws(DeviceRegistryError) {
+        let result: Result<Void, DeviceRegistryError> = records.withLockedValue { records in
+            var next = records
+            do throws(DeviceRegistryError) {
+                try body(&next)
+                try save(next)
+            } catch {
+                return .failure(error)
+            }
+            records = next
+            return .success(())
+        }
+        try result.get()
+    }
+
+    private func save(_ records: [String: DeviceRecord]) throws(DeviceRegistryError) {
+        guard let path else { return }
+        let tmp = path + ".tmp"
+        do {
+            let sorted = records.values.sorted { ($0.product, $0.device) < ($1.product, $1.device) }
+            let data = try JSONEncoder.registry.encode(File(devices: sorted))
+            guard FileManager.default.createFile(atPath: tmp, contents: data, attributes: [.posixPermissions: 0o600]) else {
+                throw DeviceRegistryError(code: .storage, message: "cannot write \(tmp)")
+            }
+            let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: tmp))
+            try handle.synchronize()
+            try handle.close()
+            guard rename(tmp, path) == 0 else { throw DeviceRegistryError(code: .storage, message: "cannot replace \(path): errno \(errno)") }
+        } catch let error as DeviceRegistryError {
+            throw error
+        } catch {
+            throw DeviceRegistryError(code: .storage, message: "cannot write \(path): \(error)")
+        }
+    }
+
+    /// 32 random bytes from the system's secure generator, as URL-safe base64 (43 characters).
+    static func makeSecret() -> String {
+        var rng = SystemRandomNumberGenerator()
+        let bytes = (0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        return Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
+            .replacingOccurrences(of: "=", with: "")
+    }
+
+    /// A fresh 16-byte salt and HMAC-SHA256(salt, secret), both base64.
+    static func digest(_ secret: String) -> (salt: String, digest: String) {
+        var rng = SystemRandomNumberGenerator()
+        let salt = Data((0..<16).map { _ in UInt8.random(in: 0...255, using: &rng) })
+        let mac = HMAC<SHA256>.authenticationCode(for: Data(secret.utf8), using: SymmetricKey(data: salt))
+        return (salt.base64EncodedString(), Data(mac).base64EncodedString())
+    }
+
+    static func constantTimeEqual(_ a: Data, _ b: Data) -> Bool {
+        guard a.count == b.count else { return false }
+        var difference: UInt8 = 0
+        for (x, y) in zip(a, b) { difference |= x ^ y }
+        return difference == 0
+    }
+}
+
+extension JSONEncoder {
+    static var registry: JSONEncoder {
+        let e = JSONEncoder()
+        e.outputFormatting = [.prettyPrinted, .sortedKeys]
+        e.dateEncodingStrategy = .iso8601
+        e.keyEncodingStrategy = .convertToSnakeCase
+        return e
+    }
+}
+
+extension JSONDecoder {
+    static var registry: JSONDecoder {
+        let d = JSONDecoder()
+        d.dateDecodingStrategy = .iso8601
+        d.keyDecodingStrategy = .convertFromSnakeCase
+        return d
+    }
+}
