@@ -56,6 +56,8 @@ public final class MQTTServer: Service, Sendable {
     }
 
     public var boundAddress: EventLoopFuture<SocketAddress> { bound.futureResult }
+    /// Connections open now.
+    public var openConnections: Int { connectionCount.load(ordering: .relaxed) }
 
     public func run() async throws {
         let channel: any Channel

@@ -169,6 +169,8 @@ public final class SwitchyardApplication: Sendable {
     public var ingestAddress: EventLoopFuture<SocketAddress>? { ingest?.boundAddress }
     /// Address of the MQTT listener once bound.
     public var mqttAddress: EventLoopFuture<SocketAddress>? { mqtt?.boundAddress }
+    /// MQTT connections open now.
+    public var mqttConnections: Int { mqtt?.openConnections ?? 0 }
     public var adminAddress: EventLoopFuture<SocketAddress> { admin.boundAddress }
     public var token: String { adminToken }
     var isReady: Bool { ready.withLockedValue { $0 } }

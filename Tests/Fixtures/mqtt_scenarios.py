@@ -220,12 +220,85 @@ def signed_in(port, version, username, password, publish_topics, subscribe_filte
     return result
 
 
+def fuzz(port, connections, seed):
+    """Mutated and random packets on fresh connections: each connection sends a CONNECT (valid or
+    not) and four more packets, reads what comes back briefly, and closes."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = random.Random(seed)
+
+    def base_packets(version):
+        topic = s("devices/p/d/t")
+        props = b"\x00" if version == 5 else b""
+        pub1 = topic + struct.pack("!H", 1) + props + b"payload"
+        sub = struct.pack("!H", 2) + props + s("devices/#") + b"\x01"
+        unsub = struct.pack("!H", 3) + props + s("devices/#")
+        return [
+            bytes([0x30]) + vbi(len(topic) + len(props) + 2) + topic + props + b"hi",
+            bytes([0x32]) + vbi(len(pub1)) + pub1,
+            bytes([0x34]) + vbi(len(pub1)) + pub1,
+            bytes([0x82]) + vbi(len(sub)) + sub,
+            bytes([0xA2]) + vbi(len(unsub)) + unsub,
+            b"\xc0\x00",
+            b"\xe0\x00",
+            b"\x20\x02\x00\x00",  # a client-sent CONNACK
+            b"\xf0\x00",
+            bytes([0x30]) + vbi(4) + s("") + b"xx",  # zero-length topic
+            bytes([0x30]) + vbi(6) + b"\x00\x02\xc3\x28" + b"xx",  # invalid UTF-8
+            b"\x62\x02\x00\x01",  # PUBREL
+        ]
+
+    def mutate(packet):
+        b = bytearray(packet)
+        kind = rng.randrange(7)
+        if kind == 0 and b:
+            for _ in range(rng.randint(1, 4)):
+                b[rng.randrange(len(b))] = rng.randrange(256)
+        elif kind == 1 and len(b) > 1:
+            b = b[: rng.randrange(1, len(b))]
+        elif kind == 2:
+            b += bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
+        elif kind == 3 and len(b) > 1:
+            b = b[:1] + vbi(rng.choice([0, 1, 127, 128, 16383, 2_000_000, 268_435_455])) + b[2:]
+        elif kind == 4 and b:
+            b[0] = (b[0] & 0xF0) | rng.randrange(16)  # reserved flags
+        elif kind == 5:
+            b = bytearray(rng.randrange(256) for _ in range(rng.randint(1, 40)))
+        return bytes(b)
+
+    def one(i):
+        version = rng.choice([4, 5])
+        packets = [connect_packet(version, f"fuzz-{i}")] if rng.random() < 0.8 else [mutate(connect_packet(version, f"fuzz-{i}"))]
+        packets += [mutate(rng.choice(base_packets(version))) if rng.random() < 0.9 else rng.choice(base_packets(version)) for _ in range(4)]
+        try:
+            sock = socket.create_connection((HOST, port), timeout=2)
+            for p in packets:
+                sock.sendall(p)
+            sock.settimeout(0.05)
+            try:
+                while sock.recv(65536):
+                    pass
+            except (socket.timeout, ConnectionResetError, OSError):
+                pass
+            sock.close()
+            return len(packets)
+        except OSError:
+            return len(packets)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        sent = sum(pool.map(one, range(connections)))
+    return {"packets": sent, "connections": connections, "seed": seed}
+
+
 def scenario(name, port, args):
     if name == "signin":
         version, username, password = args[0], args[1], args[2]
         topics = [t for t in args[3].split(",") if t] if len(args) > 3 else []
         filters = [f for f in args[4].split(",") if f] if len(args) > 4 else []
         return signed_in(port, version, username, password, topics, filters)
+    if name == "fuzz":
+        return fuzz(port, int(args[0]), int(args[1]))
     if name == "pubsub":
         return pubsub(port, args[0], int(args[1]), int(args[2]))
     if name == "publish":

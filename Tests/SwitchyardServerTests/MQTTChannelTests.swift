@@ -164,3 +164,40 @@ import Testing
         await svc.stop()
     }
 }
+
+/// Malformed input never crashes or hangs the broker, and memory stays bounded.
+@Suite(.serialized) struct MQTTFuzzTests {
+    static func residentBytes() -> Int {
+        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+            let kb = Int(line.split(separator: " ").dropFirst().first ?? "")
+        else { return 0 }
+        return kb * 1024
+    }
+
+    @Test func tenThousandMutatedPacketsThenANormalClientStillGetsThrough() async throws {
+        let svc = try await TestHTTPService.start()
+        let server = try await TestServer.start(MQTTChannelTests.yaml(svc))
+        let port = String(try await server.mqttPort())
+        let mqtt = MQTTChannelTests()
+        _ = try mqtt.run("fuzz", port, "200", "1")  // warm-up: first allocations are not growth
+        let before = Self.residentBytes()
+        let seed = Int.random(in: 1...1_000_000)
+        let fuzz = try mqtt.run("fuzz", port, "2500", String(seed))
+        #expect((fuzz["packets"] as? Int ?? 0) >= 10_000)
+        let after = Self.residentBytes()
+        print("MQTT fuzz: \(fuzz["packets"] ?? 0) packets on 2500 connections (seed \(seed)); RSS \(before >> 20) → \(after >> 20) MiB")
+        #expect(after - before < 64 << 20, "RSS grew by \((after - before) >> 20) MiB (seed \(seed))")
+        let ok = try mqtt.run("publish", port, "5", "1", "3", "devices/p1/after-fuzz/telemetry")
+        #expect(ok["acks"] as? [Int] == [0, 0, 0], "seed \(seed): \(ok)")
+        // Every fuzz connection is gone (none hangs open on the server).
+        var open = server.app.mqttConnections
+        for _ in 0..<100 where open != 0 {
+            try await Task.sleep(nanoseconds: 100_000_000)
+            open = server.app.mqttConnections
+        }
+        #expect(open == 0, "connections still open after the fuzz (seed \(seed))")
+        await server.stop()
+        await svc.stop()
+    }
+}
