@@ -31,6 +31,10 @@ public final class MQTTServer: Service, Sendable {
     /// The last retained message per topic (kept in memory).
     let retained = NIOLockedValueBox([String: MQTTPacket.Publish]())
     let subscriptionsGauge = Gauge(label: "switchyard_mqtt_subscriptions")
+    /// Commands waiting for their device's reply, by command id.
+    let replies = NIOLockedValueBox([String: EventLoopPromise<CommandOutcome>]())
+    /// Where commands to a device go (`{product}`, `{device}`; the command id is appended).
+    let commandTopic: String
     let retainedGauge = Gauge(label: "switchyard_mqtt_retained_messages")
 
     /// `onRefused` is told the reason for each PUBLISH refused before it reached the sink.
@@ -41,9 +45,11 @@ public final class MQTTServer: Service, Sendable {
         sink: any MessageSink,
         options: MQTTConnectionMachine.Options,
         maxConnections: Int,
+        commandTopic: String = "devices/{product}/{device}/commands",
         logger: Logger,
         onRefused: @escaping @Sendable (String) -> Void = { _ in }
     ) {
+        self.commandTopic = commandTopic
         self.host = host
         self.port = port
         self.group = group
@@ -111,7 +117,9 @@ public final class MQTTServer: Service, Sendable {
     // MARK: - Subscriptions and fan-out
 
     /// Sends an accepted message to every matching subscriber (and keeps it when retained).
-    func fanOut(_ publish: MQTTPacket.Publish, from publisher: String?) {
+    /// Returns how many connections it went to.
+    @discardableResult
+    func fanOut(_ publish: MQTTPacket.Publish, from publisher: String?) -> Int {
         if publish.retain {
             let count = retained.withLockedValue { store in
                 if publish.payload.readableBytes == 0 {
@@ -127,7 +135,8 @@ public final class MQTTServer: Service, Sendable {
             retainedGauge.record(count)
         }
         let matches = trie.withLockedValue { $0.matches(publish.topic) }
-        guard !matches.isEmpty else { return }
+        guard !matches.isEmpty else { return 0 }
+        var reached = 0
         let handlers = sessions.withLockedValue { sessions in matches.keys.compactMap { id in sessions[id].map { (id, $0) } } }
         for (clientID, handler) in handlers {
             let match = matches[clientID]!
@@ -140,7 +149,9 @@ public final class MQTTServer: Service, Sendable {
             out.properties.subscriptionIdentifiers = match.identifiers
             Counter(label: "switchyard_mqtt_messages_out_total", dimensions: [("qos", String(out.qos.rawValue))]).increment()
             handler.deliver(out)
+            reached += 1
         }
+        return reached
     }
 
     func subscribe(_ clientID: String, _ added: [(MQTTPacket.Subscription, isNew: Bool)], identifier: Int?) -> [MQTTPacket.Publish] {
@@ -318,6 +329,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
             case .submit(let envelope, let token, let publish):
                 let loop = context.eventLoop
                 let publisher = machine.clientID
+                server.completeCommand(publish)
                 server.sink.submit(envelope, on: loop).hop(to: loop).whenComplete { result in
                     let outcome: SubmitResult
                     switch result {

@@ -63,8 +63,21 @@ public enum ConfigLoader {
         let mqtt = r.mapping(
             channels["mqtt"],
             "channels.mqtt",
-            allowed: ["enabled", "allow_anonymous", "max_packet_size", "receive_maximum", "max_keep_alive", "max_connections", "acl"]
+            allowed: [
+                "enabled", "allow_anonymous", "max_packet_size", "receive_maximum", "max_keep_alive", "max_connections", "acl", "command_topic",
+            ]
         )
+        if let v = r.string(mqtt["command_topic"], "channels.mqtt.command_topic") {
+            if !v.contains("{device}") || v.contains("+") || v.contains("#") || v.hasSuffix("/") {
+                r.fail(
+                    "channels.mqtt.command_topic",
+                    "a topic with {device} (and {product}) and no wildcards, e.g. devices/{product}/{device}/commands",
+                    mqtt["command_topic"]
+                )
+            } else {
+                c.channels.mqtt.commandTopic = v
+            }
+        }
         if let v = r.string(mqtt["acl"], "channels.mqtt.acl") {
             if !v.contains("{device}") {
                 r.fail("channels.mqtt.acl", "must contain {device} (e.g. devices/{product}/{device}/#): each device gets its own space", mqtt["acl"])

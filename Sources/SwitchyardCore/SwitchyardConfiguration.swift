@@ -70,6 +70,8 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
         public var maxConnections = 100_000
         /// A signed-in device publishes and subscribes only under this topic space.
         public var aclTemplate = "devices/{product}/{device}/#"
+        /// Downlink commands go to `{this}/{command id}`; replies come back on `…/{command id}/reply`.
+        public var commandTopic = "devices/{product}/{device}/commands"
         public init() {}
     }
 

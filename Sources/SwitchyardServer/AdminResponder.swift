@@ -14,7 +14,11 @@ struct AdminResponder: HTTPResponder {
     let token: String
 
     func respond(to request: IncomingRequest, on loop: any EventLoop) -> EventLoopFuture<OutgoingResponse> {
-        loop.makeSucceededFuture(handle(request))
+        if request.path.hasPrefix("/v1/devices/") {
+            if let denied = authorize(request) { return loop.makeSucceededFuture(denied) }
+            return command(request, on: loop)
+        }
+        return loop.makeSucceededFuture(handle(request))
     }
 
     func handle(_ request: IncomingRequest) -> OutgoingResponse {
@@ -108,7 +112,7 @@ struct AdminResponder: HTTPResponder {
         }
     }
 
-    private func authorize(_ request: IncomingRequest) -> OutgoingResponse? {
+    func authorize(_ request: IncomingRequest) -> OutgoingResponse? {
         guard let header = request.headers.first(name: "authorization"), header.hasPrefix("Bearer "),
             AdminToken.matches(String(header.dropFirst(7)), token)
         else {

@@ -147,6 +147,7 @@ public final class SwitchyardApplication: Sendable {
                 sink: pipeline,
                 options: options,
                 maxConnections: mqttChannel.maxConnections,
+                commandTopic: mqttChannel.commandTopic,
                 logger: logger.with("listener", "mqtt"),
                 onRefused: { reason in ledger.receivedAndRejected(channel: "mqtt", reason: reason) }
             )
@@ -171,6 +172,7 @@ public final class SwitchyardApplication: Sendable {
     public var mqttAddress: EventLoopFuture<SocketAddress>? { mqtt?.boundAddress }
     /// MQTT connections open now.
     public var mqttConnections: Int { mqtt?.openConnections ?? 0 }
+    var mqttServer: MQTTServer? { mqtt }
     public var adminAddress: EventLoopFuture<SocketAddress> { admin.boundAddress }
     public var token: String { adminToken }
     var isReady: Bool { ready.withLockedValue { $0 } }

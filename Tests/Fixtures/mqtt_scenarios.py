@@ -291,6 +291,32 @@ def fuzz(port, connections, seed):
     return {"packets": sent, "connections": connections, "seed": seed}
 
 
+def responder(port, version, count, seconds):
+    """A device that answers commands on devices/p1/d1/commands/+ ("ignore" gets no answer)."""
+    c, state = client(version, "responder-" + version)
+    handled = []
+    response_topics = []
+
+    def on_message(cl, userdata, m):
+        body = m.payload.decode(errors="replace")
+        handled.append(body)
+        rt = getattr(m.properties, "ResponseTopic", None) if m.properties is not None else None
+        response_topics.append(rt)
+        if body != "ignore":
+            cl.publish(rt or (m.topic + "/reply"), "ack:" + body, qos=1)
+
+    c.on_message = on_message
+    c.connect(HOST, port, keepalive=30)
+    c.loop_start()
+    state["connected"].wait(5)
+    c.subscribe("devices/p1/d1/commands/+", qos=1)
+    wait_for(lambda: len(handled) >= count, seconds)
+    time.sleep(0.3)
+    c.disconnect()
+    c.loop_stop()
+    return {"handled": handled, "response_topics": response_topics}
+
+
 def scenario(name, port, args):
     if name == "signin":
         version, username, password = args[0], args[1], args[2]
@@ -299,6 +325,8 @@ def scenario(name, port, args):
         return signed_in(port, version, username, password, topics, filters)
     if name == "fuzz":
         return fuzz(port, int(args[0]), int(args[1]))
+    if name == "responder":
+        return responder(port, args[0], int(args[1]), float(args[2]))
     if name == "pubsub":
         return pubsub(port, args[0], int(args[1]), int(args[2]))
     if name == "publish":
