@@ -313,7 +313,7 @@ public struct MQTTConnectionMachine: Sendable {
             pendingAcks.append(PendingAck(token: 0, packetID: id, qos: p.qos, result: .rejected(refusal)))
             return [.countRefused(reason: "acl_denied")] + flushAcks()
         }
-        if p.qos != .atMostOnce, pendingAcks.count >= Int(options.receiveMaximum) {
+        if p.qos != .atMostOnce, pendingAcks.count + awaitingRelease.count >= Int(options.receiveMaximum) {  // QoS 2 counts until PUBREL
             return [.countRefused(reason: "receive_maximum_exceeded")]
                 + disconnect(.receiveMaximumExceeded, "more than \(options.receiveMaximum) unacknowledged QoS 1/2 messages")
         }

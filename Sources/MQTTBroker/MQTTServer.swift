@@ -353,7 +353,10 @@ final class MQTTConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
             case .dropOutbound(let reason):
                 Counter(label: "switchyard_mqtt_messages_dropped_total", dimensions: [("reason", reason)]).increment()
             case .publishWill(let will, let clientID):
-                let p = MQTTPacket.Publish(topic: will.topic, payload: will.payload, qos: will.qos, retain: will.retain, properties: will.properties)
+                // Will Delay Interval belongs to the will, not to the message it becomes.
+                var properties = will.properties
+                properties.willDelayInterval = nil
+                let p = MQTTPacket.Publish(topic: will.topic, payload: will.payload, qos: will.qos, retain: will.retain, properties: properties)
                 var envelope = machine.envelope(for: p)
                 envelope.headers.append(HeaderField("x-mqtt-will", clientID))
                 // The will is a message of the device like any other: filtered, journaled, routed,

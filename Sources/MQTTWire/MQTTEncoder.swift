@@ -21,10 +21,10 @@ public enum MQTTEncoder {
             body.writeInteger(f)
             body.writeInteger(c.keepAliveSeconds)
             let connectV5 = c.version == .v5
-            if connectV5 { try c.properties.encode(into: &body) }
+            if connectV5 { try c.properties.encode(into: &body, context: .connect) }
             try Wire.writeString(c.clientID, into: &body)
             if let will = c.will {
-                if connectV5 { try will.properties.encode(into: &body) }
+                if connectV5 { try will.properties.encode(into: &body, context: .will) }
                 try Wire.writeString(will.topic, into: &body)
                 try Wire.writeBinary(will.payload, into: &body)
             }
@@ -33,7 +33,7 @@ public enum MQTTEncoder {
         case .connack(let a):
             body.writeInteger(UInt8(a.sessionPresent ? 1 : 0))
             body.writeInteger(v5 ? a.reason.rawValue : a.v3ReturnCode)
-            if v5 { try a.properties.encode(into: &body) }
+            if v5 { try a.properties.encode(into: &body, context: .connack) }
         case .publish(let p):
             flags = (p.dup ? 0x08 : 0) | p.qos.rawValue << 1 | (p.retain ? 0x01 : 0)
             try Wire.writeString(p.topic, into: &body)
@@ -41,7 +41,7 @@ public enum MQTTEncoder {
                 guard let id = p.packetID, id != 0 else { throw .protocolError("a QoS \(p.qos.rawValue) PUBLISH needs a packet identifier") }
                 body.writeInteger(id)
             }
-            if v5 { try p.properties.encode(into: &body) }
+            if v5 { try p.properties.encode(into: &body, context: .publish) }
             var payload = p.payload
             body.writeBuffer(&payload)
         case .puback(let a), .pubrec(let a), .pubrel(let a), .pubcomp(let a):
@@ -50,12 +50,12 @@ public enum MQTTEncoder {
             // The short forms: reason and properties left out when they say nothing.
             if v5 && (a.reason != .success || !a.properties.isEmpty) {
                 body.writeInteger(a.reason.rawValue)
-                if !a.properties.isEmpty { try a.properties.encode(into: &body) }
+                if !a.properties.isEmpty { try a.properties.encode(into: &body, context: .ack) }
             }
         case .subscribe(let s):
             flags = 0b0010
             body.writeInteger(s.packetID)
-            if v5 { try s.properties.encode(into: &body) }
+            if v5 { try s.properties.encode(into: &body, context: .subscribe) }
             for sub in s.subscriptions {
                 try Wire.writeString(sub.filter, into: &body)
                 var options = sub.qos.rawValue
@@ -66,17 +66,17 @@ public enum MQTTEncoder {
             }
         case .suback(let s):
             body.writeInteger(s.packetID)
-            if v5 { try s.properties.encode(into: &body) }
+            if v5 { try s.properties.encode(into: &body, context: .suback) }
             for r in s.reasons { body.writeInteger(v5 || !r.isFailure ? r.rawValue : 0x80) }
         case .unsubscribe(let u):
             flags = 0b0010
             body.writeInteger(u.packetID)
-            if v5 { try u.properties.encode(into: &body) }
+            if v5 { try u.properties.encode(into: &body, context: .unsubscribe) }
             for f in u.filters { try Wire.writeString(f, into: &body) }
         case .unsuback(let u):
             body.writeInteger(u.packetID)
             if v5 {
-                try u.properties.encode(into: &body)
+                try u.properties.encode(into: &body, context: .unsuback)
                 for r in u.reasons { body.writeInteger(r.rawValue) }
             }
         case .pingreq, .pingresp:
@@ -84,13 +84,13 @@ public enum MQTTEncoder {
         case .disconnect(let d):
             if v5 && (d.reason != .success || !d.properties.isEmpty) {
                 body.writeInteger(d.reason.rawValue)
-                if !d.properties.isEmpty { try d.properties.encode(into: &body) }
+                if !d.properties.isEmpty { try d.properties.encode(into: &body, context: .disconnect) }
             }
         case .auth(let a):
             guard v5 else { throw .protocolError("AUTH does not exist in MQTT 3.1.1") }
             if a.reason != .success || !a.properties.isEmpty {
                 body.writeInteger(a.reason.rawValue)
-                if !a.properties.isEmpty { try a.properties.encode(into: &body) }
+                if !a.properties.isEmpty { try a.properties.encode(into: &body, context: .auth) }
             }
         }
         buffer.writeInteger(packet.kind.rawValue << 4 | flags)

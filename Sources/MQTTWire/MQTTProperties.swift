@@ -180,8 +180,46 @@ public struct MQTTProperties: Sendable, Equatable {
 
     // MARK: - Encoding
 
-    /// Writes the property block (length, then properties).
-    func encode(into buffer: inout ByteBuffer) throws(MQTTWireError) {
+    /// The identifiers of the properties that are set.
+    var present: [ID] {
+        var ids: [ID] = []
+        func add(_ set: Bool, _ id: ID) { if set { ids.append(id) } }
+        add(payloadFormatIndicator != nil, .payloadFormatIndicator)
+        add(messageExpiryInterval != nil, .messageExpiryInterval)
+        add(contentType != nil, .contentType)
+        add(responseTopic != nil, .responseTopic)
+        add(correlationData != nil, .correlationData)
+        add(!subscriptionIdentifiers.isEmpty, .subscriptionIdentifier)
+        add(sessionExpiryInterval != nil, .sessionExpiryInterval)
+        add(assignedClientIdentifier != nil, .assignedClientIdentifier)
+        add(serverKeepAlive != nil, .serverKeepAlive)
+        add(authenticationMethod != nil, .authenticationMethod)
+        add(authenticationData != nil, .authenticationData)
+        add(requestProblemInformation != nil, .requestProblemInformation)
+        add(willDelayInterval != nil, .willDelayInterval)
+        add(requestResponseInformation != nil, .requestResponseInformation)
+        add(responseInformation != nil, .responseInformation)
+        add(serverReference != nil, .serverReference)
+        add(reasonString != nil, .reasonString)
+        add(receiveMaximum != nil, .receiveMaximum)
+        add(topicAliasMaximum != nil, .topicAliasMaximum)
+        add(topicAlias != nil, .topicAlias)
+        add(maximumQoS != nil, .maximumQoS)
+        add(retainAvailable != nil, .retainAvailable)
+        add(!userProperties.isEmpty, .userProperty)
+        add(maximumPacketSize != nil, .maximumPacketSize)
+        add(wildcardSubscriptionAvailable != nil, .wildcardSubscriptionAvailable)
+        add(subscriptionIdentifiersAvailable != nil, .subscriptionIdentifiersAvailable)
+        add(sharedSubscriptionAvailable != nil, .sharedSubscriptionAvailable)
+        return ids
+    }
+
+    /// Writes the property block (length, then properties); a property the context does not
+    /// allow is an error, never sent.
+    func encode(into buffer: inout ByteBuffer, context: Context) throws(MQTTWireError) {
+        if let wrong = present.first(where: { !$0.allowed(in: context) }) {
+            throw .protocolError("property \(wrong) is not allowed in \(context)")
+        }
         var block = ByteBuffer()
         func id(_ i: ID) { block.writeInteger(i.rawValue) }
         if let v = payloadFormatIndicator { id(.payloadFormatIndicator); block.writeInteger(v) }

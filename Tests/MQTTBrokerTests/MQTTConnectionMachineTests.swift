@@ -84,6 +84,17 @@ import Testing
         #expect(d.reason == .receiveMaximumExceeded)
     }
 
+    @Test func qos2MessagesCountAgainstReceiveMaximumUntilReleased() {
+        var m = connected(receiveMaximum: 2)
+        for id: UInt16 in 1...2 {
+            let t = tokens(m.received(publish(id, qos: .exactlyOnce), now: 1))
+            _ = m.submitted(token: t[0], result: .accepted)  // PUBREC sent; PUBREL not yet received
+        }
+        let over = m.received(publish(3, qos: .exactlyOnce), now: 2)
+        guard case .disconnect(let d)? = sent(over).last else { Issue.record("no DISCONNECT"); return }
+        #expect(d.reason == .receiveMaximumExceeded)
+    }
+
     @Test func keepAliveTimesOutAfterOneAndAHalfPeriods() {
         var m = connected(keepAlive: 10)
         #expect(m.tick(now: 14_000_000_000).isEmpty)

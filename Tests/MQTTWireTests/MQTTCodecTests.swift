@@ -280,6 +280,9 @@ import Testing
 
     @Test func encoderRefusesWhatTheWireCannotCarry() {
         #expect(throws: MQTTWireError.self) { try bytes(.auth(MQTTPacket.Auth()), .v3_1_1) }
+        var willOnly = MQTTProperties()
+        willOnly.willDelayInterval = 5  // a will's property, not a PUBLISH's
+        #expect(throws: MQTTWireError.self) { try bytes(.publish(MQTTPacket.Publish(topic: "t", payload: ByteBuffer(), properties: willOnly)), .v5) }
         #expect(throws: MQTTWireError.self) { try bytes(.publish(MQTTPacket.Publish(topic: "t", payload: ByteBuffer(), qos: .atLeastOnce)), .v5) }
         #expect(throws: MQTTWireError.self) {
             try bytes(.publish(MQTTPacket.Publish(topic: String(repeating: "a", count: 70_000), payload: ByteBuffer())), .v5)
