@@ -44,8 +44,10 @@ import Testing
     }
 
     @Test func slowServiceTimesOut() async throws {
+        // The service would answer after 30 s: only the 200 ms timeout can end this early, with
+        // `.timeout` (no wall-clock bound here: the machine may be busy with other suites).
         let svc = try await TestHTTPService.start()
-        svc.setDelay(seconds: 2)
+        svc.setDelay(seconds: 30)
         let forwarder = HTTPForwarder(group: group)
         let instance = ServiceInstance(service: "s", url: svc.url)!
         let start = NIODeadline.now()
@@ -55,8 +57,7 @@ import Testing
         } catch let error as ForwardError {
             #expect(error.kind == .timeout)
         }
-        // Before the service's 2 s answer (with room for a loaded machine).
-        #expect(NIODeadline.now() - start < .milliseconds(1900))
+        #expect(NIODeadline.now() - start < .seconds(25))
         forwarder.shutdown()
         await svc.stop()
     }
