@@ -42,6 +42,9 @@ public struct MQTTConnectionMachine: Sendable {
         /// An authenticated device publishes and subscribes only under this topic space
         /// (`{product}` and `{device}` filled in; a prefix ending in `/#`, or one exact topic).
         public var aclTemplate = "devices/{product}/{device}/#"
+        /// Signed-in devices' connects and disconnects become messages on
+        /// `$events/{product}/{device}/connected|disconnected`, routed like any other.
+        public var connectionEvents = false
         public init() {}
     }
 
@@ -497,5 +500,27 @@ public struct MQTTConnectionMachine: Sendable {
 
     static func acl(_ template: String, _ identity: DeviceIdentity) -> ACL {
         ACL(filter: template.replacing("{product}", with: identity.product).replacing("{device}", with: identity.device))
+    }
+
+    /// A connect or disconnect event of the signed-in device (nil for anonymous clients or when
+    /// events are off): `$events/{product}/{device}/{kind}` with a small JSON payload.
+    public func connectionEvent(_ kind: String, reason: String? = nil) -> Envelope? {
+        guard options.connectionEvents, let identity, let clientID else { return nil }
+        var json = "{\"client_id\":\(JSONText.quote(clientID)),\"protocol\":\"mqtt\(version == .v5 ? "5" : "3.1.1")\""
+        if let address = remoteAddress?.ipAddress { json += ",\"address\":\(JSONText.quote(address))" }
+        if let reason { json += ",\"reason\":\(JSONText.quote(reason))" }
+        json += ",\"at\":\(WallClock.nowNanos() / 1_000_000)}"
+        return Envelope(
+            id: makeID(),
+            channel: options.channelName,
+            topic: "$events/\(identity.product)/\(identity.device)/\(kind)",
+            product: identity.product,
+            device: identity.device,
+            payload: ByteBuffer(string: json),
+            headers: [HeaderField("content-type", "application/json"), HeaderField("x-mqtt-client-id", clientID)],
+            receivedAt: WallClock.nowNanos(),
+            trace: .generate(),
+            clientAddress: remoteAddress
+        )
     }
 }

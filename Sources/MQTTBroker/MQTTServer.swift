@@ -237,6 +237,8 @@ final class MQTTConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
     var context: ChannelHandlerContext?
     var keepAliveTimer: RepeatedTask?
     var closed = false
+    /// Why the server closed the connection (for the disconnect event).
+    var closeReason: String?
 
     init(server: MQTTServer, remoteAddress: SocketAddress?) {
         self.server = server
@@ -276,6 +278,9 @@ final class MQTTConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
 
     func channelInactive(context: ChannelHandlerContext) {
         keepAliveTimer?.cancel()
+        if let event = machine.connectionEvent("disconnected", reason: closeReason ?? "connection lost") {
+            _ = server.sink.submit(event, on: context.eventLoop)
+        }
         perform(machine.connectionClosed(), context: context)
         if let id = machine.clientID { server.unregister(self, clientID: id, filters: Array(machine.subscriptions.keys)) }
         self.context = nil
@@ -326,6 +331,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
             case .register(let clientID):
                 Counter(label: "switchyard_mqtt_connects_total", dimensions: [("result", "accepted")]).increment()
                 server.register(self, clientID: clientID)?.takeOver()
+                if let event = machine.connectionEvent("connected") { _ = server.sink.submit(event, on: context.eventLoop) }
             case .submit(let envelope, let token, let publish):
                 let loop = context.eventLoop
                 let publisher = machine.clientID
@@ -370,6 +376,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
             case .close(let reason):
                 guard !closed else { continue }
                 closed = true
+                closeReason = reason
                 server.logger.debug("closing", metadata: ["client": "\(machine.clientID ?? "-")", "reason": "\(reason)"])
                 context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: nil)
                 context.close(promise: nil)

@@ -65,8 +65,10 @@ public enum ConfigLoader {
             "channels.mqtt",
             allowed: [
                 "enabled", "allow_anonymous", "max_packet_size", "receive_maximum", "max_keep_alive", "max_connections", "acl", "command_topic",
+                "connection_events",
             ]
         )
+        if let v = r.bool(mqtt["connection_events"], "channels.mqtt.connection_events") { c.channels.mqtt.connectionEvents = v }
         if let v = r.string(mqtt["command_topic"], "channels.mqtt.command_topic") {
             if !v.contains("{device}") || v.contains("+") || v.contains("#") || v.hasSuffix("/") {
                 r.fail(

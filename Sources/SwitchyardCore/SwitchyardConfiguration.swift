@@ -72,6 +72,8 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
         public var aclTemplate = "devices/{product}/{device}/#"
         /// Downlink commands go to `{this}/{command id}`; replies come back on `…/{command id}/reply`.
         public var commandTopic = "devices/{product}/{device}/commands"
+        /// Connects and disconnects of signed-in devices as messages on `$events/{product}/{device}/…`.
+        public var connectionEvents = false
         public init() {}
     }
 

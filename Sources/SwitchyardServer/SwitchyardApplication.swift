@@ -139,6 +139,7 @@ public final class SwitchyardApplication: Sendable {
             options.maximumKeepAliveSeconds = UInt16(mqttChannel.maxKeepAliveSeconds)
             options.authenticator = RegistryAuthenticator(store: devices)
             options.aclTemplate = mqttChannel.aclTemplate
+            options.connectionEvents = mqttChannel.connectionEvents
             let ledger = shared.ledger
             mqtt = MQTTServer(
                 host: configuration.listeners.mqtt.host,

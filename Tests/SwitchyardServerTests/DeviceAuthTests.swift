@@ -66,4 +66,31 @@ import Testing
         await server.stop()
         await svc.stop()
     }
+
+    @Test func connectsAndDisconnectsAreEventsRoutedLikeMessages() async throws {
+        let svc = try await TestHTTPService.start()
+        let server = try await TestServer.start(
+            """
+            channels:
+              mqtt: {connection_events: true}
+            routes:
+              - name: events
+                match: '^\\$events/(?<product>[^/]+)/(?<device>[^/]+)/(?<kind>[^/]+)$'
+                targets: [{service: s, path: "/events/{device}/{kind}", retries: 0}]
+            services:
+              s: {instances: [{url: "\(svc.url)"}]}
+            """
+        )
+        let port = String(try await server.mqttPort())
+        let created = try await server.admin("POST", "/admin/devices", body: #"{"product":"p1","device":"d1"}"#)
+        let secret = try #require(json(created.body)["secret"] as? String)
+        #expect(try MQTTChannelTests().run("signin", port, "5", "d1&p1", secret)["connack"] as? Int == 0)
+        let got = await svc.waitFor(count: 2)
+        #expect(got.map(\.uri) == ["/events/d1/connected", "/events/d1/disconnected"])
+        #expect(got.first?.body.contains("\"client_id\":\"signed-d1&p1\"") == true)
+        #expect(got.last?.body.contains("\"reason\"") == true)
+        #expect(got.allSatisfy { $0.header("x-switchyard-device") == "d1" && $0.header("x-switchyard-channel") == "mqtt" })
+        await server.stop()
+        await svc.stop()
+    }
 }
