@@ -45,6 +45,9 @@ public struct MQTTConnectionMachine: Sendable {
         /// Signed-in devices' connects and disconnects become messages on
         /// `$events/{product}/{device}/connected|disconnected`, routed like any other.
         public var connectionEvents = false
+        /// Topic filters nobody may publish to / subscribe to (before the per-device space).
+        public var denyPublish: [String] = []
+        public var denySubscribe: [String] = []
         public init() {}
     }
 
@@ -305,13 +308,8 @@ public struct MQTTConnectionMachine: Sendable {
         if p.qos == .exactlyOnce, let id = p.packetID, awaitingRelease.contains(id) {
             return [.send(.pubrec(MQTTPacket.Ack(packetID: id)))]  // a resend of a message already taken
         }
-        if let identity, !Self.acl(options.aclTemplate, identity).allows(topic: p.topic) {
-            let refusal = Rejection(
-                filter: "acl",
-                reason: "acl_denied",
-                status: 403,
-                message: "device \(identity.product)/\(identity.device) may publish only under \(Self.acl(options.aclTemplate, identity).filter)"
-            )
+        if let why = publishDenied(p.topic) {
+            let refusal = Rejection(filter: "acl", reason: "acl_denied", status: 403, message: why)
             guard p.qos != .atMostOnce, let id = p.packetID else { return [.countRefused(reason: "acl_denied")] }
             pendingAcks.append(PendingAck(token: 0, packetID: id, qos: p.qos, result: .rejected(refusal)))
             return [.countRefused(reason: "acl_denied")] + flushAcks()
@@ -340,7 +338,7 @@ public struct MQTTConnectionMachine: Sendable {
                 reasons.append(.topicFilterInvalid)
             } else if MQTTTopic.shared(sub.filter) != nil {
                 reasons.append(.sharedSubscriptionsNotSupported)
-            } else if let identity, !Self.acl(options.aclTemplate, identity).covers(filter: sub.filter) {
+            } else if subscribeDenied(sub.filter) {
                 reasons.append(.notAuthorized)
             } else {
                 let isNew = subscriptions.updateValue(sub, forKey: sub.filter) == nil
@@ -522,5 +520,24 @@ public struct MQTTConnectionMachine: Sendable {
             trace: .generate(),
             clientAddress: remoteAddress
         )
+    }
+
+    /// Why this connection may not publish to `topic` (nil: it may).
+    func publishDenied(_ topic: String) -> String? {
+        if let rule = options.denyPublish.first(where: { MQTTTopic.matches(filter: $0, topic: topic) }) {
+            return "publishing to \(topic) is denied (channels.mqtt.deny_publish: \(rule))"
+        }
+        if let identity, !Self.acl(options.aclTemplate, identity).allows(topic: topic) {
+            return "device \(identity.product)/\(identity.device) may publish only under \(Self.acl(options.aclTemplate, identity).filter)"
+        }
+        return nil
+    }
+
+    /// Whether a subscription to `filter` is refused: a deny rule covers it, or it leaves the
+    /// device's topic space.
+    func subscribeDenied(_ filter: String) -> Bool {
+        if options.denySubscribe.contains(where: { $0 == filter || MQTTTopic.matches(filter: $0, topic: filter) }) { return true }
+        if let identity, !Self.acl(options.aclTemplate, identity).covers(filter: filter) { return true }
+        return false
     }
 }

@@ -65,10 +65,18 @@ public enum ConfigLoader {
             "channels.mqtt",
             allowed: [
                 "enabled", "allow_anonymous", "max_packet_size", "receive_maximum", "max_keep_alive", "max_connections", "acl", "command_topic",
-                "connection_events",
+                "connection_events", "deny_publish", "deny_subscribe",
             ]
         )
         if let v = r.bool(mqtt["connection_events"], "channels.mqtt.connection_events") { c.channels.mqtt.connectionEvents = v }
+        for (key, keyPath) in [("deny_publish", \SwitchyardConfiguration.MQTTChannel.denyPublish), ("deny_subscribe", \.denySubscribe)]
+        where mqtt[key] != nil {
+            let filters = r.strings(mqtt[key], "channels.mqtt.\(key)")
+            for (i, f) in filters.enumerated() where f.isEmpty || f.contains("\u{0}") {
+                r.fail("channels.mqtt.\(key)[\(i)]", "a topic filter such as test/nosubscribe or secret/#", mqtt[key])
+            }
+            c.channels.mqtt[keyPath: keyPath] = filters
+        }
         if let v = r.string(mqtt["command_topic"], "channels.mqtt.command_topic") {
             if !v.contains("{device}") || v.contains("+") || v.contains("#") || v.hasSuffix("/") {
                 r.fail(

@@ -74,6 +74,9 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
         public var commandTopic = "devices/{product}/{device}/commands"
         /// Connects and disconnects of signed-in devices as messages on `$events/{product}/{device}/…`.
         public var connectionEvents = false
+        /// Topic filters nobody may publish to / subscribe to.
+        public var denyPublish: [String] = []
+        public var denySubscribe: [String] = []
         public init() {}
     }
 

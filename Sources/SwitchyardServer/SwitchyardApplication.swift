@@ -140,6 +140,8 @@ public final class SwitchyardApplication: Sendable {
             options.authenticator = RegistryAuthenticator(store: devices)
             options.aclTemplate = mqttChannel.aclTemplate
             options.connectionEvents = mqttChannel.connectionEvents
+            options.denyPublish = mqttChannel.denyPublish
+            options.denySubscribe = mqttChannel.denySubscribe
             let ledger = shared.ledger
             mqtt = MQTTServer(
                 host: configuration.listeners.mqtt.host,

@@ -167,4 +167,27 @@ import Testing
         )
         #expect(m.subscriptions.keys.sorted() == ["a/+"])
     }
+
+    @Test func denyRulesApplyToEveryoneAnonymousIncluded() {
+        var options = MQTTConnectionMachine.Options()
+        options.allowAnonymous = true
+        options.denySubscribe = ["test/nosubscribe"]
+        options.denyPublish = ["secret/#"]
+        var m = MQTTConnectionMachine(options: options, remoteAddress: nil)
+        _ = m.received(.connect(MQTTPacket.Connect(version: .v5, clientID: "a")), now: 0)
+        let sub = sent(
+            m.received(
+                .subscribe(MQTTPacket.Subscribe(packetID: 1, subscriptions: [.init(filter: "test/nosubscribe"), .init(filter: "test/ok")])),
+                now: 1
+            )
+        )
+        #expect(sub.first == .suback(MQTTPacket.SubAck(packetID: 1, reasons: [.notAuthorized, .success])))
+        let pub = m.received(
+            .publish(MQTTPacket.Publish(topic: "secret/x", payload: ByteBuffer(string: "x"), qos: .atLeastOnce, packetID: 2)),
+            now: 2
+        )
+        #expect(tokens(pub).isEmpty)  // never reaches the pipeline
+        guard case .puback(let ack)? = sent(pub).first else { Issue.record("no PUBACK"); return }
+        #expect(ack.reason == .notAuthorized)
+    }
 }

@@ -142,6 +142,13 @@ import Testing
         #expect(errs.contains { $0.hasPrefix("services.s.circuit.open:") && $0.contains("open_for") })
     }
 
+    @Test func mqttDenyRules() throws {
+        let c = try ConfigLoader.parse(yaml: "channels: {mqtt: {deny_subscribe: [test/nosubscribe], deny_publish: ['secret/#']}}")
+        #expect(c.channels.mqtt.denySubscribe == ["test/nosubscribe"])
+        #expect(c.channels.mqtt.denyPublish == ["secret/#"])
+        #expect(errors("channels: {mqtt: {deny_publish: ['']}}").first?.hasPrefix("channels.mqtt.deny_publish[0]") == true)
+    }
+
     @Test func laneNamesAreChecked() {
         #expect(errors("lanes: [{name: baseline, entry: {percentage: 1}}]").first?.contains("implicit") == true)
         #expect(errors("lanes: [{name: a, entry: {percentage: 1}}, {name: a, entry: {percentage: 2}}]").first?.contains("twice") == true)
