@@ -91,6 +91,8 @@ public struct MQTTConnectionMachine: Sendable {
     public private(set) var clientID: String?
     /// The authenticated device (nil for anonymous clients).
     public private(set) var identity: DeviceIdentity?
+    /// The signed-in device's topic space, filled in once at CONNECT (nil for anonymous clients).
+    var acl: ACL?
     var keepAliveNanos: UInt64 = 0
     var lastPacketAt: UInt64 = 0
     var will: MQTTPacket.Will?
@@ -270,7 +272,9 @@ public struct MQTTConnectionMachine: Sendable {
                 return refuse(.badUserNameOrPassword, "this listener has no device credentials")
             }
             switch authenticator.authenticate(username: username, password: c.password, clientID: clientID) {
-            case .success(let id): identity = id
+            case .success(let id):
+                identity = id
+                acl = Self.acl(options.aclTemplate, id)
             case .failure(let why): return refuse(why.code, why.message)
             }
         } else if !options.allowAnonymous {
@@ -527,8 +531,8 @@ public struct MQTTConnectionMachine: Sendable {
         if let rule = options.denyPublish.first(where: { MQTTTopic.matches(filter: $0, topic: topic) }) {
             return "publishing to \(topic) is denied (channels.mqtt.deny_publish: \(rule))"
         }
-        if let identity, !Self.acl(options.aclTemplate, identity).allows(topic: topic) {
-            return "device \(identity.product)/\(identity.device) may publish only under \(Self.acl(options.aclTemplate, identity).filter)"
+        if let acl, let identity, !acl.allows(topic: topic) {
+            return "device \(identity.product)/\(identity.device) may publish only under \(acl.filter)"
         }
         return nil
     }
@@ -537,7 +541,7 @@ public struct MQTTConnectionMachine: Sendable {
     /// device's topic space.
     func subscribeDenied(_ filter: String) -> Bool {
         if options.denySubscribe.contains(where: { $0 == filter || MQTTTopic.matches(filter: $0, topic: filter) }) { return true }
-        if let identity, !Self.acl(options.aclTemplate, identity).covers(filter: filter) { return true }
+        if let acl, !acl.covers(filter: filter) { return true }
         return false
     }
 }

@@ -31,6 +31,8 @@ public final class MQTTServer: Service, Sendable {
     /// The last retained message per topic (kept in memory).
     let retained = NIOLockedValueBox([String: MQTTPacket.Publish]())
     let subscriptionsGauge = Gauge(label: "switchyard_mqtt_subscriptions")
+    /// Deliveries to subscribers by QoS (made once: this is counted per message).
+    let messagesOut = (0...2).map { Counter(label: "switchyard_mqtt_messages_out_total", dimensions: [("qos", String($0))]) }
     /// Commands waiting for their device's reply, by command id.
     let replies = NIOLockedValueBox([String: EventLoopPromise<CommandOutcome>]())
     /// Where commands to a device go (`{product}`, `{device}`; the command id is appended).
@@ -147,7 +149,7 @@ public final class MQTTServer: Service, Sendable {
             out.dup = false
             out.properties.topicAlias = nil
             out.properties.subscriptionIdentifiers = match.identifiers
-            Counter(label: "switchyard_mqtt_messages_out_total", dimensions: [("qos", String(out.qos.rawValue))]).increment()
+            messagesOut[Int(out.qos.rawValue)].increment()
             handler.deliver(out)
             reached += 1
         }

@@ -217,6 +217,10 @@ public struct MQTTProperties: Sendable, Equatable {
     /// Writes the property block (length, then properties); a property the context does not
     /// allow is an error, never sent.
     func encode(into buffer: inout ByteBuffer, context: Context) throws(MQTTWireError) {
+        if isEmpty {  // the usual case (most PUBLISHes, acks): a zero length, nothing to check
+            buffer.writeInteger(UInt8(0))
+            return
+        }
         if let wrong = present.first(where: { !$0.allowed(in: context) }) {
             throw .protocolError("property \(wrong) is not allowed in \(context)")
         }
