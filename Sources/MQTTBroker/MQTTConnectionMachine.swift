@@ -48,6 +48,13 @@ public struct MQTTConnectionMachine: Sendable {
         /// Topic filters nobody may publish to / subscribe to (before the per-device space).
         public var denyPublish: [String] = []
         public var denySubscribe: [String] = []
+        /// The longest a session outlives its connection (v5 clients asking for more get this
+        /// in CONNACK; a 3.1.1 clean-session-0 session gets exactly this).
+        public var maximumSessionExpirySeconds: UInt32 = 7200
+        /// Topic aliases a v5 client may use towards the broker (0: none).
+        public var topicAliasMaximum: UInt16 = 64
+        /// Accept `$share/{group}/{filter}` subscriptions.
+        public var sharedSubscriptions = true
         public init() {}
     }
 
@@ -61,8 +68,9 @@ public struct MQTTConnectionMachine: Sendable {
         case unsubscribe([String])
         /// A message for the client could not be kept (queue full, too large): count it.
         case dropOutbound(reason: String)
-        /// Register the client id (taking over an older connection with the same id).
-        case register(clientID: String)
+        /// Take the client id's session (taking over an older connection with it, or starting a
+        /// new session when `cleanStart`); answer with `attached(_:now:)`.
+        case attach(clientID: String, cleanStart: Bool)
         /// Close the connection (after the packets sent before it).
         case close(reason: String)
         /// Publish the will (the connection ended without a normal DISCONNECT).
@@ -73,6 +81,8 @@ public struct MQTTConnectionMachine: Sendable {
 
     enum State: Equatable {
         case awaitingConnect
+        /// CONNECT accepted, waiting for the session (packets that come meanwhile wait too).
+        case attaching
         case connected
         case closed
     }
@@ -102,10 +112,25 @@ public struct MQTTConnectionMachine: Sendable {
     var nextToken: UInt64 = 1
     /// This connection's subscriptions (filter → options).
     public private(set) var subscriptions: [String: MQTTPacket.Subscription] = [:]
-    /// Outbound QoS 1/2: in flight by packet id (QoS 2: `released` once PUBREC came and PUBREL went).
-    var inflight: [UInt16: (qos: QoS, released: Bool)] = [:]
-    var queued: [MQTTPacket.Publish] = []
+    /// v5 Subscription Identifier per filter.
+    var identifiers: [String: Int] = [:]
+    /// Outbound QoS 1/2 in flight, by packet id.
+    var inflight: [UInt16: MQTTOutbound] = [:]
+    var queued: [MQTTOutbound] = []
     var nextPacketID: UInt16 = 1
+    var nextSequence: UInt64 = 1
+    /// Session Expiry Interval in force (0: the session ends with the connection).
+    public private(set) var sessionExpirySeconds: UInt32 = 0
+    var cleanStart = true
+    var connAckProperties = MQTTProperties()
+    /// Packets that came while the session was being attached.
+    var early: [MQTTPacket] = []
+    var wasAttached = false
+    /// Topic aliases the client set (v5), alias → topic.
+    var topicAliases: [UInt16: String] = [:]
+    /// Topic aliases towards the client, topic → alias, at most `clientTopicAliasMaximum`.
+    var outboundAliases: [String: UInt16] = [:]
+    var clientTopicAliasMaximum = 0
     var inflightLimit = 32
     var clientMaximumPacketSize = Int.max
     let remoteAddress: SocketAddress?
@@ -124,6 +149,9 @@ public struct MQTTConnectionMachine: Sendable {
         lastPacketAt = now
         switch state {
         case .closed:
+            return []
+        case .attaching:
+            early.append(packet)
             return []
         case .awaitingConnect:
             guard case .connect(let connect) = packet else {
@@ -145,6 +173,7 @@ public struct MQTTConnectionMachine: Sendable {
             case .unsubscribe(let u):
                 var reasons: [ReasonCode] = []
                 for filter in u.filters {
+                    identifiers.removeValue(forKey: filter)
                     reasons.append(subscriptions.removeValue(forKey: filter) != nil ? .success : .noSubscriptionExisted)
                 }
                 return [
@@ -154,17 +183,23 @@ public struct MQTTConnectionMachine: Sendable {
             case .pingreq:
                 return [.send(.pingresp)]
             case .disconnect(let d):
+                if let expiry = d.properties.sessionExpiryInterval {
+                    guard sessionExpirySeconds > 0 || expiry == 0 else {
+                        return disconnect(.protocolError, "DISCONNECT may not set a Session Expiry Interval when CONNECT set 0")
+                    }
+                    sessionExpirySeconds = min(expiry, options.maximumSessionExpirySeconds)
+                }
                 state = .closed
                 var actions: [Action] = []
                 if d.reason == .disconnectWithWillMessage, let will, let clientID { actions.append(.publishWill(will, clientID: clientID)) }
                 will = nil
                 return actions + [.close(reason: "client disconnected (\(d.reason))")]
             case .puback(let a):
-                guard inflight[a.packetID]?.qos == .atLeastOnce else { return [] }
+                guard inflight[a.packetID]?.publish.qos == .atLeastOnce else { return [] }
                 inflight.removeValue(forKey: a.packetID)
                 return drain()
             case .pubrec(let a):
-                guard inflight[a.packetID]?.qos == .exactlyOnce else {
+                guard inflight[a.packetID]?.publish.qos == .exactlyOnce else {
                     return version == .v5 ? [.send(.pubrel(MQTTPacket.Ack(packetID: a.packetID, reason: .packetIdentifierNotFound)))] : []
                 }
                 if a.reason.isFailure {
@@ -289,25 +324,118 @@ public struct MQTTConnectionMachine: Sendable {
         if c.version == .v5 {
             ackProperties.receiveMaximum = options.receiveMaximum
             ackProperties.maximumPacketSize = UInt32(options.maximumPacketSize)
-            ackProperties.topicAliasMaximum = 0
-            ackProperties.sharedSubscriptionAvailable = 0
+            if options.topicAliasMaximum > 0 { ackProperties.topicAliasMaximum = options.topicAliasMaximum }
+            if !options.sharedSubscriptions { ackProperties.sharedSubscriptionAvailable = 0 }
+        }
+        // v5: the client's Session Expiry Interval (capped, and then told); 3.1.1: a session
+        // without clean session lasts the broker's maximum.
+        if c.version == .v5 {
+            let asked = c.properties.sessionExpiryInterval ?? 0
+            sessionExpirySeconds = min(asked, options.maximumSessionExpirySeconds)
+            if asked > sessionExpirySeconds { ackProperties.sessionExpiryInterval = sessionExpirySeconds }
+        } else {
+            sessionExpirySeconds = c.cleanStart ? 0 : options.maximumSessionExpirySeconds
         }
         inflightLimit = min(options.maximumInflight, Int(c.properties.receiveMaximum ?? UInt16.max))
         if let max = c.properties.maximumPacketSize { clientMaximumPacketSize = Int(max) }
-        state = .connected
+        clientTopicAliasMaximum = Int(c.properties.topicAliasMaximum ?? 0)
+        state = .attaching
+        cleanStart = c.cleanStart
+        connAckProperties = ackProperties
         self.clientID = clientID
         will = c.will
-        // Sessions are not kept across connections yet: never "session present".
-        return [
-            .register(clientID: clientID),
-            .send(.connack(MQTTPacket.ConnAck(sessionPresent: false, reason: .success, properties: ackProperties))),
+        return [.attach(clientID: clientID, cleanStart: c.cleanStart)]
+    }
+
+    /// The broker found (or started) the session: CONNACK goes out, then what the session
+    /// still owes the client (unacknowledged messages again with DUP, in order; then the
+    /// queue), then the packets that came meanwhile are handled.
+    public mutating func attached(_ session: MQTTSession?, now: UInt64) -> [Action] {
+        guard state == .attaching else { return [] }
+        state = .connected
+        wasAttached = true
+        var actions: [Action] = [
+            .send(.connack(MQTTPacket.ConnAck(sessionPresent: session != nil, reason: .success, properties: connAckProperties)))
         ]
+        if let session {
+            subscriptions = session.subscriptions
+            identifiers = session.identifiers
+            awaitingRelease = session.awaitingRelease
+            nextPacketID = session.nextPacketID
+            queued = session.queued
+            for var message in session.inflight {
+                guard let id = message.publish.packetID else { continue }
+                message.sequence = nextSequence
+                nextSequence += 1
+                if message.released {
+                    inflight[id] = message
+                    actions.append(.send(.pubrel(MQTTPacket.Ack(packetID: id))))
+                    continue
+                }
+                if let at = message.expiresAt, !stampExpiry(&message.publish, expiresAt: at) {
+                    actions.append(.dropOutbound(reason: "expired"))
+                    continue
+                }
+                inflight[id] = message
+                message.publish.dup = true
+                actions.append(.send(.publish(message.publish)))
+            }
+            actions += drain()
+        }
+        let early = self.early
+        self.early = []
+        for packet in early where state == .connected { actions += received(packet, now: now) }
+        return actions
+    }
+
+    /// What outlives this connection (nil when the session ends with it, unless
+    /// `evenIfEnding`: then it comes with expiry 0).
+    public func session(endedAt: UInt64, evenIfEnding: Bool = false) -> MQTTSession? {
+        guard wasAttached, sessionExpirySeconds > 0 || evenIfEnding, let clientID else { return nil }
+        var s = MQTTSession(clientID: clientID, identity: identity, expirySeconds: sessionExpirySeconds)
+        s.subscriptions = subscriptions
+        s.identifiers = identifiers
+        s.inflight = inflight.values.sorted { $0.sequence < $1.sequence }
+        s.queued = queued
+        s.awaitingRelease = awaitingRelease
+        s.nextPacketID = nextPacketID
+        s.endedAt = endedAt
+        return s
+    }
+
+    /// Takes out the messages that came through shared subscriptions and were not yet
+    /// delivered (a QoS 2 message already released stays: it arrived).
+    public mutating func takeSharedMessages() -> [MQTTOutbound] {
+        var taken: [MQTTOutbound] = []
+        for (id, m) in inflight.sorted(by: { $0.value.sequence < $1.value.sequence }) where m.shareFilter != nil && !m.released {
+            inflight.removeValue(forKey: id)
+            var m = m
+            m.publish.packetID = nil
+            m.publish.dup = false
+            taken.append(m)
+        }
+        taken += queued.filter { $0.shareFilter != nil }
+        queued.removeAll { $0.shareFilter != nil }
+        return taken
     }
 
     mutating func publish(_ p: MQTTPacket.Publish) -> [Action] {
-        if p.properties.topicAlias != nil {
-            return [.countRefused(reason: "topic_alias_invalid")]
-                + disconnect(.topicAliasInvalid, "topic aliases are not accepted (Topic Alias Maximum 0)")
+        var p = p
+        if let alias = p.properties.topicAlias {
+            guard alias > 0, alias <= options.topicAliasMaximum else {
+                return [.countRefused(reason: "topic_alias_invalid")]
+                    + disconnect(.topicAliasInvalid, "topic alias \(alias) is outside 1…\(options.topicAliasMaximum) (Topic Alias Maximum)")
+            }
+            if p.topic.isEmpty {
+                guard let topic = topicAliases[alias] else {
+                    return [.countRefused(reason: "topic_alias_invalid")]
+                        + disconnect(.protocolError, "topic alias \(alias) was never set")
+                }
+                p.topic = topic
+            } else {
+                topicAliases[alias] = p.topic
+            }
+            p.properties.topicAlias = nil
         }
         if p.qos == .exactlyOnce, let id = p.packetID, awaitingRelease.contains(id) {
             return [.send(.pubrec(MQTTPacket.Ack(packetID: id)))]  // a resend of a message already taken
@@ -336,21 +464,34 @@ public struct MQTTConnectionMachine: Sendable {
         }
         let identifier = s.properties.subscriptionIdentifiers.first
         var reasons: [ReasonCode] = []
+        var refusals: [String] = []
         var added: [(MQTTPacket.Subscription, isNew: Bool)] = []
         for sub in s.subscriptions {
-            if MQTTTopic.problemWithFilter(sub.filter) != nil {
-                reasons.append(.topicFilterInvalid)
-            } else if MQTTTopic.shared(sub.filter) != nil {
-                reasons.append(.sharedSubscriptionsNotSupported)
-            } else if subscribeDenied(sub.filter) {
-                reasons.append(.notAuthorized)
-            } else {
-                let isNew = subscriptions.updateValue(sub, forKey: sub.filter) == nil
-                added.append((sub, isNew))
-                reasons.append([.success, .grantedQoS1, .grantedQoS2][Int(sub.qos.rawValue)])
+            let shared = MQTTTopic.shared(sub.filter)
+            if shared != nil, sub.noLocal, version == .v5 {
+                return disconnect(.protocolError, "No Local on a shared subscription (\(sub.filter))")
             }
+            var refusal: (ReasonCode, String)?
+            if let problem = MQTTTopic.problemWithFilter(sub.filter) {
+                refusal = (.topicFilterInvalid, problem)
+            } else if shared != nil, !options.sharedSubscriptions {
+                refusal = (.sharedSubscriptionsNotSupported, "shared subscriptions are off (channels.mqtt.shared_subscriptions)")
+            } else if let denied = subscribeDenied(shared?.filter ?? sub.filter) {
+                refusal = denied
+            }
+            if let (code, why) = refusal {
+                reasons.append(code)
+                refusals.append("\(sub.filter): \(why)")
+                continue
+            }
+            identifiers[sub.filter] = identifier
+            let isNew = subscriptions.updateValue(sub, forKey: sub.filter) == nil
+            added.append((sub, isNew))
+            reasons.append([.success, .grantedQoS1, .grantedQoS2][Int(sub.qos.rawValue)])
         }
-        var actions: [Action] = [.send(.suback(MQTTPacket.SubAck(packetID: s.packetID, reasons: reasons)))]
+        var properties = MQTTProperties()
+        if version == .v5, !refusals.isEmpty { properties.reasonString = refusals.joined(separator: "; ") }
+        var actions: [Action] = [.send(.suback(MQTTPacket.SubAck(packetID: s.packetID, reasons: reasons, properties: properties)))]
         if !added.isEmpty { actions.append(.subscribe(added, identifier: identifier)) }
         return actions
     }
@@ -358,48 +499,78 @@ public struct MQTTConnectionMachine: Sendable {
     /// A message for this client (from the broker's fan-out or the retained store), at the
     /// QoS it gets. QoS 1/2 waits for room in the in-flight window.
     public mutating func deliver(_ p: MQTTPacket.Publish) -> [Action] {
-        guard state == .connected else { return [] }
-        if p.qos == .atMostOnce && queued.isEmpty {
-            return send(p)
-        }
-        if inflight.count < inflightLimit, queued.isEmpty {
-            return send(p)
-        }
-        if queued.count >= options.maximumQueued {
-            // Full: the oldest QoS 0 goes first, else the newcomer (counted either way).
-            guard let index = queued.firstIndex(where: { $0.qos == .atMostOnce }) else {
-                return [.dropOutbound(reason: "queue_full")]
-            }
-            queued.remove(at: index)
-            queued.append(p)
-            return [.dropOutbound(reason: "queue_full")]
-        }
-        queued.append(p)
-        return []
+        deliver(MQTTOutbound(publish: p))
     }
 
-    mutating func send(_ p: MQTTPacket.Publish) -> [Action] {
-        var p = p
-        p.packetID = nil
-        if p.qos != .atMostOnce {
+    public mutating func deliver(_ m: MQTTOutbound) -> [Action] {
+        guard state == .connected else {
+            // Not attached yet: it waits with the session's queue (sent after CONNACK).
+            guard state == .attaching else { return [] }
+            queued.append(m)
+            return []
+        }
+        if m.publish.qos == .atMostOnce && queued.isEmpty {
+            return send(m)
+        }
+        if inflight.count < inflightLimit, queued.isEmpty {
+            return send(m)
+        }
+        let dropped = MQTTSession.enqueue(m, into: &queued, limit: options.maximumQueued)
+        return dropped ? [.dropOutbound(reason: "queue_full")] : []
+    }
+
+    mutating func send(_ m: MQTTOutbound) -> [Action] {
+        var m = m
+        m.publish.packetID = nil
+        m.publish.dup = false
+        if let at = m.expiresAt, !stampExpiry(&m.publish, expiresAt: at) { return [.dropOutbound(reason: "expired")] }
+        if clientMaximumPacketSize != Int.max {
+            var measured = m.publish
+            if measured.qos != .atMostOnce { measured.packetID = 1 }
+            guard let size = try? MQTTEncoder.size(of: .publish(measured), version: version ?? .v5), size <= clientMaximumPacketSize else {
+                return [.dropOutbound(reason: "over_client_maximum_packet_size")]
+            }
+        }
+        if m.publish.qos != .atMostOnce {
             while inflight[nextPacketID] != nil || nextPacketID == 0 { nextPacketID &+= 1 }
-            p.packetID = nextPacketID
-            inflight[nextPacketID] = (p.qos, false)
+            m.publish.packetID = nextPacketID
+            m.sequence = nextSequence
+            nextSequence += 1
+            inflight[nextPacketID] = m
             nextPacketID &+= 1
         }
-        if clientMaximumPacketSize != Int.max, let size = try? MQTTEncoder.size(of: .publish(p), version: version ?? .v5),
-            size > clientMaximumPacketSize
-        {
-            if let id = p.packetID { inflight.removeValue(forKey: id) }
-            return [.dropOutbound(reason: "over_client_maximum_packet_size")]
+        return [.send(.publish(aliased(m.publish)))]
+    }
+
+    /// v5: the topic as an alias the client allowed (Topic Alias Maximum in its CONNECT) —
+    /// the full topic the first time, the alias alone after. New topics past the maximum go
+    /// without one.
+    mutating func aliased(_ p: MQTTPacket.Publish) -> MQTTPacket.Publish {
+        guard clientTopicAliasMaximum > 0 else { return p }
+        var p = p
+        if let alias = outboundAliases[p.topic] {
+            p.topic = ""
+            p.properties.topicAlias = alias
+        } else if outboundAliases.count < clientTopicAliasMaximum {
+            let alias = UInt16(outboundAliases.count + 1)
+            outboundAliases[p.topic] = alias
+            p.properties.topicAlias = alias
         }
-        return [.send(.publish(p))]
+        return p
+    }
+
+    /// Sets the Message Expiry Interval to what is left; false when nothing is.
+    func stampExpiry(_ p: inout MQTTPacket.Publish, expiresAt: UInt64) -> Bool {
+        let now = WallClock.nowNanos()
+        guard expiresAt > now else { return false }
+        p.properties.messageExpiryInterval = UInt32(min((expiresAt - now + 999_999_999) / 1_000_000_000, UInt64(UInt32.max)))
+        return true
     }
 
     /// Sends queued messages while the window has room.
     mutating func drain() -> [Action] {
         var actions: [Action] = []
-        while !queued.isEmpty, queued[0].qos == .atMostOnce || inflight.count < inflightLimit {
+        while !queued.isEmpty, queued[0].publish.qos == .atMostOnce || inflight.count < inflightLimit {
             actions += send(queued.removeFirst())
         }
         return actions
@@ -537,11 +708,16 @@ public struct MQTTConnectionMachine: Sendable {
         return nil
     }
 
-    /// Whether a subscription to `filter` is refused: a deny rule covers it, or it leaves the
-    /// device's topic space.
-    func subscribeDenied(_ filter: String) -> Bool {
-        if options.denySubscribe.contains(where: { $0 == filter || MQTTTopic.matches(filter: $0, topic: filter) }) { return true }
-        if let acl, !acl.covers(filter: filter) { return true }
-        return false
+    /// Why a subscription to `filter` is refused, nil when it is not: a deny rule covers it
+    /// (0x80, the failure code every client version knows), or it leaves the device's topic
+    /// space (0x87 Not authorized).
+    func subscribeDenied(_ filter: String) -> (ReasonCode, String)? {
+        if let rule = options.denySubscribe.first(where: { $0 == filter || MQTTTopic.matches(filter: $0, topic: filter) }) {
+            return (.unspecifiedError, "denied by channels.mqtt.deny_subscribe (\(rule))")
+        }
+        if let acl, let identity, !acl.covers(filter: filter) {
+            return (.notAuthorized, "device \(identity.product)/\(identity.device) may subscribe only under \(acl.filter)")
+        }
+        return nil
     }
 }

@@ -10,19 +10,23 @@ extension MQTTServer {
     public enum CommandOutcome: Sendable {
         /// Published to this many connections; nobody waits for a reply.
         case sent(id: String, topic: String, connections: Int)
+        /// Nobody connected; waiting in this many kept sessions of the device (asked with `queue`).
+        case queued(id: String, topic: String, sessions: Int)
         case replied(id: String, payload: ByteBuffer, contentType: String?)
         /// No connection is subscribed to the device's command topic.
         case offline(topic: String)
         case noReply(id: String, waitedSeconds: Double)
     }
 
-    /// Publishes a command; with `wait`, completes with the device's reply or `noReply`.
+    /// Publishes a command; with `wait`, completes with the device's reply or `noReply`. With
+    /// `queue`, a device that is away gets it in its kept session when it comes back.
     public func sendCommand(
         product: String,
         device: String,
         payload: ByteBuffer,
         contentType: String?,
         wait: TimeAmount?,
+        queue: Bool = false,
         on loop: any EventLoop
     ) -> EventLoopFuture<CommandOutcome> {
         let id = MessageID.generate()
@@ -39,9 +43,15 @@ extension MQTTServer {
             promise = p
             replies.withLockedValue { $0[id] = p }
         }
-        let reached = fanOut(publish, from: nil)
+        let result = fanOut(publish, from: nil, queueOffline: queue)
+        let reached = result.online
         guard reached > 0 else {
             replies.withLockedValue { _ = $0.removeValue(forKey: id) }
+            if result.queued > 0 {
+                let queued = CommandOutcome.queued(id: id, topic: topic, sessions: result.queued)
+                promise?.succeed(queued)
+                return promise?.futureResult ?? loop.makeSucceededFuture(queued)
+            }
             promise?.succeed(.offline(topic: "\(base)/+"))
             return promise?.futureResult ?? loop.makeSucceededFuture(.offline(topic: "\(base)/+"))
         }

@@ -21,15 +21,16 @@ public final class MQTTServer: Service, Sendable {
     let logger: Logger
     let onRefused: @Sendable (String) -> Void
     private let bound: EventLoopPromise<SocketAddress>
-    /// Open connections by client id (the newest wins: an older one is taken over).
-    let sessions = NIOLockedValueBox([String: MQTTConnectionHandler]())
+    /// Sessions by client id: connected (the newest connection wins, an older one is taken
+    /// over) or kept for a client that is away.
+    let sessions = NIOLockedValueBox(SessionTable())
     let connections = NIOLockedValueBox([ObjectIdentifier: any Channel]())
     let connectionCount = Atomic<Int>(0)
     let connectionsGauge = Gauge(label: "switchyard_mqtt_connections")
     /// Who gets what: one trie for every connection (subscriptions end with their connection).
     let trie = NIOLockedValueBox(SubscriptionTrie())
-    /// The last retained message per topic (kept in memory).
-    let retained = NIOLockedValueBox([String: MQTTPacket.Publish]())
+    /// The last retained message per topic.
+    let retained = NIOLockedValueBox([String: MQTTRetained]())
     let subscriptionsGauge = Gauge(label: "switchyard_mqtt_subscriptions")
     /// Deliveries to subscribers by QoS (made once: this is counted per message).
     let messagesOut = (0...2).map { Counter(label: "switchyard_mqtt_messages_out_total", dimensions: [("qos", String($0))]) }
@@ -38,6 +39,14 @@ public final class MQTTServer: Service, Sendable {
     /// Where commands to a device go (`{product}`, `{device}`; the command id is appended).
     let commandTopic: String
     let retainedGauge = Gauge(label: "switchyard_mqtt_retained_messages")
+    let offlineGauge = Gauge(label: "switchyard_mqtt_sessions_offline")
+    let queuedOffline = Counter(label: "switchyard_mqtt_messages_queued_offline_total")
+    /// Where sessions and retained messages are kept between runs (nil: memory only).
+    let statePath: String?
+    /// Something to save changed since the last snapshot.
+    let dirty = Atomic<Bool>(false)
+    /// Wills waiting for their Will Delay Interval, by client id.
+    let delayedWills = NIOLockedValueBox([String: Scheduled<Void>]())
 
     /// `onRefused` is told the reason for each PUBLISH refused before it reached the sink.
     public init(
@@ -48,10 +57,12 @@ public final class MQTTServer: Service, Sendable {
         options: MQTTConnectionMachine.Options,
         maxConnections: Int,
         commandTopic: String = "devices/{product}/{device}/commands",
+        statePath: String? = nil,
         logger: Logger,
         onRefused: @escaping @Sendable (String) -> Void = { _ in }
     ) {
         self.commandTopic = commandTopic
+        self.statePath = statePath
         self.host = host
         self.port = port
         self.group = group
@@ -68,6 +79,7 @@ public final class MQTTServer: Service, Sendable {
     public var openConnections: Int { connectionCount.load(ordering: .relaxed) }
 
     public func run() async throws {
+        try restore()
         let channel: any Channel
         do {
             channel = try await ServerBootstrap(group: group)
@@ -90,7 +102,9 @@ public final class MQTTServer: Service, Sendable {
                         var decoder = MQTTDecoder()
                         decoder.maximumPacketSize = options.maximumPacketSize
                         try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(MQTTPacketDecoder(decoder: decoder)))
-                        try channel.pipeline.syncOperations.addHandler(MQTTConnectionHandler(server: self, remoteAddress: channel.remoteAddress))
+                        try channel.pipeline.syncOperations.addHandler(
+                            MQTTConnectionHandler(server: self, loop: channel.eventLoop, remoteAddress: channel.remoteAddress)
+                        )
                         let id = ObjectIdentifier(channel)
                         connections.withLockedValue { $0[id] = channel }
                         channel.closeFuture.whenComplete { [connections] _ in
@@ -107,56 +121,153 @@ public final class MQTTServer: Service, Sendable {
         }
         bound.succeed(channel.localAddress!)
         logger.info("listening", metadata: ["address": "\(channel.localAddress!)"])
+        let housekeeping = group.any().scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [self] _ in
+            expireSessions(now: WallClock.nowNanos())
+        }
+        let saver = Task { [self] in
+            while !Task.isCancelled {
+                try? await Task.sleep(nanoseconds: 5_000_000_000)
+                if dirty.exchange(false, ordering: .relaxed) { await save() }
+            }
+        }
         try? await gracefulShutdown()
         try? await channel.close()
-        let open = sessions.withLockedValue { Array($0.values) }
+        let open = sessions.withLockedValue { $0.online }
         for handler in open { handler.shutDown() }
         try? await Task.sleep(nanoseconds: 100_000_000)  // let the DISCONNECTs go out
         for c in connections.withLockedValue({ Array($0.values) }) { try? await c.close() }
+        housekeeping.cancel()
+        saver.cancel()
+        await save()
         logger.info("stopped", metadata: ["address": "\(host):\(port)"])
     }
 
     // MARK: - Subscriptions and fan-out
 
-    /// Sends an accepted message to every matching subscriber (and keeps it when retained).
-    /// Returns how many connections it went to.
-    @discardableResult
-    func fanOut(_ publish: MQTTPacket.Publish, from publisher: String?) -> Int {
-        if publish.retain {
-            let count = retained.withLockedValue { store in
-                if publish.payload.readableBytes == 0 {
-                    store.removeValue(forKey: publish.topic)  // an empty retained message clears the topic
-                } else {
-                    var kept = publish
-                    kept.dup = false
-                    kept.packetID = nil
-                    store[publish.topic] = kept
-                }
-                return store.count
-            }
-            retainedGauge.record(count)
-        }
-        let matches = trie.withLockedValue { $0.matches(publish.topic) }
-        guard !matches.isEmpty else { return 0 }
-        var reached = 0
-        let handlers = sessions.withLockedValue { sessions in matches.keys.compactMap { id in sessions[id].map { (id, $0) } } }
-        for (clientID, handler) in handlers {
-            let match = matches[clientID]!
-            if match.noLocal && clientID == publisher { continue }
-            var out = publish
-            out.qos = min(publish.qos, match.qos)
-            out.retain = match.retainAsPublished && publish.retain
-            out.dup = false
-            out.properties.topicAlias = nil
-            out.properties.subscriptionIdentifiers = match.identifiers
-            messagesOut[Int(out.qos.rawValue)].increment()
-            handler.deliver(out)
-            reached += 1
-        }
-        return reached
+    /// Where one message went.
+    public struct FanOut: Sendable, Equatable {
+        /// Connected clients it was handed to.
+        public var online = 0
+        /// Sessions of clients that are away, where it waits.
+        public var queued = 0
     }
 
-    func subscribe(_ clientID: String, _ added: [(MQTTPacket.Subscription, isNew: Bool)], identifier: Int?) -> [MQTTPacket.Publish] {
+    /// Sends an accepted message to every matching subscriber (and one member of each
+    /// matching shared subscription), queues it for sessions whose client is away (unless
+    /// `queueOffline` is false), and keeps it when retained.
+    @discardableResult
+    func fanOut(_ publish: MQTTPacket.Publish, from publisher: String?, queueOffline: Bool = true) -> FanOut {
+        var expiresAt: UInt64?
+        if let interval = publish.properties.messageExpiryInterval {
+            expiresAt = WallClock.nowNanos() + UInt64(interval) * 1_000_000_000
+        }
+        if publish.retain { keepRetained(publish, expiresAt: expiresAt) }
+        let (direct, shared) = trie.withLockedValue { $0.lookup(publish.topic) }
+        guard !direct.isEmpty || !shared.isEmpty else { return FanOut() }
+        var result = FanOut()
+        var targets: [(MQTTConnectionHandler, MQTTOutbound)] = []
+        var dropped = 0
+        let limit = options.maximumQueued
+        sessions.withLockedValue { table in
+            func hand(_ clientID: String, _ m: MQTTOutbound) {
+                switch table.slots[clientID] {
+                case .online(let handler):
+                    targets.append((handler, m))
+                    result.online += 1
+                case .offline(let box) where queueOffline:
+                    if box.session.enqueue(m, limit: limit) { dropped += 1 }
+                    result.queued += 1
+                default: break
+                }
+            }
+            for (clientID, match) in direct {
+                if match.noLocal && clientID == publisher { continue }
+                var out = publish
+                out.qos = min(publish.qos, match.qos)
+                out.retain = match.retainAsPublished && publish.retain
+                out.dup = false
+                out.properties.topicAlias = nil
+                out.properties.subscriptionIdentifiers = match.identifiers
+                hand(clientID, MQTTOutbound(publish: out, expiresAt: expiresAt))
+            }
+            for set in shared {
+                guard let member = table.choose(from: set, excluding: nil, queueOffline: queueOffline) else { continue }
+                var out = publish
+                out.qos = min(publish.qos, member.entry.qos)
+                out.retain = false
+                out.dup = false
+                out.properties.topicAlias = nil
+                out.properties.subscriptionIdentifiers = member.entry.identifier.map { [$0] } ?? []
+                hand(member.clientID, MQTTOutbound(publish: out, expiresAt: expiresAt, shareFilter: set.filter))
+            }
+        }
+        for (handler, m) in targets {
+            messagesOut[Int(m.publish.qos.rawValue)].increment()
+            handler.deliver(m)
+        }
+        if result.queued > 0 {
+            queuedOffline.increment(by: result.queued)
+            dirty.store(true, ordering: .relaxed)
+        }
+        if dropped > 0 { countDropped("queue_full", dropped) }
+        return result
+    }
+
+    func countDropped(_ reason: String, _ count: Int = 1) {
+        Counter(label: "switchyard_mqtt_messages_dropped_total", dimensions: [("reason", reason)]).increment(by: count)
+    }
+
+    func keepRetained(_ publish: MQTTPacket.Publish, expiresAt: UInt64?) {
+        let count = retained.withLockedValue { store in
+            if publish.payload.readableBytes == 0 {
+                store.removeValue(forKey: publish.topic)  // an empty retained message clears the topic
+            } else {
+                var kept = publish
+                kept.dup = false
+                kept.packetID = nil
+                kept.properties.topicAlias = nil
+                kept.properties.subscriptionIdentifiers = []
+                store[publish.topic] = MQTTRetained(publish: kept, expiresAt: expiresAt)
+            }
+            return store.count
+        }
+        retainedGauge.record(count)
+        dirty.store(true, ordering: .relaxed)
+    }
+
+    /// Messages a client left unacknowledged on a shared subscription go to another member of
+    /// the group; with none connected they stay in the leaving session (if it is kept) or are
+    /// dropped (counted).
+    func redistribute(_ messages: [MQTTOutbound], leaving clientID: String) {
+        guard !messages.isEmpty else { return }
+        var targets: [(MQTTConnectionHandler, MQTTOutbound)] = []
+        var lost = 0
+        let limit = options.maximumQueued
+        let sets = trie.withLockedValue { trie in
+            Dictionary(Set(messages.compactMap(\.shareFilter)).compactMap { f in trie.sharedSet(f).map { (f, $0) } }) { a, _ in a }
+        }
+        sessions.withLockedValue { table in
+            for m in messages {
+                if let filter = m.shareFilter, let set = sets[filter],
+                    let member = table.choose(from: set, excluding: clientID, queueOffline: false),
+                    case .online(let handler) = table.slots[member.clientID]
+                {
+                    targets.append((handler, m))
+                } else if case .offline(let box) = table.slots[clientID] {
+                    if box.session.enqueue(m, limit: limit) { lost += 1 }
+                } else {
+                    lost += 1
+                }
+            }
+        }
+        for (handler, m) in targets {
+            messagesOut[Int(m.publish.qos.rawValue)].increment()
+            handler.deliver(m)
+        }
+        if lost > 0 { countDropped("no_subscriber", lost) }
+    }
+
+    func subscribe(_ clientID: String, _ added: [(MQTTPacket.Subscription, isNew: Bool)], identifier: Int?) -> [MQTTOutbound] {
         let count = trie.withLockedValue { trie in
             for (sub, _) in added {
                 trie.subscribe(
@@ -173,20 +284,24 @@ public final class MQTTServer: Service, Sendable {
             return trie.count
         }
         subscriptionsGauge.record(count)
-        // Retained messages for the new subscriptions (retain handling 0: always, 1: if new, 2: never).
+        dirty.store(true, ordering: .relaxed)
+        // Retained messages for the new subscriptions (retain handling 0: always, 1: if new,
+        // 2: never; never for a shared subscription).
         let wanted = added.filter { sub, isNew in
-            sub.retainHandling == .sendOnSubscribe || (sub.retainHandling == .sendIfNew && isNew)
+            MQTTTopic.shared(sub.filter) == nil && (sub.retainHandling == .sendOnSubscribe || (sub.retainHandling == .sendIfNew && isNew))
         }
         guard !wanted.isEmpty else { return [] }
+        let now = WallClock.nowNanos()
         return retained.withLockedValue { store in
-            var out: [MQTTPacket.Publish] = []
-            for (topic, message) in store {
+            var out: [MQTTOutbound] = []
+            for (topic, kept) in store {
+                if let at = kept.expiresAt, at <= now { continue }
                 for (sub, _) in wanted where MQTTTopic.matches(filter: sub.filter, topic: topic) {
-                    var m = message
-                    m.qos = min(message.qos, sub.qos)
+                    var m = kept.publish
+                    m.qos = min(m.qos, sub.qos)
                     m.retain = true
                     if let identifier { m.properties.subscriptionIdentifiers = [identifier] }
-                    out.append(m)
+                    out.append(MQTTOutbound(publish: m, expiresAt: kept.expiresAt))
                     break
                 }
             }
@@ -195,32 +310,222 @@ public final class MQTTServer: Service, Sendable {
     }
 
     func unsubscribe(_ clientID: String, _ filters: [String]) {
+        guard !filters.isEmpty else { return }
         let count = trie.withLockedValue { trie in
             for f in filters { trie.unsubscribe(clientID, filter: f) }
             return trie.count
         }
         subscriptionsGauge.record(count)
+        dirty.store(true, ordering: .relaxed)
     }
 
-    /// Makes `handler` the connection of `clientID`; returns the one it takes over.
-    func register(_ handler: MQTTConnectionHandler, clientID: String) -> MQTTConnectionHandler? {
-        sessions.withLockedValue { sessions in
-            let old = sessions[clientID]
-            sessions[clientID] = handler
-            return old === handler ? nil : old
+    // MARK: - Sessions
+
+    /// Makes `handler` the connection of `clientID` and finds its session: kept from an
+    /// earlier connection (resumed unless `cleanStart`, expired, or another device's), or
+    /// handed over by a connection it takes over. Completes on `loop`.
+    func attach(
+        _ handler: MQTTConnectionHandler,
+        clientID: String,
+        cleanStart: Bool,
+        identity: DeviceIdentity?,
+        on loop: any EventLoop
+    ) -> EventLoopFuture<MQTTSession?> {
+        delayedWills.withLockedValue { $0.removeValue(forKey: clientID) }?.cancel()  // back in time: no will
+        let previous = sessions.withLockedValue { table in
+            let old = table.slots[clientID]
+            table.slots[clientID] = .online(handler)
+            return old
+        }
+        offlineGauge.record(sessions.withLockedValue { $0.offlineCount })
+        dirty.store(true, ordering: .relaxed)
+        let resume = { [self] (session: MQTTSession?) -> MQTTSession? in
+            guard let session else { return nil }
+            if cleanStart || session.identity != identity || session.hasExpired(now: WallClock.nowNanos()) {
+                unsubscribe(clientID, Array(session.subscriptions.keys))
+                if !session.queued.isEmpty || !session.inflight.isEmpty {
+                    countDropped("session_ended", session.queued.count + session.inflight.count)
+                }
+                return nil
+            }
+            return session
+        }
+        switch previous {
+        case nil: return loop.makeSucceededFuture(nil)
+        case .offline(let box): return loop.makeSucceededFuture(resume(box.session))
+        case .online(let old):
+            Counter(label: "switchyard_mqtt_sessions_taken_over_total").increment()
+            return old.handOver().hop(to: loop).map(resume)
         }
     }
 
-    /// The connection ended: its session (and subscriptions) with it, unless a newer
-    /// connection took the client id over (its subscriptions are its own).
-    func unregister(_ handler: MQTTConnectionHandler, clientID: String, filters: [String]) {
-        let wasCurrent = sessions.withLockedValue { sessions in
-            guard sessions[clientID] === handler else { return false }
-            sessions.removeValue(forKey: clientID)
+    /// A connection ended. If it still owned its client id, its session is kept (when it has
+    /// an expiry) or ends with its subscriptions; messages it got through shared
+    /// subscriptions and did not acknowledge go to other members.
+    func detach(_ handler: MQTTConnectionHandler, clientID: String, session: MQTTSession?, filters: [String], shared: [MQTTOutbound]) {
+        let wasCurrent = sessions.withLockedValue { table in
+            guard case .online(let current) = table.slots[clientID], current === handler else { return false }
+            table.slots[clientID] = session.map { .offline(SessionBox($0)) }
             return true
         }
-        if wasCurrent && !filters.isEmpty { unsubscribe(clientID, filters) }
+        guard wasCurrent else { return }  // taken over: the new connection has the session
+        offlineGauge.record(sessions.withLockedValue { $0.offlineCount })
+        dirty.store(true, ordering: .relaxed)
+        if session == nil { unsubscribe(clientID, filters) }
+        redistribute(shared, leaving: clientID)
     }
+
+    /// Ends sessions whose expiry interval has passed since their client left.
+    func expireSessions(now: UInt64) {
+        let expired = sessions.withLockedValue { table in
+            var expired: [MQTTSession] = []
+            for (id, slot) in table.slots {
+                guard case .offline(let box) = slot, box.session.hasExpired(now: now) else { continue }
+                expired.append(box.session)
+                table.slots.removeValue(forKey: id)
+            }
+            return expired
+        }
+        guard !expired.isEmpty else { return }
+        for s in expired {
+            unsubscribe(s.clientID, Array(s.subscriptions.keys))
+            let waiting = s.queued.count + s.inflight.count
+            if waiting > 0 { countDropped("session_expired", waiting) }
+        }
+        Counter(label: "switchyard_mqtt_sessions_expired_total").increment(by: expired.count)
+        offlineGauge.record(sessions.withLockedValue { $0.offlineCount })
+        dirty.store(true, ordering: .relaxed)
+        logger.debug("sessions expired", metadata: ["count": "\(expired.count)"])
+    }
+
+    /// The will of a client that left, after its Will Delay Interval (cancelled if the client
+    /// comes back first).
+    func scheduleWill(_ clientID: String, after seconds: UInt32, loop: any EventLoop, publish: @escaping @Sendable () -> Void) {
+        let task = loop.scheduleTask(in: .seconds(Int64(seconds))) { [delayedWills] in
+            guard delayedWills.withLockedValue({ $0.removeValue(forKey: clientID) }) != nil else { return }
+            publish()
+        }
+        delayedWills.withLockedValue { $0[clientID] = task }
+    }
+
+    // MARK: - Keeping state between runs
+
+    /// Loads sessions and retained messages saved by the last run (a damaged file is set
+    /// aside with an error, never a crash).
+    func restore() throws {
+        guard let statePath else { return }
+        let contents: MQTTStateFile.Contents
+        do {
+            guard let loaded = try MQTTStateFile.load(path: statePath) else { return }
+            contents = loaded
+        } catch {
+            let aside = statePath + ".damaged-\(WallClock.nowNanos() / 1_000_000_000)"
+            _ = rename(statePath, aside)
+            logger.error(
+                "MQTT state file unreadable: starting without sessions and retained messages",
+                metadata: ["error": "\(error)", "moved_to": "\(aside)"]
+            )
+            return
+        }
+        let now = WallClock.nowNanos()
+        var kept = 0
+        for r in contents.retained where r.expiresAt.map({ $0 > now }) ?? true {
+            retained.withLockedValue { $0[r.publish.topic] = r }
+        }
+        for s in contents.sessions where !s.hasExpired(now: now) {
+            kept += 1
+            sessions.withLockedValue { $0.slots[s.clientID] = .offline(SessionBox(s)) }
+            trie.withLockedValue { trie in
+                for (filter, sub) in s.subscriptions {
+                    let entry = SubscriptionTrie.Entry(
+                        qos: sub.qos,
+                        noLocal: sub.noLocal,
+                        retainAsPublished: sub.retainAsPublished,
+                        identifier: s.identifiers[filter]
+                    )
+                    trie.subscribe(s.clientID, filter: filter, entry: entry)
+                }
+            }
+        }
+        retainedGauge.record(retained.withLockedValue { $0.count })
+        subscriptionsGauge.record(trie.withLockedValue { $0.count })
+        offlineGauge.record(kept)
+        logger.info("MQTT state restored", metadata: ["sessions": "\(kept)", "retained": "\(retained.withLockedValue { $0.count })"])
+    }
+
+    /// Writes every kept session (connected ones as they are now) and retained message.
+    func save() async {
+        guard let statePath else { return }
+        let (offline, online) = sessions.withLockedValue { table in
+            (table.slots.values.compactMap { if case .offline(let b) = $0 { b.session } else { nil } }, table.online)
+        }
+        var contents = MQTTStateFile.Contents(sessions: offline)
+        let now = WallClock.nowNanos()
+        for handler in online {
+            if let s = try? await handler.currentSession(now: now).get() { contents.sessions.append(s) }
+        }
+        contents.retained = retained.withLockedValue { Array($0.values) }
+        do {
+            try MQTTStateFile.save(contents, path: statePath)
+        } catch {
+            dirty.store(true, ordering: .relaxed)  // try again next time
+            logger.error("cannot save the MQTT sessions and retained messages", metadata: ["error": "\(error)"])
+        }
+    }
+}
+
+/// Sessions by client id, behind the server's lock.
+struct SessionTable {
+    enum Slot {
+        case online(MQTTConnectionHandler)
+        case offline(SessionBox)
+    }
+
+    var slots: [String: Slot] = [:]
+    /// Round-robin position per shared subscription.
+    var cursors: [String: Int] = [:]
+
+    var online: [MQTTConnectionHandler] {
+        slots.values.compactMap { if case .online(let h) = $0 { h } else { nil } }
+    }
+
+    var offlineCount: Int {
+        slots.values.count { if case .offline = $0 { true } else { false } }
+    }
+
+    /// The next member of a shared subscription in turn: a connected one, else (when
+    /// `queueOffline`) one whose session is kept.
+    mutating func choose(
+        from set: SubscriptionTrie.SharedSet,
+        excluding: String?,
+        queueOffline: Bool
+    ) -> SubscriptionTrie.SharedSet.Member? {
+        let n = set.members.count
+        guard n > 0 else { return nil }
+        let start = cursors[set.filter, default: 0]
+        var fallback: SubscriptionTrie.SharedSet.Member?
+        for i in 0..<n {
+            let member = set.members[(start + i) % n]
+            guard member.clientID != excluding else { continue }
+            switch slots[member.clientID] {
+            case .online:
+                cursors[set.filter] = (start + i + 1) % n
+                return member
+            case .offline:
+                if fallback == nil { fallback = member }
+            case nil: continue
+            }
+        }
+        guard queueOffline else { return nil }
+        cursors[set.filter] = (start + 1) % n
+        return fallback
+    }
+}
+
+/// A kept session, changed in place under the table's lock.
+final class SessionBox: @unchecked Sendable {
+    var session: MQTTSession
+    init(_ session: MQTTSession) { self.session = session }
 }
 
 public struct MQTTServerError: Error, Sendable, CustomStringConvertible {
@@ -235,6 +540,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias OutboundOut = ByteBuffer
 
     let server: MQTTServer
+    let loop: any EventLoop
     var machine: MQTTConnectionMachine
     var context: ChannelHandlerContext?
     var keepAliveTimer: RepeatedTask?
@@ -242,8 +548,9 @@ final class MQTTConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
     /// Why the server closed the connection (for the disconnect event).
     var closeReason: String?
 
-    init(server: MQTTServer, remoteAddress: SocketAddress?) {
+    init(server: MQTTServer, loop: any EventLoop, remoteAddress: SocketAddress?) {
         self.server = server
+        self.loop = loop
         machine = MQTTConnectionMachine(options: server.options, remoteAddress: remoteAddress)
     }
 
@@ -284,27 +591,39 @@ final class MQTTConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
             _ = server.sink.submit(event, on: context.eventLoop)
         }
         perform(machine.connectionClosed(), context: context)
-        if let id = machine.clientID { server.unregister(self, clientID: id, filters: Array(machine.subscriptions.keys)) }
+        if let id = machine.clientID, machine.wasAttached {
+            let shared = machine.takeSharedMessages()
+            let session = machine.session(endedAt: WallClock.nowNanos())
+            server.detach(self, clientID: id, session: session, filters: Array(machine.subscriptions.keys), shared: shared)
+        }
         self.context = nil
         context.fireChannelInactive()
     }
 
-    /// From another connection's loop: this client id connected again.
-    func takeOver() {
-        guard let context else { return }
-        context.eventLoop.execute {
-            guard let context = self.context else { return }
-            self.perform(self.machine.takenOver(), context: context)
+    /// From another connection's loop: this client id connected again. This connection ends
+    /// and hands over its session (one that ends with the connection comes back with expiry
+    /// 0, so that its subscriptions are removed).
+    func handOver() -> EventLoopFuture<MQTTSession?> {
+        loop.submit {
+            if let context = self.context { self.perform(self.machine.takenOver(), context: context) }
+            return self.machine.session(endedAt: WallClock.nowNanos(), evenIfEnding: true)
         }
     }
 
+    /// The session as it is now (for saving), nil when it ends with the connection.
+    func currentSession(now: UInt64) -> EventLoopFuture<MQTTSession?> {
+        loop.submit { self.machine.session(endedAt: now) }
+    }
+
     /// From any loop: a message for this client.
-    func deliver(_ publish: MQTTPacket.Publish) {
-        guard let context else { return }
-        let loop = context.eventLoop
+    func deliver(_ message: MQTTOutbound) {
         let run = {
-            guard let context = self.context else { return }
-            self.perform(self.machine.deliver(publish), context: context)
+            guard let context = self.context else {
+                // Closed meanwhile: a shared subscription's message goes to another member.
+                if message.shareFilter != nil, let id = self.machine.clientID { self.server.redistribute([message], leaving: id) }
+                return
+            }
+            self.perform(self.machine.deliver(message), context: context)
             context.flush()
         }
         if loop.inEventLoop { run() } else { loop.execute(run) }
@@ -330,10 +649,15 @@ final class MQTTConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
                 } catch {
                     server.logger.error("cannot encode a packet", metadata: ["error": "\(error)"])
                 }
-            case .register(let clientID):
+            case .attach(let clientID, let cleanStart):
                 Counter(label: "switchyard_mqtt_connects_total", dimensions: [("result", "accepted")]).increment()
-                server.register(self, clientID: clientID)?.takeOver()
-                if let event = machine.connectionEvent("connected") { _ = server.sink.submit(event, on: context.eventLoop) }
+                server.attach(self, clientID: clientID, cleanStart: cleanStart, identity: machine.identity, on: loop).whenComplete { result in
+                    guard let context = self.context else { return }
+                    let session = (try? result.get()) ?? nil
+                    self.perform(self.machine.attached(session, now: SystemMonotonicClock().nowNanos()), context: context)
+                    context.flush()
+                    if let event = self.machine.connectionEvent("connected") { _ = self.server.sink.submit(event, on: self.loop) }
+                }
             case .submit(let envelope, let token, let publish):
                 let loop = context.eventLoop
                 let publisher = machine.clientID
@@ -359,20 +683,30 @@ final class MQTTConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
             case .unsubscribe(let filters):
                 if let clientID = machine.clientID { server.unsubscribe(clientID, filters) }
             case .dropOutbound(let reason):
-                Counter(label: "switchyard_mqtt_messages_dropped_total", dimensions: [("reason", reason)]).increment()
+                server.countDropped(reason)
             case .publishWill(let will, let clientID):
-                // Will Delay Interval belongs to the will, not to the message it becomes.
+                // v5 Will Delay Interval: the will waits (at most as long as the session) and is
+                // cancelled if the client comes back.
+                // The will is a message of the device like any other: filtered, journaled, routed,
+                // and sent to subscribers once accepted. Will Delay Interval belongs to the will,
+                // not to the message it becomes.
                 var properties = will.properties
                 properties.willDelayInterval = nil
                 let p = MQTTPacket.Publish(topic: will.topic, payload: will.payload, qos: will.qos, retain: will.retain, properties: properties)
-                var envelope = machine.envelope(for: p)
-                envelope.headers.append(HeaderField("x-mqtt-will", clientID))
-                // The will is a message of the device like any other: filtered, journaled, routed,
-                // and sent to subscribers once accepted.
+                var willEnvelope = machine.envelope(for: p)
+                willEnvelope.headers.append(HeaderField("x-mqtt-will", clientID))
+                let envelope = willEnvelope
                 let server = self.server
-                server.sink.submit(envelope, on: context.eventLoop).whenSuccess { result in
-                    if case .accepted = result { server.fanOut(p, from: clientID) }
+                let loop = self.loop
+                let send = { @Sendable in
+                    server.sink.submit(envelope, on: loop).whenSuccess { result in
+                        if case .accepted = result { server.fanOut(p, from: clientID) }
+                    }
                 }
+                // v5 Will Delay Interval: the will waits (no longer than the session lasts) and
+                // is cancelled if the client comes back first.
+                let delay = min(will.properties.willDelayInterval ?? 0, machine.sessionExpirySeconds)
+                if delay > 0 { server.scheduleWill(clientID, after: delay, loop: loop, publish: send) } else { send() }
             case .countRefused(let reason):
                 server.onRefused(reason)
             case .close(let reason):

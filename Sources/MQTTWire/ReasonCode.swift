@@ -63,8 +63,8 @@ public struct MQTTWireError: Error, Sendable, Equatable, CustomStringConvertible
         self.message = message
     }
 
-    static func malformed(_ message: String) -> MQTTWireError { MQTTWireError(.malformedPacket, message) }
-    static func protocolError(_ message: String) -> MQTTWireError { MQTTWireError(.protocolError, message) }
+    public static func malformed(_ message: String) -> MQTTWireError { MQTTWireError(.malformedPacket, message) }
+    public static func protocolError(_ message: String) -> MQTTWireError { MQTTWireError(.protocolError, message) }
 
     public var description: String { "\(code) (0x\(String(code.rawValue, radix: 16))): \(message)" }
 }

@@ -65,9 +65,21 @@ public enum ConfigLoader {
             "channels.mqtt",
             allowed: [
                 "enabled", "allow_anonymous", "max_packet_size", "receive_maximum", "max_keep_alive", "max_connections", "acl", "command_topic",
-                "connection_events", "deny_publish", "deny_subscribe",
+                "connection_events", "deny_publish", "deny_subscribe", "max_session_expiry", "max_queued_messages", "max_inflight",
+                "topic_alias_maximum", "shared_subscriptions",
             ]
         )
+        if let v = r.duration(mqtt["max_session_expiry"], "channels.mqtt.max_session_expiry", range: 0...Double(UInt32.max)) {
+            c.channels.mqtt.maxSessionExpirySeconds = Int(v)
+        }
+        if let v = r.int(mqtt["max_queued_messages"], "channels.mqtt.max_queued_messages", range: 1...1_000_000) {
+            c.channels.mqtt.maxQueuedMessages = v
+        }
+        if let v = r.int(mqtt["max_inflight"], "channels.mqtt.max_inflight", range: 1...65_535) { c.channels.mqtt.maxInflight = v }
+        if let v = r.int(mqtt["topic_alias_maximum"], "channels.mqtt.topic_alias_maximum", range: 0...65_535) {
+            c.channels.mqtt.topicAliasMaximum = v
+        }
+        if let v = r.bool(mqtt["shared_subscriptions"], "channels.mqtt.shared_subscriptions") { c.channels.mqtt.sharedSubscriptions = v }
         if let v = r.bool(mqtt["connection_events"], "channels.mqtt.connection_events") { c.channels.mqtt.connectionEvents = v }
         for (key, keyPath) in [("deny_publish", \SwitchyardConfiguration.MQTTChannel.denyPublish), ("deny_subscribe", \.denySubscribe)]
         where mqtt[key] != nil {

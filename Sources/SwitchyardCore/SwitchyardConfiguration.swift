@@ -77,6 +77,17 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
         /// Topic filters nobody may publish to / subscribe to.
         public var denyPublish: [String] = []
         public var denySubscribe: [String] = []
+        /// How long a session outlives its connection at most (v5 clients asking for more get
+        /// this; 3.1.1 clean-session-0 sessions get exactly this).
+        public var maxSessionExpirySeconds = 7200
+        /// Messages waiting per session (offline, or behind the in-flight window); past it the
+        /// oldest QoS 0 message goes first, else the newest (counted).
+        public var maxQueuedMessages = 1000
+        /// QoS 1/2 messages sent to one client and not yet acknowledged.
+        public var maxInflight = 32
+        /// Topic aliases a v5 client may use towards the broker.
+        public var topicAliasMaximum = 64
+        public var sharedSubscriptions = true
         public init() {}
     }
 

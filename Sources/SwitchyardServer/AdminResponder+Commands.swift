@@ -8,7 +8,8 @@ import SwitchyardCore
 /// `POST /v1/devices/{product}/{device}/commands[?wait=5s]` (admin token): the body goes to the
 /// device as an MQTT command (QoS 1). Without `wait`: 202 once published; with it: 200 and the
 /// device's reply as the body, or 504 when none came in time. 404 when the device is not
-/// connected and subscribed to its command topic.
+/// connected and subscribed to its command topic — unless `queue=true` and the device has a
+/// kept (persistent) session subscribed to it: then 202 with status `queued`.
 extension AdminResponder {
     func command(_ request: IncomingRequest, on loop: any EventLoop) -> EventLoopFuture<OutgoingResponse> {
         let parts = request.path.dropFirst("/v1/devices/".count).split(separator: "/", omittingEmptySubsequences: false)
@@ -30,12 +31,19 @@ extension AdminResponder {
             }
             wait = .nanoseconds(Int64(seconds * 1e9))
         }
+        let queue: Bool
+        switch request.query["queue"] {
+        case nil, "false": queue = false
+        case "true": queue = true
+        default: return loop.makeSucceededFuture(.error(.badRequest, "bad_query", "queue must be true or false"))
+        }
         return server.sendCommand(
             product: product,
             device: device,
             payload: request.body,
             contentType: request.headers.first(name: "content-type"),
             wait: wait,
+            queue: queue,
             on: loop
         ).map { outcome in
             switch outcome {
@@ -44,6 +52,11 @@ extension AdminResponder {
                     .accepted,
                     "{\"command_id\":\(JSONText.quote(id)),\"topic\":\(JSONText.quote(topic)),\"connections\":\(connections),\"status\":\"sent\"}"
                 )
+            case .queued(let id, let topic, let sessions):
+                return .json(
+                    .accepted,
+                    "{\"command_id\":\(JSONText.quote(id)),\"topic\":\(JSONText.quote(topic)),\"sessions\":\(sessions),\"status\":\"queued\"}"
+                )
             case .replied(let id, let payload, let contentType):
                 return OutgoingResponse(
                     status: .ok,
@@ -51,7 +64,11 @@ extension AdminResponder {
                     body: payload
                 )
             case .offline(let topic):
-                return .error(.notFound, "device_offline", "no connection of \(product)/\(device) is subscribed to \(topic)")
+                return .error(
+                    .notFound,
+                    "device_offline",
+                    "no connection of \(product)/\(device) is subscribed to \(topic) (add ?queue=true to keep it in the device's persistent session)"
+                )
             case .noReply(let id, let waited):
                 return .error(.gatewayTimeout, "no_reply", "command \(id) was sent; no reply within \(waited) s")
             }

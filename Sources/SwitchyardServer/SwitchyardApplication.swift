@@ -142,6 +142,11 @@ public final class SwitchyardApplication: Sendable {
             options.connectionEvents = mqttChannel.connectionEvents
             options.denyPublish = mqttChannel.denyPublish
             options.denySubscribe = mqttChannel.denySubscribe
+            options.maximumSessionExpirySeconds = UInt32(mqttChannel.maxSessionExpirySeconds)
+            options.maximumQueued = mqttChannel.maxQueuedMessages
+            options.maximumInflight = mqttChannel.maxInflight
+            options.topicAliasMaximum = UInt16(mqttChannel.topicAliasMaximum)
+            options.sharedSubscriptions = mqttChannel.sharedSubscriptions
             let ledger = shared.ledger
             mqtt = MQTTServer(
                 host: configuration.listeners.mqtt.host,
@@ -151,6 +156,7 @@ public final class SwitchyardApplication: Sendable {
                 options: options,
                 maxConnections: mqttChannel.maxConnections,
                 commandTopic: mqttChannel.commandTopic,
+                statePath: self.dataDir + "/mqtt/state.bin",
                 logger: logger.with("listener", "mqtt"),
                 onRefused: { reason in ledger.receivedAndRejected(channel: "mqtt", reason: reason) }
             )

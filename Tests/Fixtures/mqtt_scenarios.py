@@ -317,7 +317,101 @@ def responder(port, version, count, seconds):
     return {"handled": handled, "response_topics": response_topics}
 
 
+def keeper(port, version, clean):
+    """The client id "keeper" with a session that outlives its connection (v5: expiry 300 s;
+    3.1.1: clean session 0); collects what it is sent."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    if version == "5":
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="keeper", protocol=mqtt.MQTTv5)
+    else:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="keeper", protocol=mqtt.MQTTv311, clean_session=clean)
+    state = {"present": None, "connected": threading.Event(), "subscribed": threading.Event()}
+    got = []
+
+    def on_connect(cl, userdata, flags, reason_code, properties):
+        state["present"] = bool(flags.session_present)
+        state["connected"].set()
+
+    c.on_connect = on_connect
+    c.on_message = lambda cl, u, m: got.append({"topic": m.topic, "payload": m.payload.decode(), "qos": m.qos, "dup": bool(m.dup)})
+    c.on_subscribe = lambda *a: state["subscribed"].set()
+    if version == "5":
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 300
+        c.connect(HOST, port, keepalive=30, clean_start=clean, properties=props)
+    else:
+        c.connect(HOST, port, keepalive=30)
+    c.loop_start()
+    state["connected"].wait(5)
+    return c, state, got
+
+
+def session_park(port, version, count):
+    """keeper subscribes (QoS 1) and leaves; COUNT QoS 1 messages and a retained one are
+    published while it is away."""
+    c, state, _ = keeper(port, version, clean=version == "5")  # 3.1.1 keeps only clean-session-0 sessions
+    c.subscribe("devices/p1/+/cmd", qos=1)
+    state["subscribed"].wait(5)
+    c.disconnect()
+    c.loop_stop()
+    time.sleep(0.2)
+    pub, pstate = client(version, "parker-pub")
+    pub.connect(HOST, port, keepalive=30)
+    pub.loop_start()
+    pstate["connected"].wait(5)
+    infos = [pub.publish(f"devices/p1/d{i}/cmd", f"while-away-{i}", qos=1) for i in range(count)]
+    infos.append(pub.publish("devices/p1/r9/state", "kept across restarts", qos=1, retain=True))
+    for info in infos:
+        info.wait_for_publish(5)
+    pub.disconnect()
+    pub.loop_stop()
+    return {"first_present": state["present"], "published": sum(1 for i in infos if i.is_published())}
+
+
+def session_resume(port, version, count):
+    """keeper comes back without clean start: the session is there with what it missed; a
+    new subscriber gets the retained message."""
+    c, state, got = keeper(port, version, clean=False)
+    wait_for(lambda: len(got) >= count, 5)
+    time.sleep(0.3)  # nothing more should come
+    c.disconnect()
+    c.loop_stop()
+    late, _, late_got = subscriber(port, version, "late", "devices/p1/r9/#", 1)
+    wait_for(lambda: len(late_got) >= 1, 3)
+    late.disconnect()
+    late.loop_stop()
+    return {"present": state["present"], "got": got, "retained": late_got}
+
+
+def shared(port, version, count):
+    """Three members of $share/workers/devices/p1/+/job and COUNT QoS 1 messages: each goes to
+    exactly one member."""
+    members = [subscriber(port, version, f"worker-{i}", "$share/workers/devices/p1/+/job", 1) for i in range(3)]
+    pub, pstate = client(version, "job-pub")
+    pub.connect(HOST, port, keepalive=30)
+    pub.loop_start()
+    pstate["connected"].wait(5)
+    for i in range(count):
+        pub.publish(f"devices/p1/d{i % 5}/job", f"job-{i}", qos=1).wait_for_publish(5)
+    wait_for(lambda: sum(len(g) for _, _, g in members) >= count, 5)
+    time.sleep(0.3)
+    for c, _, _ in members:
+        c.disconnect()
+        c.loop_stop()
+    pub.disconnect()
+    pub.loop_stop()
+    return {"granted": [st.get("granted") for _, st, _ in members], "per_member": [[m["payload"] for m in g] for _, _, g in members]}
+
+
 def scenario(name, port, args):
+    if name == "session_park":
+        return session_park(port, args[0], int(args[1]))
+    if name == "session_resume":
+        return session_resume(port, args[0], int(args[1]))
+    if name == "shared":
+        return shared(port, args[0], int(args[1]))
     if name == "signin":
         version, username, password = args[0], args[1], args[2]
         topics = [t for t in args[3].split(",") if t] if len(args) > 3 else []
@@ -360,7 +454,7 @@ def scenario(name, port, args):
     if name == "keepalive":
         return raw(port, [connect_packet(5, "sleepy", keepalive=1)], timeout=6.0)
     if name == "subscribe":
-        # An invalid filter and a shared subscription (not available yet): refused per filter.
+        # An invalid filter refused per filter; the shared subscription beside it granted.
         sub = struct.pack("!H", 7) + b"\x00" + s("devices/#/bad") + b"\x01" + s("$share/g/x") + b"\x01"
         return raw(port, [connect_packet(5, "sub"), bytes([0x82]) + vbi(len(sub)) + sub], pause=0.2, timeout=1.0)
     raise SystemExit(f"unknown scenario {name}")

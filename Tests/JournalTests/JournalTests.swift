@@ -200,7 +200,9 @@ import Testing
         let full = size()
         #expect(full > 100_000)
         journal.removed(keys: (1...90).map(UInt64.init))  // 90 KB dead, 10 KB live: compacted
-        _ = try await journal.append(envelope(1), on: loop).get()
+        // Compaction runs between batches; how the removals were grouped decides whether one
+        // batch or two are needed to get down to the live letters.
+        for _ in 0..<5 where size() >= full / 5 { _ = try await journal.append(envelope(1), on: loop).get() }
         let compacted = size()
         #expect(compacted < full / 5)
         // Appends after the compaction land in the new file.

@@ -38,4 +38,25 @@ import Testing
         #expect(t.count == 0)
         #expect(t.root.isEmpty)  // no empty branches left behind
     }
+
+    @Test func sharedSubscriptionsAreGroupedPerGroupAndFilter() {
+        var t = SubscriptionTrie()
+        t.subscribe("a", filter: "$share/g/x/+", entry: .init(qos: .atLeastOnce))
+        t.subscribe("b", filter: "$share/g/x/+", entry: .init(qos: .atMostOnce))
+        t.subscribe("c", filter: "$share/h/x/#", entry: .init(qos: .atMostOnce))
+        t.subscribe("d", filter: "x/y", entry: .init(qos: .atMostOnce))
+        let (direct, shared) = t.lookup("x/y")
+        #expect(Set(direct.keys) == ["d"])
+        #expect(Set(shared.map(\.filter)) == ["$share/g/x/+", "$share/h/x/#"])
+        #expect(shared.first { $0.filter == "$share/g/x/+" }?.members.map(\.clientID) == ["a", "b"])
+        #expect(t.sharedSet("$share/g/x/+")?.members.count == 2)
+        #expect(t.count == 4)
+        let removed = t.unsubscribe("a", filter: "$share/g/x/+")
+        let again = t.unsubscribe("a", filter: "$share/g/x/+")
+        #expect(removed && !again)
+        #expect(t.sharedSet("$share/g/x/+")?.members.map(\.clientID) == ["b"])
+        t.unsubscribe("b", filter: "$share/g/x/+")
+        #expect(t.sharedSet("$share/g/x/+") == nil)
+        #expect(t.count == 2)
+    }
 }

@@ -107,9 +107,9 @@ import Testing
         #expect(bytes.hasPrefix("20"))  // CONNACK first
         #expect(bytes.contains("e0") && bytes.contains("95"), "\(bytes)")
         #expect(oversize["closed"] as? Bool == true)
-        // An invalid filter gets 0x8F and a shared subscription 0x9E (not available yet): never a silent grant.
+        // An invalid filter gets 0x8F (never a silent grant); the shared subscription beside it QoS 1.
         let sub = try run("subscribe", port)
-        #expect((sub["received"] as? String)?.hasSuffix("8f9e") == true, "\(sub)")
+        #expect((sub["received"] as? String)?.hasSuffix("8f01") == true, "\(sub)")
         // Keep-alive 1 s and silence: DISCONNECT 0x8D within 1.5 × keep-alive (checked each second).
         let sleepy = try run("keepalive", port)
         #expect((sleepy["received"] as? String)?.contains("e0") == true)
@@ -160,6 +160,39 @@ import Testing
         #expect(got.first?.uri == "/in/d7/status")
         #expect(got.first?.body == "offline")
         #expect(got.first?.header("x-switchyard-channel") == "mqtt")
+        await server.stop()
+        await svc.stop()
+    }
+
+    @Test(arguments: ["3", "5"])
+    func aPersistentSessionAndRetainedMessagesSurviveARestart(version: String) async throws {
+        let svc = try await TestHTTPService.start()
+        var server = try await TestServer.start(Self.yaml(svc))
+        let parked = try run("session_park", String(try await server.mqttPort()), version, "3")
+        #expect(parked["first_present"] as? Bool == false)
+        #expect(parked["published"] as? Int == 4)
+        await server.stop(keepingData: true)
+        server = try await TestServer.start(Self.yaml(svc), dir: server.dir)
+        let resumed = try run("session_resume", String(try await server.mqttPort()), version, "3")
+        #expect(resumed["present"] as? Bool == true, "\(resumed)")
+        let got = try #require(resumed["got"] as? [[String: Any]])
+        #expect(got.compactMap { $0["payload"] as? String } == ["while-away-0", "while-away-1", "while-away-2"], "\(got)")
+        let retained = try #require(resumed["retained"] as? [[String: Any]])
+        #expect(retained.first?["payload"] as? String == "kept across restarts")
+        await server.stop()
+        await svc.stop()
+    }
+
+    @Test(arguments: ["3", "5"])
+    func aSharedSubscriptionSplitsMessagesAcrossItsMembers(version: String) async throws {
+        let svc = try await TestHTTPService.start()
+        let server = try await TestServer.start(Self.yaml(svc))
+        let r = try run("shared", String(try await server.mqttPort()), version, "30")
+        #expect((r["granted"] as? [[Int]])?.allSatisfy { $0 == [1] } == true, "\(r)")
+        let perMember = try #require(r["per_member"] as? [[String]])
+        let all = perMember.flatMap { $0 }
+        #expect(all.count == 30 && Set(all).count == 30, "each message to exactly one member: \(perMember)")
+        #expect(perMember.allSatisfy { !$0.isEmpty }, "every member gets a share: \(perMember.map(\.count))")
         await server.stop()
         await svc.stop()
     }
