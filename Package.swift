@@ -154,7 +154,7 @@ let package = Package(
         .target(
             name: "SwitchyardCommands",
             dependencies: [
-                "SwitchyardServer", "SwitchyardConfig", "SwitchyardCore", "Journal",
+                "SwitchyardServer", "SwitchyardConfig", "SwitchyardCore", "Journal", "MQTTWire",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

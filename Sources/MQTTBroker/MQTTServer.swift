@@ -138,6 +138,7 @@ public final class MQTTServer: Service, Sendable {
         for c in connections.withLockedValue({ Array($0.values) }) { try? await c.close() }
         housekeeping.cancel()
         saver.cancel()
+        await saver.value  // one save at a time: they share the temporary file
         await save()
         logger.info("stopped", metadata: ["address": "\(host):\(port)"])
     }

@@ -73,6 +73,9 @@ public final class Router: Sendable {
         }
     }
 
+    /// Whether a route takes messages on `topic`.
+    public func routes(_ topic: String) -> Bool { table.match(topic) != nil }
+
     /// Delivers an accepted envelope to every target of its route and records the outcome
     /// in the ledger (the channel has already counted it as received and in flight).
     @discardableResult

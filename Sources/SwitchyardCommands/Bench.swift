@@ -12,7 +12,7 @@ import SwitchyardServer
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks that print the machine, the command and the figures.",
-        subcommands: [BenchHTTP.self, BenchPipeline.self, BenchJournal.self]
+        subcommands: [BenchHTTP.self, BenchMQTT.self, BenchPipeline.self, BenchJournal.self]
     )
 }
 
@@ -369,18 +369,23 @@ final class BenchSink: Sendable {
 
     var port: Int { channel.localAddress!.port! }
     var count: Int { state.withLockedValue { $0.latencies.count } }
+    /// Requests answered (whatever their body).
+    var requests: Int { requestCount.withLockedValue { $0 } }
+    let requestCount: NIOLockedValueBox<Int>
     var latencies: [UInt64] { state.withLockedValue { $0.latencies } }
     var lastArrival: UInt64? { state.withLockedValue { $0.last } }
 
-    init(channel: any Channel, state: NIOLockedValueBox<(latencies: [UInt64], last: UInt64?)>) {
+    init(channel: any Channel, state: NIOLockedValueBox<(latencies: [UInt64], last: UInt64?)>, requestCount: NIOLockedValueBox<Int>) {
         self.channel = channel
         self.state = state
+        self.requestCount = requestCount
     }
 
     func reset() { state.withLockedValue { $0 = ([], nil) } }
 
     static func start(group: any EventLoopGroup) async throws -> BenchSink {
         let state = NIOLockedValueBox<(latencies: [UInt64], last: UInt64?)>(([], nil))
+        let requestCount = NIOLockedValueBox(0)
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -388,11 +393,11 @@ final class BenchSink: Sendable {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(SinkHandler(state: state))
+                    try channel.pipeline.syncOperations.addHandler(SinkHandler(state: state, requests: requestCount))
                 }
             }
             .bind(host: "127.0.0.1", port: 0).get()
-        return BenchSink(channel: channel, state: state)
+        return BenchSink(channel: channel, state: state, requestCount: requestCount)
     }
 
     func stop() async { try? await channel.close() }
@@ -411,7 +416,12 @@ final class SinkHandler: ChannelInboundHandler {
         return HTTPResponseHead(version: .http1_1, status: .ok, headers: h)
     }()
 
-    init(state: NIOLockedValueBox<(latencies: [UInt64], last: UInt64?)>) { self.state = state }
+    let requests: NIOLockedValueBox<Int>
+
+    init(state: NIOLockedValueBox<(latencies: [UInt64], last: UInt64?)>, requests: NIOLockedValueBox<Int>) {
+        self.state = state
+        self.requests = requests
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
@@ -425,6 +435,7 @@ final class SinkHandler: ChannelInboundHandler {
                 stamp = UInt64(text)
             }
         case .end:
+            requests.withLockedValue { $0 += 1 }
             let now = SystemMonotonicClock().nowNanos()
             var stamps: [UInt64] = stamp.map { [$0] } ?? []
             if let batch {

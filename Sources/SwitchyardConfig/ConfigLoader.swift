@@ -66,9 +66,16 @@ public enum ConfigLoader {
             allowed: [
                 "enabled", "allow_anonymous", "max_packet_size", "receive_maximum", "max_keep_alive", "max_connections", "acl", "command_topic",
                 "connection_events", "deny_publish", "deny_subscribe", "max_session_expiry", "max_queued_messages", "max_inflight",
-                "topic_alias_maximum", "shared_subscriptions",
+                "topic_alias_maximum", "shared_subscriptions", "unrouted",
             ]
         )
+        if let v = r.string(mqtt["unrouted"], "channels.mqtt.unrouted") {
+            switch v {
+            case "subscribers": c.channels.mqtt.unroutedToSubscribersOnly = true
+            case "dead_letter": c.channels.mqtt.unroutedToSubscribersOnly = false
+            default: r.fail("channels.mqtt.unrouted", "subscribers (only MQTT subscribers get it) or dead_letter", mqtt["unrouted"])
+            }
+        }
         if let v = r.duration(mqtt["max_session_expiry"], "channels.mqtt.max_session_expiry", range: 0...Double(UInt32.max)) {
             c.channels.mqtt.maxSessionExpirySeconds = Int(v)
         }

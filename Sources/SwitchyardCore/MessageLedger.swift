@@ -7,7 +7,7 @@ import NIOConcurrencyHelpers
 #endif
 
 /// Counts every message's outcome so that, at every read,
-/// `received = forwarded + rejected + dead_lettered + in_flight`.
+/// `received = forwarded + rejected + dead_lettered + broker_only + in_flight`.
 ///
 /// Prometheus counters read one by one could not promise that identity at every scrape,
 /// so the counters live here. Updates go to one of a few shards chosen by the calling
@@ -20,15 +20,18 @@ public final class MessageLedger: Sendable {
         public var forwarded: [String: UInt64] = [:]  // route
         public var retried: [String: UInt64] = [:]  // route
         public var deadLettered: [Pair: UInt64] = [:]  // route, reason
+        /// No route takes them: handed to the channel's own subscribers only (MQTT).
+        public var brokerOnly: [String: UInt64] = [:]  // channel
         public var inFlight: Int64 = 0
 
         public var receivedTotal: UInt64 { received.values.reduce(0, +) }
         public var rejectedTotal: UInt64 { rejected.values.reduce(0, +) }
         public var forwardedTotal: UInt64 { forwarded.values.reduce(0, +) }
         public var deadLetteredTotal: UInt64 { deadLettered.values.reduce(0, +) }
+        public var brokerOnlyTotal: UInt64 { brokerOnly.values.reduce(0, +) }
         /// True when every received message is accounted for exactly once.
         public var balances: Bool {
-            Int64(receivedTotal) == Int64(forwardedTotal + rejectedTotal + deadLetteredTotal) + inFlight
+            Int64(receivedTotal) == Int64(forwardedTotal + rejectedTotal + deadLetteredTotal + brokerOnlyTotal) + inFlight
         }
 
         mutating func add(_ other: Snapshot) {
@@ -37,6 +40,7 @@ public final class MessageLedger: Sendable {
             forwarded.merge(other.forwarded, uniquingKeysWith: +)
             retried.merge(other.retried, uniquingKeysWith: +)
             deadLettered.merge(other.deadLettered, uniquingKeysWith: +)
+            brokerOnly.merge(other.brokerOnly, uniquingKeysWith: +)
             inFlight += other.inFlight
         }
     }
@@ -78,6 +82,15 @@ public final class MessageLedger: Sendable {
         update {
             $0.received[channel, default: 0] += 1
             $0.inFlight += 1
+        }
+    }
+
+    /// A message arrived, passed the filters, and no route takes it: the channel's own
+    /// subscribers get it (MQTT), and that is its outcome.
+    public func receivedBrokerOnly(channel: String) {
+        update {
+            $0.received[channel, default: 0] += 1
+            $0.brokerOnly[channel, default: 0] += 1
         }
     }
 

@@ -88,6 +88,9 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
         /// Topic aliases a v5 client may use towards the broker.
         public var topicAliasMaximum = 64
         public var sharedSubscriptions = true
+        /// A device message no route takes goes only to MQTT subscribers (outcome `broker_only`,
+        /// not journaled); false: it is dead-lettered as `unrouted`, like HTTP messages.
+        public var unroutedToSubscribersOnly = true
         public init() {}
     }
 

@@ -14,8 +14,19 @@ final class Pipeline: MessageSink {
     let journal: Journal?
     let dispatcher: OrderedDispatcher
     let maxBacklogBytes: Int
+    /// Channels with their own subscribers (MQTT): a message no route takes goes only to them
+    /// (outcome `broker_only`, not journaled) instead of the dead letters.
+    let brokerOnlyChannels: Set<String>
 
-    init(snapshot: PipelineSnapshot, ledger: MessageLedger, journal: Journal?, dispatcher: OrderedDispatcher, maxBacklogBytes: Int) {
+    init(
+        snapshot: PipelineSnapshot,
+        ledger: MessageLedger,
+        journal: Journal?,
+        dispatcher: OrderedDispatcher,
+        maxBacklogBytes: Int,
+        brokerOnlyChannels: Set<String> = []
+    ) {
+        self.brokerOnlyChannels = brokerOnlyChannels
         current = NIOLockedValueBox(snapshot)
         self.ledger = ledger
         self.journal = journal
@@ -34,6 +45,10 @@ final class Pipeline: MessageSink {
         var envelope = envelope
         if let refused = admit(&envelope, snapshot: snapshot) { return loop.makeSucceededFuture(refused) }
         let router = snapshot.router
+        if !brokerOnlyChannels.isEmpty, brokerOnlyChannels.contains(envelope.channel), !router.routes(envelope.topic) {
+            ledger.receivedBrokerOnly(channel: envelope.channel)
+            return loop.makeSucceededFuture(.accepted)
+        }
         guard let journal else {
             ledger.receivedAndAccepted(channel: envelope.channel)
             deliver(envelope, sequence: nil, router: router)

@@ -99,7 +99,8 @@ public final class SwitchyardApplication: Sendable {
             ledger: shared.ledger,
             journal: journal,
             dispatcher: OrderedDispatcher(group: group),
-            maxBacklogBytes: configuration.journal.maxBytes
+            maxBacklogBytes: configuration.journal.maxBytes,
+            brokerOnlyChannels: configuration.channels.mqtt.unroutedToSubscribersOnly ? ["mqtt"] : []
         )
         for (name, rule) in configuration.services { forwarder.setConcurrencyLimit(rule.maxConcurrency, forService: name) }
 

@@ -52,6 +52,12 @@ public enum Telemetry {
         for (k, v) in ledger.deadLettered.sorted(by: { ($0.key.first, $0.key.second) < ($1.key.first, $1.key.second) }) {
             sample("switchyard_messages_dead_lettered_total", [("route", k.first), ("reason", k.second)], "\(v)")
         }
+        family(
+            "switchyard_messages_broker_only_total",
+            "counter",
+            "Messages no route takes, handed only to the channel's own subscribers (MQTT), by channel."
+        )
+        for (k, v) in ledger.brokerOnly.sorted(by: { $0.key < $1.key }) { sample("switchyard_messages_broker_only_total", [("channel", k)], "\(v)") }
         family("switchyard_messages_in_flight", "gauge", "Messages accepted and not yet forwarded or dead-lettered.")
         sample("switchyard_messages_in_flight", [], "\(ledger.inFlight)")
         for g in gauges {

@@ -94,3 +94,64 @@ import Testing
         await svc.stop()
     }
 }
+
+/// The Mosquitto command-line clients (Debian `mosquitto-clients`) as a device and an app use them.
+@Suite(.serialized) struct MosquittoClientTests {
+    /// Runs a command; returns its exit status and output (stdout + stderr).
+    func run(_ args: [String], wait: Bool = true) throws -> (Process, Pipe) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = args
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = out
+        try p.run()
+        if wait { p.waitUntilExit() }
+        return (p, out)
+    }
+
+    func text(_ pipe: Pipe) -> String { String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self) }
+
+    @Test func mosquittoPubAndSubWithDeviceCredentials() async throws {
+        let svc = try await TestHTTPService.start()
+        let server = try await TestServer.start(MQTTChannelTests.yaml(svc, anonymous: false))
+        let port = String(try await server.mqttPort())
+        let created = try await server.admin("POST", "/admin/devices", body: #"{"product":"p1","device":"m1"}"#)
+        let secret = try #require((try JSONSerialization.jsonObject(with: Data(created.body.utf8)) as? [String: Any])?["secret"] as? String)
+        let auth = ["-h", "127.0.0.1", "-p", port, "-u", "m1&p1", "-P", secret]
+
+        // The subscriber waits for two messages (10 s at most), one of them retained.
+        _ = try run(["mosquitto_pub"] + auth + ["-V", "5", "-i", "m1-retain", "-t", "devices/p1/m1/state", "-m", "on", "-q", "1", "-r"])
+        let (sub, subOut) = try run(
+            ["mosquitto_sub"] + auth + ["-V", "5", "-i", "m1-sub", "-t", "devices/p1/m1/#", "-q", "1", "-C", "2", "-W", "10", "-v"],
+            wait: false
+        )
+        try await Task.sleep(nanoseconds: 500_000_000)
+        let (pub, pubOut) = try run(
+            ["mosquitto_pub"] + auth + ["-V", "311", "-i", "m1-pub", "-t", "devices/p1/m1/telemetry", "-m", "21.5", "-q", "1"]
+        )
+        #expect(pub.terminationStatus == 0, "\(text(pubOut))")
+        sub.waitUntilExit()
+        let received = text(subOut)
+        #expect(sub.terminationStatus == 0, "\(received)")
+        #expect(received.contains("devices/p1/m1/state on"), "\(received)")
+        #expect(received.contains("devices/p1/m1/telemetry 21.5"), "\(received)")
+        // The message also went through the pipeline to the service.
+        let got = await svc.waitFor(count: 2)
+        #expect(got.contains { $0.uri == "/in/m1/telemetry" && $0.body == "21.5" })
+
+        // A wrong password: refused, and mosquitto_pub says so and fails.
+        let (bad, badOut) = try run(
+            ["mosquitto_pub", "-h", "127.0.0.1", "-p", port, "-u", "m1&p1", "-P", "wrong", "-t", "devices/p1/m1/x", "-m", "1", "-q", "1"]
+        )
+        let why = text(badOut)
+        #expect(bad.terminationStatus != 0)
+        #expect(why.lowercased().contains("not authori") || why.lowercased().contains("bad user name or password"), "\(why)")
+        // Outside its topic space: v5 PUBACK 0x87, which mosquitto_pub reports.
+        let (denied, deniedOut) = try run(["mosquitto_pub"] + auth + ["-V", "5", "-t", "devices/p1/other/x", "-m", "1", "-q", "1"])
+        _ = denied
+        #expect(text(deniedOut).lowercased().contains("not authori"), "outside the device's space")
+        await server.stop()
+        await svc.stop()
+    }
+}

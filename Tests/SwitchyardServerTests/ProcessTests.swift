@@ -157,4 +157,28 @@ import Testing
         #expect(process.terminationReason == .exit)
         #expect(process.terminationStatus == 0)
     }
+
+    /// The MQTT load tool runs end to end against a Switchyard it starts (a smoke run: small
+    /// numbers; the figures are the benchmark's business, not this test's) and fails on loss.
+    @Test func benchMQTTRunsAndLosesNothing() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: ProcessTests.binary)
+        p.arguments = [
+            "bench", "mqtt", "--messages", "1000", "--publishers", "10", "--pairs", "5", "--idle-connections", "200", "--qos", "0,1", "--pipeline",
+            "--duration", "30",
+        ]
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        p.standardError = pipe
+        try p.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        let out = String(decoding: data, as: UTF8.self)
+        #expect(p.terminationStatus == 0, "\(out)")
+        for scenario in ["fan-in 10→1, QoS 0", "pairs 5×1→1, QoS 1", "fan-in 10→1, QoS 1, pipeline on"] {
+            #expect(out.contains("switchyard: \(scenario): 1000/1000 received"), "\(scenario): \(out)")
+        }
+        #expect(out.contains("sink received 1000 of 1000 forwarded messages"), "\(out)")
+        #expect(out.contains("200 idle connections"), "\(out)")
+    }
 }

@@ -95,7 +95,7 @@ final class TestServer: Sendable {
 
 /// Parses the message counters out of a Prometheus text page and checks the identity.
 struct ScrapedLedger {
-    var received = 0.0, forwarded = 0.0, rejected = 0.0, deadLettered = 0.0, inFlight = 0.0
+    var received = 0.0, forwarded = 0.0, rejected = 0.0, deadLettered = 0.0, brokerOnly = 0.0, inFlight = 0.0
 
     init(_ text: String) {
         for line in text.split(separator: "\n") where !line.hasPrefix("#") {
@@ -106,11 +106,12 @@ struct ScrapedLedger {
             case "switchyard_messages_forwarded_total": forwarded += value
             case "switchyard_messages_rejected_total": rejected += value
             case "switchyard_messages_dead_lettered_total": deadLettered += value
+            case "switchyard_messages_broker_only_total": brokerOnly += value
             case "switchyard_messages_in_flight": inFlight += value
             default: break
             }
         }
     }
 
-    var balances: Bool { received == forwarded + rejected + deadLettered + inFlight }
+    var balances: Bool { received == forwarded + rejected + deadLettered + brokerOnly + inFlight }
 }
