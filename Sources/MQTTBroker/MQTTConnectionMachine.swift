@@ -699,6 +699,9 @@ public struct MQTTConnectionMachine: Sendable {
 
     /// Why this connection may not publish to `topic` (nil: it may).
     func publishDenied(_ topic: String) -> String? {
+        if topic.hasPrefix("$SYS/") || topic.hasPrefix("$events/") {
+            return "\(topic.prefix { $0 != "/" })/ topics are the broker's own; clients may not publish to them"
+        }
         if let rule = options.denyPublish.first(where: { MQTTTopic.matches(filter: $0, topic: topic) }) {
             return "publishing to \(topic) is denied (channels.mqtt.deny_publish: \(rule))"
         }

@@ -45,6 +45,11 @@ public final class MQTTServer: Service, Sendable {
     let statePath: String?
     /// Something to save changed since the last snapshot.
     let dirty = Atomic<Bool>(false)
+    let stats = MQTTStats()
+    let connectionRate: ConnectionRateLimit
+    /// Seconds between `$SYS/broker/…` updates (0: none).
+    let systemTopicsInterval: Int
+    let version: String
     /// Wills waiting for their Will Delay Interval, by client id.
     let delayedWills = NIOLockedValueBox([String: Scheduled<Void>]())
 
@@ -58,11 +63,17 @@ public final class MQTTServer: Service, Sendable {
         maxConnections: Int,
         commandTopic: String = "devices/{product}/{device}/commands",
         statePath: String? = nil,
+        maxConnectionRate: Double = 0,
+        systemTopicsInterval: Int = 0,
+        version: String = "",
         logger: Logger,
         onRefused: @escaping @Sendable (String) -> Void = { _ in }
     ) {
         self.commandTopic = commandTopic
         self.statePath = statePath
+        connectionRate = ConnectionRateLimit(perSecond: maxConnectionRate)
+        self.systemTopicsInterval = systemTopicsInterval
+        self.version = version
         self.host = host
         self.port = port
         self.group = group
@@ -99,9 +110,16 @@ public final class MQTTServer: Service, Sendable {
                             channel.close(promise: nil)
                             return
                         }
+                        if !connectionRate.admit() {
+                            // Closed before a byte is read: a reconnect storm costs no CONNECT parsing.
+                            Counter(label: "switchyard_mqtt_connects_total", dimensions: [("result", "rate_limited")]).increment()
+                            logger.debug("connection refused: channels.mqtt.max_connection_rate", metadata: ["rate": "\(connectionRate.rate)"])
+                            channel.close(promise: nil)
+                            return
+                        }
                         var decoder = MQTTDecoder()
                         decoder.maximumPacketSize = options.maximumPacketSize
-                        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(MQTTPacketDecoder(decoder: decoder)))
+                        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(CountingPacketDecoder(decoder: decoder, stats: stats)))
                         try channel.pipeline.syncOperations.addHandler(
                             MQTTConnectionHandler(server: self, loop: channel.eventLoop, remoteAddress: channel.remoteAddress)
                         )
@@ -124,6 +142,11 @@ public final class MQTTServer: Service, Sendable {
         let housekeeping = group.any().scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [self] _ in
             expireSessions(now: WallClock.nowNanos())
         }
+        let systemTopics =
+            systemTopicsInterval > 0
+            ? group.any().scheduleRepeatedTask(initialDelay: .zero, delay: .seconds(Int64(systemTopicsInterval))) { [self] _ in
+                publishSystemTopics(version: version)
+            } : nil
         let saver = Task { [self] in
             while !Task.isCancelled {
                 try? await Task.sleep(nanoseconds: 5_000_000_000)
@@ -137,6 +160,7 @@ public final class MQTTServer: Service, Sendable {
         try? await Task.sleep(nanoseconds: 100_000_000)  // let the DISCONNECTs go out
         for c in connections.withLockedValue({ Array($0.values) }) { try? await c.close() }
         housekeeping.cancel()
+        systemTopics?.cancel()
         saver.cancel()
         await saver.value  // one save at a time: they share the temporary file
         await save()
@@ -206,6 +230,7 @@ public final class MQTTServer: Service, Sendable {
             messagesOut[Int(m.publish.qos.rawValue)].increment()
             handler.deliver(m)
         }
+        stats.messagesOut.wrappingAdd(targets.count, ordering: .relaxed)
         if result.queued > 0 {
             queuedOffline.increment(by: result.queued)
             dirty.store(true, ordering: .relaxed)
@@ -219,6 +244,7 @@ public final class MQTTServer: Service, Sendable {
     }
 
     func keepRetained(_ publish: MQTTPacket.Publish, expiresAt: UInt64?) {
+        let isSystem = publish.topic.hasPrefix("$SYS/")
         let count = retained.withLockedValue { store in
             if publish.payload.readableBytes == 0 {
                 store.removeValue(forKey: publish.topic)  // an empty retained message clears the topic
@@ -233,7 +259,7 @@ public final class MQTTServer: Service, Sendable {
             return store.count
         }
         retainedGauge.record(count)
-        dirty.store(true, ordering: .relaxed)
+        if !isSystem { dirty.store(true, ordering: .relaxed) }  // $SYS figures are not kept across runs
     }
 
     /// Messages a client left unacknowledged on a shared subscription go to another member of
@@ -465,7 +491,7 @@ public final class MQTTServer: Service, Sendable {
         for handler in online {
             if let s = try? await handler.currentSession(now: now).get() { contents.sessions.append(s) }
         }
-        contents.retained = retained.withLockedValue { Array($0.values) }
+        contents.retained = retained.withLockedValue { $0.values.filter { !$0.publish.topic.hasPrefix("$SYS/") } }
         do {
             try MQTTStateFile.save(contents, path: statePath)
         } catch {
@@ -572,6 +598,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let packet = unwrapInboundIn(data)
+        if case .publish(let p) = packet { server.stats.publishReceived(qos: p.qos) }
         perform(machine.received(packet, now: SystemMonotonicClock().nowNanos()), context: context)
     }
 
@@ -646,6 +673,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
                 var buffer = context.channel.allocator.buffer(capacity: 16)
                 do {
                     try MQTTEncoder.encode(packet, version: version, into: &buffer)
+                    server.stats.sent(bytes: buffer.readableBytes)
                     context.write(wrapOutboundOut(buffer), promise: nil)
                 } catch {
                     server.logger.error("cannot encode a packet", metadata: ["error": "\(error)"])

@@ -477,7 +477,7 @@ final class BenchBroker: @unchecked Sendable {
               admin: {host: 127.0.0.1, port: 0}
               mqtt: {host: 127.0.0.1, port: \(port)}
             channels:
-              mqtt: {allow_anonymous: true, max_connections: 1000000}
+              mqtt: {allow_anonymous: true, max_connections: 1000000, max_connection_rate: 0}
             \(routes)
             """
         try yaml.write(toFile: "\(dir)/switchyard.yaml", atomically: true, encoding: .utf8)

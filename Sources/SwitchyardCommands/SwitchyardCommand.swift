@@ -1,8 +1,9 @@
 // SwitchyardCommands: the `switchyard` command line (serve, check-config, explain, bench, version).
 public import ArgumentParser
+import SwitchyardCore
 
 public struct SwitchyardCommand: AsyncParsableCommand {
-    public static let version = "0.1.0"
+    public static let version = SwitchyardVersion.current
 
     public static let configuration = CommandConfiguration(
         commandName: "switchyard",

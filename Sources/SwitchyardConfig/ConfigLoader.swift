@@ -66,9 +66,13 @@ public enum ConfigLoader {
             allowed: [
                 "enabled", "allow_anonymous", "max_packet_size", "receive_maximum", "max_keep_alive", "max_connections", "acl", "command_topic",
                 "connection_events", "deny_publish", "deny_subscribe", "max_session_expiry", "max_queued_messages", "max_inflight",
-                "topic_alias_maximum", "shared_subscriptions", "unrouted",
+                "topic_alias_maximum", "shared_subscriptions", "unrouted", "max_connection_rate", "sys_interval",
             ]
         )
+        if let v = r.double(mqtt["max_connection_rate"], "channels.mqtt.max_connection_rate", range: 0...10_000_000) {
+            c.channels.mqtt.maxConnectionRate = v
+        }
+        if let v = r.duration(mqtt["sys_interval"], "channels.mqtt.sys_interval", range: 0...86_400) { c.channels.mqtt.sysIntervalSeconds = Int(v) }
         if let v = r.string(mqtt["unrouted"], "channels.mqtt.unrouted") {
             switch v {
             case "subscribers": c.channels.mqtt.unroutedToSubscribersOnly = true

@@ -91,6 +91,10 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
         /// A device message no route takes goes only to MQTT subscribers (outcome `broker_only`,
         /// not journaled); false: it is dead-lettered as `unrouted`, like HTTP messages.
         public var unroutedToSubscribersOnly = true
+        /// New connections per second on the listener (bursts of as many); 0: no limit.
+        public var maxConnectionRate = 1000.0
+        /// Seconds between `$SYS/broker/…` updates; 0: none.
+        public var sysIntervalSeconds = 10
         public init() {}
     }
 

@@ -158,6 +158,9 @@ public final class SwitchyardApplication: Sendable {
                 maxConnections: mqttChannel.maxConnections,
                 commandTopic: mqttChannel.commandTopic,
                 statePath: self.dataDir + "/mqtt/state.bin",
+                maxConnectionRate: mqttChannel.maxConnectionRate,
+                systemTopicsInterval: mqttChannel.sysIntervalSeconds,
+                version: SwitchyardVersion.current,
                 logger: logger.with("listener", "mqtt"),
                 onRefused: { reason in ledger.receivedAndRejected(channel: "mqtt", reason: reason) }
             )

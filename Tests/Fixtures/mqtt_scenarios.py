@@ -405,7 +405,55 @@ def shared(port, version, count):
     return {"granted": [st.get("granted") for _, st, _ in members], "per_member": [[m["payload"] for m in g] for _, _, g in members]}
 
 
+def system_topics(port, seconds):
+    """Subscribes to $SYS/broker/# and returns the last value of each topic; also tries to
+    publish to $SYS (a v5 PUBACK tells whether that was refused)."""
+    sub, sstate, got = subscriber(port, "5", "sys-watcher", "$SYS/broker/#", 0)
+    time.sleep(seconds)
+    pub, pstate = client("5", "sys-forger")
+    pub.connect(HOST, port, keepalive=30)
+    pub.loop_start()
+    pstate["connected"].wait(5)
+    info = pub.publish("$SYS/broker/clients/connected", "999999", qos=1)
+    info.wait_for_publish(5)
+    time.sleep(0.2)
+    for c in (sub, pub):
+        c.disconnect()
+        c.loop_stop()
+    last = {}
+    for m in got:
+        last[m["topic"]] = m["payload"]
+    return {"topics": last, "forged_ack": pstate["acks"].get(info.mid)}
+
+
+def burst(port, count):
+    """Opens COUNT connections at once, each sending CONNECT; counts the CONNACKs."""
+    socks = []
+    for i in range(count):
+        try:
+            sk = socket.create_connection((HOST, port), timeout=2)
+            sk.sendall(connect_packet(4, f"burst-{i}"))
+            socks.append(sk)
+        except OSError:
+            pass
+    accepted = 0
+    for sk in socks:
+        try:
+            sk.settimeout(2)
+            data = sk.recv(4)
+            if len(data) >= 4 and data[0] == 0x20 and data[3] == 0:
+                accepted += 1
+        except OSError:
+            pass
+        sk.close()
+    return {"opened": len(socks), "accepted": accepted}
+
+
 def scenario(name, port, args):
+    if name == "sys":
+        return system_topics(port, float(args[0]))
+    if name == "burst":
+        return burst(port, int(args[0]))
     if name == "session_park":
         return session_park(port, args[0], int(args[1]))
     if name == "session_resume":

@@ -196,6 +196,38 @@ import Testing
         await server.stop()
         await svc.stop()
     }
+
+    @Test func systemTopicsShowTheBrokersFiguresAndClientsCannotForgeThem() async throws {
+        let svc = try await TestHTTPService.start()
+        let server = try await TestServer.start(
+            Self.yaml(svc).replacingOccurrences(of: "max_packet_size: 64KiB", with: "max_packet_size: 64KiB, sys_interval: 1s")
+        )
+        let r = try run("sys", String(try await server.mqttPort()), "2.5")
+        let topics = try #require(r["topics"] as? [String: String])
+        #expect(topics["$SYS/broker/version"]?.hasPrefix("switchyard ") == true, "\(topics)")
+        #expect(Int(topics["$SYS/broker/clients/connected"] ?? "") ?? 0 >= 1, "\(topics)")
+        #expect(Int(topics["$SYS/broker/bytes/received"] ?? "") ?? 0 > 0, "\(topics)")
+        #expect(topics["$SYS/broker/subscriptions/count"] != nil && topics["$SYS/broker/uptime"] != nil)
+        #expect(topics.values.allSatisfy { $0 != "999999" }, "a client's forged figure reached subscribers")
+        #expect(r["forged_ack"] as? Int == 0x87)
+        await server.stop()
+        await svc.stop()
+    }
+
+    @Test func aConnectionBurstOverTheRateIsRefusedBeforeCONNECT() async throws {
+        let svc = try await TestHTTPService.start()
+        let server = try await TestServer.start(
+            Self.yaml(svc).replacingOccurrences(of: "max_packet_size: 64KiB", with: "max_packet_size: 64KiB, max_connection_rate: 5")
+        )
+        let r = try run("burst", String(try await server.mqttPort()), "40")
+        let accepted = try #require(r["accepted"] as? Int)
+        // A bucket of 5 (plus what refills while the burst is opened): most of the 40 are refused.
+        #expect(accepted >= 1 && accepted <= 15, "\(r)")
+        let metrics = try await server.admin("GET", "/metrics", token: nil).body
+        #expect(metrics.contains("switchyard_mqtt_connects_total{result=\"rate_limited\"}"))
+        await server.stop()
+        await svc.stop()
+    }
 }
 
 /// Malformed input never crashes or hangs the broker, and memory stays bounded.

@@ -1,0 +1,102 @@
+import MQTTWire
+import Metrics
+import NIOConcurrencyHelpers
+import NIOCore
+import SwitchyardCore
+import Synchronization
+
+/// Broker statistics: bytes and messages in and out (metrics, and `$SYS/broker/…` topics as
+/// Mosquitto publishes them), and the listener's connection rate limit.
+final class MQTTStats: Sendable {
+    let startedAt = SystemMonotonicClock().nowNanos()
+    let bytesIn = Atomic<Int>(0)
+    let bytesOut = Atomic<Int>(0)
+    let messagesIn = Atomic<Int>(0)
+    let messagesOut = Atomic<Int>(0)
+    let bytesInCounter = Counter(label: "switchyard_mqtt_bytes_in_total")
+    let bytesOutCounter = Counter(label: "switchyard_mqtt_bytes_out_total")
+    /// PUBLISH packets from clients, by QoS (made once: counted per message).
+    let messagesInCounters = (0...2).map { Counter(label: "switchyard_mqtt_messages_in_total", dimensions: [("qos", String($0))]) }
+
+    func received(bytes: Int) {
+        bytesIn.wrappingAdd(bytes, ordering: .relaxed)
+        bytesInCounter.increment(by: bytes)
+    }
+
+    func sent(bytes: Int) {
+        bytesOut.wrappingAdd(bytes, ordering: .relaxed)
+        bytesOutCounter.increment(by: bytes)
+    }
+
+    func publishReceived(qos: QoS) {
+        messagesIn.wrappingAdd(1, ordering: .relaxed)
+        messagesInCounters[Int(qos.rawValue)].increment()
+    }
+}
+
+/// A token bucket for new connections (per listener): `rate` per second, bursts of `rate`.
+final class ConnectionRateLimit: Sendable {
+    let rate: Double
+    let state: Mutex<(tokens: Double, at: UInt64)>
+
+    init(perSecond rate: Double) {
+        self.rate = rate
+        state = Mutex((rate, SystemMonotonicClock().nowNanos()))
+    }
+
+    /// Whether one more connection may come now.
+    func admit(now: UInt64 = SystemMonotonicClock().nowNanos()) -> Bool {
+        guard rate > 0 else { return true }
+        return state.withLock { s in
+            s.tokens = min(rate, s.tokens + Double(now &- s.at) / 1e9 * rate)
+            s.at = now
+            guard s.tokens >= 1 else { return false }
+            s.tokens -= 1
+            return true
+        }
+    }
+}
+
+/// `MQTTDecoder` counting the bytes it consumes.
+struct CountingPacketDecoder: NIOSingleStepByteToMessageDecoder {
+    typealias InboundOut = MQTTPacket
+    var decoder: MQTTDecoder
+    let stats: MQTTStats
+
+    mutating func decode(buffer: inout ByteBuffer) throws -> MQTTPacket? {
+        let before = buffer.readerIndex
+        let packet = try decoder.decode(&buffer)
+        if packet != nil { stats.received(bytes: buffer.readerIndex - before) }
+        return packet
+    }
+
+    mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> MQTTPacket? {
+        try decode(buffer: &buffer)
+    }
+}
+
+extension MQTTServer {
+    /// `$SYS/broker/…` (retained, QoS 0) with the broker's figures; subscribers of `$SYS/#` see
+    /// them change every `channels.mqtt.sys_interval`.
+    func publishSystemTopics(version: String) {
+        let uptime = (SystemMonotonicClock().nowNanos() - stats.startedAt) / 1_000_000_000
+        let (online, offline) = sessions.withLockedValue { table in (table.slots.count - table.offlineCount, table.offlineCount) }
+        let figures: [(String, String)] = [
+            ("version", "switchyard \(version)"),
+            ("uptime", "\(uptime) seconds"),
+            ("clients/connected", "\(online)"),
+            ("clients/disconnected", "\(offline)"),
+            ("connections/open", "\(openConnections)"),
+            ("subscriptions/count", "\(trie.withLockedValue { $0.count })"),
+            ("retained messages/count", "\(retained.withLockedValue { $0.count })"),
+            ("messages/received", "\(stats.messagesIn.load(ordering: .relaxed))"),
+            ("messages/sent", "\(stats.messagesOut.load(ordering: .relaxed))"),
+            ("bytes/received", "\(stats.bytesIn.load(ordering: .relaxed))"),
+            ("bytes/sent", "\(stats.bytesOut.load(ordering: .relaxed))"),
+        ]
+        for (name, value) in figures {
+            let p = MQTTPacket.Publish(topic: "$SYS/broker/\(name)", payload: ByteBuffer(string: value), qos: .atMostOnce, retain: true)
+            fanOut(p, from: nil, queueOffline: false)
+        }
+    }
+}
