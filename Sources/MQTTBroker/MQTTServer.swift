@@ -21,6 +21,21 @@ public final class MQTTServer: Service, Sendable {
     let logger: Logger
     let onRefused: @Sendable (String) -> Void
     private let bound: EventLoopPromise<SocketAddress>
+    /// The TLS listener, when there is one: where, and what goes first in each connection's
+    /// pipeline (the TLS handler; this module does not know TLS itself).
+    public struct SecureListener: Sendable {
+        public var host: String
+        public var port: Int
+        public var addHandlers: @Sendable (any Channel) throws -> Void
+        public init(host: String, port: Int, addHandlers: @escaping @Sendable (any Channel) throws -> Void) {
+            self.host = host
+            self.port = port
+            self.addHandlers = addHandlers
+        }
+    }
+
+    let secure: SecureListener?
+    private let secureBound: EventLoopPromise<SocketAddress>
     /// Sessions by client id: connected (the newest connection wins, an older one is taken
     /// over) or kept for a client that is away.
     let sessions = NIOLockedValueBox(SessionTable())
@@ -63,6 +78,7 @@ public final class MQTTServer: Service, Sendable {
         maxConnections: Int,
         commandTopic: String = "devices/{product}/{device}/commands",
         statePath: String? = nil,
+        secure: SecureListener? = nil,
         maxConnectionRate: Double = 0,
         systemTopicsInterval: Int = 0,
         version: String = "",
@@ -71,6 +87,7 @@ public final class MQTTServer: Service, Sendable {
     ) {
         self.commandTopic = commandTopic
         self.statePath = statePath
+        self.secure = secure
         connectionRate = ConnectionRateLimit(perSecond: maxConnectionRate)
         self.systemTopicsInterval = systemTopicsInterval
         self.version = version
@@ -83,9 +100,13 @@ public final class MQTTServer: Service, Sendable {
         self.logger = logger
         self.onRefused = onRefused
         bound = group.any().makePromise(of: SocketAddress.self)
+        secureBound = group.any().makePromise(of: SocketAddress.self)
+        if secure == nil { secureBound.fail(MQTTServerError(message: "no TLS listener (listeners.mqtts)")) }
     }
 
     public var boundAddress: EventLoopFuture<SocketAddress> { bound.futureResult }
+    /// Where the TLS listener listens (fails when there is none).
+    public var secureBoundAddress: EventLoopFuture<SocketAddress> { secureBound.futureResult }
     /// Connections open now.
     public var openConnections: Int { connectionCount.load(ordering: .relaxed) }
 
@@ -93,49 +114,26 @@ public final class MQTTServer: Service, Sendable {
         try restore()
         let channel: any Channel
         do {
-            channel = try await ServerBootstrap(group: group)
-                .serverChannelOption(.backlog, value: 1024)
-                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-                .childChannelInitializer { [self] channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        let open = connectionCount.wrappingAdd(1, ordering: .relaxed).newValue
-                        connectionsGauge.record(open)
-                        channel.closeFuture.whenComplete { [self] _ in
-                            connectionsGauge.record(connectionCount.wrappingSubtract(1, ordering: .relaxed).newValue)
-                        }
-                        if open > maxConnections {
-                            Counter(label: "switchyard_mqtt_connects_total", dimensions: [("result", "max_connections")]).increment()
-                            logger.warning("connection refused: channels.mqtt.max_connections reached", metadata: ["limit": "\(maxConnections)"])
-                            channel.close(promise: nil)
-                            return
-                        }
-                        if !connectionRate.admit() {
-                            // Closed before a byte is read: a reconnect storm costs no CONNECT parsing.
-                            Counter(label: "switchyard_mqtt_connects_total", dimensions: [("result", "rate_limited")]).increment()
-                            logger.debug("connection refused: channels.mqtt.max_connection_rate", metadata: ["rate": "\(connectionRate.rate)"])
-                            channel.close(promise: nil)
-                            return
-                        }
-                        var decoder = MQTTDecoder()
-                        decoder.maximumPacketSize = options.maximumPacketSize
-                        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(CountingPacketDecoder(decoder: decoder, stats: stats)))
-                        try channel.pipeline.syncOperations.addHandler(
-                            MQTTConnectionHandler(server: self, loop: channel.eventLoop, remoteAddress: channel.remoteAddress)
-                        )
-                        let id = ObjectIdentifier(channel)
-                        connections.withLockedValue { $0[id] = channel }
-                        channel.closeFuture.whenComplete { [connections] _ in
-                            connections.withLockedValue { _ = $0.removeValue(forKey: id) }
-                        }
-                    }
-                }
-                .bind(host: host, port: port)
-                .get()
+            channel = try await bootstrap(tls: nil).bind(host: host, port: port).get()
         } catch {
             let failure = MQTTServerError(message: "cannot listen on \(host):\(port): \(error)")
             bound.fail(failure)
+            secureBound.fail(failure)
             throw failure
+        }
+        var secureChannel: (any Channel)?
+        if let secure {
+            do {
+                secureChannel = try await bootstrap(tls: secure.addHandlers).bind(host: secure.host, port: secure.port).get()
+            } catch {
+                let failure = MQTTServerError(message: "cannot listen on \(secure.host):\(secure.port) (TLS): \(error)")
+                bound.fail(failure)
+                secureBound.fail(failure)
+                try? await channel.close()
+                throw failure
+            }
+            secureBound.succeed(secureChannel!.localAddress!)
+            logger.info("listening (TLS)", metadata: ["address": "\(secureChannel!.localAddress!)"])
         }
         bound.succeed(channel.localAddress!)
         logger.info("listening", metadata: ["address": "\(channel.localAddress!)"])
@@ -155,6 +153,7 @@ public final class MQTTServer: Service, Sendable {
         }
         try? await gracefulShutdown()
         try? await channel.close()
+        try? await secureChannel?.close()
         let open = sessions.withLockedValue { $0.online }
         for handler in open { handler.shutDown() }
         try? await Task.sleep(nanoseconds: 100_000_000)  // let the DISCONNECTs go out
@@ -165,6 +164,49 @@ public final class MQTTServer: Service, Sendable {
         await saver.value  // one save at a time: they share the temporary file
         await save()
         logger.info("stopped", metadata: ["address": "\(host):\(port)"])
+    }
+
+    /// One listener's bootstrap: limits first, then (TLS) the given handlers, the decoder and
+    /// the connection handler.
+    func bootstrap(tls: (@Sendable (any Channel) throws -> Void)?) -> ServerBootstrap {
+        ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let open = connectionCount.wrappingAdd(1, ordering: .relaxed).newValue
+                    connectionsGauge.record(open)
+                    channel.closeFuture.whenComplete { [self] _ in
+                        connectionsGauge.record(connectionCount.wrappingSubtract(1, ordering: .relaxed).newValue)
+                    }
+                    if open > maxConnections {
+                        Counter(label: "switchyard_mqtt_connects_total", dimensions: [("result", "max_connections")]).increment()
+                        logger.warning("connection refused: channels.mqtt.max_connections reached", metadata: ["limit": "\(maxConnections)"])
+                        channel.close(promise: nil)
+                        return
+                    }
+                    if !connectionRate.admit() {
+                        // Closed before a byte is read: a reconnect storm costs no CONNECT parsing.
+                        Counter(label: "switchyard_mqtt_connects_total", dimensions: [("result", "rate_limited")]).increment()
+                        logger.debug("connection refused: channels.mqtt.max_connection_rate", metadata: ["rate": "\(connectionRate.rate)"])
+                        channel.close(promise: nil)
+                        return
+                    }
+                    try tls?(channel)
+                    var decoder = MQTTDecoder()
+                    decoder.maximumPacketSize = options.maximumPacketSize
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(CountingPacketDecoder(decoder: decoder, stats: stats)))
+                    try channel.pipeline.syncOperations.addHandler(
+                        MQTTConnectionHandler(server: self, loop: channel.eventLoop, remoteAddress: channel.remoteAddress)
+                    )
+                    let id = ObjectIdentifier(channel)
+                    connections.withLockedValue { $0[id] = channel }
+                    channel.closeFuture.whenComplete { [connections] _ in
+                        connections.withLockedValue { _ = $0.removeValue(forKey: id) }
+                    }
+                }
+            }
     }
 
     // MARK: - Subscriptions and fan-out
@@ -557,6 +599,7 @@ final class SessionBox: @unchecked Sendable {
 
 public struct MQTTServerError: Error, Sendable, CustomStringConvertible {
     public var message: String
+    public init(message: String) { self.message = message }
     public var description: String { message }
 }
 

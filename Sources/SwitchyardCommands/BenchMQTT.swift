@@ -229,7 +229,16 @@ struct BenchMQTT: AsyncParsableCommand {
         let start = SystemMonotonicClock().nowNanos()
         for (h, c) in zip(handlers, channels.suffix(handlers.count)) { c.eventLoop.execute { h.start() } }
         let deadline = start + UInt64(duration * 1e9)
-        while stats.counts.withLockedValue({ $0.received }) < expected && SystemMonotonicClock().nowNanos() < deadline {
+        var last = (count: 0, at: start)
+        while true {
+            let received = stats.counts.withLockedValue { $0.received }
+            let now = SystemMonotonicClock().nowNanos()
+            if received >= expected || now > deadline { break }
+            if received != last.count {
+                last = (received, now)
+            } else if now - last.at > 3_000_000_000 {
+                break  // stalled: a message was dropped, so its publisher's window never reopens
+            }
             try await Task.sleep(nanoseconds: 5_000_000)
         }
         try await Task.sleep(nanoseconds: 100_000_000)  // late duplicates would show up now
@@ -505,6 +514,7 @@ final class BenchBroker: @unchecked Sendable {
             allow_anonymous true
             persistence false
             log_dest none
+            max_queued_messages 10000
             """
         try conf.write(toFile: "\(dir)/mosquitto.conf", atomically: true, encoding: .utf8)
         let p = Process()

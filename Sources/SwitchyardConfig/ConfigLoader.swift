@@ -52,11 +52,25 @@ public enum ConfigLoader {
         if let v = r.string(node["name"], "node.name") { c.node.name = v }
         if let v = r.string(node["data_dir"], "node.data_dir") { c.node.dataDir = v }
 
-        let listeners = r.mapping(top["listeners"], "listeners", allowed: ["http", "admin", "mqtt"])
+        let listeners = r.mapping(top["listeners"], "listeners", allowed: ["http", "admin", "mqtt", "mqtts"])
         for (key, keyPath) in [("http", \SwitchyardConfiguration.Listeners.http), ("admin", \.admin), ("mqtt", \.mqtt)] {
             let l = r.mapping(listeners[key], "listeners.\(key)", allowed: ["host", "port"])
             if let v = r.string(l["host"], "listeners.\(key).host") { c.listeners[keyPath: keyPath].host = v }
             if let v = r.int(l["port"], "listeners.\(key).port", range: 0...65535) { c.listeners[keyPath: keyPath].port = v }
+        }
+        let tls = r.mapping(listeners["mqtts"], "listeners.mqtts", allowed: ["host", "port", "cert", "key"])
+        if let v = r.string(tls["host"], "listeners.mqtts.host") { c.listeners.mqtts.host = v }
+        if let v = r.int(tls["port"], "listeners.mqtts.port", range: 0...65535) { c.listeners.mqtts.port = v }
+        for (key, keyPath) in [("cert", \SwitchyardConfiguration.Listeners.mqttsCertificate), ("key", \.mqttsKey)] {
+            guard let path = r.string(tls[key], "listeners.mqtts.\(key)") else { continue }
+            if FileManager.default.isReadableFile(atPath: path) {
+                c.listeners[keyPath: keyPath] = path
+            } else {
+                r.fail("listeners.mqtts.\(key)", "cannot read \(path): give a PEM file this user can read", tls[key])
+            }
+        }
+        if (tls["cert"] == nil) != (tls["key"] == nil) {
+            r.fail("listeners.mqtts", "needs both cert (PEM certificate chain) and key (PEM private key)", listeners["mqtts"])
         }
 
         let channels = r.mapping(top["channels"], "channels", allowed: ["http", "mqtt", "device_patterns"])

@@ -35,6 +35,12 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
         public var http = Listener(host: "0.0.0.0", port: 8080)
         public var admin = Listener(host: "127.0.0.1", port: 8090)
         public var mqtt = Listener(host: "0.0.0.0", port: 1883)
+        /// MQTT over TLS: on only when a certificate chain and a key are given (PEM files; there
+        /// is no built-in certificate).
+        public var mqtts = Listener(host: "0.0.0.0", port: 8883)
+        public var mqttsCertificate: String?
+        public var mqttsKey: String?
+        public var mqttsEnabled: Bool { mqttsCertificate != nil && mqttsKey != nil }
         public init() {}
     }
 

@@ -11,6 +11,7 @@ import NIOConcurrencyHelpers
 public import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 import Router
 import ServiceLifecycle
 public import SwitchyardConfig
@@ -158,6 +159,7 @@ public final class SwitchyardApplication: Sendable {
                 maxConnections: mqttChannel.maxConnections,
                 commandTopic: mqttChannel.commandTopic,
                 statePath: self.dataDir + "/mqtt/state.bin",
+                secure: try SwitchyardApplication.secureListener(configuration.listeners),
                 maxConnectionRate: mqttChannel.maxConnectionRate,
                 systemTopicsInterval: mqttChannel.sysIntervalSeconds,
                 version: SwitchyardVersion.current,
@@ -183,6 +185,8 @@ public final class SwitchyardApplication: Sendable {
     public var ingestAddress: EventLoopFuture<SocketAddress>? { ingest?.boundAddress }
     /// Address of the MQTT listener once bound.
     public var mqttAddress: EventLoopFuture<SocketAddress>? { mqtt?.boundAddress }
+    /// Address of the MQTT TLS listener once bound (fails when there is none).
+    public var mqttSecureAddress: EventLoopFuture<SocketAddress>? { mqtt?.secureBoundAddress }
     /// MQTT connections open now.
     public var mqttConnections: Int { mqtt?.openConnections ?? 0 }
     var mqttServer: MQTTServer? { mqtt }
@@ -395,5 +399,25 @@ extension Logger {
         var copy = self
         copy[metadataKey: key] = "\(value)"
         return copy
+    }
+
+}
+
+extension SwitchyardApplication {
+    /// The MQTT TLS listener from `listeners.mqtts` (nil when it has no certificate and key).
+    static func secureListener(_ listeners: SwitchyardConfiguration.Listeners) throws -> MQTTServer.SecureListener? {
+        guard let certPath = listeners.mqttsCertificate, let keyPath = listeners.mqttsKey else { return nil }
+        let context: NIOSSLContext
+        do {
+            let chain = try NIOSSLCertificate.fromPEMFile(certPath)
+            let key = try NIOSSLPrivateKey(file: keyPath, format: .pem)
+            let tls = TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
+            context = try NIOSSLContext(configuration: tls)
+        } catch {
+            throw MQTTServerError(message: "listeners.mqtts: cannot use \(certPath) and \(keyPath) as a PEM certificate chain and key: \(error)")
+        }
+        return MQTTServer.SecureListener(host: listeners.mqtts.host, port: listeners.mqtts.port) { channel in
+            try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context))
+        }
     }
 }

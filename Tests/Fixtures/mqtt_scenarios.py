@@ -449,7 +449,33 @@ def burst(port, count):
     return {"opened": len(socks), "accepted": accepted}
 
 
+def tls(port, cafile, version):
+    """Connects over TLS (verifying the broker's certificate against CAFILE), subscribes and
+    publishes QoS 1 to itself; then a plain-text CONNECT to the TLS port, which must not get
+    a CONNACK."""
+    c, state = client(version, "tls-device")
+    got = []
+    c.tls_set(ca_certs=cafile)
+    c.on_message = lambda cl, u, m: got.append(m.payload.decode())
+    subscribed = threading.Event()
+    c.on_subscribe = lambda *a: subscribed.set()
+    c.connect(HOST, port, keepalive=30)
+    c.loop_start()
+    state["connected"].wait(5)
+    c.subscribe("devices/p1/tls/#", qos=1)
+    subscribed.wait(5)
+    info = c.publish("devices/p1/tls/telemetry", "over tls", qos=1)
+    info.wait_for_publish(5)
+    wait_for(lambda: len(got) >= 1, 3)
+    c.disconnect()
+    c.loop_stop()
+    plain = raw(port, [connect_packet(4, "plain-on-tls")], timeout=2.0)
+    return {"connack": state["connack"], "ack": state["acks"].get(info.mid), "got": got, "plain": plain}
+
+
 def scenario(name, port, args):
+    if name == "tls":
+        return tls(port, args[0], args[1])
     if name == "sys":
         return system_topics(port, float(args[0]))
     if name == "burst":

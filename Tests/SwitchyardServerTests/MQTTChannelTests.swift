@@ -1,4 +1,5 @@
 import Foundation
+import SwitchyardConfig
 import SwitchyardTesting
 import Testing
 
@@ -227,6 +228,48 @@ import Testing
         #expect(metrics.contains("switchyard_mqtt_connects_total{result=\"rate_limited\"}"))
         await server.stop()
         await svc.stop()
+    }
+
+    /// A self-signed certificate for 127.0.0.1 made with the openssl command line.
+    static func makeCertificate(in dir: String) throws -> (cert: String, key: String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+            "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", "\(dir)/key.pem", "-out", "\(dir)/cert.pem",
+        ]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        p.waitUntilExit()
+        try #require(p.terminationStatus == 0, "openssl could not make a certificate")
+        return ("\(dir)/cert.pem", "\(dir)/key.pem")
+    }
+
+    @Test(arguments: ["3", "5"])
+    func devicesConnectOverTLSAndPlainTextThereIsRefused(version: String) async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-tls-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (cert, key) = try Self.makeCertificate(in: dir)
+        let svc = try await TestHTTPService.start()
+        let server = try await TestServer.start(Self.yaml(svc), listeners: "  mqtts: {host: 127.0.0.1, port: 0, cert: \(cert), key: \(key)}")
+        let port = try #require(try await server.app.mqttSecureAddress?.get().port)
+        let r = try run("tls", String(port), cert, version)
+        #expect(r["connack"] as? Int == 0, "\(r)")
+        #expect(r["ack"] as? Int == 0)
+        #expect(r["got"] as? [String] == ["over tls"])
+        let plain = try #require(r["plain"] as? [String: Any])
+        #expect(plain["closed"] as? Bool == true)
+        #expect((plain["received"] as? String)?.hasPrefix("20") != true, "a plain-text CONNECT got a CONNACK on the TLS port")
+        #expect(await svc.waitFor(count: 1).first?.body == "over tls")  // into the pipeline like any device message
+        await server.stop()
+        await svc.stop()
+    }
+
+    @Test func aTLSListenerNeedsReadableCertificateAndKey() throws {
+        let bad = "listeners:\n  mqtts: {cert: /nonexistent/cert.pem}\n"
+        #expect(throws: (any Error).self) { try ConfigLoader.parse(yaml: bad) }
     }
 }
 

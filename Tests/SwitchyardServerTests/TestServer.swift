@@ -29,11 +29,12 @@ final class TestServer: Sendable {
     }
 
     /// `dir`: reuse a previous server's directory (its journal and dead letters) to test a restart.
-    static func start(_ yaml: String, dir existing: String? = nil) async throws -> TestServer {
+    /// `listeners`: more listener lines (e.g. `  mqtts: {…}`).
+    static func start(_ yaml: String, dir existing: String? = nil, listeners: String = "") async throws -> TestServer {
         let dir = existing ?? FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-test-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let path = "\(dir)/switchyard.yaml"
-        try withListeners(yaml, dir: dir).write(toFile: path, atomically: true, encoding: .utf8)
+        try withListeners(yaml, dir: dir, more: listeners).write(toFile: path, atomically: true, encoding: .utf8)
         let config = try ConfigLoader.load(path: path)
         var logger = Logger(label: "switchyard-test")
         logger.logLevel = .critical
@@ -57,13 +58,14 @@ final class TestServer: Sendable {
     }
 
     /// The test's config plus loopback listeners on ports the OS picks and a private data dir.
-    static func withListeners(_ yaml: String, dir: String) -> String {
+    static func withListeners(_ yaml: String, dir: String, more: String = "") -> String {
         """
         node: {data_dir: "\(dir)/data"}
         listeners:
           http: {host: 127.0.0.1, port: 0}
           admin: {host: 127.0.0.1, port: 0}
           mqtt: {host: 127.0.0.1, port: 0}
+        \(more)
         \(yaml)
         """
     }
