@@ -229,7 +229,7 @@ public final class MQTTServer: Service, Sendable {
             expiresAt = WallClock.nowNanos() + UInt64(interval) * 1_000_000_000
         }
         if publish.retain { keepRetained(publish, expiresAt: expiresAt) }
-        let (direct, shared) = trie.withLockedValue { $0.lookup(publish.topic) }
+        let (direct, shared) = trie.withLockedValue { $0.cachedLookup(publish.topic) }
         guard !direct.isEmpty || !shared.isEmpty else { return FanOut() }
         var result = FanOut()
         var targets: [(MQTTConnectionHandler, MQTTOutbound)] = []
@@ -253,8 +253,10 @@ public final class MQTTServer: Service, Sendable {
                 out.qos = min(publish.qos, match.qos)
                 out.retain = match.retainAsPublished && publish.retain
                 out.dup = false
-                out.properties.topicAlias = nil
-                out.properties.subscriptionIdentifiers = match.identifiers
+                if !out.properties.isEmpty || !match.identifiers.isEmpty {
+                    out.properties.topicAlias = nil
+                    out.properties.subscriptionIdentifiers = match.identifiers
+                }
                 hand(clientID, MQTTOutbound(publish: out, expiresAt: expiresAt))
             }
             for set in shared {
@@ -263,8 +265,10 @@ public final class MQTTServer: Service, Sendable {
                 out.qos = min(publish.qos, member.entry.qos)
                 out.retain = false
                 out.dup = false
-                out.properties.topicAlias = nil
-                out.properties.subscriptionIdentifiers = member.entry.identifier.map { [$0] } ?? []
+                if !out.properties.isEmpty || member.entry.identifier != nil {
+                    out.properties.topicAlias = nil
+                    out.properties.subscriptionIdentifiers = member.entry.identifier.map { [$0] } ?? []
+                }
                 hand(member.clientID, MQTTOutbound(publish: out, expiresAt: expiresAt, shareFilter: set.filter))
             }
         }
@@ -734,18 +738,26 @@ final class MQTTConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
                 let loop = context.eventLoop
                 let publisher = machine.clientID
                 server.completeCommand(publish)
-                server.sink.submit(envelope, on: loop).hop(to: loop).whenComplete { result in
-                    let outcome: SubmitResult
-                    switch result {
-                    case .success(let r): outcome = r
-                    case .failure(let error):
-                        outcome = .rejected(Rejection(filter: "mqtt", reason: "internal", status: 500, message: "\(error)"))
+                switch server.sink.submitting(envelope, on: loop) {
+                case .now(let outcome):
+                    // Decided at once (a filter, or no route and no journal): answered in this
+                    // read; channelReadComplete flushes.
+                    if case .accepted = outcome { server.fanOut(publish, from: publisher) }
+                    perform(machine.submitted(token: token, result: outcome), context: context)
+                case .later(let future):
+                    future.hop(to: loop).whenComplete { result in
+                        let outcome: SubmitResult
+                        switch result {
+                        case .success(let r): outcome = r
+                        case .failure(let error):
+                            outcome = .rejected(Rejection(filter: "mqtt", reason: "internal", status: 500, message: "\(error)"))
+                        }
+                        // Subscribers get what the pipeline took (filters apply to them too), once.
+                        if case .accepted = outcome { self.server.fanOut(publish, from: publisher) }
+                        guard let context = self.context else { return }
+                        self.perform(self.machine.submitted(token: token, result: outcome), context: context)
+                        context.flush()
                     }
-                    // Subscribers get what the pipeline took (filters apply to them too), once.
-                    if case .accepted = outcome { self.server.fanOut(publish, from: publisher) }
-                    guard let context = self.context else { return }
-                    self.perform(self.machine.submitted(token: token, result: outcome), context: context)
-                    context.flush()
                 }
             case .subscribe(let added, let identifier):
                 guard let clientID = machine.clientID else { continue }

@@ -51,6 +51,10 @@ public struct SubscriptionTrie: Sendable {
 
     var root = Node()
     public private(set) var count = 0
+    /// Recent lookups by topic (devices publish to the same topics again and again): emptied
+    /// whenever a subscription changes, and when it reaches `cacheLimit`.
+    var cache: [String: (direct: [String: Match], shared: [SharedSet])] = [:]
+    static let cacheLimit = 8192
 
     public init() {}
 
@@ -60,6 +64,7 @@ public struct SubscriptionTrie: Sendable {
     public mutating func subscribe(_ clientID: String, filter: String, entry: Entry) -> Bool {
         let shared = MQTTTopic.shared(filter)
         let levels = (shared?.filter ?? filter).split(separator: "/", omittingEmptySubsequences: false)
+        if !cache.isEmpty { cache.removeAll() }
         let isNew = Self.insert(&root, levels[...], clientID, entry, shared.map { ($0.group, filter) })
         if isNew { count += 1 }
         return isNew
@@ -91,6 +96,7 @@ public struct SubscriptionTrie: Sendable {
     public mutating func unsubscribe(_ clientID: String, filter: String) -> Bool {
         let shared = MQTTTopic.shared(filter)
         let levels = (shared?.filter ?? filter).split(separator: "/", omittingEmptySubsequences: false)
+        if !cache.isEmpty { cache.removeAll() }
         let existed = Self.remove(&root, levels[...], clientID, group: shared?.group)
         if existed { count -= 1 }
         return existed
@@ -124,6 +130,15 @@ public struct SubscriptionTrie: Sendable {
     /// Every client whose (non-shared) subscriptions match `topic`.
     public func matches(_ topic: String) -> [String: Match] {
         lookup(topic).direct
+    }
+
+    /// `lookup`, remembered for the next message on the same topic.
+    public mutating func cachedLookup(_ topic: String) -> (direct: [String: Match], shared: [SharedSet]) {
+        if let hit = cache[topic] { return hit }
+        let result = lookup(topic)
+        if cache.count >= Self.cacheLimit { cache.removeAll(keepingCapacity: true) }
+        cache[topic] = result
+        return result
     }
 
     /// The clients whose own subscriptions match `topic`, and the shared subscriptions that

@@ -3,6 +3,7 @@ public import NIOCore
 /// MQTT 5 properties of one packet (or of a will). Absent = not sent. Each property may
 /// appear only in the packets the spec lists, and at most once, except user properties
 /// and (in PUBLISH) subscription identifiers.
+@dynamicMemberLookup
 public struct MQTTProperties: Sendable, Equatable {
     public struct UserProperty: Sendable, Equatable {
         public var name: String
@@ -13,37 +14,71 @@ public struct MQTTProperties: Sendable, Equatable {
         }
     }
 
-    public var payloadFormatIndicator: UInt8?
-    public var messageExpiryInterval: UInt32?
-    public var contentType: String?
-    public var responseTopic: String?
-    public var correlationData: ByteBuffer?
-    public var subscriptionIdentifiers: [Int] = []
-    public var sessionExpiryInterval: UInt32?
-    public var assignedClientIdentifier: String?
-    public var serverKeepAlive: UInt16?
-    public var authenticationMethod: String?
-    public var authenticationData: ByteBuffer?
-    public var requestProblemInformation: UInt8?
-    public var willDelayInterval: UInt32?
-    public var requestResponseInformation: UInt8?
-    public var responseInformation: String?
-    public var serverReference: String?
-    public var reasonString: String?
-    public var receiveMaximum: UInt16?
-    public var topicAliasMaximum: UInt16?
-    public var topicAlias: UInt16?
-    public var maximumQoS: UInt8?
-    public var retainAvailable: UInt8?
-    public var userProperties: [UserProperty] = []
-    public var maximumPacketSize: UInt32?
-    public var wildcardSubscriptionAvailable: UInt8?
-    public var subscriptionIdentifiersAvailable: UInt8?
-    public var sharedSubscriptionAvailable: UInt8?
+    /// The properties themselves; `MQTTProperties` reads and writes them by name.
+    public struct Fields: Sendable, Equatable {
+        public var payloadFormatIndicator: UInt8?
+        public var messageExpiryInterval: UInt32?
+        public var contentType: String?
+        public var responseTopic: String?
+        public var correlationData: ByteBuffer?
+        public var subscriptionIdentifiers: [Int] = []
+        public var sessionExpiryInterval: UInt32?
+        public var assignedClientIdentifier: String?
+        public var serverKeepAlive: UInt16?
+        public var authenticationMethod: String?
+        public var authenticationData: ByteBuffer?
+        public var requestProblemInformation: UInt8?
+        public var willDelayInterval: UInt32?
+        public var requestResponseInformation: UInt8?
+        public var responseInformation: String?
+        public var serverReference: String?
+        public var reasonString: String?
+        public var receiveMaximum: UInt16?
+        public var topicAliasMaximum: UInt16?
+        public var topicAlias: UInt16?
+        public var maximumQoS: UInt8?
+        public var retainAvailable: UInt8?
+        public var userProperties: [UserProperty] = []
+        public var maximumPacketSize: UInt32?
+        public var wildcardSubscriptionAvailable: UInt8?
+        public var subscriptionIdentifiersAvailable: UInt8?
+        public var sharedSubscriptionAvailable: UInt8?
+
+        public init() {}
+    }
+
+    /// Set properties, boxed: nil when none is set (most PUBLISHes and acks), so a packet's
+    /// property block costs one word to copy and nothing to check.
+    final class Storage: @unchecked Sendable {
+        // @unchecked: never changed once made (a write makes a new one).
+        let fields: Fields
+        init(_ fields: Fields) { self.fields = fields }
+    }
+
+    private var storage: Storage?
 
     public init() {}
 
-    public var isEmpty: Bool { self == MQTTProperties() }
+    public init(fields: Fields) {
+        storage = fields == Fields() ? nil : Storage(fields)
+    }
+
+    public var fields: Fields { storage?.fields ?? Fields() }
+
+    public var isEmpty: Bool { storage == nil }
+
+    public subscript<T>(dynamicMember key: WritableKeyPath<Fields, T>) -> T {
+        get { (storage?.fields ?? Fields())[keyPath: key] }
+        set {
+            var f = storage?.fields ?? Fields()
+            f[keyPath: key] = newValue
+            self = MQTTProperties(fields: f)
+        }
+    }
+
+    public static func == (a: MQTTProperties, b: MQTTProperties) -> Bool {
+        a.storage === b.storage || a.fields == b.fields
+    }
 
     /// Where a property block sits: decides which properties are allowed.
     public enum Context: Sendable {
@@ -109,7 +144,7 @@ public struct MQTTProperties: Sendable, Equatable {
         let length = try VariableByteInteger.read(from: &buffer, field: "property length")
         guard length <= buffer.readableBytes else { throw .malformed("the property length \(length) runs past the packet") }
         var block = buffer.readSlice(length: length)!
-        var p = MQTTProperties()
+        var p = Fields()
         var seen = Set<UInt8>()
         while block.readableBytes > 0 {
             let idByte = try VariableByteInteger.read(from: &block, field: "property identifier")
@@ -175,10 +210,25 @@ public struct MQTTProperties: Sendable, Equatable {
             case .sharedSubscriptionAvailable: p.sharedSubscriptionAvailable = try Wire.flag(&block, name)
             }
         }
-        return p
+        return MQTTProperties(fields: p)
     }
 
     // MARK: - Encoding
+
+    /// Writes the property block (length, then properties); a property the context does not
+    /// allow is an error, never sent.
+    func encode(into buffer: inout ByteBuffer, context: Context) throws(MQTTWireError) {
+        guard let storage else {  // the usual case (most PUBLISHes, acks): a zero length, nothing to check
+            buffer.writeInteger(UInt8(0))
+            return
+        }
+        try storage.fields.encode(into: &buffer, context: context)
+    }
+}
+
+extension MQTTProperties.Fields {
+    typealias ID = MQTTProperties.ID
+    typealias Context = MQTTProperties.Context
 
     /// The identifiers of the properties that are set.
     var present: [ID] {
@@ -217,10 +267,6 @@ public struct MQTTProperties: Sendable, Equatable {
     /// Writes the property block (length, then properties); a property the context does not
     /// allow is an error, never sent.
     func encode(into buffer: inout ByteBuffer, context: Context) throws(MQTTWireError) {
-        if isEmpty {  // the usual case (most PUBLISHes, acks): a zero length, nothing to check
-            buffer.writeInteger(UInt8(0))
-            return
-        }
         if let wrong = present.first(where: { !$0.allowed(in: context) }) {
             throw .protocolError("property \(wrong) is not allowed in \(context)")
         }

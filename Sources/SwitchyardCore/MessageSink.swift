@@ -38,9 +38,22 @@ public protocol MessageSink: Sendable {
     /// Several envelopes from one request: one result per envelope, in order. Accepted ones
     /// are acknowledged together (one journal commit).
     func submit(batch: [Envelope], on loop: any EventLoop) -> EventLoopFuture<[SubmitResult]>
+    /// Like `submit`, but an answer known at once (refused by a filter, or taken without the
+    /// journal) comes back as a value: no future, no hop (the MQTT hot path).
+    func submitting(_ envelope: Envelope, on loop: any EventLoop) -> Submission
+}
+
+/// The answer to a submission: now, or once the journal committed.
+public enum Submission: Sendable {
+    case now(SubmitResult)
+    case later(EventLoopFuture<SubmitResult>)
 }
 
 extension MessageSink {
+    public func submitting(_ envelope: Envelope, on loop: any EventLoop) -> Submission {
+        .later(submit(envelope, on: loop))
+    }
+
     /// One by one, for sinks with nothing to gain from a group.
     public func submit(batch: [Envelope], on loop: any EventLoop) -> EventLoopFuture<[SubmitResult]> {
         EventLoopFuture.whenAllSucceed(batch.map { submit($0, on: loop) }, on: loop)

@@ -41,32 +41,41 @@ final class Pipeline: MessageSink {
     }
 
     func submit(_ envelope: Envelope, on loop: any EventLoop) -> EventLoopFuture<SubmitResult> {
+        switch submitting(envelope, on: loop) {
+        case .now(let result): loop.makeSucceededFuture(result)
+        case .later(let future): future
+        }
+    }
+
+    func submitting(_ envelope: Envelope, on loop: any EventLoop) -> Submission {
         let snapshot = self.snapshot
         var envelope = envelope
-        if let refused = admit(&envelope, snapshot: snapshot) { return loop.makeSucceededFuture(refused) }
+        if let refused = admit(&envelope, snapshot: snapshot) { return .now(refused) }
         let router = snapshot.router
         if !brokerOnlyChannels.isEmpty, brokerOnlyChannels.contains(envelope.channel), !router.routes(envelope.topic) {
             ledger.receivedBrokerOnly(channel: envelope.channel)
-            return loop.makeSucceededFuture(.accepted)
+            return .now(.accepted)
         }
         guard let journal else {
             ledger.receivedAndAccepted(channel: envelope.channel)
             deliver(envelope, sequence: nil, router: router)
-            return loop.makeSucceededFuture(.accepted)
+            return .now(.accepted)
         }
         if let rejection = backpressure(journal) {
             ledger.receivedAndRejected(channel: envelope.channel, reason: rejection.reason)
-            return loop.makeSucceededFuture(.rejected(rejection))
+            return .now(.rejected(rejection))
         }
         ledger.receivedAndAccepted(channel: envelope.channel)
         let accepted = envelope
-        return journal.append(envelope, on: loop).map { sequence in
-            self.deliver(accepted, sequence: sequence, router: router)
-            return SubmitResult.accepted
-        }.recover { error in
-            self.ledger.acceptedThenRejected(channel: accepted.channel, reason: "journal_unavailable")
-            return .rejected(Pipeline.journalUnavailable(error))
-        }
+        return .later(
+            journal.append(envelope, on: loop).map { sequence in
+                self.deliver(accepted, sequence: sequence, router: router)
+                return SubmitResult.accepted
+            }.recover { error in
+                self.ledger.acceptedThenRejected(channel: accepted.channel, reason: "journal_unavailable")
+                return .rejected(Pipeline.journalUnavailable(error))
+            }
+        )
     }
 
     /// Each envelope is admitted on its own; the accepted ones are journaled as one group and

@@ -59,4 +59,16 @@ import Testing
         #expect(t.sharedSet("$share/g/x/+") == nil)
         #expect(t.count == 2)
     }
+
+    @Test func cachedLookupsFollowSubscriptionChanges() {
+        var t = SubscriptionTrie()
+        t.subscribe("a", filter: "x/+", entry: .init(qos: .atMostOnce))
+        #expect(Set(t.cachedLookup("x/y").direct.keys) == ["a"])
+        t.subscribe("b", filter: "x/#", entry: .init(qos: .atMostOnce))
+        #expect(Set(t.cachedLookup("x/y").direct.keys) == ["a", "b"])
+        t.unsubscribe("a", filter: "x/+")
+        #expect(Set(t.cachedLookup("x/y").direct.keys) == ["b"])
+        for i in 0..<(SubscriptionTrie.cacheLimit + 10) { _ = t.cachedLookup("x/\(i)") }
+        #expect(t.cache.count <= SubscriptionTrie.cacheLimit)
+    }
 }
