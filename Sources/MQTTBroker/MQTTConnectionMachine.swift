@@ -48,6 +48,10 @@ public struct MQTTConnectionMachine: Sendable {
         /// Topic filters nobody may publish to / subscribe to (before the per-device space).
         public var denyPublish: [String] = []
         public var denySubscribe: [String] = []
+        /// More topic filters a signed-in device may publish to / subscribe to, beyond its own
+        /// space (`{product}` and `{device}` filled in), e.g. `broadcast/{product}/#`.
+        public var allowPublish: [String] = []
+        public var allowSubscribe: [String] = []
         /// The longest a session outlives its connection (v5 clients asking for more get this
         /// in CONNACK; a 3.1.1 clean-session-0 session gets exactly this).
         public var maximumSessionExpirySeconds: UInt32 = 7200
@@ -309,7 +313,7 @@ public struct MQTTConnectionMachine: Sendable {
             switch authenticator.authenticate(username: username, password: c.password, clientID: clientID) {
             case .success(let id):
                 identity = id
-                acl = Self.acl(options.aclTemplate, id)
+                acl = Self.acl(options, id)
             case .failure(let why): return refuse(why.code, why.message)
             }
         } else if !options.allowAnonymous {
@@ -656,23 +660,29 @@ public struct MQTTConnectionMachine: Sendable {
         return [.close(reason: message)]
     }
 
-    /// The topic space of a device.
+    /// The topic space of a device: its own (the template), and what the allow rules add.
     struct ACL {
         var filter: String
+        var publish: [String] = []
+        var subscribe: [String] = []
 
         /// A topic the device may publish to.
-        func allows(topic: String) -> Bool { MQTTTopic.matches(filter: filter, topic: topic) }
+        func allows(topic: String) -> Bool {
+            MQTTTopic.matches(filter: filter, topic: topic) || publish.contains { MQTTTopic.matches(filter: $0, topic: topic) }
+        }
 
         /// A filter whose every topic is inside the space.
         func covers(filter f: String) -> Bool {
-            guard filter.hasSuffix("/#") else { return f == filter }
-            let prefix = filter.dropLast(2)
-            return f == prefix || f.hasPrefix(prefix + "/")
+            MQTTTopic.filter(filter, covers: f) || subscribe.contains { MQTTTopic.filter($0, covers: f) }
         }
+
     }
 
-    static func acl(_ template: String, _ identity: DeviceIdentity) -> ACL {
-        ACL(filter: template.replacing("{product}", with: identity.product).replacing("{device}", with: identity.device))
+    static func acl(_ options: Options, _ identity: DeviceIdentity) -> ACL {
+        func fill(_ template: String) -> String {
+            template.replacing("{product}", with: identity.product).replacing("{device}", with: identity.device)
+        }
+        return ACL(filter: fill(options.aclTemplate), publish: options.allowPublish.map(fill), subscribe: options.allowSubscribe.map(fill))
     }
 
     /// A connect or disconnect event of the signed-in device (nil for anonymous clients or when
@@ -706,7 +716,7 @@ public struct MQTTConnectionMachine: Sendable {
             return "publishing to \(topic) is denied (channels.mqtt.deny_publish: \(rule))"
         }
         if let acl, let identity, !acl.allows(topic: topic) {
-            return "device \(identity.product)/\(identity.device) may publish only under \(acl.filter)"
+            return "device \(identity.product)/\(identity.device) may publish only under \(([acl.filter] + acl.publish).joined(separator: ", "))"
         }
         return nil
     }
@@ -719,7 +729,10 @@ public struct MQTTConnectionMachine: Sendable {
             return (.unspecifiedError, "denied by channels.mqtt.deny_subscribe (\(rule))")
         }
         if let acl, let identity, !acl.covers(filter: filter) {
-            return (.notAuthorized, "device \(identity.product)/\(identity.device) may subscribe only under \(acl.filter)")
+            return (
+                .notAuthorized,
+                "device \(identity.product)/\(identity.device) may subscribe only under \(([acl.filter] + acl.subscribe).joined(separator: ", "))"
+            )
         }
         return nil
     }

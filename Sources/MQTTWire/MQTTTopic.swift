@@ -65,4 +65,19 @@ public enum MQTTTopic {
         }
         return t.isEmpty
     }
+
+    /// Whether every topic `inner` (a valid, non-shared filter) matches also matches `outer`:
+    /// `a/#` covers `a`, `a/b/+` and `a/#`; `a/+/c` covers `a/b/c` and `a/+/c`, not `a/#`.
+    public static func filter(_ outer: String, covers inner: String) -> Bool {
+        var o = outer.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)[...]
+        var i = inner.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)[...]
+        while let level = o.popFirst() {
+            if level.elementsEqual("#".utf8) { return true }
+            guard let sub = i.popFirst() else { return false }
+            if sub.elementsEqual("#".utf8) { return false }  // `#` reaches levels `outer` may not
+            if level.elementsEqual("+".utf8) { continue }
+            if sub.elementsEqual("+".utf8) || !level.elementsEqual(sub) { return false }
+        }
+        return i.isEmpty
+    }
 }

@@ -79,7 +79,8 @@ public enum ConfigLoader {
             "channels.mqtt",
             allowed: [
                 "enabled", "allow_anonymous", "max_packet_size", "receive_maximum", "max_keep_alive", "max_connections", "acl", "command_topic",
-                "connection_events", "deny_publish", "deny_subscribe", "max_session_expiry", "max_queued_messages", "max_inflight",
+                "connection_events", "deny_publish", "deny_subscribe", "allow_publish", "allow_subscribe", "max_session_expiry",
+                "max_queued_messages", "max_inflight",
                 "topic_alias_maximum", "shared_subscriptions", "unrouted", "max_connection_rate", "sys_interval",
             ]
         )
@@ -106,7 +107,10 @@ public enum ConfigLoader {
         }
         if let v = r.bool(mqtt["shared_subscriptions"], "channels.mqtt.shared_subscriptions") { c.channels.mqtt.sharedSubscriptions = v }
         if let v = r.bool(mqtt["connection_events"], "channels.mqtt.connection_events") { c.channels.mqtt.connectionEvents = v }
-        for (key, keyPath) in [("deny_publish", \SwitchyardConfiguration.MQTTChannel.denyPublish), ("deny_subscribe", \.denySubscribe)]
+        for (key, keyPath) in [
+            ("deny_publish", \SwitchyardConfiguration.MQTTChannel.denyPublish), ("deny_subscribe", \.denySubscribe),
+            ("allow_publish", \.allowPublish), ("allow_subscribe", \.allowSubscribe),
+        ]
         where mqtt[key] != nil {
             let filters = r.strings(mqtt[key], "channels.mqtt.\(key)")
             for (i, f) in filters.enumerated() where f.isEmpty || f.contains("\u{0}") {

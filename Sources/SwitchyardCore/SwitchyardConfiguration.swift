@@ -83,6 +83,10 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
         /// Topic filters nobody may publish to / subscribe to.
         public var denyPublish: [String] = []
         public var denySubscribe: [String] = []
+        /// More topic filters a signed-in device may publish to / subscribe to (templates with
+        /// `{product}` and `{device}`).
+        public var allowPublish: [String] = []
+        public var allowSubscribe: [String] = []
         /// How long a session outlives its connection at most (v5 clients asking for more get
         /// this; 3.1.1 clean-session-0 sessions get exactly this).
         public var maxSessionExpirySeconds = 7200

@@ -144,6 +144,8 @@ public final class SwitchyardApplication: Sendable {
             options.connectionEvents = mqttChannel.connectionEvents
             options.denyPublish = mqttChannel.denyPublish
             options.denySubscribe = mqttChannel.denySubscribe
+            options.allowPublish = mqttChannel.allowPublish
+            options.allowSubscribe = mqttChannel.allowSubscribe
             options.maximumSessionExpirySeconds = UInt32(mqttChannel.maxSessionExpirySeconds)
             options.maximumQueued = mqttChannel.maxQueuedMessages
             options.maximumInflight = mqttChannel.maxInflight

@@ -293,4 +293,30 @@ import Testing
         #expect(taken.count == 1 && taken[0].publish.packetID == nil)
         #expect(m.inflight.count == 1)
     }
+
+    struct Devices: DeviceAuthenticator {
+        func authenticate(username: String, password: ByteBuffer?, clientID: String) -> Result<DeviceIdentity, MQTTWireError> {
+            .success(DeviceIdentity(product: "p1", device: "d1"))
+        }
+    }
+
+    @Test func allowRulesWidenADevicesTopicSpace() {
+        var options = MQTTConnectionMachine.Options()
+        options.authenticator = Devices()
+        options.allowSubscribe = ["broadcast/{product}/#"]
+        options.allowPublish = ["shared/{product}/{device}"]
+        var m = MQTTConnectionMachine(options: options, remoteAddress: nil)
+        _ = connect(&m, MQTTPacket.Connect(version: .v5, clientID: "d1", username: "d1&p1", password: ByteBuffer(string: "x")))
+        let filters = ["devices/p1/d1/#", "broadcast/p1/+", "broadcast/p2/x", "devices/p1/d2/#"]
+        let sub = sent(m.received(.subscribe(MQTTPacket.Subscribe(packetID: 1, subscriptions: filters.map { .init(filter: $0) })), now: 1))
+        guard case .suback(let ack)? = sub.first else { Issue.record("no SUBACK"); return }
+        #expect(ack.reasons == [.success, .success, .notAuthorized, .notAuthorized])
+        func publishes(_ topic: String) -> Bool {
+            !tokens(m.received(.publish(MQTTPacket.Publish(topic: topic, payload: ByteBuffer(string: "x"), qos: .atLeastOnce, packetID: 9)), now: 2))
+                .isEmpty
+        }
+        #expect(publishes("shared/p1/d1"))
+        #expect(!publishes("shared/p1/d2"))
+        #expect(!publishes("broadcast/p1/x"))  // subscribe-only
+    }
 }

@@ -47,4 +47,17 @@ import Testing
             #expect(MQTTTopic.matches(filter: filter, topic: topic) == expected, "\(filter) ~ \(topic)")
         }
     }
+
+    @Test func filterCoverage() {
+        #expect(MQTTTopic.filter("a/#", covers: "a"))
+        #expect(MQTTTopic.filter("a/#", covers: "a/b/+"))
+        #expect(MQTTTopic.filter("a/#", covers: "a/#"))
+        #expect(MQTTTopic.filter("a/+/c", covers: "a/b/c"))
+        #expect(MQTTTopic.filter("a/+/c", covers: "a/+/c"))
+        #expect(!MQTTTopic.filter("a/+/c", covers: "a/#"))
+        #expect(!MQTTTopic.filter("a/b", covers: "a/+"))
+        #expect(!MQTTTopic.filter("a/b", covers: "a/b/c"))
+        #expect(!MQTTTopic.filter("a/#", covers: "b"))
+        #expect(MQTTTopic.filter("a/b", covers: "a/b"))
+    }
 }
