@@ -13,6 +13,12 @@ public struct DeviceRecord: Sendable, Codable, Equatable {
     public var rotatedAt: Date
     var salt: String
     var digest: String
+    /// The secret itself, sealed (AES-GCM) with the node's signing key — only for devices that
+    /// sign their password (Alibaba style), which needs the secret to check the signature.
+    var sealed: String?
+
+    /// Whether the device may sign in with a signed password.
+    public var signing: Bool { sealed != nil }
 }
 
 public struct DeviceRegistryError: Error, Sendable, Equatable, CustomStringConvertible {
@@ -33,6 +39,8 @@ public enum AuthenticationFailure: Error, Sendable, Equatable {
     case unknownDevice
     case wrongSecret
     case disabled
+    /// The device has no sealed secret: it signs in with the secret, not a signature.
+    case notSigning
 }
 
 /// The device registry, in memory and persisted to a file after each change (written to a
@@ -40,6 +48,9 @@ public enum AuthenticationFailure: Error, Sendable, Equatable {
 public final class DeviceStore: Sendable {
     private let path: String?
     private let records: NIOLockedValueBox<[String: DeviceRecord]>
+    /// Seals the secrets of signing devices: 32 random bytes in `device-signing.key` next to
+    /// the registry (0600), made when the first signing device is added.
+    private let sealingKey = NIOLockedValueBox<Data?>(nil)
 
     /// `path` nil: in memory only (tests).
     public init(path: String?) throws(DeviceRegistryError) {
@@ -71,15 +82,26 @@ public final class DeviceStore: Sendable {
         return nil
     }
 
-    /// Registers a device and returns its secret (shown once; only a digest is kept).
-    public func add(product: String, device: String) throws(DeviceRegistryError) -> String {
+    /// Registers a device and returns its secret (shown once; only a digest is kept — and, for
+    /// a `signing` device, the secret sealed with the node's key).
+    public func add(product: String, device: String, signing: Bool = false) throws(DeviceRegistryError) -> String {
         for (name, what) in [(product, "product"), (device, "device")] {
             if let problem = Self.problem(with: name, what) { throw DeviceRegistryError(code: .invalidName, message: problem) }
         }
         let secret = Self.makeSecret()
         let now = Date()
         let (salt, digest) = Self.digest(secret)
-        let record = DeviceRecord(product: product, device: device, disabled: false, createdAt: now, rotatedAt: now, salt: salt, digest: digest)
+        let sealed = signing ? try seal(secret) : nil
+        let record = DeviceRecord(
+            product: product,
+            device: device,
+            disabled: false,
+            createdAt: now,
+            rotatedAt: now,
+            salt: salt,
+            digest: digest,
+            sealed: sealed
+        )
         try change { records throws(DeviceRegistryError) in
             guard records[Self.key(product, device)] == nil else {
                 throw DeviceRegistryError(code: .exists, message: "device \(product)/\(device) exists; rotate its secret instead")
@@ -93,12 +115,81 @@ public final class DeviceStore: Sendable {
     public func rotate(product: String, device: String) throws(DeviceRegistryError) -> String {
         let secret = Self.makeSecret()
         let (salt, digest) = Self.digest(secret)
+        let signing = records.withLockedValue { $0[Self.key(product, device)]?.signing } ?? false
+        let sealed = signing ? try seal(secret) : nil
         try update(product, device) { r in
             r.salt = salt
             r.digest = digest
+            r.sealed = sealed
             r.rotatedAt = Date()
         }
         return secret
+    }
+
+    /// Checks an Alibaba-style signed password: `signature` is the hex HMAC (`sha256` or `sha1`)
+    /// of `content` keyed with the device secret.
+    public func verifySignature(
+        product: String,
+        device: String,
+        content: String,
+        signature: String,
+        method: SignMethod
+    ) -> Result<DeviceRecord, AuthenticationFailure> {
+        guard let record = records.withLockedValue({ $0[Self.key(product, device)] }) else { return .failure(.unknownDevice) }
+        guard let sealed = record.sealed else { return .failure(.notSigning) }
+        guard let secret = try? open(sealed) else { return .failure(.wrongSecret) }
+        let key = SymmetricKey(data: Data(secret.utf8))
+        let mac: Data
+        switch method {
+        case .hmacSHA256: mac = Data(HMAC<SHA256>.authenticationCode(for: Data(content.utf8), using: key))
+        case .hmacSHA1: mac = Data(HMAC<Insecure.SHA1>.authenticationCode(for: Data(content.utf8), using: key))
+        }
+        let expected = Data(mac.map { String(format: "%02x", $0) }.joined().utf8)
+        guard Self.constantTimeEqual(Data(signature.lowercased().utf8), expected) else { return .failure(.wrongSecret) }
+        if record.disabled { return .failure(.disabled) }
+        return .success(record)
+    }
+
+    public enum SignMethod: String, Sendable {
+        case hmacSHA256 = "hmacsha256"
+        case hmacSHA1 = "hmacsha1"
+    }
+
+    private func key() throws(DeviceRegistryError) -> SymmetricKey {
+        let result: Result<Data, DeviceRegistryError> = sealingKey.withLockedValue { cached in
+            if let cached { return .success(cached) }
+            var made = SymmetricKey(size: .bits256).withUnsafeBytes { Data($0) }
+            if let path {
+                let keyPath = (path as NSString).deletingLastPathComponent + "/device-signing.key"
+                if let data = FileManager.default.contents(atPath: keyPath), data.count == 32 {
+                    made = data
+                } else if !FileManager.default.createFile(atPath: keyPath, contents: made, attributes: [.posixPermissions: 0o600]) {
+                    return .failure(DeviceRegistryError(code: .storage, message: "cannot write \(keyPath)"))
+                }
+            }
+            cached = made
+            return .success(made)
+        }
+        return SymmetricKey(data: try result.get())
+    }
+
+    private func seal(_ secret: String) throws(DeviceRegistryError) -> String {
+        do {
+            guard let combined = try AES.GCM.seal(Data(secret.utf8), using: key()).combined else {
+                throw DeviceRegistryError(code: .storage, message: "cannot seal a device secret")
+            }
+            return combined.base64EncodedString()
+        } catch let error as DeviceRegistryError {
+            throw error
+        } catch {
+            throw DeviceRegistryError(code: .storage, message: "cannot seal a device secret: \(error)")
+        }
+    }
+
+    private func open(_ sealed: String) throws -> String {
+        guard let data = Data(base64Encoded: sealed) else { throw DeviceRegistryError(code: .storage, message: "bad sealed secret") }
+        let plain = try AES.GCM.open(AES.GCM.SealedBox(combined: data), using: key())
+        return String(decoding: plain, as: UTF8.self)
     }
 
     public func setDisabled(_ disabled: Bool, product: String, device: String) throws(DeviceRegistryError) {

@@ -10,9 +10,13 @@ public import SwitchyardCore
 public struct DeviceIdentity: Sendable, Equatable {
     public var product: String
     public var device: String
-    public init(product: String, device: String) {
+    /// The client id the credentials name, when it differs from the CONNECT's (a signed
+    /// password's client id is `{id}|securemode=…|`; the session is `{id}`'s).
+    public var clientID: String?
+    public init(product: String, device: String, clientID: String? = nil) {
         self.product = product
         self.device = device
+        self.clientID = clientID
     }
 }
 
@@ -311,7 +315,11 @@ public struct MQTTConnectionMachine: Sendable {
                 return refuse(.badUserNameOrPassword, "this listener has no device credentials")
             }
             switch authenticator.authenticate(username: username, password: c.password, clientID: clientID) {
-            case .success(let id):
+            case .success(var id):
+                if let named = id.clientID {
+                    clientID = named
+                    id.clientID = nil
+                }
                 identity = id
                 acl = Self.acl(options, id)
             case .failure(let why): return refuse(why.code, why.message)

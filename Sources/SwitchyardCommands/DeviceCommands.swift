@@ -25,9 +25,12 @@ struct DeviceCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Register a device; prints its secret (shown once).")
         @OptionGroup var connection: AdminConnection
         @OptionGroup var device: Device
+        @Flag(help: "Keep the secret sealed so that the device may sign in with an Alibaba-style signed password.") var signing = false
 
         func run() async throws {
-            let body = try JSONSerialization.data(withJSONObject: ["product": device.product, "device": device.device])
+            let body = try JSONSerialization.data(
+                withJSONObject: ["product": device.product, "device": device.device, "signing": signing] as [String: Any]
+            )
             try await connection.call("POST", "/admin/devices", body: body)
         }
     }

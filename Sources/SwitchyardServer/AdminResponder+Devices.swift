@@ -9,6 +9,8 @@ extension AdminResponder {
     struct NewDevice: Decodable {
         var product: String
         var device: String
+        /// Keep the secret sealed so that the device may sign in with a signed password.
+        var signing: Bool?
     }
 
     struct DeviceView: Encodable {
@@ -19,10 +21,13 @@ extension AdminResponder {
         var rotatedAt: Date
         /// What the device sends as its MQTT user name.
         var username: String
+        /// Registered for signed passwords.
+        var signing: Bool
         init(_ r: DeviceRecord) {
             product = r.product
             device = r.device
             disabled = r.disabled
+            signing = r.signing
             createdAt = r.createdAt
             rotatedAt = r.rotatedAt
             username = "\(r.device)&\(r.product)"
@@ -53,7 +58,7 @@ extension AdminResponder {
                         product: new.product,
                         device: new.device,
                         username: "\(new.device)&\(new.product)",
-                        secret: try store.add(product: new.product, device: new.device)
+                        secret: try store.add(product: new.product, device: new.device, signing: new.signing ?? false)
                     )
                 }
             default:

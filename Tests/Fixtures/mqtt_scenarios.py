@@ -473,7 +473,47 @@ def tls(port, cafile, version):
     return {"connack": state["connack"], "ack": state["acks"].get(info.mid), "got": got, "plain": plain}
 
 
+def signed_connect(port, version, product, device, secret, skew, method):
+    """Signs in the Alibaba way: client id {id}|securemode=3,signmethod=…,timestamp=…|, user
+    name {device}&{product}, password the hex HMAC of the content keyed with the secret; then
+    publishes one QoS 1 message to its own topic."""
+    import hashlib
+    import hmac
+
+    stamp = str(int((time.time() + skew) * 1000))
+    client_id = "sig-" + device
+    content = f"clientId{client_id}deviceName{device}productKey{product}timestamp{stamp}"
+    digest = hashlib.sha256 if method == "hmacsha256" else hashlib.sha1
+    password = hmac.new(secret.encode(), content.encode(), digest).hexdigest()
+    full_id = f"{client_id}|securemode=3,signmethod={method},timestamp={stamp}|"
+    proto = mqtt.MQTTv5 if version == "5" else mqtt.MQTTv311
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=full_id, protocol=proto)
+    c.username_pw_set(f"{device}&{product}", password)
+    state = {"connack": None, "acks": {}, "connected": threading.Event()}
+
+    def on_connect(cl, userdata, flags, reason_code, properties):
+        state["connack"] = code(reason_code)
+        state["connected"].set()
+
+    c.on_connect = on_connect
+    c.on_publish = lambda cl, u, mid, rc, props: state["acks"].__setitem__(mid, code(rc))
+    c.on_disconnect = lambda *a: state["connected"].set()
+    c.connect(HOST, port, keepalive=30)
+    c.loop_start()
+    state["connected"].wait(5)
+    ack = None
+    if state["connack"] == 0:
+        info = c.publish(f"devices/{product}/{device}/telemetry", "signed", qos=1)
+        info.wait_for_publish(5)
+        ack = state["acks"].get(info.mid)
+    c.disconnect()
+    c.loop_stop()
+    return {"connack": state["connack"], "ack": ack}
+
+
 def scenario(name, port, args):
+    if name == "signed":
+        return signed_connect(port, args[0], args[1], args[2], args[3], float(args[4]), args[5])
     if name == "tls":
         return tls(port, args[0], args[1])
     if name == "sys":

@@ -319,4 +319,24 @@ import Testing
         #expect(!publishes("shared/p1/d2"))
         #expect(!publishes("broadcast/p1/x"))  // subscribe-only
     }
+
+    struct SignedDevices: DeviceAuthenticator {
+        func authenticate(username: String, password: ByteBuffer?, clientID: String) -> Result<DeviceIdentity, MQTTWireError> {
+            .success(DeviceIdentity(product: "p1", device: "d1", clientID: String(clientID.prefix { $0 != "|" })))
+        }
+    }
+
+    @Test func credentialsThatNameAClientIDGiveTheSessionThatID() {
+        var options = MQTTConnectionMachine.Options()
+        options.authenticator = SignedDevices()
+        var m = MQTTConnectionMachine(options: options, remoteAddress: nil)
+        let actions = m.received(
+            .connect(
+                MQTTPacket.Connect(version: .v5, clientID: "dev|securemode=3,timestamp=1|", username: "d1&p1", password: ByteBuffer(string: "x"))
+            ),
+            now: 0
+        )
+        #expect(actions.contains { if case .attach(clientID: "dev", _) = $0 { true } else { false } })
+        #expect(m.clientID == "dev" && m.identity?.clientID == nil)
+    }
 }

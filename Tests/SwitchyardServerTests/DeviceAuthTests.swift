@@ -93,6 +93,44 @@ import Testing
         await server.stop()
         await svc.stop()
     }
+
+    @Test func signingDevicesSignInWithAnAlibabaStyleSignedPassword() async throws {
+        let svc = try await TestHTTPService.start()
+        let server = try await TestServer.start(MQTTChannelTests.yaml(svc, anonymous: false))
+        let port = String(try await server.mqttPort())
+        let mqtt = MQTTChannelTests()
+        let signing = try await server.admin("POST", "/admin/devices", body: #"{"product":"p1","device":"s1","signing":true}"#)
+        let secret = try #require(json(signing.body)["secret"] as? String)
+        let plain = try await server.admin("POST", "/admin/devices", body: #"{"product":"p1","device":"n1"}"#)
+        let plainSecret = try #require(json(plain.body)["secret"] as? String)
+        // The sealed secret is not the secret in clear; the sealing key is the node's, 0600.
+        let file = try String(contentsOfFile: "\(server.dir)/data/devices.json", encoding: .utf8)
+        #expect(!file.contains(secret) && file.contains("\"sealed\""))
+        let keyMode = try FileManager.default.attributesOfItem(atPath: "\(server.dir)/data/device-signing.key")[.posixPermissions] as? NSNumber
+        #expect(keyMode?.intValue == 0o600)
+
+        for version in ["3", "5"] {
+            for method in ["hmacsha256", "hmacsha1"] {
+                let ok = try mqtt.run("signed", port, version, "p1", "s1", secret, "0", method)
+                #expect(ok["connack"] as? Int == 0, "\(version) \(method): \(ok)")
+                #expect(ok["ack"] as? Int == 0)
+            }
+            let wrong = try mqtt.run("signed", port, version, "p1", "s1", "not-the-secret", "0", "hmacsha256")
+            #expect(wrong["connack"] as? Int == 0x86, "\(wrong)")
+            let stale = try mqtt.run("signed", port, version, "p1", "s1", secret, "-3600", "hmacsha256")  // an hour old: a replay
+            #expect(stale["connack"] as? Int == 0x86, "\(stale)")
+            let notSigning = try mqtt.run("signed", port, version, "p1", "n1", plainSecret, "0", "hmacsha256")
+            #expect(notSigning["connack"] as? Int == 0x86, "\(notSigning)")
+        }
+        // Their messages went through the pipeline as s1's.
+        let got = await svc.waitFor(count: 4)
+        #expect(got.count == 4 && got.allSatisfy { $0.header("x-switchyard-device") == "s1" && $0.body == "signed" })
+        let listed = try JSONSerialization.jsonObject(with: Data(try await server.admin("GET", "/admin/devices").body.utf8)) as? [[String: Any]]
+        #expect(listed?.first { $0["device"] as? String == "s1" }?["signing"] as? Bool == true)
+        #expect(listed?.first { $0["device"] as? String == "n1" }?["signing"] as? Bool == false)
+        await server.stop()
+        await svc.stop()
+    }
 }
 
 /// The Mosquitto command-line clients (Debian `mosquitto-clients`) as a device and an app use them.
