@@ -124,7 +124,7 @@ public struct MQTTConnectionMachine: Sendable {
     var identifiers: [String: Int] = [:]
     /// Outbound QoS 1/2 in flight, by packet id.
     var inflight: [UInt16: MQTTOutbound] = [:]
-    var queued: [MQTTOutbound] = []
+    var queued = OutboundQueue()
     var nextPacketID: UInt16 = 1
     var nextSequence: UInt64 = 1
     /// Session Expiry Interval in force (0: the session ends with the connection).
@@ -426,7 +426,7 @@ public struct MQTTConnectionMachine: Sendable {
             m.publish.dup = false
             taken.append(m)
         }
-        taken += queued.filter { $0.shareFilter != nil }
+        taken += queued.elements.filter { $0.shareFilter != nil }
         queued.removeAll { $0.shareFilter != nil }
         return taken
     }
@@ -527,7 +527,7 @@ public struct MQTTConnectionMachine: Sendable {
         if inflight.count < inflightLimit, queued.isEmpty {
             return send(m)
         }
-        let dropped = MQTTSession.enqueue(m, into: &queued, limit: options.maximumQueued)
+        let dropped = queued.enqueue(m, limit: options.maximumQueued)
         return dropped ? [.dropOutbound(reason: "queue_full")] : []
     }
 
@@ -582,7 +582,7 @@ public struct MQTTConnectionMachine: Sendable {
     /// Sends queued messages while the window has room.
     mutating func drain() -> [Action] {
         var actions: [Action] = []
-        while !queued.isEmpty, queued[0].publish.qos == .atMostOnce || inflight.count < inflightLimit {
+        while let next = queued.first, next.publish.qos == .atMostOnce || inflight.count < inflightLimit {
             actions += send(queued.removeFirst())
         }
         return actions

@@ -33,7 +33,7 @@ public struct MQTTSession: Sendable, Equatable {
     public var identifiers: [String: Int] = [:]
     /// Sent, not acknowledged; in send order.
     public var inflight: [MQTTOutbound] = []
-    public var queued: [MQTTOutbound] = []
+    public var queued = OutboundQueue()
     public var awaitingRelease: Set<UInt16> = []
     public var nextPacketID: UInt16 = 1
     /// Session Expiry Interval (UInt32.max: never).
@@ -56,19 +56,70 @@ public struct MQTTSession: Sendable, Equatable {
     /// Adds a message for the client while it is offline: past `limit` the oldest QoS 0 goes
     /// first, else the newcomer. Returns whether something was dropped.
     mutating func enqueue(_ message: MQTTOutbound, limit: Int) -> Bool {
-        Self.enqueue(message, into: &queued, limit: limit)
+        queued.enqueue(message, limit: limit)
+    }
+}
+
+/// Messages waiting for a client, oldest first. Taking the first is O(1) (amortised), and the
+/// queue counts its QoS 0 messages, so a full queue knows at once whether it has one to drop —
+/// a stalled subscriber must not make every publish scan its backlog.
+public struct OutboundQueue: Sendable, Equatable, Sequence, ExpressibleByArrayLiteral {
+    var items: [MQTTOutbound] = []
+    var head = 0
+    var atMostOnce = 0
+
+    public init() {}
+
+    public init(arrayLiteral messages: MQTTOutbound...) {
+        for m in messages { append(m) }
     }
 
-    static func enqueue(_ message: MQTTOutbound, into queue: inout [MQTTOutbound], limit: Int) -> Bool {
-        guard queue.count >= limit else {
-            queue.append(message)
+    public var count: Int { items.count - head }
+    public var isEmpty: Bool { head == items.count }
+    public var first: MQTTOutbound? { isEmpty ? nil : items[head] }
+    public var elements: ArraySlice<MQTTOutbound> { items[head...] }
+    public func makeIterator() -> ArraySlice<MQTTOutbound>.Iterator { elements.makeIterator() }
+
+    public mutating func append(_ m: MQTTOutbound) {
+        items.append(m)
+        if m.publish.qos == .atMostOnce { atMostOnce += 1 }
+    }
+
+    public mutating func removeFirst() -> MQTTOutbound {
+        let m = items[head]
+        head += 1
+        if m.publish.qos == .atMostOnce { atMostOnce -= 1 }
+        if head == items.count {
+            items.removeAll(keepingCapacity: true)
+            head = 0
+        } else if head >= 64 && head * 2 >= items.count {
+            items.removeFirst(head)
+            head = 0
+        }
+        return m
+    }
+
+    /// Adds a message; past `limit` the oldest QoS 0 message goes first, else the newcomer.
+    /// Returns whether one was dropped.
+    public mutating func enqueue(_ m: MQTTOutbound, limit: Int) -> Bool {
+        guard count >= limit else {
+            append(m)
             return false
         }
-        guard let index = queue.firstIndex(where: { $0.publish.qos == .atMostOnce }) else { return true }
-        queue.remove(at: index)
-        queue.append(message)
+        guard atMostOnce > 0, let index = items[head...].firstIndex(where: { $0.publish.qos == .atMostOnce }) else { return true }
+        items.remove(at: index)
+        atMostOnce -= 1
+        append(m)
         return true
     }
+
+    public mutating func removeAll(where shouldRemove: (MQTTOutbound) -> Bool) {
+        let kept = elements.filter { !shouldRemove($0) }
+        self = OutboundQueue()
+        for m in kept { append(m) }
+    }
+
+    public static func == (a: OutboundQueue, b: OutboundQueue) -> Bool { a.elements.elementsEqual(b.elements) }
 }
 
 /// A retained message and when it expires.

@@ -49,7 +49,7 @@ public enum MQTTStateFile {
             }
             b.writeInteger(UInt32(s.awaitingRelease.count))
             for id in s.awaitingRelease.sorted() { b.writeInteger(id) }
-            for list in [s.inflight, s.queued] {
+            for list in [s.inflight, Array(s.queued.elements)] {
                 b.writeInteger(UInt32(list.count))
                 for m in list {
                     b.writeInteger(m.expiresAt ?? 0)

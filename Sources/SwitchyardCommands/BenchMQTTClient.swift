@@ -32,12 +32,13 @@ final class BenchStats: Sendable {
             c.received += 1
             c.lastReceivedAt = now
             c.latencies.append(now &- sentAt)
-            var entry = c.seen[publisher] ?? ([Bool](repeating: false, count: perPublisher), -1)
+            var entry = c.seen.removeValue(forKey: publisher) ?? ([], -1)  // out of the dictionary: changed in place, not copied
+            defer { c.seen[publisher] = entry }
             guard sequence >= 0, sequence < perPublisher else { return }
+            if entry.bits.count <= sequence { entry.bits.append(contentsOf: repeatElement(false, count: sequence + 1 - entry.bits.count)) }
             if entry.bits[sequence] { c.duplicates += 1 } else { entry.bits[sequence] = true }
             if sequence < entry.highest { c.outOfOrder += 1 }
             entry.highest = max(entry.highest, sequence)
-            c.seen[publisher] = entry
         }
     }
 

@@ -75,4 +75,20 @@ import Testing
         #expect(s.queued.map(\.publish.topic) == ["1", "3"])
         #expect(!s.hasExpired(now: 10_000_000_000 - 1) && s.hasExpired(now: 10_000_000_000))
     }
+
+    @Test func theOutboundQueueKeepsItsOrderAcrossCompaction() {
+        var q = OutboundQueue()
+        func m(_ i: Int, _ qos: QoS = .atLeastOnce) -> MQTTOutbound {
+            MQTTOutbound(publish: MQTTPacket.Publish(topic: "t/\(i)", payload: ByteBuffer(), qos: qos))
+        }
+        for i in 0..<200 { q.append(m(i, i % 10 == 0 ? .atMostOnce : .atLeastOnce)) }
+        var taken: [String] = []
+        for _ in 0..<150 { taken.append(q.removeFirst().publish.topic) }
+        for i in 200..<210 { q.append(m(i)) }
+        #expect(taken == (0..<150).map { "t/\($0)" })
+        #expect(q.map(\.publish.topic) == (150..<210).map { "t/\($0)" })
+        #expect(q.atMostOnce == 5)  // 150, 160, …, 190
+        let dropped = q.enqueue(m(999), limit: q.count)
+        #expect(dropped && q.first?.publish.topic == "t/151" && q.atMostOnce == 4)
+    }
 }
