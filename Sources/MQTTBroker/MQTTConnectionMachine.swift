@@ -433,7 +433,7 @@ public struct MQTTConnectionMachine: Sendable {
 
     mutating func publish(_ p: MQTTPacket.Publish) -> [Action] {
         var p = p
-        if let alias = p.properties.topicAlias {
+        if !p.properties.isEmpty, let alias = p.properties.topicAlias {
             guard alias > 0, alias <= options.topicAliasMaximum else {
                 return [.countRefused(reason: "topic_alias_invalid")]
                     + disconnect(.topicAliasInvalid, "topic alias \(alias) is outside 1…\(options.topicAliasMaximum) (Topic Alias Maximum)")
@@ -590,10 +590,12 @@ public struct MQTTConnectionMachine: Sendable {
 
     func envelope(for p: MQTTPacket.Publish) -> Envelope {
         var headers: [HeaderField] = []
-        if let type = p.properties.contentType { headers.append(HeaderField("content-type", type)) }
+        headers.reserveCapacity(3)
         var traceparent: String?
         var baggage: String?
-        for u in p.properties.userProperties {
+        let properties = p.properties.isEmpty ? MQTTProperties.Fields() : p.properties.fields  // read once, not per key path
+        if let type = properties.contentType { headers.append(HeaderField("content-type", type)) }
+        for u in properties.userProperties {
             let name = u.name.lowercased()
             guard HTTPToken.isToken(name), !name.hasPrefix("x-switchyard-"),
                 u.value.unicodeScalars.allSatisfy({ $0.value >= 0x20 && $0.value != 0x7F })

@@ -225,7 +225,7 @@ public final class MQTTServer: Service, Sendable {
     @discardableResult
     func fanOut(_ publish: MQTTPacket.Publish, from publisher: String?, queueOffline: Bool = true) -> FanOut {
         var expiresAt: UInt64?
-        if let interval = publish.properties.messageExpiryInterval {
+        if !publish.properties.isEmpty, let interval = publish.properties.messageExpiryInterval {
             expiresAt = WallClock.nowNanos() + UInt64(interval) * 1_000_000_000
         }
         if publish.retain { keepRetained(publish, expiresAt: expiresAt) }
@@ -690,7 +690,8 @@ final class MQTTConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
         loop.submit { self.machine.session(endedAt: now) }
     }
 
-    /// From any loop: a message for this client.
+    /// From any loop: a message for this client. Written at once, flushed once for all the
+    /// messages delivered in the same turn of the loop (one write for a burst, not one each).
     func deliver(_ message: MQTTOutbound) {
         let run = {
             guard let context = self.context else {
@@ -699,9 +700,20 @@ final class MQTTConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
                 return
             }
             self.perform(self.machine.deliver(message), context: context)
-            context.flush()
+            self.flushSoon()
         }
         if loop.inEventLoop { run() } else { loop.execute(run) }
+    }
+
+    var flushScheduled = false
+
+    func flushSoon() {
+        guard !flushScheduled else { return }
+        flushScheduled = true
+        loop.execute {
+            self.flushScheduled = false
+            self.context?.flush()
+        }
     }
 
     func shutDown() {
