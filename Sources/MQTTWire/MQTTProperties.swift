@@ -156,58 +156,57 @@ public struct MQTTProperties: Sendable, Equatable {
             if !repeatable {
                 guard seen.insert(id.rawValue).inserted else { throw .protocolError("property \(id) appears twice") }
             }
-            let name = "\(id)"
             switch id {
             case .payloadFormatIndicator:
-                let v = try Wire.byte(&block, name)
+                let v = try Wire.byte(&block, "\(id)")
                 guard v <= 1 else { throw .protocolError("payload format indicator must be 0 or 1") }
                 p.payloadFormatIndicator = v
-            case .messageExpiryInterval: p.messageExpiryInterval = try Wire.uint32(&block, name)
-            case .contentType: p.contentType = try Wire.string(&block, name)
+            case .messageExpiryInterval: p.messageExpiryInterval = try Wire.uint32(&block, "\(id)")
+            case .contentType: p.contentType = try Wire.string(&block, "\(id)")
             case .responseTopic:
-                let topic = try Wire.string(&block, name)
+                let topic = try Wire.string(&block, "\(id)")
                 if let problem = MQTTTopic.problemWithName(topic) { throw .protocolError("response topic: \(problem)") }
                 p.responseTopic = topic
-            case .correlationData: p.correlationData = try Wire.binary(&block, name)
+            case .correlationData: p.correlationData = try Wire.binary(&block, "\(id)")
             case .subscriptionIdentifier:
-                let v = try VariableByteInteger.read(from: &block, field: name)
+                let v = try VariableByteInteger.read(from: &block, field: "\(id)")
                 guard v > 0 else { throw .protocolError("subscription identifier 0 is not allowed") }
                 p.subscriptionIdentifiers.append(v)
-            case .sessionExpiryInterval: p.sessionExpiryInterval = try Wire.uint32(&block, name)
-            case .assignedClientIdentifier: p.assignedClientIdentifier = try Wire.string(&block, name)
-            case .serverKeepAlive: p.serverKeepAlive = try Wire.uint16(&block, name)
-            case .authenticationMethod: p.authenticationMethod = try Wire.string(&block, name)
-            case .authenticationData: p.authenticationData = try Wire.binary(&block, name)
-            case .requestProblemInformation: p.requestProblemInformation = try Wire.flag(&block, name)
-            case .willDelayInterval: p.willDelayInterval = try Wire.uint32(&block, name)
-            case .requestResponseInformation: p.requestResponseInformation = try Wire.flag(&block, name)
-            case .responseInformation: p.responseInformation = try Wire.string(&block, name)
-            case .serverReference: p.serverReference = try Wire.string(&block, name)
-            case .reasonString: p.reasonString = try Wire.string(&block, name)
+            case .sessionExpiryInterval: p.sessionExpiryInterval = try Wire.uint32(&block, "\(id)")
+            case .assignedClientIdentifier: p.assignedClientIdentifier = try Wire.string(&block, "\(id)")
+            case .serverKeepAlive: p.serverKeepAlive = try Wire.uint16(&block, "\(id)")
+            case .authenticationMethod: p.authenticationMethod = try Wire.string(&block, "\(id)")
+            case .authenticationData: p.authenticationData = try Wire.binary(&block, "\(id)")
+            case .requestProblemInformation: p.requestProblemInformation = try Wire.flag(&block, "\(id)")
+            case .willDelayInterval: p.willDelayInterval = try Wire.uint32(&block, "\(id)")
+            case .requestResponseInformation: p.requestResponseInformation = try Wire.flag(&block, "\(id)")
+            case .responseInformation: p.responseInformation = try Wire.string(&block, "\(id)")
+            case .serverReference: p.serverReference = try Wire.string(&block, "\(id)")
+            case .reasonString: p.reasonString = try Wire.string(&block, "\(id)")
             case .receiveMaximum:
-                let v = try Wire.uint16(&block, name)
+                let v = try Wire.uint16(&block, "\(id)")
                 guard v > 0 else { throw .protocolError("receive maximum 0 is not allowed") }
                 p.receiveMaximum = v
-            case .topicAliasMaximum: p.topicAliasMaximum = try Wire.uint16(&block, name)
+            case .topicAliasMaximum: p.topicAliasMaximum = try Wire.uint16(&block, "\(id)")
             case .topicAlias:
-                let v = try Wire.uint16(&block, name)
+                let v = try Wire.uint16(&block, "\(id)")
                 guard v > 0 else { throw .protocolError("topic alias 0 is not allowed") }
                 p.topicAlias = v
             case .maximumQoS:
-                let v = try Wire.byte(&block, name)
+                let v = try Wire.byte(&block, "\(id)")
                 guard v <= 1 else { throw .protocolError("maximum QoS must be 0 or 1") }
                 p.maximumQoS = v
-            case .retainAvailable: p.retainAvailable = try Wire.flag(&block, name)
+            case .retainAvailable: p.retainAvailable = try Wire.flag(&block, "\(id)")
             case .userProperty:
                 let key = try Wire.string(&block, "user property name")
                 p.userProperties.append(UserProperty(key, try Wire.string(&block, "user property value")))
             case .maximumPacketSize:
-                let v = try Wire.uint32(&block, name)
+                let v = try Wire.uint32(&block, "\(id)")
                 guard v > 0 else { throw .protocolError("maximum packet size 0 is not allowed") }
                 p.maximumPacketSize = v
-            case .wildcardSubscriptionAvailable: p.wildcardSubscriptionAvailable = try Wire.flag(&block, name)
-            case .subscriptionIdentifiersAvailable: p.subscriptionIdentifiersAvailable = try Wire.flag(&block, name)
-            case .sharedSubscriptionAvailable: p.sharedSubscriptionAvailable = try Wire.flag(&block, name)
+            case .wildcardSubscriptionAvailable: p.wildcardSubscriptionAvailable = try Wire.flag(&block, "\(id)")
+            case .subscriptionIdentifiersAvailable: p.subscriptionIdentifiersAvailable = try Wire.flag(&block, "\(id)")
+            case .sharedSubscriptionAvailable: p.sharedSubscriptionAvailable = try Wire.flag(&block, "\(id)")
             }
         }
         return MQTTProperties(fields: p)

@@ -6,13 +6,12 @@ public enum MQTTTopic {
     public static func problemWithName(_ topic: String) -> String? {
         if topic.isEmpty { return "the topic name is empty" }
         if topic.utf8.count > 65_535 { return "the topic name is over 65,535 bytes" }
-        for (offset, byte) in topic.utf8.enumerated() {
-            if byte == UInt8(ascii: "+") || byte == UInt8(ascii: "#") {
-                return "wildcard \"\(Character(Unicode.Scalar(byte)))\" at byte \(offset) is not allowed in a topic name"
-            }
-            if byte == 0 { return "U+0000 at byte \(offset) in the topic name" }
-        }
-        return nil
+        let utf8 = topic.utf8
+        guard let bad = utf8.firstIndex(where: { $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") || $0 == 0 }) else { return nil }
+        let offset = utf8.distance(from: utf8.startIndex, to: bad)
+        let byte = utf8[bad]
+        if byte == 0 { return "U+0000 at byte \(offset) in the topic name" }
+        return "wildcard \"\(Character(Unicode.Scalar(byte)))\" at byte \(offset) is not allowed in a topic name"
     }
 
     /// nil when `filter` may be subscribed to (including `$share/{group}/{filter}`), else what is wrong.

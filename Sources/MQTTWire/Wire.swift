@@ -6,13 +6,13 @@ public enum VariableByteInteger {
     public static let max = 268_435_455
 
     /// Reads one; throws when it is longer than 4 bytes, not minimal, or cut off.
-    static func read(from buffer: inout ByteBuffer, field: String) throws(MQTTWireError) -> Int {
+    static func read(from buffer: inout ByteBuffer, field: @autoclosure () -> String) throws(MQTTWireError) -> Int {
         switch peek(buffer, at: buffer.readerIndex) {
         case .value(let value, let length):
             buffer.moveReaderIndex(forwardBy: length)
             return value
-        case .incomplete: throw .malformed("\(field): the variable byte integer is cut off")
-        case .invalid(let why): throw .malformed("\(field): \(why)")
+        case .incomplete: throw .malformed("\(field()): the variable byte integer is cut off")
+        case .invalid(let why): throw .malformed("\(field()): \(why)")
         }
     }
 
@@ -56,39 +56,39 @@ public enum VariableByteInteger {
 
 /// Reading and writing the MQTT data types; every failure names its field.
 enum Wire {
-    static func byte(_ buffer: inout ByteBuffer, _ field: String) throws(MQTTWireError) -> UInt8 {
-        guard let v = buffer.readInteger(as: UInt8.self) else { throw .malformed("\(field) is cut off") }
+    static func byte(_ buffer: inout ByteBuffer, _ field: @autoclosure () -> String) throws(MQTTWireError) -> UInt8 {
+        guard let v = buffer.readInteger(as: UInt8.self) else { throw .malformed("\(field()) is cut off") }
         return v
     }
 
     /// A byte that must be 0 or 1.
-    static func flag(_ buffer: inout ByteBuffer, _ field: String) throws(MQTTWireError) -> UInt8 {
-        let v = try byte(&buffer, field)
-        guard v <= 1 else { throw .protocolError("\(field) must be 0 or 1, got \(v)") }
+    static func flag(_ buffer: inout ByteBuffer, _ field: @autoclosure () -> String) throws(MQTTWireError) -> UInt8 {
+        let v = try byte(&buffer, field())
+        guard v <= 1 else { throw .protocolError("\(field()) must be 0 or 1, got \(v)") }
         return v
     }
 
-    static func uint16(_ buffer: inout ByteBuffer, _ field: String) throws(MQTTWireError) -> UInt16 {
-        guard let v = buffer.readInteger(as: UInt16.self) else { throw .malformed("\(field) is cut off") }
+    static func uint16(_ buffer: inout ByteBuffer, _ field: @autoclosure () -> String) throws(MQTTWireError) -> UInt16 {
+        guard let v = buffer.readInteger(as: UInt16.self) else { throw .malformed("\(field()) is cut off") }
         return v
     }
 
-    static func uint32(_ buffer: inout ByteBuffer, _ field: String) throws(MQTTWireError) -> UInt32 {
-        guard let v = buffer.readInteger(as: UInt32.self) else { throw .malformed("\(field) is cut off") }
+    static func uint32(_ buffer: inout ByteBuffer, _ field: @autoclosure () -> String) throws(MQTTWireError) -> UInt32 {
+        guard let v = buffer.readInteger(as: UInt32.self) else { throw .malformed("\(field()) is cut off") }
         return v
     }
 
-    static func binary(_ buffer: inout ByteBuffer, _ field: String) throws(MQTTWireError) -> ByteBuffer {
-        let length = Int(try uint16(&buffer, "\(field) length"))
-        guard let bytes = buffer.readSlice(length: length) else { throw .malformed("\(field) is cut off") }
+    static func binary(_ buffer: inout ByteBuffer, _ field: @autoclosure () -> String) throws(MQTTWireError) -> ByteBuffer {
+        let length = Int(try uint16(&buffer, "\(field()) length"))
+        guard let bytes = buffer.readSlice(length: length) else { throw .malformed("\(field()) is cut off") }
         return bytes
     }
 
     /// A UTF-8 string: well-formed, no U+0000 (MQTT-1.5.4-1, -2).
-    static func string(_ buffer: inout ByteBuffer, _ field: String) throws(MQTTWireError) -> String {
-        let bytes = try binary(&buffer, field)
-        guard let s = String(validating: bytes.readableBytesView, as: UTF8.self) else { throw .malformed("\(field) is not valid UTF-8") }
-        guard !bytes.readableBytesView.contains(0) else { throw .malformed("\(field) contains U+0000") }
+    static func string(_ buffer: inout ByteBuffer, _ field: @autoclosure () -> String) throws(MQTTWireError) -> String {
+        let bytes = try binary(&buffer, field())
+        guard let s = String(validating: bytes.readableBytesView, as: UTF8.self) else { throw .malformed("\(field()) is not valid UTF-8") }
+        guard !bytes.readableBytesView.contains(0) else { throw .malformed("\(field()) contains U+0000") }
         return s
     }
 
