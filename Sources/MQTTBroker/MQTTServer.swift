@@ -811,7 +811,12 @@ final class MQTTConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
                 closeReason = reason
                 server.logger.debug("closing", metadata: ["client": "\(machine.clientID ?? "-")", "reason": "\(reason)"])
                 context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: nil)
-                context.close(promise: nil)
+                // Half-close: FIN after what was written; what the client still sends is read and
+                // dropped (a full close with unread input would be a reset, and the client could
+                // lose the DISCONNECT telling it why). Closed for good when it closes, or in 2 s.
+                let channel = context.channel
+                context.close(mode: .output).whenFailure { _ in channel.close(promise: nil) }
+                context.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
             }
         }
     }

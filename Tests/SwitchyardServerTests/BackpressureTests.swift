@@ -15,7 +15,7 @@ import Testing
             routes:
               - {name: r, match: "^devices/(?<device>[^/]+)/x$", targets: [{service: s, path: "/in/{device}", retries: 0}]}
             services:
-              s: {instances: [{url: "http://127.0.0.1:\(port)"}]}
+              s: {instances: [{url: "http://127.0.0.1:\(port)"}], circuit: {open_for: 1s, max_open_for: 2s}}
             """
         )
         let payload = String(repeating: "p", count: 4096)
@@ -36,7 +36,8 @@ import Testing
         #expect(accepted.count > 100)  // ~1 MiB of 4 KiB messages went in first
         #expect(server.app.ledger.snapshot().rejected.keys.contains { $0.second == "backpressure" })
 
-        // The service comes back on the same port: everything accepted arrives.
+        // The service comes back on the same port: everything accepted arrives (the circuit,
+        // open while it was down, probes again within 2 s here; by default within 60 s).
         svc = try await TestHTTPService.start(port: port)
         let got = await svc.waitFor(count: accepted.count, timeoutSeconds: 30)
         let arrived = Set(got.map { String($0.body.prefix { $0 != ":" }) })
