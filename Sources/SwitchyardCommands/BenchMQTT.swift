@@ -237,12 +237,22 @@ struct BenchMQTT: AsyncParsableCommand {
             if received != last.count {
                 last = (received, now)
             } else if now - last.at > 3_000_000_000 {
-                break  // stalled: a message was dropped, so its publisher's window never reopens
+                // Stalled: a message was dropped (its publisher's window never reopens), or the
+                // broker stopped sending. Say where the messages are.
+                let c = stats.counts.withLockedValue { ($0.sent, $0.acked, $0.received) }
+                emit("  \(broker.name): stalled for 3 s — \(c.0) published, \(c.1) acknowledged to publishers, \(c.2) received by subscribers")
+                break
             }
             try await Task.sleep(nanoseconds: 5_000_000)
         }
         try await Task.sleep(nanoseconds: 100_000_000)  // late duplicates would show up now
-        let c = stats.counts.withLockedValue { $0 }
+        let c = stats.counts.withLockedValue { c in
+            c.closing = true
+            return c
+        }
+        if !c.dropped.isEmpty {
+            emit("  \(broker.name): \(c.dropped.count) connection(s) closed during the run: \(c.dropped.prefix(5).joined(separator: ", "))")
+        }
         let end = c.lastReceivedAt > start ? c.lastReceivedAt : SystemMonotonicClock().nowNanos()
         return ScenarioResult(
             expected: expected,
@@ -515,6 +525,7 @@ final class BenchBroker: @unchecked Sendable {
             persistence false
             log_dest none
             max_queued_messages 10000
+            max_inflight_messages 0
             """
         try conf.write(toFile: "\(dir)/mosquitto.conf", atomically: true, encoding: .utf8)
         let p = Process()

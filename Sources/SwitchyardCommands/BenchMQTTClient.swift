@@ -11,6 +11,9 @@ final class BenchStats: Sendable {
     struct Counts {
         var connected = 0
         var connectFailures = 0
+        /// Connections the broker closed (or that broke) while the run went on, and how.
+        var dropped: [String] = []
+        var closing = false
         var sent = 0
         var acked = 0
         var received = 0
@@ -78,6 +81,7 @@ final class BenchMQTTClient: ChannelInboundHandler, @unchecked Sendable {
     var unacked = 0
     var nextPacketID: UInt16 = 1
     var publishing = false
+    var disconnectReason: String?
 
     init(plan: Plan, stats: BenchStats, transit: BenchTransit, ready: EventLoopPromise<Void>, done: EventLoopPromise<Void>) {
         self.plan = plan
@@ -121,6 +125,8 @@ final class BenchMQTTClient: ChannelInboundHandler, @unchecked Sendable {
                 stats.received(publisher: Int(publisher), sequence: Int(sequence), sentAt: sentAt, now: now)
                 transit.arrived(publisher: Int(publisher))
             }
+        case .disconnect(let d):
+            disconnectReason = "\(d.reason)"
         case .puback:
             unacked -= 1
             stats.counts.withLockedValue { $0.acked += 1 }
@@ -136,6 +142,9 @@ final class BenchMQTTClient: ChannelInboundHandler, @unchecked Sendable {
 
     func channelInactive(context: ChannelHandlerContext) {
         self.context = nil
+        stats.counts.withLockedValue { c in
+            if !c.closing { c.dropped.append("\(plan.clientID)\(disconnectReason.map { " (DISCONNECT \($0))" } ?? "")") }
+        }
         ready.fail(BenchError("connection of \(plan.clientID) closed"))
         done.succeed(())
     }
