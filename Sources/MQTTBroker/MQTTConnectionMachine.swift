@@ -617,7 +617,7 @@ public struct MQTTConnectionMachine: Sendable {
             payload: p.payload,
             headers: headers,
             receivedAt: now,
-            trace: TraceContext(traceparent: traceparent, baggage: baggage) ?? .generate(baggage: baggage),
+            trace: TraceContext(traceparent: traceparent, baggage: baggage) ?? .pending(baggage: baggage),  // made by the pipeline if needed
             clientAddress: remoteAddress
         )
     }

@@ -33,6 +33,14 @@ public struct TraceContext: Sendable, Equatable {
     }
 
     /// A fresh trace (sampled).
+    /// A context to be generated later (`traceID` empty): a channel's message whose sender
+    /// sent none gets one only if it goes further than the broker (journal, routing).
+    public static func pending(baggage: String?) -> TraceContext {
+        TraceContext(traceID: "", spanID: "", baggage: strippingLane(from: baggage))
+    }
+
+    public var isPending: Bool { traceID.isEmpty }
+
     public static func generate(baggage: String? = nil) -> TraceContext {
         var rng = FastRandom()
         return TraceContext(
@@ -86,16 +94,28 @@ extension Substring {
 
 /// Lower-case hex rendering of 64-bit words.
 public enum Hex {
-    public static func string(_ words: UInt64...) -> String {
-        String(unsafeUninitializedCapacity: words.count * 16) { buffer in
-            var i = 0
-            for word in words {
-                for shift in stride(from: 60, through: 0, by: -4) {
-                    buffer[i] = digits[Int((word >> UInt64(shift)) & 0xF)]
-                    i += 1
-                }
-            }
-            return i
+    /// 16 hex digits (no array made for the argument list: this runs several times a message).
+    public static func string(_ word: UInt64) -> String {
+        String(unsafeUninitializedCapacity: 16) { buffer in
+            write(word, into: buffer, at: 0)
+            return 16
+        }
+    }
+
+    /// 32 hex digits.
+    public static func string(_ first: UInt64, _ second: UInt64) -> String {
+        String(unsafeUninitializedCapacity: 32) { buffer in
+            write(first, into: buffer, at: 0)
+            write(second, into: buffer, at: 16)
+            return 32
+        }
+    }
+
+    static func write(_ word: UInt64, into buffer: UnsafeMutableBufferPointer<UInt8>, at start: Int) {
+        var i = start
+        for shift in stride(from: 60, through: 0, by: -4) {
+            buffer[i] = digits[Int((word >> UInt64(shift)) & 0xF)]
+            i += 1
         }
     }
 

@@ -56,6 +56,7 @@ final class Pipeline: MessageSink {
             ledger.receivedBrokerOnly(channel: envelope.channel)
             return .now(.accepted)
         }
+        if envelope.trace.isPending { envelope.trace = .generate(baggage: envelope.trace.baggage) }  // going further: it needs one
         guard let journal else {
             ledger.receivedAndAccepted(channel: envelope.channel)
             deliver(envelope, sequence: nil, router: router)

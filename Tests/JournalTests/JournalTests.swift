@@ -200,11 +200,11 @@ import Testing
         let full = size()
         #expect(full > 100_000)
         journal.removed(keys: (1...90).map(UInt64.init))  // 90 KB dead, 10 KB live: compacted
-        // Compaction runs between batches; how the removals were grouped decides whether one
-        // batch or two are needed to get down to the live letters.
-        for _ in 0..<5 where size() >= full / 5 { _ = try await journal.append(envelope(1), on: loop).get() }
+        _ = try await journal.append(envelope(1), on: loop).get()
         let compacted = size()
-        #expect(compacted < full / 5)
+        // Compaction runs between batches, so how the removals were grouped decides when it ran;
+        // what is promised is that dead bytes stay under the threshold: ~10 KB live + < 16 KiB dead.
+        #expect(compacted < 10 * 1_100 + options.deadLetterCompactionBytes, "\(compacted) of \(full) bytes left")
         // Appends after the compaction land in the new file.
         journal.added(letter(200))
         journal.removed(keys: [91])
