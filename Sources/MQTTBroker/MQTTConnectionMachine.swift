@@ -71,7 +71,8 @@ public struct MQTTConnectionMachine: Sendable {
         /// Hand a device message to the pipeline; answer with `submitted(token:result:)`. Once
         /// accepted, `publish` goes to the broker's subscribers (and the retained store).
         case submit(Envelope, token: UInt64, publish: MQTTPacket.Publish)
-        /// Add subscriptions in the broker's trie (then send matching retained messages).
+        /// Add subscriptions in the broker's trie; the matching retained messages go out after
+        /// the actions that follow (the SUBACK).
         case subscribe([(MQTTPacket.Subscription, isNew: Bool)], identifier: Int?)
         case unsubscribe([String])
         /// A message for the client could not be kept (queue full, too large): count it.
@@ -503,8 +504,10 @@ public struct MQTTConnectionMachine: Sendable {
         }
         var properties = MQTTProperties()
         if version == .v5, !refusals.isEmpty { properties.reasonString = refusals.joined(separator: "; ") }
-        var actions: [Action] = [.send(.suback(MQTTPacket.SubAck(packetID: s.packetID, reasons: reasons, properties: properties)))]
-        if !added.isEmpty { actions.append(.subscribe(added, identifier: identifier)) }
+        // In effect before the SUBACK says so (another client's next publish must reach it); the
+        // retained messages it brings follow the SUBACK.
+        var actions: [Action] = added.isEmpty ? [] : [.subscribe(added, identifier: identifier)]
+        actions.append(.send(.suback(MQTTPacket.SubAck(packetID: s.packetID, reasons: reasons, properties: properties))))
         return actions
     }
 

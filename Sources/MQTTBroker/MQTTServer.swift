@@ -725,6 +725,10 @@ final class MQTTConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func perform(_ actions: [MQTTConnectionMachine.Action], context: ChannelHandlerContext) {
+        var retainedForNewSubscriptions: [MQTTOutbound] = []
+        defer {
+            for message in retainedForNewSubscriptions { perform(machine.deliver(message), context: context) }
+        }
         for action in actions {
             switch action {
             case .send(let packet):
@@ -773,9 +777,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
                 }
             case .subscribe(let added, let identifier):
                 guard let clientID = machine.clientID else { continue }
-                for message in server.subscribe(clientID, added, identifier: identifier) {
-                    perform(machine.deliver(message), context: context)
-                }
+                retainedForNewSubscriptions += server.subscribe(clientID, added, identifier: identifier)
             case .unsubscribe(let filters):
                 if let clientID = machine.clientID { server.unsubscribe(clientID, filters) }
             case .dropOutbound(let reason):

@@ -258,7 +258,8 @@ func lane(_ name: String, fallback: SwitchyardConfiguration.LaneFallback = .base
         ) { _, _ in healthy.withLockedValue { $0 } ? .success(200) : .success(503) }
         // Two failures open it; the retry then waits for the circuit instead of failing on.
         let pending = Task { try await h.send() }
-        try await waitUntil { h.router.circuits.first?.state == .open }
+        // The circuit opens with the second failure; the retry counted after it comes a moment later.
+        try await waitUntil { h.router.circuits.first?.state == .open && h.ledger.snapshot().retried["telemetry"] == 2 }
         #expect(h.forwarder.recorded.count == 2)
         #expect(h.ledger.snapshot().retried["telemetry"] == 2)  // the second retry waits for the circuit
         try await Task.sleep(for: .milliseconds(300))
