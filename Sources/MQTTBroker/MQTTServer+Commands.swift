@@ -1,4 +1,4 @@
-public import MQTTWire
+import MQTTWire
 import NIOConcurrencyHelpers
 public import NIOCore
 import SwitchyardCore

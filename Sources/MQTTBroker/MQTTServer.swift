@@ -1,5 +1,5 @@
 import Logging
-public import MQTTWire
+import MQTTWire
 import Metrics
 import NIOConcurrencyHelpers
 public import NIOCore
@@ -406,13 +406,11 @@ public final class MQTTServer: Service, Sendable {
     ) -> EventLoopFuture<MQTTSession?> {
         delayedWills.withLockedValue { $0.removeValue(forKey: clientID) }?.cancel()  // back in time: no will
         let previous = sessions.withLockedValue { table in
-            let old = table.slots[clientID]
-            table.slots[clientID] = .online(handler)
-            return old
+            table.set(clientID, .online(handler))
         }
         offlineGauge.record(sessions.withLockedValue { $0.offlineCount })
         dirty.store(true, ordering: .relaxed)
-        let resume = { [self] (session: MQTTSession?) -> MQTTSession? in
+        let resume: @Sendable (MQTTSession?) -> MQTTSession? = { [self] session in
             guard let session else { return nil }
             if cleanStart || session.identity != identity || session.hasExpired(now: WallClock.nowNanos()) {
                 unsubscribe(clientID, Array(session.subscriptions.keys))
@@ -438,7 +436,7 @@ public final class MQTTServer: Service, Sendable {
     func detach(_ handler: MQTTConnectionHandler, clientID: String, session: MQTTSession?, filters: [String], shared: [MQTTOutbound]) {
         let wasCurrent = sessions.withLockedValue { table in
             guard case .online(let current) = table.slots[clientID], current === handler else { return false }
-            table.slots[clientID] = session.map { .offline(SessionBox($0)) }
+            table.set(clientID, session.map { .offline(SessionBox($0)) })
             return true
         }
         guard wasCurrent else { return }  // taken over: the new connection has the session
@@ -455,7 +453,7 @@ public final class MQTTServer: Service, Sendable {
             for (id, slot) in table.slots {
                 guard case .offline(let box) = slot, box.session.hasExpired(now: now) else { continue }
                 expired.append(box.session)
-                table.slots.removeValue(forKey: id)
+                table.set(id, nil)
             }
             return expired
         }
@@ -507,7 +505,7 @@ public final class MQTTServer: Service, Sendable {
         }
         for s in contents.sessions where !s.hasExpired(now: now) {
             kept += 1
-            sessions.withLockedValue { $0.slots[s.clientID] = .offline(SessionBox(s)) }
+            sessions.withLockedValue { _ = $0.set(s.clientID, .offline(SessionBox(s))) }
             trie.withLockedValue { trie in
                 for (filter, sub) in s.subscriptions {
                     let entry = SubscriptionTrie.Entry(
@@ -554,7 +552,9 @@ struct SessionTable {
         case offline(SessionBox)
     }
 
-    var slots: [String: Slot] = [:]
+    private(set) var slots: [String: Slot] = [:]
+    /// Kept sessions whose client is away (counted as slots change: read on every connect).
+    private(set) var offlineCount = 0
     /// Round-robin position per shared subscription.
     var cursors: [String: Int] = [:]
 
@@ -562,8 +562,13 @@ struct SessionTable {
         slots.values.compactMap { if case .online(let h) = $0 { h } else { nil } }
     }
 
-    var offlineCount: Int {
-        slots.values.count { if case .offline = $0 { true } else { false } }
+    /// Puts (or, with nil, removes) a client id's slot; returns the one it replaces.
+    @discardableResult
+    mutating func set(_ clientID: String, _ slot: Slot?) -> Slot? {
+        let old = if let slot { slots.updateValue(slot, forKey: clientID) } else { slots.removeValue(forKey: clientID) }
+        if case .offline = old { offlineCount -= 1 }
+        if case .offline = slot { offlineCount += 1 }
+        return old
     }
 
     /// The next member of a shared subscription in turn: a connected one, else (when
@@ -693,7 +698,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
     /// From any loop: a message for this client. Written at once, flushed once for all the
     /// messages delivered in the same turn of the loop (one write for a burst, not one each).
     func deliver(_ message: MQTTOutbound) {
-        let run = {
+        let run: @Sendable () -> Void = {
             guard let context = self.context else {
                 // Closed meanwhile: a shared subscription's message goes to another member.
                 if message.shareFilter != nil, let id = self.machine.clientID { self.server.redistribute([message], leaving: id) }
@@ -754,25 +759,24 @@ final class MQTTConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
                 let loop = context.eventLoop
                 let publisher = machine.clientID
                 server.completeCommand(publish)
+                // Subscribers get what the pipeline took (filters apply to them too), once; then
+                // the publisher's acknowledgement.
+                let finish: @Sendable (SubmitResult) -> Void = { outcome in
+                    if case .accepted = outcome { self.server.fanOut(publish, from: publisher) }
+                    guard let context = self.context else { return }
+                    self.perform(self.machine.submitted(token: token, result: outcome), context: context)
+                }
                 switch server.sink.submitting(envelope, on: loop) {
                 case .now(let outcome):
-                    // Decided at once (a filter, or no route and no journal): answered in this
-                    // read; channelReadComplete flushes.
-                    if case .accepted = outcome { server.fanOut(publish, from: publisher) }
-                    perform(machine.submitted(token: token, result: outcome), context: context)
+                    finish(outcome)  // decided at once: answered in this read, flushed at its end
                 case .later(let future):
                     future.hop(to: loop).whenComplete { result in
-                        let outcome: SubmitResult
                         switch result {
-                        case .success(let r): outcome = r
+                        case .success(let outcome): finish(outcome)
                         case .failure(let error):
-                            outcome = .rejected(Rejection(filter: "mqtt", reason: "internal", status: 500, message: "\(error)"))
+                            finish(.rejected(Rejection(filter: "mqtt", reason: "internal", status: 500, message: "\(error)")))
                         }
-                        // Subscribers get what the pipeline took (filters apply to them too), once.
-                        if case .accepted = outcome { self.server.fanOut(publish, from: publisher) }
-                        guard let context = self.context else { return }
-                        self.perform(self.machine.submitted(token: token, result: outcome), context: context)
-                        context.flush()
+                        self.context?.flush()
                     }
                 }
             case .subscribe(let added, let identifier):
