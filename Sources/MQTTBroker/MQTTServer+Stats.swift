@@ -34,26 +34,20 @@ final class MQTTStats: Sendable {
     }
 }
 
-/// A token bucket for new connections (per listener): `rate` per second, bursts of `rate`.
+/// New connections per listener: the controller's token bucket, `rate` per second, bursts of `rate`.
 final class ConnectionRateLimit: Sendable {
     let rate: Double
-    let state: Mutex<(tokens: Double, at: UInt64)>
+    let bucket: Mutex<TokenBucket>
 
     init(perSecond rate: Double) {
         self.rate = rate
-        state = Mutex((rate, SystemMonotonicClock().nowNanos()))
+        bucket = Mutex(TokenBucket(burst: rate, now: SystemMonotonicClock().nowNanos()))
     }
 
     /// Whether one more connection may come now.
     func admit(now: UInt64 = SystemMonotonicClock().nowNanos()) -> Bool {
         guard rate > 0 else { return true }
-        return state.withLock { s in
-            s.tokens = min(rate, s.tokens + Double(now &- s.at) / 1e9 * rate)
-            s.at = now
-            guard s.tokens >= 1 else { return false }
-            s.tokens -= 1
-            return true
-        }
+        return bucket.withLock { $0.take(rate: rate, burst: rate, now: now) == 0 }
     }
 }
 

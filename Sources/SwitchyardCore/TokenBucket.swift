@@ -1,16 +1,16 @@
 /// A token bucket: `rate` tokens per second, at most `burst` stored.
-struct TokenBucket {
-    var tokens: Double
-    var last: UInt64
+public struct TokenBucket: Sendable {
+    public var tokens: Double
+    public var last: UInt64
 
-    init(burst: Double, now: UInt64) {
+    public init(burst: Double, now: UInt64) {
         tokens = burst
         last = now
     }
 
     /// Refills for the time since the last call, then takes one token if there is one.
     /// Returns 0 when taken, else the seconds until a token will be available.
-    mutating func take(rate: Double, burst: Double, now: UInt64, consume: Bool = true) -> Double {
+    public mutating func take(rate: Double, burst: Double, now: UInt64, consume: Bool = true) -> Double {
         refill(rate: rate, burst: burst, now: now)
         if tokens >= 1 {
             if consume { tokens -= 1 }
@@ -19,7 +19,7 @@ struct TokenBucket {
         return rate > 0 ? (1 - tokens) / rate : .infinity
     }
 
-    mutating func refill(rate: Double, burst: Double, now: UInt64) {
+    public mutating func refill(rate: Double, burst: Double, now: UInt64) {
         if now > last {
             tokens = min(burst, tokens + Double(now - last) / 1e9 * rate)
             last = now
@@ -27,7 +27,7 @@ struct TokenBucket {
     }
 
     /// A full bucket behaves exactly like a new one, so it can be forgotten.
-    func isFull(rate: Double, burst: Double, now: UInt64) -> Bool {
+    public func isFull(rate: Double, burst: Double, now: UInt64) -> Bool {
         now >= last && tokens + Double(now - last) / 1e9 * rate >= burst
     }
 }
