@@ -3,6 +3,7 @@
 import Crypto
 import Foundation
 import NIOConcurrencyHelpers
+import SwitchyardCore
 
 /// One device's record: no secret, only its salted digest.
 public struct DeviceRecord: Sendable, Codable, Equatable {
@@ -252,19 +253,11 @@ public final class DeviceStore: Sendable {
 
     private func save(_ records: [String: DeviceRecord]) throws(DeviceRegistryError) {
         guard let path else { return }
-        let tmp = path + ".tmp"
+        let sorted = records.values.sorted { ($0.product, $0.device) < ($1.product, $1.device) }
         do {
-            let sorted = records.values.sorted { ($0.product, $0.device) < ($1.product, $1.device) }
-            let data = try JSONEncoder.registry.encode(File(devices: sorted))
-            guard FileManager.default.createFile(atPath: tmp, contents: data, attributes: [.posixPermissions: 0o600]) else {
-                throw DeviceRegistryError(code: .storage, message: "cannot write \(tmp)")
-            }
-            let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: tmp))
-            try handle.synchronize()
-            try handle.close()
-            guard rename(tmp, path) == 0 else { throw DeviceRegistryError(code: .storage, message: "cannot replace \(path): errno \(errno)") }
-        } catch let error as DeviceRegistryError {
-            throw error
+            try AtomicFile.write(try JSONEncoder.registry.encode(File(devices: sorted)), to: path)
+        } catch let error as AtomicFile.Failure {
+            throw DeviceRegistryError(code: .storage, message: error.description)
         } catch {
             throw DeviceRegistryError(code: .storage, message: "cannot write \(path): \(error)")
         }

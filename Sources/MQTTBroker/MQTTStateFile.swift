@@ -1,6 +1,7 @@
 import Foundation
 public import MQTTWire
 public import NIOCore
+import SwitchyardCore
 
 /// The broker's state between runs — persistent sessions and retained messages — as one
 /// binary file (`mqtt/state.bin` in the data dir), replaced atomically (temporary file,
@@ -132,14 +133,7 @@ public enum MQTTStateFile {
         let buffer = try encode(contents)
         let directory = (path as NSString).deletingLastPathComponent
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let tmp = path + ".tmp"
-        guard FileManager.default.createFile(atPath: tmp, contents: Data(buffer.readableBytesView), attributes: [.posixPermissions: 0o600]) else {
-            throw MQTTServerError(message: "cannot write \(tmp)")
-        }
-        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: tmp))
-        try handle.synchronize()
-        try handle.close()
-        guard rename(tmp, path) == 0 else { throw MQTTServerError(message: "cannot replace \(path): errno \(errno)") }
+        try AtomicFile.write(Data(buffer.readableBytesView), to: path)
     }
 
     // MARK: - Fields
