@@ -187,7 +187,6 @@ struct BenchMQTT: AsyncParsableCommand {
 
     /// One scenario against one broker: subscribers first, then the publishers all at once.
     func scenario(broker: BenchBroker, qos: QoS, fanIn: Bool) async throws -> ScenarioResult {
-        let group = Self.clientGroup
         let publisherCount = fanIn ? publishers : pairs
         let perPublisher = max(1, messages / publisherCount)
         let stats = BenchStats(perPublisher: perPublisher)
@@ -201,7 +200,7 @@ struct BenchMQTT: AsyncParsableCommand {
             plan.subscribe = filter
             plan.qos = qos
             channels.append(
-                try await BenchMQTTClient.connect(group: group, host: "127.0.0.1", port: broker.port, plan: plan, stats: stats, transit: transit).1
+                try await BenchMQTTClient.connect(port: broker.port, plan: plan, stats: stats, transit: transit).1
             )
         }
         var handlers: [BenchMQTTClient] = []
@@ -213,14 +212,7 @@ struct BenchMQTT: AsyncParsableCommand {
             plan.qos = qos
             plan.payloadBytes = payloadBytes
             plan.window = window
-            let (handler, channel) = try await BenchMQTTClient.connect(
-                group: group,
-                host: "127.0.0.1",
-                port: broker.port,
-                plan: plan,
-                stats: stats,
-                transit: transit
-            )
+            let (handler, channel) = try await BenchMQTTClient.connect(port: broker.port, plan: plan, stats: stats, transit: transit)
             handlers.append(handler)
             channels.append(channel)
         }
@@ -268,7 +260,6 @@ struct BenchMQTT: AsyncParsableCommand {
 
     /// RSS growth of the broker per idle connection.
     func idleMemory(broker: BenchBroker) async throws -> Double {
-        let group = Self.clientGroup
         let stats = BenchStats(perPublisher: 1)
         let transit = BenchTransit()
         try await Task.sleep(nanoseconds: 500_000_000)
@@ -282,14 +273,7 @@ struct BenchMQTT: AsyncParsableCommand {
                 for i in index..<(index + batch) {
                     tasks.addTask {
                         let plan = BenchMQTTClient.Plan(clientID: "idle-\(broker.name)-\(i)")
-                        return try await BenchMQTTClient.connect(
-                            group: group,
-                            host: "127.0.0.1",
-                            port: broker.port,
-                            plan: plan,
-                            stats: stats,
-                            transit: transit
-                        ).1
+                        return try await BenchMQTTClient.connect(port: broker.port, plan: plan, stats: stats, transit: transit).1
                     }
                 }
                 for try await c in tasks { channels.append(c) }
@@ -306,7 +290,6 @@ struct BenchMQTT: AsyncParsableCommand {
     // MARK: - against any broker
 
     func pubOnly(_ q: QoS) async throws {
-        let group = Self.clientGroup
         let stats = BenchStats(perPublisher: count)
         let transit = BenchTransit(receivers: 0)
         var pairs: [(BenchMQTTClient, any Channel)] = []
@@ -318,7 +301,7 @@ struct BenchMQTT: AsyncParsableCommand {
             plan.qos = q
             plan.payloadBytes = payloadBytes
             plan.window = window
-            pairs.append(try await BenchMQTTClient.connect(group: group, host: host, port: port, plan: plan, stats: stats, transit: transit))
+            pairs.append(try await BenchMQTTClient.connect(host: host, port: port, plan: plan, stats: stats, transit: transit))
         }
         let start = SystemMonotonicClock().nowNanos()
         for (h, c) in pairs { c.eventLoop.execute { h.start() } }
@@ -351,7 +334,6 @@ struct BenchMQTT: AsyncParsableCommand {
     }
 
     func subOnly(_ q: QoS) async throws {
-        let group = Self.clientGroup
         let stats = BenchStats(perPublisher: 10_000_000)
         let transit = BenchTransit()
         var channels: [any Channel] = []
@@ -359,7 +341,7 @@ struct BenchMQTT: AsyncParsableCommand {
             var plan = BenchMQTTClient.Plan(clientID: "sub-\(getpid())-\(i)")
             plan.subscribe = topic.replacing("%i", with: String(i))
             plan.qos = q
-            channels.append(try await BenchMQTTClient.connect(group: group, host: host, port: port, plan: plan, stats: stats, transit: transit).1)
+            channels.append(try await BenchMQTTClient.connect(host: host, port: port, plan: plan, stats: stats, transit: transit).1)
         }
         emit("sub: \(clients) subscribers on \(topic); running \(duration) s")
         let start = SystemMonotonicClock().nowNanos()
@@ -386,7 +368,6 @@ struct BenchMQTT: AsyncParsableCommand {
     }
 
     func connOnly() async throws {
-        let group = Self.clientGroup
         let stats = BenchStats(perPublisher: 1)
         let transit = BenchTransit()
         var channels: [any Channel] = []
@@ -394,7 +375,7 @@ struct BenchMQTT: AsyncParsableCommand {
         for i in 0..<clients {
             let plan = BenchMQTTClient.Plan(clientID: "conn-\(getpid())-\(i)")
             do {
-                channels.append(try await BenchMQTTClient.connect(group: group, host: host, port: port, plan: plan, stats: stats, transit: transit).1)
+                channels.append(try await BenchMQTTClient.connect(host: host, port: port, plan: plan, stats: stats, transit: transit).1)
             } catch {
                 emit("  connection \(i) failed: \(error)")
             }

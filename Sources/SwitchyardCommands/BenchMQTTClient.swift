@@ -205,8 +205,8 @@ final class BenchMQTTClient: ChannelInboundHandler, @unchecked Sendable {
 
     /// Opens one client connection; completes once connected (and subscribed).
     static func connect(
-        group: any EventLoopGroup,
-        host: String,
+        group: any EventLoopGroup = BenchMQTT.clientGroup,
+        host: String = "127.0.0.1",
         port: Int,
         plan: Plan,
         stats: BenchStats,
