@@ -84,6 +84,20 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "Registry",
+            dependencies: ["SwitchyardCore", .product(name: "NIOConcurrencyHelpers", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "ConfigCenter",
+            dependencies: [
+                "SwitchyardCore",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "Journal",
             dependencies: [
                 "SwitchyardCore",
@@ -203,6 +217,11 @@ let package = Package(
         .testTarget(
             name: "MQTTBrokerTests",
             dependencies: ["MQTTBroker", "MQTTWire", "SwitchyardCore", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
+        ),
+        .testTarget(
+            name: "RegistryTests",
+            dependencies: ["Registry", "ConfigCenter", "SwitchyardCore", "SwitchyardTesting"],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
         .testTarget(
