@@ -23,6 +23,7 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
     ],
     targets: [
         // MARK: - Layer 0: domain values and protocols
@@ -112,6 +113,11 @@ let package = Package(
         .target(
             name: "SwitchyardConfig",
             dependencies: ["SwitchyardCore", "Controller", "Router", "Yams"],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "SQLiteStore",
+            dependencies: ["Registry", "ConfigCenter", .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -221,7 +227,7 @@ let package = Package(
         ),
         .testTarget(
             name: "RegistryTests",
-            dependencies: ["Registry", "ConfigCenter", "SwitchyardCore", "SwitchyardTesting"],
+            dependencies: ["Registry", "ConfigCenter", "SQLiteStore", "SwitchyardCore", "SwitchyardTesting"],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
         .testTarget(
