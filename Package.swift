@@ -121,6 +121,19 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "NacosAPI",
+            dependencies: [
+                "Registry", "ConfigCenter", "HTTPIngress", "SwitchyardCore",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "HTTPForwarder",
             dependencies: [
                 "SwitchyardCore",
@@ -158,6 +171,7 @@ let package = Package(
             dependencies: [
                 "DeviceRegistry",
                 "MQTTBroker",
+                "Registry", "ConfigCenter", "SQLiteStore", "NacosAPI",
                 "SwitchyardCore", "SwitchyardConfig", "Controller", "Router", "HTTPForwarder", "HTTPIngress",
                 "Telemetry", "Journal",
                 .product(name: "NIOCore", package: "swift-nio"),

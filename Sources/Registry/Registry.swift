@@ -134,6 +134,13 @@ public final class Registry: Sendable {
         if changed { notify([service]) }
     }
 
+    /// The addresses of `ip:port` in any cluster of the service (clients that leave the cluster out).
+    public func addresses(ip: String, port: Int, in service: ServiceName) -> [InstanceAddress] {
+        state.withLockedValue { s in
+            (s.services[service]?.instances.keys).map { $0.filter { $0.ip == ip && $0.port == port }.sorted() } ?? []
+        }
+    }
+
     public func instance(_ address: InstanceAddress, in service: ServiceName) -> Instance? {
         state.withLockedValue { $0.services[service]?.instances[address]?.instance }
     }

@@ -47,6 +47,9 @@ public final class InMemoryRegistryStore: RegistryStore {
 
     public init() {}
 
+    /// Forgets everything (a store that came back empty).
+    public func reset() { state.withLockedValue { $0 = State() } }
+
     /// Every call fails while set (a broken disk, a lost database).
     public var failing: Bool {
         get { state.withLockedValue { $0.failing } }

@@ -59,6 +59,7 @@ struct BenchHTTP: AsyncParsableCommand {
               http: {host: 127.0.0.1, port: 0}
               admin: {host: 127.0.0.1, port: 0}
               mqtt: {host: 127.0.0.1, port: 0}
+              nacos: {host: 127.0.0.1, port: 0}
             journal: {enabled: \(!noJournal)}
             \(bare ? "" : BenchConfig.controller)
             \(BenchConfig.routing(sinkURL: "http://127.0.0.1:\(sink.port)", maxConcurrency: upstreamConcurrency, batch: batch))

@@ -476,6 +476,7 @@ final class BenchBroker: @unchecked Sendable {
               http: {host: 127.0.0.1, port: 0}
               admin: {host: 127.0.0.1, port: 0}
               mqtt: {host: 127.0.0.1, port: \(port)}
+              nacos: {host: 127.0.0.1, port: 0}
             channels:
               mqtt: {allow_anonymous: true, max_connections: 1000000, max_connection_rate: 0}
             \(routes)

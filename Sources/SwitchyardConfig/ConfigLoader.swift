@@ -52,8 +52,8 @@ public enum ConfigLoader {
         if let v = r.string(node["name"], "node.name") { c.node.name = v }
         if let v = r.string(node["data_dir"], "node.data_dir") { c.node.dataDir = v }
 
-        let listeners = r.mapping(top["listeners"], "listeners", allowed: ["http", "admin", "mqtt", "mqtts"])
-        for (key, keyPath) in [("http", \SwitchyardConfiguration.Listeners.http), ("admin", \.admin), ("mqtt", \.mqtt)] {
+        let listeners = r.mapping(top["listeners"], "listeners", allowed: ["http", "admin", "mqtt", "mqtts", "nacos"])
+        for (key, keyPath) in [("http", \SwitchyardConfiguration.Listeners.http), ("admin", \.admin), ("mqtt", \.mqtt), ("nacos", \.nacos)] {
             let l = r.mapping(listeners[key], "listeners.\(key)", allowed: ["host", "port"])
             if let v = r.string(l["host"], "listeners.\(key).host") { c.listeners[keyPath: keyPath].host = v }
             if let v = r.int(l["port"], "listeners.\(key).port", range: 0...65535) { c.listeners[keyPath: keyPath].port = v }
@@ -172,7 +172,29 @@ public enum ConfigLoader {
         for (name, node) in r.namedMapping(top["services"], "services") {
             c.services[name] = readService(node, "services.\(name)", &r)
         }
-        _ = r.mapping(top["registry"], "registry", allowed: [])
+        let registry = r.mapping(
+            top["registry"],
+            "registry",
+            allowed: ["enabled", "auth", "token_ttl", "empty_protection", "health_check_interval", "max_config_bytes", "config"]
+        )
+        if let v = r.bool(registry["enabled"], "registry.enabled") { c.registry.enabled = v }
+        if let v = r.string(registry["auth"], "registry.auth") {
+            if let auth = SwitchyardConfiguration.Registry.Auth(rawValue: v) {
+                c.registry.auth = auth
+            } else {
+                r.fail("registry.auth", "auto (on unless listeners.nacos is loopback), on or off", registry["auth"])
+            }
+        }
+        if let v = r.duration(registry["token_ttl"], "registry.token_ttl", range: 60...(30 * 86_400)) { c.registry.tokenTTLSeconds = Int(v) }
+        if let v = r.duration(registry["empty_protection"], "registry.empty_protection", range: 0...86_400) { c.registry.emptyProtectionSeconds = v }
+        if let v = r.duration(registry["health_check_interval"], "registry.health_check_interval", range: 0...3600) {
+            c.registry.healthCheckIntervalSeconds = v
+        }
+        if let v = r.size(registry["max_config_bytes"], "registry.max_config_bytes", range: 1...(64 << 20)) { c.registry.maxConfigBytes = v }
+        let source = r.mapping(registry["config"], "registry.config", allowed: ["data_id", "group", "tenant"])
+        if let v = r.string(source["data_id"], "registry.config.data_id") { c.registry.configDataID = v }
+        if let v = r.string(source["group"], "registry.config.group") { c.registry.configGroup = v }
+        if let v = r.string(source["tenant"], "registry.config.tenant") { c.registry.configTenant = v == "public" ? "" : v }
         let journal = r.mapping(
             top["journal"],
             "journal",
@@ -317,10 +339,12 @@ public enum ConfigLoader {
         if m["match"] == nil { r.fail("\(path).match", "missing: a topic regex such as ^devices/(?<product>[^/]+)/", node) }
         route.targets = r.sequence(m["targets"], "\(path).targets").enumerated().map { i, t in
             let p = "\(path).targets[\(i)]"
-            let tm = r.mapping(t, p, allowed: ["service", "path", "method", "timeout", "retries", "backoff", "batch"])
+            let tm = r.mapping(t, p, allowed: ["service", "path", "method", "timeout", "retries", "backoff", "batch", "namespace", "group"])
             var target = SwitchyardConfiguration.TargetRule(service: r.string(tm["service"], "\(p).service") ?? "")
             if tm["service"] == nil { r.fail("\(p).service", "missing: the service to forward to", t) }
             if let v = r.string(tm["path"], "\(p).path") { target.path = v }
+            if let v = r.string(tm["namespace"], "\(p).namespace") { target.namespace = v.isEmpty ? "public" : v }
+            if let v = r.string(tm["group"], "\(p).group") { target.group = v.isEmpty ? "DEFAULT_GROUP" : v }
             if let v = r.string(tm["method"], "\(p).method") { target.method = v.uppercased() }
             if let v = r.duration(tm["timeout"], "\(p).timeout", range: 0.001...3600) { target.timeoutSeconds = v }
             if let v = r.int(tm["retries"], "\(p).retries", range: 0...20) { target.retries = v }
@@ -405,6 +429,29 @@ public enum ConfigLoader {
                 r.fail("lanes[\(i)].name", "lane \"\(lane.name)\" is declared twice", nil)
             }
         }
+        if !c.registry.enabled && c.registry.configDataID != nil {
+            r.fail("registry.config", "the config center is off (registry.enabled: false)", nil)
+        }
+        if c.registry.enabled, c.registry.auth == .off, !SwitchyardConfiguration.Registry.isLoopback(c.listeners.nacos.host) {
+            r.fail(
+                "registry.auth",
+                "off is allowed only while listeners.nacos is bound to loopback (it is \(c.listeners.nacos.host)); use on or auto",
+                nil
+            )
+        }
+        var registryBindings: [String: String] = [:]
+        for (i, route) in c.routes.enumerated() {
+            for (j, t) in route.targets.enumerated() where c.services[t.service] == nil && !t.service.isEmpty {
+                let at = "\(t.namespace)/\(t.group)"
+                if let other = registryBindings.updateValue(at, forKey: t.service), other != at {
+                    r.fail(
+                        "routes[\(i)].targets[\(j)]",
+                        "service \"\(t.service)\" is looked up in \(other) by another target and in \(at) here; one name, one place",
+                        nil
+                    )
+                }
+            }
+        }
         var routeNames: Set<String> = []
         for (i, route) in c.routes.enumerated() {
             if !route.name.isEmpty && !routeNames.insert(route.name).inserted {
@@ -421,11 +468,11 @@ public enum ConfigLoader {
             if route.targets.isEmpty { r.fail("routes[\(i)].targets", "needs at least one target", nil) }
             for (j, t) in route.targets.enumerated() {
                 let p = "routes[\(i)].targets[\(j)]"
-                if !t.service.isEmpty && c.services[t.service] == nil {
+                if !t.service.isEmpty && c.services[t.service] == nil && !c.registry.enabled {
                     let known = c.services.keys.sorted()
                     r.fail(
                         "\(p).service",
-                        "unknown service \"\(t.service)\"; define it under services"
+                        "unknown service \"\(t.service)\"; define it under services (or turn the registry on)"
                             + (known.isEmpty ? "" : " (defined: \(known.joined(separator: ", ")))"),
                         nil
                     )

@@ -11,6 +11,7 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
     public var lanes: [LaneRule] = []
     public var routes: [RouteRule] = []
     public var services: [String: ServiceRule] = [:]
+    public var registry = Registry()
     public var journal = Journal()
     public var telemetry = Telemetry()
 
@@ -41,6 +42,8 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
         public var mqttsCertificate: String?
         public var mqttsKey: String?
         public var mqttsEnabled: Bool { mqttsCertificate != nil && mqttsKey != nil }
+        /// The Nacos-compatible registry and config API. Loopback by default: bound elsewhere, it needs auth.
+        public var nacos = Listener(host: "127.0.0.1", port: 8848)
         public init() {}
     }
 
@@ -201,6 +204,9 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
         public var backoffMaxSeconds = 2.0
         /// When set, messages go to this target in batches: one request, settled and retried as a whole.
         public var batch: BatchRule?
+        /// Where the registry holds the service when it is not declared under `services`.
+        public var namespace = "public"
+        public var group = "DEFAULT_GROUP"
         public init(service: String) { self.service = service }
     }
 
@@ -242,6 +248,45 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
         public var openSeconds = 5.0
         public var maxOpenSeconds = 60.0
         public init() {}
+    }
+
+    /// The service registry and config center (Nacos v1 API on `listeners.nacos`).
+    public struct Registry: Sendable, Equatable {
+        public enum Auth: String, Sendable, Equatable, CaseIterable {
+            /// On unless the listener is bound to loopback only.
+            case auto
+            case on
+            case off
+        }
+        public var enabled = true
+        public var auth = Auth.auto
+        public var tokenTTLSeconds = 18_000
+        /// An instance list that turns empty through a store restart or read error is ignored
+        /// by the router this long (the last good list keeps serving).
+        public var emptyProtectionSeconds = 30.0
+        /// Server-side TCP checks of persistent instances; 0: none.
+        public var healthCheckIntervalSeconds = 5.0
+        /// Largest config content accepted.
+        public var maxConfigBytes = 1 << 20
+        /// Switchyard's own filters, tags, lanes, routes and services from this config
+        /// (tenant "" = public), overriding the file's, hot-reloaded on publish.
+        public var configDataID: String?
+        public var configGroup = "SWITCHYARD"
+        public var configTenant = ""
+        public init() {}
+
+        /// Whether the API asks for a token, given the host its listener binds.
+        public func authEnabled(listenerHost: String) -> Bool {
+            switch auth {
+            case .on: true
+            case .off: false
+            case .auto: !Self.isLoopback(listenerHost)
+            }
+        }
+
+        public static func isLoopback(_ host: String) -> Bool {
+            host == "localhost" || host == "::1" || host.hasPrefix("127.")
+        }
     }
 
     public struct Journal: Sendable, Equatable {

@@ -23,7 +23,8 @@ extension PipelineSnapshot {
             deadLetters: DeadLetterList(limit: 1),
             ledger: MessageLedger(),
             balancer: Balancer(),
-            logger: Logger(label: "switchyard.offline")
+            logger: Logger(label: "switchyard.offline"),
+            registryView: nil
         )
         return try PipelineSnapshot(configuration: configuration, shared: shared, previous: nil)
     }

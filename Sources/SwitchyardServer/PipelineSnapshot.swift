@@ -11,18 +11,12 @@ final class PipelineSnapshot: Sendable {
     let configuration: SwitchyardConfiguration
     let controller: Controller
     let router: Router
-    let directory: StaticServiceDirectory
+    let directory: RoutingDirectory
 
     init(configuration: SwitchyardConfiguration, shared: SharedParts, previous: PipelineSnapshot?) throws {
         self.configuration = configuration
         controller = try Controller(config: configuration, clock: shared.clock, previous: previous?.controller)
-        var services: [String: [ServiceInstance]] = [:]
-        for (name, rule) in configuration.services {
-            services[name] = rule.instances.compactMap {
-                ServiceInstance(service: name, url: $0.url, weight: $0.weight, lane: $0.lane)
-            }
-        }
-        directory = StaticServiceDirectory(services)
+        directory = RoutingDirectory(configuration: configuration, view: shared.registryView)
         router = try Router(
             configuration: configuration,
             directory: directory,
@@ -43,4 +37,6 @@ struct SharedParts: Sendable {
     let ledger: MessageLedger
     let balancer: Balancer
     let logger: Logger
+    /// The registry as the router sees it (nil when the registry is off).
+    let registryView: RegistryView?
 }

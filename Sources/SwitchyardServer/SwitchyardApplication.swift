@@ -1,3 +1,4 @@
+public import ConfigCenter
 import Controller
 public import DeviceRegistry
 import Foundation
@@ -12,7 +13,10 @@ public import NIOCore
 import NIOHTTP1
 import NIOPosix
 import NIOSSL
+import NacosAPI
+public import Registry
 import Router
+import SQLiteStore
 import ServiceLifecycle
 public import SwitchyardConfig
 public import SwitchyardCore
@@ -36,6 +40,11 @@ public final class SwitchyardApplication: Sendable {
     public let devices: DeviceStore
     let admin: HTTPServer
     let adminToken: String
+    /// The service registry and config center (nil when `registry.enabled` is false).
+    public let registry: Registry?
+    public let configCenter: ConfigCenter?
+    let nacos: HTTPServer?
+    let registryMaintenance: RegistryMaintenance?
     let journal: Journal?
     /// Unsettled messages found on disk at start, redelivered when the node runs.
     private let recovered: NIOLockedValueBox<[(sequence: UInt64, envelope: Envelope, attempts: Int)]>
@@ -86,13 +95,58 @@ public final class SwitchyardApplication: Sendable {
             journal = nil
             recovered = NIOLockedValueBox([])
         }
+        let clock = SystemMonotonicClock()
+        var registryView: RegistryView?
+        let registryConfig = configuration.registry
+        if registryConfig.enabled {
+            let store = try SQLiteStore(path: self.dataDir + "/registry.sqlite")
+            let registry = try Registry(store: store, clock: clock)
+            let configs = try ConfigCenter(store: store, maxContentBytes: registryConfig.maxConfigBytes)
+            let nacosListener = configuration.listeners.nacos
+            let auth = try NacosAuth(
+                enabled: registryConfig.authEnabled(listenerHost: nacosListener.host),
+                dataDir: self.dataDir,
+                registry: registry,
+                tokenTTLSeconds: registryConfig.tokenTTLSeconds
+            )
+            if !auth.enabled { logger.notice("registry API without auth: it listens on loopback only", metadata: ["host": "\(nacosListener.host)"]) }
+            self.registry = registry
+            configCenter = configs
+            registryView = RegistryView(
+                registry: registry,
+                clock: clock,
+                emptyProtectionSeconds: registryConfig.emptyProtectionSeconds,
+                logger: logger.with("component", "registry")
+            )
+            nacos = HTTPServer(
+                host: nacosListener.host,
+                port: nacosListener.port,
+                group: group,
+                // A config travels form-encoded (up to three bytes per byte) with its other fields.
+                maxBodyBytes: registryConfig.maxConfigBytes * 3 + (64 << 10),
+                responder: NacosResponder(registry: registry, configs: configs, auth: auth, logger: logger.with("listener", "nacos")),
+                logger: logger.with("listener", "nacos")
+            )
+            registryMaintenance = RegistryMaintenance(
+                registry: registry,
+                group: group,
+                healthCheckIntervalSeconds: registryConfig.healthCheckIntervalSeconds,
+                logger: logger.with("component", "registry")
+            )
+        } else {
+            registry = nil
+            configCenter = nil
+            nacos = nil
+            registryMaintenance = nil
+        }
         shared = SharedParts(
-            clock: SystemMonotonicClock(),
+            clock: clock,
             forwarder: forwarder,
             deadLetters: DeadLetterList(limit: configuration.journal.deadLetterLimit, persistence: journal, restored: restoredLetters),
             ledger: MessageLedger(),
             balancer: Balancer(),
-            logger: logger
+            logger: logger,
+            registryView: registryView
         )
         let snapshot = try PipelineSnapshot(configuration: configuration, shared: shared, previous: nil)
         pipeline = Pipeline(
@@ -193,6 +247,8 @@ public final class SwitchyardApplication: Sendable {
     public var mqttConnections: Int { mqtt?.openConnections ?? 0 }
     var mqttServer: MQTTServer? { mqtt }
     public var adminAddress: EventLoopFuture<SocketAddress> { admin.boundAddress }
+    /// Address of the Nacos-compatible registry API once bound (nil when the registry is off).
+    public var nacosAddress: EventLoopFuture<SocketAddress>? { nacos?.boundAddress }
     public var token: String { adminToken }
     var isReady: Bool { ready.withLockedValue { $0 } }
     var journalWriteFailure: String? { journal?.writeFailure }
@@ -203,6 +259,8 @@ public final class SwitchyardApplication: Sendable {
             .init(service: admin),
             .init(service: DeliveryDrain(app: self)),
         ]
+        if let nacos { services.append(.init(service: nacos)) }
+        if let registryMaintenance { services.append(.init(service: registryMaintenance)) }
         if let ingest { services.append(.init(service: ingest)) }
         if let mqtt { services.append(.init(service: mqtt)) }
         services.append(.init(service: ReloadWatcher(app: self)))
@@ -214,6 +272,7 @@ public final class SwitchyardApplication: Sendable {
             _ = try? await admin.boundAddress.get()
             _ = try? await ingest?.boundAddress.get()
             _ = try? await mqtt?.boundAddress.get()
+            _ = try? await nacos?.boundAddress.get()
             ready.withLockedValue { $0 = true }
         }
         defer { readiness.cancel() }

@@ -51,7 +51,7 @@ from nacos.listener import Event, SubscribeListener  # noqa: E402  (the client's
 IP = "127.0.0.1"
 SERVICE = "orders"
 GROUP = "DEFAULT_GROUP"
-WORK = tempfile.mkdtemp(prefix="nacos-scenarios-")  # snapshots, failover files and logs
+WORK = []  # the temporary directory for snapshots, failover files and logs, made on first use
 CLIENTS = []
 OBSERVED = {}  # what the running scenario has seen so far; printed on every exit path
 _exit_lock = threading.Lock()
@@ -92,7 +92,9 @@ def describe(error):
 
 
 def make_client(server, namespace=None, username=None, password=None):
-    home = tempfile.mkdtemp(dir=WORK)
+    if not WORK:
+        WORK.append(tempfile.mkdtemp(prefix="nacos-scenarios-"))
+    home = tempfile.mkdtemp(dir=WORK[0])
     client = nacos.NacosClient(server, namespace=namespace, username=username, password=password,
                                logDir=os.path.join(home, "logs"))
     # Keep the client's snapshot/failover files out of the working directory; a fresh, empty
@@ -137,7 +139,8 @@ def shutdown_clients():
 def finish(result, code):
     with _exit_lock:
         shutdown_clients()
-        shutil.rmtree(WORK, ignore_errors=True)
+        for work in WORK:
+            shutil.rmtree(work, ignore_errors=True)
         sys.stdout.write(json.dumps(result, default=str) + "\n")
         sys.stdout.flush()
         sys.stderr.flush()

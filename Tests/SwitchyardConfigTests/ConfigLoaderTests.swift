@@ -65,6 +65,7 @@ import Testing
             services:
               s: {instances: [{url: "ftp://x", lane: ghost}]}
             telemetry: {log_level: loud}
+            registry: {enabled: false}
             """
         let errs = errors(yaml)
         for expected in [

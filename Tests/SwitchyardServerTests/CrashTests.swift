@@ -58,6 +58,7 @@ import Testing
           http: {host: 127.0.0.1, port: \(httpPort)}
           admin: {host: 127.0.0.1, port: \(adminPort)}
           mqtt: {host: 127.0.0.1, port: 0}
+          nacos: {host: 127.0.0.1, port: 0}
         telemetry: {log_level: error}
         routes:
           - {name: seq, match: "^devices/(?<device>[^/]+)/seq$", targets: [{service: s, path: "/in/{device}", retries: 5}]}

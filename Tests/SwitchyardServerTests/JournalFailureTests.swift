@@ -20,6 +20,8 @@ import Testing
           http: {host: 127.0.0.1, port: \(httpPort)}
           admin: {host: 127.0.0.1, port: \(adminPort)}
           mqtt: {host: 127.0.0.1, port: 0}
+          nacos: {host: 127.0.0.1, port: 0}
+        registry: {enabled: false}  # its SQLite file would hit the 64 KiB limit meant for the journal
         routes:
           - {name: r, match: "^devices/(?<device>[^/]+)$", targets: [{service: s, path: "/in/{device}"}]}
         services:

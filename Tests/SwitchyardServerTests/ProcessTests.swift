@@ -25,6 +25,7 @@ import Testing
               http: {host: 127.0.0.1, port: \(httpPort)}
               admin: {host: 127.0.0.1, port: \(adminPort)}
               mqtt: {host: 127.0.0.1, port: 0}
+              nacos: {host: 127.0.0.1, port: 0}
             routes:
               - {name: r, match: "^devices/(?<device>[^/]+)$", targets: [{service: s, path: "\(path)"}]}
             services:

@@ -65,6 +65,7 @@ final class TestServer: Sendable {
           http: {host: 127.0.0.1, port: 0}
           admin: {host: 127.0.0.1, port: 0}
           mqtt: {host: 127.0.0.1, port: 0}
+          nacos: {host: 127.0.0.1, port: 0}
         \(more)
         \(yaml)
         """
