@@ -18,6 +18,7 @@ public final class ConfigCenter: Sendable {
         var waiters: [UInt64: Waiter] = [:]
         var waitersByKey: [ConfigKey: Set<UInt64>] = [:]
         var watchers: [UInt64: (key: ConfigKey, handler: @Sendable (ConfigItem?) -> Void)] = [:]
+        var validators: [ConfigKey: @Sendable (String) -> String?] = [:]
         var nextID: UInt64 = 0
     }
 
@@ -102,6 +103,9 @@ public final class ConfigCenter: Sendable {
         if content.isEmpty { throw ConfigError(.invalid, "content is required (it must not be empty)") }
         if content.utf8.count > maxContentBytes {
             throw ConfigError(.invalid, "content is \(content.utf8.count) bytes; the limit is \(maxContentBytes)")
+        }
+        if let validate = state.withLockedValue({ $0.validators[key] }), let problem = validate(content) {
+            throw ConfigError(.invalid, "\(key) is refused: \(problem)")
         }
         let now = wallMillis()
         return try change(key) { current throws(ConfigError) -> (ConfigItem?, ConfigRevision)? in
@@ -321,6 +325,11 @@ public final class ConfigCenter: Sendable {
     }
 
     public func unwatch(_ id: UInt64) { state.withLockedValue { _ = $0.watchers.removeValue(forKey: id) } }
+
+    /// Content published to `key` must pass `validate` (nil: fine; else the reason it is refused).
+    public func setValidator(_ key: ConfigKey, _ validate: (@Sendable (String) -> String?)?) {
+        state.withLockedValue { $0.validators[key] = validate }
+    }
 
     // MARK: - Validation
 

@@ -38,6 +38,33 @@ public enum ConfigLoader {
         return config
     }
 
+    /// The sections that may live in the config center (`registry.config`).
+    public static let overlaySections = ["filters", "tags", "lanes", "routes", "services"]
+
+    /// `base` with the sections `yaml` gives (filters, tags, lanes, routes, services) replaced
+    /// by the document's, validated as a whole like a file.
+    public static func overlay(yaml: String, onto base: SwitchyardConfiguration) throws(ConfigErrors) -> SwitchyardConfiguration {
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: yaml)
+        } catch {
+            throw ConfigErrors([ConfigIssue(path: "", message: "not valid YAML: \(error)")])
+        }
+        var reader = ConfigReader()
+        let present = reader.mapping(root, "", allowed: overlaySections)
+        let parsed = read(root, &reader)
+        if !reader.issues.isEmpty { throw ConfigErrors(reader.issues) }
+        var merged = base
+        if present["filters"] != nil { merged.filters = parsed.filters }
+        if present["tags"] != nil { merged.tags = parsed.tags }
+        if present["lanes"] != nil { merged.lanes = parsed.lanes }
+        if present["routes"] != nil { merged.routes = parsed.routes }
+        if present["services"] != nil { merged.services = parsed.services }
+        validate(merged, &reader)
+        if !reader.issues.isEmpty { throw ConfigErrors(reader.issues) }
+        return merged
+    }
+
     // MARK: - Sections
 
     static let sections = [

@@ -51,6 +51,9 @@ public final class SwitchyardApplication: Sendable {
     private let ready = NIOLockedValueBox(false)
     private let reloads = NIOLockedValueBox<(ok: Int, rejected: Int)>((0, 0))
     private let drainSeconds: Double
+    /// The configuration from the file (or the embedded defaults) before the config center's
+    /// sections are laid over it.
+    private let fileConfiguration: NIOLockedValueBox<SwitchyardConfiguration>
 
     public var deadLetters: DeadLetterList { shared.deadLetters }
     public var ledger: MessageLedger { shared.ledger }
@@ -70,6 +73,7 @@ public final class SwitchyardApplication: Sendable {
         self.dataDir = dataDir ?? configuration.node.dataDir
         self.logger = logger
         self.drainSeconds = drainSeconds
+        fileConfiguration = NIOLockedValueBox(configuration)
         adminToken = try AdminToken.load(dataDir: self.dataDir, environment: environment)
         devices = try DeviceStore(path: self.dataDir + "/devices.json")
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, threads))
@@ -148,7 +152,19 @@ public final class SwitchyardApplication: Sendable {
             logger: logger,
             registryView: registryView
         )
-        let snapshot = try PipelineSnapshot(configuration: configuration, shared: shared, previous: nil)
+        var effective = configuration
+        if let configs = configCenter, let key = Self.selfConfigKey(configuration.registry), let content = configs.get(key)?.content {
+            do {
+                effective = try ConfigLoader.overlay(yaml: content, onto: configuration)
+                logger.info("routes, lanes and filters from the config center", metadata: ["config": "\(key)"])
+            } catch {
+                logger.error(
+                    "the config center's Switchyard config is invalid; starting on the file's",
+                    metadata: ["config": "\(key)", "errors": "\(error)"]
+                )
+            }
+        }
+        let snapshot = try PipelineSnapshot(configuration: effective, shared: shared, previous: nil)
         pipeline = Pipeline(
             snapshot: snapshot,
             ledger: shared.ledger,
@@ -235,6 +251,47 @@ public final class SwitchyardApplication: Sendable {
             logger: logger.with("listener", "admin")
         )
         adminBox.withLockedValue { $0 = self }
+        if let configs = configCenter, let key = Self.selfConfigKey(configuration.registry) {
+            let base = fileConfiguration
+            configs.setValidator(key) { content in
+                let file = base.withLockedValue { $0 }
+                do throws(ConfigErrors) {
+                    _ = try ConfigLoader.overlay(yaml: content, onto: file)
+                    return nil
+                } catch {
+                    return error.description
+                }
+            }
+            configs.watch(key) { [weak self] item in self?.applyConfigCenter(item?.content) }
+        }
+    }
+
+    /// Where Switchyard's own sections live in the config center, when configured.
+    static func selfConfigKey(_ registry: SwitchyardConfiguration.Registry) -> ConfigKey? {
+        guard registry.enabled, let dataID = registry.configDataID else { return nil }
+        return ConfigKey(tenant: registry.configTenant, group: registry.configGroup, dataId: dataID)
+    }
+
+    /// The file's configuration with the config center's sections over it (when there are any).
+    private func effectiveConfiguration(file: SwitchyardConfiguration) throws(ConfigErrors) -> SwitchyardConfiguration {
+        guard let configs = configCenter, let key = Self.selfConfigKey(file.registry), let content = configs.get(key)?.content else { return file }
+        return try ConfigLoader.overlay(yaml: content, onto: file)
+    }
+
+    /// The config center's Switchyard config changed (nil: deleted, the file's sections serve again).
+    func applyConfigCenter(_ content: String?) {
+        let base = fileConfiguration.withLockedValue { $0 }
+        guard let content else {
+            apply(base, reason: "config center: deleted")
+            return
+        }
+        do {
+            apply(try ConfigLoader.overlay(yaml: content, onto: base), reason: "config center")
+        } catch {
+            reloads.withLockedValue { $0.rejected += 1 }
+            Counter(label: "switchyard_config_reloads_total", dimensions: [("result", "rejected")]).increment()
+            logger.error("config center change rejected; the previous config keeps serving", metadata: ["errors": "\(error)"])
+        }
     }
 
     /// Address of the HTTP message channel once bound.
@@ -371,8 +428,9 @@ public final class SwitchyardApplication: Sendable {
             return .failure(ConfigErrors([ConfigIssue(path: "", message: "started without --config: nothing to reload")]))
         }
         do {
-            let config = try ConfigLoader.load(path: configPath)
-            return apply(config, reason: reason)
+            let file = try ConfigLoader.load(path: configPath)
+            fileConfiguration.withLockedValue { $0 = file }
+            return apply(try effectiveConfiguration(file: file), reason: reason)
         } catch {
             reloads.withLockedValue { $0.rejected += 1 }
             Counter(label: "switchyard_config_reloads_total", dimensions: [("result", "rejected")]).increment()
@@ -397,8 +455,9 @@ public final class SwitchyardApplication: Sendable {
         }
         if config.listeners != old.configuration.listeners || config.channels.http != old.configuration.channels.http
             || config.channels.mqtt != old.configuration.channels.mqtt || config.node != old.configuration.node
+            || config.registry != old.configuration.registry
         {
-            logger.warning("node, listeners, channels.http and channels.mqtt changes take effect after a restart")
+            logger.warning("node, listeners, channels.http, channels.mqtt and registry changes take effect after a restart")
         }
         reloads.withLockedValue { $0.ok += 1 }
         Counter(label: "switchyard_config_reloads_total", dimensions: [("result", "ok")]).increment()

@@ -266,6 +266,42 @@ import Testing
         return try #require(json["accessToken"] as? String)
     }
 
+    /// Switchyard's own routes in the config center: a publish reroutes at once, a bad one is
+    /// refused with the key path (the old routes keep serving), a delete restores the file's.
+    @Test func routesFromTheConfigCenterHotReloadWithTheSameValidation() async throws {
+        let a = try await TestHTTPService.start()
+        let b = try await TestHTTPService.start()
+        let server = try await TestServer.start(
+            """
+            registry: {config: {data_id: switchyard.yaml}}
+            routes:
+              - {name: r, match: "^devices/(?<device>[^/]+)$", targets: [{service: a, path: "/a/{device}"}]}
+            services:
+              a: {instances: [{url: "\(a.url)"}]}
+              b: {instances: [{url: "\(b.url)"}]}
+            """
+        )
+        let port = try await Self.nacosPort(server)
+        let key = [("dataId", "switchyard.yaml"), ("group", "SWITCHYARD")]
+        #expect(try await server.post("devices/d1").status == 202)
+        #expect(await a.waitFor(count: 1).count == 1)
+        let toB = #"routes: [{name: r, match: "^devices/(?<device>[^/]+)$", targets: [{service: b, path: "/b/{device}"}]}]"#
+        #expect(try await Self.call("POST", port, "/nacos/v1/cs/configs", form: key + [("content", toB)]).body == "true")
+        #expect(try await server.post("devices/d2").status == 202)
+        #expect(await b.waitFor(count: 1).first?.uri == "/b/d2")
+        let bad = #"routes: [{name: r, match: "^devices/(unclosed", targets: [{service: b}]}]"#
+        let refused = try await Self.call("POST", port, "/nacos/v1/cs/configs", form: key + [("content", bad)])
+        #expect(refused.status == 400)
+        #expect(refused.body.contains("routes[0].match: unbalanced"), "\(refused.body)")
+        let notHere = try await Self.call("POST", port, "/nacos/v1/cs/configs", form: key + [("content", "journal: {enabled: false}")])
+        #expect(notHere.status == 400 && notHere.body.contains("journal"), "\(notHere.body)")
+        #expect(try await server.post("devices/d3").status == 202)
+        #expect(await b.waitFor(count: 2).last?.uri == "/b/d3")
+        #expect(try await Self.call("DELETE", port, "/nacos/v1/cs/configs?dataId=switchyard.yaml&group=SWITCHYARD").body == "true")
+        #expect(try await server.post("devices/d4").status == 202)
+        #expect(await a.waitFor(count: 2).last?.uri == "/a/d4")
+    }
+
     /// A service registers itself with `lane=gray`; a gray device's message reaches it; when
     /// it deregisters, the next message falls back to the baseline instance.
     @Test func aRegisteredGrayInstanceGetsGrayMessagesUntilItLeaves() async throws {
