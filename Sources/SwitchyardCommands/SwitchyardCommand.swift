@@ -9,7 +9,9 @@ public struct SwitchyardCommand: AsyncParsableCommand {
         commandName: "switchyard",
         abstract: "The cloud side of an IoT product line: ingest, filter, lane and route device messages.",
         version: version,
-        subcommands: [Serve.self, CheckConfig.self, Explain.self, DeadLetterCommand.self, DeviceCommand.self, Bench.self, Version.self],
+        subcommands: [
+            Serve.self, CheckConfig.self, Explain.self, DeadLetterCommand.self, DeviceCommand.self, RegistryCommand.self, Bench.self, Version.self,
+        ],
         defaultSubcommand: Serve.self
     )
 

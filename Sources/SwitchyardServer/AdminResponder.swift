@@ -42,6 +42,7 @@ struct AdminResponder: HTTPResponder {
         guard path.hasPrefix("/admin/") else { return .error(.notFound, "not_found", "no such endpoint: \(path)") }
         if let denied = authorize(request) { return denied }
         if let devices = handleDevices(request, path: path) { return devices }
+        if let registry = handleRegistry(request, path: path) { return registry }
         switch (request.method, path) {
         case (.GET, "/admin/routes"):
             return encode(snapshot.router.table.routes.map { RouteView($0) })

@@ -150,6 +150,46 @@ import Testing
         cli.waitUntilExit()
         #expect(cli.terminationStatus == 0)
         #expect(listed.contains("\"reason\" : \"unrouted\""))
+        // The registry on its default port (loopback, no auth), and the registry CLI.
+        func registryCLI(_ args: String...) throws -> (Int32, String) {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: ProcessTests.binary)
+            p.arguments = args
+            p.currentDirectoryURL = URL(fileURLWithPath: dir)
+            let out = Pipe()
+            p.standardOutput = out
+            try p.run()
+            let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            p.waitUntilExit()
+            return (p.terminationStatus, text)
+        }
+        let form = [("content-type", "application/x-www-form-urlencoded")]
+        for content in ["v%3A+1", "v%3A+2"] {
+            let r = try await TestHTTPClient.request(
+                "POST",
+                port: 8848,
+                path: "/nacos/v1/cs/configs",
+                headers: form,
+                body: "dataId=app.yaml&group=DEFAULT_GROUP&content=\(content)"
+            )
+            #expect(r.body == "true")
+        }
+        let registered = try await TestHTTPClient.request("POST", port: 8848, path: "/nacos/v1/ns/instance?serviceName=orders&ip=127.0.0.1&port=9")
+        #expect(registered.body == "ok")
+        let (servicesStatus, services) = try registryCLI("registry", "services")
+        #expect(servicesStatus == 0 && services.contains("\"name\" : \"orders\""), "\(services)")
+        let (_, instances) = try registryCLI("registry", "instances", "orders")
+        #expect(instances.contains("\"port\" : 9"), "\(instances)")
+        let (_, history) = try registryCLI("registry", "history", "app.yaml")
+        let revisions = try #require(try JSONSerialization.jsonObject(with: Data(history.utf8)) as? [[String: Any]])
+        #expect(revisions.compactMap { $0["content"] as? String } == ["v: 2", "v: 1"])
+        let first = try #require(revisions.last?["revision"] as? Int)
+        let (rolled, _) = try registryCLI("registry", "rollback", "app.yaml", String(first))
+        #expect(rolled == 0)
+        let now = try await TestHTTPClient.request("GET", port: 8848, path: "/nacos/v1/cs/configs?dataId=app.yaml&group=DEFAULT_GROUP")
+        #expect(now.body == "v: 1")
+        let (refused, _) = try registryCLI("registry", "rollback", "app.yaml", "999999")
+        #expect(refused != 0)
         kill(process.processIdentifier, SIGHUP)
         try await Task.sleep(nanoseconds: 300_000_000)
         #expect(process.isRunning)
