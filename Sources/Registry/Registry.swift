@@ -196,14 +196,17 @@ public final class Registry: Sendable {
     /// delete timeout they are removed. Returns how many changed each way.
     @discardableResult
     public func sweep() -> (unhealthy: Int, removed: Int) {
-        let now = clock.nowNanos(), millis = wallMillis()
+        let millis = wallMillis()
         var marked = 0, removed = 0
         let changed = state.withLockedValue { s -> [ServiceName] in
+            // Read under the lock: a beat or registration stamped after an earlier reading
+            // would look like it came from the future.
+            let now = clock.nowNanos()
             var changed: [ServiceName] = []
             for (name, entry) in s.services {
                 var touched = false
                 for (address, held) in entry.instances where held.instance.ephemeral {
-                    let silentMillis = Int((now &- held.lastBeat) / 1_000_000)
+                    let silentMillis = now > held.lastBeat ? Int((now - held.lastBeat) / 1_000_000) : 0
                     if silentMillis > held.instance.deleteTimeoutMillis {
                         s.services[name]?.instances[address] = nil
                         removed += 1

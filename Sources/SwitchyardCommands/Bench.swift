@@ -12,7 +12,7 @@ import SwitchyardServer
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks that print the machine, the command and the figures.",
-        subcommands: [BenchHTTP.self, BenchMQTT.self, BenchPipeline.self, BenchJournal.self]
+        subcommands: [BenchHTTP.self, BenchMQTT.self, BenchRegistry.self, BenchPipeline.self, BenchJournal.self]
     )
 }
 

@@ -266,6 +266,45 @@ import Testing
         return try #require(json["accessToken"] as? String)
     }
 
+    /// Persistent instances are checked by the server: TCP connect, or HTTP with metadata
+    /// `health.check: http`; a failing one turns unhealthy, and healthy again when it recovers.
+    @Test func persistentInstancesAreHealthCheckedByTCPAndHTTP() async throws {
+        let up = try await TestHTTPService.start()
+        let failing = try await TestHTTPService.start(status: 500)
+        let closedPort = ProcessTests.freePort()
+        let server = try await TestServer.start("registry: {health_check_interval: 1s}")
+        let port = try await Self.nacosPort(server)
+        let http = Self.encode(#"{"health.check":"http","health.path":"/healthz"}"#)
+        for (p, meta) in [(up.port, http), (failing.port, http), (closedPort, ""), (up.port + 0, "")] {
+            let cluster = meta.isEmpty ? "tcp" : "http"
+            let r = try await Self.call(
+                "POST",
+                port,
+                "/nacos/v1/ns/instance?serviceName=db&ip=127.0.0.1&port=\(p)&ephemeral=false&clusterName=\(cluster)&metadata=\(meta)"
+            )
+            #expect(r.body == "ok")
+        }
+        var healthy: Set<String> = []
+        for _ in 0..<60 {
+            let list = try await Self.call("GET", port, "/nacos/v1/ns/instance/list?serviceName=db&healthyOnly=true")
+            let json = try #require(try JSONSerialization.jsonObject(with: Data(list.body.utf8)) as? [String: Any])
+            let hosts = json["hosts"] as? [[String: Any]] ?? []
+            healthy = Set(hosts.map { "\($0["clusterName"] ?? "")/\($0["port"] ?? "")" })
+            if healthy.count == 2 { break }
+            try await Task.sleep(nanoseconds: 100_000_000)
+        }
+        #expect(healthy == ["http/\(up.port)", "tcp/\(up.port)"])
+        #expect(up.received.contains { $0.uri == "/healthz" && $0.header("user-agent") == "switchyard-health" })
+        failing.setStatus(200)
+        var recovered = false
+        for _ in 0..<60 where !recovered {
+            let list = try await Self.call("GET", port, "/nacos/v1/ns/instance/list?serviceName=db&healthyOnly=true&clusters=http")
+            recovered = list.body.contains("\"port\":\(failing.port)")
+            if !recovered { try await Task.sleep(nanoseconds: 100_000_000) }
+        }
+        #expect(recovered)
+    }
+
     /// Switchyard's own routes in the config center: a publish reroutes at once, a bad one is
     /// refused with the key path (the old routes keep serving), a delete restores the file's.
     @Test func routesFromTheConfigCenterHotReloadWithTheSameValidation() async throws {
