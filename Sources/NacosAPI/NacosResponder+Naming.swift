@@ -10,12 +10,22 @@ extension NacosResponder {
         let full = try p.required("serviceName")
         var group = p.string("groupName") ?? ServiceName.defaultGroup
         var name = full
-        if let range = full.range(of: "@@") {
-            group = String(full[..<range.lowerBound])
-            name = String(full[range.upperBound...])
+        if let (before, after) = Self.splitGrouped(full) {
+            group = before
+            name = after
         }
         guard !name.isEmpty else { throw NacosFailure(.badRequest, "parameter serviceName is empty") }
         return ServiceName(namespace: p.namespace, group: group, name: name)
+    }
+
+    /// `group@@name` → (group, name); nil without `@@`.
+    static func splitGrouped(_ full: String) -> (String, String)? {
+        let bytes = Array(full.utf8)
+        guard bytes.count >= 2 else { return nil }
+        for i in 0..<(bytes.count - 1) where bytes[i] == UInt8(ascii: "@") && bytes[i + 1] == UInt8(ascii: "@") {
+            return (String(decoding: bytes[..<i], as: UTF8.self), String(decoding: bytes[(i + 2)...], as: UTF8.self))
+        }
+        return nil
     }
 
     func failure(_ error: RegistryError) -> NacosFailure {
@@ -150,14 +160,19 @@ extension NacosResponder {
         guard let ip, let port else { throw NacosFailure(.badRequest, "a beat names its instance: ip and port (or a beat JSON with them)") }
         let address =
             addresses(p, ip: ip, port: port, cluster: cluster, in: service).first ?? InstanceAddress(cluster: cluster ?? "", ip: ip, port: port)
-        let code: Int64
-        let interval: Int
         switch registry.beat(address, in: service, describing: described) {
-        case .ok(let millis): (code, interval) = (10200, millis)
-        case .unknown: (code, interval) = (20404, 5000)
+        case .ok(let millis) where millis == 5000: return .json(.ok, Self.beatOK)
+        case .ok(let millis): return .json(.ok, Self.beatAnswer(code: 10200, interval: millis))
+        case .unknown: return .json(.ok, Self.beatUnknown)
         }
-        return .json(.ok, JSON.object([("clientBeatInterval", .int(Int64(interval))), ("code", .int(code)), ("lightBeatEnabled", .bool(true))]).text)
     }
+
+    static func beatAnswer(code: Int64, interval: Int) -> String {
+        JSON.object([("clientBeatInterval", .int(Int64(interval))), ("code", .int(code)), ("lightBeatEnabled", .bool(true))]).text
+    }
+    /// The answers to nearly every beat, made once.
+    static let beatOK = beatAnswer(code: 10200, interval: 5000)
+    static let beatUnknown = beatAnswer(code: 20404, interval: 5000)
 
     func setHealth(_ p: NacosParams, _ user: RegistryUser?) throws -> OutgoingResponse {
         let service = try serviceName(p)

@@ -3,6 +3,7 @@ import Foundation
 public import HTTPIngress
 public import Logging
 import Metrics
+import NIOConcurrencyHelpers
 public import NIOCore
 import NIOHTTP1
 public import Registry
@@ -48,9 +49,26 @@ public final class NacosResponder: HTTPResponder {
         }
     }
 
+    /// Request counters by API and status, made once each (a lookup in the metrics backend per request costs more than the count).
+    static let counters = NIOLockedValueBox<[String: Counter]>([:])
+
+    static let knownAPIs: Set<String> = [
+        "auth/login", "auth/users", "auth/permissions", "ns/instance", "ns/health", "ns/service", "ns/operator", "console/namespaces",
+        "cs/configs", "cs/history",
+    ]
+
     static func count(_ route: String, _ status: HTTPResponseStatus) {
-        let api = route.split(separator: "/").prefix(2).joined(separator: "/")
-        Counter(label: "switchyard_registry_requests_total", dimensions: [("api", api), ("status", "\(status.code)")]).increment()
+        // Label values from a fixed set: a client's made-up paths must not grow the metrics.
+        var api = route.split(separator: "/").prefix(2).joined(separator: "/")
+        if !knownAPIs.contains(api) { api = "other" }
+        let key = "\(api) \(status.code)"
+        if let counter = counters.withLockedValue({ $0[key] }) {
+            counter.increment()
+            return
+        }
+        let counter = Counter(label: "switchyard_registry_requests_total", dimensions: [("api", api), ("status", "\(status.code)")])
+        counters.withLockedValue { $0[key] = counter }
+        counter.increment()
     }
 
     private func handle(_ route: String, _ request: IncomingRequest, _ p: NacosParams, on loop: any EventLoop) throws -> EventLoopFuture<

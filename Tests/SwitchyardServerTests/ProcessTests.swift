@@ -199,6 +199,25 @@ import Testing
         #expect(process.terminationStatus == 0)
     }
 
+    /// The registry load tool runs end to end (small numbers: a smoke run) and fails on a lost
+    /// instance or a missed wake-up.
+    @Test func benchRegistryRuns() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: ProcessTests.binary)
+        p.arguments = ["bench", "registry", "--instances", "300", "--beat-seconds", "2", "--listeners", "20", "--publishes", "2"]
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        p.standardError = pipe
+        try p.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        let out = String(decoding: data, as: UTF8.self)
+        #expect(p.terminationStatus == 0, "\(out)")
+        #expect(out.contains("registrations: 300 in"), "\(out)")
+        #expect(out.contains("healthy after beating: 300 of 300"), "\(out)")
+        #expect(out.contains("20 listeners × 2 publishes = 40 wake-ups"), "\(out)")
+    }
+
     /// The MQTT load tool runs end to end against a Switchyard it starts (a smoke run: small
     /// numbers; the figures are the benchmark's business, not this test's) and fails on loss.
     @Test func benchMQTTRunsAndLosesNothing() throws {

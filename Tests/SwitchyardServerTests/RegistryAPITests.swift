@@ -138,6 +138,52 @@ import Testing
         #expect(badTimeout.status == 400)
     }
 
+    /// 1,000 rapid publishes of one key while 50 listeners long-poll over HTTP as Nacos clients
+    /// do (GET for the MD5, long-poll with it, GET again when told): every listener ends at the
+    /// final content and MD5, and no long-poll is left hanging.
+    @Test func noLostUpdateOverHTTPWith50ListenersAnd1000Publishes() async throws {
+        let server = try await TestServer.start("")
+        let port = try await Self.nacosPort(server)
+        let key = [("dataId", "hot.yaml"), ("group", "G")]
+        #expect(try await Self.call("POST", port, "/nacos/v1/cs/configs", form: key + [("content", "v0")]).body == "true")
+        let publishes = 1000
+        let final = "v\(publishes)"
+        let finalMD5 = Self.md5(final)
+        try await withThrowingTaskGroup(of: (String, String).self) { group in
+            for _ in 0..<50 {
+                group.addTask {
+                    var got = try await Self.call("GET", port, "/nacos/v1/cs/configs?dataId=hot.yaml&group=G")
+                    let deadline = Date().addingTimeInterval(60)
+                    while got.body != final && Date() < deadline {
+                        let probe = "hot.yaml\u{2}G\u{2}\(got.header("Content-MD5") ?? "")\u{2}\u{1}"
+                        let answer = try await Self.call(
+                            "POST",
+                            port,
+                            "/nacos/v1/cs/configs/listener",
+                            form: [("Listening-Configs", probe)],
+                            headers: [("Long-Pulling-Timeout", "30000")]
+                        )
+                        if answer.status != 200 { break }
+                        got = try await Self.call("GET", port, "/nacos/v1/cs/configs?dataId=hot.yaml&group=G")
+                    }
+                    return (got.body, got.header("Content-MD5") ?? "")
+                }
+            }
+            group.addTask {
+                for v in 1...publishes {
+                    let r = try await Self.call("POST", port, "/nacos/v1/cs/configs", form: key + [("content", "v\(v)")])
+                    if r.body != "true" { return ("publish \(v) failed: \(r.status) \(r.body)", "") }
+                }
+                return ("publisher", "")
+            }
+            var finals: [(String, String)] = []
+            for try await result in group where result.0 != "publisher" { finals.append(result) }
+            #expect(finals.count == 50)
+            #expect(finals.allSatisfy { $0.0 == final && $0.1 == finalMD5 }, "\(finals.filter { $0.0 != final })")
+        }
+        #expect(server.app.configCenter?.waitingListeners == 0)
+    }
+
     @Test func configGetHeadersCasAndHistory() async throws {
         let server = try await TestServer.start("")
         let port = try await Self.nacosPort(server)
