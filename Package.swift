@@ -276,7 +276,7 @@ let package = Package(
         .testTarget(
             name: "SwitchyardServerTests",
             dependencies: [
-                "SwitchyardServer", "SwitchyardCore", "SwitchyardConfig", "SwitchyardTesting",
+                "SwitchyardServer", "SwitchyardCore", "SwitchyardConfig", "SwitchyardTesting", "Registry", "ConfigCenter",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -22,8 +22,11 @@ import Testing
 
     @Test func exampleConfigIsValid() throws {
         let c = try ConfigLoader.load(path: "examples/switchyard.yaml")
-        #expect(c.routes.map(\.name) == ["telemetry", "events"])
+        #expect(c.routes.map(\.name) == ["telemetry", "events", "alarms"])
         #expect(c.routes[1].targets.count == 2)
+        #expect(c.routes[2].targets[0].group == "IOT")  // found in the registry
+        #expect(c.registry.authEnabled(listenerHost: c.listeners.nacos.host) == false)
+        #expect(c.registry.healthCheckIntervalSeconds == 5)
         #expect(c.lanes.first?.fallback == .strict)
         #expect(c.filters.count == 7)
         #expect(c.channels.http.maxBodyBytes == 1 << 20)
