@@ -451,7 +451,6 @@ final class BenchBroker: @unchecked Sendable {
     /// This binary's `serve`, anonymous MQTT; with `pipeline`, `bench/…` is routed through the
     /// journal to a sink in this process (otherwise no route: subscribers only).
     static func switchyard(pipeline: Bool) async throws -> BenchBroker {
-        let dir = try tempDir(pipeline ? "switchyard-routed" : "switchyard")
         let port = try freePort()
         var sink: BenchSink?
         var sinkGroup: MultiThreadedEventLoopGroup?
@@ -470,7 +469,8 @@ final class BenchBroker: @unchecked Sendable {
                   sink: {max_concurrency: 512, instances: [{url: "http://127.0.0.1:\(s.port)"}]}
                 """
         }
-        let yaml = """
+        return try await serve(pipeline ? "switchyard-routed" : "switchyard", port: port, sink: sink, sinkGroup: sinkGroup) { dir in
+            """
             node: {data_dir: \(dir)/data}
             listeners:
               http: {host: 127.0.0.1, port: 0}
@@ -481,7 +481,20 @@ final class BenchBroker: @unchecked Sendable {
               mqtt: {allow_anonymous: true, max_connections: 1000000, max_connection_rate: 0}
             \(routes)
             """
-        try yaml.write(toFile: "\(dir)/switchyard.yaml", atomically: true, encoding: .utf8)
+        }
+    }
+
+    /// This binary's `serve` on the config `yaml(dir)` gives, in a fresh temporary directory
+    /// (output discarded); ready once `port` accepts connections.
+    static func serve(
+        _ dirName: String,
+        port: Int,
+        sink: BenchSink? = nil,
+        sinkGroup: MultiThreadedEventLoopGroup? = nil,
+        yaml: (String) -> String
+    ) async throws -> BenchBroker {
+        let dir = try tempDir(dirName)
+        try yaml(dir).write(toFile: "\(dir)/switchyard.yaml", atomically: true, encoding: .utf8)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
         p.arguments = ["serve", "--config", "\(dir)/switchyard.yaml"]

@@ -175,9 +175,9 @@ struct BenchRegistry: AsyncParsableCommand {
     }
 
     static func startServer() async throws -> BenchBroker {
-        let dir = try BenchBroker.tempDir("registry")
         let port = try BenchBroker.freePort()
-        let yaml = """
+        return try await BenchBroker.serve("registry", port: port) { dir in
+            """
             node: {data_dir: \(dir)/data}
             listeners:
               http: {host: 127.0.0.1, port: 0}
@@ -185,16 +185,7 @@ struct BenchRegistry: AsyncParsableCommand {
               mqtt: {host: 127.0.0.1, port: 0}
               nacos: {host: 127.0.0.1, port: \(port)}
             """
-        try yaml.write(toFile: "\(dir)/switchyard.yaml", atomically: true, encoding: .utf8)
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-        p.arguments = ["serve", "--config", "\(dir)/switchyard.yaml"]
-        p.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
-        p.standardError = FileHandle(forWritingAtPath: "/dev/null")
-        try p.run()
-        let server = BenchBroker(name: "switchyard", process: p, port: port, dir: dir)
-        try await server.waitUntilListening()
-        return server
+        }
     }
 }
 

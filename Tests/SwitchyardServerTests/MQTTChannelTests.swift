@@ -26,21 +26,7 @@ import Testing
     }
 
     /// Runs a scenario and returns its JSON.
-    func run(_ args: String...) throws -> [String: Any] {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3", Self.script] + args
-        let out = Pipe()
-        let err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        p.waitUntilExit()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        let problem = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        try #require(p.terminationStatus == 0, "scenario \(args) failed: \(problem)")
-        return try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
-    }
+    func run(_ args: String...) throws -> [String: Any] { try ProcessTests.runScenario(Self.script, args) }
 
     @Test(arguments: ["4", "5"])
     func devicesPublishAtEveryQoSAndEachMessageIsDelivered(version: String) async throws {

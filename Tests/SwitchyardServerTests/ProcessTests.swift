@@ -11,6 +11,39 @@ import Testing
 
     static func freePort() -> Int { Int.random(in: 20_000...40_000) }
 
+    /// Runs the binary to its end; returns its status and output (stdout, and stderr when `mergeErrors`).
+    static func runBinary(_ args: [String], in dir: String? = nil, mergeErrors: Bool = true) throws -> (Int32, String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: binary)
+        p.arguments = args
+        if let dir { p.currentDirectoryURL = URL(fileURLWithPath: dir) }
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        if mergeErrors { p.standardError = pipe }
+        try p.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
+    /// Runs a Python scenario script of Tests/Fixtures; returns the JSON object it prints (its
+    /// exit status must be 0).
+    static func runScenario(_ script: String, _ args: [String]) throws -> [String: Any] {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["python3", script] + args
+        let out = Pipe()
+        let err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        let problem = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        try #require(p.terminationStatus == 0, "scenario \(args) failed: \(problem)\n\(String(decoding: data, as: UTF8.self))")
+        return try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+    }
+
     @Test func serveReloadsOnSIGHUPAndStopsOnSIGTERM() async throws {
         #expect(FileManager.default.isExecutableFile(atPath: Self.binary), "build the binary first (scripts/test does)")
         let svc = try await TestHTTPService.start()
@@ -85,18 +118,7 @@ import Testing
     }
 
     @Test func checkConfigExitCodes() throws {
-        func run(_ args: [String]) throws -> (Int32, String) {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: Self.binary)
-            p.arguments = args
-            let pipe = Pipe()
-            p.standardError = pipe
-            p.standardOutput = pipe
-            try p.run()
-            let data = pipe.fileHandleForReading.readDataToEndOfFile()
-            p.waitUntilExit()
-            return (p.terminationStatus, String(decoding: data, as: UTF8.self))
-        }
+        func run(_ args: [String]) throws -> (Int32, String) { try Self.runBinary(args) }
         let root = URL(fileURLWithPath: Self.binary).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
         let (ok, _) = try run(["check-config", "\(root)/examples/switchyard.yaml"])
         #expect(ok == 0)
@@ -151,18 +173,7 @@ import Testing
         #expect(cli.terminationStatus == 0)
         #expect(listed.contains("\"reason\" : \"unrouted\""))
         // The registry on its default port (loopback, no auth), and the registry CLI.
-        func registryCLI(_ args: String...) throws -> (Int32, String) {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: ProcessTests.binary)
-            p.arguments = args
-            p.currentDirectoryURL = URL(fileURLWithPath: dir)
-            let out = Pipe()
-            p.standardOutput = out
-            try p.run()
-            let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            p.waitUntilExit()
-            return (p.terminationStatus, text)
-        }
+        func registryCLI(_ args: String...) throws -> (Int32, String) { try ProcessTests.runBinary(args, in: dir, mergeErrors: false) }
         let form = [("content-type", "application/x-www-form-urlencoded")]
         for content in ["v%3A+1", "v%3A+2"] {
             let r = try await TestHTTPClient.request(
@@ -202,17 +213,10 @@ import Testing
     /// The registry load tool runs end to end (small numbers: a smoke run) and fails on a lost
     /// instance or a missed wake-up.
     @Test func benchRegistryRuns() throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: ProcessTests.binary)
-        p.arguments = ["bench", "registry", "--instances", "300", "--beat-seconds", "2", "--listeners", "20", "--publishes", "2"]
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        p.standardError = pipe
-        try p.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        let out = String(decoding: data, as: UTF8.self)
-        #expect(p.terminationStatus == 0, "\(out)")
+        let (status, out) = try ProcessTests.runBinary([
+            "bench", "registry", "--instances", "300", "--beat-seconds", "2", "--listeners", "20", "--publishes", "2",
+        ])
+        #expect(status == 0, "\(out)")
         #expect(out.contains("registrations: 300 in"), "\(out)")
         #expect(out.contains("healthy after beating: 300 of 300"), "\(out)")
         #expect(out.contains("20 listeners × 2 publishes = 40 wake-ups"), "\(out)")
@@ -221,20 +225,11 @@ import Testing
     /// The MQTT load tool runs end to end against a Switchyard it starts (a smoke run: small
     /// numbers; the figures are the benchmark's business, not this test's) and fails on loss.
     @Test func benchMQTTRunsAndLosesNothing() throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: ProcessTests.binary)
-        p.arguments = [
+        let (status, out) = try ProcessTests.runBinary([
             "bench", "mqtt", "--messages", "1000", "--publishers", "10", "--pairs", "5", "--idle-connections", "200", "--qos", "0,1", "--pipeline",
             "--duration", "30",
-        ]
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        p.standardError = pipe
-        try p.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        let out = String(decoding: data, as: UTF8.self)
-        #expect(p.terminationStatus == 0, "\(out)")
+        ])
+        #expect(status == 0, "\(out)")
         for scenario in ["fan-in 10→1, QoS 0", "pairs 5×1→1, QoS 1", "fan-in 10→1, QoS 1, pipeline on"] {
             #expect(out.contains("switchyard: \(scenario): 1000/1000 received"), "\(scenario): \(out)")
         }

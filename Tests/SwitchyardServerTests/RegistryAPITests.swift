@@ -44,21 +44,7 @@ import Testing
     }
 
     /// Runs a scenario of the real client; returns its JSON.
-    func client(_ args: String...) throws -> [String: Any] {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3", Self.script] + args
-        let out = Pipe()
-        let err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        let problem = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        try #require(p.terminationStatus == 0, "nacos scenario \(args) failed: \(problem)\n\(String(decoding: data, as: UTF8.self))")
-        return try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
-    }
+    func client(_ args: String...) throws -> [String: Any] { try ProcessTests.runScenario(Self.script, args) }
 
     @Test func realClientRegistersListsSubscribesAndDeregisters() async throws {
         let server = try await TestServer.start("")
