@@ -25,17 +25,20 @@ public enum ConfigLoader {
 
     /// Parses YAML text; an empty document is the embedded defaults.
     public static func parse(yaml: String) throws(ConfigErrors) -> SwitchyardConfiguration {
-        let root: Node?
-        do {
-            root = try Yams.compose(yaml: yaml)
-        } catch {
-            throw ConfigErrors([ConfigIssue(path: "", message: "not valid YAML: \(error)")])
-        }
+        let root = try compose(yaml)
         var reader = ConfigReader()
         let config = read(root, &reader)
         validate(config, &reader)
         if !reader.issues.isEmpty { throw ConfigErrors(reader.issues) }
         return config
+    }
+
+    static func compose(_ yaml: String) throws(ConfigErrors) -> Node? {
+        do {
+            return try Yams.compose(yaml: yaml)
+        } catch {
+            throw ConfigErrors([ConfigIssue(path: "", message: "not valid YAML: \(error)")])
+        }
     }
 
     /// The sections that may live in the config center (`registry.config`).
@@ -44,12 +47,7 @@ public enum ConfigLoader {
     /// `base` with the sections `yaml` gives (filters, tags, lanes, routes, services) replaced
     /// by the document's, validated as a whole like a file.
     public static func overlay(yaml: String, onto base: SwitchyardConfiguration) throws(ConfigErrors) -> SwitchyardConfiguration {
-        let root: Node?
-        do {
-            root = try Yams.compose(yaml: yaml)
-        } catch {
-            throw ConfigErrors([ConfigIssue(path: "", message: "not valid YAML: \(error)")])
-        }
+        let root = try compose(yaml)
         var reader = ConfigReader()
         let present = reader.mapping(root, "", allowed: overlaySections)
         let parsed = read(root, &reader)
