@@ -110,9 +110,16 @@ public struct NacosAuth: Sendable {
 
     /// Checks a user's password and issues a token.
     public func login(username: String, password: String) -> String? {
-        guard let user = registry.user(username), Self.verify(password, against: user.passwordHash) else { return nil }
+        guard let user = registry.user(username) else {
+            // The same work as for a known user: the answer's timing does not tell who exists.
+            _ = Self.verify(password, against: Self.decoy)
+            return nil
+        }
+        guard Self.verify(password, against: user.passwordHash) else { return nil }
         return token(for: user.username)
     }
+
+    static let decoy = hash(UUID().uuidString)
 
     func token(for username: String) -> String {
         let header = Self.base64URL(Data(#"{"alg":"HS256","typ":"JWT"}"#.utf8))

@@ -15,6 +15,8 @@ struct NacosFailure: Error {
 
 /// A request's parameters: the query string and, for form posts, the body (body wins).
 struct NacosParams {
+    /// Page numbers past this answer an empty page (and `(pageNo - 1) * pageSize` cannot overflow).
+    static let maxPage = 1_000_000
     var values: [String: String]
 
     init(_ request: IncomingRequest) {

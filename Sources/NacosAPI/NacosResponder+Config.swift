@@ -9,6 +9,7 @@ import Registry
 extension NacosResponder {
     /// Most keys one listener request may watch (as Nacos).
     static let maxListenedKeys = 10_000
+    static let maxHoldMillis: Int64 = 120_000
 
     func configKey(_ p: NacosParams) throws -> ConfigKey {
         ConfigKey(tenant: p.raw("tenant").flatMap { $0 == "None" ? nil : $0 } ?? "", group: try p.required("group"), dataId: try p.required("dataId"))
@@ -64,6 +65,10 @@ extension NacosResponder {
         let key = try configKey(p)
         try requireWrite(user, key.namespace)
         guard let content = p.raw("content"), !content.isEmpty else { throw NacosFailure(.badRequest, "parameter content is required") }
+        if p.string("tag") != nil || request.headers.first(name: "Vipserver-Tag") != nil {
+            throw NacosFailure(.badRequest, "tag gray release is not supported; use a beta release (header betaIps)")
+        }
+        if protectedKeys.contains(key) { try requireAdmin(user) }
         let betaIPs = (request.headers.first(name: "betaIps") ?? p.string("betaIps"))?.split(separator: ",").map(String.init)
         let cas = request.headers.first(name: "casMd5") ?? p.string("casMd5")
         let source = source(request, p, user)
@@ -87,6 +92,7 @@ extension NacosResponder {
     func deleteConfig(_ request: IncomingRequest, _ p: NacosParams, _ user: RegistryUser?) throws -> OutgoingResponse {
         let key = try configKey(p)
         try requireWrite(user, key.namespace)
+        if protectedKeys.contains(key) { try requireAdmin(user) }
         let source = source(request, p, user)
         if try p.bool("beta") == true {
             let stopped = try attempt { () throws(ConfigError) in try configs.stopBeta(key, source: source) }
@@ -132,7 +138,9 @@ extension NacosResponder {
         guard let timeoutMillis = Int64(timeoutHeader), timeoutMillis > 0 else {
             throw NacosFailure(.badRequest, "Long-Pulling-Timeout must be a number of milliseconds")
         }
-        let hold = TimeAmount.milliseconds(max(10_000, timeoutMillis - 500))
+        // As Nacos: the timeout less 500 ms, at least 10 s; at most 2 min (a waiter lives until
+        // its answer, so a client cannot park one for longer).
+        let hold = TimeAmount.milliseconds(min(Self.maxHoldMillis, max(10_000, timeoutMillis - 500)))
         let promise = loop.makePromise(of: OutgoingResponse.self)
         let timer = NIOLockedValueBox<Scheduled<Void>?>(nil)
         switch configs.listen(
@@ -187,7 +195,7 @@ extension NacosResponder {
         }
         let key = try configKey(p)
         try requireRead(user, key.namespace)
-        let pageNo = max(1, try p.int("pageNo") ?? 1)
+        let pageNo = min(max(1, try p.int("pageNo") ?? 1), NacosParams.maxPage)
         let pageSize = min(max(1, try p.int("pageSize") ?? 100), 500)
         let (total, rows) = try attempt { () throws(ConfigError) in try configs.history(of: key, offset: (pageNo - 1) * pageSize, limit: pageSize) }
         let body = JSON.object([

@@ -243,7 +243,7 @@ extension NacosResponder {
     func listServices(_ p: NacosParams, _ user: RegistryUser?) throws -> OutgoingResponse {
         let namespace = p.namespace
         try requireRead(user, namespace)
-        let pageNo = max(1, try p.int("pageNo") ?? 1)
+        let pageNo = min(max(1, try p.int("pageNo") ?? 1), NacosParams.maxPage)
         let pageSize = min(max(1, try p.int("pageSize") ?? 10), 10_000)
         let names = registry.services(namespace: namespace, group: p.string("groupName") ?? ServiceName.defaultGroup)
         let page = names.dropFirst((pageNo - 1) * pageSize).prefix(pageSize)

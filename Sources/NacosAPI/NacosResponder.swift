@@ -19,8 +19,18 @@ public final class NacosResponder: HTTPResponder {
     let logger: Logger
     /// Milliseconds a client is told to wait between list polls (no UDP push: keep it short).
     let cacheMillis: Int
+    /// Configs only administrators may change (Switchyard's own).
+    let protectedKeys: Set<ConfigKey>
 
-    public init(registry: Registry, configs: ConfigCenter, auth: NacosAuth, logger: Logger, cacheMillis: Int = 3000) {
+    public init(
+        registry: Registry,
+        configs: ConfigCenter,
+        auth: NacosAuth,
+        logger: Logger,
+        cacheMillis: Int = 3000,
+        protectedKeys: Set<ConfigKey> = []
+    ) {
+        self.protectedKeys = protectedKeys
         self.registry = registry
         self.configs = configs
         self.auth = auth

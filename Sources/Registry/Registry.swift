@@ -36,6 +36,8 @@ public final class Registry: Sendable {
     }
 
     private let state = NIOLockedValueBox(State())
+    /// Held across a store write and the memory change that follows it, so the two never disagree.
+    private let writes = NIOLock()
     let store: any RegistryStore
     let clock: any MonotonicClock
     let wallMillis: @Sendable () -> Int64
@@ -91,45 +93,60 @@ public final class Registry: Sendable {
     /// Registers (or replaces) an instance; the service is created when it is new.
     public func register(_ instance: Instance, in service: ServiceName) throws(RegistryError) {
         try Self.validate(instance)
-        if !instance.ephemeral { try persist { try store.save(instance: instance, of: service) } }
-        let now = clock.nowNanos(), millis = wallMillis()
-        state.withLockedValue { s in
-            s.services[service, default: Entry(settings: ServiceSettings(name: service), explicit: false, changedMillis: millis)]
-                .instances[instance.address] = Held(instance: instance, lastBeat: now)
-            s.services[service]?.changedMillis = millis
+        try writing { () throws(RegistryError) in
+            if let existing = self.instance(instance.address, in: service), existing.ephemeral != instance.ephemeral {
+                throw RegistryError(
+                    .conflict,
+                    "instance \(instance.address) of \(service) is registered as \(existing.ephemeral ? "ephemeral" : "persistent"); "
+                        + "its type cannot change (deregister it first)"
+                )
+            }
+            if !instance.ephemeral { try persist { try store.save(instance: instance, of: service) } }
+            let now = clock.nowNanos(), millis = wallMillis()
+            state.withLockedValue { s in
+                s.services[service, default: Entry(settings: ServiceSettings(name: service), explicit: false, changedMillis: millis)]
+                    .instances[instance.address] = Held(instance: instance, lastBeat: now)
+                s.services[service]?.changedMillis = millis
+            }
         }
         notify([service])
     }
 
     /// Removes an instance. Removing one that is not there is not an error (as in Nacos).
     public func deregister(_ address: InstanceAddress, in service: ServiceName) throws(RegistryError) {
-        let existing = state.withLockedValue { $0.services[service]?.instances[address]?.instance }
-        guard let existing else { return }
-        if !existing.ephemeral { try persist { try store.deleteInstance(address, of: service) } }
-        let millis = wallMillis()
-        state.withLockedValue { s in
-            s.services[service]?.instances[address] = nil
-            s.services[service]?.changedMillis = millis
-            if let entry = s.services[service], !entry.explicit, entry.instances.isEmpty { s.services[service] = nil }
+        let removed = try writing { () throws(RegistryError) -> Bool in
+            guard let existing = self.instance(address, in: service) else { return false }
+            if !existing.ephemeral { try persist { try store.deleteInstance(address, of: service) } }
+            let millis = wallMillis()
+            state.withLockedValue { s in
+                s.services[service]?.instances[address] = nil
+                s.services[service]?.changedMillis = millis
+                if let entry = s.services[service], !entry.explicit, entry.instances.isEmpty { s.services[service] = nil }
+            }
+            return true
         }
-        notify([service])
+        if removed { notify([service]) }
     }
 
-    /// Changes an instance's weight, enabled flag, health or metadata; it must exist.
+    /// Changes an instance's weight, enabled flag or metadata; it must exist. Its type and
+    /// health stay (health belongs to beats, checks and the health API).
     public func update(_ instance: Instance, in service: ServiceName) throws(RegistryError) {
         try Self.validate(instance)
-        guard let existing = self.instance(instance.address, in: service) else {
-            throw RegistryError(.notFound, "instance \(instance.address) of \(service) is not registered")
-        }
-        var updated = instance
-        updated.ephemeral = existing.ephemeral
-        if !updated.ephemeral { try persist { [updated] in try store.save(instance: updated, of: service) } }
-        let millis = wallMillis()
-        let changed = state.withLockedValue { s -> Bool in
-            guard s.services[service]?.instances[instance.address] != nil else { return false }
-            s.services[service]?.instances[instance.address]?.instance = updated
-            s.services[service]?.changedMillis = millis
-            return true
+        let changed = try writing { () throws(RegistryError) -> Bool in
+            guard let existing = self.instance(instance.address, in: service) else {
+                throw RegistryError(.notFound, "instance \(instance.address) of \(service) is not registered")
+            }
+            var updated = instance
+            updated.ephemeral = existing.ephemeral
+            updated.healthy = existing.healthy
+            if !updated.ephemeral { try persist { [updated] in try store.save(instance: updated, of: service) } }
+            let millis = wallMillis()
+            return state.withLockedValue { s -> Bool in
+                guard s.services[service]?.instances[instance.address] != nil else { return false }
+                s.services[service]?.instances[instance.address]?.instance = updated
+                s.services[service]?.changedMillis = millis
+                return true
+            }
         }
         if changed { notify([service]) }
     }
@@ -178,18 +195,21 @@ public final class Registry: Sendable {
 
     /// Sets an instance's health (server-side checks of persistent instances; the health API).
     public func setHealthy(_ healthy: Bool, _ address: InstanceAddress, in service: ServiceName) throws(RegistryError) {
-        guard var instance = self.instance(address, in: service) else {
-            throw RegistryError(.notFound, "instance \(address) of \(service) is not registered")
+        let changed = try writing { () throws(RegistryError) -> Bool in
+            guard var instance = self.instance(address, in: service) else {
+                throw RegistryError(.notFound, "instance \(address) of \(service) is not registered")
+            }
+            guard instance.healthy != healthy else { return false }
+            instance.healthy = healthy
+            if !instance.ephemeral { try persist { [instance] in try store.save(instance: instance, of: service) } }
+            let millis = wallMillis()
+            state.withLockedValue { s in
+                s.services[service]?.instances[address]?.instance.healthy = healthy
+                s.services[service]?.changedMillis = millis
+            }
+            return true
         }
-        guard instance.healthy != healthy else { return }
-        instance.healthy = healthy
-        if !instance.ephemeral { try persist { [instance] in try store.save(instance: instance, of: service) } }
-        let millis = wallMillis()
-        state.withLockedValue { s in
-            s.services[service]?.instances[address]?.instance.healthy = healthy
-            s.services[service]?.changedMillis = millis
-        }
-        notify([service])
+        if changed { notify([service]) }
     }
 
     /// Ephemeral instances without a beat for their timeout become unhealthy; past their
@@ -257,19 +277,21 @@ public final class Registry: Sendable {
 
     public func createService(_ settings: ServiceSettings) throws(RegistryError) {
         try Self.validate(settings)
-        if state.withLockedValue({ $0.services[settings.name]?.explicit == true }) {
-            throw RegistryError(.conflict, "service \(settings.name) already exists")
-        }
-        try persist { try store.save(service: settings) }
-        let millis = wallMillis()
-        state.withLockedValue { s in
-            if var entry = s.services[settings.name] {
-                entry.settings = settings
-                entry.explicit = true
-                entry.changedMillis = millis
-                s.services[settings.name] = entry
-            } else {
-                s.services[settings.name] = Entry(settings: settings, explicit: true, changedMillis: millis)
+        try writing { () throws(RegistryError) in
+            if state.withLockedValue({ $0.services[settings.name]?.explicit == true }) {
+                throw RegistryError(.conflict, "service \(settings.name) already exists")
+            }
+            try persist { try store.save(service: settings) }
+            let millis = wallMillis()
+            state.withLockedValue { s in
+                if var entry = s.services[settings.name] {
+                    entry.settings = settings
+                    entry.explicit = true
+                    entry.changedMillis = millis
+                    s.services[settings.name] = entry
+                } else {
+                    s.services[settings.name] = Entry(settings: settings, explicit: true, changedMillis: millis)
+                }
             }
         }
         notify([settings.name])
@@ -277,28 +299,35 @@ public final class Registry: Sendable {
 
     public func updateService(_ settings: ServiceSettings) throws(RegistryError) {
         try Self.validate(settings)
-        guard state.withLockedValue({ $0.services[settings.name] != nil }) else {
-            throw RegistryError(.notFound, "service \(settings.name) does not exist")
-        }
-        try persist { try store.save(service: settings) }
-        let millis = wallMillis()
-        state.withLockedValue { s in
-            s.services[settings.name]?.settings = settings
-            s.services[settings.name]?.explicit = true
-            s.services[settings.name]?.changedMillis = millis
+        try writing { () throws(RegistryError) in
+            guard state.withLockedValue({ $0.services[settings.name] != nil }) else {
+                throw RegistryError(.notFound, "service \(settings.name) does not exist")
+            }
+            try persist { try store.save(service: settings) }
+            let millis = wallMillis()
+            state.withLockedValue { s in
+                s.services[settings.name]?.settings = settings
+                s.services[settings.name]?.explicit = true
+                s.services[settings.name]?.changedMillis = millis
+            }
         }
         notify([settings.name])
     }
 
     /// Deletes a service; only one without instances (as in Nacos).
     public func deleteService(_ name: ServiceName) throws(RegistryError) {
-        let count = state.withLockedValue { $0.services[name]?.instances.count }
-        guard let count else { throw RegistryError(.notFound, "service \(name) does not exist") }
-        guard count == 0 else {
-            throw RegistryError(.conflict, "service \(name) still has \(count) instance(s); deregister them first")
+        try writing { () throws(RegistryError) in
+            let count = state.withLockedValue { $0.services[name]?.instances.count }
+            guard let count else { throw RegistryError(.notFound, "service \(name) does not exist") }
+            guard count == 0 else {
+                throw RegistryError(.conflict, "service \(name) still has \(count) instance(s); deregister them first")
+            }
+            try persist { try store.deleteService(name) }
+            // A beat may have brought an ephemeral instance back meanwhile: keep the entry then.
+            state.withLockedValue { s in
+                if s.services[name]?.instances.isEmpty == true { s.services[name] = nil }
+            }
         }
-        try persist { try store.deleteService(name) }
-        state.withLockedValue { _ = $0.services.removeValue(forKey: name) }
         notify([name])
     }
 
@@ -331,6 +360,8 @@ public final class Registry: Sendable {
     /// Re-reads the store (after it was restarted or reconnected). Ephemeral instances stay;
     /// the stored part is replaced. Watchers hear `.resync` for every service.
     public func resyncFromStore() throws(RegistryError) {
+        writes.lock()
+        defer { writes.unlock() }
         let contents: RegistryContents
         do { contents = try store.loadRegistry() } catch {
             throw RegistryError(.storage, "cannot read the registry store: \(error)")
@@ -367,25 +398,31 @@ public final class Registry: Sendable {
 
     public func createNamespace(_ namespace: Namespace) throws(RegistryError) {
         if let problem = Self.nameProblem(namespace.id) { throw RegistryError(.invalid, "namespace id: \(problem)") }
-        if namespaceExists(namespace.id) { throw RegistryError(.conflict, "namespace \(namespace.id) already exists") }
-        try persist { try store.save(namespace: namespace) }
-        state.withLockedValue { $0.namespaces[namespace.id] = namespace }
+        try writing { () throws(RegistryError) in
+            if namespaceExists(namespace.id) { throw RegistryError(.conflict, "namespace \(namespace.id) already exists") }
+            try persist { try store.save(namespace: namespace) }
+            state.withLockedValue { $0.namespaces[namespace.id] = namespace }
+        }
     }
 
     public func updateNamespace(_ namespace: Namespace) throws(RegistryError) {
-        guard state.withLockedValue({ $0.namespaces[namespace.id] != nil }) else {
-            throw RegistryError(.notFound, "namespace \(namespace.id) does not exist")
+        try writing { () throws(RegistryError) in
+            guard state.withLockedValue({ $0.namespaces[namespace.id] != nil }) else {
+                throw RegistryError(.notFound, "namespace \(namespace.id) does not exist")
+            }
+            try persist { try store.save(namespace: namespace) }
+            state.withLockedValue { $0.namespaces[namespace.id] = namespace }
         }
-        try persist { try store.save(namespace: namespace) }
-        state.withLockedValue { $0.namespaces[namespace.id] = namespace }
     }
 
     public func deleteNamespace(_ id: String) throws(RegistryError) {
-        guard state.withLockedValue({ $0.namespaces[id] != nil }) else {
-            throw RegistryError(.notFound, "namespace \(id) does not exist")
+        try writing { () throws(RegistryError) in
+            guard state.withLockedValue({ $0.namespaces[id] != nil }) else {
+                throw RegistryError(.notFound, "namespace \(id) does not exist")
+            }
+            try persist { try store.deleteNamespace(id: id) }
+            state.withLockedValue { _ = $0.namespaces.removeValue(forKey: id) }
         }
-        try persist { try store.deleteNamespace(id: id) }
-        state.withLockedValue { _ = $0.namespaces.removeValue(forKey: id) }
     }
 
     // MARK: - Users
@@ -395,17 +432,27 @@ public final class Registry: Sendable {
 
     public func save(user: RegistryUser) throws(RegistryError) {
         if let problem = Self.nameProblem(user.username) { throw RegistryError(.invalid, "username: \(problem)") }
-        try persist { try store.save(user: user) }
-        state.withLockedValue { $0.users[user.username] = user }
+        try writing { () throws(RegistryError) in
+            try persist { try store.save(user: user) }
+            state.withLockedValue { $0.users[user.username] = user }
+        }
     }
 
     public func deleteUser(_ username: String) throws(RegistryError) {
-        guard user(username) != nil else { throw RegistryError(.notFound, "user \(username) does not exist") }
-        try persist { try store.deleteUser(username: username) }
-        state.withLockedValue { _ = $0.users.removeValue(forKey: username) }
+        try writing { () throws(RegistryError) in
+            guard user(username) != nil else { throw RegistryError(.notFound, "user \(username) does not exist") }
+            try persist { try store.deleteUser(username: username) }
+            state.withLockedValue { _ = $0.users.removeValue(forKey: username) }
+        }
     }
 
     // MARK: - Validation and storage
+
+    private func writing<T>(_ body: () throws(RegistryError) -> T) throws(RegistryError) -> T {
+        writes.lock()
+        defer { writes.unlock() }
+        return try body()
+    }
 
     private func persist(_ body: () throws -> Void) throws(RegistryError) {
         do { try body() } catch let e as RegistryError { throw e } catch {
@@ -421,6 +468,14 @@ public final class Registry: Sendable {
         if instance.ip.isEmpty { return "ip is required" }
         if !(1...65535).contains(instance.port) { return "port must be between 1 and 65535 (got \(instance.port))" }
         if !(0...10_000).contains(instance.weight) || instance.weight.isNaN { return "weight must be between 0 and 10000" }
+        if let check = instance.metadata["health.check"], !["tcp", "http"].contains(check.lowercased()) {
+            return "metadata health.check must be tcp or http (got \"\(check)\")"
+        }
+        if let path = instance.metadata["health.path"],
+            !path.hasPrefix("/") || !path.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F })
+        {
+            return "metadata health.path must be a path starting with / without spaces or control characters"
+        }
         return nil
     }
 

@@ -17,11 +17,15 @@ public final class SQLiteStore: RegistryStore, ConfigStore {
         if !dir.isEmpty {
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         }
+        // The database and its WAL and shared-memory files hold password digests and configs:
+        // owner only, from their first byte (SQLite keeps the mode of files that exist).
+        for file in [path, path + "-wal", path + "-shm"] where !FileManager.default.fileExists(atPath: file) {
+            FileManager.default.createFile(atPath: file, contents: nil, attributes: [.posixPermissions: 0o600])
+        }
         var config = Configuration()
         config.busyMode = .timeout(5)
         db = try DatabasePool(path: path, configuration: config)  // a pool runs in WAL mode
         try Self.migrator.migrate(db)
-        chmod(path, 0o600)
     }
 
     static var migrator: DatabaseMigrator {

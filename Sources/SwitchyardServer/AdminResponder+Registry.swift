@@ -144,6 +144,13 @@ extension AdminResponder {
             } catch {
                 return .error(.serviceUnavailable, "storage", error.message)
             }
+        case (.POST, "/admin/registry/resync"):
+            do {
+                try registry.resyncFromStore()
+            } catch {
+                return .error(.serviceUnavailable, "storage", error.message)
+            }
+            return .json(.ok, "{\"status\":\"resynced\"}")
         case (.POST, "/admin/registry/rollback"):
             let decoder = JSONDecoder()
             decoder.keyDecodingStrategy = .convertFromSnakeCase
@@ -167,7 +174,7 @@ extension AdminResponder {
             return .error(
                 .notFound,
                 "not_found",
-                "registry endpoints: GET /admin/registry/services|instances|configs|history, POST /admin/registry/rollback"
+                "registry endpoints: GET /admin/registry/services|instances|configs|history, POST /admin/registry/rollback|resync"
             )
         }
     }

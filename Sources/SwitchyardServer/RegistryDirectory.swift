@@ -54,9 +54,10 @@ final class RegistryView: Sendable {
     }
 
     func refresh(_ name: ServiceName, _ change: RegistryChange) {
-        let fresh = Self.usable(registry.list(name))
         let now = clock.nowNanos()
         let doubted = entries.withLockedValue { entries -> Int? in
+            // Read under this lock: two refreshes racing could otherwise store the older list last.
+            let fresh = Self.usable(registry.list(name))
             if fresh.isEmpty, change == .resync, graceNanos > 0, let old = entries[name], !old.instances.isEmpty {
                 if old.protectedUntil == nil { entries[name]?.protectedUntil = now + graceNanos }
                 return old.instances.count

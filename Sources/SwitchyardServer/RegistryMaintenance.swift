@@ -14,25 +14,40 @@ struct RegistryMaintenance: Service {
     let healthCheckIntervalSeconds: Double
     let logger: Logger
 
+    /// Health checks in flight at once (each holds a connection).
+    static let checksAtOnce = 64
+
     func run() async throws {
-        var sinceCheck = Double.infinity
-        while !Task.isCancelled && !Task.isShuttingDownGracefully {
-            let (unhealthy, removed) = registry.sweep()
-            if unhealthy + removed > 0 {
-                logger.info("instances without beats", metadata: ["now_unhealthy": "\(unhealthy)", "removed": "\(removed)"])
+        // Two loops: a slow health check must not delay the sweep (the beat timeline is ±0.5 s).
+        await withTaskGroup(of: Void.self) { loops in
+            loops.addTask {
+                while !Task.isCancelled && !Task.isShuttingDownGracefully {
+                    let (unhealthy, removed) = registry.sweep()
+                    if unhealthy + removed > 0 {
+                        logger.info("instances without beats", metadata: ["now_unhealthy": "\(unhealthy)", "removed": "\(removed)"])
+                    }
+                    try? await Task.sleep(nanoseconds: 500_000_000)
+                }
             }
-            if healthCheckIntervalSeconds > 0 && sinceCheck >= healthCheckIntervalSeconds {
-                sinceCheck = 0
-                await checkPersistentInstances()
+            if healthCheckIntervalSeconds > 0 {
+                loops.addTask {
+                    while !Task.isCancelled && !Task.isShuttingDownGracefully {
+                        await checkPersistentInstances()
+                        try? await Task.sleep(nanoseconds: UInt64(healthCheckIntervalSeconds * 1e9))
+                    }
+                }
             }
-            try? await Task.sleep(nanoseconds: 500_000_000)
-            sinceCheck += 0.5
         }
     }
 
     func checkPersistentInstances() async {
         let targets = registry.snapshot().flatMap { name, instances in instances.filter { !$0.ephemeral }.map { (name, $0) } }
-        guard !targets.isEmpty else { return }
+        for start in stride(from: 0, to: targets.count, by: Self.checksAtOnce) {
+            await check(targets[start..<min(targets.count, start + Self.checksAtOnce)])
+        }
+    }
+
+    func check(_ targets: ArraySlice<(ServiceName, Instance)>) async {
         await withTaskGroup(of: Void.self) { tasks in
             for (name, instance) in targets {
                 tasks.addTask {

@@ -54,6 +54,8 @@ public final class SwitchyardApplication: Sendable {
     /// The configuration from the file (or the embedded defaults) before the config center's
     /// sections are laid over it.
     private let fileConfiguration: NIOLockedValueBox<SwitchyardConfiguration>
+    /// One config-center change applied at a time, each reading the content current then.
+    private let overlayApplying = NIOLock()
 
     public var deadLetters: DeadLetterList { shared.deadLetters }
     public var ledger: MessageLedger { shared.ledger }
@@ -128,7 +130,13 @@ public final class SwitchyardApplication: Sendable {
                 group: group,
                 // A config travels form-encoded (up to three bytes per byte) with its other fields.
                 maxBodyBytes: registryConfig.maxConfigBytes * 3 + (64 << 10),
-                responder: NacosResponder(registry: registry, configs: configs, auth: auth, logger: logger.with("listener", "nacos")),
+                responder: NacosResponder(
+                    registry: registry,
+                    configs: configs,
+                    auth: auth,
+                    logger: logger.with("listener", "nacos"),
+                    protectedKeys: Set([Self.selfConfigKey(registryConfig)].compactMap { $0 })
+                ),
                 logger: logger.with("listener", "nacos")
             )
             registryMaintenance = RegistryMaintenance(
@@ -262,7 +270,11 @@ public final class SwitchyardApplication: Sendable {
                     return error.description
                 }
             }
-            configs.watch(key) { [weak self] item in self?.applyConfigCenter(item?.content) }
+            // Re-read when told: two publishes' notices may arrive out of order; the current content is what counts.
+            configs.watch(key) { [weak self] _ in
+                guard let self else { return }
+                self.overlayApplying.withLock { self.applyConfigCenter(configs.get(key)?.content) }
+            }
         }
     }
 

@@ -242,10 +242,28 @@ import Testing
         let badMeta = try await Self.call("POST", port, "/nacos/v1/ns/instance?serviceName=orders&ip=10.0.0.1&port=1&metadata=%7Bnope")
         #expect(badMeta.status == 400)
         #expect(try await Self.call("GET", port, "/nacos/v1/ns/nothing").status == 404)
+        let hugePage = try await Self.call("GET", port, "/nacos/v1/ns/service/list?pageNo=9223372036854775807&pageSize=10000")
+        #expect(hugePage.status == 200 && hugePage.body.contains(#""doms":[]"#), "\(hugePage.body)")
+        let typeChange = try await Self.call("POST", port, "/nacos/v1/ns/instance?serviceName=orders&ip=10.0.0.9&port=8080&ephemeral=false")
+        #expect(typeChange.status == 400 && typeChange.body.contains("type cannot change"), "\(typeChange.body)")
+        let injected = Self.encode(#"{"health.check":"http","health.path":"/\r\nFLUSHALL"}"#)
+        let crlf = try await Self.call(
+            "POST",
+            port,
+            "/nacos/v1/ns/instance?serviceName=db&ip=127.0.0.1&port=6379&ephemeral=false&metadata=\(injected)"
+        )
+        #expect(crlf.status == 400 && crlf.body.contains("health.path"), "\(crlf.body)")
+        let tagged = try await Self.call(
+            "POST",
+            port,
+            "/nacos/v1/cs/configs",
+            form: [("dataId", "a"), ("group", "G"), ("content", "x"), ("tag", "t1")]
+        )
+        #expect(tagged.status == 400 && tagged.body.contains("tag"))
     }
 
     @Test func withAuthEveryEndpointNeedsATokenAndNamespacesAreIsolated() async throws {
-        let server = try await TestServer.start("registry: {auth: \"on\"}")
+        let server = try await TestServer.start("registry: {auth: \"on\", config: {data_id: switchyard.yaml}}")
         let port = try await Self.nacosPort(server)
         for (method, path) in [
             ("GET", "/nacos/v1/console/namespaces"), ("GET", "/nacos/v1/ns/instance/list?serviceName=x"),
@@ -301,6 +319,21 @@ import Testing
         #expect(
             try await Self.call("POST", port, "/nacos/v1/ns/instance?serviceName=s&ip=1.1.1.1&port=1&namespaceId=team-b&accessToken=\(alice)").status
                 == 403
+        )
+        // Switchyard's own config (registry.config) is for administrators only, even in a namespace one may write.
+        try #require(
+            try await Self.call(
+                "POST",
+                port,
+                "/nacos/v1/auth/permissions?accessToken=\(adminToken)",
+                form: [("username", "alice"), ("namespace", "public"), ("action", "rw")]
+            ).status == 200
+        )
+        let own = [("dataId", "switchyard.yaml"), ("group", "SWITCHYARD"), ("content", "routes: []")]
+        #expect(try await Self.call("POST", port, "/nacos/v1/cs/configs?accessToken=\(alice)", form: own).status == 403)
+        #expect(
+            try await Self.call("POST", port, "/nacos/v1/cs/configs?accessToken=\(alice)", form: [("dataId", "x"), ("group", "G"), ("content", "y")])
+                .body == "true"
         )
         let visible = try await Self.call("GET", port, "/nacos/v1/console/namespaces?accessToken=\(alice)")
         #expect(visible.body.contains("team-a") && !visible.body.contains("team-b"))
@@ -428,5 +461,9 @@ import Testing
         #expect(fallback.last?.uri == "/in/d-gray")
         #expect(fallback.last?.header("x-switchyard-lane-fallback") == "true")
         #expect(gray.received.count == 1)
+        // A resync re-reads the store; the ephemeral baseline instance stays.
+        #expect(try await server.admin("POST", "/admin/registry/resync").status == 200)
+        #expect(try await server.post("devices/p/d-base/telemetry").status == 202)
+        #expect(await baseline.waitFor(count: 3).count == 3)
     }
 }
