@@ -134,6 +134,16 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "Gateway",
+            dependencies: [
+                "SwitchyardCore", "Controller", "Router", "HTTPIngress",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "HTTPForwarder",
             dependencies: [
                 "SwitchyardCore",
@@ -171,7 +181,7 @@ let package = Package(
             dependencies: [
                 "DeviceRegistry",
                 "MQTTBroker",
-                "Registry", "ConfigCenter", "SQLiteStore", "NacosAPI",
+                "Registry", "ConfigCenter", "SQLiteStore", "NacosAPI", "Gateway",
                 "SwitchyardCore", "SwitchyardConfig", "Controller", "Router", "HTTPForwarder", "HTTPIngress",
                 "Telemetry", "Journal",
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -100,6 +100,8 @@ public final class HTTPServer: Service {
     let logger: Logger
     let drainSeconds: Double
     let onBodyTooLarge: @Sendable (IncomingRequestSummary) -> Void
+    /// Requests it takes stream through (the gateway); the rest go to `responder`.
+    let streaming: (any HTTPStreamingResponder)?
     private let bound: EventLoopPromise<SocketAddress>
     private let connections = NIOLockedValueBox([ObjectIdentifier: any Channel]())
     private let busy = Atomic<Int>(0)
@@ -112,9 +114,11 @@ public final class HTTPServer: Service {
         responder: any HTTPResponder,
         logger: Logger,
         drainSeconds: Double = 5,
+        streaming: (any HTTPStreamingResponder)? = nil,
         onBodyTooLarge: @escaping @Sendable (IncomingRequestSummary) -> Void = { _ in }
     ) {
         self.onBodyTooLarge = onBodyTooLarge
+        self.streaming = streaming
         self.host = host
         self.port = port
         self.group = group
@@ -200,6 +204,10 @@ final class RequestHandler: ChannelInboundHandler {
     /// Answers completed later (after the journal commit) are flushed once per event-loop task
     /// that completes them, so a burst of commits costs one write per connection, not one each.
     private var flushScheduled = false
+    /// A streamed exchange: the session the request's body goes to (until the request ends),
+    /// and the one whose answer is being written (until it ends).
+    private var requestSession: (any HTTPStreamSession)?
+    private var responseSession: (any HTTPStreamSession)?
 
     init(server: HTTPServer, maxBodyBytes: Int) {
         self.server = server
@@ -217,8 +225,20 @@ final class RequestHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         reading = true
-        switch unwrapInboundIn(data) {
+        let part = unwrapInboundIn(data)
+        if let session = requestSession {
+            switch part {
+            case .head: break  // the pipeline handler holds the next request until this answer ends
+            case .body(let chunk): session.body(chunk)
+            case .end:
+                requestSession = nil
+                session.end()
+            }
+            return
+        }
+        switch part {
         case .head(let h):
+            if let streaming = server.streaming, startStream(streaming, h, context: context) { return }
             head = h
             body = nil
             tooLarge = false
@@ -276,6 +296,41 @@ final class RequestHandler: ChannelInboundHandler {
     /// flushed a 400; the connection cannot be resynchronised, so close it.
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         context.close(promise: nil)
+    }
+
+    private func startStream(_ streaming: any HTTPStreamingResponder, _ head: HTTPRequestHead, context: ChannelHandlerContext) -> Bool {
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let writer = HTTPResponseWriter(context: context, keepAlive: head.isKeepAlive) { _ in
+            let handler = loopBound.value
+            // Answered at once (no session yet), or the client left first: nothing to count.
+            guard handler.responseSession != nil else { return }
+            handler.responseSession = nil
+            handler.server.requestFinished()
+            // Reading may have been paused for the upstream's sake: the next request needs it.
+            context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+        }
+        guard let session = streaming.session(for: head, remoteAddress: context.channel.remoteAddress, writer: writer) else { return false }
+        requestSession = session
+        if !writer.done {
+            responseSession = session
+            server.requestStarted()
+        }
+        return true
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        responseSession?.clientWritabilityChanged(context.channel.isWritable)
+        context.fireChannelWritabilityChanged()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        requestSession = nil
+        if let session = responseSession {
+            responseSession = nil
+            session.cancel()
+            server.requestFinished()
+        }
+        context.fireChannelInactive()
     }
 
     private func write(_ response: OutgoingResponse, keepAlive: Bool, context: ChannelHandlerContext) {

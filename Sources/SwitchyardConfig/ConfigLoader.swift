@@ -66,7 +66,7 @@ public enum ConfigLoader {
     // MARK: - Sections
 
     static let sections = [
-        "node", "listeners", "channels", "filters", "tags", "lanes", "routes", "services", "registry", "journal", "telemetry",
+        "node", "listeners", "channels", "filters", "tags", "lanes", "routes", "services", "registry", "gateway", "journal", "telemetry",
     ]
 
     static func read(_ root: Node?, _ r: inout ConfigReader) -> SwitchyardConfiguration {
@@ -220,6 +220,30 @@ public enum ConfigLoader {
         if let v = r.string(source["data_id"], "registry.config.data_id") { c.registry.configDataID = v }
         if let v = r.string(source["group"], "registry.config.group") { c.registry.configGroup = v }
         if let v = r.string(source["tenant"], "registry.config.tenant") { c.registry.configTenant = v == "public" ? "" : v }
+        let gateway = r.mapping(top["gateway"], "gateway", allowed: ["routes", "trusted_cidrs"])
+        if gateway["trusted_cidrs"] != nil { c.gateway.trustedCIDRs = r.strings(gateway["trusted_cidrs"], "gateway.trusted_cidrs") }
+        c.gateway.routes = r.sequence(gateway["routes"], "gateway.routes").enumerated().map { i, node in
+            let p = "gateway.routes[\(i)]"
+            let m = r.mapping(
+                node,
+                p,
+                allowed: ["name", "hosts", "path_prefix", "methods", "service", "namespace", "group", "strip_prefix", "timeout"]
+            )
+            var route = SwitchyardConfiguration.GatewayRoute(
+                name: r.string(m["name"], "\(p).name") ?? "",
+                service: r.string(m["service"], "\(p).service") ?? ""
+            )
+            if m["name"] == nil { r.fail("\(p).name", "missing: every route needs a name", node) }
+            if m["service"] == nil { r.fail("\(p).service", "missing: the service requests go to", node) }
+            if m["hosts"] != nil { route.hosts = r.strings(m["hosts"], "\(p).hosts").map { $0.lowercased() } }
+            if let v = r.string(m["path_prefix"], "\(p).path_prefix") { route.pathPrefix = v }
+            if m["methods"] != nil { route.methods = r.strings(m["methods"], "\(p).methods").map { $0.uppercased() } }
+            if let v = r.string(m["namespace"], "\(p).namespace") { route.namespace = v.isEmpty ? "public" : v }
+            if let v = r.string(m["group"], "\(p).group") { route.group = v.isEmpty ? "DEFAULT_GROUP" : v }
+            if let v = r.bool(m["strip_prefix"], "\(p).strip_prefix") { route.stripPrefix = v }
+            if let v = r.duration(m["timeout"], "\(p).timeout", range: 0.001...3600) { route.timeoutSeconds = v }
+            return route
+        }
         let journal = r.mapping(
             top["journal"],
             "journal",
@@ -334,9 +358,12 @@ public enum ConfigLoader {
                 r.fail("\(path).fallback", "must be baseline or strict, got \"\(f)\"", m["fallback"])
             }
         }
-        let e = r.mapping(m["entry"], "\(path).entry", allowed: ["devices", "products", "tags", "percentage", "hash_key"])
+        let e = r.mapping(m["entry"], "\(path).entry", allowed: ["devices", "products", "tags", "percentage", "hash_key", "headers"])
         if e.isEmpty {
-            r.fail("\(path).entry", "no entry rule: give devices, products, tags or percentage", m["entry"] ?? node)
+            r.fail("\(path).entry", "no entry rule: give devices, products, tags, percentage or headers", m["entry"] ?? node)
+        }
+        for (name, node) in r.namedMapping(e["headers"], "\(path).entry.headers") {
+            lane.headers[name.lowercased()] = r.strings(node, "\(path).entry.headers.\(name)")
         }
         lane.devices = r.strings(e["devices"], "\(path).entry.devices")
         lane.products = r.strings(e["products"], "\(path).entry.products")
@@ -476,6 +503,23 @@ public enum ConfigLoader {
                     )
                 }
             }
+        }
+        var gatewayRouteNames: Set<String> = []
+        for (i, route) in c.gateway.routes.enumerated() {
+            let p = "gateway.routes[\(i)]"
+            if !route.name.isEmpty && !gatewayRouteNames.insert(route.name).inserted {
+                r.fail("\(p).name", "route \"\(route.name)\" is declared twice", nil)
+            }
+            if !route.pathPrefix.hasPrefix("/") { r.fail("\(p).path_prefix", "must start with \"/\"", nil) }
+            if !route.service.isEmpty && c.services[route.service] == nil && !c.registry.enabled {
+                r.fail("\(p).service", "unknown service \"\(route.service)\"; define it under services (or turn the registry on)", nil)
+            }
+            for (j, m) in route.methods.enumerated() where !m.allSatisfy({ $0.isLetter }) {
+                r.fail("\(p).methods[\(j)]", "\"\(m)\" is not an HTTP method", nil)
+            }
+        }
+        for (i, cidr) in c.gateway.trustedCIDRs.enumerated() {
+            do { _ = try CIDR(cidr) } catch { r.fail("gateway.trusted_cidrs[\(i)]", "\(error)", nil) }
         }
         var routeNames: Set<String> = []
         for (i, route) in c.routes.enumerated() {

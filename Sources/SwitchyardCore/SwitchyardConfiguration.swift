@@ -12,6 +12,7 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
     public var routes: [RouteRule] = []
     public var services: [String: ServiceRule] = [:]
     public var registry = Registry()
+    public var gateway = Gateway()
     public var journal = Journal()
     public var telemetry = Telemetry()
 
@@ -177,7 +178,38 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
         public var tags: [String: String] = [:]
         public var percentage: Double?
         public var hashKey = HashKey.device
+        /// Requests through the gateway: a header (lower-case name) with one of these values admits.
+        public var headers: [String: [String]] = [:]
         public init(name: String) { self.name = name }
+    }
+
+    /// The API gateway on the HTTP listener: requests matching a route stream to a service.
+    public struct Gateway: Sendable, Equatable {
+        public var routes: [GatewayRoute] = []
+        /// Callers from these networks may bring their lane (`x-switchyard-lane`, baggage
+        /// `lane=`); from anyone else it is removed and the entry rules decide.
+        public var trustedCIDRs: [String] = ["127.0.0.0/8", "::1/128"]
+        public init() {}
+    }
+
+    public struct GatewayRoute: Sendable, Equatable {
+        public var name: String
+        /// Host names (`*.example.com` for any subdomain); empty: any host.
+        public var hosts: [String] = []
+        public var pathPrefix = "/"
+        /// Empty: any method.
+        public var methods: [String] = []
+        public var service: String
+        public var namespace = "public"
+        public var group = "DEFAULT_GROUP"
+        /// Remove the prefix before forwarding (`/api/orders/1` → `/1`).
+        public var stripPrefix = false
+        /// Until the upstream's response head arrives.
+        public var timeoutSeconds = 30.0
+        public init(name: String, service: String) {
+            self.name = name
+            self.service = service
+        }
     }
 
     public struct RouteRule: Sendable, Equatable {

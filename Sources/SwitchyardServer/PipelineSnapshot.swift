@@ -1,6 +1,7 @@
 // SwitchyardServer: the composition root. Turns a configuration into running services
 // (listeners, reload watcher) in one ServiceGroup and owns their shutdown order.
 import Controller
+import Gateway
 import Logging
 import Router
 import SwitchyardCore
@@ -12,11 +13,13 @@ final class PipelineSnapshot: Sendable {
     let controller: Controller
     let router: Router
     let directory: RoutingDirectory
+    let gateway: GatewaySnapshot
 
     init(configuration: SwitchyardConfiguration, shared: SharedParts, previous: PipelineSnapshot?) throws {
         self.configuration = configuration
         controller = try Controller(config: configuration, clock: shared.clock, previous: previous?.controller)
         directory = RoutingDirectory(configuration: configuration, view: shared.registryView)
+        gateway = GatewaySnapshot(configuration: configuration, directory: directory)
         router = try Router(
             configuration: configuration,
             directory: directory,

@@ -106,6 +106,9 @@ struct RoutingDirectory: ServiceDirectory {
                 bindings[t.service] = ServiceName(namespace: t.namespace, group: t.group, name: t.service)
             }
         }
+        for route in configuration.gateway.routes where fixed[route.service] == nil {
+            bindings[route.service] = ServiceName(namespace: route.namespace, group: route.group, name: route.service)
+        }
         self.fixed = fixed
         self.bindings = bindings
         self.view = view

@@ -2,6 +2,7 @@ public import ConfigCenter
 import Controller
 public import DeviceRegistry
 import Foundation
+import Gateway
 import HTTPForwarder
 import HTTPIngress
 import Journal
@@ -200,6 +201,7 @@ public final class SwitchyardApplication: Sendable {
                     ledger.receivedAndRejected(channel: "http", reason: reason)
                 },
                 logger: logger.with("listener", "http"),
+                streaming: GatewayResponder(snapshot: { [pipeline] in pipeline.snapshot.gateway }),
                 onBodyTooLarge: { summary in
                     // A batch too large is counted as one message: how many it held is unknown.
                     if summary.uri.hasPrefix(MessageIngestResponder.pathPrefix) || summary.uri.hasPrefix(MessageIngestResponder.batchPath) {

@@ -88,6 +88,34 @@ import Testing
         }
     }
 
+    @Test func gatewayRoutesAreValidated() {
+        let yaml = """
+            registry: {enabled: false}
+            lanes:
+              - {name: gray, entry: {headers: {X-User: tester}}}
+            gateway:
+              trusted_cidrs: [10.0.0.0/33]
+              routes:
+                - {name: a, path_prefix: api, service: nowhere, methods: ["GE T"]}
+                - {name: a, service: s}
+            services:
+              s: {instances: [{url: "http://127.0.0.1:1"}]}
+            """
+        let errs = errors(yaml)
+        for expected in [
+            "gateway.trusted_cidrs[0]:", "gateway.routes[0].path_prefix: must start with \"/\"",
+            "gateway.routes[0].service: unknown service \"nowhere\"", "gateway.routes[0].methods[0]:",
+            "gateway.routes[1].name: route \"a\" is declared twice",
+        ] {
+            #expect(errs.contains { $0.hasPrefix(expected) }, "missing: \(expected)\nin: \(errs)")
+        }
+        let ok = try? ConfigLoader.parse(
+            yaml: "lanes: [{name: gray, entry: {headers: {X-User: [a, b]}}}]\ngateway: {routes: [{name: r, service: x}]}"
+        )
+        #expect(ok?.lanes.first?.headers == ["x-user": ["a", "b"]])
+        #expect(ok?.gateway.routes.first?.pathPrefix == "/")
+    }
+
     @Test func lineNumbersAreReported() throws {
         do {
             _ = try ConfigLoader.parse(yaml: "node:\n  name: x\n  colour: blue\n")

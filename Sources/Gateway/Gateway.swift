@@ -1,0 +1,187 @@
+// Gateway: the API gateway on the HTTP listener. A request matching a gateway route streams
+// to an instance of the route's service chosen by its lane (trusted callers bring theirs;
+// for everyone else the lanes' header entry rules decide, once, at the edge), and the answer
+// streams back. Bodies are never collected: backpressure stops reading the side that is ahead.
+import Controller
+import Foundation
+public import HTTPIngress
+public import NIOCore
+import NIOHTTP1
+import Router
+public import SwitchyardCore
+
+/// Everything the gateway decides with, compiled from one configuration (swapped on reload).
+public struct GatewaySnapshot: Sendable {
+    let routes: [SwitchyardConfiguration.GatewayRoute]
+    let trusted: [CIDR]
+    let lanes: [SwitchyardConfiguration.LaneRule]
+    let laneNames: Set<String>
+    let resolver: LaneResolver
+    let directory: any ServiceDirectory
+
+    public init(configuration: SwitchyardConfiguration, directory: any ServiceDirectory) {
+        routes = configuration.gateway.routes
+        trusted = configuration.gateway.trustedCIDRs.compactMap { try? CIDR($0) }
+        lanes = configuration.lanes
+        laneNames = Set(configuration.lanes.map(\.name))
+        resolver = LaneResolver(lanes: configuration.lanes)
+        self.directory = directory
+    }
+
+    /// The first route whose host, path prefix and method match.
+    func route(for head: HTTPRequestHead) -> SwitchyardConfiguration.GatewayRoute? {
+        let path = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? head.uri
+        let host = Self.hostName(head.headers.first(name: "host"))
+        return routes.first { route in
+            (route.methods.isEmpty || route.methods.contains(head.method.rawValue))
+                && Self.path(path, hasPrefix: route.pathPrefix)
+                && (route.hosts.isEmpty || route.hosts.contains { Self.host(host, matches: $0) })
+        }
+    }
+
+    /// `/api` covers `/api` and `/api/…`, not `/apix`.
+    static func path(_ path: String, hasPrefix prefix: String) -> Bool {
+        guard path.hasPrefix(prefix) else { return false }
+        return prefix.hasSuffix("/") || path.count == prefix.count || path.dropFirst(prefix.count).first == "/"
+            || path.dropFirst(prefix.count).first == "?"
+    }
+
+    static func hostName(_ header: String?) -> String {
+        guard var host = header?.lowercased() else { return "" }
+        if host.hasPrefix("[") { return host.split(separator: "]").first.map { String($0) + "]" } ?? host }
+        if let colon = host.lastIndex(of: ":") { host = String(host[..<colon]) }
+        return host
+    }
+
+    static func host(_ host: String, matches pattern: String) -> Bool {
+        if pattern.hasPrefix("*.") { return host.hasSuffix(pattern.dropFirst(1)) && host.count > pattern.count - 1 }
+        return host == pattern
+    }
+
+    /// The request's lane: a trusted caller's own, else the first lane whose header rule admits it.
+    func lane(for head: HTTPRequestHead, from address: SocketAddress?) -> (lane: String?, why: String) {
+        let isTrusted = address.map { a in trusted.contains { $0.contains(a) } } ?? false
+        if isTrusted {
+            if let carried = head.headers.first(name: "x-switchyard-lane"), laneNames.contains(carried) {
+                return (carried, "carried by a trusted caller")
+            }
+            if let carried = Self.baggageLane(head.headers.first(name: "baggage")), laneNames.contains(carried) {
+                return (carried, "carried in baggage by a trusted caller")
+            }
+        }
+        for lane in lanes {
+            for (name, values) in lane.headers {
+                if let value = head.headers.first(name: name), values.contains(value) {
+                    return (lane.name, "header \(name) is \"\(value)\"")
+                }
+            }
+        }
+        return (nil, "no entry rule admits it")
+    }
+
+    static func baggageLane(_ baggage: String?) -> String? {
+        guard let baggage else { return nil }
+        for member in baggage.split(separator: ",") {
+            let kv = member.split(separator: "=", maxSplits: 1)
+            if kv.count == 2, kv[0].trimmingCharacters(in: .whitespaces) == "lane" {
+                return String(kv[1].split(separator: ";").first ?? "").trimmingCharacters(in: .whitespaces)
+            }
+        }
+        return nil
+    }
+}
+
+/// The streaming side of the HTTP listener: requests matching a gateway route become sessions.
+public final class GatewayResponder: HTTPStreamingResponder {
+    let snapshot: @Sendable () -> GatewaySnapshot
+
+    public init(snapshot: @escaping @Sendable () -> GatewaySnapshot) {
+        self.snapshot = snapshot
+    }
+
+    public func session(for head: HTTPRequestHead, remoteAddress: SocketAddress?, writer: HTTPResponseWriter) -> (any HTTPStreamSession)? {
+        let snapshot = self.snapshot()
+        guard let route = snapshot.route(for: head) else { return nil }
+        let (lane, _) = snapshot.lane(for: head, from: remoteAddress)
+        let instances = snapshot.directory.instances(of: route.service)
+        let chosen: [ServiceInstance]
+        var fellBack = false
+        switch snapshot.resolver.resolve(lane: lane, instances: instances) {
+        case .lane(let list): chosen = list
+        case .fallback(let list):
+            chosen = list
+            fellBack = true
+        case .laneUnavailable:
+            writer.respond(.error(.serviceUnavailable, "lane_unavailable", "service \(route.service) has no instance in lane \(lane ?? "baseline")"))
+            return GatewaySession.finished
+        case .noInstances:
+            writer.respond(.error(.serviceUnavailable, "no_instances", "service \(route.service) has no instance to serve the request"))
+            return GatewaySession.finished
+        }
+        let instance = Self.pick(chosen)
+        let upstreamHead = Self.upstreamHead(head, route: route, instance: instance, lane: lane, fellBack: fellBack, client: remoteAddress)
+        let session = GatewaySession(writer: writer, head: upstreamHead, instance: instance, timeout: route.timeoutSeconds)
+        session.start()
+        return session
+    }
+
+    /// Weighted random choice.
+    static func pick(_ instances: [ServiceInstance]) -> ServiceInstance {
+        let total = instances.reduce(0) { $0 + max(0, $1.weight) }
+        guard total > 0 else { return instances.randomElement()! }
+        var point = Int.random(in: 0..<total)
+        for instance in instances {
+            point -= max(0, instance.weight)
+            if point < 0 { return instance }
+        }
+        return instances[instances.count - 1]
+    }
+
+    static let hopByHop: Set<String> = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade", "proxy-authorization"]
+
+    static func upstreamHead(
+        _ head: HTTPRequestHead,
+        route: SwitchyardConfiguration.GatewayRoute,
+        instance: ServiceInstance,
+        lane: String?,
+        fellBack: Bool,
+        client: SocketAddress?
+    ) -> HTTPRequestHead {
+        var uri = head.uri
+        if route.stripPrefix, route.pathPrefix != "/", uri.hasPrefix(route.pathPrefix) {
+            uri = String(uri.dropFirst(route.pathPrefix.count))
+            if !uri.hasPrefix("/") { uri = "/" + uri }
+        }
+        var headers = HTTPHeaders()
+        for (name, value) in head.headers {
+            let lower = name.lowercased()
+            if hopByHop.contains(lower) || lower == "host" || lower.hasPrefix("x-switchyard-") { continue }
+            if lower == "baggage" {
+                // The lane in baggage is Switchyard's to set; other members pass.
+                let kept = value.split(separator: ",").filter { !$0.trimmingCharacters(in: .whitespaces).hasPrefix("lane=") }
+                if !kept.isEmpty { headers.add(name: name, value: kept.joined(separator: ",")) }
+                continue
+            }
+            headers.add(name: name, value: value)
+        }
+        headers.add(name: "host", value: instance.address)
+        if let original = head.headers.first(name: "host") { headers.replaceOrAdd(name: "x-forwarded-host", value: original) }
+        if let ip = client?.ipAddress {
+            let prior = head.headers.first(name: "x-forwarded-for")
+            headers.replaceOrAdd(name: "x-forwarded-for", value: prior.map { "\($0), \(ip)" } ?? ip)
+        }
+        if let lane {
+            // The original lane travels on even where this hop fell back, so the next hop returns to it.
+            headers.add(name: "x-switchyard-lane", value: lane)
+            let baggage = headers.first(name: "baggage")
+            headers.replaceOrAdd(name: "baggage", value: baggage.map { "lane=\(lane),\($0)" } ?? "lane=\(lane)")
+        }
+        if fellBack { headers.add(name: "x-switchyard-lane-fallback", value: "true") }
+        if TraceContext(traceparent: head.headers.first(name: "traceparent")) == nil {
+            headers.replaceOrAdd(name: "traceparent", value: TraceContext.generate().traceparent)
+        }
+        // One upstream connection per request for now: say so.
+        headers.replaceOrAdd(name: "connection", value: "close")
+        return HTTPRequestHead(version: .http1_1, method: head.method, uri: instance.basePath + uri, headers: headers)
+    }
+}

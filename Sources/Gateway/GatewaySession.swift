@@ -1,0 +1,191 @@
+import HTTPIngress
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import SwitchyardCore
+
+/// One request streamed to one upstream instance and its answer streamed back, on the client
+/// connection's event loop. The upstream connection is opened for the request and closed after it.
+final class GatewaySession: HTTPStreamSession {
+    /// A session whose answer was already written (no upstream).
+    static var finished: GatewaySession { GatewaySession() }
+
+    let writer: HTTPResponseWriter?
+    let head: HTTPRequestHead
+    let instance: ServiceInstance?
+    let timeout: TimeAmount
+    private var upstream: (any Channel)?
+    private var pending: [ByteBuffer] = []
+    private var pendingBytes = 0
+    private var requestEnded = false
+    private var over = false
+    private var timer: Scheduled<Void>?
+    /// Bytes collected while the upstream connection opens; past this, reading the client pauses.
+    static let maxPendingBytes = 1 << 20
+
+    private init() {
+        writer = nil
+        head = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/")
+        instance = nil
+        timeout = .seconds(1)
+        over = true
+    }
+
+    init(writer: HTTPResponseWriter, head: HTTPRequestHead, instance: ServiceInstance, timeout: Double) {
+        self.writer = writer
+        self.head = head
+        self.instance = instance
+        self.timeout = .nanoseconds(Int64(timeout * 1e9))
+    }
+
+    func start() {
+        guard let writer, let instance else { return }
+        let loop = writer.eventLoop
+        timer = loop.scheduleTask(in: timeout) { [self] in
+            fail(.gatewayTimeout, "upstream_timeout", "\(instance.address) did not answer within \(timeout.nanoseconds / 1_000_000) ms")
+        }
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        ClientBootstrap(group: loop)
+            .connectTimeout(.seconds(2))
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                    try channel.pipeline.syncOperations.addHandler(UpstreamHandler(session: bound.value))
+                }
+            }
+            .connect(host: instance.host, port: instance.port)
+            .whenComplete { result in
+                let session = bound.value
+                switch result {
+                case .success(let channel): session.connected(channel)
+                case .failure(let error):
+                    session.fail(.badGateway, "upstream_unreachable", "cannot connect to \(instance.address): \(error)")
+                }
+            }
+    }
+
+    private func connected(_ channel: any Channel) {
+        guard !over else {
+            channel.close(promise: nil)
+            return
+        }
+        upstream = channel
+        channel.write(HTTPClientRequestPart.head(head), promise: nil)
+        for chunk in pending { channel.write(HTTPClientRequestPart.body(.byteBuffer(chunk)), promise: nil) }
+        pending = []
+        pendingBytes = 0
+        if requestEnded { channel.write(HTTPClientRequestPart.end(nil), promise: nil) }
+        channel.flush()
+        if !requestEnded { writer?.setReading(channel.isWritable) }
+    }
+
+    // MARK: - From the client
+
+    func body(_ chunk: ByteBuffer) {
+        guard !over else { return }
+        if let upstream {
+            upstream.writeAndFlush(HTTPClientRequestPart.body(.byteBuffer(chunk)), promise: nil)
+            if !upstream.isWritable { writer?.setReading(false) }
+        } else {
+            pending.append(chunk)
+            pendingBytes += chunk.readableBytes
+            if pendingBytes > Self.maxPendingBytes { writer?.setReading(false) }
+        }
+    }
+
+    func end() {
+        requestEnded = true
+        guard !over else { return }
+        upstream?.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
+    }
+
+    func cancel() {
+        over = true
+        timer?.cancel()
+        upstream?.close(promise: nil)
+    }
+
+    func clientWritabilityChanged(_ writable: Bool) {
+        upstream?.setOption(ChannelOptions.autoRead, value: writable).whenComplete { _ in }
+        if writable { upstream?.read() }
+    }
+
+    // MARK: - From the upstream
+
+    func upstreamWritabilityChanged(_ writable: Bool) {
+        if !requestEnded && !over { writer?.setReading(writable) }
+    }
+
+    func responseHead(_ response: HTTPResponseHead) {
+        guard !over, let writer else { return }
+        timer?.cancel()
+        var headers = HTTPHeaders()
+        for (name, value) in response.headers where !GatewayResponder.hopByHop.contains(name.lowercased()) {
+            headers.add(name: name, value: value)
+        }
+        writer.head(HTTPResponseHead(version: .http1_1, status: response.status, headers: headers))
+    }
+
+    func responseBody(_ chunk: ByteBuffer) {
+        guard !over else { return }
+        writer?.body(chunk)
+    }
+
+    func responseEnd() {
+        guard !over else { return }
+        over = true
+        // A request still being sent when the answer is complete cannot share the connection.
+        writer?.end(closeAfter: !requestEnded)
+        upstream?.close(promise: nil)
+    }
+
+    func upstreamFailed(_ detail: String) {
+        fail(.badGateway, "upstream_failed", "\(instance?.address ?? "upstream"): \(detail)")
+    }
+
+    func fail(_ status: HTTPResponseStatus, _ code: String, _ message: String) {
+        guard !over else { return }
+        over = true
+        timer?.cancel()
+        upstream?.close(promise: nil)
+        writer?.respond(.error(status, code, message), closeAfter: !requestEnded)
+    }
+}
+
+/// Relays the upstream's answer to its session.
+final class UpstreamHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    let session: GatewaySession
+    private var complete = false
+
+    init(session: GatewaySession) { self.session = session }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            // 1xx answers other than 101 precede the real one.
+            if head.status.code >= 100 && head.status.code < 200 { return }
+            session.responseHead(head)
+        case .body(let chunk): session.responseBody(chunk)
+        case .end:
+            complete = true
+            session.responseEnd()
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        session.upstreamWritabilityChanged(context.channel.isWritable)
+        context.fireChannelWritabilityChanged()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if !complete { session.upstreamFailed("the connection closed before the answer was complete") }
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if !complete { session.upstreamFailed("\(error)") }
+        context.close(promise: nil)
+    }
+}

@@ -1,0 +1,87 @@
+public import NIOCore
+public import NIOHTTP1
+
+/// Takes over requests whose bodies and answers stream through without being collected (the
+/// API gateway); every other request is collected and answered by the `HTTPResponder`.
+/// Called on the connection's event loop; sessions live on it.
+public protocol HTTPStreamingResponder: Sendable {
+    /// A session for this request, or nil to leave it to the buffered responder.
+    func session(for head: HTTPRequestHead, remoteAddress: SocketAddress?, writer: HTTPResponseWriter) -> (any HTTPStreamSession)?
+}
+
+/// One streamed request: its body parts as they arrive, then its end; `cancel` when the client left.
+public protocol HTTPStreamSession: AnyObject {
+    func body(_ chunk: ByteBuffer)
+    func end()
+    func cancel()
+    /// The client's connection can take more (or no more) response bytes now.
+    func clientWritabilityChanged(_ writable: Bool)
+}
+
+/// Writes one streamed response back to the client and controls reading from it. Event loop only.
+public final class HTTPResponseWriter {
+    let context: ChannelHandlerContext
+    let keepAlive: Bool
+    let finished: (Bool) -> Void
+    private(set) public var headSent = false
+    private(set) public var done = false
+
+    init(context: ChannelHandlerContext, keepAlive: Bool, finished: @escaping (Bool) -> Void) {
+        self.context = context
+        self.keepAlive = keepAlive
+        self.finished = finished
+    }
+
+    public var eventLoop: any EventLoop { context.eventLoop }
+    public var isClientWritable: Bool { context.channel.isWritable }
+
+    public func head(_ head: HTTPResponseHead) {
+        guard !done, !headSent else { return }
+        headSent = true
+        var head = head
+        if !keepAlive { head.headers.replaceOrAdd(name: "connection", value: "close") }
+        context.write(NIOAny(HTTPServerResponsePart.head(head)), promise: nil)
+    }
+
+    public func body(_ chunk: ByteBuffer) {
+        guard !done, headSent else { return }
+        context.writeAndFlush(NIOAny(HTTPServerResponsePart.body(.byteBuffer(chunk))), promise: nil)
+    }
+
+    /// Ends the response; with `closeAfter` (or no keep-alive) the connection closes once written.
+    public func end(closeAfter: Bool = false) {
+        guard !done, headSent else { return }
+        done = true
+        let written = context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)))
+        let close = closeAfter || !keepAlive
+        if close {
+            let channel = context.channel
+            written.whenComplete { _ in channel.close(promise: nil) }
+        }
+        finished(close)
+    }
+
+    /// A whole answer at once (errors before anything was sent upstream's way).
+    public func respond(_ response: OutgoingResponse, closeAfter: Bool = false) {
+        guard !done, !headSent else {
+            // Too late for a status: cut the connection so the client sees the answer is incomplete.
+            if !done {
+                done = true
+                context.close(promise: nil)
+                finished(true)
+            }
+            return
+        }
+        var headers = response.headers
+        headers.replaceOrAdd(name: "content-length", value: String(response.body.readableBytes))
+        head(HTTPResponseHead(version: .http1_1, status: response.status, headers: headers))
+        if response.body.readableBytes > 0 { body(response.body) }
+        end(closeAfter: closeAfter)
+    }
+
+    /// Stops (false) or resumes (true) reading the client's request body: backpressure when the upstream is slower.
+    public func setReading(_ on: Bool) {
+        context.channel.setOption(ChannelOptions.autoRead, value: on).whenComplete { _ in }
+        if on { context.read() }
+    }
+}

@@ -1,0 +1,106 @@
+import Foundation
+import SwitchyardTesting
+import Testing
+
+/// The API gateway on the HTTP listener: routes, lanes decided at the edge, trusted and
+/// untrusted callers, streamed bodies, upstream failures; the message channel beside it.
+@Suite struct GatewayTests {
+    static func yaml(baseline: TestHTTPService, gray: TestHTTPService, users: TestHTTPService, trusted: String? = nil) -> String {
+        """
+        lanes:
+          - {name: gray, entry: {headers: {x-user: [tester-1, tester-2]}}}
+        gateway:
+          \(trusted.map { "trusted_cidrs: \($0)" } ?? "")
+          routes:
+            - {name: orders, path_prefix: /api/orders, service: orders, strip_prefix: true, timeout: 2s}
+            - {name: users, path_prefix: /api/users, methods: [GET], service: users}
+            - {name: shop, hosts: ["*.shop.test"], path_prefix: /, service: users}
+        services:
+          orders: {instances: [{url: "\(baseline.url)"}, {url: "\(gray.url)", lane: gray}]}
+          users: {instances: [{url: "\(users.url)"}]}
+        """
+    }
+
+    @Test func routesAndLanesDecidedAtTheEdge() async throws {
+        let baseline = try await TestHTTPService.start()
+        let gray = try await TestHTTPService.start()
+        let users = try await TestHTTPService.start()
+        let server = try await TestServer.start(Self.yaml(baseline: baseline, gray: gray, users: users))
+        let port = server.httpPort
+        let plain = try await TestHTTPClient.request("GET", port: port, path: "/api/orders/42?x=1", body: "")
+        #expect(plain.status == 200, "\(plain.body)")
+        let atBaseline = await baseline.waitFor(count: 1)
+        #expect(atBaseline.first?.uri == "/42?x=1")
+        #expect(atBaseline.first?.header("x-switchyard-lane") == nil)
+        #expect(atBaseline.first?.header("traceparent") != nil)
+        #expect(atBaseline.first?.header("x-forwarded-for") == "127.0.0.1")
+        // A tester (header rule) lands in gray; the lane travels in the header and baggage.
+        let tester = try await TestHTTPClient.request("POST", port: port, path: "/api/orders", headers: [("x-user", "tester-1")], body: "{}")
+        #expect(tester.status == 200)
+        let atGray = await gray.waitFor(count: 1)
+        #expect(atGray.first?.uri == "/" && atGray.first?.body == "{}")
+        #expect(atGray.first?.header("x-switchyard-lane") == "gray")
+        #expect(atGray.first?.header("baggage") == "lane=gray")
+        // users has no gray instance: the tester falls back, and the lane stays on the request.
+        _ = try await TestHTTPClient.request("GET", port: port, path: "/api/users/7", headers: [("x-user", "tester-2")], body: "")
+        let atUsers = await users.waitFor(count: 1)
+        #expect(atUsers.first?.uri == "/api/users/7")
+        #expect(atUsers.first?.header("x-switchyard-lane") == "gray")
+        #expect(atUsers.first?.header("x-switchyard-lane-fallback") == "true")
+        // Method and host matching; no route: the message channel's answer (404).
+        let post = try await TestHTTPClient.request("POST", port: port, path: "/api/users/7", body: "x")
+        #expect(post.status == 404)
+        _ = try await TestHTTPClient.raw(Array("GET /cart HTTP/1.1\r\nhost: eu.shop.test:8080\r\nconnection: close\r\n\r\n".utf8), port: port)
+        #expect(await users.waitFor(count: 2).last?.uri == "/cart")
+        // The message channel still answers beside the gateway.
+        #expect(try await server.post("devices/p/d/t").status == 202)
+    }
+
+    @Test func aTrustedCallerBringsItsLaneAnUntrustedOneCannot() async throws {
+        let baseline = try await TestHTTPService.start()
+        let gray = try await TestHTTPService.start()
+        let users = try await TestHTTPService.start()
+        let trusting = try await TestServer.start(Self.yaml(baseline: baseline, gray: gray, users: users))
+        _ = try await TestHTTPClient.request(
+            "GET",
+            port: trusting.httpPort,
+            path: "/api/orders/1",
+            headers: [("x-switchyard-lane", "gray")],
+            body: ""
+        )
+        #expect(await gray.waitFor(count: 1).count == 1)
+        let untrusting = try await TestServer.start(Self.yaml(baseline: baseline, gray: gray, users: users, trusted: "[]"))
+        let spoofed = [("x-switchyard-lane", "gray"), ("baggage", "lane=gray,tenant=acme")]
+        _ = try await TestHTTPClient.request("GET", port: untrusting.httpPort, path: "/api/orders/2", headers: spoofed, body: "")
+        let atBaseline = await baseline.waitFor(count: 1)
+        #expect(atBaseline.first?.uri == "/2")
+        #expect(atBaseline.first?.header("x-switchyard-lane") == nil)
+        #expect(atBaseline.first?.header("baggage") == "tenant=acme")
+        #expect(gray.received.count == 1)
+    }
+
+    @Test func bodiesStreamBothWaysAndFailuresHaveAStatus() async throws {
+        let baseline = try await TestHTTPService.start()
+        let gray = try await TestHTTPService.start()
+        let users = try await TestHTTPService.start()
+        let server = try await TestServer.start(Self.yaml(baseline: baseline, gray: gray, users: users))
+        // 8 MiB: eight times the listener's limit for collected bodies; it streams through.
+        let big = [UInt8](repeating: UInt8(ascii: "z"), count: 8 << 20)
+        let r = try await TestHTTPClient.request("PUT", port: server.httpPort, path: "/api/orders/blob", body: big)
+        #expect(r.status == 200)
+        #expect(await baseline.waitFor(count: 1).first?.body.utf8.count == 8 << 20)
+        // The upstream answers 503: passed on as it is.
+        baseline.setStatus(503)
+        #expect(try await TestHTTPClient.request("GET", port: server.httpPort, path: "/api/orders/1", body: "").status == 503)
+        // The upstream is gone: 502 with a reason; too slow: 504.
+        await baseline.stop()
+        let gone = try await TestHTTPClient.request("GET", port: server.httpPort, path: "/api/orders/1", body: "")
+        #expect(gone.status == 502 && gone.body.contains("upstream_unreachable"), "\(gone.body)")
+        users.setDelay(seconds: 5)
+        let slowServer = try await TestServer.start(
+            Self.yaml(baseline: users, gray: gray, users: users).replacingOccurrences(of: "timeout: 2s", with: "timeout: 300ms")
+        )
+        let slow = try await TestHTTPClient.request("GET", port: slowServer.httpPort, path: "/api/orders/1", body: "")
+        #expect(slow.status == 504 && slow.body.contains("upstream_timeout"), "\(slow.body)")
+    }
+}
