@@ -286,7 +286,7 @@ let package = Package(
         .testTarget(
             name: "SwitchyardServerTests",
             dependencies: [
-                "SwitchyardServer", "SwitchyardCore", "SwitchyardConfig", "SwitchyardTesting", "Registry", "ConfigCenter",
+                "SwitchyardServer", "SwitchyardCore", "SwitchyardConfig", "SwitchyardTesting", "Registry", "ConfigCenter", "Gateway",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

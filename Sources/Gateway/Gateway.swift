@@ -69,14 +69,71 @@ public struct GatewaySnapshot: Sendable {
                 return (carried, "carried in baggage by a trusted caller")
             }
         }
+        var cookies: [String: String]?
+        var params: [String: String]?
         for lane in lanes {
             for (name, values) in lane.headers {
                 if let value = head.headers.first(name: name), values.contains(value) {
                     return (lane.name, "header \(name) is \"\(value)\"")
                 }
             }
+            if !lane.cookies.isEmpty {
+                let jar = cookies ?? Self.cookies(head.headers)
+                cookies = jar
+                for (name, values) in lane.cookies {
+                    if let value = jar[name], values.contains(value) { return (lane.name, "cookie \(name) is \"\(value)\"") }
+                }
+            }
+            if !lane.params.isEmpty {
+                let query = params ?? Self.query(head.uri)
+                params = query
+                for (name, values) in lane.params {
+                    if let value = query[name], values.contains(value) { return (lane.name, "parameter \(name) is \"\(value)\"") }
+                }
+            }
+            if let percentage = lane.percentage {
+                let key: String?
+                switch lane.hashKey {
+                case .header(let name): key = head.headers.first(name: name)
+                case .cookie(let name):
+                    cookies = cookies ?? Self.cookies(head.headers)
+                    key = cookies?[name]
+                case .param(let name):
+                    params = params ?? Self.query(head.uri)
+                    key = params?[name]
+                case .device, .product, .tag: key = nil  // message keys
+                }
+                // The same bucket function as message lanes: raising the percentage keeps everyone already in.
+                if let key, !key.isEmpty, StableHash.basisPoints(namespace: lane.name, key: key) < Int((percentage * 100).rounded()) {
+                    return (lane.name, "\(lane.hashKey.description) \"\(key)\" is within \(percentage) % of lane \"\(lane.name)\"")
+                }
+            }
         }
         return (nil, "no entry rule admits it")
+    }
+
+    static func cookies(_ headers: HTTPHeaders) -> [String: String] {
+        var jar: [String: String] = [:]
+        for header in headers[canonicalForm: "cookie"] {
+            for pair in header.split(separator: ";") {
+                let kv = pair.split(separator: "=", maxSplits: 1)
+                guard kv.count == 2 else { continue }
+                let name = kv[0].trimmingCharacters(in: .whitespaces)
+                if jar[name] == nil { jar[name] = kv[1].trimmingCharacters(in: .whitespaces) }
+            }
+        }
+        return jar
+    }
+
+    static func query(_ uri: String) -> [String: String] {
+        guard let q = uri.firstIndex(of: "?") else { return [:] }
+        var out: [String: String] = [:]
+        for pair in uri[uri.index(after: q)...].split(separator: "&") {
+            let kv = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            let name = PercentDecoding.decode(kv[0], plusAsSpace: true) ?? String(kv[0])
+            if out[name] == nil { out[name] = kv.count == 2 ? (PercentDecoding.decode(kv[1], plusAsSpace: true) ?? String(kv[1])) : "" }
+        }
+        return out
     }
 
     static func baggageLane(_ baggage: String?) -> String? {

@@ -358,12 +358,22 @@ public enum ConfigLoader {
                 r.fail("\(path).fallback", "must be baseline or strict, got \"\(f)\"", m["fallback"])
             }
         }
-        let e = r.mapping(m["entry"], "\(path).entry", allowed: ["devices", "products", "tags", "percentage", "hash_key", "headers"])
+        let e = r.mapping(
+            m["entry"],
+            "\(path).entry",
+            allowed: ["devices", "products", "tags", "percentage", "hash_key", "headers", "cookies", "params"]
+        )
         if e.isEmpty {
-            r.fail("\(path).entry", "no entry rule: give devices, products, tags, percentage or headers", m["entry"] ?? node)
+            r.fail("\(path).entry", "no entry rule: give devices, products, tags, percentage, headers, cookies or params", m["entry"] ?? node)
         }
         for (name, node) in r.namedMapping(e["headers"], "\(path).entry.headers") {
             lane.headers[name.lowercased()] = r.strings(node, "\(path).entry.headers.\(name)")
+        }
+        for (name, node) in r.namedMapping(e["cookies"], "\(path).entry.cookies") {
+            lane.cookies[name] = r.strings(node, "\(path).entry.cookies.\(name)")
+        }
+        for (name, node) in r.namedMapping(e["params"], "\(path).entry.params") {
+            lane.params[name] = r.strings(node, "\(path).entry.params.\(name)")
         }
         lane.devices = r.strings(e["devices"], "\(path).entry.devices")
         lane.products = r.strings(e["products"], "\(path).entry.products")
@@ -374,7 +384,15 @@ public enum ConfigLoader {
             case "device": lane.hashKey = .device
             case "product": lane.hashKey = .product
             case _ where key.hasPrefix("tag:") && key.count > 4: lane.hashKey = .tag(String(key.dropFirst(4)))
-            default: r.fail("\(path).entry.hash_key", "must be device, product or tag:<name>, got \"\(key)\"", e["hash_key"])
+            case _ where key.hasPrefix("header:") && key.count > 7: lane.hashKey = .header(String(key.dropFirst(7)).lowercased())
+            case _ where key.hasPrefix("cookie:") && key.count > 7: lane.hashKey = .cookie(String(key.dropFirst(7)))
+            case _ where key.hasPrefix("param:") && key.count > 6: lane.hashKey = .param(String(key.dropFirst(6)))
+            default:
+                r.fail(
+                    "\(path).entry.hash_key",
+                    "must be device, product, tag:<name>, header:<name>, cookie:<name> or param:<name>, got \"\(key)\"",
+                    e["hash_key"]
+                )
             }
         }
         return lane

@@ -167,6 +167,21 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
     public enum HashKey: Sendable, Equatable {
         case device, product
         case tag(String)
+        /// Requests through the gateway: a header, cookie or query parameter (e.g. a user id).
+        case header(String)
+        case cookie(String)
+        case param(String)
+
+        public var description: String {
+            switch self {
+            case .device: "device"
+            case .product: "product"
+            case .tag(let t): "tag:\(t)"
+            case .header(let h): "header:\(h)"
+            case .cookie(let c): "cookie:\(c)"
+            case .param(let p): "param:\(p)"
+            }
+        }
     }
 
     /// A named lane and its entry rules (any rule admits a message).
@@ -178,8 +193,11 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
         public var tags: [String: String] = [:]
         public var percentage: Double?
         public var hashKey = HashKey.device
-        /// Requests through the gateway: a header (lower-case name) with one of these values admits.
+        /// Requests through the gateway: a header (lower-case name), cookie or query parameter
+        /// with one of these values admits.
         public var headers: [String: [String]] = [:]
+        public var cookies: [String: [String]] = [:]
+        public var params: [String: [String]] = [:]
         public init(name: String) { self.name = name }
     }
 

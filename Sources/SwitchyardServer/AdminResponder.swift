@@ -180,12 +180,7 @@ struct LanesView: Encodable {
     init(_ snapshot: PipelineSnapshot) {
         let services = snapshot.directory.services
         lanes = snapshot.configuration.lanes.map { lane in
-            let hashKey: String
-            switch lane.hashKey {
-            case .device: hashKey = "device"
-            case .product: hashKey = "product"
-            case .tag(let t): hashKey = "tag:\(t)"
-            }
+            let hashKey = lane.hashKey.description
             return Lane(
                 name: lane.name,
                 fallback: lane.fallback.rawValue,
