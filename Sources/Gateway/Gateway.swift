@@ -18,8 +18,15 @@ public struct GatewaySnapshot: Sendable {
     let laneNames: Set<String>
     let resolver: LaneResolver
     let directory: any ServiceDirectory
+    /// Egress: the instances of a service by name (nil: no such service).
+    let egress: (@Sendable (String) -> [ServiceInstance]?)?
 
-    public init(configuration: SwitchyardConfiguration, directory: any ServiceDirectory) {
+    public init(
+        configuration: SwitchyardConfiguration,
+        directory: any ServiceDirectory,
+        egress: (@Sendable (String) -> [ServiceInstance]?)? = nil
+    ) {
+        self.egress = configuration.gateway.egress ? egress : nil
         routes = configuration.gateway.routes
         trusted = configuration.gateway.trustedCIDRs.compactMap { try? CIDR($0) }
         lanes = configuration.lanes
@@ -58,10 +65,33 @@ public struct GatewaySnapshot: Sendable {
         return host == pattern
     }
 
+    func isTrusted(_ address: SocketAddress?) -> Bool {
+        address.map { a in trusted.contains { $0.contains(a) } } ?? false
+    }
+
+    /// Egress for trusted callers (the services): `Host: <service>.internal`, or `/<service>/…`.
+    /// Returns the service, its instances and the path to send.
+    func egressTarget(_ head: HTTPRequestHead) -> (service: String, instances: [ServiceInstance], uri: String)? {
+        guard let egress else { return nil }
+        let host = Self.hostName(head.headers.first(name: "host"))
+        if host.hasSuffix(".internal"), host.count > ".internal".count {
+            let service = String(host.dropLast(".internal".count))
+            return egress(service).map { (service, $0, head.uri) }
+        }
+        let trimmed = head.uri.dropFirst()
+        guard head.uri.hasPrefix("/"), let end = trimmed.firstIndex(where: { $0 == "/" || $0 == "?" }) ?? Optional(trimmed.endIndex) else {
+            return nil
+        }
+        let service = String(trimmed[..<end])
+        guard !service.isEmpty, let instances = egress(service) else { return nil }
+        var rest = String(trimmed[end...])
+        if !rest.hasPrefix("/") { rest = "/" + rest }
+        return (service, instances, rest)
+    }
+
     /// The request's lane: a trusted caller's own, else the first lane whose header rule admits it.
     func lane(for head: HTTPRequestHead, from address: SocketAddress?) -> (lane: String?, why: String) {
-        let isTrusted = address.map { a in trusted.contains { $0.contains(a) } } ?? false
-        if isTrusted {
+        if isTrusted(address) {
             if let carried = head.headers.first(name: "x-switchyard-lane"), laneNames.contains(carried) {
                 return (carried, "carried by a trusted caller")
             }
@@ -158,9 +188,19 @@ public final class GatewayResponder: HTTPStreamingResponder {
 
     public func session(for head: HTTPRequestHead, remoteAddress: SocketAddress?, writer: HTTPResponseWriter) -> (any HTTPStreamSession)? {
         let snapshot = self.snapshot()
-        guard let route = snapshot.route(for: head) else { return nil }
+        let service: String, instances: [ServiceInstance], uri: String, timeout: Double
+        if let route = snapshot.route(for: head) {
+            service = route.service
+            instances = snapshot.directory.instances(of: route.service)
+            uri = Self.rewrite(head.uri, route: route)
+            timeout = route.timeoutSeconds
+        } else if snapshot.isTrusted(remoteAddress), let target = snapshot.egressTarget(head) {
+            (service, instances, uri) = target
+            timeout = 30
+        } else {
+            return nil
+        }
         let (lane, _) = snapshot.lane(for: head, from: remoteAddress)
-        let instances = snapshot.directory.instances(of: route.service)
         let chosen: [ServiceInstance]
         var fellBack = false
         switch snapshot.resolver.resolve(lane: lane, instances: instances) {
@@ -169,15 +209,15 @@ public final class GatewayResponder: HTTPStreamingResponder {
             chosen = list
             fellBack = true
         case .laneUnavailable:
-            writer.respond(.error(.serviceUnavailable, "lane_unavailable", "service \(route.service) has no instance in lane \(lane ?? "baseline")"))
+            writer.respond(.error(.serviceUnavailable, "lane_unavailable", "service \(service) has no instance in lane \(lane ?? "baseline")"))
             return GatewaySession.finished
         case .noInstances:
-            writer.respond(.error(.serviceUnavailable, "no_instances", "service \(route.service) has no instance to serve the request"))
+            writer.respond(.error(.serviceUnavailable, "no_instances", "service \(service) has no instance to serve the request"))
             return GatewaySession.finished
         }
         let instance = Self.pick(chosen)
-        let upstreamHead = Self.upstreamHead(head, route: route, instance: instance, lane: lane, fellBack: fellBack, client: remoteAddress)
-        let session = GatewaySession(writer: writer, head: upstreamHead, instance: instance, timeout: route.timeoutSeconds)
+        let upstreamHead = Self.upstreamHead(head, uri: uri, instance: instance, lane: lane, fellBack: fellBack, client: remoteAddress)
+        let session = GatewaySession(writer: writer, head: upstreamHead, instance: instance, timeout: timeout)
         session.start()
         return session
     }
@@ -196,19 +236,21 @@ public final class GatewayResponder: HTTPStreamingResponder {
 
     static let hopByHop: Set<String> = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade", "proxy-authorization"]
 
+    /// The path a route sends: the prefix removed when the route says so.
+    static func rewrite(_ uri: String, route: SwitchyardConfiguration.GatewayRoute) -> String {
+        guard route.stripPrefix, route.pathPrefix != "/", uri.hasPrefix(route.pathPrefix) else { return uri }
+        let rest = String(uri.dropFirst(route.pathPrefix.count))
+        return rest.hasPrefix("/") ? rest : "/" + rest
+    }
+
     static func upstreamHead(
         _ head: HTTPRequestHead,
-        route: SwitchyardConfiguration.GatewayRoute,
+        uri: String,
         instance: ServiceInstance,
         lane: String?,
         fellBack: Bool,
         client: SocketAddress?
     ) -> HTTPRequestHead {
-        var uri = head.uri
-        if route.stripPrefix, route.pathPrefix != "/", uri.hasPrefix(route.pathPrefix) {
-            uri = String(uri.dropFirst(route.pathPrefix.count))
-            if !uri.hasPrefix("/") { uri = "/" + uri }
-        }
         var headers = HTTPHeaders()
         for (name, value) in head.headers {
             let lower = name.lowercased()

@@ -220,7 +220,8 @@ public enum ConfigLoader {
         if let v = r.string(source["data_id"], "registry.config.data_id") { c.registry.configDataID = v }
         if let v = r.string(source["group"], "registry.config.group") { c.registry.configGroup = v }
         if let v = r.string(source["tenant"], "registry.config.tenant") { c.registry.configTenant = v == "public" ? "" : v }
-        let gateway = r.mapping(top["gateway"], "gateway", allowed: ["routes", "trusted_cidrs"])
+        let gateway = r.mapping(top["gateway"], "gateway", allowed: ["routes", "trusted_cidrs", "egress"])
+        if let v = r.bool(gateway["egress"], "gateway.egress") { c.gateway.egress = v }
         if gateway["trusted_cidrs"] != nil { c.gateway.trustedCIDRs = r.strings(gateway["trusted_cidrs"], "gateway.trusted_cidrs") }
         c.gateway.routes = r.sequence(gateway["routes"], "gateway.routes").enumerated().map { i, node in
             let p = "gateway.routes[\(i)]"

@@ -207,6 +207,9 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
         /// Callers from these networks may bring their lane (`x-switchyard-lane`, baggage
         /// `lane=`); from anyone else it is removed and the entry rules decide.
         public var trustedCIDRs: [String] = ["127.0.0.0/8", "::1/128"]
+        /// Trusted callers (the services) reach any service as `/<service>/…` or with `Host:
+        /// <service>.internal`, their lane honoured: the lane follows the call chain.
+        public var egress = true
         public init() {}
     }
 

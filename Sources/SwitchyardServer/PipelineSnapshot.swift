@@ -19,7 +19,8 @@ final class PipelineSnapshot: Sendable {
         self.configuration = configuration
         controller = try Controller(config: configuration, clock: shared.clock, previous: previous?.controller)
         directory = RoutingDirectory(configuration: configuration, view: shared.registryView)
-        gateway = GatewaySnapshot(configuration: configuration, directory: directory)
+        let routing = directory
+        gateway = GatewaySnapshot(configuration: configuration, directory: directory) { name in routing.egressInstances(of: name) }
         router = try Router(
             configuration: configuration,
             directory: directory,

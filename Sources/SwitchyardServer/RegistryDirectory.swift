@@ -121,6 +121,16 @@ struct RoutingDirectory: ServiceDirectory {
         return all
     }
 
+    /// Egress by name: a static service, a service the routes name, or any the registry has
+    /// usable instances of (public namespace, default group); nil when none of these.
+    func egressInstances(of service: String) -> [ServiceInstance]? {
+        if let list = fixed[service] { return list }
+        if bindings[service] != nil { return instances(of: service) }
+        guard let view else { return nil }
+        let list = view.instances(of: ServiceName(name: service))
+        return list.isEmpty ? nil : list
+    }
+
     func instances(of service: String) -> [ServiceInstance] {
         if let list = fixed[service] { return list }
         guard let view, let name = bindings[service] else { return [] }

@@ -22,6 +22,8 @@ public final class TestHTTPService: Sendable {
         var connections = 0
         var concurrent = 0
         var maxConcurrent = 0
+        /// Run before answering (a service calling the next hop of a chain).
+        var onward: (@Sendable (Received) async -> Void)?
     }
 
     public let channel: any Channel
@@ -59,6 +61,8 @@ public final class TestHTTPService: Sendable {
     public var received: [Received] { state.withLockedValue { $0.received } }
     public func setStatus(_ status: Int) { state.withLockedValue { $0.status = status } }
     public func setDelay(seconds: Double) { state.withLockedValue { $0.delayNanos = Int64(seconds * 1e9) } }
+    /// Before each answer, `hook` runs with the request (e.g. calls the next service of a chain).
+    public func setOnward(_ hook: (@Sendable (Received) async -> Void)?) { state.withLockedValue { $0.onward = hook } }
     /// Connections accepted so far.
     public var connectionsAccepted: Int { state.withLockedValue { $0.connections } }
     /// The most requests it was answering at the same time.
@@ -97,11 +101,12 @@ final class RecordingHandler: ChannelInboundHandler {
             body += b.readString(length: b.readableBytes) ?? ""
         case .end:
             guard let head else { return }
-            let (status, delay) = state.withLockedValue {
-                $0.received.append(.init(method: head.method.rawValue, uri: head.uri, headers: head.headers, body: body))
+            let request = TestHTTPService.Received(method: head.method.rawValue, uri: head.uri, headers: head.headers, body: body)
+            let (status, delay, onward) = state.withLockedValue {
+                $0.received.append(request)
                 $0.concurrent += 1
                 $0.maxConcurrent = max($0.maxConcurrent, $0.concurrent)
-                return ($0.status, $0.delayNanos)
+                return ($0.status, $0.delayNanos, $0.onward)
             }
             let reply = { [state] in
                 state.withLockedValue { $0.concurrent -= 1 }
@@ -115,7 +120,14 @@ final class RecordingHandler: ChannelInboundHandler {
                 context.write(NIOAny(HTTPServerResponsePart.body(.byteBuffer(body))), promise: nil)
                 context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)), promise: nil)
             }
-            if delay > 0 {
+            if let onward {
+                let bound = NIOLoopBound(reply, eventLoop: context.eventLoop)
+                let loop = context.eventLoop
+                Task {
+                    await onward(request)
+                    loop.execute { bound.value() }
+                }
+            } else if delay > 0 {
                 context.eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(delay)) { reply() }
             } else {
                 reply()

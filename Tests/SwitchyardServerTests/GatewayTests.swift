@@ -56,6 +56,50 @@ import Testing
         #expect(try await server.post("devices/p/d/t").status == 202)
     }
 
+    /// A → B → C, each calling the next through Switchyard (egress `/<service>/…`) and copying
+    /// the lane headers as services do; gray versions of A and C only. A tester hits A-gray,
+    /// B-baseline (fallback), C-gray; a normal user only baselines.
+    @Test func theLaneFollowsTheCallChainAndReturnsAfterAFallback() async throws {
+        let aBase = try await TestHTTPService.start(), aGray = try await TestHTTPService.start()
+        let b = try await TestHTTPService.start()
+        let cBase = try await TestHTTPService.start(), cGray = try await TestHTTPService.start()
+        let server = try await TestServer.start(
+            """
+            lanes:
+              - {name: gray, entry: {headers: {x-user: tester}}}
+            gateway:
+              routes: [{name: app, path_prefix: /app, service: a, strip_prefix: true}]
+            services:
+              a: {instances: [{url: "\(aBase.url)"}, {url: "\(aGray.url)", lane: gray}]}
+              b: {instances: [{url: "\(b.url)"}]}
+              c: {instances: [{url: "\(cBase.url)"}, {url: "\(cGray.url)", lane: gray}]}
+            """
+        )
+        let port = server.httpPort
+        @Sendable func calls(_ next: String) -> @Sendable (TestHTTPService.Received) async -> Void {
+            { request in
+                let copied = ["x-switchyard-lane", "baggage", "traceparent"].compactMap { name in request.header(name).map { (name, $0) } }
+                _ = try? await TestHTTPClient.request("GET", port: port, path: next, headers: copied, body: "")
+            }
+        }
+        aBase.setOnward(calls("/b/step"))
+        aGray.setOnward(calls("/b/step"))
+        b.setOnward(calls("/c/step"))
+        let tester = try await TestHTTPClient.request("GET", port: port, path: "/app/start", headers: [("x-user", "tester")], body: "")
+        #expect(tester.status == 200)
+        #expect(aGray.received.count == 1 && aBase.received.isEmpty)
+        #expect(b.received.first?.uri == "/step")
+        #expect(b.received.first?.header("x-switchyard-lane") == "gray")
+        #expect(b.received.first?.header("x-switchyard-lane-fallback") == "true")
+        #expect(cGray.received.count == 1 && cBase.received.isEmpty)
+        #expect(cGray.received.first?.header("x-switchyard-lane-fallback") == nil)
+        let user = try await TestHTTPClient.request("GET", port: port, path: "/app/start", headers: [("x-user", "someone")], body: "")
+        #expect(user.status == 200)
+        #expect(aBase.received.count == 1 && cBase.received.count == 1)
+        #expect(aGray.received.count == 1 && cGray.received.count == 1)
+        #expect(b.received.count == 2)
+    }
+
     @Test func aTrustedCallerBringsItsLaneAnUntrustedOneCannot() async throws {
         let baseline = try await TestHTTPService.start()
         let gray = try await TestHTTPService.start()
@@ -77,6 +121,13 @@ import Testing
         #expect(atBaseline.first?.header("x-switchyard-lane") == nil)
         #expect(atBaseline.first?.header("baggage") == "tenant=acme")
         #expect(gray.received.count == 1)
+        // Egress is for trusted callers: from anyone else `/orders/…` is not a way in.
+        #expect(try await TestHTTPClient.request("GET", port: untrusting.httpPort, path: "/orders/3", body: "").status == 404)
+        // A trusted caller reaches a service by name: `/orders/…` or `Host: orders.internal`.
+        _ = try await TestHTTPClient.request("GET", port: trusting.httpPort, path: "/orders/4", body: "")
+        _ = try await TestHTTPClient.raw(Array("GET /5 HTTP/1.1\r\nhost: orders.internal\r\nconnection: close\r\n\r\n".utf8), port: trusting.httpPort)
+        let egress = await baseline.waitFor(count: 3)
+        #expect(egress.map(\.uri).suffix(2) == ["/4", "/5"], "\(egress.map(\.uri))")
     }
 
     @Test func bodiesStreamBothWaysAndFailuresHaveAStatus() async throws {
