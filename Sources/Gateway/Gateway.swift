@@ -188,6 +188,12 @@ public final class GatewayResponder: HTTPStreamingResponder {
 
     public func session(for head: HTTPRequestHead, remoteAddress: SocketAddress?, writer: HTTPResponseWriter) -> (any HTTPStreamSession)? {
         let snapshot = self.snapshot()
+        if let problem = Self.hostProblem(head) {
+            // Only for requests the gateway would take: the message channel keeps its own rules.
+            guard snapshot.route(for: head) != nil || (snapshot.isTrusted(remoteAddress) && snapshot.egressTarget(head) != nil) else { return nil }
+            writer.respond(.error(.badRequest, "bad_host", problem), closeAfter: true)
+            return GatewaySession.finished
+        }
         let service: String, instances: [ServiceInstance], uri: String, timeout: Double
         if let route = snapshot.route(for: head) {
             service = route.service
@@ -220,6 +226,18 @@ public final class GatewayResponder: HTTPStreamingResponder {
         let session = GatewaySession(writer: writer, head: upstreamHead, instance: instance, timeout: timeout)
         session.start()
         return session
+    }
+
+    /// HTTP/1.1 needs exactly one Host, a name or address with an optional port (RFC 9112 §3.2).
+    static func hostProblem(_ head: HTTPRequestHead) -> String? {
+        let hosts = head.headers[canonicalForm: "host"]
+        if hosts.count > 1 { return "more than one Host header" }
+        guard let host = hosts.first else {
+            return head.version.major > 1 || head.version.minor >= 1 ? "an HTTP/1.1 request needs a Host header" : nil
+        }
+        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:[]~!$&'()*+,;=%".utf8)
+        if host.isEmpty || !host.utf8.allSatisfy({ allowed.contains($0) }) { return "Host \"\(host)\" is not a host name" }
+        return nil
     }
 
     /// Weighted random choice.

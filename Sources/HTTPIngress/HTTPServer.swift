@@ -102,6 +102,9 @@ public final class HTTPServer: Service {
     let onBodyTooLarge: @Sendable (IncomingRequestSummary) -> Void
     /// Requests it takes stream through (the gateway); the rest go to `responder`.
     let streaming: (any HTTPStreamingResponder)?
+    /// A connection must deliver a complete request head this soon after it opens or after its
+    /// last answer, or it is closed (slow-loris clients; idle keep-alive connections).
+    let headTimeout: TimeAmount
     private let bound: EventLoopPromise<SocketAddress>
     private let connections = NIOLockedValueBox([ObjectIdentifier: any Channel]())
     private let busy = Atomic<Int>(0)
@@ -114,11 +117,13 @@ public final class HTTPServer: Service {
         responder: any HTTPResponder,
         logger: Logger,
         drainSeconds: Double = 5,
+        headTimeoutSeconds: Double = 60,
         streaming: (any HTTPStreamingResponder)? = nil,
         onBodyTooLarge: @escaping @Sendable (IncomingRequestSummary) -> Void = { _ in }
     ) {
         self.onBodyTooLarge = onBodyTooLarge
         self.streaming = streaming
+        self.headTimeout = .nanoseconds(Int64(headTimeoutSeconds * 1e9))
         self.host = host
         self.port = port
         self.group = group
@@ -208,10 +213,25 @@ final class RequestHandler: ChannelInboundHandler {
     /// and the one whose answer is being written (until it ends).
     private var requestSession: (any HTTPStreamSession)?
     private var responseSession: (any HTTPStreamSession)?
+    private var headTimer: Scheduled<Void>?
 
     init(server: HTTPServer, maxBodyBytes: Int) {
         self.server = server
         self.maxBodyBytes = maxBodyBytes
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { armHeadTimer(context: context) }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        headTimer?.cancel()
+        headTimer = nil
+    }
+
+    /// Waits for the next request head (see `HTTPServer.headTimeout`).
+    private func armHeadTimer(context: ChannelHandlerContext) {
+        headTimer?.cancel()
+        let channel = context.channel
+        headTimer = context.eventLoop.scheduleTask(in: server.headTimeout) { channel.close(promise: nil) }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -238,6 +258,8 @@ final class RequestHandler: ChannelInboundHandler {
         }
         switch part {
         case .head(let h):
+            headTimer?.cancel()
+            headTimer = nil
             if let streaming = server.streaming, startStream(streaming, h, context: context) { return }
             head = h
             body = nil
@@ -302,6 +324,7 @@ final class RequestHandler: ChannelInboundHandler {
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let writer = HTTPResponseWriter(context: context, keepAlive: head.isKeepAlive) { _ in
             let handler = loopBound.value
+            handler.armHeadTimer(context: context)
             // Answered at once (no session yet), or the client left first: nothing to count.
             guard handler.responseSession != nil else { return }
             handler.responseSession = nil
@@ -342,6 +365,7 @@ final class RequestHandler: ChannelInboundHandler {
         if response.body.readableBytes > 0 {
             context.write(wrapOutboundOut(.body(.byteBuffer(response.body))), promise: nil)
         }
+        if keepAlive { armHeadTimer(context: context) }
         if keepAlive && reading {
             context.write(wrapOutboundOut(.end(nil)), promise: nil)
             flushPending = true

@@ -174,8 +174,9 @@ public enum ConfigLoader {
         let http = r.mapping(
             channels["http"],
             "channels.http",
-            allowed: ["enabled", "max_body_bytes", "max_batch_items", "device_header", "product_header", "message_id_header"]
+            allowed: ["enabled", "max_body_bytes", "max_batch_items", "device_header", "product_header", "message_id_header", "header_timeout"]
         )
+        if let v = r.duration(http["header_timeout"], "channels.http.header_timeout", range: 0.01...3600) { c.channels.http.headerTimeoutSeconds = v }
         if let v = r.int(http["max_batch_items"], "channels.http.max_batch_items", range: 1...100_000) { c.channels.http.maxBatchItems = v }
         if let v = r.bool(http["enabled"], "channels.http.enabled") { c.channels.http.enabled = v }
         if let v = r.size(http["max_body_bytes"], "channels.http.max_body_bytes", range: 1...(256 << 20)) {

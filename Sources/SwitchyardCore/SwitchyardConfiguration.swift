@@ -65,6 +65,9 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
         public var messageIDHeader = "x-message-id"
         /// Most messages one `POST /v1/batch` may carry.
         public var maxBatchItems = 1000
+        /// A connection must send a complete request head within this after opening or after
+        /// its last answer (slow-loris clients, idle keep-alive connections), else it is closed.
+        public var headerTimeoutSeconds = 60.0
         public init() {}
     }
 

@@ -201,6 +201,7 @@ public final class SwitchyardApplication: Sendable {
                     ledger.receivedAndRejected(channel: "http", reason: reason)
                 },
                 logger: logger.with("listener", "http"),
+                headTimeoutSeconds: http.headerTimeoutSeconds,
                 streaming: GatewayResponder(snapshot: { [pipeline] in pipeline.snapshot.gateway }),
                 onBodyTooLarge: { summary in
                     // A batch too large is counted as one message: how many it held is unknown.

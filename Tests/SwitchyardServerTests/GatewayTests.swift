@@ -100,6 +100,40 @@ import Testing
         #expect(b.received.count == 2)
     }
 
+    /// Smuggling attempts, bad Host headers, oversized headers and a slow-loris client: each gets
+    /// its status (or the connection closes) and the gateway keeps serving.
+    @Test func badInputGetsItsStatusAndTheGatewayKeepsServing() async throws {
+        let upstream = try await TestHTTPService.start()
+        let gray = try await TestHTTPService.start()
+        let server = try await TestServer.start(
+            Self.yaml(baseline: upstream, gray: gray, users: upstream) + "\nchannels: {http: {header_timeout: 1s}}"
+        )
+        let port = server.httpPort
+        func status(_ raw: String) async throws -> String {
+            let answer = String(decoding: try await TestHTTPClient.raw(Array(raw.utf8), port: port), as: UTF8.self)
+            return String(answer.prefix(while: { $0 != "\r" }))
+        }
+        let cases: [(String, String)] = [
+            ("POST /api/orders/x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "HTTP/1.1 400"),
+            ("POST /api/orders/x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcd", "HTTP/1.1 400"),
+            ("GET /api/orders/x HTTP/1.1\r\n\r\n", "HTTP/1.1 400"),
+            ("GET /api/orders/x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "HTTP/1.1 400"),
+            ("GET /api/orders/x HTTP/1.1\r\nHost: a b/c\r\n\r\n", "HTTP/1.1 400"),
+            ("GET /api/orders/x HTTP/1.1\r\nHost: a\r\nX-Big: \(String(repeating: "a", count: 100_000))\r\n\r\n", "HTTP/1.1 400"),
+        ]
+        for (raw, expected) in cases {
+            let got = try await status(raw)
+            #expect(got.hasPrefix(expected), "\(raw.prefix(60).debugDescription): \(got)")
+        }
+        #expect(upstream.received.isEmpty)  // none of them reached the service
+        // Slow loris: half a request head, then nothing; closed after the header timeout.
+        let started = Date()
+        let partial = try await TestHTTPClient.raw(Array("GET /api/orders/x HTTP/1.1\r\nHost: a\r\nX-Slow: ".utf8), port: port)
+        #expect(partial.isEmpty)
+        #expect(Date().timeIntervalSince(started) < 5)
+        #expect(try await TestHTTPClient.request("GET", port: port, path: "/api/orders/ok", body: "").status == 200)
+    }
+
     @Test func aTrustedCallerBringsItsLaneAnUntrustedOneCannot() async throws {
         let baseline = try await TestHTTPService.start()
         let gray = try await TestHTTPService.start()
