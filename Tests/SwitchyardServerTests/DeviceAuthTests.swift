@@ -29,7 +29,7 @@ import Testing
         #expect(mode?.intValue == 0o600)
 
         for version in ["3", "5"] {
-            let ok = try mqtt.run(
+            let ok = try await mqtt.run(
                 "signin",
                 port,
                 version,
@@ -45,20 +45,20 @@ import Testing
             } else {
                 #expect((ok["acks"] as? [Any])?.first as? Int == 0)  // 3.1.1: the refusal closes the connection
             }
-            #expect(try mqtt.run("signin", port, version, "d1&p1", "wrong")["connack"] as? Int == 0x86)
-            #expect(try mqtt.run("signin", port, version, "nobody&p1", secret)["connack"] as? Int == 0x86)
+            #expect(try await mqtt.run("signin", port, version, "d1&p1", "wrong")["connack"] as? Int == 0x86)
+            #expect(try await mqtt.run("signin", port, version, "nobody&p1", secret)["connack"] as? Int == 0x86)
         }
         let got = await svc.waitFor(count: 2)
         #expect(got.allSatisfy { $0.header("x-switchyard-device") == "d1" && $0.uri == "/in/d1/telemetry" })
 
         // Disabled: refused; enabled again and rotated: the old secret no longer works.
         #expect(try await server.admin("POST", "/admin/devices/p1/d1/disable").status == 200)
-        #expect(try mqtt.run("signin", port, "5", "d1&p1", secret)["connack"] as? Int == 0x87)
+        #expect(try await mqtt.run("signin", port, "5", "d1&p1", secret)["connack"] as? Int == 0x87)
         #expect(try await server.admin("POST", "/admin/devices/p1/d1/enable").status == 200)
         let rotated = try await server.admin("POST", "/admin/devices/p1/d1/rotate")
         let fresh = try #require(json(rotated.body)["secret"] as? String)
-        #expect(try mqtt.run("signin", port, "5", "d1&p1", secret)["connack"] as? Int == 0x86)
-        #expect(try mqtt.run("signin", port, "5", "d1&p1", fresh)["connack"] as? Int == 0)
+        #expect(try await mqtt.run("signin", port, "5", "d1&p1", secret)["connack"] as? Int == 0x86)
+        #expect(try await mqtt.run("signin", port, "5", "d1&p1", fresh)["connack"] as? Int == 0)
         let listed = try await server.admin("GET", "/admin/devices")
         #expect(listed.body.contains("\"username\" : \"d1&p1\"") && !listed.body.contains(fresh))
         #expect(try await server.admin("DELETE", "/admin/devices/p1/d1").status == 200)
@@ -84,7 +84,7 @@ import Testing
         let port = String(try await server.mqttPort())
         let created = try await server.admin("POST", "/admin/devices", body: #"{"product":"p1","device":"d1"}"#)
         let secret = try #require(json(created.body)["secret"] as? String)
-        #expect(try MQTTChannelTests().run("signin", port, "5", "d1&p1", secret)["connack"] as? Int == 0)
+        #expect(try await MQTTChannelTests().run("signin", port, "5", "d1&p1", secret)["connack"] as? Int == 0)
         let got = await svc.waitFor(count: 2)
         #expect(got.map(\.uri) == ["/events/d1/connected", "/events/d1/disconnected"])
         #expect(got.first?.body.contains("\"client_id\":\"signed-d1&p1\"") == true)
@@ -111,15 +111,15 @@ import Testing
 
         for version in ["3", "5"] {
             for method in ["hmacsha256", "hmacsha1"] {
-                let ok = try mqtt.run("signed", port, version, "p1", "s1", secret, "0", method)
+                let ok = try await mqtt.run("signed", port, version, "p1", "s1", secret, "0", method)
                 #expect(ok["connack"] as? Int == 0, "\(version) \(method): \(ok)")
                 #expect(ok["ack"] as? Int == 0)
             }
-            let wrong = try mqtt.run("signed", port, version, "p1", "s1", "not-the-secret", "0", "hmacsha256")
+            let wrong = try await mqtt.run("signed", port, version, "p1", "s1", "not-the-secret", "0", "hmacsha256")
             #expect(wrong["connack"] as? Int == 0x86, "\(wrong)")
-            let stale = try mqtt.run("signed", port, version, "p1", "s1", secret, "-3600", "hmacsha256")  // an hour old: a replay
+            let stale = try await mqtt.run("signed", port, version, "p1", "s1", secret, "-3600", "hmacsha256")  // an hour old: a replay
             #expect(stale["connack"] as? Int == 0x86, "\(stale)")
-            let notSigning = try mqtt.run("signed", port, version, "p1", "n1", plainSecret, "0", "hmacsha256")
+            let notSigning = try await mqtt.run("signed", port, version, "p1", "n1", plainSecret, "0", "hmacsha256")
             #expect(notSigning["connack"] as? Int == 0x86, "\(notSigning)")
         }
         // Their messages went through the pipeline as s1's.

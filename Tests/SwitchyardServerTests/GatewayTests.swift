@@ -105,12 +105,13 @@ import Testing
     @Test func badInputGetsItsStatusAndTheGatewayKeepsServing() async throws {
         let upstream = try await TestHTTPService.start()
         let gray = try await TestHTTPService.start()
-        let server = try await TestServer.start(
-            Self.yaml(baseline: upstream, gray: gray, users: upstream) + "\nchannels: {http: {header_timeout: 1s}}"
-        )
+        let server = try await TestServer.start(Self.yaml(baseline: upstream, gray: gray, users: upstream))
         let port = server.httpPort
-        func status(_ raw: String) async throws -> String {
-            let answer = String(decoding: try await TestHTTPClient.raw(Array(raw.utf8), port: port), as: UTF8.self)
+        func status(_ raw: String) async -> String {
+            // The server may answer and close before a large request is fully written: the
+            // client then sees its write fail, which is a refusal too.
+            guard let bytes = try? await TestHTTPClient.raw(Array(raw.utf8), port: port) else { return "closed" }
+            let answer = String(decoding: bytes, as: UTF8.self)
             return String(answer.prefix(while: { $0 != "\r" }))
         }
         let cases: [(String, String)] = [
@@ -122,15 +123,21 @@ import Testing
             ("GET /api/orders/x HTTP/1.1\r\nHost: a\r\nX-Big: \(String(repeating: "a", count: 100_000))\r\n\r\n", "HTTP/1.1 400"),
         ]
         for (raw, expected) in cases {
-            let got = try await status(raw)
-            #expect(got.hasPrefix(expected), "\(raw.prefix(60).debugDescription): \(got)")
+            let got = await status(raw)
+            let large = raw.utf8.count > 10_000
+            #expect(got.hasPrefix(expected) || (large && got == "closed"), "\(raw.prefix(60).debugDescription): \(got)")
         }
         #expect(upstream.received.isEmpty)  // none of them reached the service
-        // Slow loris: half a request head, then nothing; closed after the header timeout.
+        // Slow loris: half a request head, then nothing; closed after the header timeout (a
+        // node of its own: a short timeout would also cut this test's other requests on a
+        // loaded machine).
+        let strict = try await TestServer.start(
+            Self.yaml(baseline: upstream, gray: gray, users: upstream) + "\nchannels: {http: {header_timeout: 2s}}"
+        )
         let started = Date()
-        let partial = try await TestHTTPClient.raw(Array("GET /api/orders/x HTTP/1.1\r\nHost: a\r\nX-Slow: ".utf8), port: port)
+        let partial = try await TestHTTPClient.raw(Array("GET /api/orders/x HTTP/1.1\r\nHost: a\r\nX-Slow: ".utf8), port: strict.httpPort)
         #expect(partial.isEmpty)
-        #expect(Date().timeIntervalSince(started) < 5)
+        #expect(Date().timeIntervalSince(started) < 9)  // 3 s, with room for a loaded machine
         #expect(try await TestHTTPClient.request("GET", port: port, path: "/api/orders/ok", body: "").status == 200)
     }
 

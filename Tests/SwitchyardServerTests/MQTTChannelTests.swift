@@ -26,7 +26,7 @@ import Testing
     }
 
     /// Runs a scenario and returns its JSON.
-    func run(_ args: String...) throws -> [String: Any] { try ProcessTests.runScenario(Self.script, args) }
+    func run(_ args: String...) async throws -> [String: Any] { try await ProcessTests.runScenario(Self.script, args) }
 
     @Test(arguments: ["4", "5"])
     func devicesPublishAtEveryQoSAndEachMessageIsDelivered(version: String) async throws {
@@ -35,7 +35,7 @@ import Testing
         let port = try await server.mqttPort()
         var expected = 0
         for qos in 0...2 {
-            let r = try run("publish", String(port), version == "4" ? "3" : "5", String(qos), "5", "devices/p1/d\(qos)-{i}/telemetry")
+            let r = try await run("publish", String(port), version == "4" ? "3" : "5", String(qos), "5", "devices/p1/d\(qos)-{i}/telemetry")
             #expect(r["connack"] as? Int == 0)
             if qos > 0 { #expect(r["acks"] as? [Int] == [0, 0, 0, 0, 0], "QoS \(qos): \(r)") }
             expected += 5
@@ -58,10 +58,10 @@ import Testing
         let svc = try await TestHTTPService.start()
         let server = try await TestServer.start(Self.yaml(svc))
         let port = String(try await server.mqttPort())
-        let v5 = try run("publish", port, "5", "1", "2", "devices/p1/banned/telemetry")
+        let v5 = try await run("publish", port, "5", "1", "2", "devices/p1/banned/telemetry")
         #expect(v5["acks"] as? [Int] == [0x87, 0x87])  // not authorized: the device is denied
         #expect((v5["reasons"] as? [String])?.first?.contains("device_denied") == true)
-        let v3 = try run("publish", port, "3", "1", "1", "devices/p1/banned/telemetry")
+        let v3 = try await run("publish", port, "3", "1", "1", "devices/p1/banned/telemetry")
         #expect((v3["acks"] as? [Any])?.first is NSNull)  // never a false acknowledgement
         #expect(v3["disconnect"] != nil && !(v3["disconnect"] is NSNull))
         let ledger = ScrapedLedger(try await server.admin("GET", "/metrics", token: nil).body)
@@ -75,9 +75,9 @@ import Testing
         let svc = try await TestHTTPService.start()
         let server = try await TestServer.start(Self.yaml(svc, anonymous: false))
         let port = String(try await server.mqttPort())
-        #expect(try run("connect", port, "3")["connack"] as? Int == 0x87)  // paho maps 3.1.1 code 5 to 0x87
-        #expect(try run("connect", port, "5")["connack"] as? Int == 0x87)
-        #expect(try run("connect", port, "5", "someone")["connack"] as? Int == 0x86)  // no credential store yet
+        #expect(try await run("connect", port, "3")["connack"] as? Int == 0x87)  // paho maps 3.1.1 code 5 to 0x87
+        #expect(try await run("connect", port, "5")["connack"] as? Int == 0x87)
+        #expect(try await run("connect", port, "5", "someone")["connack"] as? Int == 0x86)  // no credential store yet
         await server.stop()
         await svc.stop()
     }
@@ -86,29 +86,29 @@ import Testing
         let svc = try await TestHTTPService.start()
         let server = try await TestServer.start(Self.yaml(svc))
         let port = String(try await server.mqttPort())
-        let garbage = try run("garbage", port)
+        let garbage = try await run("garbage", port)
         #expect(garbage["closed"] as? Bool == true)
         // A PUBLISH over max_packet_size (64 KiB): DISCONNECT 0x95 from its header alone.
-        let oversize = try run("oversize", port)
+        let oversize = try await run("oversize", port)
         let bytes = try #require(oversize["received"] as? String)
         #expect(bytes.hasPrefix("20"))  // CONNACK first
         #expect(bytes.contains("e0") && bytes.contains("95"), "\(bytes)")
         #expect(oversize["closed"] as? Bool == true)
         // An invalid filter gets 0x8F (never a silent grant); the shared subscription beside it QoS 1.
-        let sub = try run("subscribe", port)
+        let sub = try await run("subscribe", port)
         #expect((sub["received"] as? String)?.hasSuffix("8f01") == true, "\(sub)")
         // Keep-alive 1 s and silence: DISCONNECT 0x8D within 1.5 × keep-alive (checked each second).
-        let sleepy = try run("keepalive", port)
+        let sleepy = try await run("keepalive", port)
         #expect((sleepy["received"] as? String)?.contains("e0") == true)
         #expect((sleepy["received"] as? String)?.contains("8d") == true, "\(sleepy)")
         #expect(sleepy["closed"] as? Bool == true)
         // The same client id again: the first connection gets DISCONNECT 0x8E.
-        let takeover = try run("takeover", port)
+        let takeover = try await run("takeover", port)
         #expect((takeover["received"] as? String)?.contains("e0") == true)
         #expect((takeover["received"] as? String)?.contains("8e") == true, "\(takeover)")
         #expect(takeover["closed"] as? Bool == true)
         // Still serving.
-        let ok = try run("publish", port, "5", "1", "1", "devices/p1/d9/telemetry")
+        let ok = try await run("publish", port, "5", "1", "1", "devices/p1/d9/telemetry")
         #expect(ok["acks"] as? [Int] == [0])
         await server.stop()
         await svc.stop()
@@ -119,7 +119,7 @@ import Testing
         let svc = try await TestHTTPService.start()
         let server = try await TestServer.start(Self.yaml(svc))
         let port = String(try await server.mqttPort())
-        let r = try run("pubsub", port, version, String(qos), "20")
+        let r = try await run("pubsub", port, version, String(qos), "20")
         #expect(r["granted"] as? [Int] == [qos])
         let got = try #require(r["got"] as? [[String: Any]])
         #expect(got.count == 20, "\(got.count) of 20 at QoS \(qos)")
@@ -141,7 +141,7 @@ import Testing
         let svc = try await TestHTTPService.start()
         let server = try await TestServer.start(Self.yaml(svc))
         let port = String(try await server.mqttPort())
-        let r = try run("will", port, "devices/p1/d7/status")
+        let r = try await run("will", port, "devices/p1/d7/status")
         #expect(r["connack"] as? String == "20020000")
         let got = await svc.waitFor(count: 1)
         #expect(got.first?.uri == "/in/d7/status")
@@ -155,12 +155,12 @@ import Testing
     func aPersistentSessionAndRetainedMessagesSurviveARestart(version: String) async throws {
         let svc = try await TestHTTPService.start()
         var server = try await TestServer.start(Self.yaml(svc))
-        let parked = try run("session_park", String(try await server.mqttPort()), version, "3")
+        let parked = try await run("session_park", String(try await server.mqttPort()), version, "3")
         #expect(parked["first_present"] as? Bool == false)
         #expect(parked["published"] as? Int == 4)
         await server.stop(keepingData: true)
         server = try await TestServer.start(Self.yaml(svc), dir: server.dir)
-        let resumed = try run("session_resume", String(try await server.mqttPort()), version, "3")
+        let resumed = try await run("session_resume", String(try await server.mqttPort()), version, "3")
         #expect(resumed["present"] as? Bool == true, "\(resumed)")
         let got = try #require(resumed["got"] as? [[String: Any]])
         #expect(got.compactMap { $0["payload"] as? String } == ["while-away-0", "while-away-1", "while-away-2"], "\(got)")
@@ -174,7 +174,7 @@ import Testing
     func aSharedSubscriptionSplitsMessagesAcrossItsMembers(version: String) async throws {
         let svc = try await TestHTTPService.start()
         let server = try await TestServer.start(Self.yaml(svc))
-        let r = try run("shared", String(try await server.mqttPort()), version, "30")
+        let r = try await run("shared", String(try await server.mqttPort()), version, "30")
         #expect((r["granted"] as? [[Int]])?.allSatisfy { $0 == [1] } == true, "\(r)")
         let perMember = try #require(r["per_member"] as? [[String]])
         let all = perMember.flatMap { $0 }
@@ -189,7 +189,7 @@ import Testing
         let server = try await TestServer.start(
             Self.yaml(svc).replacingOccurrences(of: "max_packet_size: 64KiB", with: "max_packet_size: 64KiB, sys_interval: 1s")
         )
-        let r = try run("sys", String(try await server.mqttPort()), "2.5")
+        let r = try await run("sys", String(try await server.mqttPort()), "2.5")
         let topics = try #require(r["topics"] as? [String: String])
         #expect(topics["$SYS/broker/version"]?.hasPrefix("switchyard ") == true, "\(topics)")
         #expect(Int(topics["$SYS/broker/clients/connected"] ?? "") ?? 0 >= 1, "\(topics)")
@@ -206,7 +206,7 @@ import Testing
         let server = try await TestServer.start(
             Self.yaml(svc).replacingOccurrences(of: "max_packet_size: 64KiB", with: "max_packet_size: 64KiB, max_connection_rate: 5")
         )
-        let r = try run("burst", String(try await server.mqttPort()), "40")
+        let r = try await run("burst", String(try await server.mqttPort()), "40")
         let accepted = try #require(r["accepted"] as? Int)
         // A bucket of 5 (plus what refills while the burst is opened): most of the 40 are refused.
         #expect(accepted >= 1 && accepted <= 15, "\(r)")
@@ -241,7 +241,7 @@ import Testing
         let svc = try await TestHTTPService.start()
         let server = try await TestServer.start(Self.yaml(svc), listeners: "  mqtts: {host: 127.0.0.1, port: 0, cert: \(cert), key: \(key)}")
         let port = try #require(try await server.app.mqttSecureAddress?.get().port)
-        let r = try run("tls", String(port), cert, version)
+        let r = try await run("tls", String(port), cert, version)
         #expect(r["connack"] as? Int == 0, "\(r)")
         #expect(r["ack"] as? Int == 0)
         #expect(r["got"] as? [String] == ["over tls"])
@@ -274,15 +274,15 @@ import Testing
         let server = try await TestServer.start(MQTTChannelTests.yaml(svc))
         let port = String(try await server.mqttPort())
         let mqtt = MQTTChannelTests()
-        _ = try mqtt.run("fuzz", port, "200", "1")  // warm-up: first allocations are not growth
+        _ = try await mqtt.run("fuzz", port, "200", "1")  // warm-up: first allocations are not growth
         let before = Self.residentBytes()
         let seed = Int.random(in: 1...1_000_000)
-        let fuzz = try mqtt.run("fuzz", port, "2500", String(seed))
+        let fuzz = try await mqtt.run("fuzz", port, "2500", String(seed))
         #expect((fuzz["packets"] as? Int ?? 0) >= 10_000)
         let after = Self.residentBytes()
         print("MQTT fuzz: \(fuzz["packets"] ?? 0) packets on 2500 connections (seed \(seed)); RSS \(before >> 20) → \(after >> 20) MiB")
         #expect(after - before < 64 << 20, "RSS grew by \((after - before) >> 20) MiB (seed \(seed))")
-        let ok = try mqtt.run("publish", port, "5", "1", "3", "devices/p1/after-fuzz/telemetry")
+        let ok = try await mqtt.run("publish", port, "5", "1", "3", "devices/p1/after-fuzz/telemetry")
         #expect(ok["acks"] as? [Int] == [0, 0, 0], "seed \(seed): \(ok)")
         // Every fuzz connection is gone (none hangs open on the server).
         var open = server.app.mqttConnections

@@ -12,7 +12,19 @@ import Testing
     static func freePort() -> Int { Int.random(in: 20_000...40_000) }
 
     /// Runs the binary to its end; returns its status and output (stdout, and stderr when `mergeErrors`).
-    static func runBinary(_ args: [String], in dir: String? = nil, mergeErrors: Bool = true) throws -> (Int32, String) {
+    static func runBinary(_ args: [String], in dir: String? = nil, mergeErrors: Bool = true) async throws -> (Int32, String) {
+        try await offloaded { try runBinaryBlocking(args, in: dir, mergeErrors: mergeErrors) }
+    }
+
+    /// Runs blocking work (a child process to its end) on a thread of its own, not on the
+    /// concurrency pool: two tests waiting on processes would otherwise stall every other test.
+    static func offloaded<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            Thread { continuation.resume(with: Result { try work() }) }.start()
+        }
+    }
+
+    static func runBinaryBlocking(_ args: [String], in dir: String?, mergeErrors: Bool) throws -> (Int32, String) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: binary)
         p.arguments = args
@@ -28,7 +40,13 @@ import Testing
 
     /// Runs a Python scenario script of Tests/Fixtures; returns the JSON object it prints (its
     /// exit status must be 0).
-    static func runScenario(_ script: String, _ args: [String]) throws -> [String: Any] {
+    static func runScenario(_ script: String, _ args: [String]) async throws -> [String: Any] {
+        let (status, data, problem) = try await offloaded { try runScenarioBlocking(script, args) }
+        try #require(status == 0, "scenario \(args) failed: \(problem)\n\(String(decoding: data, as: UTF8.self))")
+        return try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+    }
+
+    static func runScenarioBlocking(_ script: String, _ args: [String]) throws -> (Int32, Data, String) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         p.arguments = ["python3", script] + args
@@ -40,8 +58,7 @@ import Testing
         let data = out.fileHandleForReading.readDataToEndOfFile()
         let problem = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         p.waitUntilExit()
-        try #require(p.terminationStatus == 0, "scenario \(args) failed: \(problem)\n\(String(decoding: data, as: UTF8.self))")
-        return try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        return (p.terminationStatus, data, problem)
     }
 
     @Test func serveReloadsOnSIGHUPAndStopsOnSIGTERM() async throws {
@@ -117,18 +134,18 @@ import Testing
         await svc.stop()
     }
 
-    @Test func checkConfigExitCodes() throws {
-        func run(_ args: [String]) throws -> (Int32, String) { try Self.runBinary(args) }
+    @Test func checkConfigExitCodes() async throws {
+        func run(_ args: [String]) async throws -> (Int32, String) { try await Self.runBinary(args) }
         let root = URL(fileURLWithPath: Self.binary).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
-        let (ok, _) = try run(["check-config", "\(root)/examples/switchyard.yaml"])
+        let (ok, _) = try await run(["check-config", "\(root)/examples/switchyard.yaml"])
         #expect(ok == 0)
-        let (bad, text) = try run(["check-config", "\(root)/Tests/Fixtures/broken.yaml"])
+        let (bad, text) = try await run(["check-config", "\(root)/Tests/Fixtures/broken.yaml"])
         #expect(bad == 1)
         #expect(text.contains("lanes[0].entry.percentage: must be between 0 and 100"))
         #expect(text.contains("routes[0].match: unbalanced \"(\" at offset 9"))
-        let (missing, _) = try run(["check-config", "/nonexistent.yaml"])
+        let (missing, _) = try await run(["check-config", "/nonexistent.yaml"])
         #expect(missing == 1)
-        let (explain, out) = try run([
+        let (explain, out) = try await run([
             "explain", "--config", "\(root)/examples/switchyard.yaml", "--topic", "devices/beta-lock/d1/telemetry",
         ])
         #expect(explain == 0)
@@ -173,7 +190,7 @@ import Testing
         #expect(cli.terminationStatus == 0)
         #expect(listed.contains("\"reason\" : \"unrouted\""))
         // The registry on its default port (loopback, no auth), and the registry CLI.
-        func registryCLI(_ args: String...) throws -> (Int32, String) { try ProcessTests.runBinary(args, in: dir, mergeErrors: false) }
+        func registryCLI(_ args: String...) async throws -> (Int32, String) { try await ProcessTests.runBinary(args, in: dir, mergeErrors: false) }
         let form = [("content-type", "application/x-www-form-urlencoded")]
         for content in ["v%3A+1", "v%3A+2"] {
             let r = try await TestHTTPClient.request(
@@ -187,19 +204,19 @@ import Testing
         }
         let registered = try await TestHTTPClient.request("POST", port: 8848, path: "/nacos/v1/ns/instance?serviceName=orders&ip=127.0.0.1&port=9")
         #expect(registered.body == "ok")
-        let (servicesStatus, services) = try registryCLI("registry", "services")
+        let (servicesStatus, services) = try await registryCLI("registry", "services")
         #expect(servicesStatus == 0 && services.contains("\"name\" : \"orders\""), "\(services)")
-        let (_, instances) = try registryCLI("registry", "instances", "orders")
+        let (_, instances) = try await registryCLI("registry", "instances", "orders")
         #expect(instances.contains("\"port\" : 9"), "\(instances)")
-        let (_, history) = try registryCLI("registry", "history", "app.yaml")
+        let (_, history) = try await registryCLI("registry", "history", "app.yaml")
         let revisions = try #require(try JSONSerialization.jsonObject(with: Data(history.utf8)) as? [[String: Any]])
         #expect(revisions.compactMap { $0["content"] as? String } == ["v: 2", "v: 1"])
         let first = try #require(revisions.last?["revision"] as? Int)
-        let (rolled, _) = try registryCLI("registry", "rollback", "app.yaml", String(first))
+        let (rolled, _) = try await registryCLI("registry", "rollback", "app.yaml", String(first))
         #expect(rolled == 0)
         let now = try await TestHTTPClient.request("GET", port: 8848, path: "/nacos/v1/cs/configs?dataId=app.yaml&group=DEFAULT_GROUP")
         #expect(now.body == "v: 1")
-        let (refused, _) = try registryCLI("registry", "rollback", "app.yaml", "999999")
+        let (refused, _) = try await registryCLI("registry", "rollback", "app.yaml", "999999")
         #expect(refused != 0)
         kill(process.processIdentifier, SIGHUP)
         try await Task.sleep(nanoseconds: 300_000_000)
@@ -212,8 +229,8 @@ import Testing
 
     /// The registry load tool runs end to end (small numbers: a smoke run) and fails on a lost
     /// instance or a missed wake-up.
-    @Test func benchRegistryRuns() throws {
-        let (status, out) = try ProcessTests.runBinary([
+    @Test func benchRegistryRuns() async throws {
+        let (status, out) = try await ProcessTests.runBinary([
             "bench", "registry", "--instances", "300", "--beat-seconds", "2", "--listeners", "20", "--publishes", "2",
         ])
         #expect(status == 0, "\(out)")
@@ -224,8 +241,8 @@ import Testing
 
     /// The MQTT load tool runs end to end against a Switchyard it starts (a smoke run: small
     /// numbers; the figures are the benchmark's business, not this test's) and fails on loss.
-    @Test func benchMQTTRunsAndLosesNothing() throws {
-        let (status, out) = try ProcessTests.runBinary([
+    @Test func benchMQTTRunsAndLosesNothing() async throws {
+        let (status, out) = try await ProcessTests.runBinary([
             "bench", "mqtt", "--messages", "1000", "--publishers", "10", "--pairs", "5", "--idle-connections", "200", "--qos", "0,1", "--pipeline",
             "--duration", "30",
         ])

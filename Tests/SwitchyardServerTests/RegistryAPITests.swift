@@ -44,12 +44,12 @@ import Testing
     }
 
     /// Runs a scenario of the real client; returns its JSON.
-    func client(_ args: String...) throws -> [String: Any] { try ProcessTests.runScenario(Self.script, args) }
+    func client(_ args: String...) async throws -> [String: Any] { try await ProcessTests.runScenario(Self.script, args) }
 
     @Test func realClientRegistersListsSubscribesAndDeregisters() async throws {
         let server = try await TestServer.start("")
         let port = try await Self.nacosPort(server)
-        let r = try client("127.0.0.1:\(port)", "naming", "19001")
+        let r = try await client("127.0.0.1:\(port)", "naming", "19001")
         #expect(r["error"] == nil, "\(r)")
         let list = try await Self.call("GET", port, "/nacos/v1/ns/instance/list?serviceName=orders")
         #expect(list.status == 200)
@@ -59,9 +59,9 @@ import Testing
     @Test func realClientPublishesReadsWatchesAndDeletesConfig() async throws {
         let server = try await TestServer.start("")
         let port = try await Self.nacosPort(server)
-        let r = try client("127.0.0.1:\(port)", "config")
+        let r = try await client("127.0.0.1:\(port)", "config")
         #expect(r["error"] == nil, "\(r)")
-        let dev = try client("127.0.0.1:\(port)", "config", "dev")
+        let dev = try await client("127.0.0.1:\(port)", "config", "dev")
         #expect(dev["error"] == nil, "\(dev)")
     }
 
@@ -338,9 +338,9 @@ import Testing
         let visible = try await Self.call("GET", port, "/nacos/v1/console/namespaces?accessToken=\(alice)")
         #expect(visible.body.contains("team-a") && !visible.body.contains("team-b"))
         // The real client with credentials: allowed in its namespace, refused in the other.
-        let ok = try client("127.0.0.1:\(port)", "login", "alice", "alice-secret-1", "team-a")
+        let ok = try await client("127.0.0.1:\(port)", "login", "alice", "alice-secret-1", "team-a")
         #expect(ok["error"] == nil, "\(ok)")
-        let refused = try client("127.0.0.1:\(port)", "denied", "alice", "alice-secret-1", "team-b")
+        let refused = try await client("127.0.0.1:\(port)", "denied", "alice", "alice-secret-1", "team-b")
         #expect(refused["error"] == nil, "\(refused)")
     }
 
