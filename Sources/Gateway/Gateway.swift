@@ -181,6 +181,8 @@ public struct GatewaySnapshot: Sendable {
 /// The streaming side of the HTTP listener: requests matching a gateway route become sessions.
 public final class GatewayResponder: HTTPStreamingResponder {
     let snapshot: @Sendable () -> GatewaySnapshot
+    /// Idle keep-alive connections to upstream instances, reused by later requests.
+    let pool = UpstreamPool()
 
     public init(snapshot: @escaping @Sendable () -> GatewaySnapshot) {
         self.snapshot = snapshot
@@ -223,7 +225,7 @@ public final class GatewayResponder: HTTPStreamingResponder {
         }
         let instance = Self.pick(chosen)
         let upstreamHead = Self.upstreamHead(head, uri: uri, instance: instance, lane: lane, fellBack: fellBack, client: remoteAddress)
-        let session = GatewaySession(writer: writer, head: upstreamHead, instance: instance, timeout: timeout)
+        let session = GatewaySession(writer: writer, head: upstreamHead, instance: instance, timeout: timeout, pool: pool)
         session.start()
         return session
     }
@@ -297,8 +299,6 @@ public final class GatewayResponder: HTTPStreamingResponder {
         if TraceContext(traceparent: head.headers.first(name: "traceparent")) == nil {
             headers.replaceOrAdd(name: "traceparent", value: TraceContext.generate().traceparent)
         }
-        // One upstream connection per request for now: say so.
-        headers.replaceOrAdd(name: "connection", value: "close")
         return HTTPRequestHead(version: .http1_1, method: head.method, uri: instance.basePath + uri, headers: headers)
     }
 }

@@ -1,4 +1,5 @@
 import HTTPIngress
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -14,7 +15,10 @@ final class GatewaySession: HTTPStreamSession {
     let head: HTTPRequestHead
     let instance: ServiceInstance?
     let timeout: TimeAmount
+    let pool: UpstreamPool?
     private var upstream: (any Channel)?
+    /// The upstream may keep the connection after this exchange.
+    private var upstreamKeepAlive = true
     private var pending: [ByteBuffer] = []
     private var pendingBytes = 0
     private var requestEnded = false
@@ -28,14 +32,16 @@ final class GatewaySession: HTTPStreamSession {
         head = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/")
         instance = nil
         timeout = .seconds(1)
+        pool = nil
         over = true
     }
 
-    init(writer: HTTPResponseWriter, head: HTTPRequestHead, instance: ServiceInstance, timeout: Double) {
+    init(writer: HTTPResponseWriter, head: HTTPRequestHead, instance: ServiceInstance, timeout: Double, pool: UpstreamPool?) {
         self.writer = writer
         self.head = head
         self.instance = instance
         self.timeout = .nanoseconds(Int64(timeout * 1e9))
+        self.pool = pool
     }
 
     func start() {
@@ -43,6 +49,16 @@ final class GatewaySession: HTTPStreamSession {
         let loop = writer.eventLoop
         timer = loop.scheduleTask(in: timeout) { [self] in
             fail(.gatewayTimeout, "upstream_timeout", "\(instance.address) did not answer within \(timeout.nanoseconds / 1_000_000) ms")
+        }
+        if let idle = pool?.take(instance.address, on: loop) {
+            // A kept connection: its handler now answers to this session.
+            if let handler = try? idle.pipeline.syncOperations.handler(type: UpstreamHandler.self) {
+                handler.session = self
+                handler.complete = false
+                connected(idle)
+                return
+            }
+            idle.close(promise: nil)
         }
         let bound = NIOLoopBound(self, eventLoop: loop)
         ClientBootstrap(group: loop)
@@ -58,7 +74,9 @@ final class GatewaySession: HTTPStreamSession {
             .whenComplete { result in
                 let session = bound.value
                 switch result {
-                case .success(let channel): session.connected(channel)
+                case .success(let channel):
+                    session.pool?.watch(channel, for: instance.address)
+                    session.connected(channel)
                 case .failure(let error):
                     session.fail(.badGateway, "upstream_unreachable", "cannot connect to \(instance.address): \(error)")
                 }
@@ -120,6 +138,7 @@ final class GatewaySession: HTTPStreamSession {
     func responseHead(_ response: HTTPResponseHead) {
         guard !over, let writer else { return }
         timer?.cancel()
+        upstreamKeepAlive = response.isKeepAlive
         var headers = HTTPHeaders()
         for (name, value) in response.headers where !GatewayResponder.hopByHop.contains(name.lowercased()) {
             headers.add(name: name, value: value)
@@ -137,7 +156,12 @@ final class GatewaySession: HTTPStreamSession {
         over = true
         // A request still being sent when the answer is complete cannot share the connection.
         writer?.end(closeAfter: !requestEnded)
-        upstream?.close(promise: nil)
+        if let upstream, let pool, let instance, requestEnded, upstreamKeepAlive, upstream.isActive {
+            upstream.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+            pool.put(upstream, for: instance.address)
+        } else {
+            upstream?.close(promise: nil)
+        }
     }
 
     func upstreamFailed(_ detail: String) {
@@ -156,8 +180,8 @@ final class GatewaySession: HTTPStreamSession {
 /// Relays the upstream's answer to its session.
 final class UpstreamHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPClientResponsePart
-    let session: GatewaySession
-    private var complete = false
+    var session: GatewaySession
+    var complete = false
 
     init(session: GatewaySession) { self.session = session }
 
@@ -187,5 +211,48 @@ final class UpstreamHandler: ChannelInboundHandler {
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if !complete { session.upstreamFailed("\(error)") }
         context.close(promise: nil)
+    }
+}
+
+/// Idle keep-alive connections to upstream instances, per event loop and address. A connection
+/// is taken by one session at a time, on its own loop; one the upstream closes leaves the pool.
+final class UpstreamPool: @unchecked Sendable {
+    /// Idle connections kept per instance and event loop.
+    static let maxIdle = 64
+    private let lock = NIOLock()
+    private var idle: [String: [any Channel]] = [:]
+
+    private static func key(_ address: String, _ loop: any EventLoop) -> String { "\(ObjectIdentifier(loop).hashValue)|\(address)" }
+
+    func take(_ address: String, on loop: any EventLoop) -> (any Channel)? {
+        let key = Self.key(address, loop)
+        return lock.withLock { () -> (any Channel)? in
+            while var list = idle[key], let channel = list.popLast() {
+                idle[key] = list
+                if channel.isActive { return channel }
+            }
+            return nil
+        }
+    }
+
+    func put(_ channel: any Channel, for address: String) {
+        let key = Self.key(address, channel.eventLoop)
+        let kept = lock.withLock { () -> Bool in
+            var list = idle[key, default: []]
+            guard list.count < Self.maxIdle else { return false }
+            list.append(channel)
+            idle[key] = list
+            return true
+        }
+        if !kept { channel.close(promise: nil) }
+    }
+
+    /// Once per connection: when it closes, it leaves the pool.
+    func watch(_ channel: any Channel, for address: String) {
+        let key = Self.key(address, channel.eventLoop)
+        channel.closeFuture.whenComplete { [weak self] _ in
+            guard let self else { return }
+            self.lock.withLock { self.idle[key]?.removeAll { $0 === channel } }
+        }
     }
 }

@@ -54,11 +54,12 @@ public final class HTTPResponseWriter {
         done = true
         let written = context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)))
         let close = closeAfter || !keepAlive
+        // Finished first: closing can run at once, and must not find the exchange still open.
+        finished(close)
         if close {
             let channel = context.channel
             written.whenComplete { _ in channel.close(promise: nil) }
         }
-        finished(close)
     }
 
     /// A whole answer at once (errors before anything was sent upstream's way).

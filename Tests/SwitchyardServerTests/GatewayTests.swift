@@ -141,6 +141,20 @@ import Testing
         #expect(try await TestHTTPClient.request("GET", port: port, path: "/api/orders/ok", body: "").status == 200)
     }
 
+    /// Upstream connections are kept and reused: 30 requests in turn need one or two.
+    @Test func upstreamConnectionsAreReused() async throws {
+        let baseline = try await TestHTTPService.start()
+        let gray = try await TestHTTPService.start()
+        let server = try await TestServer.start(Self.yaml(baseline: baseline, gray: gray, users: baseline))
+        for i in 0..<30 {
+            let r = try await TestHTTPClient.request("GET", port: server.httpPort, path: "/api/orders/\(i)", body: "")
+            #expect(r.status == 200)
+        }
+        #expect(baseline.received.count == 30)
+        // The listener has two event loops; each keeps its own idle connections.
+        #expect(baseline.connectionsAccepted <= 2, "\(baseline.connectionsAccepted) upstream connections for 30 requests")
+    }
+
     @Test func aTrustedCallerBringsItsLaneAnUntrustedOneCannot() async throws {
         let baseline = try await TestHTTPService.start()
         let gray = try await TestHTTPService.start()
@@ -184,9 +198,11 @@ import Testing
         // The upstream answers 503: passed on as it is.
         baseline.setStatus(503)
         #expect(try await TestHTTPClient.request("GET", port: server.httpPort, path: "/api/orders/1", body: "").status == 503)
-        // The upstream is gone: 502 with a reason; too slow: 504.
-        await baseline.stop()
-        let gone = try await TestHTTPClient.request("GET", port: server.httpPort, path: "/api/orders/1", body: "")
+        // Nothing listens where the instance should be: 502 with a reason; too slow: 504.
+        let deadServer = try await TestServer.start(
+            Self.yaml(baseline: baseline, gray: gray, users: users).replacingOccurrences(of: baseline.url, with: "http://127.0.0.1:1")
+        )
+        let gone = try await TestHTTPClient.request("GET", port: deadServer.httpPort, path: "/api/orders/1", body: "")
         #expect(gone.status == 502 && gone.body.contains("upstream_unreachable"), "\(gone.body)")
         users.setDelay(seconds: 5)
         let slowServer = try await TestServer.start(
