@@ -137,6 +137,7 @@ let package = Package(
             name: "Gateway",
             dependencies: [
                 "SwitchyardCore", "Controller", "Router", "HTTPIngress",
+                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -5,6 +5,7 @@
 import Controller
 import Foundation
 public import HTTPIngress
+import Metrics
 public import NIOCore
 import NIOHTTP1
 import Router
@@ -20,6 +21,8 @@ public struct GatewaySnapshot: Sendable {
     let directory: any ServiceDirectory
     /// Egress: the instances of a service by name (nil: no such service).
     let egress: (@Sendable (String) -> [ServiceInstance]?)?
+    /// Per route (and `egress`): requests by status class and their durations.
+    let metrics: [String: GatewayMetrics]
 
     public init(
         configuration: SwitchyardConfiguration,
@@ -28,6 +31,9 @@ public struct GatewaySnapshot: Sendable {
     ) {
         self.egress = configuration.gateway.egress ? egress : nil
         routes = configuration.gateway.routes
+        var metrics: [String: GatewayMetrics] = [:]
+        for name in configuration.gateway.routes.map(\.name) + ["egress"] { metrics[name] = GatewayMetrics(route: name) }
+        self.metrics = metrics
         trusted = configuration.gateway.trustedCIDRs.compactMap { try? CIDR($0) }
         lanes = configuration.lanes
         laneNames = Set(configuration.lanes.map(\.name))
@@ -196,8 +202,9 @@ public final class GatewayResponder: HTTPStreamingResponder {
             writer.respond(.error(.badRequest, "bad_host", problem), closeAfter: true)
             return GatewaySession.finished
         }
-        let service: String, instances: [ServiceInstance], uri: String, timeout: Double
+        let service: String, instances: [ServiceInstance], uri: String, timeout: Double, routeName: String
         if let route = snapshot.route(for: head) {
+            routeName = route.name
             service = route.service
             instances = snapshot.directory.instances(of: route.service)
             uri = Self.rewrite(head.uri, route: route)
@@ -205,10 +212,12 @@ public final class GatewayResponder: HTTPStreamingResponder {
         } else if snapshot.isTrusted(remoteAddress), let target = snapshot.egressTarget(head) {
             (service, instances, uri) = target
             timeout = 30
+            routeName = "egress"
         } else {
             return nil
         }
         let (lane, _) = snapshot.lane(for: head, from: remoteAddress)
+        let metrics = snapshot.metrics[routeName]
         let chosen: [ServiceInstance]
         var fellBack = false
         switch snapshot.resolver.resolve(lane: lane, instances: instances) {
@@ -218,14 +227,16 @@ public final class GatewayResponder: HTTPStreamingResponder {
             fellBack = true
         case .laneUnavailable:
             writer.respond(.error(.serviceUnavailable, "lane_unavailable", "service \(service) has no instance in lane \(lane ?? "baseline")"))
+            metrics?.record(status: 503, nanoseconds: 0)
             return GatewaySession.finished
         case .noInstances:
             writer.respond(.error(.serviceUnavailable, "no_instances", "service \(service) has no instance to serve the request"))
+            metrics?.record(status: 503, nanoseconds: 0)
             return GatewaySession.finished
         }
         let instance = Self.pick(chosen)
         let upstreamHead = Self.upstreamHead(head, uri: uri, instance: instance, lane: lane, fellBack: fellBack, client: remoteAddress)
-        let session = GatewaySession(writer: writer, head: upstreamHead, instance: instance, timeout: timeout, pool: pool)
+        let session = GatewaySession(writer: writer, head: upstreamHead, instance: instance, timeout: timeout, pool: pool, metrics: metrics)
         session.start()
         return session
     }
@@ -300,5 +311,30 @@ public final class GatewayResponder: HTTPStreamingResponder {
             headers.replaceOrAdd(name: "traceparent", value: TraceContext.generate().traceparent)
         }
         return HTTPRequestHead(version: .http1_1, method: head.method, uri: instance.basePath + uri, headers: headers)
+    }
+}
+
+/// A gateway route's metrics, made once per configuration.
+struct GatewayMetrics: Sendable {
+    let byClass: [Counter]
+    let cancelled: Counter
+    let duration: Metrics.Timer
+
+    init(route: String) {
+        byClass = ["1xx", "2xx", "3xx", "4xx", "5xx"].map {
+            Counter(label: "switchyard_gateway_requests_total", dimensions: [("route", route), ("status", $0)])
+        }
+        cancelled = Counter(label: "switchyard_gateway_requests_total", dimensions: [("route", route), ("status", "client_gone")])
+        duration = Metrics.Timer(label: "switchyard_gateway_request_duration_seconds", dimensions: [("route", route)])
+    }
+
+    /// One answered request (`status` 0: the client left first).
+    func record(status: Int, nanoseconds: UInt64) {
+        guard (100..<600).contains(status) else {
+            cancelled.increment()
+            return
+        }
+        byClass[status / 100 - 1].increment()
+        if nanoseconds > 0 { duration.recordNanoseconds(Int64(nanoseconds)) }
     }
 }

@@ -16,6 +16,9 @@ final class GatewaySession: HTTPStreamSession {
     let instance: ServiceInstance?
     let timeout: TimeAmount
     let pool: UpstreamPool?
+    let metrics: GatewayMetrics?
+    private let started = SystemMonotonicClock().nowNanos()
+    private var status = 0
     private var upstream: (any Channel)?
     /// The upstream may keep the connection after this exchange.
     private var upstreamKeepAlive = true
@@ -33,10 +36,19 @@ final class GatewaySession: HTTPStreamSession {
         instance = nil
         timeout = .seconds(1)
         pool = nil
+        metrics = nil
         over = true
     }
 
-    init(writer: HTTPResponseWriter, head: HTTPRequestHead, instance: ServiceInstance, timeout: Double, pool: UpstreamPool?) {
+    init(
+        writer: HTTPResponseWriter,
+        head: HTTPRequestHead,
+        instance: ServiceInstance,
+        timeout: Double,
+        pool: UpstreamPool?,
+        metrics: GatewayMetrics?
+    ) {
+        self.metrics = metrics
         self.writer = writer
         self.head = head
         self.instance = instance
@@ -119,6 +131,7 @@ final class GatewaySession: HTTPStreamSession {
     }
 
     func cancel() {
+        if !over { metrics?.record(status: 0, nanoseconds: 0) }
         over = true
         timer?.cancel()
         upstream?.close(promise: nil)
@@ -139,6 +152,7 @@ final class GatewaySession: HTTPStreamSession {
         guard !over, let writer else { return }
         timer?.cancel()
         upstreamKeepAlive = response.isKeepAlive
+        status = Int(response.status.code)
         var headers = HTTPHeaders()
         for (name, value) in response.headers where !GatewayResponder.hopByHop.contains(name.lowercased()) {
             headers.add(name: name, value: value)
@@ -154,6 +168,7 @@ final class GatewaySession: HTTPStreamSession {
     func responseEnd() {
         guard !over else { return }
         over = true
+        metrics?.record(status: status, nanoseconds: SystemMonotonicClock().nowNanos() - started)
         // A request still being sent when the answer is complete cannot share the connection.
         writer?.end(closeAfter: !requestEnded)
         if let upstream, let pool, let instance, requestEnded, upstreamKeepAlive, upstream.isActive {
@@ -171,6 +186,7 @@ final class GatewaySession: HTTPStreamSession {
     func fail(_ status: HTTPResponseStatus, _ code: String, _ message: String) {
         guard !over else { return }
         over = true
+        metrics?.record(status: writer?.headSent == true ? self.status : Int(status.code), nanoseconds: SystemMonotonicClock().nowNanos() - started)
         timer?.cancel()
         upstream?.close(promise: nil)
         writer?.respond(.error(status, code, message), closeAfter: !requestEnded)

@@ -54,6 +54,12 @@ import Testing
         #expect(await users.waitFor(count: 2).last?.uri == "/cart")
         // The message channel still answers beside the gateway.
         #expect(try await server.post("devices/p/d/t").status == 202)
+        // Requests by route and status class, and their durations, on /metrics.
+        let metrics = try await server.admin("GET", "/metrics", token: nil).body.split(separator: "\n")
+        #expect(
+            metrics.contains { $0.hasPrefix("switchyard_gateway_requests_total") && $0.contains(#"route="orders""#) && $0.contains(#"status="2xx""#) }
+        )
+        #expect(metrics.contains { $0.hasPrefix("switchyard_gateway_request_duration_seconds") && $0.contains(#"route="users""#) })
     }
 
     /// A → B → C, each calling the next through Switchyard (egress `/<service>/…`) and copying
