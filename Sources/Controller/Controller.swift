@@ -273,7 +273,7 @@ public final class Controller: Sendable {
                 case .device: key = envelope.device
                 case .product: key = envelope.product
                 case .tag(let name): key = envelope.tags[name]
-                case .header, .cookie, .param: key = nil  // request keys: the gateway's
+                case .header, .cookie, .param, .claim: key = nil  // request keys: the gateway's
                 }
                 if let key {
                     let bucket = StableHash.basisPoints(namespace: lane.name, key: key)

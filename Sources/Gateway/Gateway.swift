@@ -3,53 +3,210 @@
 // for everyone else the lanes' header entry rules decide, once, at the edge), and the answer
 // streams back. Bodies are never collected: backpressure stops reading the side that is ahead.
 import Controller
+import Crypto
 import Foundation
-public import HTTPIngress
+import HTTPIngress
 import Metrics
-public import NIOCore
+import NIOCore
 import NIOHTTP1
 import Router
 public import SwitchyardCore
 
+/// A request value rule, compiled: one of the values, or a regex search.
+struct ValueRule: Sendable {
+    let values: Set<String>
+    let regex: SearchRegex?
+
+    init(_ match: SwitchyardConfiguration.ValueMatch) {
+        values = Set(match.values)
+        regex = match.regex.flatMap(SearchRegex.init)
+    }
+
+    func admits(_ value: String) -> Bool {
+        values.contains(value) || (regex?.found(in: value) ?? false)
+    }
+}
+
+/// A regex searched in a value (validated when the config was loaded).
+struct SearchRegex: @unchecked Sendable {  // Regex is immutable once made
+    let regex: Regex<AnyRegexOutput>
+
+    init?(_ pattern: String) {
+        guard let regex = try? Regex(pattern) else { return nil }
+        self.regex = regex
+    }
+
+    func found(in value: String) -> Bool { (try? regex.firstMatch(in: value)) != nil }
+}
+
+/// A gateway route and everything compiled for it: matchers, policies, limiters, metrics.
+final class CompiledRoute: Sendable {
+    let config: SwitchyardConfiguration.GatewayRoute
+    let pathRegex: SearchRegex?
+    let headers: [(String, ValueRule)]
+    /// A `url` route's one upstream.
+    let upstream: ServiceInstance?
+    /// SHA-256 (hex) of each API key → its consumer.
+    let apiKeys: [String: String]
+    let limiters: [(scope: SwitchyardConfiguration.RouteRateLimit.Scope, limiter: KeyedRateLimiter)]
+    let metrics: GatewayMetrics
+
+    init(_ config: SwitchyardConfiguration.GatewayRoute, lanes: [String], previous: CompiledRoute?, clock: any MonotonicClock) throws(KeyPathError) {
+        self.config = config
+        pathRegex = config.pathRegex.flatMap(SearchRegex.init)
+        headers = config.headers.sorted { $0.key < $1.key }.map { ($0.key, ValueRule($0.value)) }
+        upstream = config.url.flatMap { ServiceInstance(service: config.name, url: $0) }
+        var keys: [String: String] = [:]
+        if let policy = config.apiKeys {
+            for (consumer, key) in policy.keys { keys[Self.digest(key)] = consumer }
+            if let file = policy.file {
+                guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
+                    throw KeyPathError(path: "gateway.routes[\(config.name)].api_keys.file", message: "cannot read \(file)")
+                }
+                for line in text.split(whereSeparator: \.isNewline) where !line.hasPrefix("#") {
+                    let parts = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+                    guard parts.count == 2 else { continue }
+                    keys[Self.digest(String(parts[1]))] = String(parts[0])
+                }
+            }
+        }
+        apiKeys = keys
+        // Limits keep their buckets across reloads while the route and its limits stay the same.
+        if let previous, previous.config.rateLimits == config.rateLimits {
+            limiters = previous.limiters
+        } else {
+            limiters = config.rateLimits.map { ($0.per, KeyedRateLimiter(rate: $0.rate, burst: $0.burst, maxKeys: 100_000, clock: clock)) }
+        }
+        metrics = previous?.metrics.lanes == Set(lanes) ? previous!.metrics : GatewayMetrics(route: config.name, lanes: lanes)
+    }
+
+    static func digest(_ key: String) -> String {
+        SHA256.hash(data: Data(key.utf8)).map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// Path (query excluded), method, host and headers.
+    func matches(path: String, host: String, head: HTTPRequestHead, ignoringMethod: Bool = false) -> Bool {
+        if !ignoringMethod && !config.methods.isEmpty && !config.methods.contains(head.method.rawValue) { return false }
+        if let pathRegex {
+            if !pathRegex.found(in: path) { return false }
+        } else if !GatewaySnapshot.path(path, hasPrefix: config.pathPrefix) {
+            return false
+        }
+        if !config.hosts.isEmpty && !config.hosts.contains(where: { GatewaySnapshot.host(host, matches: $0) }) { return false }
+        return headers.allSatisfy { name, rule in head.headers[canonicalForm: name].contains { rule.admits(String($0)) } }
+    }
+}
+
+/// A lane's request entry rules, compiled.
+struct RequestLane: Sendable {
+    let name: String
+    let headers: [(String, ValueRule)]
+    let cookies: [(String, ValueRule)]
+    let params: [(String, ValueRule)]
+    let claims: [(String, ValueRule)]
+    let percentage: Double?
+    let hashKey: SwitchyardConfiguration.HashKey
+
+    init(_ lane: SwitchyardConfiguration.LaneRule) {
+        name = lane.name
+        func compile(_ rules: [String: SwitchyardConfiguration.ValueMatch]) -> [(String, ValueRule)] {
+            rules.sorted { $0.key < $1.key }.map { ($0.key, ValueRule($0.value)) }
+        }
+        headers = compile(lane.headers)
+        cookies = compile(lane.cookies)
+        params = compile(lane.params)
+        claims = compile(lane.claims)
+        percentage = lane.percentage
+        hashKey = lane.hashKey
+    }
+}
+
+/// What the edge knows about a request before choosing its lane: its parts, parsed lazily.
+struct RequestFacts {
+    let head: HTTPRequestHead
+    /// The verified token's claims (nil: none or not verified).
+    let claims: [String: [String]]?
+    private var jar: [String: String]?
+    private var params: [String: String]?
+
+    init(head: HTTPRequestHead, claims: [String: [String]]?) {
+        self.head = head
+        self.claims = claims
+    }
+
+    mutating func cookie(_ name: String) -> String? {
+        if jar == nil { jar = GatewaySnapshot.cookies(head.headers) }
+        return jar?[name]
+    }
+
+    mutating func param(_ name: String) -> String? {
+        if params == nil { params = GatewaySnapshot.query(head.uri) }
+        return params?[name]
+    }
+}
+
 /// Everything the gateway decides with, compiled from one configuration (swapped on reload).
 public struct GatewaySnapshot: Sendable {
-    let routes: [SwitchyardConfiguration.GatewayRoute]
+    let routes: [CompiledRoute]
     let trusted: [CIDR]
-    let lanes: [SwitchyardConfiguration.LaneRule]
+    let lanes: [RequestLane]
     let laneNames: Set<String>
     let resolver: LaneResolver
     let directory: any ServiceDirectory
     /// Egress: the instances of a service by name (nil: no such service).
     let egress: (@Sendable (String) -> [ServiceInstance]?)?
-    /// Per route (and `egress`): requests by status class and their durations.
-    let metrics: [String: GatewayMetrics]
+    let egressMetrics: GatewayMetrics
+    let jwt: JWTVerifier?
+    let debugHeader: String
+    let accessLog: AccessLog?
 
     public init(
         configuration: SwitchyardConfiguration,
         directory: any ServiceDirectory,
+        previous: GatewaySnapshot? = nil,
+        clock: any MonotonicClock = SystemMonotonicClock(),
         egress: (@Sendable (String) -> [ServiceInstance]?)? = nil
-    ) {
-        self.egress = configuration.gateway.egress ? egress : nil
-        routes = configuration.gateway.routes
-        var metrics: [String: GatewayMetrics] = [:]
-        for name in configuration.gateway.routes.map(\.name) + ["egress"] { metrics[name] = GatewayMetrics(route: name) }
-        self.metrics = metrics
-        trusted = configuration.gateway.trustedCIDRs.compactMap { try? CIDR($0) }
-        lanes = configuration.lanes
-        laneNames = Set(configuration.lanes.map(\.name))
+    ) throws(KeyPathError) {
+        let gateway = configuration.gateway
+        self.egress = gateway.egress ? egress : nil
+        let laneNames = configuration.lanes.map(\.name)
+        var routes: [CompiledRoute] = []
+        for route in gateway.routes {
+            let before = previous?.routes.first { $0.config.name == route.name }
+            routes.append(try CompiledRoute(route, lanes: laneNames, previous: before, clock: clock))
+        }
+        self.routes = routes
+        egressMetrics = previous?.egressMetrics.lanes == Set(laneNames) ? previous!.egressMetrics : GatewayMetrics(route: "egress", lanes: laneNames)
+        trusted = gateway.trustedCIDRs.compactMap { try? CIDR($0) }
+        lanes = configuration.lanes.map(RequestLane.init)
+        self.laneNames = Set(laneNames)
         resolver = LaneResolver(lanes: configuration.lanes)
         self.directory = directory
+        jwt = gateway.jwt.isConfigured ? try JWTVerifier(settings: gateway.jwt) : nil
+        debugHeader = gateway.debugHeader
+        if let path = gateway.accessLog {
+            if let kept = previous?.accessLog, kept.path == path {
+                accessLog = kept
+            } else {
+                accessLog = try AccessLog(path: path)
+            }
+        } else {
+            accessLog = nil
+        }
     }
 
-    /// The first route whose host, path prefix and method match.
-    func route(for head: HTTPRequestHead) -> SwitchyardConfiguration.GatewayRoute? {
+    /// The first route whose host, path, method and headers match. A CORS preflight matches a
+    /// route with CORS whatever the route's methods.
+    func route(for head: HTTPRequestHead) -> CompiledRoute? {
         let path = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? head.uri
         let host = Self.hostName(head.headers.first(name: "host"))
-        return routes.first { route in
-            (route.methods.isEmpty || route.methods.contains(head.method.rawValue))
-                && Self.path(path, hasPrefix: route.pathPrefix)
-                && (route.hosts.isEmpty || route.hosts.contains { Self.host(host, matches: $0) })
-        }
+        if let route = routes.first(where: { $0.matches(path: path, host: host, head: head) }) { return route }
+        guard Self.isPreflight(head) else { return nil }
+        return routes.first { $0.config.cors != nil && $0.matches(path: path, host: host, head: head, ignoringMethod: true) }
+    }
+
+    static func isPreflight(_ head: HTTPRequestHead) -> Bool {
+        head.method == .OPTIONS && head.headers.contains(name: "origin") && head.headers.contains(name: "access-control-request-method")
     }
 
     /// `/api` covers `/api` and `/api/…`, not `/apix`.
@@ -95,8 +252,8 @@ public struct GatewaySnapshot: Sendable {
         return (service, instances, rest)
     }
 
-    /// The request's lane: a trusted caller's own, else the first lane whose header rule admits it.
-    func lane(for head: HTTPRequestHead, from address: SocketAddress?) -> (lane: String?, why: String) {
+    /// The request's lane: a trusted caller's own, else the first lane whose entry rules admit it.
+    func lane(for head: HTTPRequestHead, from address: SocketAddress?, claims: [String: [String]]? = nil) -> (lane: String?, why: String) {
         if isTrusted(address) {
             if let carried = head.headers.first(name: "x-switchyard-lane"), laneNames.contains(carried) {
                 return (carried, "carried by a trusted caller")
@@ -105,38 +262,29 @@ public struct GatewaySnapshot: Sendable {
                 return (carried, "carried in baggage by a trusted caller")
             }
         }
-        var cookies: [String: String]?
-        var params: [String: String]?
+        var facts = RequestFacts(head: head, claims: claims)
         for lane in lanes {
-            for (name, values) in lane.headers {
-                if let value = head.headers.first(name: name), values.contains(value) {
+            for (name, rule) in lane.headers {
+                if let value = head.headers[canonicalForm: name].first(where: { rule.admits(String($0)) }) {
                     return (lane.name, "header \(name) is \"\(value)\"")
                 }
             }
-            if !lane.cookies.isEmpty {
-                let jar = cookies ?? Self.cookies(head.headers)
-                cookies = jar
-                for (name, values) in lane.cookies {
-                    if let value = jar[name], values.contains(value) { return (lane.name, "cookie \(name) is \"\(value)\"") }
-                }
+            for (name, rule) in lane.cookies {
+                if let value = facts.cookie(name), rule.admits(value) { return (lane.name, "cookie \(name) is \"\(value)\"") }
             }
-            if !lane.params.isEmpty {
-                let query = params ?? Self.query(head.uri)
-                params = query
-                for (name, values) in lane.params {
-                    if let value = query[name], values.contains(value) { return (lane.name, "parameter \(name) is \"\(value)\"") }
-                }
+            for (name, rule) in lane.params {
+                if let value = facts.param(name), rule.admits(value) { return (lane.name, "parameter \(name) is \"\(value)\"") }
+            }
+            for (name, rule) in lane.claims {
+                if let value = claims?[name]?.first(where: rule.admits) { return (lane.name, "token claim \(name) is \"\(value)\"") }
             }
             if let percentage = lane.percentage {
                 let key: String?
                 switch lane.hashKey {
                 case .header(let name): key = head.headers.first(name: name)
-                case .cookie(let name):
-                    cookies = cookies ?? Self.cookies(head.headers)
-                    key = cookies?[name]
-                case .param(let name):
-                    params = params ?? Self.query(head.uri)
-                    key = params?[name]
+                case .cookie(let name): key = facts.cookie(name)
+                case .param(let name): key = facts.param(name)
+                case .claim(let name): key = claims?[name]?.first
                 case .device, .product, .tag: key = nil  // message keys
                 }
                 // The same bucket function as message lanes: raising the percentage keeps everyone already in.
@@ -181,160 +329,5 @@ public struct GatewaySnapshot: Sendable {
             }
         }
         return nil
-    }
-}
-
-/// The streaming side of the HTTP listener: requests matching a gateway route become sessions.
-public final class GatewayResponder: HTTPStreamingResponder {
-    let snapshot: @Sendable () -> GatewaySnapshot
-    /// Idle keep-alive connections to upstream instances, reused by later requests.
-    let pool = UpstreamPool()
-
-    public init(snapshot: @escaping @Sendable () -> GatewaySnapshot) {
-        self.snapshot = snapshot
-    }
-
-    public func session(for head: HTTPRequestHead, remoteAddress: SocketAddress?, writer: HTTPResponseWriter) -> (any HTTPStreamSession)? {
-        let snapshot = self.snapshot()
-        if let problem = Self.hostProblem(head) {
-            // Only for requests the gateway would take: the message channel keeps its own rules.
-            guard snapshot.route(for: head) != nil || (snapshot.isTrusted(remoteAddress) && snapshot.egressTarget(head) != nil) else { return nil }
-            writer.respond(.error(.badRequest, "bad_host", problem), closeAfter: true)
-            return GatewaySession.finished
-        }
-        let service: String, instances: [ServiceInstance], uri: String, timeout: Double, routeName: String
-        if let route = snapshot.route(for: head) {
-            routeName = route.name
-            service = route.service
-            instances = snapshot.directory.instances(of: route.service)
-            uri = Self.rewrite(head.uri, route: route)
-            timeout = route.timeoutSeconds
-        } else if snapshot.isTrusted(remoteAddress), let target = snapshot.egressTarget(head) {
-            (service, instances, uri) = target
-            timeout = 30
-            routeName = "egress"
-        } else {
-            return nil
-        }
-        let (lane, _) = snapshot.lane(for: head, from: remoteAddress)
-        let metrics = snapshot.metrics[routeName]
-        let chosen: [ServiceInstance]
-        var fellBack = false
-        switch snapshot.resolver.resolve(lane: lane, instances: instances) {
-        case .lane(let list): chosen = list
-        case .fallback(let list):
-            chosen = list
-            fellBack = true
-        case .laneUnavailable:
-            writer.respond(.error(.serviceUnavailable, "lane_unavailable", "service \(service) has no instance in lane \(lane ?? "baseline")"))
-            metrics?.record(status: 503, nanoseconds: 0)
-            return GatewaySession.finished
-        case .noInstances:
-            writer.respond(.error(.serviceUnavailable, "no_instances", "service \(service) has no instance to serve the request"))
-            metrics?.record(status: 503, nanoseconds: 0)
-            return GatewaySession.finished
-        }
-        let instance = Self.pick(chosen)
-        let upstreamHead = Self.upstreamHead(head, uri: uri, instance: instance, lane: lane, fellBack: fellBack, client: remoteAddress)
-        let session = GatewaySession(writer: writer, head: upstreamHead, instance: instance, timeout: timeout, pool: pool, metrics: metrics)
-        session.start()
-        return session
-    }
-
-    /// HTTP/1.1 needs exactly one Host, a name or address with an optional port (RFC 9112 §3.2).
-    static func hostProblem(_ head: HTTPRequestHead) -> String? {
-        let hosts = head.headers[canonicalForm: "host"]
-        if hosts.count > 1 { return "more than one Host header" }
-        guard let host = hosts.first else {
-            return head.version.major > 1 || head.version.minor >= 1 ? "an HTTP/1.1 request needs a Host header" : nil
-        }
-        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:[]~!$&'()*+,;=%".utf8)
-        if host.isEmpty || !host.utf8.allSatisfy({ allowed.contains($0) }) { return "Host \"\(host)\" is not a host name" }
-        return nil
-    }
-
-    /// Weighted random choice.
-    static func pick(_ instances: [ServiceInstance]) -> ServiceInstance {
-        let total = instances.reduce(0) { $0 + max(0, $1.weight) }
-        guard total > 0 else { return instances.randomElement()! }
-        var point = Int.random(in: 0..<total)
-        for instance in instances {
-            point -= max(0, instance.weight)
-            if point < 0 { return instance }
-        }
-        return instances[instances.count - 1]
-    }
-
-    static let hopByHop: Set<String> = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade", "proxy-authorization"]
-
-    /// The path a route sends: the prefix removed when the route says so.
-    static func rewrite(_ uri: String, route: SwitchyardConfiguration.GatewayRoute) -> String {
-        guard route.stripPrefix, route.pathPrefix != "/", uri.hasPrefix(route.pathPrefix) else { return uri }
-        let rest = String(uri.dropFirst(route.pathPrefix.count))
-        return rest.hasPrefix("/") ? rest : "/" + rest
-    }
-
-    static func upstreamHead(
-        _ head: HTTPRequestHead,
-        uri: String,
-        instance: ServiceInstance,
-        lane: String?,
-        fellBack: Bool,
-        client: SocketAddress?
-    ) -> HTTPRequestHead {
-        var headers = HTTPHeaders()
-        for (name, value) in head.headers {
-            let lower = name.lowercased()
-            if hopByHop.contains(lower) || lower == "host" || lower.hasPrefix("x-switchyard-") { continue }
-            if lower == "baggage" {
-                // The lane in baggage is Switchyard's to set; other members pass.
-                let kept = value.split(separator: ",").filter { !$0.trimmingCharacters(in: .whitespaces).hasPrefix("lane=") }
-                if !kept.isEmpty { headers.add(name: name, value: kept.joined(separator: ",")) }
-                continue
-            }
-            headers.add(name: name, value: value)
-        }
-        headers.add(name: "host", value: instance.address)
-        if let original = head.headers.first(name: "host") { headers.replaceOrAdd(name: "x-forwarded-host", value: original) }
-        if let ip = client?.ipAddress {
-            let prior = head.headers.first(name: "x-forwarded-for")
-            headers.replaceOrAdd(name: "x-forwarded-for", value: prior.map { "\($0), \(ip)" } ?? ip)
-        }
-        if let lane {
-            // The original lane travels on even where this hop fell back, so the next hop returns to it.
-            headers.add(name: "x-switchyard-lane", value: lane)
-            let baggage = headers.first(name: "baggage")
-            headers.replaceOrAdd(name: "baggage", value: baggage.map { "lane=\(lane),\($0)" } ?? "lane=\(lane)")
-        }
-        if fellBack { headers.add(name: "x-switchyard-lane-fallback", value: "true") }
-        if TraceContext(traceparent: head.headers.first(name: "traceparent")) == nil {
-            headers.replaceOrAdd(name: "traceparent", value: TraceContext.generate().traceparent)
-        }
-        return HTTPRequestHead(version: .http1_1, method: head.method, uri: instance.basePath + uri, headers: headers)
-    }
-}
-
-/// A gateway route's metrics, made once per configuration.
-struct GatewayMetrics: Sendable {
-    let byClass: [Counter]
-    let cancelled: Counter
-    let duration: Metrics.Timer
-
-    init(route: String) {
-        byClass = ["1xx", "2xx", "3xx", "4xx", "5xx"].map {
-            Counter(label: "switchyard_gateway_requests_total", dimensions: [("route", route), ("status", $0)])
-        }
-        cancelled = Counter(label: "switchyard_gateway_requests_total", dimensions: [("route", route), ("status", "client_gone")])
-        duration = Metrics.Timer(label: "switchyard_gateway_request_duration_seconds", dimensions: [("route", route)])
-    }
-
-    /// One answered request (`status` 0: the client left first).
-    func record(status: Int, nanoseconds: UInt64) {
-        guard (100..<600).contains(status) else {
-            cancelled.increment()
-            return
-        }
-        byClass[status / 100 - 1].increment()
-        if nanoseconds > 0 { duration.recordNanoseconds(Int64(nanoseconds)) }
     }
 }

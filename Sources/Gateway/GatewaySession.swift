@@ -1,29 +1,36 @@
 import HTTPIngress
+import Metrics
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
 import SwitchyardCore
 
-/// One request streamed to one upstream instance and its answer streamed back, on the client
-/// connection's event loop. The upstream connection is opened for the request and closed after it.
+/// One request streamed to an upstream instance and its answer streamed back, on the client
+/// connection's event loop. An instance that cannot be reached is replaced by another (nothing
+/// was sent yet); a 502/503/504 or a timeout is retried elsewhere when the request had no body
+/// and may be repeated.
 final class GatewaySession: HTTPStreamSession {
     /// A session whose answer was already written (no upstream).
     static var finished: GatewaySession { GatewaySession() }
 
     let writer: HTTPResponseWriter?
     let head: HTTPRequestHead
-    let instance: ServiceInstance?
     let timeout: TimeAmount
     let pool: UpstreamPool?
-    let metrics: GatewayMetrics?
-    private let started = SystemMonotonicClock().nowNanos()
+    let exchange: Exchange?
+    let retryAnswers: Bool
+    let maxBodyBytes: Int?
+    private var candidates: [ServiceInstance]
+    private var retriesLeft: Int
+    private var instance: ServiceInstance?
     private var status = 0
     private var upstream: (any Channel)?
     /// The upstream may keep the connection after this exchange.
     private var upstreamKeepAlive = true
     private var pending: [ByteBuffer] = []
     private var pendingBytes = 0
+    private var bodyBytes = 0
     private var requestEnded = false
     private var over = false
     private var timer: Scheduled<Void>?
@@ -33,34 +40,53 @@ final class GatewaySession: HTTPStreamSession {
     private init() {
         writer = nil
         head = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/")
-        instance = nil
+        candidates = []
         timeout = .seconds(1)
         pool = nil
-        metrics = nil
+        exchange = nil
+        retriesLeft = 0
+        retryAnswers = false
+        maxBodyBytes = nil
         over = true
     }
 
     init(
         writer: HTTPResponseWriter,
         head: HTTPRequestHead,
-        instance: ServiceInstance,
+        candidates: [ServiceInstance],
         timeout: Double,
         pool: UpstreamPool?,
-        metrics: GatewayMetrics?
+        exchange: Exchange,
+        retries: Int,
+        retryAnswers: Bool,
+        maxBodyBytes: Int?
     ) {
-        self.metrics = metrics
         self.writer = writer
         self.head = head
-        self.instance = instance
+        self.candidates = candidates
         self.timeout = .nanoseconds(Int64(timeout * 1e9))
         self.pool = pool
+        self.exchange = exchange
+        retriesLeft = retries
+        self.retryAnswers = retryAnswers
+        self.maxBodyBytes = maxBodyBytes
     }
 
+    /// Sends the request to a weighted choice among the candidates not tried yet.
     func start() {
-        guard let writer, let instance else { return }
+        guard let writer, !over, !candidates.isEmpty else { return }
+        let instance = GatewayResponder.pick(candidates)
+        self.instance = instance
+        exchange?.upstream = instance
+        exchange?.attempts += 1
         let loop = writer.eventLoop
-        timer = loop.scheduleTask(in: timeout) { [self] in
-            fail(.gatewayTimeout, "upstream_timeout", "\(instance.address) did not answer within \(timeout.nanoseconds / 1_000_000) ms")
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        timer = loop.scheduleTask(in: timeout) {
+            let session = bound.value
+            session.exchange?.metrics.upstreamError(instance, kind: "timeout")
+            if session.retry() { return }
+            let ms = session.timeout.nanoseconds / 1_000_000
+            session.fail(.gatewayTimeout, "upstream_timeout", "\(instance.address) did not answer within \(ms) ms")
         }
         if let idle = pool?.take(instance.address, on: loop) {
             // A kept connection: its handler now answers to this session.
@@ -72,7 +98,6 @@ final class GatewaySession: HTTPStreamSession {
             }
             idle.close(promise: nil)
         }
-        let bound = NIOLoopBound(self, eventLoop: loop)
         ClientBootstrap(group: loop)
             .connectTimeout(.seconds(2))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -90,17 +115,44 @@ final class GatewaySession: HTTPStreamSession {
                     session.pool?.watch(channel, for: instance.address)
                     session.connected(channel)
                 case .failure(let error):
+                    guard session.instance == instance, !session.over else { return }
+                    session.exchange?.metrics.upstreamError(instance, kind: "connect")
+                    // Nothing was sent: any method may go to another instance.
+                    session.timer?.cancel()
+                    if session.retry(always: true) { return }
                     session.fail(.badGateway, "upstream_unreachable", "cannot connect to \(instance.address): \(error)")
                 }
             }
     }
 
+    /// Tries another instance when allowed; false when this attempt's failure is final.
+    private func retry(always: Bool = false) -> Bool {
+        guard !over, retriesLeft > 0, writer?.headSent == false, let instance else { return false }
+        // Once body bytes went upstream they cannot be sent again.
+        guard always || (retryAnswers && requestEnded && bodyBytes == 0) else { return false }
+        let others = candidates.filter { $0 != instance }
+        guard !others.isEmpty else { return false }
+        retriesLeft -= 1
+        candidates = others
+        exchange?.metrics.retries.increment()
+        timer?.cancel()
+        let old = upstream
+        upstream = nil
+        old?.close(promise: nil)
+        start()
+        return true
+    }
+
     private func connected(_ channel: any Channel) {
-        guard !over else {
+        guard !over, upstream == nil else {
             channel.close(promise: nil)
             return
         }
+        guard let instance else { return }
         upstream = channel
+        var head = self.head
+        head.uri = instance.basePath + head.uri
+        head.headers.replaceOrAdd(name: "host", value: instance.address)
         channel.write(HTTPClientRequestPart.head(head), promise: nil)
         for chunk in pending { channel.write(HTTPClientRequestPart.body(.byteBuffer(chunk)), promise: nil) }
         pending = []
@@ -114,6 +166,11 @@ final class GatewaySession: HTTPStreamSession {
 
     func body(_ chunk: ByteBuffer) {
         guard !over else { return }
+        bodyBytes += chunk.readableBytes
+        if let maxBodyBytes, bodyBytes > maxBodyBytes {
+            fail(.payloadTooLarge, "body_too_large", "the body exceeds \(maxBodyBytes) bytes, the most this API takes")
+            return
+        }
         if let upstream {
             upstream.writeAndFlush(HTTPClientRequestPart.body(.byteBuffer(chunk)), promise: nil)
             if !upstream.isWritable { writer?.setReading(false) }
@@ -131,7 +188,7 @@ final class GatewaySession: HTTPStreamSession {
     }
 
     func cancel() {
-        if !over { metrics?.record(status: 0, nanoseconds: 0) }
+        if !over { exchange?.finish(status: 0, error: "client_gone") }
         over = true
         timer?.cancel()
         upstream?.close(promise: nil)
@@ -142,51 +199,56 @@ final class GatewaySession: HTTPStreamSession {
         if writable { upstream?.read() }
     }
 
-    // MARK: - From the upstream
+    // MARK: - From the upstream (only the current attempt's connection counts)
 
-    func upstreamWritabilityChanged(_ writable: Bool) {
+    func upstreamWritabilityChanged(_ writable: Bool, on channel: any Channel) {
+        guard channel === upstream else { return }
         if !requestEnded && !over { writer?.setReading(writable) }
     }
 
-    func responseHead(_ response: HTTPResponseHead) {
-        guard !over, let writer else { return }
+    func responseHead(_ response: HTTPResponseHead, on channel: any Channel) {
+        guard !over, channel === upstream, let writer else { return }
         timer?.cancel()
+        if [502, 503, 504].contains(response.status.code), retry() { return }
         upstreamKeepAlive = response.isKeepAlive
         status = Int(response.status.code)
         var headers = HTTPHeaders()
         for (name, value) in response.headers where !GatewayResponder.hopByHop.contains(name.lowercased()) {
             headers.add(name: name, value: value)
         }
+        exchange?.decorate(&headers)
         writer.head(HTTPResponseHead(version: .http1_1, status: response.status, headers: headers))
     }
 
-    func responseBody(_ chunk: ByteBuffer) {
-        guard !over else { return }
+    func responseBody(_ chunk: ByteBuffer, on channel: any Channel) {
+        guard !over, channel === upstream else { return }
         writer?.body(chunk)
     }
 
-    func responseEnd() {
-        guard !over else { return }
+    func responseEnd(on channel: any Channel) {
+        guard !over, channel === upstream else { return }
         over = true
-        metrics?.record(status: status, nanoseconds: SystemMonotonicClock().nowNanos() - started)
+        exchange?.finish(status: status)
         // A request still being sent when the answer is complete cannot share the connection.
         writer?.end(closeAfter: !requestEnded)
-        if let upstream, let pool, let instance, requestEnded, upstreamKeepAlive, upstream.isActive {
-            upstream.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
-            pool.put(upstream, for: instance.address)
+        if let pool, let instance, requestEnded, upstreamKeepAlive, channel.isActive {
+            channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+            pool.put(channel, for: instance.address)
         } else {
-            upstream?.close(promise: nil)
+            channel.close(promise: nil)
         }
     }
 
-    func upstreamFailed(_ detail: String) {
+    func upstreamFailed(_ detail: String, on channel: any Channel) {
+        guard channel === upstream, !over else { return }
+        if let instance { exchange?.metrics.upstreamError(instance, kind: "reset") }
         fail(.badGateway, "upstream_failed", "\(instance?.address ?? "upstream"): \(detail)")
     }
 
     func fail(_ status: HTTPResponseStatus, _ code: String, _ message: String) {
         guard !over else { return }
         over = true
-        metrics?.record(status: writer?.headSent == true ? self.status : Int(status.code), nanoseconds: SystemMonotonicClock().nowNanos() - started)
+        exchange?.finish(status: writer?.headSent == true ? self.status : Int(status.code), error: code)
         timer?.cancel()
         upstream?.close(promise: nil)
         writer?.respond(.error(status, code, message), closeAfter: !requestEnded)
@@ -206,26 +268,26 @@ final class UpstreamHandler: ChannelInboundHandler {
         case .head(let head):
             // 1xx answers other than 101 precede the real one.
             if head.status.code >= 100 && head.status.code < 200 { return }
-            session.responseHead(head)
-        case .body(let chunk): session.responseBody(chunk)
+            session.responseHead(head, on: context.channel)
+        case .body(let chunk): session.responseBody(chunk, on: context.channel)
         case .end:
             complete = true
-            session.responseEnd()
+            session.responseEnd(on: context.channel)
         }
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        session.upstreamWritabilityChanged(context.channel.isWritable)
+        session.upstreamWritabilityChanged(context.channel.isWritable, on: context.channel)
         context.fireChannelWritabilityChanged()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        if !complete { session.upstreamFailed("the connection closed before the answer was complete") }
+        if !complete { session.upstreamFailed("the connection closed before the answer was complete", on: context.channel) }
         context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if !complete { session.upstreamFailed("\(error)") }
+        if !complete { session.upstreamFailed("\(error)", on: context.channel) }
         context.close(promise: nil)
     }
 }

@@ -221,31 +221,7 @@ public enum ConfigLoader {
         if let v = r.string(source["data_id"], "registry.config.data_id") { c.registry.configDataID = v }
         if let v = r.string(source["group"], "registry.config.group") { c.registry.configGroup = v }
         if let v = r.string(source["tenant"], "registry.config.tenant") { c.registry.configTenant = v == "public" ? "" : v }
-        let gateway = r.mapping(top["gateway"], "gateway", allowed: ["routes", "trusted_cidrs", "egress"])
-        if let v = r.bool(gateway["egress"], "gateway.egress") { c.gateway.egress = v }
-        if gateway["trusted_cidrs"] != nil { c.gateway.trustedCIDRs = r.strings(gateway["trusted_cidrs"], "gateway.trusted_cidrs") }
-        c.gateway.routes = r.sequence(gateway["routes"], "gateway.routes").enumerated().map { i, node in
-            let p = "gateway.routes[\(i)]"
-            let m = r.mapping(
-                node,
-                p,
-                allowed: ["name", "hosts", "path_prefix", "methods", "service", "namespace", "group", "strip_prefix", "timeout"]
-            )
-            var route = SwitchyardConfiguration.GatewayRoute(
-                name: r.string(m["name"], "\(p).name") ?? "",
-                service: r.string(m["service"], "\(p).service") ?? ""
-            )
-            if m["name"] == nil { r.fail("\(p).name", "missing: every route needs a name", node) }
-            if m["service"] == nil { r.fail("\(p).service", "missing: the service requests go to", node) }
-            if m["hosts"] != nil { route.hosts = r.strings(m["hosts"], "\(p).hosts").map { $0.lowercased() } }
-            if let v = r.string(m["path_prefix"], "\(p).path_prefix") { route.pathPrefix = v }
-            if m["methods"] != nil { route.methods = r.strings(m["methods"], "\(p).methods").map { $0.uppercased() } }
-            if let v = r.string(m["namespace"], "\(p).namespace") { route.namespace = v.isEmpty ? "public" : v }
-            if let v = r.string(m["group"], "\(p).group") { route.group = v.isEmpty ? "DEFAULT_GROUP" : v }
-            if let v = r.bool(m["strip_prefix"], "\(p).strip_prefix") { route.stripPrefix = v }
-            if let v = r.duration(m["timeout"], "\(p).timeout", range: 0.001...3600) { route.timeoutSeconds = v }
-            return route
-        }
+        c.gateway = readGateway(top["gateway"], &r)
         let journal = r.mapping(
             top["journal"],
             "journal",
@@ -363,20 +339,19 @@ public enum ConfigLoader {
         let e = r.mapping(
             m["entry"],
             "\(path).entry",
-            allowed: ["devices", "products", "tags", "percentage", "hash_key", "headers", "cookies", "params"]
+            allowed: ["devices", "products", "tags", "percentage", "hash_key", "headers", "cookies", "params", "claims"]
         )
         if e.isEmpty {
-            r.fail("\(path).entry", "no entry rule: give devices, products, tags, percentage, headers, cookies or params", m["entry"] ?? node)
+            r.fail(
+                "\(path).entry",
+                "no entry rule: give devices, products, tags, percentage, headers, cookies, params or claims",
+                m["entry"] ?? node
+            )
         }
-        for (name, node) in r.namedMapping(e["headers"], "\(path).entry.headers") {
-            lane.headers[name.lowercased()] = r.strings(node, "\(path).entry.headers.\(name)")
-        }
-        for (name, node) in r.namedMapping(e["cookies"], "\(path).entry.cookies") {
-            lane.cookies[name] = r.strings(node, "\(path).entry.cookies.\(name)")
-        }
-        for (name, node) in r.namedMapping(e["params"], "\(path).entry.params") {
-            lane.params[name] = r.strings(node, "\(path).entry.params.\(name)")
-        }
+        lane.headers = readValueMatches(e["headers"], "\(path).entry.headers", lowercaseNames: true, &r)
+        lane.cookies = readValueMatches(e["cookies"], "\(path).entry.cookies", lowercaseNames: false, &r)
+        lane.params = readValueMatches(e["params"], "\(path).entry.params", lowercaseNames: false, &r)
+        lane.claims = readValueMatches(e["claims"], "\(path).entry.claims", lowercaseNames: false, &r)
         lane.devices = r.strings(e["devices"], "\(path).entry.devices")
         lane.products = r.strings(e["products"], "\(path).entry.products")
         lane.tags = r.stringMap(e["tags"], "\(path).entry.tags")
@@ -389,10 +364,11 @@ public enum ConfigLoader {
             case _ where key.hasPrefix("header:") && key.count > 7: lane.hashKey = .header(String(key.dropFirst(7)).lowercased())
             case _ where key.hasPrefix("cookie:") && key.count > 7: lane.hashKey = .cookie(String(key.dropFirst(7)))
             case _ where key.hasPrefix("param:") && key.count > 6: lane.hashKey = .param(String(key.dropFirst(6)))
+            case _ where key.hasPrefix("claim:") && key.count > 6: lane.hashKey = .claim(String(key.dropFirst(6)))
             default:
                 r.fail(
                     "\(path).entry.hash_key",
-                    "must be device, product, tag:<name>, header:<name>, cookie:<name> or param:<name>, got \"\(key)\"",
+                    "must be device, product, tag:<name>, header:<name>, cookie:<name>, param:<name> or claim:<name>, got \"\(key)\"",
                     e["hash_key"]
                 )
             }
@@ -524,23 +500,7 @@ public enum ConfigLoader {
                 }
             }
         }
-        var gatewayRouteNames: Set<String> = []
-        for (i, route) in c.gateway.routes.enumerated() {
-            let p = "gateway.routes[\(i)]"
-            if !route.name.isEmpty && !gatewayRouteNames.insert(route.name).inserted {
-                r.fail("\(p).name", "route \"\(route.name)\" is declared twice", nil)
-            }
-            if !route.pathPrefix.hasPrefix("/") { r.fail("\(p).path_prefix", "must start with \"/\"", nil) }
-            if !route.service.isEmpty && c.services[route.service] == nil && !c.registry.enabled {
-                r.fail("\(p).service", "unknown service \"\(route.service)\"; define it under services (or turn the registry on)", nil)
-            }
-            for (j, m) in route.methods.enumerated() where !m.allSatisfy({ $0.isLetter }) {
-                r.fail("\(p).methods[\(j)]", "\"\(m)\" is not an HTTP method", nil)
-            }
-        }
-        for (i, cidr) in c.gateway.trustedCIDRs.enumerated() {
-            do { _ = try CIDR(cidr) } catch { r.fail("gateway.trusted_cidrs[\(i)]", "\(error)", nil) }
-        }
+        validateGateway(c, &r)
         var routeNames: Set<String> = []
         for (i, route) in c.routes.enumerated() {
             if !route.name.isEmpty && !routeNames.insert(route.name).inserted {

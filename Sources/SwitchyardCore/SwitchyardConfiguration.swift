@@ -174,6 +174,8 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
         case header(String)
         case cookie(String)
         case param(String)
+        /// A claim of the request's verified JWT (e.g. `sub`).
+        case claim(String)
 
         public var description: String {
             switch self {
@@ -183,6 +185,7 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
             case .header(let h): "header:\(h)"
             case .cookie(let c): "cookie:\(c)"
             case .param(let p): "param:\(p)"
+            case .claim(let c): "claim:\(c)"
             }
         }
     }
@@ -198,10 +201,51 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
         public var hashKey = HashKey.device
         /// Requests through the gateway: a header (lower-case name), cookie or query parameter
         /// with one of these values admits.
-        public var headers: [String: [String]] = [:]
-        public var cookies: [String: [String]] = [:]
-        public var params: [String: [String]] = [:]
+        public var headers: [String: ValueMatch] = [:]
+        public var cookies: [String: ValueMatch] = [:]
+        public var params: [String: ValueMatch] = [:]
+        /// Claims of a verified JWT (`gateway.jwt`); a token that does not verify admits nobody.
+        public var claims: [String: ValueMatch] = [:]
         public init(name: String) { self.name = name }
+    }
+
+    /// A request value's match: one of `values` (`==` is a list of one), or the `regex`.
+    public struct ValueMatch: Sendable, Equatable {
+        public var values: [String] = []
+        /// Searched in the value (anchor it with `^…$` for a whole match).
+        public var regex: String?
+        public init(values: [String] = [], regex: String? = nil) {
+            self.values = values
+            self.regex = regex
+        }
+    }
+
+    /// How the gateway verifies JSON Web Tokens (RFC 7519): the keys and the claims it checks.
+    public struct JWTSettings: Sendable, Equatable {
+        /// A JWKS document (RFC 7517): RSA, EC P-256/P-384 and `oct` keys.
+        public var jwksFile: String?
+        public var keys: [JWTKey] = []
+        /// When set, `iss` must equal it.
+        public var issuer: String?
+        /// When set, `aud` must name one of them.
+        public var audiences: [String] = []
+        /// Clock skew allowed on `exp` and `nbf`.
+        public var leewaySeconds = 60.0
+        /// Besides `Authorization: Bearer`, the token may come in this cookie.
+        public var cookie: String?
+        public var isConfigured: Bool { jwksFile != nil || !keys.isEmpty }
+        public init() {}
+    }
+
+    /// One configured verification key: an HMAC secret (file) or a PEM public key.
+    public struct JWTKey: Sendable, Equatable {
+        public var kid: String?
+        /// HS256/384/512, RS256/384/512, ES256 or ES384.
+        public var alg: String
+        public var secretFile: String?
+        public var pemFile: String?
+        public var pem: String?
+        public init(alg: String) { self.alg = alg }
     }
 
     /// The API gateway on the HTTP listener: requests matching a route stream to a service.
@@ -213,7 +257,84 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
         /// Trusted callers (the services) reach any service as `/<service>/…` or with `Host:
         /// <service>.internal`, their lane honoured: the lane follows the call chain.
         public var egress = true
+        public var jwt = JWTSettings()
+        /// Trusted callers sending this header get `x-switchyard-lane-effective` and
+        /// `x-switchyard-upstream` on the response.
+        public var debugHeader = "x-switchyard-debug"
+        /// One JSON line per request (trace id, lane, route, upstream, status, duration) to this
+        /// file, or `stdout`; nil: off.
+        public var accessLog: String?
         public init() {}
+    }
+
+    /// Header changes on the way up (request) or down (response).
+    public struct HeaderRewrite: Sendable, Equatable {
+        /// Replaces any value the header had.
+        public var set: [String: String] = [:]
+        /// Adds a value beside existing ones.
+        public var add: [String: String] = [:]
+        public var remove: [String] = []
+        public var isEmpty: Bool { self.set.isEmpty && add.isEmpty && remove.isEmpty }
+        public init() {}
+    }
+
+    public struct CORSPolicy: Sendable, Equatable {
+        /// `*` allows any origin (never with credentials).
+        public var origins: [String] = []
+        public var methods: [String] = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+        public var headers: [String] = ["authorization", "content-type"]
+        public var exposeHeaders: [String] = []
+        public var credentials = false
+        public var maxAgeSeconds = 600
+        public init() {}
+    }
+
+    public struct APIKeyPolicy: Sendable, Equatable {
+        public var header = "x-api-key"
+        /// Consumer name → key.
+        public var keys: [String: String] = [:]
+        /// Lines of `consumer key` (read at start and on reload).
+        public var file: String?
+        public init() {}
+    }
+
+    public struct RouteRateLimit: Sendable, Equatable {
+        public enum Scope: String, Sendable, Equatable {
+            /// All requests of the route together.
+            case route
+            /// Per consumer: the API key's consumer, else the JWT's `sub`, else the client address.
+            case consumer
+            /// Per client address.
+            case ip
+        }
+        public var per: Scope
+        public var rate: Double
+        public var burst: Double
+        public init(per: Scope, rate: Double, burst: Double) {
+            self.per = per
+            self.rate = rate
+            self.burst = burst
+        }
+    }
+
+    /// Drills: delay or abort a share of a route's requests, optionally only in some lanes.
+    public struct FaultInjection: Sendable, Equatable {
+        public var delaySeconds = 0.0
+        public var delayPercent = 0.0
+        public var abortStatus = 503
+        public var abortPercent = 0.0
+        /// Empty: every lane (baseline included).
+        public var lanes: [String] = []
+        public init() {}
+    }
+
+    public enum JWTRequirement: String, Sendable, Equatable {
+        /// A valid token is needed (401 otherwise).
+        case required
+        /// A token, when sent, must be valid (401 otherwise); none is fine.
+        case optional
+        /// Tokens are not looked at on this route (lanes by claim do not apply).
+        case off
     }
 
     public struct GatewayRoute: Sendable, Equatable {
@@ -230,6 +351,26 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
         public var stripPrefix = false
         /// Until the upstream's response head arrives.
         public var timeoutSeconds = 30.0
+        /// Instead of `path_prefix`: the path (query excluded) must contain a match.
+        public var pathRegex: String?
+        /// Request headers the route requires (lower-case names).
+        public var headers: [String: ValueMatch] = [:]
+        /// A plain upstream URL instead of a service (no lanes: one upstream).
+        public var url: String?
+        /// Replaces the matched `path_prefix` (`/api/v1` → `/v2`).
+        public var prefixRewrite: String?
+        /// Further attempts on another instance when the upstream cannot be reached, answers
+        /// 502/503/504 or times out; idempotent methods only unless `retry_non_idempotent`.
+        public var retries = 1
+        public var retryNonIdempotent = false
+        public var jwt = JWTRequirement.optional
+        public var apiKeys: APIKeyPolicy?
+        public var cors: CORSPolicy?
+        public var maxBodyBytes: Int?
+        public var rateLimits: [RouteRateLimit] = []
+        public var requestHeaders = HeaderRewrite()
+        public var responseHeaders = HeaderRewrite()
+        public var fault: FaultInjection?
         public init(name: String, service: String) {
             self.name = name
             self.service = service

@@ -20,7 +20,9 @@ final class PipelineSnapshot: Sendable {
         controller = try Controller(config: configuration, clock: shared.clock, previous: previous?.controller)
         directory = RoutingDirectory(configuration: configuration, view: shared.registryView)
         let routing = directory
-        gateway = GatewaySnapshot(configuration: configuration, directory: directory) { name in routing.egressInstances(of: name) }
+        gateway = try GatewaySnapshot(configuration: configuration, directory: directory, previous: previous?.gateway, clock: shared.clock) { name in
+            routing.egressInstances(of: name)
+        }
         router = try Router(
             configuration: configuration,
             directory: directory,

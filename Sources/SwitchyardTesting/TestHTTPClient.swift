@@ -21,12 +21,13 @@ public enum TestHTTPClient {
         path: String,
         headers: [(String, String)] = [],
         body: [UInt8] = [],
-        host: String = "127.0.0.1"
+        host: String = "127.0.0.1",
+        from source: String? = nil
     ) async throws -> Response {
         var bytes = Array("\(method) \(path) HTTP/1.1\r\nhost: \(host)\r\nconnection: close\r\ncontent-length: \(body.count)\r\n".utf8)
         for (name, value) in headers { bytes += Array("\(name): \(value)\r\n".utf8) }
         bytes += Array("\r\n".utf8) + body
-        return try parse(try await raw(bytes, port: port, host: host))
+        return try parse(try await raw(bytes, port: port, host: host, from: source))
     }
 
     public static func request(_ method: String, port: Int, path: String, headers: [(String, String)] = [], body: String) async throws -> Response {
@@ -34,10 +35,14 @@ public enum TestHTTPClient {
     }
 
     /// Writes `bytes` and reads until the server closes the connection (10 s at most).
-    public static func raw(_ bytes: [UInt8], port: Int, host: String = "127.0.0.1") async throws -> [UInt8] {
+    /// `source`: the local address to connect from (e.g. `127.0.0.2`, an untrusted caller).
+    public static func raw(_ bytes: [UInt8], port: Int, host: String = "127.0.0.1", from source: String? = nil) async throws -> [UInt8] {
         let collected = NIOLockedValueBox<[UInt8]>([])
         let group = MultiThreadedEventLoopGroup.singleton
-        let channel = try await ClientBootstrap(group: group)
+        var bootstrap = ClientBootstrap(group: group)
+        if let source { bootstrap = bootstrap.bind(to: try SocketAddress(ipAddress: source, port: 0)) }
+        let channel =
+            try await bootstrap
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(Collector(collected: collected))

@@ -9,7 +9,7 @@ import Testing
 /// Lane entry rules for requests, decided once at the edge.
 @Suite struct GatewayLaneTests {
     static func snapshot(_ yaml: String) throws -> GatewaySnapshot {
-        GatewaySnapshot(configuration: try ConfigLoader.parse(yaml: yaml), directory: StaticServiceDirectory([:]))
+        try GatewaySnapshot(configuration: try ConfigLoader.parse(yaml: yaml), directory: StaticServiceDirectory([:]))
     }
 
     static func request(_ uri: String = "/", _ headers: [(String, String)] = []) -> HTTPRequestHead {

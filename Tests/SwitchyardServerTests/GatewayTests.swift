@@ -63,17 +63,22 @@ import Testing
     }
 
     /// A → B → C, each calling the next through Switchyard (egress `/<service>/…`) and copying
-    /// the lane headers as services do; gray versions of A and C only. A tester hits A-gray,
-    /// B-baseline (fallback), C-gray; a normal user only baselines.
+    /// the lane headers as services do; gray versions of A and C only. A tester (a verified token
+    /// whose `sub` is on the list) hits A-gray, B-baseline (fallback), C-gray; a normal user only
+    /// baselines; an untrusted client's own `x-switchyard-lane: gray` is ignored.
     @Test func theLaneFollowsTheCallChainAndReturnsAfterAFallback() async throws {
         let aBase = try await TestHTTPService.start(), aGray = try await TestHTTPService.start()
         let b = try await TestHTTPService.start()
         let cBase = try await TestHTTPService.start(), cGray = try await TestHTTPService.start()
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-test-\(UUID().uuidString)").path
+        let jwt = try TestJWT.config(dir: dir)
         let server = try await TestServer.start(
             """
             lanes:
-              - {name: gray, entry: {headers: {x-user: tester}}}
+              - {name: gray, entry: {claims: {sub: [alice, bob]}}}
             gateway:
+              \(jwt)
+              trusted_cidrs: [127.0.0.1/32]
               routes: [{name: app, path_prefix: /app, service: a, strip_prefix: true}]
             services:
               a: {instances: [{url: "\(aBase.url)"}, {url: "\(aGray.url)", lane: gray}]}
@@ -91,19 +96,59 @@ import Testing
         aBase.setOnward(calls("/b/step"))
         aGray.setOnward(calls("/b/step"))
         b.setOnward(calls("/c/step"))
-        let tester = try await TestHTTPClient.request("GET", port: port, path: "/app/start", headers: [("x-user", "tester")], body: "")
+        func bearer(_ sub: String) -> (String, String) {
+            (
+                "authorization",
+                "Bearer " + TestJWT.hs256(["sub": sub, "iss": "https://id.test", "exp": Date().timeIntervalSince1970 + 60], secret: TestJWT.secret)
+            )
+        }
+        let tester = try await TestHTTPClient.request(
+            "GET",
+            port: port,
+            path: "/app/start",
+            headers: [bearer("alice"), ("x-switchyard-debug", "1")],
+            body: ""
+        )
         #expect(tester.status == 200)
+        // A trusted caller asking for it sees where its request went.
+        #expect(tester.header("x-switchyard-lane-effective") == "gray")
+        #expect(tester.header("x-switchyard-upstream") == "a@127.0.0.1:\(aGray.port)")
         #expect(aGray.received.count == 1 && aBase.received.isEmpty)
         #expect(b.received.first?.uri == "/step")
         #expect(b.received.first?.header("x-switchyard-lane") == "gray")
         #expect(b.received.first?.header("x-switchyard-lane-fallback") == "true")
         #expect(cGray.received.count == 1 && cBase.received.isEmpty)
         #expect(cGray.received.first?.header("x-switchyard-lane-fallback") == nil)
-        let user = try await TestHTTPClient.request("GET", port: port, path: "/app/start", headers: [("x-user", "someone")], body: "")
+        let user = try await TestHTTPClient.request("GET", port: port, path: "/app/start", headers: [bearer("carol")], body: "")
         #expect(user.status == 200)
         #expect(aBase.received.count == 1 && cBase.received.count == 1)
         #expect(aGray.received.count == 1 && cGray.received.count == 1)
         #expect(b.received.count == 2)
+        // From 127.0.0.2 (not trusted): the spoofed lane and baggage are stripped, no debug headers.
+        let spoof = try await TestHTTPClient.request(
+            "GET",
+            port: port,
+            path: "/app/start",
+            headers: [("x-switchyard-lane", "gray"), ("baggage", "lane=gray"), ("x-switchyard-debug", "1")],
+            body: [],
+            from: "127.0.0.2"
+        )
+        #expect(spoof.status == 200)
+        #expect(spoof.header("x-switchyard-lane-effective") == nil)
+        #expect(aBase.received.count == 2 && cBase.received.count == 2)
+        #expect(aGray.received.count == 1 && cGray.received.count == 1)
+        #expect(aBase.received.last?.header("x-switchyard-lane") == nil && aBase.received.last?.header("baggage") == nil)
+        // A forged token (wrong key) is refused, not treated as anonymous.
+        let forged = TestJWT.hs256(["sub": "alice", "iss": "https://id.test"], secret: "another-secret-of-thirty-two-bytes-at-least")
+        let refused = try await TestHTTPClient.request(
+            "GET",
+            port: port,
+            path: "/app/start",
+            headers: [("authorization", "Bearer " + forged)],
+            body: ""
+        )
+        #expect(refused.status == 401 && refused.body.contains("invalid_token"))
+        #expect(aGray.received.count == 1 && aBase.received.count == 2)
     }
 
     /// Smuggling attempts, bad Host headers, oversized headers and a slow-loris client: each gets

@@ -1,0 +1,432 @@
+import Controller
+import Foundation
+public import HTTPIngress
+import Metrics
+public import NIOCore
+import NIOHTTP1
+import Router
+import SwitchyardCore
+
+/// The streaming side of the HTTP listener: requests matching a gateway route (or, from
+/// trusted callers, an egress target) pass the route's policies and become sessions.
+public final class GatewayResponder: HTTPStreamingResponder {
+    let snapshot: @Sendable () -> GatewaySnapshot
+    /// Idle keep-alive connections to upstream instances, reused by later requests.
+    let pool = UpstreamPool()
+
+    public init(snapshot: @escaping @Sendable () -> GatewaySnapshot) {
+        self.snapshot = snapshot
+    }
+
+    public func session(for head: HTTPRequestHead, remoteAddress: SocketAddress?, writer: HTTPResponseWriter) -> (any HTTPStreamSession)? {
+        let snapshot = self.snapshot()
+        let route = snapshot.route(for: head)
+        let trusted = snapshot.isTrusted(remoteAddress)
+        let egress = route == nil && trusted ? snapshot.egressTarget(head) : nil
+        // Everything else is the message channel's.
+        guard route != nil || egress != nil else { return nil }
+        let exchange = Exchange(head: head, client: remoteAddress, route: route, snapshot: snapshot)
+        if let problem = Self.hostProblem(head) {
+            return exchange.reject(writer, .badRequest, "bad_host", problem, closeAfter: true)
+        }
+        var claims: [String: [String]]?
+        if let route {
+            let config = route.config
+            if let cors = config.cors, let origin = head.headers.first(name: "origin") {
+                let allowed = cors.origins.contains("*") || cors.origins.contains(origin)
+                if GatewaySnapshot.isPreflight(head) {
+                    guard allowed else { return exchange.reject(writer, .forbidden, "cors_origin_denied", "origin \(origin) may not call this API") }
+                    var headers = Self.corsHeaders(cors, origin: origin)
+                    headers.add(name: "access-control-allow-methods", value: cors.methods.joined(separator: ", "))
+                    headers.add(name: "access-control-allow-headers", value: cors.headers.joined(separator: ", "))
+                    headers.add(name: "access-control-max-age", value: String(cors.maxAgeSeconds))
+                    return exchange.reject(writer, .noContent, "", "", headers: headers)
+                }
+                if allowed { exchange.responseHeaders = Self.corsHeaders(cors, origin: origin) }
+            }
+            if let policy = config.apiKeys {
+                guard let key = head.headers.first(name: policy.header), !key.isEmpty else {
+                    return exchange.reject(writer, .unauthorized, "api_key_required", "send your API key in the \(policy.header) header")
+                }
+                guard let consumer = route.apiKeys[CompiledRoute.digest(key)] else {
+                    return exchange.reject(writer, .unauthorized, "api_key_invalid", "the API key in \(policy.header) is not known")
+                }
+                exchange.consumer = consumer
+            }
+            if config.jwt != .off, let verifier = snapshot.jwt {
+                if let token = verifier.token(
+                    authorization: head.headers.first(name: "authorization"),
+                    cookies: { GatewaySnapshot.cookies(head.headers) }
+                ) {
+                    do {
+                        claims = try verifier.verify(token)
+                        if exchange.consumer == nil { exchange.consumer = claims?["sub"]?.first }
+                    } catch {
+                        let challenge: HTTPHeaders = ["www-authenticate": #"Bearer error="invalid_token""#]
+                        return exchange.reject(writer, .unauthorized, "invalid_token", "\(error)", headers: challenge)
+                    }
+                } else if config.jwt == .required {
+                    return exchange.reject(writer, .unauthorized, "token_required", "send a bearer token", headers: ["www-authenticate": "Bearer"])
+                }
+            }
+            if let max = config.maxBodyBytes, let length = head.headers.first(name: "content-length").flatMap(Int.init), length > max {
+                return exchange.reject(
+                    writer,
+                    .payloadTooLarge,
+                    "body_too_large",
+                    "the body has \(length) bytes; this API takes at most \(max)",
+                    closeAfter: true
+                )
+            }
+            for (scope, limiter) in route.limiters {
+                let key: String
+                switch scope {
+                case .route: key = ""
+                case .ip: key = remoteAddress?.ipAddress ?? "?"
+                case .consumer: key = exchange.consumer.map { "c:" + $0 } ?? "ip:" + (remoteAddress?.ipAddress ?? "?")
+                }
+                let wait = limiter.acquire(key)
+                if wait > 0 {
+                    let seconds = String(Int(wait.rounded(.up)))
+                    return exchange.reject(
+                        writer,
+                        .tooManyRequests,
+                        "rate_limited",
+                        "rate limit per \(scope.rawValue) of \(config.name) reached; retry in \(seconds) s",
+                        headers: ["retry-after": seconds]
+                    )
+                }
+            }
+        }
+        let decision = snapshot.lane(for: head, from: remoteAddress, claims: claims)
+        exchange.lane = decision.lane
+        var delay: TimeAmount?
+        if let fault = route?.config.fault, fault.lanes.isEmpty || fault.lanes.contains(decision.lane ?? "baseline") {
+            if fault.abortPercent > 0, Double.random(in: 0..<100) < fault.abortPercent {
+                let status = HTTPResponseStatus(statusCode: fault.abortStatus)
+                return exchange.reject(writer, status, "fault_injected", "aborted by the fault drill of route \(route!.config.name)")
+            }
+            if fault.delayPercent > 0, Double.random(in: 0..<100) < fault.delayPercent {
+                delay = .nanoseconds(Int64(fault.delaySeconds * 1e9))
+            }
+        }
+        let service: String, instances: [ServiceInstance], uri: String, timeout: Double
+        if let route {
+            service = route.config.url ?? route.config.service
+            instances = route.upstream.map { [$0] } ?? snapshot.directory.instances(of: route.config.service)
+            uri = Self.rewrite(head.uri, route: route.config)
+            timeout = route.config.timeoutSeconds
+        } else {
+            (service, instances, uri) = egress!
+            timeout = 30
+        }
+        let candidates: [ServiceInstance]
+        var fellBack = false
+        switch route?.upstream != nil ? .lane(instances) : snapshot.resolver.resolve(lane: decision.lane, instances: instances) {
+        case .lane(let list): candidates = list
+        case .fallback(let list):
+            candidates = list
+            fellBack = true
+        case .laneUnavailable:
+            return exchange.reject(
+                writer,
+                .serviceUnavailable,
+                "lane_unavailable",
+                "service \(service) has no instance in lane \(decision.lane ?? "baseline")"
+            )
+        case .noInstances:
+            return exchange.reject(writer, .serviceUnavailable, "no_instances", "service \(service) has no instance to serve the request")
+        }
+        exchange.debug = trusted && head.headers.contains(name: snapshot.debugHeader)
+        let base = Self.upstreamHead(
+            head,
+            uri: uri,
+            lane: decision.lane,
+            fellBack: fellBack,
+            client: remoteAddress,
+            traceparent: exchange.traceparent,
+            rewrite: route?.config.requestHeaders
+        )
+        let retries = route?.config.retries ?? 1
+        let retryAnswers = Self.idempotent.contains(head.method.rawValue) || route?.config.retryNonIdempotent == true
+        let session = GatewaySession(
+            writer: writer,
+            head: base,
+            candidates: candidates,
+            timeout: timeout,
+            pool: pool,
+            exchange: exchange,
+            retries: retries,
+            retryAnswers: retryAnswers,
+            maxBodyBytes: route?.config.maxBodyBytes
+        )
+        if let delay {
+            let bound = NIOLoopBound(session, eventLoop: writer.eventLoop)
+            writer.eventLoop.scheduleTask(in: delay) { bound.value.start() }
+        } else {
+            session.start()
+        }
+        return session
+    }
+
+    static let idempotent: Set<String> = ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]
+
+    static func corsHeaders(_ cors: SwitchyardConfiguration.CORSPolicy, origin: String) -> HTTPHeaders {
+        var headers = HTTPHeaders()
+        headers.add(name: "access-control-allow-origin", value: cors.origins.contains("*") && !cors.credentials ? "*" : origin)
+        headers.add(name: "vary", value: "Origin")
+        if cors.credentials { headers.add(name: "access-control-allow-credentials", value: "true") }
+        if !cors.exposeHeaders.isEmpty { headers.add(name: "access-control-expose-headers", value: cors.exposeHeaders.joined(separator: ", ")) }
+        return headers
+    }
+
+    /// HTTP/1.1 needs exactly one Host, a name or address with an optional port (RFC 9112 §3.2).
+    static func hostProblem(_ head: HTTPRequestHead) -> String? {
+        let hosts = head.headers[canonicalForm: "host"]
+        if hosts.count > 1 { return "more than one Host header" }
+        guard let host = hosts.first else {
+            return head.version.major > 1 || head.version.minor >= 1 ? "an HTTP/1.1 request needs a Host header" : nil
+        }
+        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:[]~!$&'()*+,;=%".utf8)
+        if host.isEmpty || !host.utf8.allSatisfy({ allowed.contains($0) }) { return "Host \"\(host)\" is not a host name" }
+        return nil
+    }
+
+    /// Weighted random choice.
+    static func pick(_ instances: [ServiceInstance]) -> ServiceInstance {
+        let total = instances.reduce(0) { $0 + max(0, $1.weight) }
+        guard total > 0 else { return instances.randomElement()! }
+        var point = Int.random(in: 0..<total)
+        for instance in instances {
+            point -= max(0, instance.weight)
+            if point < 0 { return instance }
+        }
+        return instances[instances.count - 1]
+    }
+
+    static let hopByHop: Set<String> = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade", "proxy-authorization"]
+
+    /// The path a route sends: the prefix removed or replaced when the route says so.
+    static func rewrite(_ uri: String, route: SwitchyardConfiguration.GatewayRoute) -> String {
+        guard route.pathRegex == nil, route.stripPrefix || route.prefixRewrite != nil, uri.hasPrefix(route.pathPrefix) else { return uri }
+        let rest = String(uri.dropFirst(route.pathPrefix.count))
+        if let replacement = route.prefixRewrite {
+            if replacement.hasSuffix("/") && rest.hasPrefix("/") { return replacement + rest.dropFirst() }
+            return replacement + rest
+        }
+        guard route.pathPrefix != "/" else { return uri }
+        return rest.hasPrefix("/") ? rest : "/" + rest
+    }
+
+    /// The request as sent upstream, without its Host (the instance's, set per attempt).
+    static func upstreamHead(
+        _ head: HTTPRequestHead,
+        uri: String,
+        lane: String?,
+        fellBack: Bool,
+        client: SocketAddress?,
+        traceparent: String,
+        rewrite: SwitchyardConfiguration.HeaderRewrite?
+    ) -> HTTPRequestHead {
+        var headers = HTTPHeaders()
+        for (name, value) in head.headers {
+            let lower = name.lowercased()
+            if hopByHop.contains(lower) || lower == "host" || lower.hasPrefix("x-switchyard-") { continue }
+            if lower == "baggage" {
+                // The lane in baggage is Switchyard's to set; other members pass.
+                let kept = value.split(separator: ",").filter { !$0.trimmingCharacters(in: .whitespaces).hasPrefix("lane=") }
+                if !kept.isEmpty { headers.add(name: name, value: kept.joined(separator: ",")) }
+                continue
+            }
+            headers.add(name: name, value: value)
+        }
+        if let original = head.headers.first(name: "host") { headers.replaceOrAdd(name: "x-forwarded-host", value: original) }
+        if let ip = client?.ipAddress {
+            let prior = head.headers.first(name: "x-forwarded-for")
+            headers.replaceOrAdd(name: "x-forwarded-for", value: prior.map { "\($0), \(ip)" } ?? ip)
+        }
+        if let lane {
+            // The original lane travels on even where this hop fell back, so the next hop returns to it.
+            headers.add(name: "x-switchyard-lane", value: lane)
+            let baggage = headers.first(name: "baggage")
+            headers.replaceOrAdd(name: "baggage", value: baggage.map { "lane=\(lane),\($0)" } ?? "lane=\(lane)")
+        }
+        if fellBack { headers.add(name: "x-switchyard-lane-fallback", value: "true") }
+        headers.replaceOrAdd(name: "traceparent", value: traceparent)
+        if let rewrite, !rewrite.isEmpty { Self.apply(rewrite, to: &headers) }
+        return HTTPRequestHead(version: .http1_1, method: head.method, uri: uri, headers: headers)
+    }
+
+    static func apply(_ rewrite: SwitchyardConfiguration.HeaderRewrite, to headers: inout HTTPHeaders) {
+        for name in rewrite.remove { headers.remove(name: name) }
+        for (name, value) in rewrite.set { headers.replaceOrAdd(name: name, value: value) }
+        for (name, value) in rewrite.add { headers.add(name: name, value: value) }
+    }
+}
+
+/// One request's record: what the access log, the metrics and the debug headers say about it.
+final class Exchange {
+    let started = SystemMonotonicClock().nowNanos()
+    let method: String
+    let uri: String
+    let host: String
+    let client: String
+    let routeName: String
+    let metrics: GatewayMetrics
+    let accessLog: AccessLog?
+    let responseRewrite: SwitchyardConfiguration.HeaderRewrite?
+    let traceparent: String
+    var lane: String?
+    var consumer: String?
+    var upstream: ServiceInstance?
+    var attempts = 0
+    var debug = false
+    /// Added to the answer (CORS).
+    var responseHeaders = HTTPHeaders()
+
+    init(head: HTTPRequestHead, client: SocketAddress?, route: CompiledRoute?, snapshot: GatewaySnapshot) {
+        method = head.method.rawValue
+        uri = head.uri
+        host = head.headers.first(name: "host") ?? ""
+        self.client = client?.ipAddress ?? ""
+        routeName = route?.config.name ?? "egress"
+        metrics = route?.metrics ?? snapshot.egressMetrics
+        accessLog = snapshot.accessLog
+        responseRewrite = route?.config.responseHeaders
+        if let given = head.headers.first(name: "traceparent"), TraceContext(traceparent: given) != nil {
+            traceparent = given
+        } else {
+            traceparent = TraceContext.generate().traceparent
+        }
+    }
+
+    /// Answers without an upstream (a policy said no, or there is nowhere to go).
+    func reject(
+        _ writer: HTTPResponseWriter,
+        _ status: HTTPResponseStatus,
+        _ code: String,
+        _ message: String,
+        headers: HTTPHeaders = [:],
+        closeAfter: Bool = false
+    ) -> GatewaySession {
+        var all = responseHeaders
+        all.add(contentsOf: headers)
+        if code.isEmpty {
+            writer.respond(OutgoingResponse(status: status, headers: all), closeAfter: closeAfter)
+        } else {
+            writer.respond(.error(status, code, message, headers: all), closeAfter: closeAfter)
+        }
+        finish(status: Int(status.code), error: code.isEmpty ? nil : code)
+        return GatewaySession.finished
+    }
+
+    /// Response headers of the route, CORS and (for trusted debug callers) lane and upstream.
+    func decorate(_ headers: inout HTTPHeaders) {
+        if let responseRewrite, !responseRewrite.isEmpty { GatewayResponder.apply(responseRewrite, to: &headers) }
+        if !responseHeaders.isEmpty { headers.add(contentsOf: responseHeaders) }
+        if debug, let upstream {
+            headers.replaceOrAdd(name: "x-switchyard-lane-effective", value: upstream.lane ?? "baseline")
+            headers.replaceOrAdd(name: "x-switchyard-upstream", value: upstream.key)
+        }
+    }
+
+    /// Counted once, logged once (`status` 0: the client left first).
+    func finish(status: Int, error: String? = nil) {
+        let nanos = SystemMonotonicClock().nowNanos() - started
+        metrics.record(status: status, nanoseconds: nanos, lane: lane)
+        guard let accessLog else { return }
+        var line = "{\"ts\":\(String(format: "%.3f", Date().timeIntervalSince1970))"
+        line += ",\"trace_id\":\(JSONText.quote(TraceContext(traceparent: traceparent)?.traceID ?? ""))"
+        line += ",\"client\":\(JSONText.quote(client)),\"method\":\(JSONText.quote(method)),\"host\":\(JSONText.quote(host))"
+        line += ",\"uri\":\(JSONText.quote(uri)),\"route\":\(JSONText.quote(routeName)),\"lane\":\(JSONText.quote(lane ?? "baseline"))"
+        if let upstream {
+            line += ",\"lane_effective\":\(JSONText.quote(upstream.lane ?? "baseline")),\"upstream\":\(JSONText.quote(upstream.key))"
+        }
+        if let consumer { line += ",\"consumer\":\(JSONText.quote(consumer))" }
+        line += ",\"status\":\(status),\"duration_ms\":\(String(format: "%.3f", Double(nanos) / 1e6)),\"attempts\":\(attempts)"
+        if let error { line += ",\"error\":\(JSONText.quote(error))" }
+        accessLog.write(line + "}\n")
+    }
+}
+
+/// A route's metrics, made once per configuration: by lane and status class, durations,
+/// retries and upstream errors.
+final class GatewayMetrics: Sendable {
+    struct PerLane: Sendable {
+        let byClass: [Counter]
+        let cancelled: Counter
+        let duration: Metrics.Timer
+    }
+
+    let route: String
+    let lanes: Set<String>
+    let perLane: [String: PerLane]
+    let retries: Counter
+
+    init(route: String, lanes: [String]) {
+        self.route = route
+        self.lanes = Set(lanes)
+        var perLane: [String: PerLane] = [:]
+        for lane in lanes + ["baseline"] {
+            perLane[lane] = PerLane(
+                byClass: ["1xx", "2xx", "3xx", "4xx", "5xx"].map {
+                    Counter(label: "switchyard_gateway_requests_total", dimensions: [("route", route), ("lane", lane), ("status", $0)])
+                },
+                cancelled: Counter(
+                    label: "switchyard_gateway_requests_total",
+                    dimensions: [("route", route), ("lane", lane), ("status", "client_gone")]
+                ),
+                duration: Metrics.Timer(label: "switchyard_gateway_request_duration_seconds", dimensions: [("route", route), ("lane", lane)])
+            )
+        }
+        self.perLane = perLane
+        retries = Counter(label: "switchyard_gateway_retries_total", dimensions: [("route", route)])
+    }
+
+    /// One answered request (`status` 0: the client left first).
+    func record(status: Int, nanoseconds: UInt64, lane: String?) {
+        guard let metrics = perLane[lane ?? "baseline"] ?? perLane["baseline"] else { return }
+        guard (100..<600).contains(status) else {
+            metrics.cancelled.increment()
+            return
+        }
+        metrics.byClass[status / 100 - 1].increment()
+        if nanoseconds > 0 { metrics.duration.recordNanoseconds(Int64(nanoseconds)) }
+    }
+
+    /// An upstream that could not be reached, reset the connection or timed out.
+    func upstreamError(_ upstream: ServiceInstance, kind: String) {
+        Counter(label: "switchyard_gateway_upstream_errors_total", dimensions: [("route", route), ("upstream", upstream.key), ("kind", kind)])
+            .increment()
+    }
+}
+
+/// JSON lines, one per request, appended to a file (or stdout). Writes are serialized.
+final class AccessLog: @unchecked Sendable {
+    let path: String
+    private let lock = NSLock()
+    private let handle: FileHandle
+
+    init(path: String) throws(KeyPathError) {
+        self.path = path
+        if path == "stdout" {
+            handle = FileHandle.standardOutput
+            return
+        }
+        if !FileManager.default.fileExists(atPath: path) {
+            _ = FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o640])
+        }
+        guard let handle = FileHandle(forWritingAtPath: path) else {
+            throw KeyPathError(path: "gateway.access_log", message: "cannot open \(path) for appending")
+        }
+        handle.seekToEndOfFile()
+        self.handle = handle
+    }
+
+    func write(_ line: String) {
+        let data = Data(line.utf8)
+        lock.lock()
+        defer { lock.unlock() }
+        try? handle.write(contentsOf: data)
+    }
+}
