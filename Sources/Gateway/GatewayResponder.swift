@@ -20,129 +20,22 @@ public final class GatewayResponder: HTTPStreamingResponder {
 
     public func session(for head: HTTPRequestHead, remoteAddress: SocketAddress?, writer: HTTPResponseWriter) -> (any HTTPStreamSession)? {
         let snapshot = self.snapshot()
-        let route = snapshot.route(for: head)
-        let trusted = snapshot.isTrusted(remoteAddress)
-        let egress = route == nil && trusted ? snapshot.egressTarget(head) : nil
-        // Everything else is the message channel's.
-        guard route != nil || egress != nil else { return nil }
+        // Everything that is not the gateway's is the message channel's.
+        guard let admission = snapshot.admit(head, client: remoteAddress) else { return nil }
+        let route = admission.route
         let exchange = Exchange(head: head, client: remoteAddress, route: route, snapshot: snapshot)
-        if let problem = Self.hostProblem(head) {
-            return exchange.reject(writer, .badRequest, "bad_host", problem, closeAfter: true)
+        exchange.consumer = admission.consumer
+        exchange.lane = admission.lane
+        exchange.responseHeaders = admission.responseHeaders
+        if let refusal = admission.refusal {
+            return exchange.reject(writer, refusal.status, refusal.code, refusal.message, headers: refusal.headers, closeAfter: refusal.closeAfter)
         }
-        var claims: [String: [String]]?
-        if let route {
-            let config = route.config
-            if let cors = config.cors, let origin = head.headers.first(name: "origin") {
-                let allowed = cors.origins.contains("*") || cors.origins.contains(origin)
-                if GatewaySnapshot.isPreflight(head) {
-                    guard allowed else { return exchange.reject(writer, .forbidden, "cors_origin_denied", "origin \(origin) may not call this API") }
-                    var headers = Self.corsHeaders(cors, origin: origin)
-                    headers.add(name: "access-control-allow-methods", value: cors.methods.joined(separator: ", "))
-                    headers.add(name: "access-control-allow-headers", value: cors.headers.joined(separator: ", "))
-                    headers.add(name: "access-control-max-age", value: String(cors.maxAgeSeconds))
-                    return exchange.reject(writer, .noContent, "", "", headers: headers)
-                }
-                if allowed { exchange.responseHeaders = Self.corsHeaders(cors, origin: origin) }
-            }
-            if let policy = config.apiKeys {
-                guard let key = head.headers.first(name: policy.header), !key.isEmpty else {
-                    return exchange.reject(writer, .unauthorized, "api_key_required", "send your API key in the \(policy.header) header")
-                }
-                guard let consumer = route.apiKeys[CompiledRoute.digest(key)] else {
-                    return exchange.reject(writer, .unauthorized, "api_key_invalid", "the API key in \(policy.header) is not known")
-                }
-                exchange.consumer = consumer
-            }
-            if config.jwt != .off, let verifier = snapshot.jwt {
-                if let token = verifier.token(
-                    authorization: head.headers.first(name: "authorization"),
-                    cookies: { GatewaySnapshot.cookies(head.headers) }
-                ) {
-                    do {
-                        claims = try verifier.verify(token)
-                        if exchange.consumer == nil { exchange.consumer = claims?["sub"]?.first }
-                    } catch {
-                        let challenge: HTTPHeaders = ["www-authenticate": #"Bearer error="invalid_token""#]
-                        return exchange.reject(writer, .unauthorized, "invalid_token", "\(error)", headers: challenge)
-                    }
-                } else if config.jwt == .required {
-                    return exchange.reject(writer, .unauthorized, "token_required", "send a bearer token", headers: ["www-authenticate": "Bearer"])
-                }
-            }
-            if let max = config.maxBodyBytes, let length = head.headers.first(name: "content-length").flatMap(Int.init), length > max {
-                return exchange.reject(
-                    writer,
-                    .payloadTooLarge,
-                    "body_too_large",
-                    "the body has \(length) bytes; this API takes at most \(max)",
-                    closeAfter: true
-                )
-            }
-            for (scope, limiter) in route.limiters {
-                let key: String
-                switch scope {
-                case .route: key = ""
-                case .ip: key = remoteAddress?.ipAddress ?? "?"
-                case .consumer: key = exchange.consumer.map { "c:" + $0 } ?? "ip:" + (remoteAddress?.ipAddress ?? "?")
-                }
-                let wait = limiter.acquire(key)
-                if wait > 0 {
-                    let seconds = String(Int(wait.rounded(.up)))
-                    return exchange.reject(
-                        writer,
-                        .tooManyRequests,
-                        "rate_limited",
-                        "rate limit per \(scope.rawValue) of \(config.name) reached; retry in \(seconds) s",
-                        headers: ["retry-after": seconds]
-                    )
-                }
-            }
-        }
-        let decision = snapshot.lane(for: head, from: remoteAddress, claims: claims)
-        exchange.lane = decision.lane
-        var delay: TimeAmount?
-        if let fault = route?.config.fault, fault.lanes.isEmpty || fault.lanes.contains(decision.lane ?? "baseline") {
-            if fault.abortPercent > 0, Double.random(in: 0..<100) < fault.abortPercent {
-                let status = HTTPResponseStatus(statusCode: fault.abortStatus)
-                return exchange.reject(writer, status, "fault_injected", "aborted by the fault drill of route \(route!.config.name)")
-            }
-            if fault.delayPercent > 0, Double.random(in: 0..<100) < fault.delayPercent {
-                delay = .nanoseconds(Int64(fault.delaySeconds * 1e9))
-            }
-        }
-        let service: String, instances: [ServiceInstance], uri: String, timeout: Double
-        if let route {
-            service = route.config.url ?? route.config.service
-            instances = route.upstream.map { [$0] } ?? snapshot.directory.instances(of: route.config.service)
-            uri = Self.rewrite(head.uri, route: route.config)
-            timeout = route.config.timeoutSeconds
-        } else {
-            (service, instances, uri) = egress!
-            timeout = 30
-        }
-        let candidates: [ServiceInstance]
-        var fellBack = false
-        switch route?.upstream != nil ? .lane(instances) : snapshot.resolver.resolve(lane: decision.lane, instances: instances) {
-        case .lane(let list): candidates = list
-        case .fallback(let list):
-            candidates = list
-            fellBack = true
-        case .laneUnavailable:
-            return exchange.reject(
-                writer,
-                .serviceUnavailable,
-                "lane_unavailable",
-                "service \(service) has no instance in lane \(decision.lane ?? "baseline")"
-            )
-        case .noInstances:
-            return exchange.reject(writer, .serviceUnavailable, "no_instances", "service \(service) has no instance to serve the request")
-        }
-        exchange.debug = trusted && head.headers.contains(name: snapshot.debugHeader)
+        exchange.debug = head.headers.contains(name: snapshot.debugHeader) && snapshot.isTrusted(remoteAddress)
         let base = Self.upstreamHead(
             head,
-            uri: uri,
-            lane: decision.lane,
-            fellBack: fellBack,
+            uri: admission.uri,
+            lane: admission.lane,
+            fellBack: admission.fellBack,
             client: remoteAddress,
             traceparent: exchange.traceparent,
             rewrite: route?.config.requestHeaders
@@ -152,15 +45,15 @@ public final class GatewayResponder: HTTPStreamingResponder {
         let session = GatewaySession(
             writer: writer,
             head: base,
-            candidates: candidates,
-            timeout: timeout,
+            candidates: admission.candidates,
+            timeout: admission.timeoutSeconds,
             pool: pool,
             exchange: exchange,
             retries: retries,
             retryAnswers: retryAnswers,
             maxBodyBytes: route?.config.maxBodyBytes
         )
-        if let delay {
+        if let delay = admission.delaySeconds.map({ TimeAmount.nanoseconds(Int64($0 * 1e9)) }) {
             let bound = NIOLoopBound(session, eventLoop: writer.eventLoop)
             writer.eventLoop.scheduleTask(in: delay) { bound.value.start() }
         } else {

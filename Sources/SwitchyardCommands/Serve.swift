@@ -82,14 +82,27 @@ struct CheckConfig: ParsableCommand {
 
 struct Explain: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Dry-run one message through filters, tags, lanes and routes, and print why each decision was taken."
+        abstract:
+            "Dry-run one message through filters, tags, lanes and routes (or, with --uri, one HTTP request through the gateway), and print why each decision was taken."
     )
 
     @Option(name: .long, help: "YAML configuration file (embedded defaults when omitted).")
     var config: String?
 
     @Option(name: .long, help: "The message topic, e.g. devices/p1/d1/telemetry.")
-    var topic: String
+    var topic: String?
+
+    @Option(name: .long, help: "An HTTP request's path and query (explains the gateway's decision instead of a message's).")
+    var uri: String?
+
+    @Option(name: .long, help: "The HTTP request's method (with --uri).")
+    var method = "GET"
+
+    @Option(name: .long, help: "The HTTP request's Host (with --uri).")
+    var host: String?
+
+    @Option(name: .long, help: "The caller's address (with --uri; trusted or not). Default: an outside client.")
+    var client: String?
 
     @Option(name: .long, help: "Device id (as the x-device-id header would give it).")
     var device: String?
@@ -117,6 +130,13 @@ struct Explain: ParsableCommand {
             guard kv.count == 2 else { throw ValidationError("--header must be name=value, got \"\(h)\"") }
             headers[String(kv[0])] = String(kv[1])
         }
+        if let uri {
+            var fields = headers.map { ($0.key.lowercased(), $0.value) }
+            if !fields.contains(where: { $0.0 == "host" }) { fields.append(("host", host ?? "localhost")) }
+            print(try OfflineExplain.run(configuration: configuration, method: method, uri: uri, headers: fields, client: client))
+            return
+        }
+        guard let topic else { throw ValidationError("give --topic (a message) or --uri (an HTTP request)") }
         print(
             try OfflineExplain.run(
                 configuration: configuration,

@@ -1,4 +1,5 @@
 import Foundation
+import Gateway
 import HTTPIngress
 import NIOCore
 import NIOHTTP1
@@ -91,11 +92,23 @@ struct AdminResponder: HTTPResponder {
             }
             return encode(DeadLetterView(letter, full: true))
         case (.POST, "/admin/explain"):
+            if let described = try? JSONDecoder().decode(HTTPRequestDescription.self, from: Data(request.body.readableBytesView)) {
+                let r = described.request
+                var headers = (r.headers ?? [:]).map { ($0.key.lowercased(), $0.value) }
+                if !headers.contains(where: { $0.0 == "host" }) { headers.append(("host", r.host ?? "localhost")) }
+                let uri = r.uri ?? r.path ?? "/"
+                guard uri.hasPrefix("/") else { return .error(.badRequest, "bad_request", "request.uri must start with \"/\"") }
+                return encode(snapshot.gateway.explain(method: r.method ?? "GET", uri: uri, headers: headers, client: r.client))
+            }
             let explainRequest: ExplainRequest
             do {
                 explainRequest = try JSONDecoder().decode(ExplainRequest.self, from: Data(request.body.readableBytesView))
             } catch {
-                return .error(.badRequest, "bad_request", "expected JSON {topic, device?, product?, headers?, payload?}: \(error)")
+                return .error(
+                    .badRequest,
+                    "bad_request",
+                    "expected JSON {topic, device?, product?, headers?, payload?} (a message) or {request: {method?, uri, host?, headers?, client?}}: \(error)"
+                )
             }
             return encode(Explainer.explain(explainRequest, snapshot: snapshot))
         case (.POST, "/admin/reload"):
@@ -293,4 +306,18 @@ struct DeadLetterView: Encodable {
             traceparent = d.envelope.trace.traceparent
         }
     }
+}
+
+/// `POST /admin/explain` for an HTTP request: `{"request": {"method", "uri", "host", "headers", "client"}}`.
+struct HTTPRequestDescription: Decodable {
+    struct Request: Decodable {
+        var method: String?
+        var uri: String?
+        var path: String?
+        var host: String?
+        var headers: [String: String]?
+        /// The caller's address (trusted or not); none: an outside client.
+        var client: String?
+    }
+    var request: Request
 }

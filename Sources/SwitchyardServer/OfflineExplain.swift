@@ -1,4 +1,5 @@
 import Foundation
+import Gateway
 import Logging
 import NIOCore
 import NIOEmbedded
@@ -11,6 +12,19 @@ public enum OfflineExplain {
     public static func run(configuration: SwitchyardConfiguration, request: ExplainRequest) throws -> String {
         let snapshot = try PipelineSnapshot.offline(configuration)
         return String(decoding: try AdminJSON.encoder().encode(Explainer.explain(request, snapshot: snapshot)), as: UTF8.self)
+    }
+
+    /// The gateway's dry run of an HTTP request (registry services are not known offline).
+    public static func run(
+        configuration: SwitchyardConfiguration,
+        method: String,
+        uri: String,
+        headers: [(String, String)],
+        client: String?
+    ) throws -> String {
+        let snapshot = try PipelineSnapshot.offline(configuration)
+        let explanation = snapshot.gateway.explain(method: method, uri: uri, headers: headers, client: client)
+        return String(decoding: try AdminJSON.encoder().encode(explanation), as: UTF8.self)
     }
 }
 

@@ -112,6 +112,54 @@ import _CryptoExtras
         #expect(parsed.allSatisfy { ($0["trace_id"] as? String)?.count == 32 })
     }
 
+    /// `POST /admin/explain` with a request description: route, each policy's verdict, the lane
+    /// and why, the candidates — without taking a rate-limit token or rolling a fault drill.
+    @Test func explainShowsTheDecisionsForARequest() async throws {
+        let base = try await TestHTTPService.start(), gray = try await TestHTTPService.start()
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-test-\(UUID().uuidString)").path
+        let jwt = try TestJWT.config(dir: dir)
+        let server = try await TestServer.start(
+            """
+            lanes:
+              - {name: gray, entry: {claims: {sub: [alice]}}}
+            gateway:
+              \(jwt)
+              routes:
+                - {name: api, path_prefix: /api, service: s, strip_prefix: true, rate_limits: [{per: ip, rate: 0.01, burst: 1}],
+                   fault: {abort_percent: 100, lanes: [gray]}}
+            services:
+              s: {instances: [{url: "\(base.url)"}, {url: "\(gray.url)", lane: gray}]}
+            """,
+            dir: dir
+        )
+        let token = TestJWT.hs256(["sub": "alice", "iss": "https://id.test"], secret: TestJWT.secret)
+        let body =
+            #"{"request": {"method": "GET", "uri": "/api/x?y=1", "host": "shop.test", "headers": {"Authorization": "Bearer \#(token)"}, "client": "203.0.113.9"}}"#
+        for _ in 0..<3 {  // a dry run takes no token: the burst of 1 is never used up
+            let answer = try await server.admin("POST", "/admin/explain", body: body)
+            #expect(answer.status == 200, "\(answer.body)")
+            let json = try JSONSerialization.jsonObject(with: Data(answer.body.utf8)) as? [String: Any]
+            #expect(json?["route"] as? String == "api" && json?["lane"] as? String == "gray" && json?["outcome"] as? String == "forwarded")
+            #expect((json?["lane_reason"] as? String)?.contains("token claim sub") == true)
+            #expect(json?["upstream_uri"] as? String == "/x?y=1")
+            let candidates = json?["candidates"] as? [[String: Any]]
+            #expect(candidates?.count == 1 && candidates?.first?["lane"] as? String == "gray")
+            #expect((json?["steps"] as? [String])?.contains { $0.hasPrefix("fault drill") } == true)
+        }
+        let refused = try await server.admin(
+            "POST",
+            "/admin/explain",
+            body: #"{"request": {"uri": "/api/x", "headers": {"authorization": "Bearer x.y.z"}}}"#
+        )
+        #expect(refused.body.contains(#""outcome" : "401 invalid_token""#), "\(refused.body)")
+        let none = try await server.admin("POST", "/admin/explain", body: #"{"request": {"uri": "/elsewhere"}}"#)
+        #expect(none.body.contains(#""gateway" : false"#))
+        #expect(try await server.admin("POST", "/admin/explain", body: #"{"request": {"uri": "nope"}}"#).status == 400)
+        #expect(try await server.admin("POST", "/admin/explain", body: #"{"request": {"uri": "/api"}}"#, token: nil).status == 401)
+        // The real request still has its one token.
+        #expect(try await TestHTTPClient.request("GET", port: server.httpPort, path: "/api/x", body: "").status == 200)
+    }
+
     /// An unreachable instance is replaced by another; a 503 is retried for an idempotent
     /// request, not for a POST; the retries are counted.
     @Test func retriesGoToAnotherInstance() async throws {
