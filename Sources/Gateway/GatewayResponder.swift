@@ -146,8 +146,21 @@ public final class GatewayResponder: HTTPStreamingResponder {
         }
         if fellBack { headers.add(name: "x-switchyard-lane-fallback", value: "true") }
         headers.replaceOrAdd(name: "traceparent", value: traceparent)
+        if let protocols = upgrade(head) {
+            // WebSocket and other upgrades pass through: the upstream answers the upgrade.
+            headers.add(name: "connection", value: "upgrade")
+            headers.add(name: "upgrade", value: protocols)
+        }
         if let rewrite, !rewrite.isEmpty { Self.apply(rewrite, to: &headers) }
         return HTTPRequestHead(version: .http1_1, method: head.method, uri: uri, headers: headers)
+    }
+
+    /// The protocols an upgrade request asks for (`Upgrade` with `Connection: upgrade`).
+    static func upgrade(_ head: HTTPRequestHead) -> String? {
+        guard let protocols = head.headers.first(name: "upgrade"),
+            head.headers[canonicalForm: "connection"].contains(where: { $0.lowercased() == "upgrade" })
+        else { return nil }
+        return protocols
     }
 
     static func apply(_ rewrite: SwitchyardConfiguration.HeaderRewrite, to headers: inout HTTPHeaders) {

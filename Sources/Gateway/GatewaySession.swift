@@ -103,7 +103,8 @@ final class GatewaySession: HTTPStreamSession {
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                    // Bytes after a 101 stay with the decoder until the tunnel takes them.
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers(leftOverBytesStrategy: .forwardBytes)
                     try channel.pipeline.syncOperations.addHandler(UpstreamHandler(session: bound.value))
                 }
             }
@@ -209,6 +210,9 @@ final class GatewaySession: HTTPStreamSession {
     func responseHead(_ response: HTTPResponseHead, on channel: any Channel) {
         guard !over, channel === upstream, let writer else { return }
         timer?.cancel()
+        if response.status.code == 101 {
+            return switchProtocols(response, upstream: channel)
+        }
         if [502, 503, 504].contains(response.status.code), retry() { return }
         upstreamKeepAlive = response.isKeepAlive
         status = Int(response.status.code)
@@ -218,6 +222,54 @@ final class GatewaySession: HTTPStreamSession {
         }
         exchange?.decorate(&headers)
         writer.head(HTTPResponseHead(version: .http1_1, status: response.status, headers: headers))
+    }
+
+    /// The upstream accepted an upgrade (WebSocket): the 101 goes to the client and both
+    /// connections become one byte tunnel, with backpressure both ways.
+    private func switchProtocols(_ response: HTTPResponseHead, upstream channel: any Channel) {
+        guard let writer, head.headers.contains(name: "upgrade") else {
+            return fail(.badGateway, "upstream_failed", "\(instance?.address ?? "upstream") switched protocols unasked")
+        }
+        over = true
+        status = 101
+        exchange?.finish(status: 101)
+        var headers = HTTPHeaders()
+        for (name, value) in response.headers where !GatewayResponder.hopByHop.contains(name.lowercased()) {
+            headers.add(name: name, value: value)
+        }
+        headers.add(name: "connection", value: "upgrade")
+        if let protocols = response.headers.first(name: "upgrade") { headers.add(name: "upgrade", value: protocols) }
+        exchange?.decorate(&headers)
+        // The decoders still deliver this exchange's end: rebuild the pipelines on the next tick.
+        let bound = NIOLoopBound((writer, headers), eventLoop: channel.eventLoop)
+        channel.eventLoop.execute {
+            let (writer, headers) = bound.value
+            // Bytes either decoder held back are queued until both pipelines are raw.
+            let toUpstream = TunnelEnd(source: writer.channel)
+            let toClient = TunnelEnd(source: channel)
+            let upstreamTunnel = RawTunnelHandler(peer: toClient)
+            let ops = channel.pipeline.syncOperations
+            do {
+                let decoder = try ops.handler(type: ByteToMessageHandler<HTTPResponseDecoder>.self)
+                try ops.addHandler(upstreamTunnel, position: .after(decoder))
+                if let c = try? ops.context(handlerType: UpstreamHandler.self) { ops.removeHandler(context: c, promise: nil) }
+                if let c = try? ops.context(handlerType: NIOHTTPRequestHeadersValidator.self) { ops.removeHandler(context: c, promise: nil) }
+                ops.removeHandler(decoder, promise: nil)
+                if let c = try? ops.context(handlerType: HTTPRequestEncoder.self) { ops.removeHandler(context: c, promise: nil) }
+            } catch {
+                channel.close(promise: nil)
+                writer.channel.close(promise: nil)
+                return
+            }
+            let head = HTTPResponseHead(version: .http1_1, status: .switchingProtocols, headers: headers)
+            guard let clientTunnel = writer.switchProtocols(head, to: toUpstream), writer.channel.isActive else {
+                return channel.close(promise: nil)
+            }
+            toUpstream.open(to: upstreamTunnel)
+            toClient.open(to: clientTunnel)
+            channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+            channel.read()
+        }
     }
 
     func responseBody(_ chunk: ByteBuffer, on channel: any Channel) {
@@ -256,7 +308,7 @@ final class GatewaySession: HTTPStreamSession {
 }
 
 /// Relays the upstream's answer to its session.
-final class UpstreamHandler: ChannelInboundHandler {
+final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPClientResponsePart
     var session: GatewaySession
     var complete = false
@@ -267,7 +319,7 @@ final class UpstreamHandler: ChannelInboundHandler {
         switch unwrapInboundIn(data) {
         case .head(let head):
             // 1xx answers other than 101 precede the real one.
-            if head.status.code >= 100 && head.status.code < 200 { return }
+            if head.status.code >= 100 && head.status.code < 200 && head.status.code != 101 { return }
             session.responseHead(head, on: context.channel)
         case .body(let chunk): session.responseBody(chunk, on: context.channel)
         case .end:
@@ -289,6 +341,47 @@ final class UpstreamHandler: ChannelInboundHandler {
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if !complete { session.upstreamFailed("\(error)", on: context.channel) }
         context.close(promise: nil)
+    }
+}
+
+/// Bytes read from `source` are written to `target`; when the target is full, reading the
+/// source pauses; when either side closes, so does the other.
+final class TunnelEnd: RawTunnelPeer {
+    let source: any Channel
+    /// The other connection's tunnel handler; nil until both connections are raw (bytes wait).
+    private var target: RawTunnelHandler?
+    private var queued: [ByteBuffer] = []
+    private var closed = false
+
+    init(source: any Channel) { self.source = source }
+
+    func open(to target: RawTunnelHandler) {
+        self.target = target
+        for bytes in queued { target.send(bytes, flush: false) }
+        queued = []
+        target.channel?.flush()
+        if closed { target.channel?.close(promise: nil) }
+    }
+
+    func tunnelBytes(_ bytes: ByteBuffer) {
+        guard let target, let channel = target.channel else {
+            queued.append(bytes)
+            return
+        }
+        target.send(bytes)
+        if !channel.isWritable { source.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in } }
+    }
+
+    func tunnelClosed() {
+        closed = true
+        target?.channel?.close(promise: nil)
+    }
+
+    /// The source's own writability: reading the other connection follows it.
+    func tunnelWritabilityChanged(_ writable: Bool) {
+        guard let other = target?.channel else { return }
+        other.setOption(ChannelOptions.autoRead, value: writable).whenComplete { _ in }
+        if writable { other.read() }
     }
 }
 

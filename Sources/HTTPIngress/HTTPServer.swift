@@ -148,7 +148,10 @@ public final class HTTPServer: Service {
                 .childChannelInitializer { [self] channel in
                     channel.eventLoop.makeCompletedFuture {
                         // Response headers are built here from validated values: skip NIO's per-byte re-check.
+                        // No upgraders: the upgrade handler only makes the decoder keep the bytes
+                        // after an upgrade request (a tunnel's first bytes), then leaves.
                         try channel.pipeline.syncOperations.configureHTTPServerPipeline(
+                            withServerUpgrade: (upgraders: [], completionHandler: { _ in }),
                             withErrorHandling: true,
                             withOutboundHeaderValidation: false
                         )
@@ -193,7 +196,7 @@ public struct HTTPServerError: Error, Sendable, CustomStringConvertible {
 }
 
 /// Collects one request (bounded), asks the responder, writes the response.
-final class RequestHandler: ChannelInboundHandler {
+final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
@@ -296,7 +299,8 @@ final class RequestHandler: ChannelInboundHandler {
                 remoteAddress: context.channel.remoteAddress
             )
             body = nil
-            let keepAlive = head.isKeepAlive
+            // After an upgrade request the decoder reads no further request: no keep-alive.
+            let keepAlive = head.isKeepAlive && !head.headers.contains(name: "upgrade")
             server.requestStarted()
             server.responder.respond(to: request, on: context.eventLoop)
                 .hop(to: context.eventLoop)
@@ -322,16 +326,30 @@ final class RequestHandler: ChannelInboundHandler {
 
     private func startStream(_ streaming: any HTTPStreamingResponder, _ head: HTTPRequestHead, context: ChannelHandlerContext) -> Bool {
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        let writer = HTTPResponseWriter(context: context, keepAlive: head.isKeepAlive) { _ in
-            let handler = loopBound.value
-            handler.armHeadTimer(context: context)
-            // Answered at once (no session yet), or the client left first: nothing to count.
-            guard handler.responseSession != nil else { return }
-            handler.responseSession = nil
-            handler.server.requestFinished()
-            // Reading may have been paused for the upstream's sake: the next request needs it.
-            context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
-        }
+        // After an upgrade request the decoder reads no further request: no keep-alive.
+        let writer = HTTPResponseWriter(
+            context: context,
+            keepAlive: head.isKeepAlive && !head.headers.contains(name: "upgrade"),
+            finished: { _ in
+                let handler = loopBound.value
+                handler.armHeadTimer(context: context)
+                // Answered at once (no session yet), or the client left first: nothing to count.
+                guard handler.responseSession != nil else { return }
+                handler.responseSession = nil
+                handler.server.requestFinished()
+                // Reading may have been paused for the upstream's sake: the next request needs it.
+                context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+            },
+            upgraded: { peer in
+                let handler = loopBound.value
+                handler.requestSession = nil
+                if handler.responseSession != nil {
+                    handler.responseSession = nil
+                    handler.server.requestFinished()
+                }
+                return handler.becomeTunnel(to: peer, context: context)
+            }
+        )
         guard let session = streaming.session(for: head, remoteAddress: context.channel.remoteAddress, writer: writer) else { return false }
         requestSession = session
         if !writer.done {
@@ -339,6 +357,28 @@ final class RequestHandler: ChannelInboundHandler {
             server.requestStarted()
         }
         return true
+    }
+
+    /// HTTP is over on this connection: its handlers leave, raw bytes go to the peer (the
+    /// decoder hands over what it held back after the upgrade request).
+    private func becomeTunnel(to peer: any RawTunnelPeer, context: ChannelHandlerContext) -> RawTunnelHandler? {
+        let ops = context.pipeline.syncOperations
+        let tunnel = RawTunnelHandler(peer: peer)
+        do {
+            // Right behind the decoder: the bytes it hands over never reach an HTTP handler.
+            let decoder = try ops.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self)
+            try ops.addHandler(tunnel, position: .after(decoder))
+            ops.removeHandler(context: context, promise: nil)
+            if let c = try? ops.context(handlerType: HTTPServerProtocolErrorHandler.self) { ops.removeHandler(context: c, promise: nil) }
+            if let c = try? ops.context(handlerType: HTTPServerPipelineHandler.self) { ops.removeHandler(context: c, promise: nil) }
+            ops.removeHandler(decoder, promise: nil)
+            if let c = try? ops.context(handlerType: HTTPResponseEncoder.self) { ops.removeHandler(context: c, promise: nil) }
+            context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+            return tunnel
+        } catch {
+            context.close(promise: nil)
+            return nil
+        }
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {

@@ -23,16 +23,26 @@ public final class HTTPResponseWriter {
     let context: ChannelHandlerContext
     let keepAlive: Bool
     let finished: (Bool) -> Void
+    /// Turns the connection into a raw tunnel to the peer (after a 101).
+    let upgraded: (any RawTunnelPeer) -> RawTunnelHandler?
     private(set) public var headSent = false
     private(set) public var done = false
 
-    init(context: ChannelHandlerContext, keepAlive: Bool, finished: @escaping (Bool) -> Void) {
+    init(
+        context: ChannelHandlerContext,
+        keepAlive: Bool,
+        finished: @escaping (Bool) -> Void,
+        upgraded: @escaping (any RawTunnelPeer) -> RawTunnelHandler?
+    ) {
         self.context = context
         self.keepAlive = keepAlive
         self.finished = finished
+        self.upgraded = upgraded
     }
 
     public var eventLoop: any EventLoop { context.eventLoop }
+    /// The client's connection.
+    public var channel: any Channel { context.channel }
     public var isClientWritable: Bool { context.channel.isWritable }
 
     public func head(_ head: HTTPResponseHead) {
@@ -84,5 +94,66 @@ public final class HTTPResponseWriter {
     public func setReading(_ on: Bool) {
         context.channel.setOption(ChannelOptions.autoRead, value: on).whenComplete { _ in }
         if on { context.read() }
+    }
+}
+
+extension HTTPResponseWriter {
+    /// Sends `head` (a `101 Switching Protocols`) and turns the client connection into a raw
+    /// byte tunnel: what the client sends goes to `peer`; returns the tunnel's handler to send
+    /// to the client with (nil when the connection could not switch; it is closed then).
+    public func switchProtocols(_ head: HTTPResponseHead, to peer: any RawTunnelPeer) -> RawTunnelHandler? {
+        guard !done, !headSent else { return nil }
+        headSent = true
+        done = true
+        context.write(NIOAny(HTTPServerResponsePart.head(head)), promise: nil)
+        context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)), promise: nil)
+        return upgraded(peer)
+    }
+}
+
+/// One side of a byte tunnel (a WebSocket after its upgrade): what arrives from the other side.
+public protocol RawTunnelPeer: AnyObject {
+    func tunnelBytes(_ bytes: ByteBuffer)
+    func tunnelClosed()
+    /// The side this peer reads from can take more (or no more) bytes.
+    func tunnelWritabilityChanged(_ writable: Bool)
+}
+
+/// Delivers a connection's raw bytes, its close and its writability to a tunnel peer.
+public final class RawTunnelHandler: ChannelInboundHandler, RemovableChannelHandler {
+    public typealias InboundIn = ByteBuffer
+    let peer: any RawTunnelPeer
+    private var context: ChannelHandlerContext?
+
+    public init(peer: any RawTunnelPeer) { self.peer = peer }
+
+    public func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    public func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    public var channel: (any Channel)? { context?.channel }
+
+    /// Writes from this handler's place towards the socket: only the handlers before it (none
+    /// of HTTP's once the tunnel is up) see the bytes.
+    public func send(_ bytes: ByteBuffer, flush: Bool = true) {
+        guard let context else { return }
+        if flush { context.writeAndFlush(NIOAny(bytes), promise: nil) } else { context.write(NIOAny(bytes), promise: nil) }
+    }
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        peer.tunnelBytes(unwrapInboundIn(data))
+    }
+
+    public func channelWritabilityChanged(context: ChannelHandlerContext) {
+        peer.tunnelWritabilityChanged(context.channel.isWritable)
+        context.fireChannelWritabilityChanged()
+    }
+
+    public func channelInactive(context: ChannelHandlerContext) {
+        peer.tunnelClosed()
+        context.fireChannelInactive()
+    }
+
+    public func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
     }
 }
