@@ -149,6 +149,7 @@ struct RequestFacts {
 public struct GatewaySnapshot: Sendable {
     let routes: [CompiledRoute]
     let trusted: [CIDR]
+    let trustedIdentities: Set<String>
     let lanes: [RequestLane]
     let laneNames: Set<String>
     let resolver: LaneResolver
@@ -178,6 +179,7 @@ public struct GatewaySnapshot: Sendable {
         self.routes = routes
         egressMetrics = previous?.egressMetrics.lanes == Set(laneNames) ? previous!.egressMetrics : GatewayMetrics(route: "egress", lanes: laneNames)
         trusted = gateway.trustedCIDRs.compactMap { try? CIDR($0) }
+        trustedIdentities = Set(gateway.trustedIdentities)
         lanes = configuration.lanes.map(RequestLane.init)
         self.laneNames = Set(laneNames)
         resolver = LaneResolver(lanes: configuration.lanes)
@@ -228,8 +230,10 @@ public struct GatewaySnapshot: Sendable {
         return host == pattern
     }
 
-    func isTrusted(_ address: SocketAddress?) -> Bool {
-        address.map { a in trusted.contains { $0.contains(a) } } ?? false
+    /// A caller from a trusted network, or (mutual TLS) with a trusted certificate name.
+    func isTrusted(_ address: SocketAddress?, identities: @autoclosure () -> [String] = []) -> Bool {
+        if let address, trusted.contains(where: { $0.contains(address) }) { return true }
+        return !trustedIdentities.isEmpty && identities().contains(where: trustedIdentities.contains)
     }
 
     /// Egress for trusted callers (the services): `Host: <service>.internal`, or `/<service>/…`.
@@ -254,7 +258,11 @@ public struct GatewaySnapshot: Sendable {
 
     /// The request's lane: a trusted caller's own, else the first lane whose entry rules admit it.
     func lane(for head: HTTPRequestHead, from address: SocketAddress?, claims: [String: [String]]? = nil) -> (lane: String?, why: String) {
-        if isTrusted(address) {
+        lane(for: head, trusted: isTrusted(address), claims: claims)
+    }
+
+    func lane(for head: HTTPRequestHead, trusted: Bool, claims: [String: [String]]?) -> (lane: String?, why: String) {
+        if trusted {
             if let carried = head.headers.first(name: "x-switchyard-lane"), laneNames.contains(carried) {
                 return (carried, "carried by a trusted caller")
             }

@@ -20,6 +20,8 @@ struct Admission {
     let route: CompiledRoute?
     /// The route's name, or `egress`.
     let routeName: String
+    /// From a trusted network or with a trusted client certificate.
+    let trusted: Bool
     var steps: [String] = []
     var refusal: Refusal?
     var consumer: String?
@@ -35,8 +37,9 @@ struct Admission {
     var uri = ""
     var timeoutSeconds = 30.0
 
-    init(route: CompiledRoute?) {
+    init(route: CompiledRoute?, trusted: Bool) {
         self.route = route
+        self.trusted = trusted
         routeName = route?.config.name ?? "egress"
     }
 
@@ -50,12 +53,17 @@ extension GatewaySnapshot {
     /// The request's admission, or nil when it is not the gateway's (no route; no egress for
     /// this caller). With `dryRun`, no rate-limit token is taken and fault drills are reported
     /// instead of rolled.
-    func admit(_ head: HTTPRequestHead, client: SocketAddress?, dryRun: Bool = false) -> Admission? {
+    func admit(
+        _ head: HTTPRequestHead,
+        client: SocketAddress?,
+        identities: @autoclosure () -> [String] = [],
+        dryRun: Bool = false
+    ) -> Admission? {
         let route = self.route(for: head)
-        let trusted = isTrusted(client)
+        let trusted = isTrusted(client, identities: identities())
         let egress = route == nil && trusted ? egressTarget(head) : nil
         guard route != nil || egress != nil else { return nil }
-        var a = Admission(route: route)
+        var a = Admission(route: route, trusted: trusted)
         a.steps.append(route.map { "route \($0.config.name) matches" } ?? "egress to service \(egress!.service) (a trusted caller)")
         if let problem = GatewayResponder.hostProblem(head) {
             a.refuse(.badRequest, "bad_host", problem, closeAfter: true)
@@ -65,7 +73,7 @@ extension GatewaySnapshot {
             checkPolicies(route, head, client: client, dryRun: dryRun, &a)
             if a.refusal != nil { return a }
         }
-        let decision = lane(for: head, from: client, claims: a.claims)
+        let decision = lane(for: head, trusted: trusted, claims: a.claims)
         (a.lane, a.laneReason) = decision
         a.steps.append("lane \(decision.lane ?? "baseline"): \(decision.why)")
         if let route, let fault = route.config.fault, fault.lanes.isEmpty || fault.lanes.contains(decision.lane ?? "baseline") {
@@ -170,14 +178,23 @@ extension GatewaySnapshot {
     }
 
     /// A dry run of one request: route, policies, lane and the instances that may serve it.
-    public func explain(method: String, uri: String, headers: [(String, String)], client: String?) -> RequestExplanation {
+    public func explain(
+        method: String,
+        uri: String,
+        headers: [(String, String)],
+        client: String?,
+        identities: [String] = []
+    ) -> RequestExplanation {
         let head = HTTPRequestHead(version: .http1_1, method: HTTPMethod(rawValue: method.uppercased()), uri: uri, headers: HTTPHeaders(headers))
         let address = client.flatMap { try? SocketAddress(ipAddress: $0, port: 0) }
-        guard let a = admit(head, client: address, dryRun: true) else {
+        guard let a = admit(head, client: address, identities: identities, dryRun: true) else {
             return RequestExplanation(
                 gateway: false,
                 route: nil,
-                steps: ["no gateway route matches" + (isTrusted(address) ? " and no egress service is named" : "") + ": the message channel answers"],
+                steps: [
+                    "no gateway route matches" + (isTrusted(address, identities: identities) ? " and no egress service is named" : "")
+                        + ": the message channel answers"
+                ],
                 outcome: "not the gateway's",
                 lane: nil,
                 laneReason: nil,

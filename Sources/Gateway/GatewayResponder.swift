@@ -21,7 +21,7 @@ public final class GatewayResponder: HTTPStreamingResponder {
     public func session(for head: HTTPRequestHead, remoteAddress: SocketAddress?, writer: HTTPResponseWriter) -> (any HTTPStreamSession)? {
         let snapshot = self.snapshot()
         // Everything that is not the gateway's is the message channel's.
-        guard let admission = snapshot.admit(head, client: remoteAddress) else { return nil }
+        guard let admission = snapshot.admit(head, client: remoteAddress, identities: writer.peerIdentities) else { return nil }
         let route = admission.route
         let exchange = Exchange(head: head, client: remoteAddress, route: route, snapshot: snapshot)
         exchange.consumer = admission.consumer
@@ -30,7 +30,7 @@ public final class GatewayResponder: HTTPStreamingResponder {
         if let refusal = admission.refusal {
             return exchange.reject(writer, refusal.status, refusal.code, refusal.message, headers: refusal.headers, closeAfter: refusal.closeAfter)
         }
-        exchange.debug = head.headers.contains(name: snapshot.debugHeader) && snapshot.isTrusted(remoteAddress)
+        exchange.debug = admission.trusted && head.headers.contains(name: snapshot.debugHeader)
         let base = Self.upstreamHead(
             head,
             uri: admission.uri,

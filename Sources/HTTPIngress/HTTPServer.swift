@@ -1,10 +1,14 @@
-// HTTPIngress: a small NIO HTTP/1.1 server (keep-alive, pipelining, bounded bodies) and
-// the HTTP message channel (`POST /v1/messages/{topic}`) built on it.
+// HTTPIngress: a small NIO HTTP server (HTTP/1.1 keep-alive and pipelining; HTTP/2 by TLS
+// ALPN or prior knowledge; bounded bodies) and the HTTP message channel
+// (`POST /v1/messages/{topic}`) built on it.
 import Logging
 import NIOConcurrencyHelpers
 public import NIOCore
 public import NIOHTTP1
+import NIOHTTP2
 import NIOPosix
+public import NIOSSL
+import NIOTLS
 public import ServiceLifecycle
 import SwitchyardCore
 import Synchronization
@@ -105,6 +109,12 @@ public final class HTTPServer: Service {
     /// A connection must deliver a complete request head this soon after it opens or after its
     /// last answer, or it is closed (slow-loris clients; idle keep-alive connections).
     let headTimeout: TimeAmount
+    /// TLS for every connection (ALPN offers h2 when `http2`).
+    let tls: NIOSSLContext?
+    /// HTTP/2 besides HTTP/1.1: negotiated by ALPN with TLS, by prior knowledge (h2c) without.
+    let http2: Bool
+    /// The TLS context verifies client certificates: their names may be trusted.
+    let verifiesClientCertificates: Bool
     private let bound: EventLoopPromise<SocketAddress>
     private let connections = NIOLockedValueBox([ObjectIdentifier: any Channel]())
     private let busy = Atomic<Int>(0)
@@ -119,8 +129,14 @@ public final class HTTPServer: Service {
         drainSeconds: Double = 5,
         headTimeoutSeconds: Double = 60,
         streaming: (any HTTPStreamingResponder)? = nil,
+        tls: NIOSSLContext? = nil,
+        verifiesClientCertificates: Bool = false,
+        http2: Bool = false,
         onBodyTooLarge: @escaping @Sendable (IncomingRequestSummary) -> Void = { _ in }
     ) {
+        self.tls = tls
+        self.verifiesClientCertificates = tls != nil && verifiesClientCertificates
+        self.http2 = http2
         self.onBodyTooLarge = onBodyTooLarge
         self.streaming = streaming
         self.headTimeout = .nanoseconds(Int64(headTimeoutSeconds * 1e9))
@@ -132,6 +148,34 @@ public final class HTTPServer: Service {
         self.logger = logger
         self.drainSeconds = drainSeconds
         self.bound = group.any().makePromise(of: SocketAddress.self)
+    }
+
+    /// HTTP/1.1 on a connection (its handlers go last).
+    func configureHTTP1(_ ops: ChannelPipeline.SynchronousOperations) throws {
+        // Response headers are built here from validated values: skip NIO's per-byte re-check.
+        // No upgraders: the upgrade handler only makes the decoder keep the bytes after an
+        // upgrade request (a tunnel's first bytes), then leaves.
+        try ops.configureHTTPServerPipeline(
+            withServerUpgrade: (upgraders: [], completionHandler: { _ in }),
+            withErrorHandling: true,
+            withOutboundHeaderValidation: false
+        )
+        try ops.addHandler(RequestHandler(server: self, maxBodyBytes: maxBodyBytes))
+    }
+
+    /// HTTP/2 on a connection: each stream is one request, seen as HTTP/1.1 parts by the same
+    /// request handler (the message channel and the gateway work unchanged).
+    func configureHTTP2(_ ops: ChannelPipeline.SynchronousOperations) throws {
+        _ = try ops.configureHTTP2Pipeline(
+            mode: .server,
+            connectionConfiguration: .init(),
+            streamConfiguration: .init()
+        ) { [self] stream in
+            stream.eventLoop.makeCompletedFuture {
+                try stream.pipeline.syncOperations.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
+                try stream.pipeline.syncOperations.addHandler(RequestHandler(server: self, maxBodyBytes: maxBodyBytes))
+            }
+        }
     }
 
     /// The address the server listens on, once bound (use port 0 to let the OS choose).
@@ -147,17 +191,29 @@ public final class HTTPServer: Service {
                 .childChannelOption(.maxMessagesPerRead, value: 16)
                 .childChannelInitializer { [self] channel in
                     channel.eventLoop.makeCompletedFuture {
-                        // Response headers are built here from validated values: skip NIO's per-byte re-check.
-                        // No upgraders: the upgrade handler only makes the decoder keep the bytes
-                        // after an upgrade request (a tunnel's first bytes), then leaves.
-                        try channel.pipeline.syncOperations.configureHTTPServerPipeline(
-                            withServerUpgrade: (upgraders: [], completionHandler: { _ in }),
-                            withErrorHandling: true,
-                            withOutboundHeaderValidation: false
-                        )
-                        try channel.pipeline.syncOperations.addHandler(
-                            RequestHandler(server: self, maxBodyBytes: maxBodyBytes)
-                        )
+                        let ops = channel.pipeline.syncOperations
+                        if let tls {
+                            try ops.addHandler(NIOSSLServerHandler(context: tls))
+                            if http2 {
+                                try ops.addHandler(
+                                    ApplicationProtocolNegotiationHandler { [self] result, channel in
+                                        channel.eventLoop.makeCompletedFuture {
+                                            if case .negotiated("h2") = result {
+                                                try configureHTTP2(channel.pipeline.syncOperations)
+                                            } else {
+                                                try configureHTTP1(channel.pipeline.syncOperations)
+                                            }
+                                        }
+                                    }
+                                )
+                            } else {
+                                try configureHTTP1(ops)
+                            }
+                        } else if http2 {
+                            try ops.addHandler(PrefaceSniffer(server: self))
+                        } else {
+                            try configureHTTP1(ops)
+                        }
                         let id = ObjectIdentifier(channel)
                         connections.withLockedValue { $0[id] = channel }
                         channel.closeFuture.whenComplete { [connections] _ in
@@ -193,6 +249,7 @@ public final class HTTPServer: Service {
 public struct HTTPServerError: Error, Sendable, CustomStringConvertible {
     public var message: String
     public var description: String { message }
+    public init(message: String) { self.message = message }
 }
 
 /// Collects one request (bounded), asks the responder, writes the response.
@@ -348,7 +405,8 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
                     handler.server.requestFinished()
                 }
                 return handler.becomeTunnel(to: peer, context: context)
-            }
+            },
+            verifiesPeers: server.verifiesClientCertificates
         )
         guard let session = streaming.session(for: head, remoteAddress: context.channel.remoteAddress, writer: writer) else { return false }
         requestSession = session
@@ -429,5 +487,38 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
             let channel = context.channel
             done.whenComplete { _ in channel.close(promise: nil) }
         }
+    }
+}
+
+/// Without TLS, a connection that opens with the HTTP/2 preface speaks HTTP/2 (h2c with prior
+/// knowledge); any other is HTTP/1.1. Holds the first bytes until it can tell.
+final class PrefaceSniffer: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    static let preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
+    let server: HTTPServer
+    private var held: ByteBuffer?
+
+    init(server: HTTPServer) { self.server = server }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes = unwrapInboundIn(data)
+        if held == nil { held = bytes } else { held!.writeBuffer(&bytes) }
+        let seen = held!.readableBytesView
+        let n = min(seen.count, Self.preface.count)
+        let isH2 = seen.prefix(n).elementsEqual(Self.preface.prefix(n))
+        if isH2 && n < Self.preface.count { return }  // not sure yet
+        let ops = context.pipeline.syncOperations
+        do {
+            // Both go after this handler, the last one so far.
+            if isH2 { try server.configureHTTP2(ops) } else { try server.configureHTTP1(ops) }
+        } catch {
+            context.close(promise: nil)
+            return
+        }
+        let first = held!
+        held = nil
+        context.fireChannelRead(wrapInboundOut(first))
+        ops.removeHandler(context: context, promise: nil)
     }
 }

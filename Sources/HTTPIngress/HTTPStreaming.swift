@@ -1,5 +1,7 @@
 public import NIOCore
 public import NIOHTTP1
+import NIOHTTP2
+import NIOSSL
 
 /// Takes over requests whose bodies and answers stream through without being collected (the
 /// API gateway); every other request is collected and answered by the `HTTPResponder`.
@@ -25,6 +27,8 @@ public final class HTTPResponseWriter {
     let finished: (Bool) -> Void
     /// Turns the connection into a raw tunnel to the peer (after a 101).
     let upgraded: (any RawTunnelPeer) -> RawTunnelHandler?
+    /// The listener verifies client certificates (else their names prove nothing).
+    let verifiesPeers: Bool
     private(set) public var headSent = false
     private(set) public var done = false
 
@@ -32,8 +36,10 @@ public final class HTTPResponseWriter {
         context: ChannelHandlerContext,
         keepAlive: Bool,
         finished: @escaping (Bool) -> Void,
-        upgraded: @escaping (any RawTunnelPeer) -> RawTunnelHandler?
+        upgraded: @escaping (any RawTunnelPeer) -> RawTunnelHandler?,
+        verifiesPeers: Bool = false
     ) {
+        self.verifiesPeers = verifiesPeers
         self.context = context
         self.keepAlive = keepAlive
         self.finished = finished
@@ -43,6 +49,26 @@ public final class HTTPResponseWriter {
     public var eventLoop: any EventLoop { context.eventLoop }
     /// The client's connection.
     public var channel: any Channel { context.channel }
+
+    /// The names of the client's verified TLS certificate (mutual TLS): its subject's common
+    /// name, DNS and URI subject alternative names. Empty without a client certificate.
+    public var peerIdentities: [String] {
+        guard verifiesPeers else { return [] }
+        // An HTTP/2 stream's TLS is its connection's (the parent); an HTTP/1 connection's parent
+        // is the listening socket.
+        var connection = context.channel
+        if let parent = connection.parent, (try? connection.pipeline.syncOperations.handler(type: HTTP2FramePayloadToHTTP1ServerCodec.self)) != nil {
+            connection = parent
+        }
+        guard let certificate = try? connection.pipeline.syncOperations.nioSSL_peerCertificate() else { return [] }
+        var names = certificate.subjectName.filter { $0.type == .commonName }.map(\.value)
+        if let alternatives = try? certificate._subjectAlternativeNames() {
+            for name in alternatives where name.nameType == .dnsName || name.nameType == .uri {
+                names.append(String(decoding: name.contents, as: UTF8.self))
+            }
+        }
+        return names
+    }
     public var isClientWritable: Bool { context.channel.isWritable }
 
     public func head(_ head: HTTPResponseHead) {

@@ -13,7 +13,12 @@ extension ConfigLoader {
 
     static func readGateway(_ node: Node?, _ r: inout ConfigReader) -> SwitchyardConfiguration.Gateway {
         var g = SwitchyardConfiguration.Gateway()
-        let m = r.mapping(node, "gateway", allowed: ["routes", "trusted_cidrs", "egress", "jwt", "debug_header", "access_log"])
+        let m = r.mapping(
+            node,
+            "gateway",
+            allowed: ["routes", "trusted_cidrs", "trusted_identities", "egress", "jwt", "debug_header", "access_log"]
+        )
+        g.trustedIdentities = r.strings(m["trusted_identities"], "gateway.trusted_identities")
         if let v = r.bool(m["egress"], "gateway.egress") { g.egress = v }
         if m["trusted_cidrs"] != nil { g.trustedCIDRs = r.strings(m["trusted_cidrs"], "gateway.trusted_cidrs") }
         if let v = r.string(m["debug_header"], "gateway.debug_header") { g.debugHeader = v.lowercased() }

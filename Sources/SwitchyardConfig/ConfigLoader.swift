@@ -77,7 +77,33 @@ public enum ConfigLoader {
         if let v = r.string(node["name"], "node.name") { c.node.name = v }
         if let v = r.string(node["data_dir"], "node.data_dir") { c.node.dataDir = v }
 
-        let listeners = r.mapping(top["listeners"], "listeners", allowed: ["http", "admin", "mqtt", "mqtts", "nacos"])
+        let listeners = r.mapping(top["listeners"], "listeners", allowed: ["http", "https", "admin", "mqtt", "mqtts", "nacos"])
+        let https = r.mapping(listeners["https"], "listeners.https", allowed: ["host", "port", "cert", "key", "client_ca", "client_auth"])
+        if let v = r.string(https["host"], "listeners.https.host") { c.listeners.https.host = v }
+        if let v = r.int(https["port"], "listeners.https.port", range: 0...65535) { c.listeners.https.port = v }
+        for (key, keyPath) in [
+            ("cert", \SwitchyardConfiguration.Listeners.httpsCertificate), ("key", \.httpsKey), ("client_ca", \.httpsClientCA),
+        ] {
+            guard let path = r.string(https[key], "listeners.https.\(key)") else { continue }
+            if FileManager.default.isReadableFile(atPath: path) {
+                c.listeners[keyPath: keyPath] = path
+            } else {
+                r.fail("listeners.https.\(key)", "cannot read \(path): give a PEM file this user can read", https[key])
+            }
+        }
+        if (https["cert"] == nil) != (https["key"] == nil) {
+            r.fail("listeners.https", "needs both cert (PEM certificate chain) and key (PEM private key)", listeners["https"])
+        }
+        if let v = r.string(https["client_auth"], "listeners.https.client_auth") {
+            switch v {
+            case "optional": c.listeners.httpsClientAuthRequired = false
+            case "required": c.listeners.httpsClientAuthRequired = true
+            default: r.fail("listeners.https.client_auth", "must be optional or required, got \"\(v)\"", https["client_auth"])
+            }
+            if https["client_ca"] == nil {
+                r.fail("listeners.https.client_auth", "needs client_ca (the CAs client certificates come from)", https["client_auth"])
+            }
+        }
         for (key, keyPath) in [("http", \SwitchyardConfiguration.Listeners.http), ("admin", \.admin), ("mqtt", \.mqtt), ("nacos", \.nacos)] {
             let l = r.mapping(listeners[key], "listeners.\(key)", allowed: ["host", "port"])
             if let v = r.string(l["host"], "listeners.\(key).host") { c.listeners[keyPath: keyPath].host = v }
@@ -174,9 +200,12 @@ public enum ConfigLoader {
         let http = r.mapping(
             channels["http"],
             "channels.http",
-            allowed: ["enabled", "max_body_bytes", "max_batch_items", "device_header", "product_header", "message_id_header", "header_timeout"]
+            allowed: [
+                "enabled", "max_body_bytes", "max_batch_items", "device_header", "product_header", "message_id_header", "header_timeout", "http2",
+            ]
         )
         if let v = r.duration(http["header_timeout"], "channels.http.header_timeout", range: 0.01...3600) { c.channels.http.headerTimeoutSeconds = v }
+        if let v = r.bool(http["http2"], "channels.http.http2") { c.channels.http.http2 = v }
         if let v = r.int(http["max_batch_items"], "channels.http.max_batch_items", range: 1...100_000) { c.channels.http.maxBatchItems = v }
         if let v = r.bool(http["enabled"], "channels.http.enabled") { c.channels.http.enabled = v }
         if let v = r.size(http["max_body_bytes"], "channels.http.max_body_bytes", range: 1...(256 << 20)) {

@@ -45,6 +45,15 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
         public var mqttsEnabled: Bool { mqttsCertificate != nil && mqttsKey != nil }
         /// The Nacos-compatible registry and config API. Loopback by default: bound elsewhere, it needs auth.
         public var nacos = Listener(host: "127.0.0.1", port: 8848)
+        /// The HTTP channel and gateway over TLS (HTTP/2 by ALPN): on only with a certificate and key.
+        public var https = Listener(host: "0.0.0.0", port: 8443)
+        public var httpsCertificate: String?
+        public var httpsKey: String?
+        /// Client certificates are verified against these CAs (mutual TLS); none: not asked for.
+        public var httpsClientCA: String?
+        /// With a client CA: `optional` (a certificate, when sent, must verify) or `required`.
+        public var httpsClientAuthRequired = false
+        public var httpsEnabled: Bool { httpsCertificate != nil && httpsKey != nil }
         public init() {}
     }
 
@@ -68,6 +77,8 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
         /// A connection must send a complete request head within this after opening or after
         /// its last answer (slow-loris clients, idle keep-alive connections), else it is closed.
         public var headerTimeoutSeconds = 60.0
+        /// HTTP/2 besides HTTP/1.1: by prior knowledge (h2c) on `listeners.http`, by ALPN on `listeners.https`.
+        public var http2 = true
         public init() {}
     }
 
@@ -254,6 +265,9 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
         /// Callers from these networks may bring their lane (`x-switchyard-lane`, baggage
         /// `lane=`); from anyone else it is removed and the entry rules decide.
         public var trustedCIDRs: [String] = ["127.0.0.0/8", "::1/128"]
+        /// Callers on `listeners.https` whose verified client certificate names one of these
+        /// (common name, DNS or URI alternative name, e.g. `spiffe://shop/orders`) are trusted too.
+        public var trustedIdentities: [String] = []
         /// Trusted callers (the services) reach any service as `/<service>/…` or with `Host:
         /// <service>.internal`, their lane honoured: the lane follows the call chain.
         public var egress = true

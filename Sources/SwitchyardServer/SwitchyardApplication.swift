@@ -36,6 +36,8 @@ public final class SwitchyardApplication: Sendable {
     let shared: SharedParts
     let pipeline: Pipeline
     let ingest: HTTPServer?
+    /// The same channel and gateway over TLS (`listeners.https`).
+    let ingestTLS: HTTPServer?
     let mqtt: MQTTServer?
     /// Device credentials (MQTT sign-in), managed through the admin API.
     public let devices: DeviceStore
@@ -192,26 +194,49 @@ public final class SwitchyardApplication: Sendable {
             options.messageIDHeader = http.messageIDHeader
             options.maxBatchItems = http.maxBatchItems
             let ledger = shared.ledger
+            let responder = MessageIngestResponder(sink: pipeline, options: options) { reason in
+                ledger.receivedAndRejected(channel: "http", reason: reason)
+            }
+            let gateway = GatewayResponder(snapshot: { [pipeline] in pipeline.snapshot.gateway })
+            let tooLarge: @Sendable (IncomingRequestSummary) -> Void = { summary in
+                // A batch too large is counted as one message: how many it held is unknown.
+                if summary.uri.hasPrefix(MessageIngestResponder.pathPrefix) || summary.uri.hasPrefix(MessageIngestResponder.batchPath) {
+                    ledger.receivedAndRejected(channel: "http", reason: "payload_too_large")
+                }
+            }
             ingest = HTTPServer(
                 host: configuration.listeners.http.host,
                 port: configuration.listeners.http.port,
                 group: group,
                 maxBodyBytes: http.maxBodyBytes,
-                responder: MessageIngestResponder(sink: pipeline, options: options) { reason in
-                    ledger.receivedAndRejected(channel: "http", reason: reason)
-                },
+                responder: responder,
                 logger: logger.with("listener", "http"),
                 headTimeoutSeconds: http.headerTimeoutSeconds,
-                streaming: GatewayResponder(snapshot: { [pipeline] in pipeline.snapshot.gateway }),
-                onBodyTooLarge: { summary in
-                    // A batch too large is counted as one message: how many it held is unknown.
-                    if summary.uri.hasPrefix(MessageIngestResponder.pathPrefix) || summary.uri.hasPrefix(MessageIngestResponder.batchPath) {
-                        ledger.receivedAndRejected(channel: "http", reason: "payload_too_large")
-                    }
-                }
+                streaming: gateway,
+                http2: http.http2,
+                onBodyTooLarge: tooLarge
             )
+            if let tls = try Self.httpsContext(configuration.listeners, http2: http.http2) {
+                ingestTLS = HTTPServer(
+                    host: configuration.listeners.https.host,
+                    port: configuration.listeners.https.port,
+                    group: group,
+                    maxBodyBytes: http.maxBodyBytes,
+                    responder: responder,
+                    logger: logger.with("listener", "https"),
+                    headTimeoutSeconds: http.headerTimeoutSeconds,
+                    streaming: gateway,
+                    tls: tls,
+                    verifiesClientCertificates: configuration.listeners.httpsClientCA != nil,
+                    http2: http.http2,
+                    onBodyTooLarge: tooLarge
+                )
+            } else {
+                ingestTLS = nil
+            }
         } else {
             ingest = nil
+            ingestTLS = nil
         }
         let mqttChannel = configuration.channels.mqtt
         if mqttChannel.enabled {
@@ -311,6 +336,8 @@ public final class SwitchyardApplication: Sendable {
 
     /// Address of the HTTP message channel once bound.
     public var ingestAddress: EventLoopFuture<SocketAddress>? { ingest?.boundAddress }
+    /// Address of the HTTPS listener once bound (nil without `listeners.https`).
+    public var ingestTLSAddress: EventLoopFuture<SocketAddress>? { ingestTLS?.boundAddress }
     /// Address of the MQTT listener once bound.
     public var mqttAddress: EventLoopFuture<SocketAddress>? { mqtt?.boundAddress }
     /// Address of the MQTT TLS listener once bound (fails when there is none).
@@ -334,6 +361,7 @@ public final class SwitchyardApplication: Sendable {
         if let nacos { services.append(.init(service: nacos)) }
         if let registryMaintenance { services.append(.init(service: registryMaintenance)) }
         if let ingest { services.append(.init(service: ingest)) }
+        if let ingestTLS { services.append(.init(service: ingestTLS)) }
         if let mqtt { services.append(.init(service: mqtt)) }
         services.append(.init(service: ReloadWatcher(app: self)))
         redeliverRecovered()
@@ -343,6 +371,7 @@ public final class SwitchyardApplication: Sendable {
         let readiness = Task { [self] in
             _ = try? await admin.boundAddress.get()
             _ = try? await ingest?.boundAddress.get()
+            _ = try? await ingestTLS?.boundAddress.get()
             _ = try? await mqtt?.boundAddress.get()
             _ = try? await nacos?.boundAddress.get()
             ready.withLockedValue { $0 = true }
@@ -539,6 +568,25 @@ extension Logger {
 }
 
 extension SwitchyardApplication {
+    /// TLS for `listeners.https` (nil without its certificate and key): ALPN offers h2 and
+    /// http/1.1; with a client CA, client certificates are verified (optional or required).
+    static func httpsContext(_ listeners: SwitchyardConfiguration.Listeners, http2: Bool) throws -> NIOSSLContext? {
+        guard let certPath = listeners.httpsCertificate, let keyPath = listeners.httpsKey else { return nil }
+        do {
+            let chain = try NIOSSLCertificate.fromPEMFile(certPath)
+            let key = try NIOSSLPrivateKey(file: keyPath, format: .pem)
+            var tls = TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
+            tls.applicationProtocols = http2 ? ["h2", "http/1.1"] : ["http/1.1"]
+            if let ca = listeners.httpsClientCA {
+                tls.trustRoots = .file(ca)
+                tls.certificateVerification = listeners.httpsClientAuthRequired ? .noHostnameVerification : .optionalVerification
+            }
+            return try NIOSSLContext(configuration: tls)
+        } catch {
+            throw HTTPServerError(message: "listeners.https: cannot use \(certPath) and \(keyPath) (and the client CA) as PEM files: \(error)")
+        }
+    }
+
     /// The MQTT TLS listener from `listeners.mqtts` (nil when it has no certificate and key).
     static func secureListener(_ listeners: SwitchyardConfiguration.Listeners) throws -> MQTTServer.SecureListener? {
         guard let certPath = listeners.mqttsCertificate, let keyPath = listeners.mqttsKey else { return nil }

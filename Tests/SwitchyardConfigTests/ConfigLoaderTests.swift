@@ -91,6 +91,7 @@ import Testing
     @Test func gatewayRoutesAreValidated() {
         let yaml = """
             registry: {enabled: false}
+            listeners: {https: {cert: /nonexistent.pem, client_auth: always}}
             lanes:
               - {name: gray, entry: {headers: {X-User: tester}}}
               - {name: beta, entry: {claims: {sub: [a]}, params: {u: {regex: "("}}}}
@@ -115,6 +116,8 @@ import Testing
             "gateway.routes[2].url:", "gateway.routes[2].path_regex:", "gateway.routes[2].jwt: must be required, optional or off",
             "gateway.routes[2].rate_limits[0].per:", "gateway.routes[3].fault.lanes[0]: lane \"nope\"",
             "gateway.routes[3].request_headers.bad header:", "gateway.routes[3].prefix_rewrite: must start",
+            "listeners.https.cert: cannot read /nonexistent.pem", "listeners.https: needs both cert",
+            "listeners.https.client_auth: must be optional or required",
         ] {
             #expect(errs.contains { $0.hasPrefix(expected) }, "missing: \(expected)\nin: \(errs)")
         }
