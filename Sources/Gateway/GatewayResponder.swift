@@ -80,10 +80,16 @@ public final class GatewayResponder: HTTPStreamingResponder {
         guard let host = hosts.first else {
             return head.version.major > 1 || head.version.minor >= 1 ? "an HTTP/1.1 request needs a Host header" : nil
         }
-        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:[]~!$&'()*+,;=%".utf8)
-        if host.isEmpty || !host.utf8.allSatisfy({ allowed.contains($0) }) { return "Host \"\(host)\" is not a host name" }
+        if host.isEmpty || !host.utf8.allSatisfy({ hostBytes[Int($0)] }) { return "Host \"\(host)\" is not a host name" }
         return nil
     }
+
+    /// The bytes a Host header may hold (reg-name, IP literal, port), as a lookup table.
+    static let hostBytes: [Bool] = {
+        var table = [Bool](repeating: false, count: 256)
+        for byte in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:[]~!$&'()*+,;=%".utf8 { table[Int(byte)] = true }
+        return table
+    }()
 
     /// Weighted random choice.
     static func pick(_ instances: [ServiceInstance]) -> ServiceInstance {

@@ -104,7 +104,11 @@ final class GatewaySession: HTTPStreamSession {
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     // Bytes after a 101 stay with the decoder until the tunnel takes them.
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers(leftOverBytesStrategy: .forwardBytes)
+                    // Request heads are built from a parsed request and validated config: no re-check.
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers(
+                        leftOverBytesStrategy: .forwardBytes,
+                        enableOutboundHeaderValidation: false
+                    )
                     try channel.pipeline.syncOperations.addHandler(UpstreamHandler(session: bound.value))
                 }
             }
@@ -274,7 +278,13 @@ final class GatewaySession: HTTPStreamSession {
 
     func responseBody(_ chunk: ByteBuffer, on channel: any Channel) {
         guard !over, channel === upstream else { return }
-        writer?.body(chunk)
+        writer?.body(chunk, flush: false)
+    }
+
+    /// The upstream's read burst is over: what it gave goes out to the client in one write.
+    func upstreamReadComplete(on channel: any Channel) {
+        guard !over, channel === upstream else { return }
+        writer?.flush()
     }
 
     func responseEnd(on channel: any Channel) {
@@ -326,6 +336,11 @@ final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
             complete = true
             session.responseEnd(on: context.channel)
         }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        session.upstreamReadComplete(on: context.channel)
+        context.fireChannelReadComplete()
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {

@@ -394,8 +394,6 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
                 guard handler.responseSession != nil else { return }
                 handler.responseSession = nil
                 handler.server.requestFinished()
-                // Reading may have been paused for the upstream's sake: the next request needs it.
-                context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
             },
             upgraded: { peer in
                 let handler = loopBound.value

@@ -30,6 +30,7 @@ public final class HTTPResponseWriter {
     /// The listener verifies client certificates (else their names prove nothing).
     let verifiesPeers: Bool
     private(set) public var headSent = false
+    private var readingPaused = false
     private(set) public var done = false
 
     init(
@@ -79,9 +80,19 @@ public final class HTTPResponseWriter {
         context.write(NIOAny(HTTPServerResponsePart.head(head)), promise: nil)
     }
 
-    public func body(_ chunk: ByteBuffer) {
+    /// A part of the body; without `flush` it waits for `flush()` or the end (one write for a burst).
+    public func body(_ chunk: ByteBuffer, flush: Bool = true) {
         guard !done, headSent else { return }
-        context.writeAndFlush(NIOAny(HTTPServerResponsePart.body(.byteBuffer(chunk))), promise: nil)
+        if flush {
+            context.writeAndFlush(NIOAny(HTTPServerResponsePart.body(.byteBuffer(chunk))), promise: nil)
+        } else {
+            context.write(NIOAny(HTTPServerResponsePart.body(.byteBuffer(chunk))), promise: nil)
+        }
+    }
+
+    public func flush() {
+        guard !done, headSent else { return }
+        context.flush()
     }
 
     /// Ends the response; with `closeAfter` (or no keep-alive) the connection closes once written.
@@ -90,6 +101,8 @@ public final class HTTPResponseWriter {
         done = true
         let written = context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)))
         let close = closeAfter || !keepAlive
+        // Reading paused for the upstream's sake: the next request needs it.
+        if readingPaused && !close { setReading(true) }
         // Finished first: closing can run at once, and must not find the exchange still open.
         finished(close)
         if close {
@@ -118,6 +131,8 @@ public final class HTTPResponseWriter {
 
     /// Stops (false) or resumes (true) reading the client's request body: backpressure when the upstream is slower.
     public func setReading(_ on: Bool) {
+        guard on == readingPaused else { return }
+        readingPaused = !on
         context.channel.setOption(ChannelOptions.autoRead, value: on).whenComplete { _ in }
         if on { context.read() }
     }

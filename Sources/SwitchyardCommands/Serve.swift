@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import NIOCore
 import SwitchyardConfig
 import SwitchyardCore
 import SwitchyardServer
@@ -40,7 +41,13 @@ struct Serve: AsyncParsableCommand {
         let logger = Logger(label: "switchyard")
         let app: SwitchyardApplication
         do {
-            app = try SwitchyardApplication(configuration: configuration, configPath: config, dataDir: dataDir, logger: logger)
+            app = try SwitchyardApplication(
+                configuration: configuration,
+                configPath: config,
+                dataDir: dataDir,
+                logger: logger,
+                threads: configuration.node.threads > 0 ? configuration.node.threads : System.coreCount
+            )
         } catch {
             FileHandle.standardError.write(Data("switchyard: cannot start: \(error)\n".utf8))
             throw ExitCode(1)

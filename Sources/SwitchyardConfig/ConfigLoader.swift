@@ -73,7 +73,8 @@ public enum ConfigLoader {
         var c = SwitchyardConfiguration()
         let top = r.mapping(root, "", allowed: sections)
 
-        let node = r.mapping(top["node"], "node", allowed: ["name", "data_dir"])
+        let node = r.mapping(top["node"], "node", allowed: ["name", "data_dir", "threads"])
+        if let v = r.int(node["threads"], "node.threads", range: 0...256) { c.node.threads = v }
         if let v = r.string(node["name"], "node.name") { c.node.name = v }
         if let v = r.string(node["data_dir"], "node.data_dir") { c.node.dataDir = v }
 

@@ -21,6 +21,8 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
     public struct Node: Sendable, Equatable {
         public var name = "switchyard"
         public var dataDir = "./switchyard-data"
+        /// Event-loop threads for every listener and upstream connection; 0: one per core.
+        public var threads = 0
         public init() {}
     }
 
