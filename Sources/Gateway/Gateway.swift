@@ -159,6 +159,9 @@ public struct GatewaySnapshot: Sendable {
     let egressMetrics: GatewayMetrics
     let jwt: JWTVerifier?
     let debugHeader: String
+    /// The router's balancer (shared): the gateway chooses, counts, ejects and drains like it.
+    let balancer: Balancer
+    let circuitRules: [String: SwitchyardConfiguration.CircuitRule]
     let accessLog: AccessLog?
 
     public init(
@@ -166,6 +169,7 @@ public struct GatewaySnapshot: Sendable {
         directory: any ServiceDirectory,
         previous: GatewaySnapshot? = nil,
         clock: any MonotonicClock = SystemMonotonicClock(),
+        balancer: Balancer = Balancer(),
         egress: (@Sendable (String) -> [ServiceInstance]?)? = nil
     ) throws(KeyPathError) {
         let gateway = configuration.gateway
@@ -186,6 +190,8 @@ public struct GatewaySnapshot: Sendable {
         self.directory = directory
         jwt = gateway.jwt.isConfigured ? try JWTVerifier(settings: gateway.jwt) : nil
         debugHeader = gateway.debugHeader
+        self.balancer = balancer
+        circuitRules = configuration.services.mapValues(\.circuit)
         if let path = gateway.accessLog {
             if let kept = previous?.accessLog, kept.path == path {
                 accessLog = kept

@@ -51,7 +51,9 @@ public final class GatewayResponder: HTTPStreamingResponder {
             exchange: exchange,
             retries: retries,
             retryAnswers: retryAnswers,
-            maxBodyBytes: route?.config.maxBodyBytes
+            maxBodyBytes: route?.config.maxBodyBytes,
+            balancer: snapshot.balancer,
+            circuit: snapshot.circuitRules[admission.candidates.first?.service ?? ""] ?? SwitchyardConfiguration.CircuitRule()
         )
         if let delay = admission.delaySeconds.map({ TimeAmount.nanoseconds(Int64($0 * 1e9)) }) {
             let bound = NIOLoopBound(session, eventLoop: writer.eventLoop)

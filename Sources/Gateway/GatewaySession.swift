@@ -4,6 +4,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import Router
 import SwitchyardCore
 
 /// One request streamed to an upstream instance and its answer streamed back, on the client
@@ -21,7 +22,15 @@ final class GatewaySession: HTTPStreamSession {
     let exchange: Exchange?
     let retryAnswers: Bool
     let maxBodyBytes: Int?
+    /// The router's balancer: outstanding counts, circuits (outlier ejection), drains, retry budget.
+    let balancer: Balancer?
+    let circuit: SwitchyardConfiguration.CircuitRule
     private var candidates: [ServiceInstance]
+    /// The current attempt is counted in the balancer and the retry budget.
+    private var attemptOpen = false
+    private var attemptIsRetry = false
+    /// The answer's verdict once its head arrived (5xx: failed).
+    private var headVerdict: Bool?
     private var retriesLeft: Int
     private var instance: ServiceInstance?
     private var status = 0
@@ -47,6 +56,8 @@ final class GatewaySession: HTTPStreamSession {
         retriesLeft = 0
         retryAnswers = false
         maxBodyBytes = nil
+        balancer = nil
+        circuit = SwitchyardConfiguration.CircuitRule()
         over = true
     }
 
@@ -59,8 +70,12 @@ final class GatewaySession: HTTPStreamSession {
         exchange: Exchange,
         retries: Int,
         retryAnswers: Bool,
-        maxBodyBytes: Int?
+        maxBodyBytes: Int?,
+        balancer: Balancer? = nil,
+        circuit: SwitchyardConfiguration.CircuitRule = SwitchyardConfiguration.CircuitRule()
     ) {
+        self.balancer = balancer
+        self.circuit = circuit
         self.writer = writer
         self.head = head
         self.candidates = candidates
@@ -72,18 +87,56 @@ final class GatewaySession: HTTPStreamSession {
         self.maxBodyBytes = maxBodyBytes
     }
 
+    /// The balancer's choice among the candidates not tried yet whose circuits admit one.
+    private func choose() -> ServiceInstance? {
+        guard let balancer else { return candidates.isEmpty ? nil : GatewayResponder.pick(candidates) }
+        var pool = balancer.breakers.admitted(candidates)
+        while let instance = balancer.pick(from: pool) {
+            if balancer.breakers.claim(instance) { return instance }
+            pool.removeAll { $0.key == instance.key }  // its probe went out meanwhile
+        }
+        return nil
+    }
+
+    /// Ends the current attempt's accounting; `failed` (else the answer's status, if one came)
+    /// feeds its circuit.
+    private func endAttempt(failed: Bool?) {
+        guard attemptOpen, let instance else { return }
+        attemptOpen = false
+        let failed = failed ?? headVerdict
+        headVerdict = nil
+        guard let balancer else { return }
+        balancer.finished(instance)
+        balancer.retryBudget.end(instance.service, retry: attemptIsRetry)
+        if let failed {
+            balancer.breakers.record(instance, failed: failed, rule: circuit)
+        } else {
+            balancer.breakers.abandon(instance)
+        }
+    }
+
     /// Sends the request to a weighted choice among the candidates not tried yet.
     func start() {
-        guard let writer, !over, !candidates.isEmpty else { return }
-        let instance = GatewayResponder.pick(candidates)
+        guard let writer, !over else { return }
+        guard let instance = choose() else {
+            let service = candidates.first?.service ?? "upstream"
+            fail(.serviceUnavailable, "circuit_open", "every instance of service \(service) has an open circuit (too many failures in a row)")
+            return
+        }
         self.instance = instance
         exchange?.upstream = instance
         exchange?.attempts += 1
+        if let balancer {
+            attemptOpen = true
+            balancer.started(instance)
+            balancer.retryBudget.begin(instance.service)
+        }
         let loop = writer.eventLoop
         let bound = NIOLoopBound(self, eventLoop: loop)
         timer = loop.scheduleTask(in: timeout) {
             let session = bound.value
             session.exchange?.metrics.upstreamError(instance, kind: "timeout")
+            session.endAttempt(failed: true)
             if session.retry() { return }
             let ms = session.timeout.nanoseconds / 1_000_000
             session.fail(.gatewayTimeout, "upstream_timeout", "\(instance.address) did not answer within \(ms) ms")
@@ -122,6 +175,7 @@ final class GatewaySession: HTTPStreamSession {
                 case .failure(let error):
                     guard session.instance == instance, !session.over else { return }
                     session.exchange?.metrics.upstreamError(instance, kind: "connect")
+                    session.endAttempt(failed: true)
                     // Nothing was sent: any method may go to another instance.
                     session.timer?.cancel()
                     if session.retry(always: true) { return }
@@ -135,8 +189,11 @@ final class GatewaySession: HTTPStreamSession {
         guard !over, retriesLeft > 0, writer?.headSent == false, let instance else { return false }
         // Once body bytes went upstream they cannot be sent again.
         guard always || (retryAnswers && requestEnded && bodyBytes == 0) else { return false }
-        let others = candidates.filter { $0 != instance }
+        let others = candidates.filter { $0.key != instance.key }
         guard !others.isEmpty else { return false }
+        // Retries stay within the service's budget, so they cannot multiply an outage.
+        if let balancer, !balancer.retryBudget.allowRetry(instance.service) { return false }
+        attemptIsRetry = balancer != nil
         retriesLeft -= 1
         candidates = others
         exchange?.metrics.retries.increment()
@@ -193,6 +250,7 @@ final class GatewaySession: HTTPStreamSession {
     }
 
     func cancel() {
+        endAttempt(failed: nil)
         if !over { exchange?.finish(status: 0, error: "client_gone") }
         over = true
         timer?.cancel()
@@ -214,10 +272,18 @@ final class GatewaySession: HTTPStreamSession {
     func responseHead(_ response: HTTPResponseHead, on channel: any Channel) {
         guard !over, channel === upstream, let writer else { return }
         timer?.cancel()
+        if let instance, response.headers.first(name: "x-switchyard-draining")?.lowercased() == "true" {
+            balancer?.health.drain(instance.key, source: .response)
+        }
+        headVerdict = response.status.code >= 500
         if response.status.code == 101 {
+            endAttempt(failed: false)
             return switchProtocols(response, upstream: channel)
         }
-        if [502, 503, 504].contains(response.status.code), retry() { return }
+        if [502, 503, 504].contains(response.status.code) {
+            endAttempt(failed: true)
+            if retry() { return }
+        }
         upstreamKeepAlive = response.isKeepAlive
         status = Int(response.status.code)
         var headers = HTTPHeaders()
@@ -289,6 +355,7 @@ final class GatewaySession: HTTPStreamSession {
 
     func responseEnd(on channel: any Channel) {
         guard !over, channel === upstream else { return }
+        endAttempt(failed: nil)
         over = true
         exchange?.finish(status: status)
         // A request still being sent when the answer is complete cannot share the connection.
@@ -304,11 +371,13 @@ final class GatewaySession: HTTPStreamSession {
     func upstreamFailed(_ detail: String, on channel: any Channel) {
         guard channel === upstream, !over else { return }
         if let instance { exchange?.metrics.upstreamError(instance, kind: "reset") }
+        endAttempt(failed: true)
         fail(.badGateway, "upstream_failed", "\(instance?.address ?? "upstream"): \(detail)")
     }
 
     func fail(_ status: HTTPResponseStatus, _ code: String, _ message: String) {
         guard !over else { return }
+        endAttempt(failed: nil)
         over = true
         exchange?.finish(status: writer?.headSent == true ? self.status : Int(status.code), error: code)
         timer?.cancel()

@@ -12,6 +12,8 @@ struct HTTP1ResponseParser {
         var keepAlive: Bool
         /// The first bytes of the body (error reports only need the start).
         var snippet: String
+        /// `x-switchyard-draining: true`: the instance asks for no new requests.
+        var draining = false
     }
 
     enum Event: Equatable {
@@ -36,6 +38,7 @@ struct HTTP1ResponseParser {
     private(set) var state = State.head
     private var status = 0
     private var keepAlive = true
+    private var draining = false
     private var snippet: [UInt8] = []
 
     /// Consumes what it can from `buffer`; returns the events completed by these bytes.
@@ -155,7 +158,7 @@ struct HTTP1ResponseParser {
     }
 
     private mutating func finish() -> Event {
-        let response = Response(status: status, keepAlive: keepAlive, snippet: String(decoding: snippet, as: UTF8.self))
+        let response = Response(status: status, keepAlive: keepAlive, snippet: String(decoding: snippet, as: UTF8.self), draining: draining)
         state = .head
         snippet = []
         return .response(response)
@@ -182,6 +185,7 @@ struct HTTP1ResponseParser {
         status = code
         let http10 = parts[0].last == UInt8(ascii: "0")
         keepAlive = !http10
+        draining = false
         bodyKind = (false, nil)
         for line in lines.dropFirst() {
             guard let colon = line.firstIndex(of: UInt8(ascii: ":")) else { return "header line without a colon" }
@@ -202,6 +206,8 @@ struct HTTP1ResponseParser {
                 let tokens = value.split(separator: ",").map { $0.trimmingHTTPWhitespace() }
                 if tokens.contains("close") { keepAlive = false }
                 if tokens.contains("keep-alive") { keepAlive = true }
+            case "x-switchyard-draining":
+                draining = value.lowercased() == "true"
             default:
                 break
             }

@@ -97,7 +97,11 @@ final class ResponseHandler: ChannelInboundHandler, RemovableChannelHandler {
                 }
                 self.done = nil
                 if !r.keepAlive { context.close(promise: nil) }
-                done(.success(Exchange(response: ForwardResponse(status: r.status, bodySnippet: r.snippet), reusable: r.keepAlive)))
+                done(
+                    .success(
+                        Exchange(response: ForwardResponse(status: r.status, bodySnippet: r.snippet, draining: r.draining), reusable: r.keepAlive)
+                    )
+                )
             case .error(let message):
                 fail(ForwardError(.connectionFailed, message), channel: context.channel)
                 return
@@ -110,7 +114,7 @@ final class ResponseHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .response(let r)?:
             if let done {
                 self.done = nil
-                done(.success(Exchange(response: ForwardResponse(status: r.status, bodySnippet: r.snippet), reusable: false)))
+                done(.success(Exchange(response: ForwardResponse(status: r.status, bodySnippet: r.snippet, draining: r.draining), reusable: false)))
             }
         case .error(let message)?:
             fail(ForwardError(.connectionFailed, message), channel: context.channel)

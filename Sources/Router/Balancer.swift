@@ -8,9 +8,19 @@ public final class Balancer: Sendable {
     private let outstanding = NIOLockedValueBox([String: Int]())
     /// Which instances are skipped for now because they keep failing.
     public let breakers: CircuitBreakers
+    /// Warm-up and drain state of each instance.
+    public let health: InstanceHealth
+    /// Retries per service within a share of its active requests.
+    public let retryBudget = RetryBudget()
 
-    public init(breakers: CircuitBreakers = CircuitBreakers()) {
+    public init(breakers: CircuitBreakers = CircuitBreakers(), health: InstanceHealth? = nil) {
         self.breakers = breakers
+        self.health = health ?? InstanceHealth(clock: SystemMonotonicClock())
+    }
+
+    /// Requests or messages out to `instance` now.
+    public func outstanding(_ instance: ServiceInstance) -> Int {
+        outstanding.withLockedValue { $0[instance.key] ?? 0 }
     }
 
     public func pick(from instances: [ServiceInstance]) -> ServiceInstance? {

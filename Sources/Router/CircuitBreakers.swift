@@ -33,32 +33,57 @@ public final class CircuitBreakers: Sendable {
     private let tracked = Atomic<Int>(0)
     private let clock: any MonotonicClock
     private let logger: Logger
+    /// At most this share (percent) of a service's candidates may be kept out by open circuits.
+    private let maxEjectionPercent = Atomic<Int>(50)
 
     public init(clock: any MonotonicClock = SystemMonotonicClock(), logger: Logger = Logger(label: "switchyard.circuit")) {
         self.clock = clock
         self.logger = logger
     }
 
+    public func setMaxEjectionPercent(_ percent: Double) {
+        maxEjectionPercent.store(Int(percent.rounded()), ordering: .relaxed)
+    }
+
     /// The instances that may get a message now: closed circuits, and open ones whose time is
-    /// up and whose probe is not out yet.
-    func admitted(_ candidates: [ServiceInstance]) -> [ServiceInstance] {
+    /// up and whose probe is not out yet. When open circuits would keep more than the maximum
+    /// ejection share of the candidates out while others still serve, the ones opened longest
+    /// ago may probe now.
+    public func admitted(_ candidates: [ServiceInstance]) -> [ServiceInstance] {
         if tracked.load(ordering: .relaxed) == 0 { return candidates }
         let now = clock.nowNanos()
+        let cap = candidates.count * maxEjectionPercent.load(ordering: .relaxed) / 100
         return breakers.withLockedValue { breakers in
-            candidates.filter { instance in
-                guard let b = breakers[instance.key] else { return true }
+            var out: [ServiceInstance] = []
+            var ejected: [(ServiceInstance, UInt64)] = []
+            for instance in candidates {
+                guard let b = breakers[instance.key] else {
+                    out.append(instance)
+                    continue
+                }
                 switch b.state {
-                case .closed: return true
-                case .open: return now >= b.openUntil
-                case .halfOpen: return !b.probing
+                case .closed: out.append(instance)
+                case .open where now >= b.openUntil: out.append(instance)
+                case .open: ejected.append((instance, b.openUntil))
+                case .halfOpen where !b.probing: out.append(instance)
+                case .halfOpen: break
                 }
             }
+            // Every instance out is the service being down (messages wait, requests get 503); some
+            // still serving but too many out at once: take the longest-out ones back early.
+            if ejected.count > cap && !out.isEmpty {
+                for (instance, _) in ejected.sorted(by: { $0.1 < $1.1 }).prefix(ejected.count - cap) {
+                    breakers[instance.key]?.openUntil = now
+                    out.append(instance)
+                }
+            }
+            return out
         }
     }
 
     /// Claims `instance` for one attempt; false when its circuit turned out not to admit it
     /// (another loop took the probe meanwhile).
-    func claim(_ instance: ServiceInstance) -> Bool {
+    public func claim(_ instance: ServiceInstance) -> Bool {
         if tracked.load(ordering: .relaxed) == 0 { return true }
         let now = clock.nowNanos()
         return breakers.withLockedValue { breakers in
@@ -79,7 +104,7 @@ public final class CircuitBreakers: Sendable {
 
     /// Records the result of an attempt on `instance`: whether the service answered (2xx–4xx)
     /// or failed (refused, timed out, broke the connection, 5xx).
-    func record(_ instance: ServiceInstance, failed: Bool, rule: SwitchyardConfiguration.CircuitRule) {
+    public func record(_ instance: ServiceInstance, failed: Bool, rule: SwitchyardConfiguration.CircuitRule) {
         if !failed && tracked.load(ordering: .relaxed) == 0 { return }
         if failed && rule.failures == 0 { return }
         let now = clock.nowNanos()
@@ -134,7 +159,7 @@ public final class CircuitBreakers: Sendable {
     }
 
     /// A shutdown cut the probe off: let the next message probe instead.
-    func abandon(_ instance: ServiceInstance) {
+    public func abandon(_ instance: ServiceInstance) {
         if tracked.load(ordering: .relaxed) == 0 { return }
         breakers.withLockedValue { breakers in
             if breakers[instance.key]?.probing == true { breakers[instance.key]?.probing = false }

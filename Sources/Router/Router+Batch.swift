@@ -141,6 +141,7 @@ extension Router {
                 let detail: String
                 let verdict = RetryPolicy.verdict(result, instance: instance)
                 recordCircuit(verdict, instance: instance)
+                noteDraining(result, instance: instance)
                 switch verdict {
                 case .delivered:
                     for item in live { item.promise.succeed(TargetResult(failure: nil)) }

@@ -199,6 +199,11 @@ public final class Router: Sendable {
     /// Instances with failures counted or a circuit not closed (`GET /admin/circuits`).
     public var circuits: [CircuitBreakers.Status] { balancer.breakers.status() }
 
+    /// An instance that answered `x-switchyard-draining: true` gets nothing new for a while.
+    func noteDraining(_ result: Result<ForwardResponse, any Error>, instance: ServiceInstance) {
+        if case .success(let response) = result, response.draining { balancer.health.drain(instance.key, source: .response) }
+    }
+
     /// Feeds an attempt's verdict to the instance's circuit breaker.
     func recordCircuit(_ verdict: RetryPolicy.Verdict, instance: ServiceInstance) {
         let rule = circuitRules[instance.service] ?? SwitchyardConfiguration.CircuitRule()
@@ -297,6 +302,7 @@ public final class Router: Sendable {
                 let detail: String
                 let verdict = RetryPolicy.verdict(result, instance: instance)
                 self.recordCircuit(verdict, instance: instance)
+                self.noteDraining(result, instance: instance)
                 switch verdict {
                 case .delivered:
                     return loop.makeSucceededFuture(TargetResult(failure: nil))

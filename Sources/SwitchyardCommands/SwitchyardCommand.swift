@@ -10,7 +10,8 @@ public struct SwitchyardCommand: AsyncParsableCommand {
         abstract: "The cloud side of an IoT product line: ingest, filter, lane and route device messages.",
         version: version,
         subcommands: [
-            Serve.self, CheckConfig.self, Explain.self, DeadLetterCommand.self, DeviceCommand.self, RegistryCommand.self, Bench.self, Version.self,
+            Serve.self, CheckConfig.self, Explain.self, DeadLetterCommand.self, DeviceCommand.self, RegistryCommand.self, ServicesCommand.self,
+            DrainCommand.self, UndrainCommand.self, Bench.self, Version.self,
         ],
         defaultSubcommand: Serve.self
     )

@@ -67,13 +67,15 @@ public enum ConfigLoader {
 
     static let sections = [
         "node", "listeners", "channels", "filters", "tags", "lanes", "routes", "services", "registry", "gateway", "journal", "telemetry",
+        "resilience",
     ]
 
     static func read(_ root: Node?, _ r: inout ConfigReader) -> SwitchyardConfiguration {
         var c = SwitchyardConfiguration()
         let top = r.mapping(root, "", allowed: sections)
 
-        let node = r.mapping(top["node"], "node", allowed: ["name", "data_dir", "threads"])
+        let node = r.mapping(top["node"], "node", allowed: ["name", "data_dir", "threads", "shutdown_delay"])
+        if let v = r.duration(node["shutdown_delay"], "node.shutdown_delay", range: 0...600) { c.node.shutdownDelaySeconds = v }
         if let v = r.int(node["threads"], "node.threads", range: 0...256) { c.node.threads = v }
         if let v = r.string(node["name"], "node.name") { c.node.name = v }
         if let v = r.string(node["data_dir"], "node.data_dir") { c.node.dataDir = v }
@@ -252,6 +254,19 @@ public enum ConfigLoader {
         if let v = r.string(source["group"], "registry.config.group") { c.registry.configGroup = v }
         if let v = r.string(source["tenant"], "registry.config.tenant") { c.registry.configTenant = v == "public" ? "" : v }
         c.gateway = readGateway(top["gateway"], &r)
+        let resilience = r.mapping(top["resilience"], "resilience", allowed: ["warmup", "max_ejection_percent", "retry_budget"])
+        let warmup = r.mapping(resilience["warmup"], "resilience.warmup", allowed: ["duration", "aggression", "min_percent"])
+        if let v = r.duration(warmup["duration"], "resilience.warmup.duration", range: 0...3600) { c.resilience.warmUpSeconds = v }
+        if let v = r.double(warmup["aggression"], "resilience.warmup.aggression", range: 0.01...100) { c.resilience.warmUpAggression = v }
+        if let v = r.double(warmup["min_percent"], "resilience.warmup.min_percent", range: 0...100) { c.resilience.warmUpMinPercent = v }
+        if let v = r.double(resilience["max_ejection_percent"], "resilience.max_ejection_percent", range: 0...100) {
+            c.resilience.maxEjectionPercent = v
+        }
+        let budget = r.mapping(resilience["retry_budget"], "resilience.retry_budget", allowed: ["percent", "min_concurrent"])
+        if let v = r.double(budget["percent"], "resilience.retry_budget.percent", range: 0...100) { c.resilience.retryBudgetPercent = v }
+        if let v = r.int(budget["min_concurrent"], "resilience.retry_budget.min_concurrent", range: 0...100_000) {
+            c.resilience.retryBudgetMinimum = v
+        }
         let journal = r.mapping(
             top["journal"],
             "journal",

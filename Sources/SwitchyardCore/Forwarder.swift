@@ -21,10 +21,13 @@ public struct ForwardResponse: Sendable {
     public var status: Int
     /// The start of the body, for error reports.
     public var bodySnippet: String
+    /// It answered `x-switchyard-draining: true`: it wants no new requests.
+    public var draining: Bool
 
-    public init(status: Int, bodySnippet: String = "") {
+    public init(status: Int, bodySnippet: String = "", draining: Bool = false) {
         self.status = status
         self.bodySnippet = bodySnippet
+        self.draining = draining
     }
 }
 

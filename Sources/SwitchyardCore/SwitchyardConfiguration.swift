@@ -14,6 +14,7 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
     public var registry = Registry()
     public var gateway = Gateway()
     public var journal = Journal()
+    public var resilience = Resilience()
     public var telemetry = Telemetry()
 
     public init() {}
@@ -23,6 +24,8 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
         public var dataDir = "./switchyard-data"
         /// Event-loop threads for every listener and upstream connection; 0: one per core.
         public var threads = 0
+        /// On SIGTERM: not ready at once, listeners keep serving this long, then they stop.
+        public var shutdownDelaySeconds = 0.0
         public init() {}
     }
 
@@ -455,6 +458,21 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
     /// Per instance: after `failures` consecutive failed attempts (refused connection, timeout,
     /// broken connection, 5xx) the instance gets no messages for `openSeconds`; then one probe
     /// decides (success closes it, failure opens it again for twice as long, up to `maxOpenSeconds`).
+    /// How the router and the gateway treat instances that are new, failing or leaving.
+    public struct Resilience: Sendable, Equatable {
+        /// New and returning instances ramp up their share (0 seconds: off).
+        public var warmUpSeconds = 60.0
+        public var warmUpAggression = 1.0
+        public var warmUpMinPercent = 10.0
+        /// Circuits (ejections) never take more than this share of a service's instances out.
+        public var maxEjectionPercent = 50.0
+        /// Retries in flight per service stay within this share of its active requests …
+        public var retryBudgetPercent = 20.0
+        /// … or this many, whichever is more.
+        public var retryBudgetMinimum = 3
+        public init() {}
+    }
+
     public struct CircuitRule: Sendable, Equatable {
         /// 0 turns the breaker off.
         public var failures = 5

@@ -44,6 +44,7 @@ struct AdminResponder: HTTPResponder {
         if let denied = authorize(request) { return denied }
         if let devices = handleDevices(request, path: path) { return devices }
         if let registry = handleRegistry(request, path: path) { return registry }
+        if let instances = handleInstances(request, path: path) { return instances }
         switch (request.method, path) {
         case (.GET, "/admin/routes"):
             return encode(snapshot.router.table.routes.map { RouteView($0) })

@@ -18,9 +18,21 @@ final class PipelineSnapshot: Sendable {
     init(configuration: SwitchyardConfiguration, shared: SharedParts, previous: PipelineSnapshot?) throws {
         self.configuration = configuration
         controller = try Controller(config: configuration, clock: shared.clock, previous: previous?.controller)
-        directory = RoutingDirectory(configuration: configuration, view: shared.registryView)
+        shared.balancer.health.setWarmUp(configuration.resilience.warmUp)
+        shared.balancer.breakers.setMaxEjectionPercent(configuration.resilience.maxEjectionPercent)
+        shared.balancer.retryBudget.configure(
+            percent: configuration.resilience.retryBudgetPercent,
+            minimum: configuration.resilience.retryBudgetMinimum
+        )
+        directory = RoutingDirectory(configuration: configuration, view: shared.registryView, health: shared.balancer.health)
         let routing = directory
-        gateway = try GatewaySnapshot(configuration: configuration, directory: directory, previous: previous?.gateway, clock: shared.clock) { name in
+        gateway = try GatewaySnapshot(
+            configuration: configuration,
+            directory: directory,
+            previous: previous?.gateway,
+            clock: shared.clock,
+            balancer: shared.balancer
+        ) { name in
             routing.egressInstances(of: name)
         }
         router = try Router(

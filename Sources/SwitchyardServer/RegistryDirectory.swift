@@ -1,6 +1,7 @@
 import Logging
 import NIOConcurrencyHelpers
 import Registry
+import Router
 import SwitchyardCore
 
 /// The router's view of the registry: per service, the instances it may send to (healthy and
@@ -22,10 +23,13 @@ final class RegistryView: Sendable {
     let clock: any MonotonicClock
     let graceNanos: UInt64
     let logger: Logger
+    /// Told of every new list, so new instances warm up and returning ones warm up again.
+    let health: InstanceHealth?
     private let entries = NIOLockedValueBox<[ServiceName: Entry]>([:])
     private let token = NIOLockedValueBox<UInt64?>(nil)
 
-    init(registry: Registry, clock: any MonotonicClock, emptyProtectionSeconds: Double, logger: Logger) {
+    init(registry: Registry, clock: any MonotonicClock, emptyProtectionSeconds: Double, logger: Logger, health: InstanceHealth? = nil) {
+        self.health = health
         self.registry = registry
         self.clock = clock
         self.graceNanos = UInt64(max(0, emptyProtectionSeconds) * 1e9)
@@ -39,8 +43,9 @@ final class RegistryView: Sendable {
         if let id = token.withLockedValue({ $0 }) { registry.unwatch(id) }
     }
 
+    /// Healthy, enabled, weighted and not draining (metadata `draining: true`).
     static func usable(_ view: ServiceView) -> [ServiceInstance] {
-        view.hosts.filter { $0.healthy && $0.enabled && $0.weight > 0 }.map { host in
+        view.hosts.filter { $0.healthy && $0.enabled && $0.weight > 0 && $0.metadata["draining"] != "true" }.map { host in
             let lane = host.metadata["lane"].flatMap { $0.isEmpty || $0 == "baseline" ? nil : $0 }
             return ServiceInstance(
                 service: view.name.name,
@@ -63,6 +68,7 @@ final class RegistryView: Sendable {
                 return old.instances.count
             }
             entries[name] = fresh.isEmpty ? nil : Entry(instances: fresh)
+            health?.observe(service: "\(name)", instances: fresh)
             return nil
         }
         if let kept = doubted {
@@ -81,6 +87,7 @@ final class RegistryView: Sendable {
                 // The grace period is over: believe the registry.
                 let current = Self.usable(registry.list(name))
                 entries[name] = current.isEmpty ? nil : Entry(instances: current)
+                health?.observe(service: "\(name)", instances: current)
                 return current
             }
             return entry.instances
@@ -94,12 +101,16 @@ struct RoutingDirectory: ServiceDirectory {
     let fixed: [String: [ServiceInstance]]
     let bindings: [String: ServiceName]
     let view: RegistryView?
+    /// Warm-up weights and drains, applied to every list handed out.
+    let health: InstanceHealth?
 
-    init(configuration: SwitchyardConfiguration, view: RegistryView?) {
+    init(configuration: SwitchyardConfiguration, view: RegistryView?, health: InstanceHealth? = nil) {
         var fixed: [String: [ServiceInstance]] = [:]
         for (name, rule) in configuration.services {
             fixed[name] = rule.instances.compactMap { ServiceInstance(service: name, url: $0.url, weight: $0.weight, lane: $0.lane) }
+            health?.observe(service: "static:\(name)", instances: fixed[name]!)
         }
+        self.health = health
         var bindings: [String: ServiceName] = [:]
         for route in configuration.routes {
             for t in route.targets where fixed[t.service] == nil {
@@ -117,23 +128,25 @@ struct RoutingDirectory: ServiceDirectory {
     /// Every service the routes can reach, with the instances usable now (admin views).
     var services: [String: [ServiceInstance]] {
         var all = fixed
-        for service in bindings.keys { all[service] = instances(of: service) }
+        for service in bindings.keys { all[service] = view.map { $0.instances(of: bindings[service]!) } ?? [] }
         return all
     }
 
     /// Egress by name: a static service, a service the routes name, or any the registry has
     /// usable instances of (public namespace, default group); nil when none of these.
     func egressInstances(of service: String) -> [ServiceInstance]? {
-        if let list = fixed[service] { return list }
+        if let list = fixed[service] { return health?.apply(list) ?? list }
         if bindings[service] != nil { return instances(of: service) }
         guard let view else { return nil }
         let list = view.instances(of: ServiceName(name: service))
-        return list.isEmpty ? nil : list
+        return list.isEmpty ? nil : (health?.apply(list) ?? list)
     }
 
+    /// The instances to choose from now: warming ones weigh less, draining ones are left out.
     func instances(of service: String) -> [ServiceInstance] {
-        if let list = fixed[service] { return list }
+        if let list = fixed[service] { return health?.apply(list) ?? list }
         guard let view, let name = bindings[service] else { return [] }
-        return view.instances(of: name)
+        let list = view.instances(of: name)
+        return health?.apply(list) ?? list
     }
 }

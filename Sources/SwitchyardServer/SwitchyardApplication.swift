@@ -105,6 +105,8 @@ public final class SwitchyardApplication: Sendable {
             recovered = NIOLockedValueBox([])
         }
         let clock = SystemMonotonicClock()
+        let health = InstanceHealth(clock: clock, logger: logger.with("component", "instances"))
+        health.setWarmUp(configuration.resilience.warmUp)
         var registryView: RegistryView?
         let registryConfig = configuration.registry
         if registryConfig.enabled {
@@ -125,7 +127,8 @@ public final class SwitchyardApplication: Sendable {
                 registry: registry,
                 clock: clock,
                 emptyProtectionSeconds: registryConfig.emptyProtectionSeconds,
-                logger: logger.with("component", "registry")
+                logger: logger.with("component", "registry"),
+                health: health
             )
             nacos = HTTPServer(
                 host: nacosListener.host,
@@ -159,7 +162,7 @@ public final class SwitchyardApplication: Sendable {
             forwarder: forwarder,
             deadLetters: DeadLetterList(limit: configuration.journal.deadLetterLimit, persistence: journal, restored: restoredLetters),
             ledger: MessageLedger(),
-            balancer: Balancer(),
+            balancer: Balancer(breakers: CircuitBreakers(clock: clock, logger: logger.with("component", "circuit")), health: health),
             logger: logger,
             registryView: registryView
         )
@@ -364,6 +367,9 @@ public final class SwitchyardApplication: Sendable {
         if let ingestTLS { services.append(.init(service: ingestTLS)) }
         if let mqtt { services.append(.init(service: mqtt)) }
         services.append(.init(service: ReloadWatcher(app: self)))
+        // Shut down first (the group stops services in reverse order): not ready, then a pause
+        // for load balancers to notice, and only then do the listeners stop accepting.
+        services.append(.init(service: ShutdownDelay(app: self, seconds: pipeline.snapshot.configuration.node.shutdownDelaySeconds)))
         redeliverRecovered()
         var config = ServiceGroupConfiguration(services: services, logger: logger)
         if handleSignals { config.gracefulShutdownSignals = [.sigterm, .sigint] }
@@ -436,6 +442,11 @@ public final class SwitchyardApplication: Sendable {
             shared.ledger.receivedAndAccepted(channel: envelope.channel)
             pipeline.deliver(envelope, sequence: sequence, router: router, priorAttempts: attempts)
         }
+    }
+
+    /// `/readyz` answers 503 from now on (shutdown has begun).
+    func markNotReady() {
+        ready.withLockedValue { $0 = false }
     }
 
     private func shutdownResources() async {
@@ -602,5 +613,21 @@ extension SwitchyardApplication {
         return MQTTServer.SecureListener(host: listeners.mqtts.host, port: listeners.mqtts.port) { channel in
             try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context))
         }
+    }
+}
+
+/// The first to stop on SIGTERM: marks the node not ready (`/readyz` 503) and waits
+/// `node.shutdown_delay` while every listener still serves, so load balancers and callers
+/// notice before connections are refused.
+struct ShutdownDelay: Service {
+    let app: SwitchyardApplication
+    let seconds: Double
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        app.markNotReady()
+        guard seconds > 0 else { return }
+        app.logger.notice("shutting down: not ready now; listeners keep serving for the shutdown delay", metadata: ["seconds": "\(seconds)"])
+        try? await Task.sleep(nanoseconds: UInt64(seconds * 1e9))
     }
 }

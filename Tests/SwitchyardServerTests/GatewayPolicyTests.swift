@@ -176,7 +176,7 @@ import _CryptoExtras
                 - {name: flaky, path_prefix: /flaky, service: flaky, retries: 1}
                 - {name: down, path_prefix: /down, service: down, retries: 2}
             services:
-              flaky: {instances: [{url: "\(live.url)"}, {url: "\(failing.url)"}]}
+              flaky: {instances: [{url: "\(live.url)"}, {url: "\(failing.url)"}], circuit: {failures: 0}}
               down: {instances: [{url: "\(deadURL)"}, {url: "\(live.url)"}]}
             """
         )
@@ -193,6 +193,45 @@ import _CryptoExtras
         let metrics = try await server.admin("GET", "/metrics", token: nil).body.split(separator: "\n")
         #expect(metrics.contains { $0.hasPrefix("switchyard_gateway_retries_total") && $0.contains(#"route="flaky""#) })
         #expect(metrics.contains { $0.hasPrefix("switchyard_gateway_upstream_errors_total") && $0.contains(#"kind="connect""#) })
+    }
+
+    /// The gateway shares the router's balancer: an instance drained through the admin API gets
+    /// no new requests (in-flight ones finish) until undrained; one that keeps answering 5xx is
+    /// ejected by its circuit; `GET /admin/services` shows both.
+    @Test func drainAndEjectionThroughTheSharedBalancer() async throws {
+        let a = try await TestHTTPService.start(), b = try await TestHTTPService.start(), bad = try await TestHTTPService.start()
+        bad.setStatus(500)
+        let server = try await TestServer.start(
+            """
+            resilience: {warmup: {duration: 0s}}
+            gateway:
+              routes:
+                - {name: api, path_prefix: /api, service: api}
+                - {name: flaky, path_prefix: /flaky, service: flaky, retries: 0}
+            services:
+              api: {instances: [{url: "\(a.url)"}, {url: "\(b.url)"}]}
+              flaky: {instances: [{url: "\(a.url)"}, {url: "\(bad.url)"}], circuit: {failures: 2, open_for: 60s}}
+            """
+        )
+        let port = server.httpPort
+        let id = "api@127.0.0.1:\(a.port)"
+        let drained = try await server.admin("POST", "/admin/instances/\(id)/drain")
+        #expect(drained.status == 200 && drained.body.contains(#""draining":"admin""#), "\(drained.body)")
+        for _ in 0..<20 { #expect(try await TestHTTPClient.request("GET", port: port, path: "/api/x", body: "").status == 200) }
+        #expect(a.received.isEmpty && b.received.count == 20)
+        let services = try await server.admin("GET", "/admin/services").body
+        #expect(services.contains(#""draining" : "admin""#), "\(services)")
+        #expect(try await server.admin("POST", "/admin/instances/nope@1.2.3.4:5/drain").status == 404)
+        #expect(try await server.admin("POST", "/admin/instances/\(id)/undrain").status == 200)
+        for _ in 0..<40 { _ = try await TestHTTPClient.request("GET", port: port, path: "/api/y", body: "") }
+        #expect(a.received.count > 5)
+        // Outlier ejection: after two 500s in a row the bad instance's circuit opens (cap 50 %).
+        var statuses: [Int] = []
+        for _ in 0..<30 { statuses.append(try await TestHTTPClient.request("GET", port: port, path: "/flaky/z", body: "").status) }
+        #expect(statuses.filter { $0 == 500 }.count == 2, "\(statuses)")
+        #expect(statuses.suffix(20).allSatisfy { $0 == 200 })
+        let after = try await server.admin("GET", "/admin/services").body
+        #expect(after.contains(#""circuit" : "open""#), "\(after)")
     }
 
     /// Tokens signed by each supported family, from a JWKS file; what must be refused is.

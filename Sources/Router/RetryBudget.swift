@@ -1,0 +1,55 @@
+import Metrics
+import NIOConcurrencyHelpers
+
+/// Retries per service stay within a share of its active requests (default 20 %, at least 3 at
+/// a time), so retries cannot multiply the load on a service that is already failing.
+public final class RetryBudget: Sendable {
+    struct Counts {
+        var active = 0
+        var retrying = 0
+    }
+
+    private let counts = NIOLockedValueBox([String: Counts]())
+    private let settings = NIOLockedValueBox((percent: 20.0, minimum: 3))
+
+    public init() {}
+
+    public func configure(percent: Double, minimum: Int) {
+        settings.withLockedValue { $0 = (percent, minimum) }
+    }
+
+    /// An attempt (first or retry) to `service` starts.
+    public func begin(_ service: String) {
+        counts.withLockedValue { $0[service, default: Counts()].active += 1 }
+    }
+
+    /// An attempt ends; `retry` says whether it was one.
+    public func end(_ service: String, retry: Bool) {
+        counts.withLockedValue { all in
+            guard var c = all[service] else { return }
+            c.active -= 1
+            if retry { c.retrying -= 1 }
+            all[service] = c.active <= 0 && c.retrying <= 0 ? nil : c
+        }
+    }
+
+    /// Whether another retry to `service` may start now; when it may, it is counted until `end(_:retry: true)`.
+    public func allowRetry(_ service: String) -> Bool {
+        let (percent, minimum) = settings.withLockedValue { $0 }
+        let allowed = counts.withLockedValue { all -> Bool in
+            var c = all[service, default: Counts()]
+            let limit = max(minimum, Int(Double(c.active) * percent / 100))
+            guard c.retrying < limit else { return false }
+            c.retrying += 1
+            all[service] = c
+            return true
+        }
+        if !allowed { Counter(label: "switchyard_retry_budget_exhausted_total", dimensions: [("service", service)]).increment() }
+        return allowed
+    }
+
+    /// In flight now (admin views and tests).
+    public func inFlight(_ service: String) -> (active: Int, retrying: Int) {
+        counts.withLockedValue { all in (all[service]?.active ?? 0, all[service]?.retrying ?? 0) }
+    }
+}

@@ -1,0 +1,108 @@
+import Foundation
+import SwitchyardCore
+import SwitchyardTesting
+import Testing
+
+@testable import Router
+
+/// Warm-up, drains, the ejection cap and the retry budget, on an injected clock.
+@Suite struct ResilienceTests {
+    static func instance(_ port: Int, weight: Int = 100) -> ServiceInstance {
+        ServiceInstance(service: "s", host: "127.0.0.1", port: port, weight: weight)
+    }
+
+    @Test func theWarmUpCurve() {
+        let curve = WarmUp(windowSeconds: 60, aggression: 0.5, minPercent: 10)
+        #expect(abs(curve.factor(elapsed: 30) - 0.25) < 1e-9)  // (1/2)^(1/0.5)
+        #expect(curve.factor(elapsed: 0) == 0.1)  // never below minPercent
+        #expect(curve.factor(elapsed: 60) == 1 && curve.factor(elapsed: 600) == 1)
+        #expect(abs(WarmUp(windowSeconds: 60, aggression: 1, minPercent: 0).factor(elapsed: 15) - 0.25) < 1e-9)  // linear
+        #expect(abs(WarmUp(windowSeconds: 60, aggression: 2, minPercent: 0).factor(elapsed: 15) - 0.5) < 1e-9)  // fast at first
+        #expect(WarmUp(windowSeconds: 0).factor(elapsed: 0) == 1)  // off
+    }
+
+    @Test func weightsRampOnTheRoutersClockAndRearmAfterAFlap() {
+        let clock = ManualClock()
+        let health = InstanceHealth(clock: clock)
+        health.setWarmUp(WarmUp(windowSeconds: 60, aggression: 0.5, minPercent: 10))
+        let a = Self.instance(1), b = Self.instance(2)
+        health.observe(service: "s", instances: [a])  // the first list: serving already, warm
+        #expect(health.apply([a]).first?.weight == 100)
+        clock.advance(seconds: 120)
+        // b is new: it warms up; a, seen two minutes ago, is warm. Seeing the same list again
+        // restarts nothing (whatever the provider's clock says: it is never asked).
+        health.observe(service: "s", instances: [a, b])
+        clock.advance(seconds: 30)
+        health.observe(service: "s", instances: [a, b])
+        var weights = Dictionary(uniqueKeysWithValues: health.apply([a, b]).map { ($0.port, $0.weight) })
+        #expect(weights == [1: 100, 2: 25])  // t = T/2, aggression 0.5: 25 % of W
+        #expect(health.status(of: b.key).warmUpPercent == 25)
+        clock.advance(seconds: 30)
+        #expect(health.apply([a, b]).map(\.weight) == [100, 100])
+        // A health flap: b leaves the healthy list and comes back: it warms up again.
+        health.observe(service: "s", instances: [a])
+        clock.advance(seconds: 5)
+        health.observe(service: "s", instances: [a, b])
+        weights = Dictionary(uniqueKeysWithValues: health.apply([a, b]).map { ($0.port, $0.weight) })
+        #expect(weights == [1: 100, 2: 10])
+    }
+
+    @Test func drainedInstancesGetNothingNew() {
+        let clock = ManualClock()
+        let health = InstanceHealth(clock: clock, headerDrainSeconds: 30)
+        health.setWarmUp(WarmUp(windowSeconds: 0))
+        let a = Self.instance(1), b = Self.instance(2)
+        health.observe(service: "s", instances: [a, b])
+        #expect(health.apply([a, b]).count == 2)
+        health.drain(a.key, source: .admin)
+        #expect(health.apply([a, b]) == [b])
+        clock.advance(seconds: 3600)
+        #expect(health.apply([a, b]) == [b])  // an operator's drain lasts until undrained
+        #expect(health.undrain(a.key) && !health.undrain(a.key))
+        #expect(health.apply([a, b]).count == 2)
+        // A response's x-switchyard-draining: true keeps it out for a while.
+        health.drain(b.key, source: .response)
+        #expect(health.apply([a, b]) == [a] && health.status(of: b.key).draining == .response)
+        clock.advance(seconds: 31)
+        #expect(health.apply([a, b]).count == 2)
+    }
+
+    @Test func circuitsNeverEjectMoreThanTheCap() {
+        let clock = ManualClock()
+        let breakers = CircuitBreakers(clock: clock)
+        var rule = SwitchyardConfiguration.CircuitRule()
+        rule.failures = 2
+        rule.openSeconds = 10
+        let all = (1...4).map { Self.instance($0) }
+        for instance in all.prefix(3) {
+            for _ in 0..<2 { breakers.record(instance, failed: true, rule: rule) }
+        }
+        // Three of four open, but at most half may be out: one of them may probe again.
+        #expect(breakers.admitted(all).count == 2)
+        breakers.setMaxEjectionPercent(100)
+        #expect(breakers.admitted(all).count == 2)  // the re-admitted one is due for its probe now
+        let fresh = CircuitBreakers(clock: clock)
+        fresh.setMaxEjectionPercent(100)
+        for instance in all.prefix(3) {
+            for _ in 0..<2 { fresh.record(instance, failed: true, rule: rule) }
+        }
+        #expect(fresh.admitted(all).map(\.port) == [4])
+        clock.advance(seconds: 11)
+        #expect(fresh.admitted(all).count == 4)  // probing time
+    }
+
+    @Test func retriesStayWithinTheBudget() {
+        let budget = RetryBudget()
+        for _ in 0..<10 { budget.begin("s") }
+        // 20 % of 10 active is 2, but at least 3 may retry.
+        #expect((0..<4).map { _ in budget.allowRetry("s") } == [true, true, true, false])
+        budget.begin("s")
+        budget.end("s", retry: true)  // a retry finished: room for one more
+        #expect(budget.allowRetry("s"))
+        for _ in 0..<40 { budget.begin("s") }
+        #expect(budget.inFlight("s").active == 50)
+        // 20 % of 50 is 10: seven more (three are out).
+        #expect((0..<8).map { _ in budget.allowRetry("s") }.filter { $0 }.count == 7)
+        #expect(budget.allowRetry("other"))  // per service
+    }
+}
