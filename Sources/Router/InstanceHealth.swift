@@ -86,6 +86,8 @@ public final class InstanceHealth: Sendable {
             for (key, entry) in s.entries where entry.service == service && !keys.contains(key) {
                 if entry.warming { special.wrappingSubtract(1, ordering: .relaxed) }
                 s.entries[key] = nil
+                // Drained, then deregistered: its drain is over; when it returns it is a new instance.
+                if s.drains.removeValue(forKey: key) != nil { special.wrappingSubtract(1, ordering: .relaxed) }
                 gone.append(key)
             }
             for instance in instances where s.entries[instance.key] == nil {

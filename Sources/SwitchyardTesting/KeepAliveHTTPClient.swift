@@ -1,6 +1,6 @@
 import NIOConcurrencyHelpers
 public import NIOCore
-import NIOHTTP1
+public import NIOHTTP1
 import NIOPosix
 
 /// A keep-alive HTTP/1.1 client for load in tests: one connection, one request at a time,
@@ -21,6 +21,17 @@ public final class KeepAliveHTTPClient: @unchecked Sendable {
 
     /// Sends one request; returns the status, or throws when the connection fails (it is then dropped).
     public func post(_ path: String, headers: [(String, String)] = [], body: String, timeoutSeconds: Int64 = 10) async throws -> Int {
+        try await request(.POST, path, headers: headers, body: body, timeoutSeconds: timeoutSeconds)
+    }
+
+    /// Sends one request; returns the status, or throws when the connection fails (it is then dropped).
+    public func request(
+        _ method: HTTPMethod,
+        _ path: String,
+        headers: [(String, String)] = [],
+        body: String = "",
+        timeoutSeconds: Int64 = 10
+    ) async throws -> Int {
         if channel == nil || channel?.isActive != true {
             try await connect()
         }
@@ -29,7 +40,7 @@ public final class KeepAliveHTTPClient: @unchecked Sendable {
         let promise = loop.makePromise(of: Int.self)
         loop.execute {
             handler.value.pending = promise
-            var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: path)
+            var head = HTTPRequestHead(version: .http1_1, method: method, uri: path)
             head.headers.add(name: "host", value: self.host)
             head.headers.add(name: "content-length", value: String(body.utf8.count))
             for (n, v) in headers { head.headers.add(name: n, value: v) }

@@ -28,13 +28,15 @@ public final class TestHTTPService: Sendable {
 
     public let channel: any Channel
     private let state: NIOLockedValueBox<State>
+    private let children: NIOLockedValueBox<[ObjectIdentifier: any Channel]>
 
     public var port: Int { channel.localAddress!.port! }
     public var url: String { "http://127.0.0.1:\(port)" }
 
-    private init(channel: any Channel, state: NIOLockedValueBox<State>) {
+    private init(channel: any Channel, state: NIOLockedValueBox<State>, children: NIOLockedValueBox<[ObjectIdentifier: any Channel]>) {
         self.channel = channel
         self.state = state
+        self.children = children
     }
 
     /// Starts on `port` (0: any free port; a given port is how a test brings a stopped service back).
@@ -44,10 +46,14 @@ public final class TestHTTPService: Sendable {
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) async throws -> TestHTTPService {
         let state = NIOLockedValueBox(State(status: status))
+        let children = NIOLockedValueBox([ObjectIdentifier: any Channel]())
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 state.withLockedValue { $0.connections += 1 }
+                let id = ObjectIdentifier(channel)
+                children.withLockedValue { $0[id] = channel }
+                channel.closeFuture.whenComplete { _ in children.withLockedValue { _ = $0.removeValue(forKey: id) } }
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
                     try channel.pipeline.syncOperations.addHandler(RecordingHandler(state: state))
@@ -55,7 +61,7 @@ public final class TestHTTPService: Sendable {
             }
             .bind(host: "127.0.0.1", port: port)
             .get()
-        return TestHTTPService(channel: channel, state: state)
+        return TestHTTPService(channel: channel, state: state, children: children)
     }
 
     public var received: [Received] { state.withLockedValue { $0.received } }
@@ -77,8 +83,13 @@ public final class TestHTTPService: Sendable {
         return received
     }
 
-    public func stop() async {
+    /// Stops listening; with `closingConnections`, open connections are cut too (a process
+    /// that exits), else they keep being served.
+    public func stop(closingConnections: Bool = false) async {
         try? await channel.close()
+        if closingConnections {
+            for child in children.withLockedValue({ Array($0.values) }) { try? await child.close() }
+        }
     }
 }
 

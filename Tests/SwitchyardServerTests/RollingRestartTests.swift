@@ -1,0 +1,193 @@
+import Foundation
+import NIOConcurrencyHelpers
+import SwitchyardTesting
+import Testing
+
+/// A rolling restart under load: three registered instances of a service are drained,
+/// deregistered, stopped, restarted and registered again in turn while requests go through
+/// the gateway and messages through the HTTP channel. With the lossless steps nothing fails,
+/// nothing is lost, and each restarted instance's share climbs the warm-up curve; the same
+/// restart done abruptly is run beside it and its failures printed.
+@Suite(.serialized) struct RollingRestartTests {
+    final class Load: @unchecked Sendable {
+        let requests = NIOLockedValueBox((sent: 0, failed: 0, statuses: [Int: Int]()))
+        let messages = NIOLockedValueBox((accepted: Set<String>(), refused: 0))
+        let running = NIOLockedValueBox(true)
+        var tasks: [Task<Void, Never>] = []
+
+        func start(port: Int, clients: Int) {
+            for c in 0..<clients {
+                tasks.append(
+                    Task {
+                        let client = KeepAliveHTTPClient(port: port)
+                        while running.withLockedValue({ $0 }) {
+                            let status = try? await client.request(.GET, "/api/item/\(c)", timeoutSeconds: 5)
+                            requests.withLockedValue { r in
+                                r.sent += 1
+                                if status != 200 { r.failed += 1 }
+                                r.statuses[status ?? 0, default: 0] += 1
+                            }
+                            try? await Task.sleep(nanoseconds: 4_000_000)
+                        }
+                        await client.close()
+                    }
+                )
+            }
+            tasks.append(
+                Task {
+                    let client = KeepAliveHTTPClient(port: port)
+                    var n = 0
+                    while running.withLockedValue({ $0 }) {
+                        n += 1
+                        let id = "m-\(n)"
+                        let status = try? await client.post("/v1/messages/orders/m", headers: [("x-message-id", id)], body: id, timeoutSeconds: 5)
+                        messages.withLockedValue { m in
+                            if status == 202 { m.accepted.insert(id) } else { m.refused += 1 }
+                        }
+                        try? await Task.sleep(nanoseconds: 10_000_000)
+                    }
+                    await client.close()
+                }
+            )
+        }
+
+        func stop() async {
+            running.withLockedValue { $0 = false }
+            for task in tasks { await task.value }
+        }
+    }
+
+    static func yaml() -> String {
+        """
+        registry: {health_check_interval: 1s}
+        resilience: {warmup: {duration: 6s, aggression: 1, min_percent: 10}}
+        gateway:
+          routes: [{name: api, path_prefix: /api, service: orders}]
+        routes:
+          - {name: orders, match: "^orders/.+$", targets: [{service: orders, path: /msg, retries: 5}]}
+        """
+    }
+
+    static func register(_ nacos: Int, _ port: Int) async throws {
+        let answer = try await TestHTTPClient.request(
+            "POST",
+            port: nacos,
+            path: "/nacos/v1/ns/instance?serviceName=orders&ip=127.0.0.1&port=\(port)&ephemeral=false",
+            body: ""
+        )
+        try #require(answer.status == 200, "register: \(answer.body)")
+    }
+
+    static func deregister(_ nacos: Int, _ port: Int) async throws {
+        let answer = try await TestHTTPClient.request(
+            "DELETE",
+            port: nacos,
+            path: "/nacos/v1/ns/instance?serviceName=orders&ip=127.0.0.1&port=\(port)&ephemeral=false",
+            body: ""
+        )
+        try #require(answer.status == 200, "deregister: \(answer.body)")
+    }
+
+    /// The instance's in-flight count as `GET /admin/services` shows it.
+    static func inFlight(_ server: TestServer, _ id: String) async throws -> Int {
+        let body = try await server.admin("GET", "/admin/services").body
+        let services = try JSONSerialization.jsonObject(with: Data(body.utf8)) as? [[String: Any]] ?? []
+        let instances = services.flatMap { ($0["instances"] as? [[String: Any]]) ?? [] }
+        return instances.first { $0["id"] as? String == id }?["in_flight"] as? Int ?? -1
+    }
+
+    /// Requests an instance got among all the gateway's requests, per second, for `seconds`.
+    static func shares(of instance: TestHTTPService, among all: @Sendable () -> Int, seconds: Int) async throws -> [Double] {
+        var shares: [Double] = []
+        for _ in 0..<seconds {
+            let (mine, total) = (instance.received.filter { $0.uri.hasPrefix("/api") }.count, all())
+            try await Task.sleep(nanoseconds: 1_000_000_000)
+            let (mine2, total2) = (instance.received.filter { $0.uri.hasPrefix("/api") }.count, all())
+            shares.append(total2 > total ? Double(mine2 - mine) / Double(total2 - total) : 0)
+        }
+        return shares
+    }
+
+    @Test func aRollingRestartLosesNothingAndWarmsUp() async throws {
+        let server = try await TestServer.start(Self.yaml())
+        let nacos = try await RegistryAPITests.nacosPort(server)
+        var instances = try await [TestHTTPService.start(), TestHTTPService.start(), TestHTTPService.start()]
+        let everyone = NIOLockedValueBox(instances)
+        for instance in instances { try await Self.register(nacos, instance.port) }
+        try await Task.sleep(nanoseconds: 300_000_000)
+        let load = Load()
+        load.start(port: server.httpPort, clients: 4)
+        try await Task.sleep(nanoseconds: 1_500_000_000)
+        let total: @Sendable () -> Int = { everyone.withLockedValue { $0.reduce(0) { $0 + $1.received.filter { $0.uri.hasPrefix("/api") }.count } } }
+        for i in 0..<3 {
+            let port = instances[i].port
+            let id = "orders@127.0.0.1:\(port)"
+            // 1. Drain: no new requests from now on; wait for the in-flight ones.
+            #expect(try await server.admin("POST", "/admin/instances/\(id)/drain").status == 200)
+            var inFlight = -1
+            for _ in 0..<100 {
+                inFlight = try await Self.inFlight(server, id)
+                if inFlight == 0 { break }
+                try await Task.sleep(nanoseconds: 20_000_000)
+            }
+            #expect(inFlight == 0)
+            let before = instances[i].received.count
+            // 2. Deregister, 3. stop (connections cut, as when the process exits), 4. start again and register.
+            try await Self.deregister(nacos, port)
+            await instances[i].stop(closingConnections: true)
+            #expect(instances[i].received.count == before)  // nothing reached it after the drain
+            try await Task.sleep(nanoseconds: 300_000_000)
+            let restarted = try await TestHTTPService.start(port: port)
+            instances[i] = restarted
+            everyone.withLockedValue { $0.append(restarted) }
+            try await Self.register(nacos, port)
+            let shares = try await Self.shares(of: restarted, among: total, seconds: 7)
+            print(
+                "instance \(i + 1) restarted; its share of requests per second: \(shares.map { String(format: "%.0f%%", $0 * 100) }.joined(separator: " "))"
+            )
+            #expect(shares.first! < shares.last!, "the share should climb while warming up: \(shares)")
+            #expect(shares.last! > 0.1)
+        }
+        await load.stop()
+        let (sent, failed, statuses) = load.requests.withLockedValue { ($0.sent, $0.failed, $0.statuses) }
+        print("lossless rolling restart: \(sent) requests, \(failed) failed \(statuses)")
+        #expect(failed == 0 && sent > 200)
+        // Every accepted message arrives (at least once) and none is dead-lettered.
+        let accepted = load.messages.withLockedValue { $0.accepted }
+        var delivered = Set<String>()
+        for _ in 0..<200 {
+            delivered = Set(everyone.withLockedValue { $0.flatMap { $0.received.filter { $0.uri == "/msg" }.map(\.body) } })
+            if accepted.isSubset(of: delivered) { break }
+            try await Task.sleep(nanoseconds: 50_000_000)
+        }
+        #expect(accepted.count > 100 && accepted.isSubset(of: delivered), "\(accepted.subtracting(delivered).count) not delivered")
+        let letters = try await server.admin("GET", "/admin/dead-letters").body
+        #expect(!letters.contains("\"reason\""), "\(letters)")
+    }
+
+    /// The same restarts done abruptly (no drain, no deregistration: the health check notices):
+    /// the failures are printed, to show what the lossless steps save; messages are still safe.
+    @Test func theSameRestartsAbruptly() async throws {
+        let server = try await TestServer.start(Self.yaml())
+        let nacos = try await RegistryAPITests.nacosPort(server)
+        var instances = try await [TestHTTPService.start(), TestHTTPService.start(), TestHTTPService.start()]
+        for instance in instances { try await Self.register(nacos, instance.port) }
+        try await Task.sleep(nanoseconds: 300_000_000)
+        let load = Load()
+        load.start(port: server.httpPort, clients: 4)
+        try await Task.sleep(nanoseconds: 1_500_000_000)
+        for i in 0..<3 {
+            let port = instances[i].port
+            await instances[i].stop(closingConnections: true)
+            try await Task.sleep(nanoseconds: 300_000_000)
+            instances[i] = try await TestHTTPService.start(port: port)
+            try await Task.sleep(nanoseconds: 2_000_000_000)
+        }
+        await load.stop()
+        let (sent, failed, statuses) = load.requests.withLockedValue { ($0.sent, $0.failed, $0.statuses) }
+        print("abrupt rolling restart (lossless steps off): \(sent) requests, \(failed) failed \(statuses)")
+        #expect(sent > 200)
+        let letters = try await server.admin("GET", "/admin/dead-letters").body
+        #expect(!letters.contains("\"reason\""), "\(letters)")
+    }
+}
