@@ -162,6 +162,7 @@ public struct GatewaySnapshot: Sendable {
     /// The router's balancer (shared): the gateway chooses, counts, ejects and drains like it.
     let balancer: Balancer
     let circuitRules: [String: SwitchyardConfiguration.CircuitRule]
+    let slowCallSeconds: Double
     let accessLog: AccessLog?
 
     public init(
@@ -192,6 +193,7 @@ public struct GatewaySnapshot: Sendable {
         debugHeader = gateway.debugHeader
         self.balancer = balancer
         circuitRules = configuration.services.mapValues(\.circuit)
+        slowCallSeconds = configuration.resilience.slowCallSeconds
         if let path = gateway.accessLog {
             if let kept = previous?.accessLog, kept.path == path {
                 accessLog = kept

@@ -53,7 +53,8 @@ public final class GatewayResponder: HTTPStreamingResponder {
             retryAnswers: retryAnswers,
             maxBodyBytes: route?.config.maxBodyBytes,
             balancer: snapshot.balancer,
-            circuit: snapshot.circuitRules[admission.candidates.first?.service ?? ""] ?? SwitchyardConfiguration.CircuitRule()
+            circuit: snapshot.circuitRules[admission.candidates.first?.service ?? ""] ?? SwitchyardConfiguration.CircuitRule(),
+            slowCallSeconds: snapshot.slowCallSeconds
         )
         if let delay = admission.delaySeconds.map({ TimeAmount.nanoseconds(Int64($0 * 1e9)) }) {
             let bound = NIOLoopBound(session, eventLoop: writer.eventLoop)

@@ -29,8 +29,10 @@ final class GatewaySession: HTTPStreamSession {
     /// The current attempt is counted in the balancer and the retry budget.
     private var attemptOpen = false
     private var attemptIsRetry = false
-    /// The answer's verdict once its head arrived (5xx: failed).
+    /// The answer's verdict once its head arrived (5xx, or slower than the slow-call limit: failed).
     private var headVerdict: Bool?
+    private var attemptStarted: UInt64 = 0
+    let slowCallNanos: UInt64
     private var retriesLeft: Int
     private var instance: ServiceInstance?
     private var status = 0
@@ -58,6 +60,7 @@ final class GatewaySession: HTTPStreamSession {
         maxBodyBytes = nil
         balancer = nil
         circuit = SwitchyardConfiguration.CircuitRule()
+        slowCallNanos = 0
         over = true
     }
 
@@ -72,8 +75,10 @@ final class GatewaySession: HTTPStreamSession {
         retryAnswers: Bool,
         maxBodyBytes: Int?,
         balancer: Balancer? = nil,
-        circuit: SwitchyardConfiguration.CircuitRule = SwitchyardConfiguration.CircuitRule()
+        circuit: SwitchyardConfiguration.CircuitRule = SwitchyardConfiguration.CircuitRule(),
+        slowCallSeconds: Double = 0
     ) {
+        slowCallNanos = UInt64(max(0, slowCallSeconds) * 1e9)
         self.balancer = balancer
         self.circuit = circuit
         self.writer = writer
@@ -126,6 +131,7 @@ final class GatewaySession: HTTPStreamSession {
         self.instance = instance
         exchange?.upstream = instance
         exchange?.attempts += 1
+        attemptStarted = SystemMonotonicClock().nowNanos()
         if let balancer {
             attemptOpen = true
             balancer.started(instance)
@@ -275,7 +281,8 @@ final class GatewaySession: HTTPStreamSession {
         if let instance, response.headers.first(name: "x-switchyard-draining")?.lowercased() == "true" {
             balancer?.health.drain(instance.key, source: .response)
         }
-        headVerdict = response.status.code >= 500
+        let slow = slowCallNanos > 0 && SystemMonotonicClock().nowNanos() - attemptStarted > slowCallNanos
+        headVerdict = response.status.code >= 500 || slow
         if response.status.code == 101 {
             endAttempt(failed: false)
             return switchProtocols(response, upstream: channel)

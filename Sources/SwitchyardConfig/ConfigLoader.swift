@@ -254,7 +254,8 @@ public enum ConfigLoader {
         if let v = r.string(source["group"], "registry.config.group") { c.registry.configGroup = v }
         if let v = r.string(source["tenant"], "registry.config.tenant") { c.registry.configTenant = v == "public" ? "" : v }
         c.gateway = readGateway(top["gateway"], &r)
-        let resilience = r.mapping(top["resilience"], "resilience", allowed: ["warmup", "max_ejection_percent", "retry_budget"])
+        let resilience = r.mapping(top["resilience"], "resilience", allowed: ["warmup", "max_ejection_percent", "retry_budget", "slow_call"])
+        if let v = r.duration(resilience["slow_call"], "resilience.slow_call", range: 0...3600) { c.resilience.slowCallSeconds = v }
         let warmup = r.mapping(resilience["warmup"], "resilience.warmup", allowed: ["duration", "aggression", "min_percent"])
         if let v = r.duration(warmup["duration"], "resilience.warmup.duration", range: 0...3600) { c.resilience.warmUpSeconds = v }
         if let v = r.double(warmup["aggression"], "resilience.warmup.aggression", range: 0.01...100) { c.resilience.warmUpAggression = v }

@@ -470,6 +470,9 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
         public var retryBudgetPercent = 20.0
         /// … or this many, whichever is more.
         public var retryBudgetMinimum = 3
+        /// A gateway answer slower than this counts as a failure for the instance's circuit
+        /// (slow instances get ejected like failing ones); 0: off.
+        public var slowCallSeconds = 0.0
         public init() {}
     }
 

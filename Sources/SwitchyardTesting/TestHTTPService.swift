@@ -39,6 +39,17 @@ public final class TestHTTPService: Sendable {
         self.children = children
     }
 
+    /// Starts on a free port below the kernel's ephemeral range (10000–19999): a test that stops
+    /// the service and brings it back on the same port cannot have another test's port-0 listener
+    /// take it meanwhile.
+    public static func startRestartable(status: Int = 200) async throws -> TestHTTPService {
+        var lastError: (any Error)?
+        for _ in 0..<50 {
+            do { return try await start(status: status, port: Int.random(in: 10_000...19_999)) } catch { lastError = error }
+        }
+        throw lastError!
+    }
+
     /// Starts on `port` (0: any free port; a given port is how a test brings a stopped service back).
     public static func start(
         status: Int = 200,

@@ -6,7 +6,7 @@ import Testing
 /// cap, then the HTTP channel pushes back with 503 + Retry-After; none accepted is lost.
 @Suite(.serialized) struct BackpressureTests {
     @Test func journalCapPushesBackAndNothingAcceptedIsLost() async throws {
-        var svc = try await TestHTTPService.start()
+        var svc = try await TestHTTPService.startRestartable()
         let port = svc.port
         await svc.stop()  // the service is down: connections are refused
         let server = try await TestServer.start(

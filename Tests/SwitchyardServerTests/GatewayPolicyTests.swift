@@ -166,7 +166,7 @@ import _CryptoExtras
         let live = try await TestHTTPService.start()
         let failing = try await TestHTTPService.start()
         failing.setStatus(503)
-        let dead = try await TestHTTPService.start()
+        let dead = try await TestHTTPService.startRestartable()
         let deadURL = dead.url
         await dead.stop()
         let server = try await TestServer.start(

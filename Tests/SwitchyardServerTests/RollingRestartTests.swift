@@ -111,7 +111,7 @@ import Testing
     @Test func aRollingRestartLosesNothingAndWarmsUp() async throws {
         let server = try await TestServer.start(Self.yaml())
         let nacos = try await RegistryAPITests.nacosPort(server)
-        var instances = try await [TestHTTPService.start(), TestHTTPService.start(), TestHTTPService.start()]
+        var instances = try await [TestHTTPService.startRestartable(), TestHTTPService.startRestartable(), TestHTTPService.startRestartable()]
         let everyone = NIOLockedValueBox(instances)
         for instance in instances { try await Self.register(nacos, instance.port) }
         try await Task.sleep(nanoseconds: 300_000_000)
@@ -170,7 +170,7 @@ import Testing
     @Test func theSameRestartsAbruptly() async throws {
         let server = try await TestServer.start(Self.yaml())
         let nacos = try await RegistryAPITests.nacosPort(server)
-        var instances = try await [TestHTTPService.start(), TestHTTPService.start(), TestHTTPService.start()]
+        var instances = try await [TestHTTPService.startRestartable(), TestHTTPService.startRestartable(), TestHTTPService.startRestartable()]
         for instance in instances { try await Self.register(nacos, instance.port) }
         try await Task.sleep(nanoseconds: 300_000_000)
         let load = Load()
