@@ -11,7 +11,7 @@ public struct SwitchyardCommand: AsyncParsableCommand {
         version: version,
         subcommands: [
             Serve.self, CheckConfig.self, Explain.self, DeadLetterCommand.self, DeviceCommand.self, RegistryCommand.self, ServicesCommand.self,
-            DrainCommand.self, UndrainCommand.self, Bench.self, Version.self,
+            DrainCommand.self, UndrainCommand.self, RegisterCommand.self, DeregisterCommand.self, Bench.self, Version.self,
         ],
         defaultSubcommand: Serve.self
     )

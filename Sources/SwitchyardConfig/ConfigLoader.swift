@@ -81,22 +81,16 @@ public enum ConfigLoader {
         if let v = r.string(node["data_dir"], "node.data_dir") { c.node.dataDir = v }
 
         let listeners = r.mapping(top["listeners"], "listeners", allowed: ["http", "https", "admin", "mqtt", "mqtts", "nacos"])
-        let https = r.mapping(listeners["https"], "listeners.https", allowed: ["host", "port", "cert", "key", "client_ca", "client_auth"])
-        if let v = r.string(https["host"], "listeners.https.host") { c.listeners.https.host = v }
-        if let v = r.int(https["port"], "listeners.https.port", range: 0...65535) { c.listeners.https.port = v }
-        for (key, keyPath) in [
-            ("cert", \SwitchyardConfiguration.Listeners.httpsCertificate), ("key", \.httpsKey), ("client_ca", \.httpsClientCA),
-        ] {
-            guard let path = r.string(https[key], "listeners.https.\(key)") else { continue }
-            if FileManager.default.isReadableFile(atPath: path) {
-                c.listeners[keyPath: keyPath] = path
-            } else {
-                r.fail("listeners.https.\(key)", "cannot read \(path): give a PEM file this user can read", https[key])
-            }
-        }
-        if (https["cert"] == nil) != (https["key"] == nil) {
-            r.fail("listeners.https", "needs both cert (PEM certificate chain) and key (PEM private key)", listeners["https"])
-        }
+        let https = readTLSListener(
+            listeners["https"],
+            "https",
+            extra: ["client_ca": \.httpsClientCA, "client_auth": nil],
+            into: &c,
+            listener: \.https,
+            cert: \.httpsCertificate,
+            key: \.httpsKey,
+            &r
+        )
         if let v = r.string(https["client_auth"], "listeners.https.client_auth") {
             switch v {
             case "optional": c.listeners.httpsClientAuthRequired = false
@@ -112,20 +106,7 @@ public enum ConfigLoader {
             if let v = r.string(l["host"], "listeners.\(key).host") { c.listeners[keyPath: keyPath].host = v }
             if let v = r.int(l["port"], "listeners.\(key).port", range: 0...65535) { c.listeners[keyPath: keyPath].port = v }
         }
-        let tls = r.mapping(listeners["mqtts"], "listeners.mqtts", allowed: ["host", "port", "cert", "key"])
-        if let v = r.string(tls["host"], "listeners.mqtts.host") { c.listeners.mqtts.host = v }
-        if let v = r.int(tls["port"], "listeners.mqtts.port", range: 0...65535) { c.listeners.mqtts.port = v }
-        for (key, keyPath) in [("cert", \SwitchyardConfiguration.Listeners.mqttsCertificate), ("key", \.mqttsKey)] {
-            guard let path = r.string(tls[key], "listeners.mqtts.\(key)") else { continue }
-            if FileManager.default.isReadableFile(atPath: path) {
-                c.listeners[keyPath: keyPath] = path
-            } else {
-                r.fail("listeners.mqtts.\(key)", "cannot read \(path): give a PEM file this user can read", tls[key])
-            }
-        }
-        if (tls["cert"] == nil) != (tls["key"] == nil) {
-            r.fail("listeners.mqtts", "needs both cert (PEM certificate chain) and key (PEM private key)", listeners["mqtts"])
-        }
+        _ = readTLSListener(listeners["mqtts"], "mqtts", into: &c, listener: \.mqtts, cert: \.mqttsCertificate, key: \.mqttsKey, &r)
 
         let channels = r.mapping(top["channels"], "channels", allowed: ["http", "mqtt", "device_patterns"])
         let mqtt = r.mapping(
@@ -369,6 +350,40 @@ public enum ConfigLoader {
         t.set = r.stringMap(m["set"], "\(path).set")
         if m["set"] == nil || t.set.isEmpty { r.fail("\(path).set", "missing: the tags to set, e.g. {kind: event}", node) }
         return t
+    }
+
+    typealias ListenerPath = WritableKeyPath<SwitchyardConfiguration.Listeners, String?>
+
+    /// A TLS listener: host, port, PEM `cert` and `key` (both or neither, readable) and the
+    /// `extra` keys (a path for PEM files, nil for keys the caller reads from the mapping returned).
+    static func readTLSListener(
+        _ node: Node?,
+        _ name: String,
+        extra: [String: ListenerPath?] = [:],
+        into c: inout SwitchyardConfiguration,
+        listener: WritableKeyPath<SwitchyardConfiguration.Listeners, SwitchyardConfiguration.Listener>,
+        cert: ListenerPath,
+        key: ListenerPath,
+        _ r: inout ConfigReader
+    ) -> [String: Node] {
+        let path = "listeners.\(name)"
+        let m = r.mapping(node, path, allowed: ["host", "port", "cert", "key"] + extra.keys.sorted())
+        if let v = r.string(m["host"], "\(path).host") { c.listeners[keyPath: listener].host = v }
+        if let v = r.int(m["port"], "\(path).port", range: 0...65535) { c.listeners[keyPath: listener].port = v }
+        var files: [(String, ListenerPath)] = [("cert", cert), ("key", key)]
+        for (k, p) in extra.sorted(by: { $0.key < $1.key }) { if let p { files.append((k, p)) } }
+        for (k, keyPath) in files {
+            guard let file = r.string(m[k], "\(path).\(k)") else { continue }
+            if FileManager.default.isReadableFile(atPath: file) {
+                c.listeners[keyPath: keyPath] = file
+            } else {
+                r.fail("\(path).\(k)", "cannot read \(file): give a PEM file this user can read", m[k])
+            }
+        }
+        if (m["cert"] == nil) != (m["key"] == nil) {
+            r.fail(path, "needs both cert (PEM certificate chain) and key (PEM private key)", node)
+        }
+        return m
     }
 
     static func readLane(_ node: Node, _ path: String, _ r: inout ConfigReader) -> SwitchyardConfiguration.LaneRule {

@@ -11,12 +11,35 @@ import Testing
         let configPath: String
         let dataDir: String
         let adminPort: Int
+        /// The HTTP listener's port (admin is the next one).
+        let httpPort: Int
+        /// The node's own directory (config and data), removed by `cleanUp`.
+        let dir: String
         var process: Process?
 
-        init(configPath: String, dataDir: String, adminPort: Int) {
-            self.configPath = configPath
-            self.dataDir = dataDir
-            self.adminPort = adminPort
+        /// A node in a fresh directory on random loopback ports (http, admin = http + 1; MQTT
+        /// and Nacos on any port), its config the listeners plus `yaml`. Not started yet.
+        init(_ yaml: String, name: String) throws {
+            dir = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-\(name)-\(UUID().uuidString)").path
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            httpPort = Int.random(in: 20_000...39_000)
+            adminPort = httpPort + 1
+            configPath = "\(dir)/switchyard.yaml"
+            dataDir = "\(dir)/data"
+            try """
+            listeners:
+              http: {host: 127.0.0.1, port: \(httpPort)}
+              admin: {host: 127.0.0.1, port: \(adminPort)}
+              mqtt: {host: 127.0.0.1, port: 0}
+              nacos: {host: 127.0.0.1, port: 0}
+            \(yaml.contains("telemetry:") ? "" : "telemetry: {log_level: error}")
+            \(yaml)
+            """.write(toFile: configPath, atomically: true, encoding: .utf8)
+        }
+
+        func cleanUp() {
+            stop()
+            try? FileManager.default.removeItem(atPath: dir)
         }
 
         func start() async throws {
@@ -48,26 +71,18 @@ import Testing
 
     @Test func sigkillThreeTimesLosesNothingAcknowledged() async throws {
         let svc = try await TestHTTPService.start()
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-crash-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let httpPort = Int.random(in: 20_000...39_000)
-        let adminPort = httpPort + 1
-        try """
-        listeners:
-          http: {host: 127.0.0.1, port: \(httpPort)}
-          admin: {host: 127.0.0.1, port: \(adminPort)}
-          mqtt: {host: 127.0.0.1, port: 0}
-          nacos: {host: 127.0.0.1, port: 0}
-        telemetry: {log_level: error}
-        routes:
-          - {name: seq, match: "^devices/(?<device>[^/]+)/seq$", targets: [{service: s, path: "/in/{device}", retries: 5}]}
-        services:
-          s: {instances: [{url: "\(svc.url)"}]}
-        """.write(toFile: "\(dir)/switchyard.yaml", atomically: true, encoding: .utf8)
-        let node = Node(configPath: "\(dir)/switchyard.yaml", dataDir: "\(dir)/data", adminPort: adminPort)
+        let node = try Node(
+            """
+            routes:
+              - {name: seq, match: "^devices/(?<device>[^/]+)/seq$", targets: [{service: s, path: "/in/{device}", retries: 5}]}
+            services:
+              s: {instances: [{url: "\(svc.url)"}]}
+            """,
+            name: "crash"
+        )
+        defer { node.cleanUp() }
+        let httpPort = node.httpPort
         try await node.start()
-        defer { node.stop() }
 
         let devices = 50
         let perDevice = 400  // 20,000 messages

@@ -51,26 +51,18 @@ import Testing
             }
             .bind(host: "127.0.0.1", port: 0).get()
         defer { sink.close(promise: nil) }
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-upload-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let httpPort = Int.random(in: 20_000...39_000)
-        let adminPort = httpPort + 1
-        try """
-        listeners:
-          http: {host: 127.0.0.1, port: \(httpPort)}
-          admin: {host: 127.0.0.1, port: \(adminPort)}
-          mqtt: {host: 127.0.0.1, port: 0}
-          nacos: {host: 127.0.0.1, port: 0}
-        telemetry: {log_level: error}
-        gateway:
-          routes: [{name: upload, path_prefix: /upload, service: sink, timeout: 120s}]
-        services:
-          sink: {instances: [{url: "http://127.0.0.1:\(sink.localAddress!.port!)"}]}
-        """.write(toFile: "\(dir)/switchyard.yaml", atomically: true, encoding: .utf8)
-        let node = CrashTests.Node(configPath: "\(dir)/switchyard.yaml", dataDir: "\(dir)/data", adminPort: adminPort)
+        let node = try CrashTests.Node(
+            """
+            gateway:
+              routes: [{name: upload, path_prefix: /upload, service: sink, timeout: 120s}]
+            services:
+              sink: {instances: [{url: "http://127.0.0.1:\(sink.localAddress!.port!)"}]}
+            """,
+            name: "upload"
+        )
+        defer { node.cleanUp() }
+        let httpPort = node.httpPort
         try await node.start()
-        defer { node.stop() }
         let pid = node.process!.processIdentifier
         // Warm up (first requests allocate pools), then take the baseline.
         for _ in 0..<3 { _ = try await TestHTTPClient.request("POST", port: httpPort, path: "/upload", body: "x") }

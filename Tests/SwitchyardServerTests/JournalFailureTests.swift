@@ -9,24 +9,19 @@ import Testing
     @Test func writeErrorsRefuseThenRecoverWithoutARestart() async throws {
         #expect(FileManager.default.isExecutableFile(atPath: "/usr/bin/prlimit"), "prlimit (util-linux) is needed")
         let svc = try await TestHTTPService.start()
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-fsize-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let httpPort = ProcessTests.freePort()
-        let adminPort = httpPort + 1
-        let configPath = "\(dir)/switchyard.yaml"
-        try """
-        listeners:
-          http: {host: 127.0.0.1, port: \(httpPort)}
-          admin: {host: 127.0.0.1, port: \(adminPort)}
-          mqtt: {host: 127.0.0.1, port: 0}
-          nacos: {host: 127.0.0.1, port: 0}
-        registry: {enabled: false}  # its SQLite file would hit the 64 KiB limit meant for the journal
-        routes:
-          - {name: r, match: "^devices/(?<device>[^/]+)$", targets: [{service: s, path: "/in/{device}"}]}
-        services:
-          s: {instances: [{url: "\(svc.url)"}]}
-        """.write(toFile: configPath, atomically: true, encoding: .utf8)
+        let node = try CrashTests.Node(
+            """
+            registry: {enabled: false}  # its SQLite file would hit the 64 KiB limit meant for the journal
+            telemetry: {log_level: info}  # the recovery line is read below
+            routes:
+              - {name: r, match: "^devices/(?<device>[^/]+)$", targets: [{service: s, path: "/in/{device}"}]}
+            services:
+              s: {instances: [{url: "\(svc.url)"}]}
+            """,
+            name: "fsize"
+        )
+        defer { node.cleanUp() }
+        let (httpPort, adminPort, configPath, dir) = (node.httpPort, node.adminPort, node.configPath, node.dir)
 
         // No file of the process may grow past 64 KiB: every few dozen messages a write fails.
         let process = Process()

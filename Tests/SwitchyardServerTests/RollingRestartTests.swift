@@ -68,24 +68,11 @@ import Testing
         """
     }
 
-    static func register(_ nacos: Int, _ port: Int) async throws {
-        let answer = try await TestHTTPClient.request(
-            "POST",
-            port: nacos,
-            path: "/nacos/v1/ns/instance?serviceName=orders&ip=127.0.0.1&port=\(port)&ephemeral=false",
-            body: ""
-        )
-        try #require(answer.status == 200, "register: \(answer.body)")
-    }
-
-    static func deregister(_ nacos: Int, _ port: Int) async throws {
-        let answer = try await TestHTTPClient.request(
-            "DELETE",
-            port: nacos,
-            path: "/nacos/v1/ns/instance?serviceName=orders&ip=127.0.0.1&port=\(port)&ephemeral=false",
-            body: ""
-        )
-        try #require(answer.status == 200, "deregister: \(answer.body)")
+    /// Registers (POST) or deregisters (DELETE) a persistent instance of `orders` (TCP-checked).
+    static func registry(_ method: String, _ nacos: Int, _ port: Int) async throws {
+        let path = "/nacos/v1/ns/instance?serviceName=orders&ip=127.0.0.1&port=\(port)&ephemeral=false"
+        let answer = try await TestHTTPClient.request(method, port: nacos, path: path, body: "")
+        try #require(answer.status == 200, "\(method) \(path): \(answer.body)")
     }
 
     /// The instance's in-flight count as `GET /admin/services` shows it.
@@ -113,7 +100,7 @@ import Testing
         let nacos = try await RegistryAPITests.nacosPort(server)
         var instances = try await [TestHTTPService.startRestartable(), TestHTTPService.startRestartable(), TestHTTPService.startRestartable()]
         let everyone = NIOLockedValueBox(instances)
-        for instance in instances { try await Self.register(nacos, instance.port) }
+        for instance in instances { try await Self.registry("POST", nacos, instance.port) }
         try await Task.sleep(nanoseconds: 300_000_000)
         let load = Load()
         load.start(port: server.httpPort, clients: 4)
@@ -133,14 +120,14 @@ import Testing
             #expect(inFlight == 0)
             let before = instances[i].received.count
             // 2. Deregister, 3. stop (connections cut, as when the process exits), 4. start again and register.
-            try await Self.deregister(nacos, port)
+            try await Self.registry("DELETE", nacos, port)
             await instances[i].stop(closingConnections: true)
             #expect(instances[i].received.count == before)  // nothing reached it after the drain
             try await Task.sleep(nanoseconds: 300_000_000)
             let restarted = try await TestHTTPService.start(port: port)
             instances[i] = restarted
             everyone.withLockedValue { $0.append(restarted) }
-            try await Self.register(nacos, port)
+            try await Self.registry("POST", nacos, port)
             let shares = try await Self.shares(of: restarted, among: total, seconds: 7)
             print(
                 "instance \(i + 1) restarted; its share of requests per second: \(shares.map { String(format: "%.0f%%", $0 * 100) }.joined(separator: " "))"
@@ -171,7 +158,7 @@ import Testing
         let server = try await TestServer.start(Self.yaml())
         let nacos = try await RegistryAPITests.nacosPort(server)
         var instances = try await [TestHTTPService.startRestartable(), TestHTTPService.startRestartable(), TestHTTPService.startRestartable()]
-        for instance in instances { try await Self.register(nacos, instance.port) }
+        for instance in instances { try await Self.registry("POST", nacos, instance.port) }
         try await Task.sleep(nanoseconds: 300_000_000)
         let load = Load()
         load.start(port: server.httpPort, clients: 4)

@@ -42,11 +42,13 @@ import Testing
         let slowSince = Date().timeIntervalSince(started)
         let before = slow.received.count
         var shares: [Double] = []
-        for _ in 0..<10 {
+        var lastFive = (slow: 0, all: 0)
+        for second in 0..<10 {
             let (s0, all0) = (slow.received.count, fast1.received.count + fast2.received.count + slow.received.count)
             try await Task.sleep(nanoseconds: 1_000_000_000)
             let (s1, all1) = (slow.received.count, fast1.received.count + fast2.received.count + slow.received.count)
             shares.append(all1 > all0 ? Double(s1 - s0) / Double(all1 - all0) : 0)
+            if second >= 5 { lastFive = (lastFive.slow + s1 - s0, lastFive.all + all1 - all0) }
         }
         running.withLockedValue { $0 = false }
         for task in tasks { await task.value }
@@ -58,8 +60,11 @@ import Testing
         print(
             "slow instance's share per second after +500 ms: \(shares.map { String(format: "%.1f%%", $0 * 100) }.joined(separator: " ")); p99 before \(String(format: "%.0f", healthy)) ms, in the last 3 s \(String(format: "%.0f", last)) ms; it got \(slow.received.count - before) requests while slow"
         )
-        // A third of the traffic before; a few percent at most once the balancer has noticed.
-        #expect(shares.suffix(5).allSatisfy { $0 < 0.05 }, "\(shares)")
+        // A third of the traffic before; a few percent at most once the balancer has noticed
+        // (over the last five seconds together: on a loaded machine one probe in a second of
+        // few requests is a large share of that second).
+        let share = lastFive.all > 0 ? Double(lastFive.slow) / Double(lastFive.all) : 1
+        #expect(share < 0.05 && lastFive.all > 20, "\(lastFive) \(shares)")
         // Back to what it was before the slowdown (the machine may be loaded by other tests, so
         // relative to that, not absolute); a 1 % share of 500 ms answers would put it past 500.
         #expect(last <= max(healthy * 2, 50), "p99 of the last 3 s: \(last) ms, before: \(healthy) ms")
