@@ -11,6 +11,7 @@ import NIOCore
 import NIOHTTP1
 import Router
 public import SwitchyardCore
+import Synchronization
 
 /// A request value rule, compiled: one of the values, or a regex search.
 struct ValueRule: Sendable {
@@ -50,6 +51,8 @@ final class CompiledRoute: Sendable {
     let apiKeys: [String: String]
     let limiters: [(scope: SwitchyardConfiguration.RouteRateLimit.Scope, limiter: KeyedRateLimiter)]
     let metrics: GatewayMetrics
+    /// Requests in flight on the route (for `max_concurrency`).
+    let inFlight = Atomic<Int>(0)
 
     init(_ config: SwitchyardConfiguration.GatewayRoute, lanes: [String], previous: CompiledRoute?, clock: any MonotonicClock) throws(KeyPathError) {
         self.config = config

@@ -6,6 +6,7 @@ public import NIOCore
 import NIOHTTP1
 import Router
 import SwitchyardCore
+import Synchronization
 
 /// The streaming side of the HTTP listener: requests matching a gateway route (or, from
 /// trusted callers, an egress target) pass the route's policies and become sessions.
@@ -29,6 +30,30 @@ public final class GatewayResponder: HTTPStreamingResponder {
         exchange.responseHeaders = admission.responseHeaders
         if let refusal = admission.refusal {
             return exchange.reject(writer, refusal.status, refusal.code, refusal.message, headers: refusal.headers, closeAfter: refusal.closeAfter)
+        }
+        if let route {
+            if let limit = route.config.maxConcurrency {
+                exchange.release = { route.inFlight.subtract(1, ordering: .relaxed) }
+                if route.inFlight.add(1, ordering: .relaxed).newValue > limit {
+                    return exchange.reject(
+                        writer,
+                        .serviceUnavailable,
+                        "concurrency_limit",
+                        "route \(route.config.name) has \(limit) requests in flight, its limit"
+                    )
+                }
+            }
+            if let breaker = snapshot.balancer.targetBreakers.breaker("gateway:\(route.config.name)", rule: route.config.breaker) {
+                guard breaker.allow() else {
+                    return exchange.reject(
+                        writer,
+                        .serviceUnavailable,
+                        "circuit_open",
+                        "the circuit of route \(route.config.name) is open: too many failures or slow answers"
+                    )
+                }
+                exchange.breaker = breaker
+            }
         }
         exchange.debug = admission.trusted && head.headers.contains(name: snapshot.debugHeader)
         let base = Self.upstreamHead(
@@ -198,6 +223,10 @@ final class Exchange {
     var debug = false
     /// Added to the answer (CORS).
     var responseHeaders = HTTPHeaders()
+    /// The route's circuit, told the outcome at the end.
+    var breaker: TargetBreaker?
+    /// Gives back the route's concurrency slot.
+    var release: (() -> Void)?
 
     init(head: HTTPRequestHead, client: SocketAddress?, route: CompiledRoute?, snapshot: GatewaySnapshot) {
         method = head.method.rawValue
@@ -248,6 +277,12 @@ final class Exchange {
     /// Counted once, logged once (`status` 0: the client left first).
     func finish(status: Int, error: String? = nil) {
         let nanos = SystemMonotonicClock().nowNanos() - started
+        release?()
+        release = nil
+        if let breaker {
+            if status == 0 { breaker.abandon() } else { breaker.record(failed: status >= 500, seconds: Double(nanos) / 1e9) }
+            self.breaker = nil
+        }
         metrics.record(status: status, nanoseconds: nanos, lane: lane)
         guard let accessLog else { return }
         var line = "{\"ts\":\(String(format: "%.3f", Date().timeIntervalSince1970))"

@@ -12,10 +12,13 @@ public final class Balancer: Sendable {
     public let health: InstanceHealth
     /// Retries per service within a share of its active requests.
     public let retryBudget = RetryBudget()
+    /// Circuit breakers per route target (ratios over a window).
+    public let targetBreakers: TargetBreakers
 
     public init(breakers: CircuitBreakers = CircuitBreakers(), health: InstanceHealth? = nil) {
         self.breakers = breakers
         self.health = health ?? InstanceHealth(clock: SystemMonotonicClock())
+        targetBreakers = TargetBreakers(clock: self.health.clock)
     }
 
     /// Requests or messages out to `instance` now.

@@ -52,7 +52,7 @@ public final class InstanceHealth: Sendable {
         var until: UInt64?
     }
 
-    private let clock: any MonotonicClock
+    let clock: any MonotonicClock
     private let logger: Logger
     private let state = NIOLockedValueBox<(entries: [String: Entry], drains: [String: Drain], warmUp: WarmUp, services: Set<String>)>(
         ([:], [:], WarmUp(), [])

@@ -272,11 +272,18 @@ public final class Router: Sendable {
                 )
             }.futureResult
         }
+        // The target's own circuit open: the message waits, as for a service that is down.
+        let breaker = balancer.targetBreakers.breaker("\(route.name)→\(target.service)", rule: target.breaker)
+        if let breaker, !breaker.allow() { return park("the circuit of route \(route.name)'s target \(target.service) is open") }
         let choice: Choice
         switch choose(service: target.service, lane: envelope.lane, refused: refused) {
         case .success(let c): choice = c
-        case .failure(let none) where none.waits: return park(none.detail)
-        case .failure(let none): return fail(none.reason, none.detail, false)
+        case .failure(let none) where none.waits:
+            breaker?.abandon()
+            return park(none.detail)
+        case .failure(let none):
+            breaker?.abandon()
+            return fail(none.reason, none.detail, false)
         }
         let (instance, fallback, candidates) = (choice.instance, choice.fallback, choice.candidates)
         let request = Router.request(
@@ -303,6 +310,12 @@ public final class Router: Sendable {
                 let verdict = RetryPolicy.verdict(result, instance: instance)
                 self.recordCircuit(verdict, instance: instance)
                 self.noteDraining(result, instance: instance)
+                let seconds = Double(SystemMonotonicClock().nowNanos() - started) / 1e9
+                switch verdict {
+                case .delivered, .rejected: breaker?.record(failed: false, seconds: seconds)
+                case .failed, .unreachable: breaker?.record(failed: true, seconds: seconds)
+                case .interrupted: breaker?.abandon()
+                }
                 switch verdict {
                 case .delivered:
                     return loop.makeSucceededFuture(TargetResult(failure: nil))

@@ -8,7 +8,7 @@ extension ConfigLoader {
     static let routeKeys = [
         "name", "hosts", "path_prefix", "path_regex", "methods", "headers", "service", "url", "namespace", "group", "strip_prefix",
         "prefix_rewrite", "timeout", "retries", "retry_non_idempotent", "jwt", "api_keys", "cors", "max_body_bytes", "rate_limits",
-        "request_headers", "response_headers", "fault",
+        "request_headers", "response_headers", "fault", "breaker", "max_concurrency",
     ]
 
     static func readGateway(_ node: Node?, _ r: inout ConfigReader) -> SwitchyardConfiguration.Gateway {
@@ -123,6 +123,8 @@ extension ConfigLoader {
             let burst = r.double(l["burst"], "\(q).burst", range: 1...10_000_000) ?? max(1, rate)
             return SwitchyardConfiguration.RouteRateLimit(per: per, rate: rate, burst: burst)
         }
+        if m["breaker"] != nil { route.breaker = readBreaker(m["breaker"], "\(p).breaker", &r) }
+        route.maxConcurrency = r.int(m["max_concurrency"], "\(p).max_concurrency", range: 1...1_000_000)
         route.requestHeaders = readHeaderRewrite(m["request_headers"], "\(p).request_headers", &r)
         route.responseHeaders = readHeaderRewrite(m["response_headers"], "\(p).response_headers", &r)
         if m["fault"] != nil {
@@ -137,6 +139,34 @@ extension ConfigLoader {
             route.fault = fault
         }
         return route
+    }
+
+    /// `{window, min_requests, error_ratio, slow_ratio, slow_call, error_count, open_for, half_open_probes, close_after}`.
+    static func readBreaker(_ node: Node?, _ p: String, _ r: inout ConfigReader) -> SwitchyardConfiguration.BreakerRule {
+        let m = r.mapping(
+            node,
+            p,
+            allowed: [
+                "window", "min_requests", "error_ratio", "slow_ratio", "slow_call", "error_count", "open_for", "half_open_probes", "close_after",
+            ]
+        )
+        var b = SwitchyardConfiguration.BreakerRule()
+        if let v = r.duration(m["window"], "\(p).window", range: 0.1...3600) { b.windowSeconds = v }
+        if let v = r.int(m["min_requests"], "\(p).min_requests", range: 1...1_000_000) { b.minRequests = v }
+        if let v = r.double(m["error_ratio"], "\(p).error_ratio", range: 0...1) { b.errorRatio = v }
+        if let v = r.double(m["slow_ratio"], "\(p).slow_ratio", range: 0...1) { b.slowRatio = v }
+        if let v = r.duration(m["slow_call"], "\(p).slow_call", range: 0...3600) { b.slowCallSeconds = v }
+        if let v = r.int(m["error_count"], "\(p).error_count", range: 0...1_000_000) { b.errorCount = v }
+        if let v = r.duration(m["open_for"], "\(p).open_for", range: 0.01...86_400) { b.openSeconds = v }
+        if let v = r.int(m["half_open_probes"], "\(p).half_open_probes", range: 1...10_000) { b.halfOpenProbes = v }
+        if let v = r.int(m["close_after"], "\(p).close_after", range: 1...10_000) { b.closeAfter = v }
+        if b.closeAfter > b.halfOpenProbes {
+            r.fail("\(p).close_after", "cannot exceed half_open_probes (\(b.halfOpenProbes)): the circuit could never close", m["close_after"])
+        }
+        if b.errorRatio == 0 && b.slowRatio == 0 && b.errorCount == 0 {
+            r.fail(p, "no threshold: give error_ratio, slow_ratio or error_count", node)
+        }
+        return b
     }
 
     static func readHeaderRewrite(_ node: Node?, _ p: String, _ r: inout ConfigReader) -> SwitchyardConfiguration.HeaderRewrite {

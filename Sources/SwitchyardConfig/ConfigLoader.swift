@@ -448,8 +448,13 @@ public enum ConfigLoader {
         if m["match"] == nil { r.fail("\(path).match", "missing: a topic regex such as ^devices/(?<product>[^/]+)/", node) }
         route.targets = r.sequence(m["targets"], "\(path).targets").enumerated().map { i, t in
             let p = "\(path).targets[\(i)]"
-            let tm = r.mapping(t, p, allowed: ["service", "path", "method", "timeout", "retries", "backoff", "batch", "namespace", "group"])
+            let tm = r.mapping(
+                t,
+                p,
+                allowed: ["service", "path", "method", "timeout", "retries", "backoff", "batch", "namespace", "group", "breaker"]
+            )
             var target = SwitchyardConfiguration.TargetRule(service: r.string(tm["service"], "\(p).service") ?? "")
+            if tm["breaker"] != nil { target.breaker = readBreaker(tm["breaker"], "\(p).breaker", &r) }
             if tm["service"] == nil { r.fail("\(p).service", "missing: the service to forward to", t) }
             if let v = r.string(tm["path"], "\(p).path") { target.path = v }
             if let v = r.string(tm["namespace"], "\(p).namespace") { target.namespace = v.isEmpty ? "public" : v }

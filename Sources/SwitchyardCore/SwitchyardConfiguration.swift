@@ -390,6 +390,10 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
         public var requestHeaders = HeaderRewrite()
         public var responseHeaders = HeaderRewrite()
         public var fault: FaultInjection?
+        /// A circuit breaker over this route's outcomes (nil: none).
+        public var breaker: BreakerRule?
+        /// Requests in flight on this route at most (503 `concurrency_limit` past it); nil: no limit.
+        public var maxConcurrency: Int?
         public init(name: String, service: String) {
             self.name = name
             self.service = service
@@ -415,6 +419,8 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
         public var path = "/"
         public var method = "POST"
         public var timeoutSeconds = 5.0
+        /// A circuit breaker over this target's outcomes (nil: none).
+        public var breaker: BreakerRule?
         public var retries = 2
         public var backoffBaseSeconds = 0.05
         public var backoffMaxSeconds = 2.0
@@ -458,6 +464,20 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
     /// Per instance: after `failures` consecutive failed attempts (refused connection, timeout,
     /// broken connection, 5xx) the instance gets no messages for `openSeconds`; then one probe
     /// decides (success closes it, failure opens it again for twice as long, up to `maxOpenSeconds`).
+    /// A route target's circuit breaker (see `TargetBreaker`); thresholds of 0 are off.
+    public struct BreakerRule: Sendable, Equatable {
+        public var windowSeconds = 10.0
+        public var minRequests = 20
+        public var errorRatio = 0.5
+        public var slowRatio = 0.0
+        public var slowCallSeconds = 1.0
+        public var errorCount = 0
+        public var openSeconds = 5.0
+        public var halfOpenProbes = 3
+        public var closeAfter = 2
+        public init() {}
+    }
+
     /// How the router and the gateway treat instances that are new, failing or leaving.
     public struct Resilience: Sendable, Equatable {
         /// New and returning instances ramp up their share (0 seconds: off).

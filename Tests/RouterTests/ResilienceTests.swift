@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import SwitchyardCore
 import SwitchyardTesting
 import Testing
@@ -89,6 +90,65 @@ import Testing
         #expect(fresh.admitted(all).map(\.port) == [4])
         clock.advance(seconds: 11)
         #expect(fresh.admitted(all).count == 4)  // probing time
+    }
+
+    @Test func aRouteTargetBreakerOpensOnRatiosAndClosesAfterProbes() {
+        let clock = ManualClock()
+        var rule = SwitchyardConfiguration.BreakerRule()
+        rule.windowSeconds = 10
+        rule.minRequests = 10
+        rule.errorRatio = 0.5
+        rule.openSeconds = 5
+        rule.halfOpenProbes = 3
+        rule.closeAfter = 2
+        let breaker = TargetBreaker(name: "r→s", rule: rule, clock: clock, logger: Logger(label: "t"))
+        // Below the minimum count nothing trips, whatever the ratio.
+        for _ in 0..<9 { breaker.record(failed: true, seconds: 0.01) }
+        #expect(breaker.state == .closed)
+        // Old failures leave the window.
+        clock.advance(seconds: 11)
+        for i in 0..<10 { breaker.record(failed: i < 4, seconds: 0.01) }
+        #expect(breaker.state == .closed)  // 40 % < 50 %
+        breaker.record(failed: true, seconds: 0.01)
+        breaker.record(failed: true, seconds: 0.01)  // 6 of 12: 50 %
+        #expect(breaker.state == .open && !breaker.allow())
+        clock.advance(seconds: 5)
+        // Half open: three probes at most, two successes close it.
+        #expect(breaker.allow() && breaker.state == .halfOpen)
+        #expect(breaker.allow() && breaker.allow() && !breaker.allow())
+        breaker.record(failed: false, seconds: 0.01)
+        #expect(breaker.state == .halfOpen)
+        breaker.record(failed: false, seconds: 0.01)
+        #expect(breaker.state == .closed && breaker.allow())
+        // A failed probe opens it again.
+        for _ in 0..<10 { breaker.record(failed: true, seconds: 0.01) }
+        clock.advance(seconds: 5)
+        #expect(breaker.allow())
+        breaker.record(failed: true, seconds: 0.01)
+        #expect(breaker.state == .open)
+    }
+
+    @Test func slowCallsAndErrorCountsTripToo() {
+        let clock = ManualClock()
+        var slow = SwitchyardConfiguration.BreakerRule()
+        slow.minRequests = 4
+        slow.errorRatio = 0
+        slow.slowRatio = 0.5
+        slow.slowCallSeconds = 1
+        let b1 = TargetBreaker(name: "slow", rule: slow, clock: clock, logger: Logger(label: "t"))
+        for seconds in [0.1, 2, 0.1, 1.5] { b1.record(failed: false, seconds: seconds) }
+        #expect(b1.state == .open)
+        var count = SwitchyardConfiguration.BreakerRule()
+        count.minRequests = 1
+        count.errorRatio = 0
+        count.errorCount = 3
+        let b2 = TargetBreaker(name: "count", rule: count, clock: clock, logger: Logger(label: "t"))
+        for _ in 0..<100 { b2.record(failed: false, seconds: 0.1) }
+        b2.record(failed: true, seconds: 0.1)
+        b2.record(failed: true, seconds: 0.1)
+        #expect(b2.state == .closed)
+        b2.record(failed: true, seconds: 0.1)
+        #expect(b2.state == .open)
     }
 
     @Test func retriesStayWithinTheBudget() {

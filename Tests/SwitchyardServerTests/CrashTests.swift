@@ -49,7 +49,7 @@ import Testing
             p.standardError = FileHandle.nullDevice
             try p.run()
             process = p
-            for _ in 0..<200 {
+            for _ in 0..<1200 {  // 30 s: a loaded machine starts slowly
                 if (try? await TestHTTPClient.request("GET", port: adminPort, path: "/readyz"))?.status == 200 { return }
                 try await Task.sleep(nanoseconds: 25_000_000)
             }

@@ -234,6 +234,67 @@ import _CryptoExtras
         #expect(after.contains(#""circuit" : "open""#), "\(after)")
     }
 
+    /// A route's circuit breaker: once most answers fail, requests get 503 `circuit_open` at
+    /// once, without reaching the service; a message target's breaker makes messages wait in
+    /// the journal instead of being dead-lettered, and they arrive once it closes.
+    @Test func routeAndTargetBreakersFailFastAndMessagesWait() async throws {
+        let svc = try await TestHTTPService.start(status: 500)
+        let server = try await TestServer.start(
+            """
+            gateway:
+              routes:
+                - {name: api, path_prefix: /api, service: s, retries: 0, breaker: {min_requests: 5, error_ratio: 0.5, open_for: 8s, half_open_probes: 1, close_after: 1}}
+                - {name: limited, path_prefix: /limited, service: slow, max_concurrency: 1}
+            routes:
+              - {name: m, match: "^devices/.+$", targets: [{service: s, path: /in, retries: 0, breaker: {min_requests: 3, error_ratio: 0.5, open_for: 8s, half_open_probes: 1, close_after: 1}}]}
+            services:
+              s: {instances: [{url: "\(svc.url)"}], circuit: {failures: 0}}
+              slow: {instances: [{url: "\(svc.url)"}]}
+            """
+        )
+        let port = server.httpPort
+        var statuses: [Int] = []
+        for _ in 0..<10 { statuses.append(try await TestHTTPClient.request("GET", port: port, path: "/api/x", body: "").status) }
+        #expect(statuses.prefix(5).allSatisfy { $0 == 500 } && statuses.suffix(5).allSatisfy { $0 == 503 }, "\(statuses)")
+        let fast = try await TestHTTPClient.request("GET", port: port, path: "/api/x", body: "")
+        #expect(fast.body.contains("circuit_open"))
+        #expect(svc.received.filter { $0.uri.hasPrefix("/api") }.count == 5)  // the open circuit sent nothing
+        // The service recovers: after open_for a probe goes through and closes the circuit.
+        svc.setStatus(200)
+        var recovered = false
+        for _ in 0..<200 where !recovered {
+            recovered = try await TestHTTPClient.request("GET", port: port, path: "/api/x", body: "").status == 200
+            if !recovered { try await Task.sleep(nanoseconds: 100_000_000) }
+        }
+        #expect(recovered)
+        #expect(try await TestHTTPClient.request("GET", port: port, path: "/api/x", body: "").status == 200)
+        // Messages: three 500s dead-letter (retries 0) and open the target's circuit; the next
+        // ones wait, and arrive once the service answers again.
+        svc.setStatus(500)
+        for i in 0..<3 { #expect(try await server.post("devices/d/t", body: "bad-\(i)").status == 202) }
+        try await Task.sleep(nanoseconds: 300_000_000)
+        for i in 0..<3 { #expect(try await server.post("devices/d/t", body: "wait-\(i)").status == 202) }
+        try await Task.sleep(nanoseconds: 300_000_000)
+        #expect(!svc.received.contains { $0.body.hasPrefix("wait-") })
+        svc.setStatus(200)
+        var arrived = 0
+        for _ in 0..<600 {
+            arrived = svc.received.filter { $0.body.hasPrefix("wait-") && $0.uri == "/in" }.count
+            if arrived >= 3 { break }
+            try await Task.sleep(nanoseconds: 50_000_000)
+        }
+        #expect(arrived >= 3)
+        let letters = try await server.admin("GET", "/admin/dead-letters").body
+        #expect(!letters.contains("wait-"), "\(letters)")
+        // A route's concurrency limit.
+        svc.setDelay(seconds: 0.5)
+        async let first = TestHTTPClient.request("GET", port: port, path: "/limited/a", body: "")
+        try await Task.sleep(nanoseconds: 100_000_000)
+        let second = try await TestHTTPClient.request("GET", port: port, path: "/limited/b", body: "")
+        #expect(second.status == 503 && second.body.contains("concurrency_limit"))
+        #expect(try await first.status == 200)
+    }
+
     /// Tokens signed by each supported family, from a JWKS file; what must be refused is.
     @Test func jwtVerification() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-jwt-\(UUID().uuidString)").path
