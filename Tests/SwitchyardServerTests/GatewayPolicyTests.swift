@@ -287,9 +287,10 @@ import _CryptoExtras
         let letters = try await server.admin("GET", "/admin/dead-letters").body
         #expect(!letters.contains("wait-"), "\(letters)")
         // A route's concurrency limit.
-        svc.setDelay(seconds: 0.5)
+        svc.setDelay(seconds: 3)
         async let first = TestHTTPClient.request("GET", port: port, path: "/limited/a", body: "")
-        try await Task.sleep(nanoseconds: 100_000_000)
+        // Only once the first is in flight at the service (a loaded machine may take a while).
+        for _ in 0..<100 where !svc.received.contains(where: { $0.uri == "/limited/a" }) { try await Task.sleep(nanoseconds: 20_000_000) }
         let second = try await TestHTTPClient.request("GET", port: port, path: "/limited/b", body: "")
         #expect(second.status == 503 && second.body.contains("concurrency_limit"))
         #expect(try await first.status == 200)
