@@ -53,9 +53,18 @@ final class CompiledRoute: Sendable {
     let metrics: GatewayMetrics
     /// Requests in flight on the route (for `max_concurrency`).
     let inFlight = Atomic<Int>(0)
+    /// The route's circuit breaker (kept across reloads while its rule stays the same).
+    let breaker: TargetBreaker?
 
-    init(_ config: SwitchyardConfiguration.GatewayRoute, lanes: [String], previous: CompiledRoute?, clock: any MonotonicClock) throws(KeyPathError) {
+    init(
+        _ config: SwitchyardConfiguration.GatewayRoute,
+        lanes: [String],
+        previous: CompiledRoute?,
+        clock: any MonotonicClock,
+        breakers: TargetBreakers
+    ) throws(KeyPathError) {
         self.config = config
+        breaker = breakers.breaker("gateway:\(config.name)", rule: config.breaker)
         pathRegex = config.pathRegex.flatMap(SearchRegex.init)
         headers = config.headers.sorted { $0.key < $1.key }.map { ($0.key, ValueRule($0.value)) }
         upstream = config.url.flatMap { ServiceInstance(service: config.name, url: $0) }
@@ -182,7 +191,7 @@ public struct GatewaySnapshot: Sendable {
         var routes: [CompiledRoute] = []
         for route in gateway.routes {
             let before = previous?.routes.first { $0.config.name == route.name }
-            routes.append(try CompiledRoute(route, lanes: laneNames, previous: before, clock: clock))
+            routes.append(try CompiledRoute(route, lanes: laneNames, previous: before, clock: clock, breakers: balancer.targetBreakers))
         }
         self.routes = routes
         egressMetrics = previous?.egressMetrics.lanes == Set(laneNames) ? previous!.egressMetrics : GatewayMetrics(route: "egress", lanes: laneNames)

@@ -43,7 +43,7 @@ public final class GatewayResponder: HTTPStreamingResponder {
                     )
                 }
             }
-            if let breaker = snapshot.balancer.targetBreakers.breaker("gateway:\(route.config.name)", rule: route.config.breaker) {
+            if let breaker = route.breaker {
                 guard breaker.allow() else {
                     return exchange.reject(
                         writer,
@@ -118,18 +118,6 @@ public final class GatewayResponder: HTTPStreamingResponder {
         for byte in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:[]~!$&'()*+,;=%".utf8 { table[Int(byte)] = true }
         return table
     }()
-
-    /// Weighted random choice.
-    static func pick(_ instances: [ServiceInstance]) -> ServiceInstance {
-        let total = instances.reduce(0) { $0 + max(0, $1.weight) }
-        guard total > 0 else { return instances.randomElement()! }
-        var point = Int.random(in: 0..<total)
-        for instance in instances {
-            point -= max(0, instance.weight)
-            if point < 0 { return instance }
-        }
-        return instances[instances.count - 1]
-    }
 
     static let hopByHop: Set<String> = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade", "proxy-authorization"]
 

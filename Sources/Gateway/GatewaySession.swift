@@ -74,7 +74,7 @@ final class GatewaySession: HTTPStreamSession {
         retries: Int,
         retryAnswers: Bool,
         maxBodyBytes: Int?,
-        balancer: Balancer? = nil,
+        balancer: Balancer,
         circuit: SwitchyardConfiguration.CircuitRule = SwitchyardConfiguration.CircuitRule(),
         slowCallSeconds: Double = 0
     ) {
@@ -94,7 +94,7 @@ final class GatewaySession: HTTPStreamSession {
 
     /// The balancer's choice among the candidates not tried yet whose circuits admit one.
     private func choose() -> ServiceInstance? {
-        guard let balancer else { return candidates.isEmpty ? nil : GatewayResponder.pick(candidates) }
+        guard let balancer else { return nil }  // the answered-already sentinel never sends
         var pool = balancer.breakers.admitted(candidates)
         while let instance = balancer.pick(from: pool) {
             if balancer.breakers.claim(instance) { return instance }

@@ -356,8 +356,7 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
                 remoteAddress: context.channel.remoteAddress
             )
             body = nil
-            // After an upgrade request the decoder reads no further request: no keep-alive.
-            let keepAlive = head.isKeepAlive && !head.headers.contains(name: "upgrade")
+            let keepAlive = Self.keepsAlive(head)
             server.requestStarted()
             server.responder.respond(to: request, on: context.eventLoop)
                 .hop(to: context.eventLoop)
@@ -381,12 +380,17 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.close(promise: nil)
     }
 
+    /// Keep-alive as the request asks, except after an upgrade request: the decoder reads no
+    /// further request on that connection.
+    static func keepsAlive(_ head: HTTPRequestHead) -> Bool {
+        head.isKeepAlive && !head.headers.contains(name: "upgrade")
+    }
+
     private func startStream(_ streaming: any HTTPStreamingResponder, _ head: HTTPRequestHead, context: ChannelHandlerContext) -> Bool {
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        // After an upgrade request the decoder reads no further request: no keep-alive.
         let writer = HTTPResponseWriter(
             context: context,
-            keepAlive: head.isKeepAlive && !head.headers.contains(name: "upgrade"),
+            keepAlive: Self.keepsAlive(head),
             finished: { _ in
                 let handler = loopBound.value
                 handler.armHeadTimer(context: context)

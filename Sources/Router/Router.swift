@@ -19,6 +19,13 @@ public final class Router: Sendable {
     let logger: Logger
     let timers: [String: Metrics.Timer]
     let circuitRules: [String: SwitchyardConfiguration.CircuitRule]
+    /// The circuit breakers of the route targets that have one, found once per configuration.
+    let targetBreakers: [TargetKey: TargetBreaker]
+
+    struct TargetKey: Hashable {
+        var route: String
+        var service: String
+    }
     let batchers = NIOLockedValueBox([BatchKey: Batcher]())
 
     /// How one message ended.
@@ -55,6 +62,15 @@ public final class Router: Sendable {
         }
         self.timers = timers
         circuitRules = configuration.services.mapValues(\.circuit)
+        var breakers: [TargetKey: TargetBreaker] = [:]
+        for route in table.routes {
+            for target in route.targets {
+                if let breaker = balancer.targetBreakers.breaker("\(route.name)→\(target.service)", rule: target.breaker) {
+                    breakers[TargetKey(route: route.name, service: target.service)] = breaker
+                }
+            }
+        }
+        targetBreakers = breakers
     }
 
     // MARK: - Delivery
@@ -273,7 +289,7 @@ public final class Router: Sendable {
             }.futureResult
         }
         // The target's own circuit open: the message waits, as for a service that is down.
-        let breaker = balancer.targetBreakers.breaker("\(route.name)→\(target.service)", rule: target.breaker)
+        let breaker = targetBreakers.isEmpty ? nil : targetBreakers[TargetKey(route: route.name, service: target.service)]
         if let breaker, !breaker.allow() { return park("the circuit of route \(route.name)'s target \(target.service) is open") }
         let choice: Choice
         switch choose(service: target.service, lane: envelope.lane, refused: refused) {

@@ -8,23 +8,26 @@ struct DrainCommand: AsyncParsableCommand {
         commandName: "drain",
         abstract: "Stop sending new requests and messages to an instance (in-flight ones finish); see `switchyard services`."
     )
-    @OptionGroup var connection: AdminConnection
-    @Argument(help: "The service.") var service: String
-    @Argument(help: "The instance: host:port, or its id service@host:port as GET /admin/services lists it.") var instance: String
+    @OptionGroup var target: InstanceTarget
 
-    func run() async throws {
-        try await connection.call("POST", "/admin/instances/\(InstanceID.make(service, instance))/drain")
-    }
+    func run() async throws { try await target.post("drain") }
 }
 
 struct UndrainCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "undrain", abstract: "Send requests and messages to a drained instance again.")
+    @OptionGroup var target: InstanceTarget
+
+    func run() async throws { try await target.post("undrain") }
+}
+
+/// A node's admin connection and one instance of one of its services.
+struct InstanceTarget: ParsableArguments {
     @OptionGroup var connection: AdminConnection
     @Argument(help: "The service.") var service: String
-    @Argument(help: "The instance: host:port or service@host:port.") var instance: String
+    @Argument(help: "The instance: host:port, or its id service@host:port as GET /admin/services lists it.") var instance: String
 
-    func run() async throws {
-        try await connection.call("POST", "/admin/instances/\(InstanceID.make(service, instance))/undrain")
+    func post(_ action: String) async throws {
+        try await connection.call("POST", "/admin/instances/\(InstanceID.make(service, instance))/\(action)")
     }
 }
 

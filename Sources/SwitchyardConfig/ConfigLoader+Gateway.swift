@@ -205,7 +205,7 @@ extension ConfigLoader {
                 match.values = r.strings(m["equals"], "\(p).equals") + r.strings(m["in"], "\(p).in")
                 match.regex = r.string(m["regex"], "\(p).regex")
                 if let regex = match.regex {
-                    do { _ = try TopicRegex(regex) } catch { r.fail("\(p).regex", error.description, m["regex"]) }
+                    if let problem = regexProblem(regex) { r.fail("\(p).regex", problem, m["regex"]) }
                 }
                 if m.isEmpty { r.fail(p, "give equals, in or regex", node) }
             } else {
@@ -214,6 +214,16 @@ extension ConfigLoader {
             out[lowercaseNames ? name.lowercased() : name] = match
         }
         return out
+    }
+
+    /// Why `pattern` is not a regex the gateway can search with (the engine it runs on), or nil.
+    static func regexProblem(_ pattern: String) -> String? {
+        do {
+            _ = try Regex(pattern)
+            return nil
+        } catch {
+            return "not a valid regular expression: \(error)"
+        }
     }
 
     static func validateGateway(_ c: SwitchyardConfiguration, _ r: inout ConfigReader) {
@@ -227,7 +237,7 @@ extension ConfigLoader {
             if route.name == "egress" { r.fail("\(p).name", "\"egress\" names the service-to-service traffic; choose another name", nil) }
             if !route.pathPrefix.hasPrefix("/") { r.fail("\(p).path_prefix", "must start with \"/\"", nil) }
             if let regex = route.pathRegex {
-                do { _ = try TopicRegex(regex) } catch { r.fail("\(p).path_regex", error.description, nil) }
+                if let problem = regexProblem(regex) { r.fail("\(p).path_regex", problem, nil) }
             }
             if let rewrite = route.prefixRewrite {
                 if !rewrite.hasPrefix("/") { r.fail("\(p).prefix_rewrite", "must start with \"/\"", nil) }

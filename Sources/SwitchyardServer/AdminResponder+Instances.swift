@@ -61,11 +61,9 @@ extension AdminResponder {
         guard request.method == .POST, action == "drain" || action == "undrain" else {
             return .error(.notFound, "not_found", "use POST /admin/instances/{id}/drain or /undrain")
         }
-        let known = app.pipeline.snapshot.directory.services.values.contains { $0.contains { $0.key == id } }
-        guard known else {
+        guard let instance = app.pipeline.snapshot.directory.services.values.lazy.flatMap({ $0 }).first(where: { $0.key == id }) else {
             return .error(.notFound, "unknown_instance", "no instance \(id) among the services the routes reach (see GET /admin/services)")
         }
-        let instance = app.pipeline.snapshot.directory.services.values.flatMap { $0 }.first { $0.key == id }!
         if action == "drain" {
             balancer.health.drain(id, source: .admin)
         } else {
