@@ -32,6 +32,10 @@ final class GatewaySession: HTTPStreamSession {
     /// The answer's verdict once its head arrived (5xx, or slower than the slow-call limit: failed).
     private var headVerdict: Bool?
     private var attemptStarted: UInt64 = 0
+    /// The current attempt went over a kept-alive connection from the pool.
+    private var reusedConnection = false
+    /// Until when the request may wait for a cold fleet's ramp to admit it.
+    private var admissionDeadline: UInt64?
     let slowCallNanos: UInt64
     private var retriesLeft: Int
     private var instance: ServiceInstance?
@@ -123,6 +127,10 @@ final class GatewaySession: HTTPStreamSession {
     /// Sends the request to a weighted choice among the candidates not tried yet.
     func start() {
         guard let writer, !over else { return }
+        if let balancer, let service = candidates.first?.service, !balancer.admits(service) {
+            waitForAdmission(service, on: writer.eventLoop)
+            return
+        }
         guard let instance = choose() else {
             let service = candidates.first?.service ?? "upstream"
             fail(.serviceUnavailable, "circuit_open", "every instance of service \(service) has an open circuit (too many failures in a row)")
@@ -147,11 +155,13 @@ final class GatewaySession: HTTPStreamSession {
             let ms = session.timeout.nanoseconds / 1_000_000
             session.fail(.gatewayTimeout, "upstream_timeout", "\(instance.address) did not answer within \(ms) ms")
         }
+        reusedConnection = false
         if let idle = pool?.take(instance.address, on: loop) {
             // A kept connection: its handler now answers to this session.
             if let handler = try? idle.pipeline.syncOperations.handler(type: UpstreamHandler.self) {
                 handler.session = self
                 handler.complete = false
+                reusedConnection = true
                 connected(idle)
                 return
             }
@@ -182,12 +192,32 @@ final class GatewaySession: HTTPStreamSession {
                     guard session.instance == instance, !session.over else { return }
                     session.exchange?.metrics.upstreamError(instance, kind: "connect")
                     session.endAttempt(failed: true)
+                    // It may be shutting down: probed, it stays out until it accepts again.
+                    session.balancer?.health.closing(instance)
                     // Nothing was sent: any method may go to another instance.
                     session.timer?.cancel()
                     if session.retry(always: true) { return }
                     session.fail(.badGateway, "upstream_unreachable", "cannot connect to \(instance.address): \(error)")
                 }
             }
+    }
+
+    /// Every instance of the service is new and the ramp's concurrency is taken: the request
+    /// waits (up to the route's timeout) for a slot, then gets 503 `warming_up`.
+    private func waitForAdmission(_ service: String, on loop: any EventLoop) {
+        let now = SystemMonotonicClock().nowNanos()
+        let deadline = admissionDeadline ?? now + UInt64(max(0, timeout.nanoseconds))
+        admissionDeadline = deadline
+        guard now < deadline else {
+            fail(
+                .serviceUnavailable,
+                "warming_up",
+                "every instance of service \(service) is new and it takes only part of its usual load while warming up; retry shortly"
+            )
+            return
+        }
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        loop.scheduleTask(in: .milliseconds(10)) { bound.value.start() }
     }
 
     /// Tries another instance when allowed; false when this attempt's failure is final.
@@ -280,6 +310,9 @@ final class GatewaySession: HTTPStreamSession {
         timer?.cancel()
         if let instance, response.headers.first(name: "x-switchyard-draining")?.lowercased() == "true" {
             balancer?.health.drain(instance.key, source: .response)
+        } else if let instance, reusedConnection, response.headers[canonicalForm: "connection"].contains(where: { $0.lowercased() == "close" }) {
+            // A kept-alive connection closed: the instance may be shutting down.
+            balancer?.health.closing(instance)
         }
         let slow = slowCallNanos > 0 && SystemMonotonicClock().nowNanos() - attemptStarted > slowCallNanos
         headVerdict = response.status.code >= 500 || slow

@@ -14,6 +14,8 @@ struct HTTP1ResponseParser {
         var snippet: String
         /// `x-switchyard-draining: true`: the instance asks for no new requests.
         var draining = false
+        /// An explicit `Connection: close` (not just HTTP/1.0's default).
+        var closeHeader = false
     }
 
     enum Event: Equatable {
@@ -39,6 +41,7 @@ struct HTTP1ResponseParser {
     private var status = 0
     private var keepAlive = true
     private var draining = false
+    private var closeHeader = false
     private var snippet: [UInt8] = []
 
     /// Consumes what it can from `buffer`; returns the events completed by these bytes.
@@ -158,7 +161,13 @@ struct HTTP1ResponseParser {
     }
 
     private mutating func finish() -> Event {
-        let response = Response(status: status, keepAlive: keepAlive, snippet: String(decoding: snippet, as: UTF8.self), draining: draining)
+        let response = Response(
+            status: status,
+            keepAlive: keepAlive,
+            snippet: String(decoding: snippet, as: UTF8.self),
+            draining: draining,
+            closeHeader: closeHeader
+        )
         state = .head
         snippet = []
         return .response(response)
@@ -186,6 +195,7 @@ struct HTTP1ResponseParser {
         let http10 = parts[0].last == UInt8(ascii: "0")
         keepAlive = !http10
         draining = false
+        closeHeader = false
         bodyKind = (false, nil)
         for line in lines.dropFirst() {
             guard let colon = line.firstIndex(of: UInt8(ascii: ":")) else { return "header line without a colon" }
@@ -204,7 +214,7 @@ struct HTTP1ResponseParser {
                 }
             case "connection":
                 let tokens = value.split(separator: ",").map { $0.trimmingHTTPWhitespace() }
-                if tokens.contains("close") { keepAlive = false }
+                if tokens.contains("close") { (keepAlive, closeHeader) = (false, true) }
                 if tokens.contains("keep-alive") { keepAlive = true }
             case "x-switchyard-draining":
                 draining = value.lowercased() == "true"

@@ -76,6 +76,8 @@ final class ResponseHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
 
     private var parser = HTTP1ResponseParser()
+    /// Responses this connection has carried.
+    private var answered = 0
     private var done: ((Result<Exchange, ForwardError>) -> Void)?
     private var deadline = NIODeadline.distantFuture
     private var started = NIODeadline.now()
@@ -97,11 +99,10 @@ final class ResponseHandler: ChannelInboundHandler, RemovableChannelHandler {
                 }
                 self.done = nil
                 if !r.keepAlive { context.close(promise: nil) }
-                done(
-                    .success(
-                        Exchange(response: ForwardResponse(status: r.status, bodySnippet: r.snippet, draining: r.draining), reusable: r.keepAlive)
-                    )
-                )
+                let closing = r.closeHeader && answered > 0
+                answered += 1
+                let response = ForwardResponse(status: r.status, bodySnippet: r.snippet, draining: r.draining, closing: closing)
+                done(.success(Exchange(response: response, reusable: r.keepAlive)))
             case .error(let message):
                 fail(ForwardError(.connectionFailed, message), channel: context.channel)
                 return

@@ -14,11 +14,24 @@ public final class Balancer: Sendable {
     public let retryBudget = RetryBudget()
     /// Circuit breakers per route target (ratios over a window).
     public let targetBreakers: TargetBreakers
+    /// A service whose every instance is new takes only part of its usual concurrency.
+    let coldRamp = ColdFleetRamp()
 
     public init(breakers: CircuitBreakers = CircuitBreakers(), health: InstanceHealth? = nil) {
         self.breakers = breakers
         self.health = health ?? InstanceHealth(clock: SystemMonotonicClock())
         targetBreakers = TargetBreakers(clock: self.health.clock)
+    }
+
+    /// Whether another attempt to `service` may start now (false only while its fleet is cold
+    /// and the ramp's limit is reached).
+    public func admits(_ service: String) -> Bool {
+        coldRamp.admits(service, health: health, budget: retryBudget)
+    }
+
+    /// The cold-fleet ramp's limit on `service` now; nil when it is not ramping.
+    public func coldLimit(_ service: String) -> Int? {
+        coldRamp.limit(service, health: health)
     }
 
     /// Requests or messages out to `instance` now.

@@ -1,5 +1,6 @@
 import Metrics
 import NIOConcurrencyHelpers
+import SwitchyardCore
 
 /// Retries per service stay within a share of its active requests (default 20 %, at least 3 at
 /// a time), so retries cannot multiply the load on a service that is already failing.
@@ -7,6 +8,10 @@ public final class RetryBudget: Sendable {
     struct Counts {
         var active = 0
         var retrying = 0
+        /// The most attempts at once in this minute and the one before (the cold-fleet ramp's reference).
+        var peak = 0
+        var previousPeak = 0
+        var minute: UInt64 = 0
     }
 
     private let counts = NIOLockedValueBox([String: Counts]())
@@ -20,7 +25,27 @@ public final class RetryBudget: Sendable {
 
     /// An attempt (first or retry) to `service` starts.
     public func begin(_ service: String) {
-        counts.withLockedValue { $0[service, default: Counts()].active += 1 }
+        let minute = SystemMonotonicClock().nowNanos() / 60_000_000_000
+        counts.withLockedValue { all in
+            var c = all[service, default: Counts()]
+            c.active += 1
+            if c.minute != minute {
+                c.previousPeak = c.minute + 1 == minute ? c.peak : 0
+                (c.peak, c.minute) = (0, minute)
+            }
+            c.peak = max(c.peak, c.active)
+            all[service] = c
+        }
+    }
+
+    /// The most attempts to `service` at once over the last one to two minutes.
+    public func peak(_ service: String) -> Int {
+        let minute = SystemMonotonicClock().nowNanos() / 60_000_000_000
+        return counts.withLockedValue { all in
+            guard let c = all[service] else { return 0 }
+            if c.minute == minute { return max(c.peak, c.previousPeak) }
+            return c.minute + 1 == minute ? c.peak : 0
+        }
     }
 
     /// An attempt ends; `retry` says whether it was one.
@@ -29,7 +54,7 @@ public final class RetryBudget: Sendable {
             guard var c = all[service] else { return }
             c.active -= 1
             if retry { c.retrying -= 1 }
-            all[service] = c.active <= 0 && c.retrying <= 0 ? nil : c
+            all[service] = c
         }
     }
 
@@ -46,6 +71,15 @@ public final class RetryBudget: Sendable {
         }
         if !allowed { Counter(label: "switchyard_retry_budget_exhausted_total", dimensions: [("service", service)]).increment() }
         return allowed
+    }
+
+    /// Gives back a retry slot that no attempt used.
+    public func release(_ service: String) {
+        counts.withLockedValue { all in
+            guard var c = all[service] else { return }
+            c.retrying -= 1
+            all[service] = c
+        }
     }
 
     /// In flight now (admin views and tests).

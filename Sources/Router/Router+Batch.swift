@@ -78,6 +78,8 @@ extension Router {
         return promise.futureResult
     }
 
+    /// One attempt of a batch, and what follows from it (as for a single message): the whole
+    /// batch goes to another instance, waits, is retried within the retry budget, or ends.
     private func sendBatch(
         _ batch: [BatchItem],
         route: RouteTable.Route,
@@ -86,6 +88,7 @@ extension Router {
         attempt: Int,
         parked: Int,
         refused: Set<String> = [],
+        retry: Bool = false,
         loop: any EventLoop
     ) {
         // Each message ends alone when it cannot go: expired, or nowhere to send it.
@@ -101,20 +104,32 @@ extension Router {
         let live = batch.filter { Double(now &- $0.envelope.receivedAt) / 1e9 <= route.ttlSeconds }
         guard !live.isEmpty else { return }
 
+        // The service or the target's circuit is down, or the retry budget spent: the batch waits.
         @Sendable func park() {
             let wait = RetryPolicy.parkDelay(afterWaits: parked)
             loop.scheduleTask(in: .nanoseconds(Int64(wait * 1e9))) {
-                self.sendBatch(live, route: route, target: target, lane: lane, attempt: attempt, parked: parked + 1, loop: loop)
+                self.sendBatch(live, route: route, target: target, lane: lane, attempt: attempt, parked: parked + 1, retry: retry, loop: loop)
             }
+        }
+        if !balancer.admits(target.service) {
+            loop.scheduleTask(in: .nanoseconds(Int64(Router.admissionWait() * 1e9))) {
+                self.sendBatch(live, route: route, target: target, lane: lane, attempt: attempt, parked: parked, retry: retry, loop: loop)
+            }
+            return
+        }
+        if retry, !mayRetry(target.service) { return park() }
+        let breaker = breaker(route: route.name, service: target.service)
+        if let breaker, !breaker.allow() {
+            if retry { abandonRetry(target.service) }
+            return park()
         }
         let choice: Choice
         switch choose(service: target.service, lane: lane, refused: refused) {
         case .success(let c): choice = c
-        case .failure(let none) where none.waits:
-            park()
-            return
         case .failure(let none):
-            failAll(live, none.reason, none.detail, attempts: attempt - 1)
+            breaker?.abandon()
+            if retry { abandonRetry(target.service) }
+            if none.waits { park() } else { failAll(live, none.reason, none.detail, attempts: attempt - 1) }
             return
         }
         let (instance, fallback, candidates) = (choice.instance, choice.fallback, choice.candidates)
@@ -131,17 +146,10 @@ extension Router {
         if fallback { headers.append(HeaderField("x-switchyard-lane-fallback", "true")) }
         let request = ForwardRequest(method: target.method, path: instance.basePath + target.path, headers: headers, body: body)
         let policy = RetryPolicy(target)
-        let started = SystemMonotonicClock().nowNanos()
-        let timer = timers[route.name]
-        forwarder.forward(request, to: instance, timeout: .nanoseconds(Int64(target.timeoutSeconds * 1e9)), on: loop)
-            .hop(to: loop)
-            .whenComplete { [self] result in
-                timer?.recordNanoseconds(Int64(SystemMonotonicClock().nowNanos() - started))
+        self.attempt(request, to: instance, target: target, route: route.name, breaker: breaker, retry: retry, loop: loop)
+            .whenSuccess { [self] verdict in
                 let reason: String
                 let detail: String
-                let verdict = RetryPolicy.verdict(result, instance: instance)
-                recordCircuit(verdict, instance: instance)
-                noteDraining(result, instance: instance)
                 switch verdict {
                 case .delivered:
                     for item in live { item.promise.succeed(TargetResult(failure: nil)) }
@@ -165,6 +173,7 @@ extension Router {
                             attempt: attempt,
                             parked: parked,
                             refused: nowRefused,
+                            retry: retry,
                             loop: loop
                         )
                         return
@@ -181,7 +190,7 @@ extension Router {
                     item.attempts.retrying?(attempt + 1)
                 }
                 loop.scheduleTask(in: .nanoseconds(Int64(policy.backoff(afterAttempt: attempt) * 1e9))) {
-                    self.sendBatch(live, route: route, target: target, lane: lane, attempt: attempt + 1, parked: parked, loop: loop)
+                    self.sendBatch(live, route: route, target: target, lane: lane, attempt: attempt + 1, parked: parked, retry: true, loop: loop)
                 }
             }
     }

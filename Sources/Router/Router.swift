@@ -215,9 +215,15 @@ public final class Router: Sendable {
     /// Instances with failures counted or a circuit not closed (`GET /admin/circuits`).
     public var circuits: [CircuitBreakers.Status] { balancer.breakers.status() }
 
-    /// An instance that answered `x-switchyard-draining: true` gets nothing new for a while.
+    /// An instance that answered `x-switchyard-draining: true` gets nothing new for a while;
+    /// one that closed a kept-alive connection gets nothing new while a probe checks it.
     func noteDraining(_ result: Result<ForwardResponse, any Error>, instance: ServiceInstance) {
-        if case .success(let response) = result, response.draining { balancer.health.drain(instance.key, source: .response) }
+        guard case .success(let response) = result else { return }
+        if response.draining {
+            balancer.health.drain(instance.key, source: .response)
+        } else if response.closing {
+            balancer.health.closing(instance)
+        }
     }
 
     /// Feeds an attempt's verdict to the instance's circuit breaker.
@@ -230,6 +236,67 @@ public final class Router: Sendable {
         }
     }
 
+    /// One attempt at an instance with its bookkeeping: the instance's outstanding count (drains
+    /// wait for it to reach 0), the service's retry budget, the instance's and the target's circuit
+    /// breakers, drain signals and the route's timer. Completes on `loop` with the verdict.
+    func attempt(
+        _ request: ForwardRequest,
+        to instance: ServiceInstance,
+        target: SwitchyardConfiguration.TargetRule,
+        route: String,
+        breaker: TargetBreaker?,
+        retry: Bool,
+        loop: any EventLoop
+    ) -> EventLoopFuture<RetryPolicy.Verdict> {
+        let started = SystemMonotonicClock().nowNanos()
+        balancer.started(instance)
+        balancer.retryBudget.begin(instance.service)
+        let timer = timers[route]
+        let promise = loop.makePromise(of: RetryPolicy.Verdict.self)
+        forwarder.forward(request, to: instance, timeout: .nanoseconds(Int64(target.timeoutSeconds * 1e9)), on: loop)
+            .hop(to: loop)
+            .whenComplete { result in
+                self.balancer.finished(instance)
+                self.balancer.retryBudget.end(instance.service, retry: retry)
+                let nanos = SystemMonotonicClock().nowNanos() - started
+                timer?.recordNanoseconds(Int64(nanos))
+                let verdict = RetryPolicy.verdict(result, instance: instance)
+                self.recordCircuit(verdict, instance: instance)
+                self.noteDraining(result, instance: instance)
+                // Refused: it may be shutting down; probed, it stays out until it accepts again.
+                if case .unreachable = verdict { self.balancer.health.closing(instance) }
+                switch verdict {
+                case .delivered, .rejected: breaker?.record(failed: false, seconds: Double(nanos) / 1e9)
+                case .failed, .unreachable: breaker?.record(failed: true, seconds: Double(nanos) / 1e9)
+                case .interrupted: breaker?.abandon()
+                }
+                promise.succeed(verdict)
+            }
+        return promise.futureResult
+    }
+
+    /// The circuit breaker of a route's target, if it has one.
+    func breaker(route: String, service: String) -> TargetBreaker? {
+        targetBreakers.isEmpty ? nil : targetBreakers[TargetKey(route: route, service: service)]
+    }
+
+    /// How long an attempt held back by a cold fleet's ramp waits before it asks again.
+    static func admissionWait() -> Double {
+        var rng = FastRandom()
+        return Double.random(in: 0.01...0.03, using: &rng)
+    }
+
+    /// Whether a retry may go now. When the service's retry budget is spent it waits (the
+    /// message stays in the journal; its attempts are not used up); a slot taken here is given
+    /// back by the attempt, or by `abandonRetry` when no attempt follows.
+    func mayRetry(_ service: String) -> Bool {
+        balancer.retryBudget.allowRetry(service)
+    }
+
+    func abandonRetry(_ service: String) {
+        balancer.retryBudget.release(service)
+    }
+
     struct TargetResult: Sendable {
         /// Dead-letter reason, nil when delivered.
         var failure: String?
@@ -239,6 +306,9 @@ public final class Router: Sendable {
         static let interruptedByShutdown = TargetResult(failure: nil, interrupted: true)
     }
 
+    /// One attempt of `envelope` at `target`, and what follows from it: another instance at
+    /// once when this one could not be reached, a wait while the service is down (every circuit
+    /// open, or the target's), a retry after backoff within the retry budget, or the message's end.
     private func deliver(
         _ envelope: Envelope,
         route: RouteTable.Route,
@@ -248,6 +318,7 @@ public final class Router: Sendable {
         retrying: (@Sendable (Int) -> Void)?,
         parked: Int,
         refused: Set<String> = [],
+        retry: Bool = false,
         loop: any EventLoop
     ) -> EventLoopFuture<TargetResult> {
         // `sent`: whether this attempt reached the forwarder (it counts as an attempt then).
@@ -270,12 +341,9 @@ public final class Router: Sendable {
                 false
             )
         }
-        // The service is down: the message waits (in the journal) without using up its retries,
-        // until the service is back or the route's TTL runs out.
-        let park = { @Sendable (why: String) -> EventLoopFuture<TargetResult> in
-            let wait = RetryPolicy.parkDelay(afterWaits: parked)
-            self.logger.debug("service unreachable; waiting", metadata: ["id": "\(envelope.id)", "error": "\(why)"])
-            return loop.flatScheduleTask(in: .nanoseconds(Int64(wait * 1e9))) {
+        // The same attempt again after `delay`, without using up a retry.
+        let again = { @Sendable (delay: Double, parked: Int) -> EventLoopFuture<TargetResult> in
+            loop.flatScheduleTask(in: .nanoseconds(Int64(delay * 1e9))) {
                 self.deliver(
                     envelope,
                     route: route,
@@ -283,55 +351,48 @@ public final class Router: Sendable {
                     target: target,
                     attempt: attempt,
                     retrying: retrying,
-                    parked: parked + 1,
+                    parked: parked,
+                    retry: retry,
                     loop: loop
                 )
             }.futureResult
         }
+        // The service is down (or its retry budget spent): the message waits, in the journal,
+        // without using up its retries, until the service is back or the route's TTL runs out.
+        let park = { @Sendable (why: String) -> EventLoopFuture<TargetResult> in
+            self.logger.debug("waiting", metadata: ["id": "\(envelope.id)", "why": "\(why)"])
+            return again(RetryPolicy.parkDelay(afterWaits: parked), parked + 1)
+        }
+        // A cold fleet takes part of the service's usual concurrency: the message waits its turn.
+        if !balancer.admits(target.service) { return again(Router.admissionWait(), parked) }
+        if retry, !mayRetry(target.service) { return park("the retry budget of service \(target.service) is spent") }
         // The target's own circuit open: the message waits, as for a service that is down.
-        let breaker = targetBreakers.isEmpty ? nil : targetBreakers[TargetKey(route: route.name, service: target.service)]
-        if let breaker, !breaker.allow() { return park("the circuit of route \(route.name)'s target \(target.service) is open") }
+        let breaker = breaker(route: route.name, service: target.service)
+        if let breaker, !breaker.allow() {
+            if retry { abandonRetry(target.service) }
+            return park("the circuit of route \(route.name)'s target \(target.service) is open")
+        }
         let choice: Choice
         switch choose(service: target.service, lane: envelope.lane, refused: refused) {
         case .success(let c): choice = c
-        case .failure(let none) where none.waits:
-            breaker?.abandon()
-            return park(none.detail)
         case .failure(let none):
             breaker?.abandon()
-            return fail(none.reason, none.detail, false)
+            if retry { abandonRetry(target.service) }
+            return none.waits ? park(none.detail) : fail(none.reason, none.detail, false)
         }
-        let (instance, fallback, candidates) = (choice.instance, choice.fallback, choice.candidates)
         let request = Router.request(
             for: envelope,
             target: target,
             captures: captures,
-            instance: instance,
-            fallback: fallback,
+            instance: choice.instance,
+            fallback: choice.fallback,
             attempt: attempt
         )
         let policy = RetryPolicy(target)
-        let started = SystemMonotonicClock().nowNanos()
-        // Outstanding counts matter only when there is a choice to make.
-        let tracked = candidates.count > 1
-        if tracked { balancer.started(instance) }
-        let timer = timers[route.name]
-        return forwarder.forward(request, to: instance, timeout: .nanoseconds(Int64(target.timeoutSeconds * 1e9)), on: loop)
-            .hop(to: loop)
-            .flatMapResult { result in
-                if tracked { self.balancer.finished(instance) }
-                timer?.recordNanoseconds(Int64(SystemMonotonicClock().nowNanos() - started))
+        return self.attempt(request, to: choice.instance, target: target, route: route.name, breaker: breaker, retry: retry, loop: loop)
+            .flatMap { verdict in
                 let reason: String
                 let detail: String
-                let verdict = RetryPolicy.verdict(result, instance: instance)
-                self.recordCircuit(verdict, instance: instance)
-                self.noteDraining(result, instance: instance)
-                let seconds = Double(SystemMonotonicClock().nowNanos() - started) / 1e9
-                switch verdict {
-                case .delivered, .rejected: breaker?.record(failed: false, seconds: seconds)
-                case .failed, .unreachable: breaker?.record(failed: true, seconds: seconds)
-                case .interrupted: breaker?.abandon()
-                }
                 switch verdict {
                 case .delivered:
                     return loop.makeSucceededFuture(TargetResult(failure: nil))
@@ -343,8 +404,8 @@ public final class Router: Sendable {
                     (reason, detail) = (r, why)
                 case .unreachable(let why):
                     // Another instance may take it at once.
-                    let nowRefused = refused.union([instance.key])
-                    if candidates.contains(where: { !nowRefused.contains($0.key) }) {
+                    let nowRefused = refused.union([choice.instance.key])
+                    if choice.candidates.contains(where: { !nowRefused.contains($0.key) }) {
                         return self.deliver(
                             envelope,
                             route: route,
@@ -354,6 +415,7 @@ public final class Router: Sendable {
                             retrying: retrying,
                             parked: parked,
                             refused: nowRefused,
+                            retry: retry,
                             loop: loop
                         )
                     }
@@ -378,6 +440,7 @@ public final class Router: Sendable {
                         attempt: attempt + 1,
                         retrying: retrying,
                         parked: parked,
+                        retry: true,
                         loop: loop
                     )
                 }.futureResult
@@ -527,16 +590,5 @@ public final class Router: Sendable {
             targets: targets,
             outcome: ok ? "forward to \(targets.count) target(s)" : "dead-letter (see targets)"
         )
-    }
-}
-
-extension EventLoopFuture {
-    /// `flatMap` over the result, success or failure.
-    fileprivate func flatMapResult<New: Sendable>(
-        _ body: @escaping @Sendable (Result<Value, any Error>) -> EventLoopFuture<New>
-    ) -> EventLoopFuture<New> {
-        let promise = eventLoop.makePromise(of: New.self)
-        whenComplete { promise.completeWith(body($0)) }
-        return promise.futureResult
     }
 }

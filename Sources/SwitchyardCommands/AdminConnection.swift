@@ -22,6 +22,13 @@ struct AdminConnection: ParsableArguments {
 
     /// Sends the request and prints the body; a non-2xx answer is an error exit.
     func call(_ method: String, _ path: String, body: Data? = nil) async throws {
+        let (status, data) = try await fetch(method, path, body: body)
+        print(String(decoding: data, as: UTF8.self))
+        if !(200..<300).contains(status) { throw ExitCode(1) }
+    }
+
+    /// Sends the request; returns the status and body.
+    func fetch(_ method: String, _ path: String, body: Data? = nil) async throws -> (status: Int, body: Data) {
         guard let url = URL(string: admin + path) else { throw ValidationError("bad --admin address \(admin)") }
         var request = URLRequest(url: url)
         request.httpMethod = method
@@ -31,8 +38,6 @@ struct AdminConnection: ParsableArguments {
             request.setValue("application/json", forHTTPHeaderField: "content-type")
         }
         let (data, response) = try await URLSession.shared.data(for: request)
-        let status = (response as? HTTPURLResponse)?.statusCode ?? 0
-        print(String(decoding: data, as: UTF8.self))
-        if !(200..<300).contains(status) { throw ExitCode(1) }
+        return ((response as? HTTPURLResponse)?.statusCode ?? 0, data)
     }
 }

@@ -23,11 +23,15 @@ public struct ForwardResponse: Sendable {
     public var bodySnippet: String
     /// It answered `x-switchyard-draining: true`: it wants no new requests.
     public var draining: Bool
+    /// It closed a kept-alive connection (`Connection: close` after earlier responses on it):
+    /// it may be shutting down.
+    public var closing: Bool
 
-    public init(status: Int, bodySnippet: String = "", draining: Bool = false) {
+    public init(status: Int, bodySnippet: String = "", draining: Bool = false, closing: Bool = false) {
         self.status = status
         self.bodySnippet = bodySnippet
         self.draining = draining
+        self.closing = closing
     }
 }
 

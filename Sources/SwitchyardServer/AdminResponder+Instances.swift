@@ -1,6 +1,7 @@
 import Foundation
 import HTTPIngress
 import NIOHTTP1
+import Registry
 import Router
 import SwitchyardCore
 
@@ -14,6 +15,8 @@ extension AdminResponder {
         var warmUpPercent: Double
         var warmingForSeconds: Double?
         var draining: InstanceHealth.DrainSource?
+        /// An admin drain: `in_progress` until nothing is in flight, then `completed`.
+        var drain: String?
         var inFlight: Int
         var circuit: CircuitBreakers.State
     }
@@ -22,6 +25,11 @@ extension AdminResponder {
         var service: String
         var instances: [InstanceView]
         var retriesInFlight: Int
+        /// Every instance is new (a full redeploy): the concurrency the service is allowed now.
+        var coldLimit: Int?
+        /// The circuit breakers of the route targets (message routes) and gateway routes that
+        /// lead to the service, by name (`route→service`, `gateway:route`).
+        var routeCircuits: [String: TargetBreaker.State]?
     }
 
     func handleInstances(_ request: IncomingRequest, path: String) -> OutgoingResponse? {
@@ -29,6 +37,15 @@ extension AdminResponder {
         if path == "/admin/services" {
             guard request.method == .GET else { return .error(.methodNotAllowed, "method_not_allowed", "GET /admin/services") }
             let circuits = Dictionary(balancer.breakers.status().map { ($0.instance, $0.state) }, uniquingKeysWith: { a, _ in a })
+            let breakers = Dictionary(balancer.targetBreakers.status().map { ($0.name, $0.state) }, uniquingKeysWith: { a, _ in a })
+            let configuration = app.pipeline.snapshot.configuration
+            func routeCircuits(_ service: String) -> [String: TargetBreaker.State]? {
+                var names = configuration.routes.filter { $0.targets.contains { $0.service == service && $0.breaker != nil } }
+                    .map { "\($0.name)→\(service)" }
+                names += configuration.gateway.routes.filter { $0.service == service && $0.breaker != nil }.map { "gateway:\($0.name)" }
+                let states = Dictionary(names.map { ($0, breakers[$0] ?? .closed) }, uniquingKeysWith: { a, _ in a })
+                return states.isEmpty ? nil : states
+            }
             let services = app.pipeline.snapshot.directory.services.sorted { $0.key < $1.key }.map { name, instances in
                 ServiceView(
                     service: name,
@@ -42,35 +59,81 @@ extension AdminResponder {
                             warmUpPercent: status.warmUpPercent,
                             warmingForSeconds: status.warmingForSeconds,
                             draining: status.draining,
+                            drain: balancer.health.drainEnd(of: instance.key) != nil
+                                ? "completed" : status.draining == .admin || status.draining == .registry ? "in_progress" : nil,
                             inFlight: balancer.outstanding(instance),
                             circuit: circuits[instance.key] ?? .closed
                         )
                     },
-                    retriesInFlight: balancer.retryBudget.inFlight(name).retrying
+                    retriesInFlight: balancer.retryBudget.inFlight(name).retrying,
+                    coldLimit: balancer.coldLimit(name),
+                    routeCircuits: routeCircuits(name)
                 )
             }
             return encode(services)
         }
         guard path.hasPrefix("/admin/instances/") else { return nil }
         let rest = path.dropFirst("/admin/instances/".count)
-        guard let slash = rest.lastIndex(of: "/") else {
-            return .error(.notFound, "not_found", "use POST /admin/instances/{id}/drain or /undrain (ids as GET /admin/services lists them)")
+        let usage = "use GET /admin/instances/{id}, POST /admin/instances/{id}/drain or /undrain (ids as GET /admin/services lists them)"
+        let (rawID, action): (Substring, Substring?) =
+            if request.method == .GET { (rest, nil) } else if let slash = rest.lastIndex(of: "/") {
+                (rest[..<slash], rest[rest.index(after: slash)...])
+            } else { (rest, "") }
+        let id = String(rawID).removingPercentEncoding ?? String(rawID)
+        guard request.method == .GET || (request.method == .POST && (action == "drain" || action == "undrain")) else {
+            return .error(.notFound, "not_found", usage)
         }
-        let id = String(rest[..<slash]).removingPercentEncoding ?? String(rest[..<slash])
-        let action = rest[rest.index(after: slash)...]
-        guard request.method == .POST, action == "drain" || action == "undrain" else {
-            return .error(.notFound, "not_found", "use POST /admin/instances/{id}/drain or /undrain")
+        let directory = app.pipeline.snapshot.directory
+        let instance = directory.services.values.lazy.flatMap({ $0 }).first(where: { $0.key == id })
+        if instance == nil, let end = balancer.health.drainEnd(of: id) {
+            // Drained and gone from the registry's lists.
+            if action == "undrain" {
+                balancer.health.undrain(id)
+                if end.registry == "disabled" { enableInRegistry(id, directory: directory) }
+            } else if action == "drain" {
+                return .error(.conflict, "already_drained", "instance \(id) was drained and has left the registry (\(end.registry))")
+            }
+            return instanceJSON(id, in: nil, end: action == "undrain" ? nil : end)
         }
-        guard let instance = app.pipeline.snapshot.directory.services.values.lazy.flatMap({ $0 }).first(where: { $0.key == id }) else {
+        guard let instance else {
             return .error(.notFound, "unknown_instance", "no instance \(id) among the services the routes reach (see GET /admin/services)")
         }
         if action == "drain" {
             balancer.health.drain(id, source: .admin)
-        } else {
+        } else if action == "undrain" {
             balancer.health.undrain(id)
         }
+        return instanceJSON(id, in: instance, end: balancer.health.drainEnd(of: id))
+    }
+
+    /// `{id, draining, drain: in_progress|completed|null, registry, in_flight}`.
+    private func instanceJSON(_ id: String, in instance: ServiceInstance?, end: InstanceHealth.DrainEnd?) -> OutgoingResponse {
+        let balancer = app.shared.balancer
         let status = balancer.health.status(of: id)
         let draining = status.draining.map { "\"\($0.rawValue)\"" } ?? "null"
-        return .json(.ok, "{\"id\":\(JSONText.quote(id)),\"draining\":\(draining),\"in_flight\":\(balancer.outstanding(instance))}")
+        // Complete once the instance has left the registry too.
+        let drain = end != nil ? "\"completed\"" : status.draining == .admin || status.draining == .registry ? "\"in_progress\"" : "null"
+        let registry = end.map { "\"\($0.registry)\"" } ?? "null"
+        let inFlight = instance.map { balancer.outstanding($0) } ?? 0
+        return .json(
+            .ok,
+            "{\"id\":\(JSONText.quote(id)),\"draining\":\(draining),\"drain\":\(drain),\"registry\":\(registry),\"in_flight\":\(inFlight)}"
+        )
+    }
+
+    /// Undrain of an ephemeral instance the drain disabled: enabled again in the registry.
+    private func enableInRegistry(_ id: String, directory: RoutingDirectory) {
+        guard let registry = app.registry, let at = id.firstIndex(of: "@") else { return }
+        let service = String(id[..<at])
+        var address = id[id.index(after: at)...]
+        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else { return }
+        address = address[..<colon]
+        let host = address.hasPrefix("[") ? String(address.dropFirst().dropLast()) : String(address)
+        let name = directory.bindings[service] ?? ServiceName(name: service)
+        for address in registry.addresses(ip: host, port: port, in: name) {
+            guard var registered = registry.instance(address, in: name), !registered.enabled else { continue }
+            registered.enabled = true
+            try? registry.update(registered, in: name)
+        }
     }
 }

@@ -43,9 +43,10 @@ final class RegistryView: Sendable {
         if let id = token.withLockedValue({ $0 }) { registry.unwatch(id) }
     }
 
-    /// Healthy, enabled, weighted and not draining (metadata `draining: true`).
+    /// Healthy, enabled and weighted (metadata `draining: true` drains an instance: the router
+    /// leaves it out, and once nothing is in flight the drain completes as an admin drain does).
     static func usable(_ view: ServiceView) -> [ServiceInstance] {
-        view.hosts.filter { $0.healthy && $0.enabled && $0.weight > 0 && $0.metadata["draining"] != "true" }.map { host in
+        view.hosts.filter { $0.healthy && $0.enabled && $0.weight > 0 }.map { host in
             let lane = host.metadata["lane"].flatMap { $0.isEmpty || $0 == "baseline" ? nil : $0 }
             return ServiceInstance(
                 service: view.name.name,
@@ -69,6 +70,7 @@ final class RegistryView: Sendable {
             }
             entries[name] = fresh.isEmpty ? nil : Entry(instances: fresh)
             health?.observe(service: "\(name)", instances: fresh)
+            health?.syncMetadataDrains(fresh)
             return nil
         }
         if let kept = doubted {
@@ -88,6 +90,7 @@ final class RegistryView: Sendable {
                 let current = Self.usable(registry.list(name))
                 entries[name] = current.isEmpty ? nil : Entry(instances: current)
                 health?.observe(service: "\(name)", instances: current)
+                health?.syncMetadataDrains(current)
                 return current
             }
             return entry.instances

@@ -94,6 +94,11 @@ struct RegistryMaintenance: Service {
     }
 
     func reachable(_ host: String, _ port: Int) async -> Bool {
+        await Self.reachable(host, port, group: group)
+    }
+
+    /// Whether a TCP connection to `host:port` opens within two seconds.
+    static func reachable(_ host: String, _ port: Int, group: any EventLoopGroup) async -> Bool {
         do {
             let channel = try await ClientBootstrap(group: group).connectTimeout(.seconds(2)).connect(host: host, port: port).get()
             try? await channel.close()

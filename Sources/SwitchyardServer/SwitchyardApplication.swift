@@ -106,6 +106,9 @@ public final class SwitchyardApplication: Sendable {
         }
         let clock = SystemMonotonicClock()
         let health = InstanceHealth(clock: clock, logger: logger.with("component", "instances"))
+        // Probes run on the process-wide group: one may still be connecting when this node's
+        // group shuts down.
+        health.setProber { host, port in await RegistryMaintenance.reachable(host, port, group: MultiThreadedEventLoopGroup.singleton) }
         health.setWarmUp(configuration.resilience.warmUp)
         var registryView: RegistryView?
         let registryConfig = configuration.registry
@@ -360,6 +363,7 @@ public final class SwitchyardApplication: Sendable {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: admin),
             .init(service: DeliveryDrain(app: self)),
+            .init(service: DrainWatcher(app: self)),
         ]
         if let nacos { services.append(.init(service: nacos)) }
         if let registryMaintenance { services.append(.init(service: registryMaintenance)) }
@@ -452,6 +456,7 @@ public final class SwitchyardApplication: Sendable {
     private func shutdownResources() async {
         ready.withLockedValue { $0 = false }
         forwarder.shutdown()
+        shared.balancer.health.stopProbing()
         journal?.close()
         try? await group.shutdownGracefully()
     }

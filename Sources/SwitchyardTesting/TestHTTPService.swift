@@ -22,6 +22,8 @@ public final class TestHTTPService: Sendable {
         var connections = 0
         var concurrent = 0
         var maxConcurrent = 0
+        /// Every n-th response of a connection says `Connection: close` and closes it (0: never).
+        var closeEvery = 0
         /// Run before answering (a service calling the next hop of a chain).
         var onward: (@Sendable (Received) async -> Void)?
     }
@@ -80,6 +82,10 @@ public final class TestHTTPService: Sendable {
     public func setDelay(seconds: Double) { state.withLockedValue { $0.delayNanos = Int64(seconds * 1e9) } }
     /// Before each answer, `hook` runs with the request (e.g. calls the next service of a chain).
     public func setOnward(_ hook: (@Sendable (Received) async -> Void)?) { state.withLockedValue { $0.onward = hook } }
+    /// Every `n`-th response of a connection carries `Connection: close` and the connection is
+    /// closed after it (1: every response, as a server shutting down answers; 100: a server
+    /// that limits requests per connection; 0: never).
+    public func setCloseEvery(_ n: Int) { state.withLockedValue { $0.closeEvery = n } }
     /// Connections accepted so far.
     public var connectionsAccepted: Int { state.withLockedValue { $0.connections } }
     /// The most requests it was answering at the same time.
@@ -111,6 +117,8 @@ final class RecordingHandler: ChannelInboundHandler {
     let state: NIOLockedValueBox<TestHTTPService.State>
     var head: HTTPRequestHead?
     var body = ""
+    /// Responses sent on this connection.
+    var answered = 0
 
     init(state: NIOLockedValueBox<TestHTTPService.State>) { self.state = state }
 
@@ -124,23 +132,27 @@ final class RecordingHandler: ChannelInboundHandler {
         case .end:
             guard let head else { return }
             let request = TestHTTPService.Received(method: head.method.rawValue, uri: head.uri, headers: head.headers, body: body)
-            let (status, delay, onward) = state.withLockedValue {
+            let (status, delay, onward, closeEvery) = state.withLockedValue {
                 $0.received.append(request)
                 $0.concurrent += 1
                 $0.maxConcurrent = max($0.maxConcurrent, $0.concurrent)
-                return ($0.status, $0.delayNanos, $0.onward)
+                return ($0.status, $0.delayNanos, $0.onward, $0.closeEvery)
             }
+            answered += 1
+            let close = closeEvery > 0 && answered % closeEvery == 0
             let reply = { [state] in
                 state.withLockedValue { $0.concurrent -= 1 }
                 let body = ByteBuffer(string: "status \(status)")
                 var headers = HTTPHeaders()
                 headers.add(name: "content-length", value: String(body.readableBytes))
+                if close { headers.add(name: "connection", value: "close") }
                 context.write(
                     NIOAny(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: .init(statusCode: status), headers: headers))),
                     promise: nil
                 )
                 context.write(NIOAny(HTTPServerResponsePart.body(.byteBuffer(body))), promise: nil)
-                context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)), promise: nil)
+                let sent = context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)))
+                if close { sent.whenComplete { _ in context.close(promise: nil) } }
             }
             if let onward {
                 let bound = NIOLoopBound(reply, eventLoop: context.eventLoop)

@@ -32,6 +32,25 @@ import Testing
         await svc.stop()
     }
 
+    /// `Connection: close` after earlier responses on the connection may mean shutdown;
+    /// on a connection's first response it says nothing (a server without keep-alive).
+    @Test func aClosedKeptAliveConnectionIsReported() async throws {
+        let svc = try await TestHTTPService.start()
+        svc.setCloseEvery(2)
+        let forwarder = HTTPForwarder(group: group)
+        let instance = ServiceInstance(service: "s", url: svc.url)!
+        let loop = group.next()
+        var closing: [Bool] = []
+        for _ in 0..<4 { closing.append(try await forwarder.forward(request(), to: instance, timeout: .seconds(5), on: loop).get().closing) }
+        #expect(closing == [false, true, false, true])
+        svc.setCloseEvery(1)
+        for _ in 0..<2 { closing.append(try await forwarder.forward(request(), to: instance, timeout: .seconds(5), on: loop).get().closing) }
+        #expect(closing.suffix(2) == [false, false])  // every connection closed after its first answer
+        #expect(svc.connectionsAccepted == 4)
+        forwarder.shutdown()
+        await svc.stop()
+    }
+
     @Test func refusedConnectionIsConnectFailed() async throws {
         let forwarder = HTTPForwarder(group: group)
         let instance = ServiceInstance(service: "s", host: "127.0.0.1", port: 1)

@@ -23,8 +23,8 @@ import Testing
         return events
     }
 
-    func ok(_ status: Int, keepAlive: Bool = true, snippet: String = "") -> HTTP1ResponseParser.Event {
-        .response(.init(status: status, keepAlive: keepAlive, snippet: snippet))
+    func ok(_ status: Int, keepAlive: Bool = true, snippet: String = "", close: Bool = false) -> HTTP1ResponseParser.Event {
+        .response(.init(status: status, keepAlive: keepAlive, snippet: snippet, closeHeader: close))
     }
 
     @Test(arguments: [1, 2, 3, 7, Int.max])
@@ -35,7 +35,7 @@ import Testing
             + "HTTP/1.1 503 Busy\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=1\r\nbusy\r\n3\r\n!!!\r\n0\r\nx-trailer: 1\r\n\r\n"
             + "HTTP/1.1 400 Bad\r\nconnection: close\r\ncontent-length: 3\r\n\r\nbad"
         #expect(
-            parse(stream, step: step) == [ok(200), ok(204), ok(503, snippet: "busy!!!"), ok(400, keepAlive: false, snippet: "bad")]
+            parse(stream, step: step) == [ok(200), ok(204), ok(503, snippet: "busy!!!"), ok(400, keepAlive: false, snippet: "bad", close: true)]
         )
     }
 

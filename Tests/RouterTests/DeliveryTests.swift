@@ -12,6 +12,7 @@ struct Harness {
     let forwarder: InMemoryForwarder
     let deadLetters = DeadLetterList(limit: 100)
     let ledger = MessageLedger()
+    let balancer: Balancer
 
     init(
         lanes: [SwitchyardConfiguration.LaneRule] = [],
@@ -22,6 +23,7 @@ struct Harness {
         batch: SwitchyardConfiguration.BatchRule? = nil,
         circuit: SwitchyardConfiguration.CircuitRule = SwitchyardConfiguration.CircuitRule(),
         breakers: CircuitBreakers = CircuitBreakers(),
+        targetBreaker: SwitchyardConfiguration.BreakerRule? = nil,
         script: @escaping InMemoryForwarder.Script = { _, _ in .success(200) }
     ) throws {
         var config = SwitchyardConfiguration()
@@ -34,6 +36,7 @@ struct Harness {
             target.retries = retries
             target.backoffBaseSeconds = 0.001
             target.backoffMaxSeconds = 0.002
+            target.breaker = targetBreaker
             if let batch {
                 target.batch = batch
                 target.path = "/batch"
@@ -47,13 +50,14 @@ struct Harness {
         forwarder = InMemoryForwarder(script: script)
         var byService: [String: [ServiceInstance]] = [:]
         for i in instances { byService[i.service, default: []].append(i) }
+        balancer = Balancer(breakers: breakers)
         router = try Router(
             configuration: config,
             directory: StaticServiceDirectory(byService),
             forwarder: forwarder,
             deadLetters: deadLetters,
             ledger: ledger,
-            balancer: Balancer(breakers: breakers),
+            balancer: balancer,
             logger: Logger(label: "test")
         )
     }
@@ -134,6 +138,21 @@ func lane(_ name: String, fallback: SwitchyardConfiguration.LaneFallback = .base
         #expect(calls.map { $0.header("x-switchyard-delivery-attempt") } == ["1", "2", "3"])
         #expect(Set(calls.map { $0.header("x-switchyard-message-id") }).count == 1)
         #expect(h.ledger.snapshot().retried["telemetry"] == 2)
+    }
+
+    @Test func retriesWaitWhileTheRetryBudgetIsSpent() async throws {
+        let h = try Harness(instances: [baseline], retries: 3) { _, n in n == 1 ? .success(503) : .success(200) }
+        h.balancer.retryBudget.configure(percent: 0, minimum: 1)
+        #expect(h.balancer.retryBudget.allowRetry("svc"))  // another message's retry holds the one slot
+        async let outcome = h.send()
+        try await waitUntil { h.forwarder.recorded.count == 1 }  // the first attempt went …
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(h.forwarder.recorded.count == 1)  // … and its retry waits
+        h.balancer.retryBudget.release("svc")
+        #expect(try await outcome == .forwarded(route: "telemetry"))
+        #expect(h.forwarder.recorded.map { $0.header("x-switchyard-delivery-attempt") } == ["1", "2"])
+        #expect(h.balancer.retryBudget.inFlight("svc") == (0, 0))
+        #expect(h.balancer.outstanding(baseline) == 0)
     }
 
     @Test func noRetryOn400() async throws {
@@ -335,6 +354,29 @@ func waitUntil(timeout: Duration = .seconds(5), _ condition: () -> Bool) async t
         for i in 0..<5 { #expect(bodies.contains("\"device\":\"d\(i)\"")) }
         #expect(bodies.hasPrefix("[{\"id\":"))
         #expect(h.ledger.snapshot().balances)
+    }
+
+    @Test func anOpenTargetCircuitHoldsBatchesBack() async throws {
+        var breaker = SwitchyardConfiguration.BreakerRule()
+        breaker.minRequests = 2
+        breaker.errorRatio = 0.5
+        breaker.openSeconds = 1
+        breaker.halfOpenProbes = 1
+        breaker.closeAfter = 1
+        let calls = NIOLockedValueBox([ContinuousClock.Instant]())
+        let h = try Harness(instances: [baseline], retries: 0, batch: rule(max: 1), targetBreaker: breaker) { _, n in
+            calls.withLockedValue { $0.append(.now) }
+            return n <= 2 ? .success(503) : .success(200)
+        }
+        // Two failed batches open the target's circuit (no retries: they are dead-lettered).
+        #expect(try await h.send(device: "d1") == .deadLettered(route: "telemetry", reason: "service_error"))
+        #expect(try await h.send(device: "d2") == .deadLettered(route: "telemetry", reason: "service_error"))
+        // The next one waits while the circuit is open (it opened after the second call was
+        // answered), then goes as the half-open probe.
+        #expect(try await h.send(device: "d3") == .forwarded(route: "telemetry"))
+        let times = calls.withLockedValue { $0 }
+        #expect(times.count == 3 && h.deadLetters.count == 2)
+        #expect(times[2] - times[1] >= .seconds(1), "the batch went while the circuit was open")
     }
 
     @Test func aBatchIsRetriedAndDeadLetteredAsAWhole() async throws {

@@ -151,6 +151,41 @@ import Testing
         #expect(b2.state == .open)
     }
 
+    @Test func aColdFleetTakesAThirdOfItsPeakThenRamps() {
+        let clock = ManualClock()
+        let health = InstanceHealth(clock: clock)
+        health.setWarmUp(WarmUp(windowSeconds: 60, aggression: 1, minPercent: 10))
+        let balancer = Balancer(health: health)
+        let (a, b, c, d) = (Self.instance(1), Self.instance(2), Self.instance(3), Self.instance(4))
+        health.observe(service: "s", instances: [a, b])  // serving before: warm
+        // The usual load: 30 attempts at once.
+        for _ in 0..<30 { balancer.retryBudget.begin("s") }
+        for _ in 0..<30 { balancer.retryBudget.end("s", retry: false) }
+        #expect(balancer.admits("s") && balancer.coldLimit("s") == nil)
+        // A full redeploy: new instances join, the old ones leave.
+        health.observe(service: "s", instances: [a, b, c, d])
+        #expect(balancer.coldLimit("s") == nil)  // a and b still serve: not cold
+        clock.advance(seconds: 1)
+        health.observe(service: "s", instances: [c, d])
+        func admitted() -> Int {
+            var n = 0
+            while balancer.admits("s") && n < 100 {
+                balancer.retryBudget.begin("s")
+                n += 1
+            }
+            for _ in 0..<n { balancer.retryBudget.end("s", retry: false) }
+            return n
+        }
+        #expect(admitted() == 10)  // a third of 30
+        #expect(balancer.coldLimit("s") == 10)
+        clock.advance(seconds: 29)  // t = T/2 from the first new instance: half
+        #expect(admitted() == 15)
+        clock.advance(seconds: 30)
+        #expect(admitted() == 100 && balancer.coldLimit("s") == nil)  // warm: no limit
+        // A service never seen busy has nothing to hold back; other services are not affected.
+        #expect(balancer.admits("other"))
+    }
+
     @Test func retriesStayWithinTheBudget() {
         let budget = RetryBudget()
         for _ in 0..<10 { budget.begin("s") }

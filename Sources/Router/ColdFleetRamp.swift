@@ -1,0 +1,56 @@
+import Logging
+import Metrics
+import NIOConcurrencyHelpers
+
+/// A full redeploy leaves a service with only new instances: besides each instance's weight,
+/// the service's admitted concurrency ramps — one third of its usual peak at first, then up
+/// the warm-up curve — so a cold fleet is not flooded. Attempts past the limit wait (messages
+/// in the journal, gateway requests briefly at the edge).
+public final class ColdFleetRamp: Sendable {
+    /// Per cold service, its peak concurrency when it turned cold (frozen: the capped traffic
+    /// during the ramp must not lower it).
+    private let frozen = NIOLockedValueBox([String: Int]())
+    private let logger: Logger
+
+    init(logger: Logger = Logger(label: "switchyard.instances")) {
+        self.logger = logger
+    }
+
+    /// Whether another attempt to `service` may start now.
+    func admits(_ service: String, health: InstanceHealth, budget: RetryBudget) -> Bool {
+        guard let fraction = health.coldFraction(service) else {
+            if frozen.withLockedValue({ $0.isEmpty ? nil : $0.removeValue(forKey: service) }) != nil {
+                Counter(label: "switchyard_instance_events_total", dimensions: [("service", service), ("event", "cold_ramp_ended")]).increment()
+                logger.info("cold-fleet ramp ended: the service takes its full concurrency", metadata: ["service": "\(service)"])
+            }
+            return true
+        }
+        let (peak, started) = frozen.withLockedValue { all -> (Int, Bool) in
+            if let peak = all[service] { return (peak, false) }
+            let peak = budget.peak(service)
+            all[service] = peak
+            return (peak, true)
+        }
+        if started {
+            Counter(label: "switchyard_instance_events_total", dimensions: [("service", service), ("event", "cold_ramp_started")]).increment()
+            logger.notice(
+                "cold fleet: every instance is new; the service's admitted concurrency ramps from one third of its peak",
+                metadata: ["service": "\(service)", "peak": "\(peak)"]
+            )
+        }
+        guard peak > 0 else { return true }  // no traffic seen before: nothing to hold back
+        let allowed = budget.inFlight(service).active < Self.limit(peak: peak, fraction: fraction)
+        if !allowed { Counter(label: "switchyard_cold_ramp_waits_total", dimensions: [("service", service)]).increment() }
+        return allowed
+    }
+
+    static func limit(peak: Int, fraction: Double) -> Int {
+        max(1, Int((Double(peak) * fraction).rounded(.up)))
+    }
+
+    /// The limit now, for admin views: nil when the service is not ramping.
+    func limit(_ service: String, health: InstanceHealth) -> Int? {
+        guard let fraction = health.coldFraction(service), let peak = frozen.withLockedValue({ $0[service] }), peak > 0 else { return nil }
+        return Self.limit(peak: peak, fraction: fraction)
+    }
+}
