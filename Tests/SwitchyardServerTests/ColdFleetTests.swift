@@ -52,7 +52,8 @@ import Testing
         let services = try await server.admin("GET", "/admin/services").body
         let limit = services.replacingOccurrences(of: " ", with: "").components(separatedBy: "\"cold_limit\":").dropFirst().first
             .flatMap { Int($0.prefix { $0.isNumber }) }
-        print("cold fleet (usual peak \(peak)): 12 requests at once took \(took); limit \(limit ?? -1); most at once per new instance: \(new.map(\.maxConcurrent))")
+        let most = new.map(\.maxConcurrent)
+        print("cold fleet (usual peak \(peak)): 12 requests at once took \(took); limit \(limit ?? -1); most at once per new instance: \(most)")
         #expect(statuses.allSatisfy { $0 == 200 }, "\(statuses)")  // they waited, none failed
         let cap = try #require(limit, "GET /admin/services should show the cold limit: \(services)")
         #expect(cap >= 1 && cap <= 4)
