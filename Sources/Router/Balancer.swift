@@ -15,12 +15,13 @@ public final class Balancer: Sendable {
     /// Circuit breakers per route target (ratios over a window).
     public let targetBreakers: TargetBreakers
     /// A service whose every instance is new takes only part of its usual concurrency.
-    let coldRamp = ColdFleetRamp()
+    let coldRamp: ColdFleetRamp
 
     public init(breakers: CircuitBreakers = CircuitBreakers(), health: InstanceHealth? = nil) {
         self.breakers = breakers
         self.health = health ?? InstanceHealth(clock: SystemMonotonicClock())
         targetBreakers = TargetBreakers(clock: self.health.clock)
+        coldRamp = ColdFleetRamp(logger: self.health.logger)
     }
 
     /// Whether another attempt to `service` may start now (false only while its fleet is cold

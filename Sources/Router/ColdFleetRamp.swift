@@ -12,7 +12,7 @@ public final class ColdFleetRamp: Sendable {
     private let frozen = NIOLockedValueBox([String: Int]())
     private let logger: Logger
 
-    init(logger: Logger = Logger(label: "switchyard.instances")) {
+    init(logger: Logger) {
         self.logger = logger
     }
 

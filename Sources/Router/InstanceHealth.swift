@@ -75,7 +75,7 @@ public final class InstanceHealth: Sendable {
     }
 
     let clock: any MonotonicClock
-    private let logger: Logger
+    let logger: Logger
     private let state = NIOLockedValueBox<
         (
             entries: [String: Entry], drains: [String: Drain], warmUp: WarmUp, services: Set<String>, ended: [String: DrainEnd],

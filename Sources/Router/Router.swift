@@ -187,8 +187,14 @@ public final class Router: Sendable {
                 )
             )
         case .noInstances:
+            // None registered, or every one drained: the service is down for now (as during a
+            // restart of its only instance); the message waits until one is back or its TTL ends.
             return .failure(
-                NoInstance(reason: "no_instances", detail: "service \"\(service)\" has no instance for lane \"\(lane ?? "baseline")\"")
+                NoInstance(
+                    reason: "no_instances",
+                    detail: "service \"\(service)\" has no instance for lane \"\(lane ?? "baseline")\"",
+                    waits: true
+                )
             )
         }
         let admitted = balancer.breakers.admitted(candidates)
@@ -202,7 +208,7 @@ public final class Router: Sendable {
         var pool = untried.isEmpty ? admitted : untried
         while true {
             guard let instance = balancer.pick(from: pool) else {
-                return .failure(NoInstance(reason: "no_instances", detail: "every instance of service \"\(service)\" has weight 0"))
+                return .failure(NoInstance(reason: "no_instances", detail: "every instance of service \"\(service)\" has weight 0", waits: true))
             }
             if balancer.breakers.claim(instance) {
                 return .success(Choice(instance: instance, fallback: fallback, candidates: admitted))
@@ -579,16 +585,18 @@ public final class Router: Sendable {
                     resolution: "no_instances",
                     fallbackTaken: false,
                     candidates: [],
-                    detail: "service \"\(target.service)\" has no usable instance"
+                    detail: "service \"\(target.service)\" has no usable instance: the message waits until one is back (or its TTL ends)"
                 )
             }
         }
         let ok = targets.allSatisfy { $0.resolution == "lane" || $0.resolution == "fallback" }
+        let strict = targets.contains { $0.resolution == "lane_unavailable" }
         return Explanation(
             route: route.name,
             captures: captures,
             targets: targets,
-            outcome: ok ? "forward to \(targets.count) target(s)" : "dead-letter (see targets)"
+            outcome: ok
+                ? "forward to \(targets.count) target(s)" : strict ? "dead-letter (see targets)" : "wait for an instance (see targets)"
         )
     }
 }

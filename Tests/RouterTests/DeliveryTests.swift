@@ -228,9 +228,14 @@ func lane(_ name: String, fallback: SwitchyardConfiguration.LaneFallback = .base
         #expect(h.ledger.snapshot().balances)
     }
 
-    @Test func noInstances() async throws {
-        let h = try Harness(instances: [])
-        #expect(try await h.send() == .deadLettered(route: "telemetry", reason: "no_instances"))
+    /// A service without instances (none registered yet, or every one drained for a restart)
+    /// is down, not an error of the message: it waits until the route's TTL, then expires.
+    @Test func noInstancesWaitsUntilTheTTL() async throws {
+        let h = try Harness(instances: [], ttlSeconds: 0.5)
+        let started = ContinuousClock.now
+        #expect(try await h.send() == .deadLettered(route: "telemetry", reason: "expired"))
+        #expect(ContinuousClock.now - started >= .milliseconds(450))
+        #expect(h.forwarder.recorded.isEmpty)
     }
 }
 
