@@ -20,7 +20,7 @@ public final class ColdFleetRamp: Sendable {
     func admits(_ service: String, health: InstanceHealth, budget: RetryBudget) -> Bool {
         guard let fraction = health.coldFraction(service) else {
             if frozen.withLockedValue({ $0.isEmpty ? nil : $0.removeValue(forKey: service) }) != nil {
-                Counter(label: "switchyard_instance_events_total", dimensions: [("service", service), ("event", "cold_ramp_ended")]).increment()
+                InstanceHealth.count("cold_ramp_ended", service: service)
                 logger.info("cold-fleet ramp ended: the service takes its full concurrency", metadata: ["service": "\(service)"])
             }
             return true
@@ -32,7 +32,7 @@ public final class ColdFleetRamp: Sendable {
             return (peak, true)
         }
         if started {
-            Counter(label: "switchyard_instance_events_total", dimensions: [("service", service), ("event", "cold_ramp_started")]).increment()
+            InstanceHealth.count("cold_ramp_started", service: service)
             logger.notice(
                 "cold fleet: every instance is new; the service's admitted concurrency ramps from one third of its peak",
                 metadata: ["service": "\(service)", "peak": "\(peak)"]

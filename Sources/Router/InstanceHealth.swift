@@ -150,7 +150,7 @@ public final class InstanceHealth: Sendable {
             }
         }
         for key in started {
-            Counter(label: "switchyard_instance_events_total", dimensions: [("service", service), ("event", "warmup_started")]).increment()
+            InstanceHealth.count("warmup_started", service: Self.service(of: key))
             logger.info("warm-up started: the instance's share ramps up", metadata: ["service": "\(service)", "instance": "\(key)"])
         }
         for key in gone {
@@ -201,7 +201,7 @@ public final class InstanceHealth: Sendable {
             return out.isEmpty ? closing : out
         }
         for (service, key) in ended {
-            Counter(label: "switchyard_instance_events_total", dimensions: [("service", service), ("event", "warmup_ended")]).increment()
+            InstanceHealth.count("warmup_ended", service: Self.service(of: key))
             logger.info("warm-up ended: the instance gets its full share", metadata: ["service": "\(service)", "instance": "\(key)"])
         }
         for key in undrained { logger.info("drain mark expired: the instance may get requests again", metadata: ["instance": "\(key)"]) }
@@ -236,8 +236,8 @@ public final class InstanceHealth: Sendable {
             return fresh
         }
         guard fresh else { return }
-        let service = String(key.split(separator: "@").first ?? "")
-        Counter(label: "switchyard_instance_events_total", dimensions: [("service", service), ("event", "drain_started")]).increment()
+        let service = Self.service(of: key)
+        InstanceHealth.count("drain_started", service: service)
         logger.notice(
             "drain started: the instance gets no new requests; in-flight ones finish",
             metadata: ["instance": "\(key)", "source": "\(source.rawValue)"]
@@ -292,8 +292,8 @@ public final class InstanceHealth: Sendable {
             return true
         }
         guard done else { return }
-        let service = String(key.split(separator: "@").first ?? "")
-        Counter(label: "switchyard_instance_events_total", dimensions: [("service", service), ("event", "drain_completed")]).increment()
+        let service = Self.service(of: key)
+        InstanceHealth.count("drain_completed", service: service)
         logger.notice(
             "drain completed: nothing in flight to the instance; it may be stopped",
             metadata: ["instance": "\(key)", "registry": "\(registry)"]
@@ -326,7 +326,7 @@ public final class InstanceHealth: Sendable {
             while await !probe(instance.host, instance.port) {
                 refused += 1
                 if refused == 1 {
-                    Counter(label: "switchyard_instance_events_total", dimensions: [("service", service), ("event", "drain_started")]).increment()
+                    InstanceHealth.count("drain_started", service: service)
                     logger.notice(
                         "drain started: the instance closed a kept-alive connection and refuses new ones; it gets nothing new until it accepts again",
                         metadata: ["instance": "\(key)", "source": "closing"]
@@ -350,7 +350,7 @@ public final class InstanceHealth: Sendable {
                 return true
             }
             if back && refused > 0 {
-                Counter(label: "switchyard_instance_events_total", dimensions: [("service", service), ("event", "drain_ended")]).increment()
+                InstanceHealth.count("drain_ended", service: service)
                 logger.notice("the instance accepts connections again; it warms up again", metadata: ["instance": "\(key)"])
             }
         }
@@ -366,8 +366,8 @@ public final class InstanceHealth: Sendable {
             return true
         }
         if was {
-            let service = String(key.split(separator: "@").first ?? "")
-            Counter(label: "switchyard_instance_events_total", dimensions: [("service", service), ("event", "drain_ended")]).increment()
+            let service = Self.service(of: key)
+            InstanceHealth.count("drain_ended", service: service)
             logger.notice("drain ended: the instance gets requests again", metadata: ["instance": "\(key)"])
         }
         return was
@@ -392,6 +392,16 @@ public final class InstanceHealth: Sendable {
             return status
         }
     }
+}
+
+extension InstanceHealth {
+    /// Counts a state change of an instance (`switchyard_instance_events_total{service,event}`).
+    static func count(_ event: String, service: String) {
+        Counter(label: "switchyard_instance_events_total", dimensions: [("service", service), ("event", event)]).increment()
+    }
+
+    /// The service of an instance key (`service@host:port`).
+    static func service(of key: String) -> String { String(key.split(separator: "@").first ?? "") }
 }
 
 extension SwitchyardConfiguration.Resilience {

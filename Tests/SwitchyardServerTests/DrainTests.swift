@@ -79,12 +79,7 @@ import Testing
         let update = "/nacos/v1/ns/instance?serviceName=orders&ip=127.0.0.1&port=\(a.port)&ephemeral=false&metadata=\(metadata)"
         let updated = try await TestHTTPClient.request("PUT", port: nacos, path: update, body: "")
         #expect(updated.status == 200, "\(updated.body)")
-        var state = ""
-        for _ in 0..<100 {
-            state = try await server.admin("GET", "/admin/instances/orders@127.0.0.1:\(a.port)").body
-            if state.contains("\"drain\":\"completed\"") { break }
-            try await Task.sleep(nanoseconds: 20_000_000)
-        }
+        let state = try await server.drainState("orders@127.0.0.1:\(a.port)")
         #expect(state.contains("\"drain\":\"completed\"") && state.contains("\"registry\":\"deregistered\""), "\(state)")
         let listed = try await TestHTTPClient.request("GET", port: nacos, path: "/nacos/v1/ns/instance/list?serviceName=orders").body
         #expect(!listed.contains("\"port\":\(a.port)") && listed.contains("\"port\":\(b.port)"), "\(listed)")

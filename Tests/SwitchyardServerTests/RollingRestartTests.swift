@@ -104,12 +104,7 @@ import Testing
             // 1. Drain: no new requests from now on; once the in-flight ones are done the drain
             // completes and Switchyard deregisters the instance.
             #expect(try await server.admin("POST", "/admin/instances/\(id)/drain").status == 200)
-            var state = ""
-            for _ in 0..<100 {
-                state = try await server.admin("GET", "/admin/instances/\(id)").body
-                if state.contains("\"drain\":\"completed\"") { break }
-                try await Task.sleep(nanoseconds: 20_000_000)
-            }
+            let state = try await server.drainState(id)
             #expect(state.contains("\"drain\":\"completed\"") && state.contains("\"registry\":\"deregistered\""), "\(state)")
             let listed = try await TestHTTPClient.request("GET", port: nacos, path: "/nacos/v1/ns/instance/list?serviceName=orders").body
             #expect(!listed.contains("\"port\":\(port)"), "\(listed)")

@@ -118,3 +118,16 @@ struct ScrapedLedger {
 
     var balances: Bool { received == forwarded + rejected + deadLettered + brokerOnly + inFlight }
 }
+
+extension TestServer {
+    /// Polls `GET /admin/instances/{id}` until its drain is complete (or 2 s passed); returns the last answer.
+    func drainState(_ id: String) async throws -> String {
+        var state = ""
+        for _ in 0..<100 {
+            state = try await admin("GET", "/admin/instances/\(id)").body
+            if state.contains("\"drain\":\"completed\"") { break }
+            try await Task.sleep(nanoseconds: 20_000_000)
+        }
+        return state
+    }
+}
