@@ -133,6 +133,7 @@ final class GatewaySession: HTTPStreamSession {
         }
         guard let instance = choose() else {
             let service = candidates.first?.service ?? "upstream"
+            abandonRetry(service)
             fail(.serviceUnavailable, "circuit_open", "every instance of service \(service) has an open circuit (too many failures in a row)")
             return
         }
@@ -209,6 +210,7 @@ final class GatewaySession: HTTPStreamSession {
         let deadline = admissionDeadline ?? now + UInt64(max(0, timeout.nanoseconds))
         admissionDeadline = deadline
         guard now < deadline else {
+            abandonRetry(service)
             fail(
                 .serviceUnavailable,
                 "warming_up",
@@ -218,6 +220,13 @@ final class GatewaySession: HTTPStreamSession {
         }
         let bound = NIOLoopBound(self, eventLoop: loop)
         loop.scheduleTask(in: .milliseconds(10)) { bound.value.start() }
+    }
+
+    /// A retry slot taken for an attempt that never started goes back to the budget.
+    private func abandonRetry(_ service: String) {
+        guard attemptIsRetry, let balancer else { return }
+        attemptIsRetry = false
+        balancer.retryBudget.release(service)
     }
 
     /// Tries another instance when allowed; false when this attempt's failure is final.
