@@ -63,3 +63,35 @@ import Testing
         await server.stop()
     }
 }
+
+/// The gateway's retry budget keeps no slot for a retry that never went out.
+@Suite struct GatewayRetryBudgetTests {
+    @Test func aRetryThatFindsEveryCircuitOpenGivesItsSlotBack() async throws {
+        let a = try await TestHTTPService.start()
+        let b = try await TestHTTPService.start(status: 503)
+        let server = try await TestServer.start(
+            """
+            resilience: {warmup: {duration: 0s}}
+            gateway:
+              routes: [{name: api, path_prefix: /api, service: s, retries: 1}]
+            services:
+              s: {circuit: {failures: 1, open_for: 60s}, instances: [{url: "\(a.url)"}, {url: "\(b.url)"}]}
+            """
+        )
+        // Until B has answered once (503: its circuit opens; the request is retried on A).
+        for _ in 0..<50 where b.received.isEmpty {
+            #expect(try await TestHTTPClient.request("GET", port: server.httpPort, path: "/api/x").status == 200)
+        }
+        #expect(b.received.count == 1)
+        // A fails now: its retry may only go to B, whose circuit is open: nothing goes out.
+        a.setStatus(503)
+        let answer = try await TestHTTPClient.request("GET", port: server.httpPort, path: "/api/x")
+        #expect(answer.status == 503 && answer.body.contains("circuit_open"), "\(answer.body)")
+        #expect(b.received.count == 1)
+        let services = try await server.admin("GET", "/admin/services").body.replacingOccurrences(of: " ", with: "")
+        #expect(services.contains("\"retries_in_flight\":0"), "\(services)")
+        await a.stop()
+        await b.stop()
+        await server.stop()
+    }
+}
