@@ -105,7 +105,8 @@ extension Router {
         guard !live.isEmpty else { return }
 
         // The service or the target's circuit is down, or the retry budget spent: the batch waits.
-        @Sendable func park() {
+        @Sendable func park(_ reason: String, _ why: String) {
+            if parked == 0 { noteWaiting(route: route.name, service: target.service, reason: reason, why: why) }
             let wait = RetryPolicy.parkDelay(afterWaits: parked)
             loop.scheduleTask(in: .nanoseconds(Int64(wait * 1e9))) {
                 self.sendBatch(live, route: route, target: target, lane: lane, attempt: attempt, parked: parked + 1, retry: retry, loop: loop)
@@ -117,11 +118,11 @@ extension Router {
             }
             return
         }
-        if retry, !mayRetry(target.service) { return park() }
+        if retry, !mayRetry(target.service) { return park("retry_budget", "the retry budget of service \(target.service) is spent") }
         let breaker = breaker(route: route.name, service: target.service)
         if let breaker, !breaker.allow() {
             if retry { abandonRetry(target.service) }
-            return park()
+            return park("target_circuit_open", "the circuit of route \(route.name)'s target \(target.service) is open")
         }
         let choice: Choice
         switch choose(service: target.service, lane: lane, refused: refused) {
@@ -129,7 +130,7 @@ extension Router {
         case .failure(let none):
             breaker?.abandon()
             if retry { abandonRetry(target.service) }
-            if none.waits { park() } else { failAll(live, none.reason, none.detail, attempts: attempt - 1) }
+            if none.waits { park(none.reason, none.detail) } else { failAll(live, none.reason, none.detail, attempts: attempt - 1) }
             return
         }
         let (instance, fallback, candidates) = (choice.instance, choice.fallback, choice.candidates)
@@ -178,7 +179,7 @@ extension Router {
                         )
                         return
                     }
-                    park()
+                    park("unreachable", "no instance of service \(target.service) can be reached")
                     return
                 }
                 guard attempt <= policy.retries else {

@@ -27,6 +27,8 @@ public final class Router: Sendable {
         var service: String
     }
     let batchers = NIOLockedValueBox([BatchKey: Batcher]())
+    /// When each (service, reason) last had a waiting message logged.
+    let waitWarnings = NIOLockedValueBox([String: UInt64]())
 
     /// How one message ended.
     public enum Outcome: Sendable, Equatable {
@@ -286,6 +288,26 @@ public final class Router: Sendable {
         targetBreakers.isEmpty ? nil : targetBreakers[TargetKey(route: route, service: service)]
     }
 
+    /// A message starts waiting (in the journal, its attempts not used up): counted by route and
+    /// reason, and logged as a warning at most every 30 s per service and reason, so that a
+    /// service that is down or has no instance is not silent.
+    func noteWaiting(route: String, service: String, reason: String, why: String) {
+        Counter(label: "switchyard_message_waits_total", dimensions: [("route", route), ("reason", reason)]).increment()
+        let now = SystemMonotonicClock().nowNanos()
+        let key = "\(service)|\(reason)"
+        let warn = waitWarnings.withLockedValue { last -> Bool in
+            if let at = last[key], now &- at < 30_000_000_000 { return false }
+            last[key] = now
+            return true
+        }
+        if warn {
+            logger.warning(
+                "messages wait for a service; they are delivered when it is back, or expire after the route's ttl",
+                metadata: ["route": "\(route)", "service": "\(service)", "reason": "\(reason)", "detail": "\(why)"]
+            )
+        }
+    }
+
     /// How long an attempt held back by a cold fleet's ramp waits before it asks again.
     static func admissionWait() -> Double {
         var rng = FastRandom()
@@ -365,18 +387,19 @@ public final class Router: Sendable {
         }
         // The service is down (or its retry budget spent): the message waits, in the journal,
         // without using up its retries, until the service is back or the route's TTL runs out.
-        let park = { @Sendable (why: String) -> EventLoopFuture<TargetResult> in
+        let park = { @Sendable (reason: String, why: String) -> EventLoopFuture<TargetResult> in
+            if parked == 0 { self.noteWaiting(route: route.name, service: target.service, reason: reason, why: why) }
             self.logger.debug("waiting", metadata: ["id": "\(envelope.id)", "why": "\(why)"])
             return again(RetryPolicy.parkDelay(afterWaits: parked), parked + 1)
         }
         // A cold fleet takes part of the service's usual concurrency: the message waits its turn.
         if !balancer.admits(target.service) { return again(Router.admissionWait(), parked) }
-        if retry, !mayRetry(target.service) { return park("the retry budget of service \(target.service) is spent") }
+        if retry, !mayRetry(target.service) { return park("retry_budget", "the retry budget of service \(target.service) is spent") }
         // The target's own circuit open: the message waits, as for a service that is down.
         let breaker = breaker(route: route.name, service: target.service)
         if let breaker, !breaker.allow() {
             if retry { abandonRetry(target.service) }
-            return park("the circuit of route \(route.name)'s target \(target.service) is open")
+            return park("target_circuit_open", "the circuit of route \(route.name)'s target \(target.service) is open")
         }
         let choice: Choice
         switch choose(service: target.service, lane: envelope.lane, refused: refused) {
@@ -384,7 +407,7 @@ public final class Router: Sendable {
         case .failure(let none):
             breaker?.abandon()
             if retry { abandonRetry(target.service) }
-            return none.waits ? park(none.detail) : fail(none.reason, none.detail, false)
+            return none.waits ? park(none.reason, none.detail) : fail(none.reason, none.detail, false)
         }
         let request = Router.request(
             for: envelope,
@@ -425,7 +448,7 @@ public final class Router: Sendable {
                             loop: loop
                         )
                     }
-                    return park(why)
+                    return park("unreachable", why)
                 }
                 guard attempt <= policy.retries else {
                     return fail(reason, detail, true)

@@ -283,7 +283,10 @@ func lane(_ name: String, fallback: SwitchyardConfiguration.LaneFallback = .base
         // Two failures open it; the retry then waits for the circuit instead of failing on.
         let pending = Task { try await h.send() }
         // The circuit opens with the second failure; the retry counted after it comes a moment later.
-        try await waitUntil { h.router.circuits.first?.state == .open && h.ledger.snapshot().retried["telemetry"] == 2 }
+        // (A generous bound: under the whole suite this test's loop may wait its turn for seconds.)
+        try await waitUntil(timeout: .seconds(30)) {
+            h.router.circuits.first?.state == .open && h.ledger.snapshot().retried["telemetry"] == 2
+        }
         #expect(h.forwarder.recorded.count == 2)
         #expect(h.ledger.snapshot().retried["telemetry"] == 2)  // the second retry waits for the circuit
         try await Task.sleep(for: .milliseconds(300))

@@ -22,7 +22,9 @@ import Testing
         init(_ yaml: String, name: String) throws {
             dir = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-\(name)-\(UUID().uuidString)").path
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-            httpPort = Int.random(in: 20_000...39_000)
+            // Below the kernel's ephemeral range (32768+), where other tests' port-0 listeners
+            // and outgoing connections take ports, and above startRestartable's 10000–19999.
+            httpPort = Int.random(in: 20_000...32_700)
             adminPort = httpPort + 1
             configPath = "\(dir)/switchyard.yaml"
             dataDir = "\(dir)/data"

@@ -91,3 +91,36 @@ import Testing
         await server.stop()
     }
 }
+
+/// A service without instances holds messages back, counted and logged, and gets them once an
+/// instance registers.
+@Suite struct WaitingMessageTests {
+    @Test func messagesWaitForAServiceWithoutInstancesAndArriveWhenOneRegisters() async throws {
+        let server = try await TestServer.start(
+            """
+            resilience: {warmup: {duration: 0s}}
+            routes:
+              - {name: orders, match: "^orders/.+$", targets: [{service: orders, path: /msg}]}
+            """
+        )
+        let nacos = try await RegistryAPITests.nacosPort(server)
+        #expect(try await server.post("orders/o1", body: #"{"n":1}"#).status == 202)
+        try await Task.sleep(nanoseconds: 300_000_000)
+        let metrics = try await server.admin("GET", "/metrics", token: nil).body.split(separator: "\n")
+        #expect(
+            metrics.contains {
+                $0.hasPrefix("switchyard_message_waits_total") && $0.contains(#"reason="no_instances""#) && $0.contains(#"route="orders""#)
+            },
+            "a waiting message should be counted"
+        )
+        #expect(!(try await server.admin("GET", "/admin/dead-letters").body.contains("\"reason\"")))
+        // An instance registers: the message goes to it.
+        let service = try await TestHTTPService.start()
+        let path = "/nacos/v1/ns/instance?serviceName=orders&ip=127.0.0.1&port=\(service.port)"
+        #expect(try await TestHTTPClient.request("POST", port: nacos, path: path, body: "").status == 200)
+        let got = await service.waitFor(count: 1, timeoutSeconds: 15)
+        #expect(got.first?.body == #"{"n":1}"#)
+        await service.stop()
+        await server.stop()
+    }
+}

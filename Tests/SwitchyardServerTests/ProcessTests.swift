@@ -9,7 +9,9 @@ import Testing
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent(".build/debug/switchyard").path
 
-    static func freePort() -> Int { Int.random(in: 20_000...40_000) }
+    /// A port below the kernel's ephemeral range (32768+), so no port-0 listener or outgoing
+    /// connection of a concurrent test holds it.
+    static func freePort() -> Int { Int.random(in: 20_000...32_700) }
 
     /// Runs the binary to its end; returns its status and output (stdout, and stderr when `mergeErrors`).
     static func runBinary(_ args: [String], in dir: String? = nil, mergeErrors: Bool = true) async throws -> (Int32, String) {
