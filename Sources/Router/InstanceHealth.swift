@@ -43,7 +43,7 @@ public final class InstanceHealth: Sendable {
     public enum DrainSource: String, Sendable, Encodable {
         /// An operator's drain (admin or registry metadata): it completes once nothing is in
         /// flight, and the instance then leaves the registry.
-        var completes: Bool { self == .admin || self == .registry }
+        public var completes: Bool { self == .admin || self == .registry }
 
         /// `POST /admin/instances/{id}/drain` or `switchyard drain` (until undrained).
         case admin
@@ -58,8 +58,6 @@ public final class InstanceHealth: Sendable {
 
     struct Drain {
         var source: DrainSource
-        /// Ends in a completed drain (admin or registry): kept until undrained.
-        var completes: Bool { source.completes }
         var until: UInt64?
         var since: UInt64
         /// An admin drain whose in-flight requests all finished.
@@ -231,7 +229,7 @@ public final class InstanceHealth: Sendable {
         let fresh = state.withLockedValue { s -> Bool in
             let fresh = s.drains[key] == nil
             if fresh { special.wrappingAdd(1, ordering: .relaxed) }
-            if s.drains[key]?.completes != true { s.drains[key] = Drain(source: source, until: until, since: clock.nowNanos()) }
+            if s.drains[key]?.source.completes != true { s.drains[key] = Drain(source: source, until: until, since: clock.nowNanos()) }
             if source.completes { s.ended[key] = nil }
             return fresh
         }

@@ -59,8 +59,7 @@ extension AdminResponder {
                             warmUpPercent: status.warmUpPercent,
                             warmingForSeconds: status.warmingForSeconds,
                             draining: status.draining,
-                            drain: balancer.health.drainEnd(of: instance.key) != nil
-                                ? "completed" : status.draining == .admin || status.draining == .registry ? "in_progress" : nil,
+                            drain: drainState(instance.key, draining: status.draining),
                             inFlight: balancer.outstanding(instance),
                             circuit: circuits[instance.key] ?? .closed
                         )
@@ -106,13 +105,19 @@ extension AdminResponder {
         return instanceJSON(id, in: instance, end: balancer.health.drainEnd(of: id))
     }
 
+    /// An operator's drain: `in_progress` until it completes (nothing in flight, the instance
+    /// out of the registry), then `completed`; nil for no such drain.
+    private func drainState(_ id: String, draining: InstanceHealth.DrainSource?) -> String? {
+        if app.shared.balancer.health.drainEnd(of: id) != nil { return "completed" }
+        return draining?.completes == true ? "in_progress" : nil
+    }
+
     /// `{id, draining, drain: in_progress|completed|null, registry, in_flight}`.
     private func instanceJSON(_ id: String, in instance: ServiceInstance?, end: InstanceHealth.DrainEnd?) -> OutgoingResponse {
         let balancer = app.shared.balancer
         let status = balancer.health.status(of: id)
         let draining = status.draining.map { "\"\($0.rawValue)\"" } ?? "null"
-        // Complete once the instance has left the registry too.
-        let drain = end != nil ? "\"completed\"" : status.draining == .admin || status.draining == .registry ? "\"in_progress\"" : "null"
+        let drain = end == nil ? drainState(id, draining: status.draining).map { "\"\($0)\"" } ?? "null" : "\"completed\""
         let registry = end.map { "\"\($0.registry)\"" } ?? "null"
         let inFlight = instance.map { balancer.outstanding($0) } ?? 0
         return .json(
@@ -123,14 +128,10 @@ extension AdminResponder {
 
     /// Undrain of an ephemeral instance the drain disabled: enabled again in the registry.
     private func enableInRegistry(_ id: String, directory: RoutingDirectory) {
-        guard let registry = app.registry, let at = id.firstIndex(of: "@") else { return }
-        let service = String(id[..<at])
-        var address = id[id.index(after: at)...]
-        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else { return }
-        address = address[..<colon]
-        let host = address.hasPrefix("[") ? String(address.dropFirst().dropLast()) : String(address)
-        let name = directory.bindings[service] ?? ServiceName(name: service)
-        for address in registry.addresses(ip: host, port: port, in: name) {
+        guard let registry = app.registry, let at = id.firstIndex(of: "@"),
+            let instance = ServiceInstance(service: String(id[..<at]), url: "http://" + id[id.index(after: at)...])
+        else { return }
+        for (name, address) in DrainWatcher.registrations(of: instance, in: registry, directory: directory) {
             guard var registered = registry.instance(address, in: name), !registered.enabled else { continue }
             registered.enabled = true
             try? registry.update(registered, in: name)

@@ -36,12 +36,23 @@ struct DrainWatcher: Service {
         }
     }
 
+    /// Where `instance` is registered: the service name its routes bind (public namespace and
+    /// default group otherwise) and its addresses there; none for a static instance.
+    static func registrations(
+        of instance: ServiceInstance,
+        in registry: Registry,
+        directory: RoutingDirectory
+    ) -> [(ServiceName, InstanceAddress)] {
+        guard directory.fixed[instance.service] == nil else { return [] }
+        let name = directory.bindings[instance.service] ?? ServiceName(name: instance.service)
+        return registry.addresses(ip: instance.host, port: instance.port, in: name).map { (name, $0) }
+    }
+
     /// Takes a drained instance out of the registry; says what was done.
     func leaveRegistry(_ instance: ServiceInstance, directory: RoutingDirectory) -> String {
-        guard let registry = app.registry, directory.fixed[instance.service] == nil else { return "none" }
-        let name = directory.bindings[instance.service] ?? ServiceName(name: instance.service)
+        guard let registry = app.registry else { return "none" }
         var outcome = "none"
-        for address in registry.addresses(ip: instance.host, port: instance.port, in: name) {
+        for (name, address) in Self.registrations(of: instance, in: registry, directory: directory) {
             guard var registered = registry.instance(address, in: name) else { continue }
             do {
                 if registered.ephemeral {
