@@ -1,4 +1,5 @@
 public import NIOCore
+import SwitchyardCore
 
 #if canImport(Glibc)
     import Glibc
@@ -31,13 +32,26 @@ public struct CIDR: Sendable, Equatable, CustomStringConvertible {
     }
 
     /// True when the address lies in this network. IPv4-mapped IPv6 addresses match IPv4 networks.
+    /// (Checked on every message and request: reads the socket address in place.)
     public func contains(_ address: SocketAddress) -> Bool {
-        guard var other = CIDR.bytes(of: address) else { return false }
-        if other.count == 16 && bytes.count == 4 && other[0..<10].allSatisfy({ $0 == 0 }) && other[10] == 0xFF
-            && other[11] == 0xFF
-        {
-            other = Array(other[12...])
+        switch address {
+        case .v4(let a):
+            return withUnsafeBytes(of: a.address) { contains(networkOrder: IPBytes.v4($0)) }
+        case .v6(let a):
+            return withUnsafeBytes(of: a.address) { socketAddress in
+                let raw = IPBytes.v6(socketAddress)
+                if bytes.count == 4 && raw.prefix(10).allSatisfy({ $0 == 0 }) && raw[10] == 0xFF && raw[11] == 0xFF {
+                    return contains(networkOrder: UnsafeRawBufferPointer(rebasing: raw[12...]))
+                }
+                return contains(networkOrder: raw)
+            }
+        case .unixDomainSocket:
+            return false
         }
+    }
+
+    /// `other`: an address's bytes as they travel (4 or 16).
+    private func contains(networkOrder other: UnsafeRawBufferPointer) -> Bool {
         guard other.count == bytes.count else { return false }
         var remaining = prefix
         for i in 0..<bytes.count where remaining > 0 {
@@ -47,10 +61,6 @@ public struct CIDR: Sendable, Equatable, CustomStringConvertible {
             remaining -= bits
         }
         return true
-    }
-
-    static func bytes(of address: SocketAddress) -> [UInt8]? {
-        address.ipAddress.flatMap(parseAddress)
     }
 
     static func parseAddress(_ text: String) -> [UInt8]? {

@@ -9,7 +9,7 @@ enum HTTP1RequestEncoder {
         guard isToken(request.method), isSafe(request.path, allowSpace: false), request.path.hasPrefix("/") else {
             return ForwardError(.connectionFailed, "refusing to send a malformed request line \(request.method) \(request.path)")
         }
-        buffer.reserveCapacity(256 + request.body.readableBytes)
+        buffer.reserveCapacity(size(of: request, host: host))
         buffer.writeString(request.method)
         buffer.writeStaticString(" ")
         buffer.writeString(request.path)
@@ -31,6 +31,13 @@ enum HTTP1RequestEncoder {
         var body = request.body
         buffer.writeBuffer(&body)
         return nil
+    }
+
+    /// The encoded request's size (give the buffer this capacity: no growing while writing).
+    static func size(of request: ForwardRequest, host: String) -> Int {
+        var n = request.method.utf8.count + request.path.utf8.count + host.utf8.count + 64 + request.body.readableBytes
+        for field in request.headers { n += field.name.utf8.count + field.value.utf8.count + 4 }
+        return n
     }
 
     static func isToken(_ s: String) -> Bool { HTTPToken.isToken(s) }

@@ -175,55 +175,117 @@ struct HTTP1ResponseParser {
 
     private var bodyKind: (chunked: Bool, length: Int?) = (false, nil)
 
-    /// Parses the status line and the headers that frame the body.
+    /// Parses the status line and the headers that frame the body (in place: the head of
+    /// every forwarded message's answer passes here, and only the rare headers become Strings).
     private mutating func parseHead(_ head: ByteBuffer) -> String? {
-        let bytes = head.readableBytesView
-        var lines = bytes.split(separator: 10, omittingEmptySubsequences: false).map { line -> ArraySlice<UInt8> in
-            var l = ArraySlice(line)
-            if l.last == 13 { l = l.dropLast() }
-            return l
+        head.withUnsafeReadableBytes { parseHead($0) }
+    }
+
+    private mutating func parseHead(_ raw: UnsafeRawBufferPointer) -> String? {
+        var position = 0
+        /// The next line without its CR LF (nil at the end).
+        func nextLine() -> UnsafeRawBufferPointer? {
+            guard position < raw.count else { return nil }
+            var end = position
+            while end < raw.count && raw[end] != 10 { end += 1 }
+            var lineEnd = end
+            if lineEnd > position && raw[lineEnd - 1] == 13 { lineEnd -= 1 }
+            defer { position = end + 1 }
+            return UnsafeRawBufferPointer(rebasing: raw[position..<lineEnd])
         }
-        while lines.last?.isEmpty == true { lines.removeLast() }
-        guard let statusLine = lines.first else { return "empty status line" }
-        let parts = statusLine.split(separator: 0x20, maxSplits: 2, omittingEmptySubsequences: true)
-        guard parts.count >= 2, parts[0].starts(with: Array("HTTP/1.".utf8)), parts[0].count == 8,
-            parts[1].count == 3, let code = Int(String(decoding: parts[1], as: UTF8.self)), (100...999).contains(code)
-        else {
+        guard let statusLine = nextLine() else { return "empty status line" }
+        guard let code = Self.statusCode(statusLine) else {
             return "bad status line \"\(String(decoding: statusLine.prefix(64), as: UTF8.self))\""
         }
         status = code
-        let http10 = parts[0].last == UInt8(ascii: "0")
-        keepAlive = !http10
+        keepAlive = statusLine[7] != UInt8(ascii: "0")  // HTTP/1.0 closes unless asked
         draining = false
         closeHeader = false
         bodyKind = (false, nil)
-        for line in lines.dropFirst() {
-            guard let colon = line.firstIndex(of: UInt8(ascii: ":")) else { return "header line without a colon" }
-            let name = String(decoding: line[line.startIndex..<colon], as: UTF8.self).lowercased()
-            let value = String(decoding: line[(colon + 1)...], as: UTF8.self).trimmingHTTPWhitespace().lowercased()
-            switch name {
-            case "content-length":
-                guard let n = Int(value), n >= 0 else { return "invalid content-length \"\(value)\"" }
+        var blankSeen = false
+        while let line = nextLine() {
+            if line.isEmpty {
+                blankSeen = true
+                continue
+            }
+            guard !blankSeen, let colon = line.firstIndex(of: UInt8(ascii: ":")) else { return "header line without a colon" }
+            let name = UnsafeRawBufferPointer(rebasing: line[..<colon])
+            let rawValue = Self.trimmed(UnsafeRawBufferPointer(rebasing: line[(colon + 1)...]))
+            if Self.name(name, is: "content-length") {
+                guard let n = Self.decimal(rawValue) else {
+                    return "invalid content-length \"\(String(decoding: rawValue.prefix(64), as: UTF8.self))\""
+                }
                 if let existing = bodyKind.length, existing != n { return "conflicting content-length headers" }
                 bodyKind.length = n
-            case "transfer-encoding":
-                if value.split(separator: ",").last.map({ $0.trimmingHTTPWhitespace() }) == "chunked" {
-                    bodyKind.chunked = true
-                } else {
+                continue
+            }
+            let isTransferEncoding = Self.name(name, is: "transfer-encoding")
+            let isConnection = !isTransferEncoding && Self.name(name, is: "connection")
+            let isDraining = !isTransferEncoding && !isConnection && Self.name(name, is: "x-switchyard-draining")
+            guard isTransferEncoding || isConnection || isDraining else { continue }
+            let value = String(decoding: rawValue, as: UTF8.self).lowercased()
+            if isTransferEncoding {
+                guard value.split(separator: ",").last.map({ $0.trimmingHTTPWhitespace() }) == "chunked" else {
                     return "unsupported transfer-encoding \"\(value)\""
                 }
-            case "connection":
+                bodyKind.chunked = true
+            } else if isConnection {
                 let tokens = value.split(separator: ",").map { $0.trimmingHTTPWhitespace() }
                 if tokens.contains("close") { (keepAlive, closeHeader) = (false, true) }
                 if tokens.contains("keep-alive") { keepAlive = true }
-            case "x-switchyard-draining":
-                draining = value.lowercased() == "true"
-            default:
-                break
+            } else {
+                draining = value == "true"
             }
         }
         if bodyKind.chunked && bodyKind.length != nil { return "both content-length and chunked" }
         return nil
+    }
+
+    /// `HTTP/1.x NNN[ reason]` (runs of spaces allowed) → NNN, 100…999.
+    static func statusCode(_ line: UnsafeRawBufferPointer) -> Int? {
+        let version = "HTTP/1.".utf8
+        guard line.count >= 12, line.starts(with: version), line[8] == 0x20 else { return nil }
+        var i = 8
+        while i < line.count && line[i] == 0x20 { i += 1 }
+        guard i + 3 <= line.count, i + 3 == line.count || line[i + 3] == 0x20 else { return nil }
+        var code = 0
+        for b in line[i..<(i + 3)] {
+            guard b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9") else { return nil }
+            code = code * 10 + Int(b - UInt8(ascii: "0"))
+        }
+        return code >= 100 ? code : nil
+    }
+
+    /// Digits only, at most 18 of them (a length, never negative or signed).
+    static func decimal(_ bytes: UnsafeRawBufferPointer) -> Int? {
+        guard !bytes.isEmpty, bytes.count <= 18 else { return nil }
+        var n = 0
+        for b in bytes {
+            guard b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9") else { return nil }
+            n = n * 10 + Int(b - UInt8(ascii: "0"))
+        }
+        return n
+    }
+
+    /// Without leading and trailing spaces and tabs.
+    static func trimmed(_ bytes: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
+        var start = 0
+        var end = bytes.count
+        while start < end && (bytes[start] == 0x20 || bytes[start] == 0x09) { start += 1 }
+        while end > start && (bytes[end - 1] == 0x20 || bytes[end - 1] == 0x09) { end -= 1 }
+        return UnsafeRawBufferPointer(rebasing: bytes[start..<end])
+    }
+
+    /// A header name compared with a lowercase one, ignoring ASCII case.
+    static func name(_ bytes: UnsafeRawBufferPointer, is lowercase: StaticString) -> Bool {
+        guard bytes.count == lowercase.utf8CodeUnitCount else { return false }
+        let expected = UnsafeRawBufferPointer(start: lowercase.utf8Start, count: lowercase.utf8CodeUnitCount)
+        for i in 0..<bytes.count {
+            let b = bytes[i]
+            let lower = b >= 0x41 && b <= 0x5A ? b | 0x20 : b
+            if lower != expected[i] { return false }
+        }
+        return true
     }
 
     /// Chooses how the body is framed; returns the response when it has none.

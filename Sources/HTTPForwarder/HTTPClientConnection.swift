@@ -53,7 +53,7 @@ final class HTTPClientConnection {
             handler.fail(ForwardError(.connectionFailed, "connection closed before the request was sent"), channel: channel)
             return
         }
-        var buffer = channel.allocator.buffer(capacity: 0)
+        var buffer = channel.allocator.buffer(capacity: HTTP1RequestEncoder.size(of: request, host: host))
         if let error = HTTP1RequestEncoder.encode(request, host: host, into: &buffer) {
             handler.fail(error, channel: channel)
             return

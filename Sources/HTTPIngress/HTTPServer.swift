@@ -273,6 +273,10 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// and the one whose answer is being written (until it ends).
     private var requestSession: (any HTTPStreamSession)?
     private var responseSession: (any HTTPStreamSession)?
+    /// When the next request head must have arrived (nil while a request is in progress), and
+    /// the one timer that checks it: re-arming after each answer only moves the deadline (no
+    /// timer per request); the timer, when it fires early, sleeps again until the deadline.
+    private var headDeadline: NIODeadline?
     private var headTimer: Scheduled<Void>?
 
     init(server: HTTPServer, maxBodyBytes: Int) {
@@ -283,15 +287,32 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
     func handlerAdded(context: ChannelHandlerContext) { armHeadTimer(context: context) }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        headDeadline = nil
         headTimer?.cancel()
         headTimer = nil
     }
 
     /// Waits for the next request head (see `HTTPServer.headTimeout`).
     private func armHeadTimer(context: ChannelHandlerContext) {
-        headTimer?.cancel()
-        let channel = context.channel
-        headTimer = context.eventLoop.scheduleTask(in: server.headTimeout) { channel.close(promise: nil) }
+        let deadline = NIODeadline.now() + server.headTimeout
+        headDeadline = deadline
+        if headTimer == nil { scheduleHeadCheck(at: deadline, context: context) }
+    }
+
+    private func disarmHeadTimer() { headDeadline = nil }
+
+    private func scheduleHeadCheck(at deadline: NIODeadline, context: ChannelHandlerContext) {
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        headTimer = context.eventLoop.scheduleTask(deadline: deadline) {
+            let (handler, context) = loopBound.value
+            handler.headTimer = nil
+            guard let due = handler.headDeadline else { return }  // a request came; re-armed after its answer
+            if due <= .now() {
+                context.channel.close(promise: nil)
+            } else {
+                handler.scheduleHeadCheck(at: due, context: context)
+            }
+        }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -318,9 +339,12 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
         switch part {
         case .head(let h):
-            headTimer?.cancel()
-            headTimer = nil
-            if let streaming = server.streaming, startStream(streaming, h, context: context) { return }
+            disarmHeadTimer()
+            if let streaming = server.streaming, !MessageIngestResponder.isMessageEndpoint(h.uri),
+                startStream(streaming, h, context: context)
+            {
+                return
+            }
             head = h
             body = nil
             tooLarge = false

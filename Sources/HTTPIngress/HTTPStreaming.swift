@@ -7,7 +7,9 @@ import NIOSSL
 /// API gateway); every other request is collected and answered by the `HTTPResponder`.
 /// Called on the connection's event loop; sessions live on it.
 public protocol HTTPStreamingResponder: Sendable {
-    /// A session for this request, or nil to leave it to the buffered responder.
+    /// A session for this request, or nil to leave it to the buffered responder. Not asked
+    /// about the message endpoints (`/v1/messages/…`, `/v1/batch`): those are always the
+    /// message channel's.
     func session(for head: HTTPRequestHead, remoteAddress: SocketAddress?, writer: HTTPResponseWriter) -> (any HTTPStreamSession)?
 }
 

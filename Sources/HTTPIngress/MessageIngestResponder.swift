@@ -20,6 +20,14 @@ public struct MessageIngestResponder: HTTPResponder {
     public static let pathPrefix = "/v1/messages/"
     public static let batchPath = "/v1/batch"
 
+    /// `/v1/messages/…` or `/v1/batch` (with or without a query): the message channel's,
+    /// never the gateway's.
+    public static func isMessageEndpoint(_ uri: String) -> Bool {
+        var u = uri.utf8[...]
+        if let q = u.firstIndex(of: UInt8(ascii: "?")) { u = u[..<q] }
+        return u.starts(with: pathPrefix.utf8) || u.elementsEqual(batchPath.utf8)
+    }
+
     let sink: any MessageSink
     let options: Options
     let onMalformed: @Sendable (String) -> Void
@@ -42,9 +50,9 @@ public struct MessageIngestResponder: HTTPResponder {
             return sink.submit(envelope, on: loop).map { result in
                 switch result {
                 case .accepted:
-                    return .json(.accepted, "{\"id\":\(JSONText.quote(id)),\"status\":\"accepted\"}")
+                    return Self.acceptedResponse(id: id, status: "accepted")
                 case .duplicate:
-                    return .json(.accepted, "{\"id\":\(JSONText.quote(id)),\"status\":\"duplicate\"}")
+                    return Self.acceptedResponse(id: id, status: "duplicate")
                 case .rejected(let r):
                     var headers = HTTPHeaders()
                     if let wait = r.retryAfterSeconds { headers.add(name: "retry-after", value: Self.retryAfter(wait)) }
@@ -52,6 +60,19 @@ public struct MessageIngestResponder: HTTPResponder {
                 }
             }
         }
+    }
+
+    static let jsonHeaders: HTTPHeaders = ["content-type": "application/json"]
+
+    /// `202 {"id": …, "status": …}`, written straight into its buffer (once per message).
+    static func acceptedResponse(id: String, status: StaticString) -> OutgoingResponse {
+        var body = ByteBufferAllocator().buffer(capacity: id.utf8.count * 2 + 40)
+        body.writeStaticString("{\"id\":")
+        JSONText.writeQuoted(id, into: &body)
+        body.writeStaticString(",\"status\":\"")
+        body.writeStaticString(status)
+        body.writeStaticString("\"}")
+        return OutgoingResponse(status: .accepted, headers: jsonHeaders, body: body)
     }
 
     static func retryAfter(_ seconds: Double) -> String { String(max(1, Int(seconds.rounded(.up)))) }
@@ -89,18 +110,18 @@ public struct MessageIngestResponder: HTTPResponder {
         guard request.body.readableBytes > 0 else {
             return .failure(BadRequest(.badRequest, "empty_payload", "the request body (the message payload) is empty"))
         }
-        var identity: [String: String] = [:]
-        for name in [options.deviceHeader, options.productHeader, options.messageIDHeader] {
-            guard let value = request.headers.first(name: name) else { continue }
-            guard Self.isCleanHeaderValue(value) else {
-                return .failure(BadRequest(.badRequest, "malformed_header", "header \(name) is not valid UTF-8 text"))
-            }
-            if value.isEmpty || value.utf8.count > 256 {
-                return .failure(BadRequest(.badRequest, "malformed_header", "header \(name) must be 1…256 bytes"))
-            }
-            identity[name] = value
+        let device: String?
+        let product: String?
+        let senderID: String?
+        switch (identityHeader(options.deviceHeader, request), identityHeader(options.productHeader, request)) {
+        case (.failure(let bad), _), (_, .failure(let bad)): return .failure(bad)
+        case (.success(let d), .success(let p)): (device, product) = (d, p)
         }
-        if let id = identity[options.messageIDHeader], !MessageID.isValid(id) {
+        switch identityHeader(options.messageIDHeader, request) {
+        case .failure(let bad): return .failure(bad)
+        case .success(let id): senderID = id
+        }
+        if let id = senderID, !MessageID.isValid(id) {
             return .failure(
                 BadRequest(.badRequest, "malformed_header", "header \(options.messageIDHeader) must be printable ASCII without spaces, ≤ 128 bytes")
             )
@@ -114,14 +135,13 @@ public struct MessageIngestResponder: HTTPResponder {
         }
         let trace = Self.trace(request.headers.first(name: "traceparent"), baggage: request.headers.first(name: "baggage"))
         let now = WallClock.nowNanos()
-        let senderID = identity[options.messageIDHeader]
         return .success(
             Envelope(
                 id: senderID ?? MessageID.generate(nowNanos: now),
                 channel: options.channelName,
                 topic: topic,
-                product: identity[options.productHeader],
-                device: identity[options.deviceHeader],
+                product: product,
+                device: device,
                 payload: request.body,
                 headers: headers,
                 receivedAt: now,
@@ -130,6 +150,18 @@ public struct MessageIngestResponder: HTTPResponder {
                 idFromSender: senderID != nil
             )
         )
+    }
+
+    /// An identity header's value (nil when absent): clean text of 1…256 bytes.
+    func identityHeader(_ name: String, _ request: IncomingRequest) -> Result<String?, BadRequest> {
+        guard let value = request.headers.first(name: name) else { return .success(nil) }
+        guard Self.isCleanHeaderValue(value) else {
+            return .failure(BadRequest(.badRequest, "malformed_header", "header \(name) is not valid UTF-8 text"))
+        }
+        if value.isEmpty || value.utf8.count > 256 {
+            return .failure(BadRequest(.badRequest, "malformed_header", "header \(name) must be 1…256 bytes"))
+        }
+        return .success(value)
     }
 
     /// Switchyard's own headers are assigned here, never taken from the sender; hop-by-hop ones do not travel.

@@ -20,20 +20,37 @@ public enum EnvelopeCodec {
         writeString(e.trace.spanID, &buffer)
         writeString(e.trace.flags, &buffer)
         writeOptional(e.trace.baggage, &buffer)
-        writeOptional(e.clientAddress?.ipAddress, &buffer)
+        writeAddress(e.clientAddress, &buffer)
         buffer.writeInteger(UInt32(e.headers.count))
         for h in e.headers {
             writeString(h.name, &buffer)
             writeString(h.value, &buffer)
         }
         buffer.writeInteger(UInt32(e.tags.count))
-        for (k, v) in e.tags.sorted(by: { $0.key < $1.key }) {
-            writeString(k, &buffer)
-            writeString(v, &buffer)
+        if e.tags.count == 1 {
+            for (k, v) in e.tags {
+                writeString(k, &buffer)
+                writeString(v, &buffer)
+            }
+        } else {
+            for (k, v) in e.tags.sorted(by: { $0.key < $1.key }) {
+                writeString(k, &buffer)
+                writeString(v, &buffer)
+            }
         }
         buffer.writeInteger(UInt32(e.payload.readableBytes))
         var payload = e.payload
         buffer.writeBuffer(&payload)
+    }
+
+    /// At least the encoded size (a frame of this capacity never grows while it is written).
+    public static func size(of e: Envelope) -> Int {
+        var n = 128 + e.id.utf8.count + e.channel.utf8.count + e.topic.utf8.count + e.payload.readableBytes
+        n += (e.product?.utf8.count ?? 0) + (e.device?.utf8.count ?? 0) + (e.lane?.utf8.count ?? 0)
+        n += e.trace.traceID.utf8.count + e.trace.spanID.utf8.count + e.trace.flags.utf8.count + (e.trace.baggage?.utf8.count ?? 0)
+        for h in e.headers { n += 8 + h.name.utf8.count + h.value.utf8.count }
+        for (k, v) in e.tags { n += 8 + k.utf8.count + v.utf8.count }
+        return n
     }
 
     public static func decode(_ buffer: inout ByteBuffer) -> Envelope? {
@@ -79,6 +96,26 @@ public enum EnvelopeCodec {
     private static func writeString(_ s: String, _ buffer: inout ByteBuffer) {
         buffer.writeInteger(UInt32(s.utf8.count))
         buffer.writeString(s)
+    }
+
+    /// The client's IP address as text (`192.0.2.7`, `::1`); IPv4 is formatted in place.
+    private static func writeAddress(_ address: SocketAddress?, _ buffer: inout ByteBuffer) {
+        guard case .v4(let v4)? = address else {
+            writeOptional(address?.ipAddress, &buffer)
+            return
+        }
+        let lengthAt = buffer.writerIndex
+        buffer.writeInteger(UInt32(0))
+        var written = 0
+        withUnsafeBytes(of: v4.address) { socketAddress in
+            for (i, byte) in IPBytes.v4(socketAddress).enumerated() {
+                if i > 0 { written += buffer.writeInteger(UInt8(ascii: ".")) }
+                if byte >= 100 { written += buffer.writeInteger(UInt8(ascii: "0") + byte / 100) }
+                if byte >= 10 { written += buffer.writeInteger(UInt8(ascii: "0") + byte / 10 % 10) }
+                written += buffer.writeInteger(UInt8(ascii: "0") + byte % 10)
+            }
+        }
+        buffer.setInteger(UInt32(written), at: lengthAt)
     }
 
     private static func writeOptional(_ s: String?, _ buffer: inout ByteBuffer) {

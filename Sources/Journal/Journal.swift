@@ -163,24 +163,26 @@ public final class Journal: Sendable {
     /// Appends a message; the future (on `loop`) carries its sequence once it is on disk.
     public func append(_ envelope: Envelope, on loop: any EventLoop) -> EventLoopFuture<UInt64> {
         // Encoded straight into its frame; the sequence and checksum are filled in under the lock.
-        let frame = Self.frame(kind: .message, sequence: 0, checksum: false, capacity: 128 + envelope.payload.readableBytes) {
-            EnvelopeCodec.encode(envelope, into: &$0)
-        }
         let promise = loop.makePromise(of: UInt64.self)
-        enqueue([frame], promise: promise)
+        var frames = [
+            Self.frame(kind: .message, sequence: 0, checksum: false, capacity: 32 + EnvelopeCodec.size(of: envelope)) {
+                EnvelopeCodec.encode(envelope, into: &$0)
+            }
+        ]
+        enqueue(&frames, promise: promise)
         return promise.futureResult
     }
 
     /// Appends messages as one group: consecutive sequences, one commit, one completion.
     public func append(contentsOf envelopes: [Envelope], on loop: any EventLoop) -> EventLoopFuture<[UInt64]> {
         guard !envelopes.isEmpty else { return loop.makeSucceededFuture([]) }
-        let frames = envelopes.map { envelope in
-            Self.frame(kind: .message, sequence: 0, checksum: false, capacity: 128 + envelope.payload.readableBytes) {
+        var frames = envelopes.map { envelope in
+            Self.frame(kind: .message, sequence: 0, checksum: false, capacity: 32 + EnvelopeCodec.size(of: envelope)) {
                 EnvelopeCodec.encode(envelope, into: &$0)
             }
         }
         let promise = loop.makePromise(of: UInt64.self)
-        enqueue(frames, promise: promise)
+        enqueue(&frames, promise: promise)
         let count = UInt64(envelopes.count)
         return promise.futureResult.map { last in Array((last - count + 1)...last) }
     }
@@ -199,16 +201,17 @@ public final class Journal: Sendable {
 
     /// Queues message frames built outside the lock: sequences are assigned under it (and
     /// written into each frame with its checksum); `promise` goes with the last one.
-    private func enqueue(_ frames: [ByteBuffer], promise: EventLoopPromise<UInt64>) {
+    /// (`frames` inout: each is the only reference to its storage, so writing the sequence into
+    /// it does not copy it.)
+    private func enqueue(_ frames: inout [ByteBuffer], promise: EventLoopPromise<UInt64>) {
         let (refused, wake): (String?, Bool) = state.withLockedValue { s in
             if s.closing { return ("the journal is closed", false) }
-            for (i, frame) in frames.enumerated() {
+            for i in frames.indices {
                 let seq = s.nextSequence
                 s.nextSequence += 1
-                var frame = frame
-                Self.setSequence(seq, in: &frame)
-                s.pendingBytes += frame.readableBytes
-                s.queue.append(Pending(isMessage: true, sequence: seq, bytes: frame, promise: i == frames.count - 1 ? promise : nil))
+                Self.setSequence(seq, in: &frames[i])
+                s.pendingBytes += frames[i].readableBytes
+                s.queue.append(Pending(isMessage: true, sequence: seq, bytes: frames[i], promise: i == frames.count - 1 ? promise : nil))
             }
             // Wake the writer only for the first records of a batch or a full batch: a wake-up per
             // record would cost a context switch per message while it lingers.
@@ -253,8 +256,7 @@ public final class Journal: Sendable {
         capacity: Int = 32,
         writeBody: (inout ByteBuffer) -> Void = { _ in }
     ) -> ByteBuffer {
-        var frame = ByteBuffer()
-        frame.reserveCapacity(capacity)
+        var frame = ByteBufferAllocator().buffer(capacity: capacity)
         frame.writeInteger(UInt32(0))  // length, set below
         frame.writeInteger(UInt32(0))  // checksum, set below or under the lock
         frame.writeInteger(kind.rawValue)

@@ -112,7 +112,7 @@ public final class Router: Sendable {
         }
         if route.targets.count == 1 {
             return deliverToTarget(envelope, route: route, captures: captures, index: 0, attempts: attempts, loop: loop).map { result in
-                self.outcome(of: [result], route: route)
+                self.outcome(of: CollectionOfOne(result), route: route)
             }
         }
         let deliveries = route.targets.indices.map { index in
@@ -125,9 +125,9 @@ public final class Router: Sendable {
 
     /// The message's one outcome from its targets' results, counted in the ledger (an
     /// interrupted message is not counted: it is still in flight, in the journal).
-    private func outcome(of results: [TargetResult], route: RouteTable.Route) -> Outcome {
+    private func outcome(of results: some Collection<TargetResult>, route: RouteTable.Route) -> Outcome {
         if results.contains(where: \.interrupted) { return .interrupted(route: route.name) }
-        if let failure = results.compactMap(\.failure).first {
+        if let failure = results.lazy.compactMap(\.failure).first {
             ledger.deadLettered(route: route.name, reason: failure)
             return .deadLettered(route: route.name, reason: failure)
         }
@@ -349,8 +349,9 @@ public final class Router: Sendable {
         retry: Bool = false,
         loop: any EventLoop
     ) -> EventLoopFuture<TargetResult> {
+        // (Local functions, not closures: the common path allocates no context for them.)
         // `sent`: whether this attempt reached the forwarder (it counts as an attempt then).
-        let fail = { @Sendable (reason: String, error: String, sent: Bool) -> EventLoopFuture<TargetResult> in
+        @Sendable func fail(_ reason: String, _ error: String, _ sent: Bool) -> EventLoopFuture<TargetResult> {
             self.deadLetter(
                 envelope,
                 route: route.name,
@@ -370,7 +371,7 @@ public final class Router: Sendable {
             )
         }
         // The same attempt again after `delay`, without using up a retry.
-        let again = { @Sendable (delay: Double, parked: Int) -> EventLoopFuture<TargetResult> in
+        @Sendable func again(_ delay: Double, _ parked: Int) -> EventLoopFuture<TargetResult> {
             loop.flatScheduleTask(in: .nanoseconds(Int64(delay * 1e9))) {
                 self.deliver(
                     envelope,
@@ -387,7 +388,7 @@ public final class Router: Sendable {
         }
         // The service is down (or its retry budget spent): the message waits, in the journal,
         // without using up its retries, until the service is back or the route's TTL runs out.
-        let park = { @Sendable (reason: String, why: String) -> EventLoopFuture<TargetResult> in
+        @Sendable func park(_ reason: String, _ why: String) -> EventLoopFuture<TargetResult> {
             if parked == 0 { self.noteWaiting(route: route.name, service: target.service, reason: reason, why: why) }
             self.logger.debug("waiting", metadata: ["id": "\(envelope.id)", "why": "\(why)"])
             return again(RetryPolicy.parkDelay(afterWaits: parked), parked + 1)
@@ -508,14 +509,14 @@ public final class Router: Sendable {
         fallback: Bool,
         attempt: Int
     ) -> ForwardRequest {
-        var headers: [HeaderField] = [
-            HeaderField("x-switchyard-message-id", envelope.id),
-            HeaderField("x-switchyard-delivery-attempt", String(attempt)),
-            HeaderField("x-switchyard-topic", headerSafe(envelope.topic)),
-            HeaderField("x-switchyard-channel", envelope.channel),
-            HeaderField("traceparent", envelope.trace.childTraceparent()),
-            HeaderField("content-type", envelope.header("content-type") ?? "application/octet-stream"),
-        ]
+        var headers: [HeaderField] = []
+        headers.reserveCapacity(11 + envelope.tags.count)
+        headers.append(HeaderField("x-switchyard-message-id", envelope.id))
+        headers.append(HeaderField("x-switchyard-delivery-attempt", String(attempt)))
+        headers.append(HeaderField("x-switchyard-topic", headerSafe(envelope.topic)))
+        headers.append(HeaderField("x-switchyard-channel", envelope.channel))
+        headers.append(HeaderField("traceparent", envelope.trace.childTraceparent()))
+        headers.append(HeaderField("content-type", envelope.header("content-type") ?? "application/octet-stream"))
         if let lane = envelope.lane { headers.append(HeaderField("x-switchyard-lane", lane)) }
         if fallback { headers.append(HeaderField("x-switchyard-lane-fallback", "true")) }
         if let device = envelope.device { headers.append(HeaderField("x-switchyard-device", headerSafe(device))) }

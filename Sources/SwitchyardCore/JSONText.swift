@@ -57,7 +57,12 @@ public enum JSONText {
 
 /// Percent-decoding that reports invalid escapes and invalid UTF-8 instead of guessing.
 public enum PercentDecoding {
+    /// (Inlinable: specialised where it is called, e.g. for every message's topic.)
+    @inlinable
     public static func decode<S: StringProtocol>(_ text: S, plusAsSpace: Bool = false) -> String? {
+        if !text.utf8.contains(where: { $0 == UInt8(ascii: "%") || (plusAsSpace && $0 == UInt8(ascii: "+")) }) {
+            return String(text)  // nothing to decode (and `S` is valid Unicode already)
+        }
         var bytes: [UInt8] = []
         bytes.reserveCapacity(text.utf8.count)
         var it = text.utf8.makeIterator()
@@ -74,6 +79,7 @@ public enum PercentDecoding {
         return String(validating: bytes, as: UTF8.self)
     }
 
+    @usableFromInline
     static func hexValue(_ b: UInt8) -> UInt8? {
         switch b {
         case UInt8(ascii: "0")...UInt8(ascii: "9"): b - UInt8(ascii: "0")

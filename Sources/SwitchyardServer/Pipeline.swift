@@ -68,15 +68,19 @@ final class Pipeline: MessageSink {
         }
         ledger.receivedAndAccepted(channel: envelope.channel)
         let accepted = envelope
-        return .later(
-            journal.append(envelope, on: loop).map { sequence in
+        // One promise and one callback (not a map and a recover: two futures per message).
+        let answer = loop.makePromise(of: SubmitResult.self)
+        journal.append(envelope, on: loop).whenComplete { result in
+            switch result {
+            case .success(let sequence):
                 self.deliver(accepted, sequence: sequence, router: router)
-                return SubmitResult.accepted
-            }.recover { error in
+                answer.succeed(.accepted)
+            case .failure(let error):
                 self.ledger.acceptedThenRejected(channel: accepted.channel, reason: "journal_unavailable")
-                return .rejected(Pipeline.journalUnavailable(error))
+                answer.succeed(.rejected(Pipeline.journalUnavailable(error)))
             }
-        )
+        }
+        return .later(answer.futureResult)
     }
 
     /// Each envelope is admitted on its own; the accepted ones are journaled as one group and

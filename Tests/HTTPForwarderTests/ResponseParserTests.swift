@@ -39,6 +39,20 @@ import Testing
         )
     }
 
+    /// Header names in any case, values with spaces and tabs around them, runs of spaces in
+    /// the status line, a status line without a reason phrase.
+    @Test func lenientWhereHTTPIs() {
+        #expect(
+            parse("HTTP/1.1  201\r\nCONTENT-LENGTH:\t2 \r\nConnection: Keep-Alive, Close\r\n\r\nok") == [
+                ok(201, keepAlive: true, close: true)
+            ]
+        )
+        #expect(
+            parse("HTTP/1.1 200 OK\r\nX-Switchyard-Draining: TRUE\r\ncontent-length: 0\r\n\r\n")
+                == [.response(.init(status: 200, keepAlive: true, snippet: "", draining: true))]
+        )
+    }
+
     @Test func bodyUntilClose() {
         #expect(parse("HTTP/1.1 500 Oops\r\n\r\nsomething broke") == [ok(500, keepAlive: false, snippet: "something broke")])
         #expect(parse("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n") == [ok(200, keepAlive: false)])
@@ -53,6 +67,13 @@ import Testing
             "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
             "HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\nhello",
+            "HTTP/1.1 200 OK\r\ncontent-length: 5 5\r\n\r\nhello",
+            "HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n",
+            "HTTP/1.1 099 Low\r\n\r\n",
+            "HTTP/1.1 20x OK\r\n\r\n",
+            "HTTP/1.1200 OK\r\n\r\n",
+            "\r\n\r\n",
         ] {
             let events = parse(bad)
             guard case .error = events.first else {

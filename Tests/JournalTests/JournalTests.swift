@@ -69,6 +69,26 @@ import Testing
         #expect(EnvelopeCodec.decode(&truncated) == nil)
     }
 
+    /// The client address is written as text (IPv4 formatted in place) and read back as given.
+    @Test(arguments: ["0.0.0.0", "10.9.99.100", "192.168.1.255", "255.255.255.255", "::1", "2001:db8::7"])
+    func clientAddressRoundTrip(_ ip: String) throws {
+        var e = envelope(1)
+        e.clientAddress = try SocketAddress(ipAddress: ip, port: 4000)
+        var buffer = ByteBuffer()
+        EnvelopeCodec.encode(e, into: &buffer)
+        let d = try #require(EnvelopeCodec.decode(&buffer))
+        #expect(d.clientAddress?.ipAddress == ip)
+        #expect(d.payload == e.payload)
+    }
+
+    @Test func noClientAddressRoundTrip() throws {
+        var e = envelope(2)
+        e.clientAddress = nil
+        var buffer = ByteBuffer()
+        EnvelopeCodec.encode(e, into: &buffer)
+        #expect(try #require(EnvelopeCodec.decode(&buffer)).clientAddress == nil)
+    }
+
     @Test func appendsSurviveReopenAndSettledOnesDoNot() async throws {
         let dir = tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
