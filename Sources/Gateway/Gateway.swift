@@ -292,7 +292,7 @@ public struct GatewaySnapshot: Sendable {
         }
         var facts = RequestFacts(head: head, claims: claims)
         for lane in lanes {
-            for (name, rule) in lane.headers {
+            for (name, rule) in lane.headers where head.headers.contains(name: name) {
                 if let value = head.headers[canonicalForm: name].first(where: { rule.admits(String($0)) }) {
                     return (lane.name, "header \(name) is \"\(value)\"")
                 }

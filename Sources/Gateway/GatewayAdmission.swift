@@ -22,7 +22,9 @@ struct Admission {
     let routeName: String
     /// From a trusted network or with a trusted client certificate.
     let trusted: Bool
-    var steps: [String] = []
+    /// What was decided, in words (kept only for `explain`: not built for every request).
+    private(set) var steps: [String] = []
+    var explaining = false
     var refusal: Refusal?
     var consumer: String?
     var claims: [String: [String]]?
@@ -43,9 +45,13 @@ struct Admission {
         routeName = route?.config.name ?? "egress"
     }
 
+    mutating func step(_ text: @autoclosure () -> String) {
+        if explaining { steps.append(text()) }
+    }
+
     mutating func refuse(_ status: HTTPResponseStatus, _ code: String, _ message: String, headers: HTTPHeaders = [:], closeAfter: Bool = false) {
         refusal = Refusal(status: status, code: code, message: message, headers: headers, closeAfter: closeAfter)
-        steps.append(code.isEmpty ? "answered \(status.code) here" : "refused: \(status.code) \(code): \(message)")
+        step(code.isEmpty ? "answered \(status.code) here" : "refused: \(status.code) \(code): \(message)")
     }
 }
 
@@ -64,7 +70,8 @@ extension GatewaySnapshot {
         let egress = route == nil && trusted ? egressTarget(head) : nil
         guard route != nil || egress != nil else { return nil }
         var a = Admission(route: route, trusted: trusted)
-        a.steps.append(route.map { "route \($0.config.name) matches" } ?? "egress to service \(egress!.service) (a trusted caller)")
+        a.explaining = dryRun
+        a.step(route.map { "route \($0.config.name) matches" } ?? "egress to service \(egress!.service) (a trusted caller)")
         if let problem = GatewayResponder.hostProblem(head) {
             a.refuse(.badRequest, "bad_host", problem, closeAfter: true)
             return a
@@ -75,10 +82,10 @@ extension GatewaySnapshot {
         }
         let decision = lane(for: head, trusted: trusted, claims: a.claims)
         (a.lane, a.laneReason) = decision
-        a.steps.append("lane \(decision.lane ?? "baseline"): \(decision.why)")
+        a.step("lane \(decision.lane ?? "baseline"): \(decision.why)")
         if let route, let fault = route.config.fault, fault.lanes.isEmpty || fault.lanes.contains(decision.lane ?? "baseline") {
             if dryRun {
-                a.steps.append(
+                a.step(
                     "fault drill: abort \(fault.abortPercent) % with \(fault.abortStatus), delay \(fault.delayPercent) % by \(fault.delaySeconds) s"
                 )
             } else if fault.abortPercent > 0, Double.random(in: 0..<100) < fault.abortPercent {
@@ -106,7 +113,8 @@ extension GatewaySnapshot {
         case .fallback(let list):
             a.candidates = list
             a.fellBack = true
-            a.steps.append("service \(a.service) has no instance in lane \(decision.lane ?? "baseline"): baseline instances serve")
+            let service = a.service
+            a.step("service \(service) has no instance in lane \(decision.lane ?? "baseline"): baseline instances serve")
         case .laneUnavailable:
             a.refuse(.serviceUnavailable, "lane_unavailable", "service \(a.service) has no instance in lane \(decision.lane ?? "baseline")")
         case .noInstances:
@@ -129,7 +137,7 @@ extension GatewaySnapshot {
                 return a.refuse(.noContent, "", "", headers: headers)
             }
             if allowed { a.responseHeaders = GatewayResponder.corsHeaders(cors, origin: origin) }
-            a.steps.append(allowed ? "CORS: origin \(origin) allowed" : "CORS: origin \(origin) not allowed (no allow header)")
+            a.step(allowed ? "CORS: origin \(origin) allowed" : "CORS: origin \(origin) not allowed (no allow header)")
         }
         if let policy = config.apiKeys {
             guard let key = head.headers.first(name: policy.header), !key.isEmpty else {
@@ -139,14 +147,15 @@ extension GatewaySnapshot {
                 return a.refuse(.unauthorized, "api_key_invalid", "the API key in \(policy.header) is not known")
             }
             a.consumer = consumer
-            a.steps.append("API key of consumer \(consumer)")
+            a.step("API key of consumer \(consumer)")
         }
         if config.jwt != .off, let jwt {
             if let token = jwt.token(authorization: head.headers.first(name: "authorization"), cookies: { GatewaySnapshot.cookies(head.headers) }) {
                 do {
                     a.claims = try jwt.verify(token)
                     if a.consumer == nil { a.consumer = a.claims?["sub"]?.first }
-                    a.steps.append("token verified (sub \(a.claims?["sub"]?.first ?? "none"))")
+                    let subject = a.claims?["sub"]?.first ?? "none"
+                    a.step("token verified (sub \(subject))")
                 } catch {
                     return a.refuse(.unauthorized, "invalid_token", "\(error)", headers: ["www-authenticate": #"Bearer error="invalid_token""#])
                 }

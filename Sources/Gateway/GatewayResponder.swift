@@ -103,11 +103,15 @@ public final class GatewayResponder: HTTPStreamingResponder {
 
     /// HTTP/1.1 needs exactly one Host, a name or address with an optional port (RFC 9112 §3.2).
     static func hostProblem(_ head: HTTPRequestHead) -> String? {
-        let hosts = head.headers[canonicalForm: "host"]
-        if hosts.count > 1 { return "more than one Host header" }
-        guard let host = hosts.first else {
+        var host: String?
+        for (name, value) in head.headers where name.utf8.elementsEqual("host".utf8, by: { $0 | 0x20 == $1 }) {
+            if host != nil { return "more than one Host header" }
+            host = value
+        }
+        guard let host else {
             return head.version.major > 1 || head.version.minor >= 1 ? "an HTTP/1.1 request needs a Host header" : nil
         }
+        if host.utf8.contains(UInt8(ascii: ",")) { return "more than one Host header" }
         if host.isEmpty || !host.utf8.allSatisfy({ hostBytes[Int($0)] }) { return "Host \"\(host)\" is not a host name" }
         return nil
     }
@@ -145,7 +149,7 @@ public final class GatewayResponder: HTTPStreamingResponder {
     ) -> HTTPRequestHead {
         var headers = HTTPHeaders()
         for (name, value) in head.headers {
-            let lower = name.lowercased()
+            let lower = name.utf8.contains(where: { $0 >= 0x41 && $0 <= 0x5A }) ? name.lowercased() : name
             if hopByHop.contains(lower) || lower == "host" || lower.hasPrefix("x-switchyard-") { continue }
             if lower == "baggage" {
                 // The lane in baggage is Switchyard's to set; other members pass.

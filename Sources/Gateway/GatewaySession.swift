@@ -319,7 +319,9 @@ final class GatewaySession: HTTPStreamSession {
         timer?.cancel()
         if let instance, response.headers.first(name: "x-switchyard-draining")?.lowercased() == "true" {
             balancer?.health.drain(instance.key, source: .response)
-        } else if let instance, reusedConnection, response.headers[canonicalForm: "connection"].contains(where: { $0.lowercased() == "close" }) {
+        } else if let instance, reusedConnection, response.headers.contains(name: "connection"),
+            response.headers[canonicalForm: "connection"].contains(where: { $0.lowercased() == "close" })
+        {
             // A kept-alive connection closed: the instance may be shutting down.
             balancer?.health.closing(instance)
         }
@@ -524,15 +526,20 @@ final class UpstreamPool: @unchecked Sendable {
     /// Idle connections kept per instance and event loop.
     static let maxIdle = 64
     private let lock = NIOLock()
-    private var idle: [String: [any Channel]] = [:]
+    private var idle: [Key: [any Channel]] = [:]
 
-    private static func key(_ address: String, _ loop: any EventLoop) -> String { "\(ObjectIdentifier(loop).hashValue)|\(address)" }
+    private struct Key: Hashable {
+        let loop: ObjectIdentifier
+        let address: String
+    }
 
+    private static func key(_ address: String, _ loop: any EventLoop) -> Key { Key(loop: ObjectIdentifier(loop), address: address) }
+
+    /// (The lists change in place: taking and putting back copy nothing, once per request.)
     func take(_ address: String, on loop: any EventLoop) -> (any Channel)? {
         let key = Self.key(address, loop)
         return lock.withLock { () -> (any Channel)? in
-            while var list = idle[key], let channel = list.popLast() {
-                idle[key] = list
+            while let channel = idle[key]?.popLast() {
                 if channel.isActive { return channel }
             }
             return nil
@@ -542,10 +549,8 @@ final class UpstreamPool: @unchecked Sendable {
     func put(_ channel: any Channel, for address: String) {
         let key = Self.key(address, channel.eventLoop)
         let kept = lock.withLock { () -> Bool in
-            var list = idle[key, default: []]
-            guard list.count < Self.maxIdle else { return false }
-            list.append(channel)
-            idle[key] = list
+            guard idle[key, default: []].count < Self.maxIdle else { return false }
+            idle[key, default: []].append(channel)
             return true
         }
         if !kept { channel.close(promise: nil) }

@@ -52,8 +52,15 @@ import Testing
         #expect(post.status == 404)
         _ = try await TestHTTPClient.raw(Array("GET /cart HTTP/1.1\r\nhost: eu.shop.test:8080\r\nconnection: close\r\n\r\n".utf8), port: port)
         #expect(await users.waitFor(count: 2).last?.uri == "/cart")
-        // The message channel still answers beside the gateway.
+        // The message channel still answers beside the gateway, even for a host whose route
+        // takes every path (`/`): its endpoints are never a route's.
         #expect(try await server.post("devices/p/d/t").status == 202)
+        let message = try await TestHTTPClient.raw(
+            Array("POST /v1/messages/devices/p/d/t HTTP/1.1\r\nhost: eu.shop.test\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}".utf8),
+            port: port
+        )
+        #expect(String(decoding: message, as: UTF8.self).hasPrefix("HTTP/1.1 202"))
+        #expect(users.received.count == 2)
         // Requests by route and status class, and their durations, on /metrics.
         let metrics = try await server.admin("GET", "/metrics", token: nil).body.split(separator: "\n")
         #expect(
