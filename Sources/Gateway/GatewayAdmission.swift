@@ -196,13 +196,16 @@ extension GatewaySnapshot {
     ) -> RequestExplanation {
         let head = HTTPRequestHead(version: .http1_1, method: HTTPMethod(rawValue: method.uppercased()), uri: uri, headers: HTTPHeaders(headers))
         let address = client.flatMap { try? SocketAddress(ipAddress: $0, port: 0) }
-        guard let a = admit(head, client: address, identities: identities, dryRun: true) else {
+        let messageEndpoint = MessageEndpoints.contains(uri)
+        guard !messageEndpoint, let a = admit(head, client: address, identities: identities, dryRun: true) else {
             return RequestExplanation(
                 gateway: false,
                 route: nil,
                 steps: [
-                    "no gateway route matches" + (isTrusted(address, identities: identities) ? " and no egress service is named" : "")
-                        + ": the message channel answers"
+                    messageEndpoint
+                        ? "\(MessageEndpoints.messagePrefix)… and \(MessageEndpoints.batchPath) are the message channel's: no gateway route takes them"
+                        : "no gateway route matches" + (isTrusted(address, identities: identities) ? " and no egress service is named" : "")
+                            + ": the message channel answers"
                 ],
                 outcome: "not the gateway's",
                 lane: nil,

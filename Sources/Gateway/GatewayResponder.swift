@@ -105,8 +105,12 @@ public final class GatewayResponder: HTTPStreamingResponder {
     static func hostProblem(_ head: HTTPRequestHead) -> String? {
         var host: String?
         for (name, value) in head.headers where name.utf8.elementsEqual("host".utf8, by: { $0 | 0x20 == $1 }) {
+            var trimmed = Substring(value)
+            while let b = trimmed.utf8.first, b == 0x20 || b == 0x09 { trimmed = trimmed.dropFirst() }
+            while let b = trimmed.utf8.last, b == 0x20 || b == 0x09 { trimmed = trimmed.dropLast() }
+            if trimmed.isEmpty { continue }  // an empty Host is no Host
             if host != nil { return "more than one Host header" }
-            host = value
+            host = trimmed.utf8.count == value.utf8.count ? value : String(trimmed)
         }
         guard let host else {
             return head.version.major > 1 || head.version.minor >= 1 ? "an HTTP/1.1 request needs a Host header" : nil

@@ -340,7 +340,7 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
         switch part {
         case .head(let h):
             disarmHeadTimer()
-            if let streaming = server.streaming, !MessageIngestResponder.isMessageEndpoint(h.uri),
+            if let streaming = server.streaming, !MessageEndpoints.contains(h.uri),
                 startStream(streaming, h, context: context)
             {
                 return

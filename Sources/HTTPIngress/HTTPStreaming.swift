@@ -101,12 +101,14 @@ public final class HTTPResponseWriter {
     public func end(closeAfter: Bool = false) {
         guard !done, headSent else { return }
         done = true
-        let written = context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)))
         let close = closeAfter || !keepAlive
         // Reading paused for the upstream's sake: the next request needs it.
         if readingPaused && !close { setReading(true) }
-        // Finished first: closing can run at once, and must not find the exchange still open.
+        // Finished before the end goes out: writing it can hand the connection's next
+        // (pipelined) request to the handler at once, and that one must find this exchange
+        // over (its session current, its head timer disarmed); closing must not find it open.
         finished(close)
+        let written = context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)))
         if close {
             let channel = context.channel
             written.whenComplete { _ in channel.close(promise: nil) }

@@ -17,16 +17,8 @@ public struct MessageIngestResponder: HTTPResponder {
         public init() {}
     }
 
-    public static let pathPrefix = "/v1/messages/"
-    public static let batchPath = "/v1/batch"
-
-    /// `/v1/messages/…` or `/v1/batch` (with or without a query): the message channel's,
-    /// never the gateway's.
-    public static func isMessageEndpoint(_ uri: String) -> Bool {
-        var u = uri.utf8[...]
-        if let q = u.firstIndex(of: UInt8(ascii: "?")) { u = u[..<q] }
-        return u.starts(with: pathPrefix.utf8) || u.elementsEqual(batchPath.utf8)
-    }
+    public static let pathPrefix = MessageEndpoints.messagePrefix
+    public static let batchPath = MessageEndpoints.batchPath
 
     let sink: any MessageSink
     let options: Options

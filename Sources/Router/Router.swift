@@ -349,7 +349,8 @@ public final class Router: Sendable {
         retry: Bool = false,
         loop: any EventLoop
     ) -> EventLoopFuture<TargetResult> {
-        // (Local functions, not closures: the common path allocates no context for them.)
+        // (Local functions rather than closure values: no context is built for them on the
+        // common path; an escaping closure that calls one captures what it needs.)
         // `sent`: whether this attempt reached the forwarder (it counts as an attempt then).
         @Sendable func fail(_ reason: String, _ error: String, _ sent: Bool) -> EventLoopFuture<TargetResult> {
             self.deadLetter(

@@ -217,6 +217,12 @@ extension ConfigLoader {
     }
 
     /// Why `pattern` is not a regex the gateway can search with (the engine it runs on), or nil.
+    /// A path prefix every path of which is a message endpoint (`/v1/messages/…`): the route
+    /// could never match.
+    static func onlyMessageEndpoints(_ prefix: String) -> Bool {
+        prefix.hasPrefix(MessageEndpoints.messagePrefix)
+    }
+
     static func regexProblem(_ pattern: String) -> String? {
         do {
             _ = try Regex(pattern)
@@ -236,6 +242,14 @@ extension ConfigLoader {
             }
             if route.name == "egress" { r.fail("\(p).name", "\"egress\" names the service-to-service traffic; choose another name", nil) }
             if !route.pathPrefix.hasPrefix("/") { r.fail("\(p).path_prefix", "must start with \"/\"", nil) }
+            if route.pathRegex == nil, Self.onlyMessageEndpoints(route.pathPrefix) {
+                r.fail(
+                    "\(p).path_prefix",
+                    "\(route.pathPrefix) is the message channel's (\(MessageEndpoints.messagePrefix)…, \(MessageEndpoints.batchPath)); "
+                        + "no gateway route takes it — guard message ingestion with the filters of the controller instead",
+                    nil
+                )
+            }
             if let regex = route.pathRegex {
                 if let problem = regexProblem(regex) { r.fail("\(p).path_regex", problem, nil) }
             }

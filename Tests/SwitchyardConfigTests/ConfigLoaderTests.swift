@@ -103,6 +103,7 @@ import Testing
                 - {name: a, service: s, url: "http://x:1", cors: {origins: ["*"], credentials: true}}
                 - {name: b, url: "ftp://x", path_regex: "[", jwt: maybe, rate_limits: [{per: user, rate: 1}]}
                 - {name: c, service: s, fault: {lanes: [nope]}, request_headers: {set: {"bad header": x}}, prefix_rewrite: v2}
+                - {name: d, service: s, path_prefix: /v1/messages/devices}
             services:
               s: {instances: [{url: "http://127.0.0.1:1"}]}
             """
@@ -116,6 +117,7 @@ import Testing
             "gateway.routes[2].url:", "gateway.routes[2].path_regex:", "gateway.routes[2].jwt: must be required, optional or off",
             "gateway.routes[2].rate_limits[0].per:", "gateway.routes[3].fault.lanes[0]: lane \"nope\"",
             "gateway.routes[3].request_headers.bad header:", "gateway.routes[3].prefix_rewrite: must start",
+            "gateway.routes[4].path_prefix: /v1/messages/devices is the message channel's",
             "listeners.https.cert: cannot read /nonexistent.pem", "listeners.https: needs both cert",
             "listeners.https.client_auth: must be optional or required",
         ] {

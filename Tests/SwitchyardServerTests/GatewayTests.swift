@@ -61,6 +61,20 @@ import Testing
         )
         #expect(String(decoding: message, as: UTF8.self).hasPrefix("HTTP/1.1 202"))
         #expect(users.received.count == 2)
+        let explained = try await server.admin(
+            "POST",
+            "/admin/explain",
+            body: #"{"request": {"method": "POST", "uri": "/v1/messages/devices/p/d/t", "host": "eu.shop.test"}}"#
+        )
+        #expect(explained.body.contains(#""gateway" : false"#) && explained.body.contains("message channel"), "\(explained.body)")
+        // A Host with blanks around it is that host; an empty one on HTTP/1.0 is no Host.
+        for request in [
+            "GET /api/users/8 HTTP/1.1\r\nhost:  eu.shop.test \t\r\nconnection: close\r\n\r\n",
+            "GET /api/users/9 HTTP/1.0\r\nhost:\r\n\r\n",
+        ] {
+            let answer = String(decoding: try await TestHTTPClient.raw(Array(request.utf8), port: port), as: UTF8.self)
+            #expect(answer.hasPrefix("HTTP/1.1 200") || answer.hasPrefix("HTTP/1.0 200"), "\(request.debugDescription) → \(answer)")
+        }
         // Requests by route and status class, and their durations, on /metrics.
         let metrics = try await server.admin("GET", "/metrics", token: nil).body.split(separator: "\n")
         #expect(
