@@ -189,8 +189,12 @@ public final class Journal: Sendable {
 
     /// Records that a message reached its final outcome; its segment can go once all its messages have.
     public func settle(_ sequence: UInt64) {
-        enqueue(Self.frame(kind: .settled, sequence: sequence), sequence: sequence, settles: true)
+        // The writer writes the record straight into its batch (no buffer per message here).
+        enqueue(Self.noBytes, sequence: sequence, settles: true)
     }
+
+    /// The bytes of a record the writer builds itself (a settlement).
+    static let noBytes = ByteBuffer()
 
     /// Records that delivery attempt `attempt` of a message is about to go out, so that after a
     /// restart its attempts go on from there (not awaited: at worst a number is skipped).
@@ -246,6 +250,19 @@ public final class Journal: Sendable {
     static func setChecksum(in frame: inout ByteBuffer) {
         let crc = frame.withUnsafeReadableBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[8...])) }
         frame.setInteger(crc, at: frame.readerIndex + 4)
+    }
+
+    /// A settlement's frame (as `frame(kind: .settled, sequence:)` makes it), written at the end
+    /// of `buffer`.
+    static func writeSettlement(_ sequence: UInt64, into buffer: inout ByteBuffer) {
+        let start = buffer.writerIndex
+        buffer.writeInteger(UInt32(9))  // length: kind and sequence
+        buffer.writeInteger(UInt32(0))  // checksum, below
+        buffer.writeInteger(Kind.settled.rawValue)
+        buffer.writeInteger(sequence)
+        let offset = start - buffer.readerIndex
+        let crc = buffer.withUnsafeReadableBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[(offset + 8)...])) }
+        buffer.setInteger(crc, at: start + 4)
     }
 
     /// `[length][crc32c][kind, sequence, body]`, the body written in place by `writeBody`.
@@ -349,6 +366,10 @@ public final class Journal: Sendable {
             var buffer = ByteBuffer()
             var letterBuffer = ByteBuffer()
             for item in batch {
+                if item.settles && item.bytes.readableBytes == 0 {
+                    Self.writeSettlement(item.sequence, into: &buffer)
+                    continue
+                }
                 var bytes = item.bytes
                 if item.deadLetterFile { letterBuffer.writeBuffer(&bytes) } else { buffer.writeBuffer(&bytes) }
             }

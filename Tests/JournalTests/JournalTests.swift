@@ -51,6 +51,18 @@ import Testing
         return "\(dir)/\(segments(dir).last!)"
     }
 
+    /// The writer's in-place settlement frame is the same bytes as a built one, wherever it
+    /// lands in the batch buffer.
+    @Test func settlementWrittenInPlaceIsTheSameFrame() {
+        var batch = ByteBuffer(string: "earlier records")
+        batch.moveReaderIndex(forwardBy: 3)
+        for sequence: UInt64 in [1, 77, .max] {
+            let start = batch.writerIndex
+            Journal.writeSettlement(sequence, into: &batch)
+            #expect(batch.getSlice(at: start, length: batch.writerIndex - start) == Journal.frame(kind: .settled, sequence: sequence))
+        }
+    }
+
     @Test func crc32cKnownAnswer() {
         #expect(CRC32C.checksum(Array("123456789".utf8)) == 0xE306_9283)
         #expect(CRC32C.checksum([UInt8]()) == 0)
