@@ -66,6 +66,27 @@ import Testing
     @Test func crc32cKnownAnswer() {
         #expect(CRC32C.checksum(Array("123456789".utf8)) == 0xE306_9283)
         #expect(CRC32C.checksum([UInt8]()) == 0)
+        // RFC 3720 B.4: 32 bytes of zeros, of ones, ascending and descending.
+        #expect(CRC32C.checksum([UInt8](repeating: 0, count: 32)) == 0x8A91_36AA)
+        #expect(CRC32C.checksum([UInt8](repeating: 0xFF, count: 32)) == 0x62A8_AB43)
+        #expect(CRC32C.checksum((0..<32).map { UInt8($0) }) == 0x46DD_794E)
+        #expect(CRC32C.checksum((0..<32).map { UInt8(31 - $0) }) == 0x113F_DB5C)
+    }
+
+    /// Eight bytes at a time gives the byte-by-byte result at every length, offset and seed.
+    @Test func crc32cSlicedMatchesBytewise() {
+        var generator = SystemRandomNumberGenerator()
+        let data = (0..<600).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        data.withUnsafeBytes { all in
+            for start in 0..<9 {
+                for length in [0, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 300, 591] where start + length <= all.count {
+                    let slice = UnsafeRawBufferPointer(rebasing: all[start..<(start + length)])
+                    for seed: UInt32 in [0, 0xDEAD_BEEF] {
+                        #expect(CRC32C.checksum(slice, seed: seed) == CRC32C.checksumBytewise(slice, seed: seed))
+                    }
+                }
+            }
+        }
     }
 
     @Test func envelopeRoundTrip() throws {
