@@ -1,6 +1,7 @@
 import Logging
 import Metrics
 import NIOConcurrencyHelpers
+import Synchronization
 
 /// A full redeploy leaves a service with only new instances: besides each instance's weight,
 /// the service's admitted concurrency ramps — one third of its usual peak at first, then up
@@ -10,6 +11,8 @@ public final class ColdFleetRamp: Sendable {
     /// Per cold service, its peak concurrency when it turned cold (frozen: the capped traffic
     /// during the ramp must not lower it).
     private let frozen = NIOLockedValueBox([String: Int]())
+    /// Whether any service has a frozen peak (checked without the lock on every attempt).
+    private let ramping = Atomic<Bool>(false)
     private let logger: Logger
 
     init(logger: Logger) {
@@ -19,7 +22,13 @@ public final class ColdFleetRamp: Sendable {
     /// Whether another attempt to `service` may start now.
     func admits(_ service: String, health: InstanceHealth, budget: RetryBudget) -> Bool {
         guard let fraction = health.coldFraction(service) else {
-            if frozen.withLockedValue({ $0.isEmpty ? nil : $0.removeValue(forKey: service) }) != nil {
+            guard ramping.load(ordering: .relaxed) else { return true }
+            let ended = frozen.withLockedValue { all -> Bool in
+                let removed = all.removeValue(forKey: service) != nil
+                ramping.store(!all.isEmpty, ordering: .relaxed)
+                return removed
+            }
+            if ended {
                 InstanceHealth.count("cold_ramp_ended", service: service)
                 logger.info("cold-fleet ramp ended: the service takes its full concurrency", metadata: ["service": "\(service)"])
             }
@@ -29,6 +38,7 @@ public final class ColdFleetRamp: Sendable {
             if let peak = all[service] { return (peak, false) }
             let peak = budget.peak(service)
             all[service] = peak
+            ramping.store(true, ordering: .relaxed)
             return (peak, true)
         }
         if started {

@@ -280,16 +280,14 @@ public final class InstanceHealth: Sendable {
         }
         guard marked else { return }
         let registry = leave()
-        let done = state.withLockedValue { s -> Bool in
+        state.withLockedValue { s in
             s.ended[key] = DrainEnd(registry: registry, at: WallClock.nowNanos())
             // Forget drains that ended long ago (instances replaced since).
             if s.ended.count > 1024 {
                 let cutoff = WallClock.nowNanos() &- 3_600_000_000_000
                 s.ended = s.ended.filter { $0.value.at >= cutoff }
             }
-            return true
         }
-        guard done else { return }
         let service = Self.service(of: key)
         InstanceHealth.count("drain_completed", service: service)
         logger.notice(
@@ -399,7 +397,7 @@ extension InstanceHealth {
     }
 
     /// The service of an instance key (`service@host:port`).
-    static func service(of key: String) -> String { String(key.split(separator: "@").first ?? "") }
+    public static func service(of key: String) -> String { String(key.split(separator: "@").first ?? "") }
 }
 
 extension SwitchyardConfiguration.Resilience {

@@ -27,15 +27,18 @@ public final class RetryBudget: Sendable {
     public func begin(_ service: String) {
         let minute = SystemMonotonicClock().nowNanos() / 60_000_000_000
         counts.withLockedValue { all in
-            var c = all[service, default: Counts()]
-            c.active += 1
-            if c.minute != minute {
-                c.previousPeak = c.minute + 1 == minute ? c.peak : 0
-                (c.peak, c.minute) = (0, minute)
-            }
-            c.peak = max(c.peak, c.active)
-            all[service] = c
+            Self.begin(&all[service, default: Counts()], minute: minute)
         }
+    }
+
+    /// (In place: once per attempt.)
+    private static func begin(_ c: inout Counts, minute: UInt64) {
+        c.active += 1
+        if c.minute != minute {
+            c.previousPeak = c.minute + 1 == minute ? c.peak : 0
+            (c.peak, c.minute) = (0, minute)
+        }
+        c.peak = max(c.peak, c.active)
     }
 
     /// The most attempts to `service` at once over the last one to two minutes.

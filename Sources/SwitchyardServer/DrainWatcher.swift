@@ -29,7 +29,7 @@ struct DrainWatcher: Service {
         let directory = app.pipeline.snapshot.directory
         let services = directory.services
         for key in keys {
-            guard let instance = services.values.lazy.flatMap({ $0 }).first(where: { $0.key == key }),
+            guard let instance = services[InstanceHealth.service(of: key)]?.first(where: { $0.key == key }),
                 balancer.outstanding(instance) == 0
             else { continue }
             balancer.health.completeDrain(key) { leaveRegistry(instance, directory: directory) }

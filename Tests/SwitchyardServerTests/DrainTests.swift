@@ -6,14 +6,19 @@ import Testing
 /// the instance then leaves the registry (an ephemeral one is disabled, so its beats cannot
 /// bring it back); `undrain` takes it back.
 @Suite struct DrainTests {
-    @Test func aDrainEndsWhenInFlightRequestsAreDoneAndTheInstanceLeavesTheRegistry() async throws {
-        let server = try await TestServer.start(
+    /// No warm-up; `/api` goes to the registry's service `orders`.
+    static func startServer() async throws -> TestServer {
+        try await TestServer.start(
             """
             resilience: {warmup: {duration: 0s}}
             gateway:
               routes: [{name: api, path_prefix: /api, service: orders}]
             """
         )
+    }
+
+    @Test func aDrainEndsWhenInFlightRequestsAreDoneAndTheInstanceLeavesTheRegistry() async throws {
+        let server = try await Self.startServer()
         let nacos = try await RegistryAPITests.nacosPort(server)
         let service = try await TestHTTPService.start()
         let port = service.port
@@ -61,13 +66,7 @@ import Testing
     /// Registry metadata `draining: true` drains as `switchyard drain` does, to the end: a
     /// persistent instance is deregistered once nothing is in flight.
     @Test func registryMetadataDrainsAndDeregisters() async throws {
-        let server = try await TestServer.start(
-            """
-            resilience: {warmup: {duration: 0s}}
-            gateway:
-              routes: [{name: api, path_prefix: /api, service: orders}]
-            """
-        )
+        let server = try await Self.startServer()
         let nacos = try await RegistryAPITests.nacosPort(server)
         let (a, b) = try await (TestHTTPService.start(), TestHTTPService.start())
         for s in [a, b] {
