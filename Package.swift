@@ -209,7 +209,7 @@ let package = Package(
         .target(
             name: "SwitchyardCommands",
             dependencies: [
-                "SwitchyardServer", "SwitchyardConfig", "SwitchyardCore", "Journal", "MQTTWire",
+                "SwitchyardServer", "SwitchyardConfig", "SwitchyardCore", "Journal", "MQTTWire", "HTTPForwarder",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -6,10 +6,10 @@ import NIOCore
 /// anything; every malformed response is an error (the connection is then closed), never
 /// a crash. Handles `content-length`, `chunked` (trailers ignored), bodies delimited by
 /// connection close, 1xx interim responses, and 204/304 without a body.
-struct HTTP1ResponseParser {
-    struct Response: Equatable {
-        var status: Int
-        var keepAlive: Bool
+package struct HTTP1ResponseParser {
+    package struct Response: Equatable {
+        package var status: Int
+        package var keepAlive: Bool
         /// The first bytes of the body (error reports only need the start).
         var snippet: String
         /// `x-switchyard-draining: true`: the instance asks for no new requests.
@@ -18,7 +18,7 @@ struct HTTP1ResponseParser {
         var closeHeader = false
     }
 
-    enum Event: Equatable {
+    package enum Event: Equatable {
         case response(Response)
         case error(String)
     }
@@ -37,6 +37,8 @@ struct HTTP1ResponseParser {
     static let maxHeadBytes = 64 * 1024
     static let snippetBytes = 256
 
+    package init() {}
+
     private(set) var state = State.head
     private var status = 0
     private var keepAlive = true
@@ -45,7 +47,7 @@ struct HTTP1ResponseParser {
     private var snippet: [UInt8] = []
 
     /// Consumes what it can from `buffer`; returns the events completed by these bytes.
-    mutating func feed(_ buffer: inout ByteBuffer) -> [Event] {
+    package mutating func feed(_ buffer: inout ByteBuffer) -> [Event] {
         var events: [Event] = []
         while buffer.readableBytes > 0 {
             switch state {
@@ -98,7 +100,7 @@ struct HTTP1ResponseParser {
     }
 
     /// The connection closed: completes a close-delimited body, else reports what was cut off.
-    mutating func connectionClosed() -> Event? {
+    package mutating func connectionClosed() -> Event? {
         switch state {
         case .untilClose:
             keepAlive = false
@@ -144,7 +146,7 @@ struct HTTP1ResponseParser {
     }
 
     /// Bytes up to and including the blank line that ends a head, if it has arrived.
-    static func headLength(_ buffer: ByteBuffer) -> Int? {
+    package static func headLength(_ buffer: ByteBuffer) -> Int? {
         buffer.withUnsafeReadableBytes { bytes in
             guard bytes.count >= 4 else { return nil }
             var i = 0
@@ -257,7 +259,7 @@ struct HTTP1ResponseParser {
     }
 
     /// Digits only, at most 18 of them (a length, never negative or signed).
-    static func decimal(_ bytes: UnsafeRawBufferPointer) -> Int? {
+    package static func decimal(_ bytes: UnsafeRawBufferPointer) -> Int? {
         guard !bytes.isEmpty, bytes.count <= 18 else { return nil }
         var n = 0
         for b in bytes {
@@ -268,7 +270,7 @@ struct HTTP1ResponseParser {
     }
 
     /// Without leading and trailing spaces and tabs.
-    static func trimmed(_ bytes: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
+    package static func trimmed(_ bytes: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
         var start = 0
         var end = bytes.count
         while start < end && (bytes[start] == 0x20 || bytes[start] == 0x09) { start += 1 }
@@ -277,7 +279,7 @@ struct HTTP1ResponseParser {
     }
 
     /// A header name compared with a lowercase one, ignoring ASCII case.
-    static func name(_ bytes: UnsafeRawBufferPointer, is lowercase: StaticString) -> Bool {
+    package static func name(_ bytes: UnsafeRawBufferPointer, is lowercase: StaticString) -> Bool {
         guard bytes.count == lowercase.utf8CodeUnitCount else { return false }
         let expected = UnsafeRawBufferPointer(start: lowercase.utf8Start, count: lowercase.utf8CodeUnitCount)
         for i in 0..<bytes.count {

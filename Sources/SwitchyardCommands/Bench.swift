@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import HTTPForwarder
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -225,7 +226,6 @@ enum LoadGenerator {
                 .channelOption(.socketOption(.tcp_nodelay), value: 1)
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHTTPClientHandlers()
                         try channel.pipeline.syncOperations.addHandler(
                             LoadHandler(
                                 count: requestsPerConnection,
@@ -266,9 +266,13 @@ enum LoadGenerator {
 
 /// Keeps `depth` requests in flight on one connection until `count` were answered; each
 /// request carries one message, or `batch` messages as NDJSON to `POST /v1/batch`.
+///
+/// Requests are written as bytes and answers read with the forwarder's byte-level parser:
+/// the generator shares the machine's cores with the proxy it measures, so it should cost
+/// as little as wrk would, not as much as a general HTTP client.
 final class LoadHandler: ChannelInboundHandler {
-    typealias InboundIn = HTTPClientResponsePart
-    typealias OutboundOut = HTTPClientRequestPart
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
 
     let count: Int
     let depth: Int
@@ -282,7 +286,9 @@ final class LoadHandler: ChannelInboundHandler {
     var answered = 0
     var sendTimes: CircularBuffer<UInt64> = []
     var latencies: [UInt64] = []
-    var status202 = true
+    var parser = HTTP1ResponseParser()
+    /// `bench/<device>-<n>` for each of the connection's devices.
+    let topics: [String]
 
     init(count: Int, depth: Int, payloadBytes: Int, batch: Int = 0, device: String, done: EventLoopPromise<[UInt64]>) {
         self.count = count
@@ -291,6 +297,7 @@ final class LoadHandler: ChannelInboundHandler {
         self.batch = batch
         self.device = device
         self.done = done
+        topics = (0..<devicesPerConnection).map { "bench/\(device)-\($0)" }
         latencies.reserveCapacity(count)
     }
 
@@ -299,57 +306,71 @@ final class LoadHandler: ChannelInboundHandler {
         context.flush()
     }
 
+    /// The payload: the send time as 20 digits, then `x` up to the payload size.
+    private func writePayload(_ now: UInt64, into buffer: inout ByteBuffer) {
+        BenchStamp.write(now, into: &buffer)
+        buffer.writeRepeatingByte(UInt8(ascii: "x"), count: max(0, payloadBytes - BenchStamp.digits))
+    }
+
     func send(context: ChannelHandlerContext) {
         let now = SystemMonotonicClock().nowNanos()
-        let stamp = String(now)
-        let paddedStamp = String(repeating: "0", count: 20 - stamp.count) + stamp
-        let uri: String
-        var body: ByteBuffer
         // Each connection speaks for `devicesPerConnection` devices in turn (per-device order
         // allows one message in delivery per device, so the device count sets the parallelism).
+        var request: ByteBuffer
         if batch > 0 {
-            uri = "/v1/batch"
-            body = context.channel.allocator.buffer(capacity: batch * (payloadBytes + 64))
+            var body = context.channel.allocator.buffer(capacity: batch * (payloadBytes + 64))
             for _ in 0..<batch {
-                body.writeString("{\"topic\":\"bench/\(device)-\(messagesSent % devicesPerConnection)/data\",\"payload\":\"\(paddedStamp)")
-                body.writeRepeatingByte(UInt8(ascii: "x"), count: max(0, payloadBytes - 20))
+                body.writeStaticString("{\"topic\":\"")
+                body.writeString(topics[messagesSent % devicesPerConnection])
+                body.writeStaticString("/data\",\"payload\":\"")
+                writePayload(now, into: &body)
                 body.writeStaticString("\"}\n")
                 messagesSent += 1
             }
+            request = context.channel.allocator.buffer(capacity: body.readableBytes + 96)
+            request.writeStaticString("POST /v1/batch HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/x-ndjson\r\ncontent-length: ")
+            request.writeString(String(body.readableBytes))
+            request.writeStaticString("\r\n\r\n")
+            request.writeBuffer(&body)
         } else {
-            uri = "/v1/messages/bench/\(device)-\(messagesSent % devicesPerConnection)/data"
-            body = context.channel.allocator.buffer(capacity: payloadBytes)
-            body.writeString(paddedStamp)
-            body.writeRepeatingByte(UInt8(ascii: "x"), count: max(0, payloadBytes - 20))
+            request = context.channel.allocator.buffer(capacity: payloadBytes + 128)
+            request.writeStaticString("POST /v1/messages/")
+            request.writeString(topics[messagesSent % devicesPerConnection])
+            request.writeStaticString("/data HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: ")
+            request.writeString(String(max(payloadBytes, BenchStamp.digits)))
+            request.writeStaticString("\r\n\r\n")
+            writePayload(now, into: &request)
             messagesSent += 1
         }
-        var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: uri)
-        head.headers.add(name: "host", value: "127.0.0.1")
-        head.headers.add(name: "content-length", value: String(body.readableBytes))
-        context.write(wrapOutboundOut(.head(head)), promise: nil)
-        context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
-        context.write(wrapOutboundOut(.end(nil)), promise: nil)
+        context.write(wrapOutboundOut(request), promise: nil)
         sendTimes.append(now)
         sent += 1
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
-        case .head(let head):
-            if head.status != .accepted && head.status != .ok { status202 = false }  // a 207 means some were refused
-        case .body: break
-        case .end:
-            let t = sendTimes.removeFirst()
-            if status202 { latencies.append(SystemMonotonicClock().nowNanos() - t) }
-            status202 = true
-            answered += 1
-            if sent < count {
-                send(context: context)
-                context.flush()
-            } else if answered == count {
+        var bytes = unwrapInboundIn(data)
+        var more = false
+        for event in parser.feed(&bytes) {
+            switch event {
+            case .response(let response):
+                let t = sendTimes.removeFirst()
+                // 202 (or 200 through nginx); a 207 means some of a batch were refused.
+                if response.status == 202 || response.status == 200 { latencies.append(SystemMonotonicClock().nowNanos() - t) }
+                answered += 1
+                if sent < count {
+                    send(context: context)
+                    more = true
+                } else if answered == count {
+                    done.succeed(latencies)
+                }
+            case .error(let message):
+                print("load generator: bad answer from the proxy: \(message)")
                 done.succeed(latencies)
+                context.close(promise: nil)
+                return
             }
         }
+        if more { context.flush() }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
@@ -359,6 +380,35 @@ final class LoadHandler: ChannelInboundHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         done.succeed(latencies)
+    }
+}
+
+/// The send time each benchmark payload starts with: nanoseconds as 20 ASCII digits.
+enum BenchStamp {
+    static let digits = 20
+
+    static func write(_ value: UInt64, into buffer: inout ByteBuffer) {
+        var digits: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)  // 32 bytes of scratch
+        withUnsafeMutableBytes(of: &digits) { scratch in
+            var v = value
+            for i in stride(from: Self.digits - 1, through: 0, by: -1) {
+                scratch[i] = UInt8(ascii: "0") + UInt8(v % 10)
+                v /= 10
+            }
+            buffer.writeBytes(UnsafeRawBufferPointer(rebasing: scratch[0..<Self.digits]))
+        }
+    }
+
+    /// The stamp at `offset`, if 20 digits are there.
+    static func read(_ bytes: UnsafeRawBufferPointer, at offset: Int) -> UInt64? {
+        guard offset >= 0, offset + digits <= bytes.count else { return nil }
+        var v: UInt64 = 0
+        for i in offset..<(offset + digits) {
+            let b = bytes[i]
+            guard b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9") else { return nil }
+            v = v &* 10 &+ UInt64(b - UInt8(ascii: "0"))
+        }
+        return v
     }
 }
 
@@ -393,7 +443,6 @@ final class BenchSink: Sendable {
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
                     try channel.pipeline.syncOperations.addHandler(SinkHandler(state: state, requests: requestCount))
                 }
             }
@@ -404,20 +453,21 @@ final class BenchSink: Sendable {
     func stop() async { try? await channel.close() }
 }
 
+/// The sink's side of a connection, on bytes: heads framed by `content-length` (what
+/// Switchyard's forwarder and nginx send); anything else is answered 400 and closed,
+/// with a line on standard output, so a miscount cannot pass unnoticed.
 final class SinkHandler: ChannelInboundHandler {
-    typealias InboundIn = HTTPServerRequestPart
-    typealias OutboundOut = HTTPServerResponsePart
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
     let state: NIOLockedValueBox<(latencies: [UInt64], last: UInt64?)>
-    var stamp: UInt64?
-    /// Batched requests: the whole body, whose messages each carry a stamp.
-    var batch: ByteBuffer?
-    static let okHead: HTTPResponseHead = {
-        var h = HTTPHeaders()
-        h.add(name: "content-length", value: "0")
-        return HTTPResponseHead(version: .http1_1, status: .ok, headers: h)
-    }()
-
     let requests: NIOLockedValueBox<Int>
+    private var received: ByteBuffer?
+    /// The current request's body length and kind once its head was read.
+    private var body: (length: Int, batch: Bool)?
+    private var answers = 0
+    private var stamps: [UInt64] = []
+    static let ok = ByteBuffer(string: "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+    static let marker = Array("\"payload\":\"".utf8)
 
     init(state: NIOLockedValueBox<(latencies: [UInt64], last: UInt64?)>, requests: NIOLockedValueBox<Int>) {
         self.state = state
@@ -425,43 +475,107 @@ final class SinkHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
-        case .head(let head):
-            stamp = nil
-            batch = head.headers.first(name: "x-switchyard-batch-size") != nil ? ByteBuffer() : nil
-        case .body(var b):
-            if batch != nil {
-                batch!.writeBuffer(&b)
-            } else if stamp == nil, let text = b.getString(at: b.readerIndex, length: min(20, b.readableBytes)) {
-                stamp = UInt64(text)
+        var bytes = unwrapInboundIn(data)
+        if received == nil {
+            received = bytes
+        } else {
+            received!.writeBuffer(&bytes)
+        }
+        while true {
+            if body == nil {
+                guard let length = HTTP1ResponseParser.headLength(received!) else { return }
+                guard let framing = received!.withUnsafeReadableBytes({ Self.framing(UnsafeRawBufferPointer(rebasing: $0[0..<length])) }) else {
+                    print("sink: a request without content-length (or with transfer-encoding); answered 400")
+                    context.writeAndFlush(
+                        wrapOutboundOut(ByteBuffer(string: "HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"))
+                    )
+                    .whenComplete { _ in context.close(promise: nil) }
+                    received = nil
+                    return
+                }
+                received!.moveReaderIndex(forwardBy: length)
+                body = framing
             }
-        case .end:
-            requests.withLockedValue { $0 += 1 }
-            let now = SystemMonotonicClock().nowNanos()
-            var stamps: [UInt64] = stamp.map { [$0] } ?? []
-            if let batch {
-                // Each message of the batch: ..."payload":"<20-digit stamp>xxxx"...
-                let marker = Array("\"payload\":\"".utf8)
-                let bytes = Array(batch.readableBytesView)
-                var i = 0
-                while i + marker.count + 20 <= bytes.count {
-                    if bytes[i] == marker[0] && Array(bytes[i..<(i + marker.count)]) == marker {
-                        let start = i + marker.count
-                        if let s = UInt64(String(decoding: bytes[start..<(start + 20)], as: UTF8.self)) { stamps.append(s) }
-                        i = start + 20
-                    } else {
-                        i += 1
-                    }
+            guard let framing = body, received!.readableBytes >= framing.length else { return }
+            let length = framing.length
+            received!.withUnsafeReadableBytes { all in
+                let bytes = UnsafeRawBufferPointer(rebasing: all[0..<length])
+                if framing.batch {
+                    Self.batchStamps(bytes, into: &stamps)
+                } else if let stamp = BenchStamp.read(bytes, at: 0) {
+                    stamps.append(stamp)
                 }
             }
-            if !stamps.isEmpty {
-                state.withLockedValue {
-                    for s in stamps { $0.latencies.append(now &- s) }
-                    $0.last = now
-                }
+            received!.moveReaderIndex(forwardBy: length)
+            body = nil
+            answers += 1
+            context.write(wrapOutboundOut(Self.ok), promise: nil)
+            if received!.readableBytes == 0 { received = nil }
+            if received == nil { return }
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        guard answers > 0 else { return }
+        let now = SystemMonotonicClock().nowNanos()
+        let answered = answers
+        requests.withLockedValue { $0 += answered }
+        if !stamps.isEmpty {
+            state.withLockedValue {
+                for s in stamps { $0.latencies.append(now &- s) }
+                $0.last = now
             }
-            context.write(wrapOutboundOut(.head(Self.okHead)), promise: nil)
-            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+            stamps.removeAll(keepingCapacity: true)
+        }
+        answers = 0
+        context.flush()
+    }
+
+    /// `content-length` and whether the request is a batch (`x-switchyard-batch-size`); nil
+    /// when the body is not framed by a length.
+    static func framing(_ head: UnsafeRawBufferPointer) -> (length: Int, batch: Bool)? {
+        var length: Int?
+        var batch = false
+        var lineStart = 0
+        var first = true
+        for i in 0..<head.count where head[i] == 10 {
+            let line = UnsafeRawBufferPointer(rebasing: head[lineStart..<(i > lineStart && head[i - 1] == 13 ? i - 1 : i)])
+            lineStart = i + 1
+            if first {
+                first = false
+                continue
+            }
+            guard let colon = line.firstIndex(of: UInt8(ascii: ":")) else { continue }
+            let name = UnsafeRawBufferPointer(rebasing: line[0..<colon])
+            let value = HTTP1ResponseParser.trimmed(UnsafeRawBufferPointer(rebasing: line[(colon + 1)...]))
+            if HTTP1ResponseParser.name(name, is: "content-length") {
+                guard let n = HTTP1ResponseParser.decimal(value), length == nil || length == n else { return nil }
+                length = n
+            } else if HTTP1ResponseParser.name(name, is: "transfer-encoding") {
+                return nil
+            } else if HTTP1ResponseParser.name(name, is: "x-switchyard-batch-size") {
+                batch = true
+            }
+        }
+        return length.map { ($0, batch) }
+    }
+
+    /// Each message of a batch: ..."payload":"<20-digit stamp>xxxx"...
+    static func batchStamps(_ bytes: UnsafeRawBufferPointer, into stamps: inout [UInt64]) {
+        let marker = Self.marker
+        var i = 0
+        while i + marker.count + BenchStamp.digits <= bytes.count {
+            var matches = true
+            for j in 0..<marker.count where bytes[i + j] != marker[j] {
+                matches = false
+                break
+            }
+            if matches, let stamp = BenchStamp.read(bytes, at: i + marker.count) {
+                stamps.append(stamp)
+                i += marker.count + BenchStamp.digits
+            } else {
+                i += 1
+            }
         }
     }
 }

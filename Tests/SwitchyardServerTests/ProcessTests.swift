@@ -241,6 +241,19 @@ import Testing
         #expect(out.contains("20 listeners × 2 publishes = 40 wake-ups"), "\(out)")
     }
 
+    /// The HTTP benchmark runs end to end, one message per request and in batches both ways
+    /// (a smoke run): every message's stamp reaches the sink and is counted once.
+    @Test func benchHTTPRunsAndLosesNothing() async throws {
+        let (status, out) = try await ProcessTests.runBinary(["bench", "http", "--messages", "2000", "--connections", "4", "--depth", "2"])
+        #expect(status == 0, "\(out)")
+        #expect(out.contains("2000 sent, 2000 accepted (202), 2000 delivered"), "\(out)")
+        let (batchStatus, batchOut) = try await ProcessTests.runBinary([
+            "bench", "http", "--messages", "2000", "--connections", "2", "--depth", "2", "--ingest-batch", "50", "--batch", "50",
+        ])
+        #expect(batchStatus == 0, "\(batchOut)")
+        #expect(batchOut.contains("2000 sent, 2000 accepted (202), 2000 delivered"), "\(batchOut)")
+    }
+
     /// The MQTT load tool runs end to end against a Switchyard it starts (a smoke run: small
     /// numbers; the figures are the benchmark's business, not this test's) and fails on loss.
     @Test func benchMQTTRunsAndLosesNothing() async throws {
