@@ -92,7 +92,7 @@ public final class Controller: Sendable {
     /// Product and device named by the first matching device pattern.
     public func identify(topic: String) -> (product: String?, device: String?) {
         for pattern in devicePatterns {
-            if let values = pattern.match(topic) { return (values["product"], values["device"]) }
+            if let identity = pattern.identity(topic) { return identity }
         }
         return (nil, nil)
     }
@@ -235,7 +235,7 @@ public final class Controller: Sendable {
     func classify(_ envelope: inout Envelope) -> [Int] {
         var matched: [Int] = []
         for (index, rule) in tagRules.enumerated() {
-            if let topic = rule.topic, topic.match(envelope.topic) == nil { continue }
+            if let topic = rule.topic, !topic.matches(envelope.topic) { continue }
             if !rule.products.isEmpty && !rule.products.contains(envelope.product ?? "\u{0}") { continue }
             if !rule.devices.isEmpty && !rule.devices.contains(envelope.device ?? "\u{0}") { continue }
             if let field = rule.field {

@@ -2,7 +2,7 @@
 /// `{name}` matches one level, `+` any one level, `#` (last) the remaining levels.
 public struct TopicPattern: Sendable, Equatable {
     enum Level: Equatable {
-        case literal(Substring)
+        case literal([UInt8])
         case variable(String)
         case single
         case multi
@@ -27,7 +27,7 @@ public struct TopicPattern: Sendable, Equatable {
             } else if part.contains("{") || part.contains("}") || part.contains("#") || part.contains("+") {
                 throw ControllerConfigError("level \(i + 1) \"\(part)\": use {name}, + or # as a whole level")
             } else {
-                levels.append(.literal(part))
+                levels.append(.literal(Array(part.utf8)))
             }
         }
         self.levels = levels
@@ -36,26 +36,54 @@ public struct TopicPattern: Sendable, Equatable {
     /// The named levels when the topic matches, else nil.
     public func match(_ topic: String) -> [String: String]? {
         var values: [String: String] = [:]
-        var rest = Substring(topic)
+        guard walk(topic, { name, value in values[name] = value }) else { return nil }
+        return values
+    }
+
+    /// The `{product}` and `{device}` levels when the topic matches (without a dictionary:
+    /// every message's identity passes here).
+    public func identity(_ topic: String) -> (product: String?, device: String?)? {
+        var product: String?
+        var device: String?
+        let matched = walk(topic) { name, value in
+            if name == "device" {
+                device = value
+            } else if name == "product" {
+                product = value
+            }
+        }
+        return matched ? (product, device) : nil
+    }
+
+    /// Matches level by level on the topic's bytes (levels are split at every `/` byte and
+    /// compared byte for byte, as MQTT compares topics); `bind` gets each named level.
+    private func walk(_ topic: String, _ bind: (String, String) -> Void) -> Bool {
+        if let matched = topic.utf8.withContiguousStorageIfAvailable({ walk(UnsafeRawBufferPointer($0), bind) }) { return matched }
+        return Array(topic.utf8).withUnsafeBytes { walk($0, bind) }
+    }
+
+    private func walk(_ bytes: UnsafeRawBufferPointer, _ bind: (String, String) -> Void) -> Bool {
+        var start = 0
         for (i, level) in levels.enumerated() {
-            if level == .multi { return values }
-            let end = rest.firstIndex(of: "/") ?? rest.endIndex
-            let part = rest[..<end]
+            if case .multi = level { return true }
+            var end = start
+            while end < bytes.count && bytes[end] != UInt8(ascii: "/") { end += 1 }
+            let part = UnsafeRawBufferPointer(rebasing: bytes[start..<end])
             switch level {
-            case .literal(let l): if part != l { return nil }
+            case .literal(let literal): if !part.elementsEqual(literal) { return false }
             case .variable(let name):
-                if part.isEmpty { return nil }
-                values[name] = String(part)
+                if part.isEmpty { return false }
+                bind(name, String(decoding: part, as: UTF8.self))
             case .single, .multi: break
             }
-            if end == rest.endIndex {
+            if end == bytes.count {
                 // Topic ended: the pattern must end here too (or continue with `#`, which matches the parent).
-                let remaining = levels.dropFirst(i + 1)
-                return remaining.isEmpty || remaining == [.multi] ? values : nil
+                let remaining = levels.count - i - 1
+                return remaining == 0 || (remaining == 1 && levels[i + 1] == .multi)
             }
-            rest = rest[rest.index(after: end)...]
+            start = end + 1
         }
-        return nil
+        return false
     }
 }
 

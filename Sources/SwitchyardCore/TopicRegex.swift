@@ -56,13 +56,21 @@ public struct TopicRegex: @unchecked Sendable {
     /// Matches the topic; returns the named captures, or nil when it does not match.
     public func match(_ topic: String) -> [String: String]? {
         if !literalPrefix.isEmpty && !topic.hasPrefix(literalPrefix) { return nil }
-        if let fast { return TopicRegex.run(fast, on: topic) }
+        if let fast { return TopicRegex.run(fast, on: topic, capturing: true) }
         guard let regex, let m = try? regex.firstMatch(in: topic) else { return nil }
         var captures: [String: String] = [:]
         for name in captureNames {
             if let sub = m[name]?.substring { captures[name] = String(sub) }
         }
         return captures
+    }
+
+    /// Whether the topic matches, without collecting the captures (tag rules need no more).
+    public func matches(_ topic: String) -> Bool {
+        if !literalPrefix.isEmpty && !topic.hasPrefix(literalPrefix) { return false }
+        if let fast { return TopicRegex.run(fast, on: topic, capturing: false) != nil }
+        guard let regex else { return false }
+        return (try? regex.firstMatch(in: topic)) != nil
     }
 
     /// True when the pattern runs on the segment matcher (exposed for tests and explain).
@@ -78,25 +86,37 @@ public struct TopicRegex: @unchecked Sendable {
         return captures
     }
 
-    private static func run(_ tokens: [Token], on topic: String) -> [String: String]? {
-        let bytes = Array(topic.utf8)
-        var spans: [Span] = []
-        guard matchFrom(tokens, 0, bytes, 0, &spans) else { return nil }
-        var captures: [String: String] = [:]
-        for span in spans {
-            captures[span.name] = String(decoding: bytes[span.from..<span.to], as: UTF8.self)
+    /// The captures (empty when not `capturing`), or nil when the topic does not match; reads
+    /// the topic's bytes in place.
+    private static func run(_ tokens: [Token], on topic: String, capturing: Bool) -> [String: String]? {
+        func run(_ bytes: UnsafeRawBufferPointer) -> [String: String]? {
+            var spans: [Span] = []
+            guard matchFrom(tokens, 0, bytes, 0, &spans, capturing: capturing) else { return nil }
+            var captures: [String: String] = [:]
+            for span in spans {
+                captures[span.name] = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[span.from..<span.to]), as: UTF8.self)
+            }
+            return captures
         }
-        return captures
+        if let result = topic.utf8.withContiguousStorageIfAvailable({ run(UnsafeRawBufferPointer($0)) }) { return result }
+        return Array(topic.utf8).withUnsafeBytes { run($0) }
     }
 
     /// Backtracking in the regex engine's order: greedy quantifiers try the longest span first.
-    private static func matchFrom(_ tokens: [Token], _ t: Int, _ bytes: [UInt8], _ i: Int, _ spans: inout [Span]) -> Bool {
+    private static func matchFrom(
+        _ tokens: [Token],
+        _ t: Int,
+        _ bytes: UnsafeRawBufferPointer,
+        _ i: Int,
+        _ spans: inout [Span],
+        capturing: Bool
+    ) -> Bool {
         if t == tokens.count { return i == bytes.count }
         switch tokens[t] {
         case .literal(let lit):
             let l = lit.utf8
             guard bytes.count - i >= l.count, bytes[i..<(i + l.count)].elementsEqual(l) else { return false }
-            return matchFrom(tokens, t + 1, bytes, i + l.count, &spans)
+            return matchFrom(tokens, t + 1, bytes, i + l.count, &spans, capturing: capturing)
         case .segment(let name), .rest(let name, _):
             let isSegment: Bool
             let minimum: Int
@@ -112,8 +132,8 @@ public struct TopicRegex: @unchecked Sendable {
             var length = end - i
             while length >= minimum {
                 let mark = spans.count
-                if let name { spans.append(Span(name: name, from: i, to: i + length)) }
-                if matchFrom(tokens, t + 1, bytes, i + length, &spans) { return true }
+                if capturing, let name { spans.append(Span(name: name, from: i, to: i + length)) }
+                if matchFrom(tokens, t + 1, bytes, i + length, &spans, capturing: capturing) { return true }
                 spans.removeSubrange(mark...)
                 length -= 1
             }

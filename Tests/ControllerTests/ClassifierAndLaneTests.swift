@@ -130,6 +130,26 @@ import Testing
         #expect(q.match("a/b/c") == nil)
     }
 
+    /// `identity` gives what `match` names product and device, and nothing else; levels are
+    /// split at every `/` and compared byte for byte (no Unicode normalisation, as MQTT).
+    @Test func identityAndEdges() throws {
+        let p = try TopicPattern("devices/{product}/{device}/#")
+        #expect(p.identity("devices/p1/d1/telemetry")! == ("p1", "d1"))
+        #expect(p.identity("devices/p1/d1")! == ("p1", "d1"))
+        #expect(p.identity("devices//d1") == nil)  // an empty named level does not match
+        #expect(p.identity("devices/p1/") == nil)
+        #expect(p.identity("devices/p1") == nil)
+        #expect(p.identity("") == nil)
+        let q = try TopicPattern("x/{device}/+")
+        #expect(q.identity("x/dé/y")! == (nil, "dé"))
+        #expect(q.identity("x/d/") != nil)  // `+` matches an empty level
+        #expect(q.identity("x/d") == nil)
+        let literal = try TopicPattern("caf\u{E9}/{device}")  // precomposed é
+        #expect(literal.identity("caf\u{E9}/d") != nil)
+        #expect(literal.identity("cafe\u{301}/d") == nil)  // e + combining accent: other bytes
+        #expect(literal.identity("caf\u{E9}/\u{301}d")! == (nil, "\u{301}d"))  // a combining mark after `/` still splits
+    }
+
     @Test func invalidPatterns() {
         #expect(throws: ControllerConfigError.self) { try TopicPattern("a/#/b") }
         #expect(throws: ControllerConfigError.self) { try TopicPattern("a/x{device}") }

@@ -50,6 +50,7 @@ import Testing
             #expect(regex.usesFastPath, "\(p) should use the fast path")
             for t in topics {
                 #expect(regex.match(t) == regex.matchWithRegexEngine(t), "pattern \(p) topic \(t)")
+                #expect(regex.matches(t) == (regex.matchWithRegexEngine(t) != nil), "matches: pattern \(p) topic \(t)")
             }
         }
     }
@@ -59,6 +60,7 @@ import Testing
         #expect(!r.usesFastPath)
         #expect(r.match("devices/lock/42/x") == ["product": "lock", "device": "42"])
         #expect(r.match("devices/window/42/x") == nil)
+        #expect(r.matches("devices/lock/42/x") && !r.matches("devices/window/42/x"))
         let unanchored = try TopicRegex("event")
         #expect(unanchored.match("devices/p/d/event") != nil)
     }
