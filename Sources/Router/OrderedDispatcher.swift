@@ -11,8 +11,9 @@ public import SwitchyardCore
 /// talks over one connection is served without a thread hop; a striped table (one short lock
 /// when a message is dispatched and when it finishes) says which loop owns a busy device.
 public final class OrderedDispatcher: Sendable {
-    /// Delivers one message; the future completes when its outcome is final.
-    public typealias Deliver = @Sendable (Envelope, any EventLoop) -> EventLoopFuture<Void>
+    /// Delivers one message on the loop given; calls `done` (once, on any loop) when its
+    /// outcome is final. A callback, not a future: one future less per message.
+    public typealias Deliver = @Sendable (Envelope, any EventLoop, _ done: @escaping @Sendable () -> Void) -> Void
 
     private let shards: [Shard]
     private let owners: [NIOLockedValueBox<[String: Owner]>]
@@ -44,7 +45,7 @@ public final class OrderedDispatcher: Sendable {
     public func dispatch(_ envelope: Envelope, deliver: @escaping Deliver) {
         guard let device = envelope.device else {
             let loop = shards[Int(FastRandom.next() % UInt64(shards.count))].loop
-            loop.execute { _ = deliver(envelope, loop) }
+            loop.execute { deliver(envelope, loop) {} }
             return
         }
         let hash = StableHash.fnv1a(device)
@@ -87,7 +88,9 @@ public final class OrderedDispatcher: Sendable {
 
         let loop: any EventLoop
         /// Waiting messages per device; a device is present while its head is in delivery.
-        var queues: [String: CircularBuffer<Item>] = [:]
+        /// The queue's buffer is made only when a second message arrives (most devices never
+        /// have one waiting).
+        var queues: [String: CircularBuffer<Item>?] = [:]
         let finished: @Sendable (String) -> Void
 
         init(loop: any EventLoop, finished: @escaping @Sendable (String) -> Void) {
@@ -96,23 +99,32 @@ public final class OrderedDispatcher: Sendable {
         }
 
         func enqueue(_ device: String, _ item: Item) {
-            if queues[device] != nil {
-                queues[device]!.append(item)
+            if let index = queues.index(forKey: device) {
+                if queues.values[index] == nil { queues.values[index] = CircularBuffer(initialCapacity: 4) }
+                queues.values[index]!.append(item)
                 return
             }
-            queues[device] = CircularBuffer()
+            queues[device] = .some(nil)
             start(device, item)
         }
 
         private func start(_ device: String, _ item: Item) {
-            item.deliver(item.envelope, loop).hop(to: loop).whenComplete { _ in
-                self.finished(device)
-                self.next(device)
+            item.deliver(item.envelope, loop) { [self] in
+                if loop.inEventLoop {
+                    ended(device)
+                } else {
+                    loop.execute { self.ended(device) }
+                }
             }
         }
 
+        private func ended(_ device: String) {
+            finished(device)
+            next(device)
+        }
+
         private func next(_ device: String) {
-            guard let following = queues[device]?.popFirst() else {
+            guard let index = queues.index(forKey: device), let following = queues.values[index]?.popFirst() else {
                 queues.removeValue(forKey: device)
                 return
             }

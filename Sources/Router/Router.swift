@@ -36,6 +36,11 @@ public final class Router: Sendable {
         case deadLettered(route: String, reason: String)
         /// Cut off by shutdown before an outcome: still in flight (the journal redelivers it).
         case interrupted(route: String)
+
+        public var isInterrupted: Bool {
+            if case .interrupted = self { return true }
+            return false
+        }
     }
 
     /// Route label used for messages that match no route.

@@ -8,21 +8,22 @@ public import NIOCore
 /// A copy-on-write value: copies (into closures, retries, dead letters) cost one retain,
 /// not one per field.
 public struct Envelope: Sendable {
+    @usableFromInline
     final class Storage: @unchecked Sendable {
         // @unchecked: only mutated through `Envelope`'s copy-on-write setters.
-        var id: String
-        var channel: String
-        var topic: String
-        var product: String?
-        var device: String?
-        var payload: ByteBuffer
-        var headers: [HeaderField]
-        var tags: [String: String]
-        var lane: String?
-        var receivedAt: UInt64
-        var trace: TraceContext
-        var clientAddress: SocketAddress?
-        var idFromSender: Bool
+        @usableFromInline var id: String
+        @usableFromInline var channel: String
+        @usableFromInline var topic: String
+        @usableFromInline var product: String?
+        @usableFromInline var device: String?
+        @usableFromInline var payload: ByteBuffer
+        @usableFromInline var headers: [HeaderField]
+        @usableFromInline var tags: [String: String]
+        @usableFromInline var lane: String?
+        @usableFromInline var receivedAt: UInt64
+        @usableFromInline var trace: TraceContext
+        @usableFromInline var clientAddress: SocketAddress?
+        @usableFromInline var idFromSender: Bool
 
         init(
             id: String,
@@ -54,6 +55,7 @@ public struct Envelope: Sendable {
             self.idFromSender = idFromSender
         }
 
+        @usableFromInline
         func copy() -> Storage {
             Storage(
                 id: id,
@@ -73,9 +75,10 @@ public struct Envelope: Sendable {
         }
     }
 
-    private var storage: Storage
+    @usableFromInline var storage: Storage
 
-    private mutating func unique() -> Storage {
+    @inlinable
+    mutating func unique() -> Storage {
         if !isKnownUniquelyReferenced(&storage) { storage = storage.copy() }
         return storage
     }
@@ -113,61 +116,61 @@ public struct Envelope: Sendable {
     }
 
     /// Stable id: the sender's message id when given, otherwise generated.
-    public var id: String {
+    @inlinable public var id: String {
         get { storage.id }
         set { unique().id = newValue }
     }
     /// The channel it arrived on (`http`, later `mqtt`, `amqp`, `http2`).
-    public var channel: String {
+    @inlinable public var channel: String {
         get { storage.channel }
         set { unique().channel = newValue }
     }
-    public var topic: String {
+    @inlinable public var topic: String {
         get { storage.topic }
         set { unique().topic = newValue }
     }
-    public var product: String? {
+    @inlinable public var product: String? {
         get { storage.product }
         set { unique().product = newValue }
     }
-    public var device: String? {
+    @inlinable public var device: String? {
         get { storage.device }
         set { unique().device = newValue }
     }
-    public var payload: ByteBuffer {
+    @inlinable public var payload: ByteBuffer {
         get { storage.payload }
         set { unique().payload = newValue }
     }
     /// Sender headers as received (lower-cased names), minus those Switchyard owns.
-    public var headers: [HeaderField] {
+    @inlinable public var headers: [HeaderField] {
         get { storage.headers }
         set { unique().headers = newValue }
     }
-    public var tags: [String: String] {
+    @inlinable public var tags: [String: String] {
         get { storage.tags }
         set { unique().tags = newValue }
     }
     /// Assigned lane; `nil` is the baseline.
-    public var lane: String? {
+    @inlinable public var lane: String? {
         get { storage.lane }
         set { unique().lane = newValue }
     }
     /// Wall-clock receive time, nanoseconds since the Unix epoch.
-    public var receivedAt: UInt64 {
+    @inlinable public var receivedAt: UInt64 {
         get { storage.receivedAt }
         set { unique().receivedAt = newValue }
     }
-    public var trace: TraceContext {
+    @inlinable public var trace: TraceContext {
         get { storage.trace }
         set { unique().trace = newValue }
     }
     /// Address of the peer that sent it, when the channel knows it.
-    public var clientAddress: SocketAddress? {
+    @inlinable public var clientAddress: SocketAddress? {
         get { storage.clientAddress }
         set { unique().clientAddress = newValue }
     }
     /// True when `id` came from the sender (only those ids are checked for duplicates).
-    public var idFromSender: Bool {
+    @inlinable public var idFromSender: Bool {
         get { storage.idFromSender }
         set { unique().idFromSender = newValue }
     }

@@ -181,11 +181,11 @@ final class Pipeline: MessageSink {
             // A recovered or replayed message: a stop before its next retry must not reuse this number.
             if priorAttempts > 0 { journal.recordAttempt(sequence, attempt: attempts.first) }
         }
-        dispatcher.dispatch(envelope) { [attempts] envelope, loop in
-            router.route(envelope, attempts: attempts, on: loop).map { outcome in
+        dispatcher.dispatch(envelope) { [attempts] envelope, loop, done in
+            router.route(envelope, attempts: attempts, on: loop).whenComplete { result in
                 // Cut off by shutdown: no outcome yet; the journal redelivers it at the next start.
-                if case .interrupted = outcome { return }
-                if let sequence { journal?.settle(sequence) }
+                if case .success(let outcome) = result, !outcome.isInterrupted, let sequence { journal?.settle(sequence) }
+                done()
             }
         }
     }

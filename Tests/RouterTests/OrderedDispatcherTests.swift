@@ -16,16 +16,16 @@ import Testing
         let log = NIOLockedValueBox([String]())
         let held = NIOLockedValueBox<EventLoopPromise<Void>?>(nil)
         // a-1 is held open; a-2 must wait for it, b-1 must not.
-        dispatcher.dispatch(envelope("a", 1)) { e, loop in
+        dispatcher.dispatch(envelope("a", 1)) { e, loop, done in
             log.withLockedValue { $0.append("start \(e.id)") }
             let p = loop.makePromise(of: Void.self)
             held.withLockedValue { $0 = p }
-            return p.futureResult
+            p.futureResult.whenComplete { _ in done() }
         }
         for e in [envelope("a", 2), envelope("b", 1), envelope(nil, 1)] {
-            dispatcher.dispatch(e) { e, loop in
+            dispatcher.dispatch(e) { e, loop, done in
                 log.withLockedValue { $0.append("start \(e.id)") }
-                return loop.makeSucceededVoidFuture()
+                done()
             }
         }
         try await Task.sleep(nanoseconds: 100_000_000)
@@ -51,11 +51,12 @@ import Testing
             let device = "d\(n % 5)"
             // Each dispatch happens after the previous one, alternating loops.
             try await loops[(n / 5) % 2].submit {
-                dispatcher.dispatch(self.envelope(device, n)) { _, loop in
+                dispatcher.dispatch(self.envelope(device, n)) { _, loop, done in
                     // Later messages finish faster: only the owner's queue keeps them in order.
                     loop.scheduleTask(in: .microseconds(Int64(3 - n % 3) * 400)) {
                         seen.withLockedValue { $0[device, default: []].append(n) }
-                    }.futureResult
+                        done()
+                    }
                 }
             }.get()
         }
@@ -70,17 +71,52 @@ import Testing
         try await group.shutdownGracefully()
     }
 
+    /// `done` may come from any thread (a delivery finished elsewhere): the device's next
+    /// message still starts on its owner loop, in order.
+    @Test func doneFromAnotherThreadKeepsOrder() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        let other = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let dispatcher = OrderedDispatcher(group: group)
+        let seen = NIOLockedValueBox([Int]())
+        let onOwner = NIOLockedValueBox(true)
+        let owner = NIOLockedValueBox<ObjectIdentifier?>(nil)
+        for n in 0..<200 {
+            dispatcher.dispatch(envelope("d", n)) { _, loop, done in
+                let id = ObjectIdentifier(loop)
+                owner.withLockedValue { o in
+                    if o == nil { o = id }
+                    if o != id || !loop.inEventLoop { onOwner.withLockedValue { $0 = false } }
+                }
+                seen.withLockedValue { $0.append(n) }
+                other.next().execute { done() }
+            }
+        }
+        for _ in 0..<200 where seen.withLockedValue({ $0.count }) < 200 {
+            try await Task.sleep(nanoseconds: 10_000_000)
+        }
+        #expect(seen.withLockedValue { $0 } == Array(0..<200))
+        #expect(onOwner.withLockedValue { $0 })
+        // The last `done` is still on its way back to the owner loop when the 200th starts.
+        for _ in 0..<100 where try await dispatcher.busyDevices().get() > 0 {
+            try await Task.sleep(nanoseconds: 10_000_000)
+        }
+        #expect(try await dispatcher.busyDevices().get() == 0)
+        try await group.shutdownGracefully()
+        try await other.shutdownGracefully()
+    }
+
     @Test func orderHoldsUnderLoad() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         let dispatcher = OrderedDispatcher(group: group)
         let seen = NIOLockedValueBox([String: [Int]]())
         for n in 0..<2000 {
             let device = "d\(n % 13)"
-            dispatcher.dispatch(envelope(device, n)) { e, loop in
+            dispatcher.dispatch(envelope(device, n)) { e, loop, done in
                 // Completes later, on another tick, like a network round trip.
                 loop.scheduleTask(in: .microseconds(Int64(n % 7) * 50)) {
                     seen.withLockedValue { $0[device, default: []].append(n) }
-                }.futureResult
+                    done()
+                }
             }
         }
         for _ in 0..<200 where seen.withLockedValue({ $0.values.reduce(0) { $0 + $1.count } }) < 2000 {
