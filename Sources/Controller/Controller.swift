@@ -150,7 +150,7 @@ public final class Controller: Sendable {
     /// `dryRun` (explain) consumes nothing and describes each pass; otherwise only
     /// rejections are described, so the hot path builds no strings.
     private func evaluate(_ filter: Filter, index: Int, _ envelope: Envelope, dryRun: Bool) -> (FilterVerdict, Rejection?) {
-        let name = filterRules[index].kind
+        var name: String { filterRules[index].kind }  // built only for a verdict that names it
         func pass(_ detail: @autoclosure () -> String) -> (FilterVerdict, Rejection?) {
             guard dryRun else { return (Controller.passed, nil) }
             return (FilterVerdict(filter: name, passed: true, reason: nil, detail: detail()), nil)

@@ -134,6 +134,10 @@ public enum MessageBatch {
                             break
                         }
                     }
+                } else if key == "payload", let text = scanner.readPlainString() {
+                    // The common payload, a string without escapes: its bytes as they are.
+                    payload = ByteBuffer(bytes: scanner.json[text])
+                    implied = "text/plain; charset=utf-8"
                 } else {
                     guard let (value, range) = scanner.skipValue() else { return malformed }
                     switch key {

@@ -52,7 +52,7 @@ extension MessageIngestResponder {
             }
         }
         let ids = envelopes.map(\.id)
-        return sink.submit(batch: envelopes, on: loop).map { results in
+        return sink.submit(batch: consume envelopes, on: loop).map { results in
             for (n, result) in results.enumerated() { outcomes[positions[n]] = .submitted(ids[n], result) }
             return Self.batchResponse(outcomes)
         }

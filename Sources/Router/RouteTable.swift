@@ -8,12 +8,16 @@ public struct RouteTable: Sendable {
         public let regex: TopicRegex
         public let targets: [SwitchyardConfiguration.TargetRule]
         public let ttlSeconds: Double
+        /// Some target renders a path template with the captures (batched targets send to a
+        /// fixed path).
+        let rendersCaptures: Bool
 
         init(name: String, regex: TopicRegex, targets: [SwitchyardConfiguration.TargetRule], ttlSeconds: Double) {
             self.name = name
             self.regex = regex
             self.targets = targets
             self.ttlSeconds = ttlSeconds
+            rendersCaptures = targets.contains { $0.batch == nil }
         }
     }
 
@@ -36,6 +40,22 @@ public struct RouteTable: Sendable {
     public func match(_ topic: String) -> (route: Route, captures: [String: String])? {
         for route in routes {
             if let captures = route.regex.match(topic) { return (route, captures) }
+        }
+        return nil
+    }
+
+    /// Whether some route takes the topic (no captures collected).
+    func takes(_ topic: String) -> Bool { routes.contains { $0.regex.matches(topic) } }
+
+    /// `match` for delivery: the captures are collected only when a target of the route
+    /// renders them (empty otherwise).
+    func matchForDelivery(_ topic: String) -> (route: Route, captures: [String: String])? {
+        for route in routes {
+            if route.rendersCaptures {
+                if let captures = route.regex.match(topic) { return (route, captures) }
+            } else if route.regex.matches(topic) {
+                return (route, [:])
+            }
         }
         return nil
     }

@@ -222,7 +222,13 @@ enum BatchBody {
                 JSONText.writeQuoted(l, into: &buffer)
             }
             let tags = e.tags
-            if !tags.isEmpty {
+            if tags.count == 1, let (name, value) = tags.first {
+                buffer.writeStaticString(",\"tags\":{")
+                JSONText.writeQuoted(name, into: &buffer)
+                buffer.writeStaticString(":")
+                JSONText.writeQuoted(value, into: &buffer)
+                buffer.writeStaticString("}")
+            } else if !tags.isEmpty {
                 buffer.writeStaticString(",\"tags\":{")
                 for (n, name) in tags.keys.sorted().enumerated() {
                     if n > 0 { buffer.writeStaticString(",") }
@@ -233,13 +239,16 @@ enum BatchBody {
                 buffer.writeStaticString("}")
             }
             buffer.writeStaticString(",\"received_at\":")
-            buffer.writeString(String(e.receivedAt))
+            JSONText.writeDecimal(e.receivedAt, into: &buffer)
             let payload = e.payload
-            if String(validating: payload.readableBytesView, as: UTF8.self) != nil {
+            let written = payload.withUnsafeReadableBytes { bytes in
+                guard UTF8Validation.isValid(bytes) else { return false }
                 buffer.writeStaticString(",\"payload\":")
-                payload.withUnsafeReadableBytes { JSONText.writeQuoted(utf8: $0, into: &buffer) }
+                JSONText.writeQuoted(utf8: bytes, into: &buffer)
                 buffer.writeStaticString("}")
-            } else {
+                return true
+            }
+            if !written {
                 buffer.writeString(",\"payload_base64\":\"\(Base64.encode(Array(payload.readableBytesView)))\"}")
             }
         }

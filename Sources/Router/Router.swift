@@ -97,13 +97,13 @@ public final class Router: Sendable {
     }
 
     /// Whether a route takes messages on `topic`.
-    public func routes(_ topic: String) -> Bool { table.match(topic) != nil }
+    public func routes(_ topic: String) -> Bool { table.takes(topic) }
 
     /// Delivers an accepted envelope to every target of its route and records the outcome
     /// in the ledger (the channel has already counted it as received and in flight).
     @discardableResult
     public func route(_ envelope: Envelope, attempts: Attempts = Attempts(), on loop: any EventLoop) -> EventLoopFuture<Outcome> {
-        guard let (route, captures) = table.match(envelope.topic) else {
+        guard let (route, captures) = table.matchForDelivery(envelope.topic) else {
             deadLetter(
                 envelope,
                 route: Router.unroutedLabel,

@@ -97,6 +97,19 @@
         return Unicode.Scalar(high)
     }
 
+    /// A string without escapes, as the range of its bytes (between the quotes), checked to
+    /// be UTF-8 — no String made. Nil (and nothing consumed) for anything else, escapes
+    /// included: `readString` then takes it.
+    @inlinable public mutating func readPlainString() -> Range<Int>? {
+        skipSpace()
+        guard index < json.endIndex, json[index] == UInt8(ascii: "\"") else { return nil }
+        var end = index + 1
+        while end < json.endIndex, json[end] != UInt8(ascii: "\""), json[end] != UInt8(ascii: "\\"), json[end] >= 0x20 { end += 1 }
+        guard end < json.endIndex, json[end] == UInt8(ascii: "\""), UTF8Validation.isValid(json[(index + 1)..<end]) else { return nil }
+        defer { index = end + 1 }
+        return (index + 1)..<end
+    }
+
     public enum Value: Equatable {
         case string(String)
         /// A number, `true`, `false` or `null`, as written.

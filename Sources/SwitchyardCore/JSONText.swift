@@ -30,6 +30,21 @@ public enum JSONText {
         s.withUTF8 { writeQuoted(utf8: UnsafeRawBufferPointer($0), into: &buffer) }
     }
 
+    /// An unsigned integer's decimal digits, without making a String.
+    public static func writeDecimal(_ value: UInt64, into buffer: inout ByteBuffer) {
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // 24 bytes: UInt64.max has 20 digits
+        withUnsafeMutableBytes(of: &digits) { scratch in
+            var v = value
+            var start = scratch.count
+            repeat {
+                start -= 1
+                scratch[start] = UInt8(ascii: "0") + UInt8(v % 10)
+                v /= 10
+            } while v > 0
+            buffer.writeBytes(UnsafeRawBufferPointer(rebasing: scratch[start...]))
+        }
+    }
+
     /// Quotes text that is valid UTF-8 (the caller checked) into `buffer`.
     public static func writeQuoted(utf8 bytes: UnsafeRawBufferPointer, into buffer: inout ByteBuffer) {
         buffer.writeInteger(UInt8(ascii: "\""))

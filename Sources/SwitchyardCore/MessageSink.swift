@@ -37,7 +37,8 @@ public protocol MessageSink: Sendable {
     func submit(_ envelope: Envelope, on loop: any EventLoop) -> EventLoopFuture<SubmitResult>
     /// Several envelopes from one request: one result per envelope, in order. Accepted ones
     /// are acknowledged together (one journal commit).
-    func submit(batch: [Envelope], on loop: any EventLoop) -> EventLoopFuture<[SubmitResult]>
+    /// (`consuming`: the sink takes the envelopes over, so admitting one changes it in place.)
+    func submit(batch: consuming [Envelope], on loop: any EventLoop) -> EventLoopFuture<[SubmitResult]>
     /// Like `submit`, but an answer known at once (refused by a filter, or taken without the
     /// journal) comes back as a value: no future, no hop (the MQTT hot path).
     func submitting(_ envelope: Envelope, on loop: any EventLoop) -> Submission
@@ -55,7 +56,7 @@ extension MessageSink {
     }
 
     /// One by one, for sinks with nothing to gain from a group.
-    public func submit(batch: [Envelope], on loop: any EventLoop) -> EventLoopFuture<[SubmitResult]> {
+    public func submit(batch: consuming [Envelope], on loop: any EventLoop) -> EventLoopFuture<[SubmitResult]> {
         EventLoopFuture.whenAllSucceed(batch.map { submit($0, on: loop) }, on: loop)
     }
 }

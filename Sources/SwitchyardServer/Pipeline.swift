@@ -85,18 +85,23 @@ final class Pipeline: MessageSink {
 
     /// Each envelope is admitted on its own; the accepted ones are journaled as one group and
     /// acknowledged together (or, when the journal cannot take them, refused together).
-    func submit(batch: [Envelope], on loop: any EventLoop) -> EventLoopFuture<[SubmitResult]> {
+    func submit(batch: consuming [Envelope], on loop: any EventLoop) -> EventLoopFuture<[SubmitResult]> {
         let snapshot = self.snapshot
-        var results = [SubmitResult](repeating: .accepted, count: batch.count)
+        // Each envelope is taken out of the batch (the only reference to it), so admitting it
+        // (identity, tags, lane) changes it in place instead of copying it.
+        var remaining = batch
+        remaining.reverse()
+        var results = [SubmitResult](repeating: .accepted, count: remaining.count)
         var accepted: [(index: Int, envelope: Envelope)] = []
-        accepted.reserveCapacity(batch.count)
-        for (index, original) in batch.enumerated() {
-            var envelope = original
+        accepted.reserveCapacity(remaining.count)
+        var index = 0
+        while var envelope = remaining.popLast() {
             if let refused = admit(&envelope, snapshot: snapshot) {
                 results[index] = refused
             } else {
                 accepted.append((index, envelope))
             }
+            index += 1
         }
         let router = snapshot.router
         guard let journal, !accepted.isEmpty else {

@@ -1,7 +1,8 @@
 import NIOCore
-import Router
 import SwitchyardCore
 import Testing
+
+@testable import Router
 
 @Suite struct RouteTableTests {
     func route(_ name: String, _ match: String, service: String = "svc", path: String = "/") -> SwitchyardConfiguration.RouteRule {
@@ -10,6 +11,22 @@ import Testing
         t.path = path
         r.targets = [t]
         return r
+    }
+
+    /// Delivery collects captures only for routes with a target that renders them; it picks
+    /// the same route as `match`, and `takes` agrees with both.
+    @Test func deliveryMatchesCollectCapturesOnlyWhenRendered() throws {
+        var batched = route("batched", "^devices/(?<product>[^/]+)/(?<device>[^/]+)/bulk$")
+        batched.targets[0].batch = SwitchyardConfiguration.BatchRule()
+        let table = try RouteTable([batched, route("single", "^devices/(?<product>[^/]+)/(?<device>[^/]+)/.+$", path: "/in/{device}")])
+        #expect(table.matchForDelivery("devices/p/d/bulk")?.route.name == "batched")
+        #expect(table.matchForDelivery("devices/p/d/bulk")?.captures == [:])
+        #expect(table.match("devices/p/d/bulk")?.captures == ["product": "p", "device": "d"])  // explain still sees them
+        #expect(table.matchForDelivery("devices/p/d/x")?.captures == ["product": "p", "device": "d"])
+        for topic in ["devices/p/d/bulk", "devices/p/d/x", "devices/p/d", "other", ""] {
+            #expect(table.matchForDelivery(topic)?.route.name == table.match(topic)?.route.name)
+            #expect(table.takes(topic) == (table.match(topic) != nil))
+        }
     }
 
     @Test func firstMatchingRouteWinsWithNamedCaptures() throws {

@@ -107,6 +107,25 @@ import Testing
         await svc.stop()
     }
 
+    /// String payloads reach the service as their text: plain ones byte for byte (non-ASCII
+    /// included), escaped ones unescaped.
+    @Test func stringPayloadsArriveAsTheirText() async throws {
+        let svc = try await TestHTTPService.start()
+        let server = try await TestServer.start(Self.yaml(svc))
+        let body = [
+            #"{"topic":"devices/p1/d1/telemetry","id":"plain","payload":"h€llo wörld"}"#,
+            #"{"topic":"devices/p1/d2/telemetry","id":"escaped","payload":"a\"b\\c\n\u00e9"}"#,
+        ].joined(separator: "\n")
+        let r = try await postBatch(server, body, contentType: "application/x-ndjson")
+        #expect(r.status == 202, "\(r.body)")
+        let got = await svc.waitFor(count: 2)
+        #expect(got.first { $0.header("x-switchyard-message-id") == "plain" }?.body == "h€llo wörld")
+        #expect(got.first { $0.header("x-switchyard-message-id") == "escaped" }?.body == "a\"b\\c\né")
+        #expect(got.allSatisfy { $0.header("content-type") == "text/plain; charset=utf-8" })
+        await server.stop()
+        await svc.stop()
+    }
+
     @Test func unreadableOrOversizedBatchesAreRefusedWhole() async throws {
         let svc = try await TestHTTPService.start()
         let server = try await TestServer.start(Self.yaml(svc))

@@ -1,0 +1,58 @@
+import NIOCore
+import SwitchyardCore
+import Testing
+
+/// Text helpers of the delivery path (SwitchyardCore): UTF-8 checked in place, decimals
+/// written without Strings, JSON strings read without escapes as byte ranges.
+@Suite struct CoreTextTests {
+    /// `isValid` accepts exactly what `String(validating:)` accepts: edge sequences of the
+    /// Unicode table, then random bytes biased towards lead and continuation bytes.
+    @Test func utf8ValidationAgreesWithTheStandardLibrary() {
+        let edges: [[UInt8]] = [
+            [], [0x41], [0x7F], [0x80], [0xBF], [0xC0, 0x80], [0xC1, 0xBF], [0xC2, 0x80], [0xDF, 0xBF], [0xE0, 0x9F, 0x80],
+            [0xE0, 0xA0, 0x80], [0xED, 0x9F, 0xBF], [0xED, 0xA0, 0x80], [0xEF, 0xBF, 0xBF], [0xF0, 0x8F, 0x80, 0x80],
+            [0xF0, 0x90, 0x80, 0x80], [0xF4, 0x8F, 0xBF, 0xBF], [0xF4, 0x90, 0x80, 0x80], [0xF5, 0x80, 0x80, 0x80], [0xFF],
+            [0xE2, 0x82], [0xE2, 0x82, 0xAC], Array("0123456789abcdef€".utf8), Array("0123456\u{0}789abcdefg".utf8) + [0x80],
+        ]
+        let pool: [UInt8] = [0x00, 0x41, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xC2, 0xDF, 0xE0, 0xE1, 0xED, 0xEF, 0xF0, 0xF4, 0xF5, 0xFF]
+        var generator = SystemRandomNumberGenerator()
+        let random = (0..<20_000).map { _ in (0..<Int.random(in: 0...24, using: &generator)).map { _ in pool.randomElement(using: &generator)! } }
+        for bytes in edges + random {
+            let expected = String(validating: bytes, as: UTF8.self) != nil
+            #expect(bytes.withUnsafeBytes { UTF8Validation.isValid($0) } == expected, "\(bytes.map { String($0, radix: 16) })")
+            #expect(UTF8Validation.isValid(bytes[...]) == expected)
+        }
+    }
+
+    @Test func decimalsAreWrittenAsDigits() {
+        var values: [UInt64] = [0, 9, 10, 99, 100, 1_000_000_007, UInt64.max]
+        values += (0..<1000).map { _ in UInt64.random(in: 0...UInt64.max) >> UInt64.random(in: 0...63) }
+        for v in values {
+            var buffer = ByteBuffer()
+            JSONText.writeDecimal(v, into: &buffer)
+            #expect(buffer.readString(length: buffer.readableBytes) == String(v))
+        }
+    }
+
+    /// A string without escapes comes back as its byte range; escapes, control characters,
+    /// an open string or bytes that are not UTF-8 leave the scanner where it was.
+    @Test func plainStringsAreReadAsRanges() {
+        func scan(_ bytes: [UInt8]) -> (range: Range<Int>?, index: Int, string: String?) {
+            var scanner = JSONScanner(bytes)
+            let range = scanner.readPlainString()
+            let index = scanner.index
+            return (range, index, range == nil ? scanner.readString() : nil)
+        }
+        #expect(scan(Array(#"  "abc" ,"#.utf8)).range == 3..<6)
+        #expect(scan(Array(#"  "abc" ,"#.utf8)).index == 7)
+        #expect(scan(Array(#""h€llo""#.utf8)).range == 1..<8)
+        #expect(scan(Array(#""""#.utf8)).range == 1..<1)
+        let escaped = scan(Array(#""a\"b\n""#.utf8))
+        #expect(escaped.range == nil && escaped.string == "a\"b\n")
+        #expect(scan([0x22, 0xFF, 0x22]).range == nil)
+        #expect(scan([0x22, 0xFF, 0x22]).string == nil)  // and readString refuses it too
+        #expect(scan([0x22, 0x61, 0x09, 0x22]).range == nil)  // a raw tab
+        #expect(scan(Array(#""open"#.utf8)).range == nil)
+        #expect(scan(Array("42".utf8)).range == nil)
+    }
+}
