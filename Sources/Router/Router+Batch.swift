@@ -188,7 +188,7 @@ extension Router {
                 }
                 for item in live {
                     ledger.retried(route: route.name)
-                    item.attempts.retrying?(attempt + 1)
+                    item.attempts.retrying(attempt + 1)
                 }
                 loop.scheduleTask(in: .nanoseconds(Int64(policy.backoff(afterAttempt: attempt) * 1e9))) {
                     self.sendBatch(live, route: route, target: target, lane: lane, attempt: attempt + 1, parked: parked, retry: true, loop: loop)

@@ -84,16 +84,27 @@ public final class Router: Sendable {
 
     /// Where a message's delivery attempts start, and who hears of each retry (the journal,
     /// so that attempt numbers go on after a restart).
+    /// Records the number of a message's next attempt (the journal, per message sequence).
+    public protocol AttemptRecorder: AnyObject, Sendable {
+        func recordAttempt(_ sequence: UInt64, attempt: Int)
+    }
+
     public struct Attempts: Sendable {
         /// The number of the first attempt (above 1 for a message recovered after a restart).
         public var first: Int
-        /// Called with the number of an attempt before it is scheduled (retries only).
-        public var retrying: (@Sendable (Int) -> Void)?
+        /// Told the number of an attempt before it is scheduled (retries only), with
+        /// `sequence`: the journal, so that after a restart the attempts go on from there.
+        /// (A reference and a number, not a closure: nothing to allocate per message.)
+        public var recorder: (any AttemptRecorder)?
+        public var sequence: UInt64
 
-        public init(first: Int = 1, retrying: (@Sendable (Int) -> Void)? = nil) {
+        public init(first: Int = 1, recorder: (any AttemptRecorder)? = nil, sequence: UInt64 = 0) {
             self.first = first
-            self.retrying = retrying
+            self.recorder = recorder
+            self.sequence = sequence
         }
+
+        func retrying(_ attempt: Int) { recorder?.recordAttempt(sequence, attempt: attempt) }
     }
 
     /// Whether a route takes messages on `topic`.
@@ -103,6 +114,27 @@ public final class Router: Sendable {
     /// in the ledger (the channel has already counted it as received and in flight).
     @discardableResult
     public func route(_ envelope: Envelope, attempts: Attempts = Attempts(), on loop: any EventLoop) -> EventLoopFuture<Outcome> {
+        let promise = loop.makePromise(of: Outcome.self)
+        route(envelope, attempts: attempts, on: loop) { promise.succeed($0) }
+        return promise.futureResult
+    }
+
+    /// `route` with a callback instead of a future (one future less per message):
+    /// `completion` gets the outcome once, on the loop the delivery ended on.
+    public func route(
+        _ envelope: Envelope,
+        attempts: Attempts = Attempts(),
+        on loop: any EventLoop,
+        completion: @escaping @Sendable (Outcome) -> Void
+    ) {
+        // A target's future never fails (failures are results); were one to, the message
+        // would stay in flight, in the journal, like one cut off by shutdown.
+        @Sendable func finish(_ results: Result<some Collection<TargetResult>, any Error>, _ route: RouteTable.Route) {
+            switch results {
+            case .success(let results): completion(outcome(of: results, route: route))
+            case .failure: completion(.interrupted(route: route.name))
+            }
+        }
         guard let (route, captures) = table.matchForDelivery(envelope.topic) else {
             deadLetter(
                 envelope,
@@ -113,19 +145,18 @@ public final class Router: Sendable {
                 error: "no route matches topic \"\(envelope.topic)\""
             )
             ledger.deadLettered(route: Router.unroutedLabel, reason: "unrouted")
-            return loop.makeSucceededFuture(.deadLettered(route: Router.unroutedLabel, reason: "unrouted"))
+            return completion(.deadLettered(route: Router.unroutedLabel, reason: "unrouted"))
         }
         if route.targets.count == 1 {
-            return deliverToTarget(envelope, route: route, captures: captures, index: 0, attempts: attempts, loop: loop).map { result in
-                self.outcome(of: CollectionOfOne(result), route: route)
+            deliverToTarget(envelope, route: route, captures: captures, index: 0, attempts: attempts, loop: loop).whenComplete { result in
+                finish(result.map { CollectionOfOne($0) }, route)
             }
+            return
         }
         let deliveries = route.targets.indices.map { index in
             deliverToTarget(envelope, route: route, captures: captures, index: index, attempts: attempts, loop: loop)
         }
-        return EventLoopFuture.whenAllSucceed(deliveries, on: loop).map { results in
-            self.outcome(of: results, route: route)
-        }
+        EventLoopFuture.whenAllSucceed(deliveries, on: loop).whenComplete { finish($0, route) }
     }
 
     /// The message's one outcome from its targets' results, counted in the ledger (an
@@ -157,7 +188,7 @@ public final class Router: Sendable {
             captures: captures,
             target: route.targets[index],
             attempt: attempts.first,
-            retrying: attempts.retrying,
+            attempts: attempts,
             parked: 0,
             loop: loop
         )
@@ -348,7 +379,7 @@ public final class Router: Sendable {
         captures: [String: String],
         target: SwitchyardConfiguration.TargetRule,
         attempt: Int,
-        retrying: (@Sendable (Int) -> Void)?,
+        attempts: Attempts,
         parked: Int,
         refused: Set<String> = [],
         retry: Bool = false,
@@ -385,7 +416,7 @@ public final class Router: Sendable {
                     captures: captures,
                     target: target,
                     attempt: attempt,
-                    retrying: retrying,
+                    attempts: attempts,
                     parked: parked,
                     retry: retry,
                     loop: loop
@@ -448,7 +479,7 @@ public final class Router: Sendable {
                             captures: captures,
                             target: target,
                             attempt: attempt,
-                            retrying: retrying,
+                            attempts: attempts,
                             parked: parked,
                             refused: nowRefused,
                             retry: retry,
@@ -461,7 +492,7 @@ public final class Router: Sendable {
                     return fail(reason, detail, true)
                 }
                 self.ledger.retried(route: route.name)
-                retrying?(attempt + 1)
+                attempts.retrying(attempt + 1)
                 let delay = policy.backoff(afterAttempt: attempt)
                 self.logger.debug(
                     "retrying",
@@ -474,7 +505,7 @@ public final class Router: Sendable {
                         captures: captures,
                         target: target,
                         attempt: attempt + 1,
-                        retrying: retrying,
+                        attempts: attempts,
                         parked: parked,
                         retry: true,
                         loop: loop

@@ -182,14 +182,15 @@ final class Pipeline: MessageSink {
         let journal = self.journal
         var attempts = Router.Attempts(first: priorAttempts + 1)
         if let journal, let sequence {
-            attempts.retrying = { journal.recordAttempt(sequence, attempt: $0) }
+            attempts.recorder = journal
+            attempts.sequence = sequence
             // A recovered or replayed message: a stop before its next retry must not reuse this number.
             if priorAttempts > 0 { journal.recordAttempt(sequence, attempt: attempts.first) }
         }
         dispatcher.dispatch(envelope) { [attempts] envelope, loop, done in
-            router.route(envelope, attempts: attempts, on: loop).whenComplete { result in
+            router.route(envelope, attempts: attempts, on: loop) { outcome in
                 // Cut off by shutdown: no outcome yet; the journal redelivers it at the next start.
-                if case .success(let outcome) = result, !outcome.isInterrupted, let sequence { journal?.settle(sequence) }
+                if !outcome.isInterrupted, let sequence { journal?.settle(sequence) }
                 done()
             }
         }
@@ -215,3 +216,6 @@ final class Pipeline: MessageSink {
         )
     }
 }
+
+/// The journal records each retry's number, so attempts go on from there after a restart.
+extension Journal: Router.AttemptRecorder {}
