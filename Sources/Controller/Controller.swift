@@ -111,7 +111,7 @@ public final class Controller: Sendable {
                 return .rejected(rejection!)
             }
         }
-        classify(&envelope)
+        classify(&envelope, recording: false)
         envelope.lane = assignLane(envelope, explain: false).lane
         return .accepted
     }
@@ -232,7 +232,9 @@ public final class Controller: Sendable {
 
     /// Applies the tag rules in order (later rules overwrite earlier tags); returns the indices that matched.
     @discardableResult
-    func classify(_ envelope: inout Envelope) -> [Int] {
+    /// Sets the tags of every matching rule; returns the matching rules' indexes when
+    /// `recording` (explain), nothing otherwise (no array per message).
+    func classify(_ envelope: inout Envelope, recording: Bool = true) -> [Int] {
         var matched: [Int] = []
         for (index, rule) in tagRules.enumerated() {
             if let topic = rule.topic, !topic.matches(envelope.topic) { continue }
@@ -244,7 +246,7 @@ public final class Controller: Sendable {
                 if let expected = field.equals, value != expected { continue }
             }
             for (k, v) in rule.set { envelope.tags[k] = v }
-            matched.append(index)
+            if recording { matched.append(index) }
         }
         return matched
     }

@@ -35,6 +35,9 @@ extension MessageIngestResponder {
         // Request-level context every message shares.
         let trace = request.headers.first(name: "traceparent")
         let baggage = request.headers.first(name: "baggage")
+        // One trace for the request (its `traceparent`, or one made for it), shared by every
+        // message without its own: read or generated once, not per message.
+        let shared = Self.trace(trace, baggage: baggage)
         let now = WallClock.nowNanos()
         var outcomes = [Outcome](repeating: .pending, count: parsed.count)
         var envelopes: [Envelope] = []
@@ -42,7 +45,7 @@ extension MessageIngestResponder {
         envelopes.reserveCapacity(parsed.count)
         positions.reserveCapacity(parsed.count)
         for (index, item) in parsed.enumerated() {
-            switch item.flatMap({ makeEnvelope($0, trace: trace, baggage: baggage, now: now, from: request.remoteAddress) }) {
+            switch item.flatMap({ makeEnvelope($0, trace: trace, shared: shared, baggage: baggage, now: now, from: request.remoteAddress) }) {
             case .failure(let error):
                 onMalformed(error.code)
                 outcomes[index] = .malformed(error)
@@ -68,6 +71,7 @@ extension MessageIngestResponder {
     func makeEnvelope(
         _ item: MessageBatch.Item,
         trace traceparent: String?,
+        shared: TraceContext,
         baggage: String?,
         now: UInt64,
         from address: SocketAddress?
@@ -105,7 +109,7 @@ extension MessageIngestResponder {
                 payload: item.payload,
                 headers: headers,
                 receivedAt: now,
-                trace: Self.trace(itemTrace, baggage: baggage),
+                trace: itemTrace == traceparent ? shared : Self.trace(itemTrace, baggage: baggage),
                 clientAddress: address,
                 idFromSender: item.id != nil
             )

@@ -145,10 +145,12 @@ public struct Envelope: Sendable {
     @inlinable public var headers: [HeaderField] {
         get { storage.headers }
         set { unique().headers = newValue }
+        _modify { yield &unique().headers }  // in place: no copy of the array per change
     }
     @inlinable public var tags: [String: String] {
         get { storage.tags }
         set { unique().tags = newValue }
+        _modify { yield &unique().tags }  // in place: setting one tag does not copy the dictionary
     }
     /// Assigned lane; `nil` is the baseline.
     @inlinable public var lane: String? {

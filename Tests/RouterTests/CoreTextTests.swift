@@ -24,6 +24,20 @@ import Testing
         }
     }
 
+    /// The envelope is a value: changing a copy's tags or headers in place leaves the other alone.
+    @Test func envelopeCopiesStayApart() {
+        var a = Envelope(id: "1", channel: "http", topic: "t", payload: ByteBuffer(), receivedAt: 0, trace: .generate())
+        a.tags["kind"] = "event"
+        var b = a
+        b.tags["kind"] = "alarm"
+        b.tags["x"] = "y"
+        b.headers.append(HeaderField("h", "v"))
+        #expect(a.tags == ["kind": "event"] && a.headers.isEmpty)
+        #expect(b.tags == ["kind": "alarm", "x": "y"] && b.headers.count == 1)
+        a.tags.removeValue(forKey: "kind")
+        #expect(a.tags.isEmpty && b.tags["kind"] == "alarm")
+    }
+
     @Test func decimalsAreWrittenAsDigits() {
         var values: [UInt64] = [0, 9, 10, 99, 100, 1_000_000_007, UInt64.max]
         values += (0..<1000).map { _ in UInt64.random(in: 0...UInt64.max) >> UInt64.random(in: 0...63) }

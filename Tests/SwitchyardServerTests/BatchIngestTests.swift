@@ -122,6 +122,9 @@ import Testing
         #expect(got.first { $0.header("x-switchyard-message-id") == "plain" }?.body == "h€llo wörld")
         #expect(got.first { $0.header("x-switchyard-message-id") == "escaped" }?.body == "a\"b\\c\né")
         #expect(got.allSatisfy { $0.header("content-type") == "text/plain; charset=utf-8" })
+        // No traceparent anywhere: both share the one generated for the request.
+        let traces = Set(got.compactMap { $0.header("traceparent")?.split(separator: "-").dropFirst().first })
+        #expect(traces.count == 1, "\(got.map { $0.header("traceparent") ?? "-" })")
         await server.stop()
         await svc.stop()
     }
