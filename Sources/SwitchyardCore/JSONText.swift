@@ -30,6 +30,18 @@ public enum JSONText {
         s.withUTF8 { writeQuoted(utf8: UnsafeRawBufferPointer($0), into: &buffer) }
     }
 
+    /// Whether any of the eight bytes is below 0x20, `"` or `\\` (no false negatives; the
+    /// bytes are then looked at one by one).
+    @inline(__always)
+    static func mayNeedEscaping(_ word: UInt64) -> Bool {
+        let ones: UInt64 = 0x0101_0101_0101_0101
+        let high: UInt64 = 0x8080_8080_8080_8080
+        let below20 = (word &- ones &* 0x20) & ~word & high
+        let quote = word ^ (ones &* 0x22)
+        let backslash = word ^ (ones &* 0x5C)
+        return (below20 | ((quote &- ones) & ~quote & high) | ((backslash &- ones) & ~backslash & high)) != 0
+    }
+
     /// An unsigned integer's decimal digits, without making a String.
     public static func writeDecimal(_ value: UInt64, into buffer: inout ByteBuffer) {
         var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // 24 bytes: UInt64.max has 20 digits
@@ -49,8 +61,15 @@ public enum JSONText {
     public static func writeQuoted(utf8 bytes: UnsafeRawBufferPointer, into buffer: inout ByteBuffer) {
         buffer.writeInteger(UInt8(ascii: "\""))
         var clean = 0  // start of the run that needs no escaping
-        for (i, b) in bytes.enumerated() where b < 0x20 || b == UInt8(ascii: "\"") || b == UInt8(ascii: "\\") {
-            buffer.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[clean..<i]))
+        var i = 0
+        while i < bytes.count {
+            // Eight bytes at a time while none of them needs escaping.
+            while i + 8 <= bytes.count, !mayNeedEscaping(bytes.loadUnaligned(fromByteOffset: i, as: UInt64.self)) { i += 8 }
+            guard i < bytes.count else { break }
+            let b = bytes[i]
+            i += 1
+            guard b < 0x20 || b == UInt8(ascii: "\"") || b == UInt8(ascii: "\\") else { continue }
+            buffer.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[clean..<(i - 1)]))
             switch b {
             case UInt8(ascii: "\""): buffer.writeStaticString("\\\"")
             case UInt8(ascii: "\\"): buffer.writeStaticString("\\\\")
@@ -63,7 +82,7 @@ public enum JSONText {
                 buffer.writeInteger(hex[Int(b >> 4)])
                 buffer.writeInteger(hex[Int(b & 0xF)])
             }
-            clean = i + 1
+            clean = i
         }
         buffer.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[clean...]))
         buffer.writeInteger(UInt8(ascii: "\""))

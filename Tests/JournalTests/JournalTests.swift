@@ -114,6 +114,34 @@ import Testing
         #expect(d.payload == e.payload)
     }
 
+    /// The one-pass encoder writes exactly the bytes of the field-by-field one (the on-disk
+    /// format does not change): any address, tags (one, several, none), headers, empty parts.
+    @Test func encoderMatchesTheFieldByFieldForm() throws {
+        var cases: [Envelope] = []
+        for (n, ip) in [nil, "0.0.0.0", "10.9.99.100", "255.255.255.255", "::1", "2001:db8::7"].enumerated() {
+            var e = envelope(n)
+            e.clientAddress = try ip.map { try SocketAddress(ipAddress: $0, port: 1) }
+            cases.append(e)
+        }
+        var bare = Envelope(id: "", channel: "", topic: "", payload: ByteBuffer(), receivedAt: .max, trace: .generate(baggage: "k=v"))
+        cases.append(bare)
+        bare.tags = ["b": "2", "a": "1", "c": "3"]
+        bare.headers = [HeaderField("x-ü", "wért"), HeaderField("e", "")]
+        bare.product = "prödukt"
+        bare.payload = ByteBuffer(bytes: (0..<1000).map { UInt8($0 % 256) })
+        cases.append(bare)
+        for e in cases {
+            var fast = ByteBuffer()
+            var reference = ByteBuffer()
+            EnvelopeCodec.encode(e, into: &fast)
+            EnvelopeCodec.encodeByFields(e, into: &reference)
+            #expect(fast == reference)
+            #expect(fast.readableBytes <= EnvelopeCodec.size(of: e))
+            var decoded = fast
+            #expect(EnvelopeCodec.decode(&decoded)?.tags == e.tags)
+        }
+    }
+
     @Test func noClientAddressRoundTrip() throws {
         var e = envelope(2)
         e.clientAddress = nil

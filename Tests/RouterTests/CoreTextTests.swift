@@ -38,6 +38,22 @@ import Testing
         #expect(a.tags.isEmpty && b.tags["kind"] == "alarm")
     }
 
+    /// Quoting into a buffer (eight bytes at a time where nothing needs escaping) writes what
+    /// `quote` returns, for text with quotes, backslashes, control characters and non-ASCII
+    /// at every position.
+    @Test func quotingIntoABufferMatchesQuote() {
+        let pieces = ["a", "bcdefgh", "\"", "\\", "\n", "\r", "\t", "\u{1}", "\u{1F}", " ", "é", "€", "😀", "0123456789abcdef", "\u{7F}"]
+        var generator = SystemRandomNumberGenerator()
+        let texts =
+            [""] + pieces
+            + (0..<5000).map { _ in (0..<Int.random(in: 0...12, using: &generator)).map { _ in pieces.randomElement(using: &generator)! }.joined() }
+        for text in texts {
+            var buffer = ByteBuffer()
+            JSONText.writeQuoted(text, into: &buffer)
+            #expect(buffer.readString(length: buffer.readableBytes) == JSONText.quote(text), "\(text.debugDescription)")
+        }
+    }
+
     @Test func decimalsAreWrittenAsDigits() {
         var values: [UInt64] = [0, 9, 10, 99, 100, 1_000_000_007, UInt64.max]
         values += (0..<1000).map { _ in UInt64.random(in: 0...UInt64.max) >> UInt64.random(in: 0...63) }
