@@ -39,7 +39,7 @@ public struct MessageIngestResponder: HTTPResponder {
             return loop.makeSucceededFuture(bad.response)
         case .success(let envelope):
             let id = envelope.id
-            return sink.submit(envelope, on: loop).map { result in
+            return sink.submit(consume envelope, on: loop).map { result in
                 switch result {
                 case .accepted:
                     return Self.acceptedResponse(id: id, status: "accepted")

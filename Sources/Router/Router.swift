@@ -559,7 +559,9 @@ public final class Router: Sendable {
         if let device = envelope.device { headers.append(HeaderField("x-switchyard-device", headerSafe(device))) }
         if let product = envelope.product { headers.append(HeaderField("x-switchyard-product", headerSafe(product))) }
         let tags = envelope.tags
-        if !tags.isEmpty {
+        if tags.count == 1, let (name, value) = tags.first {
+            headers.append(HeaderField("x-switchyard-tag-\(headerSafe(name))", headerSafe(value)))
+        } else if !tags.isEmpty {
             for name in tags.keys.sorted() {
                 headers.append(HeaderField("x-switchyard-tag-\(headerSafe(name))", headerSafe(tags[name]!)))
             }

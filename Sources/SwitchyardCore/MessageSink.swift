@@ -34,14 +34,15 @@ public enum SubmitResult: Sendable, Equatable {
 /// Where channels hand envelopes. Implemented by the server's pipeline (controller →
 /// router) and by an in-memory sink in `SwitchyardTesting`.
 public protocol MessageSink: Sendable {
-    func submit(_ envelope: Envelope, on loop: any EventLoop) -> EventLoopFuture<SubmitResult>
+    /// (`consuming`, as the others: the sink takes the envelope over and changes it in place.)
+    func submit(_ envelope: consuming Envelope, on loop: any EventLoop) -> EventLoopFuture<SubmitResult>
     /// Several envelopes from one request: one result per envelope, in order. Accepted ones
     /// are acknowledged together (one journal commit).
     /// (`consuming`: the sink takes the envelopes over, so admitting one changes it in place.)
     func submit(batch: consuming [Envelope], on loop: any EventLoop) -> EventLoopFuture<[SubmitResult]>
     /// Like `submit`, but an answer known at once (refused by a filter, or taken without the
     /// journal) comes back as a value: no future, no hop (the MQTT hot path).
-    func submitting(_ envelope: Envelope, on loop: any EventLoop) -> Submission
+    func submitting(_ envelope: consuming Envelope, on loop: any EventLoop) -> Submission
 }
 
 /// The answer to a submission: now, or once the journal committed.
@@ -51,7 +52,7 @@ public enum Submission: Sendable {
 }
 
 extension MessageSink {
-    public func submitting(_ envelope: Envelope, on loop: any EventLoop) -> Submission {
+    public func submitting(_ envelope: consuming Envelope, on loop: any EventLoop) -> Submission {
         .later(submit(envelope, on: loop))
     }
 

@@ -40,14 +40,14 @@ final class Pipeline: MessageSink {
         current.withLockedValue { $0 = snapshot }
     }
 
-    func submit(_ envelope: Envelope, on loop: any EventLoop) -> EventLoopFuture<SubmitResult> {
+    func submit(_ envelope: consuming Envelope, on loop: any EventLoop) -> EventLoopFuture<SubmitResult> {
         switch submitting(envelope, on: loop) {
         case .now(let result): loop.makeSucceededFuture(result)
         case .later(let future): future
         }
     }
 
-    func submitting(_ envelope: Envelope, on loop: any EventLoop) -> Submission {
+    func submitting(_ envelope: consuming Envelope, on loop: any EventLoop) -> Submission {
         let snapshot = self.snapshot
         var envelope = envelope
         if let refused = admit(&envelope, snapshot: snapshot) { return .now(refused) }
