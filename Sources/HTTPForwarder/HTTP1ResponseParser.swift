@@ -46,8 +46,29 @@ package struct HTTP1ResponseParser {
     private var closeHeader = false
     private var snippet: [UInt8] = []
 
-    /// Consumes what it can from `buffer`; returns the events completed by these bytes.
+    /// Bytes of an unfinished head, chunk-size line or trailer, kept until the rest arrives
+    /// (bounded by the limits of each: 64 KiB, 1 KiB, 64 KiB).
+    private var partial: ByteBuffer?
+
+    /// Consumes all of `buffer`; returns the events completed by these bytes. What cannot be
+    /// parsed yet (a head or line cut by a TCP read) is kept for the next call.
     package mutating func feed(_ buffer: inout ByteBuffer) -> [Event] {
+        guard var held = partial else {
+            let events = parse(&buffer)
+            if buffer.readableBytes > 0 {
+                partial = buffer.slice()
+                buffer.moveReaderIndex(to: buffer.writerIndex)
+            }
+            return events
+        }
+        partial = nil
+        held.writeBuffer(&buffer)
+        let events = parse(&held)
+        if held.readableBytes > 0 { partial = held }
+        return events
+    }
+
+    private mutating func parse(_ buffer: inout ByteBuffer) -> [Event] {
         var events: [Event] = []
         while buffer.readableBytes > 0 {
             switch state {
@@ -116,7 +137,7 @@ package struct HTTP1ResponseParser {
     }
 
     var isIdle: Bool {
-        if case .head = state { return true }
+        if case .head = state { return partial == nil }
         return false
     }
 

@@ -5,18 +5,19 @@ import Testing
 @testable import HTTPForwarder
 
 @Suite struct ResponseParserTests {
-    /// Feeds `text` in pieces of `step` bytes and collects the events.
+    /// Feeds `text` in pieces of `step` bytes, each in a buffer of its own (as reads from a
+    /// socket come: the parser keeps a head or line cut between two of them), and collects
+    /// the events.
     func parse(_ text: String, step: Int = .max) -> [HTTP1ResponseParser.Event] {
         var parser = HTTP1ResponseParser()
         var events: [HTTP1ResponseParser.Event] = []
         let bytes = Array(text.utf8)
-        var pending = ByteBuffer()
         var i = 0
         while i < bytes.count {
             let n = min(step, bytes.count - i)
-            pending.writeBytes(bytes[i..<(i + n)])
-            events += parser.feed(&pending)
-            pending.discardReadBytes()
+            var piece = ByteBuffer(bytes: bytes[i..<(i + n)])
+            events += parser.feed(&piece)
+            #expect(piece.readableBytes == 0)  // every byte is taken (kept or parsed)
             i += n
         }
         if let e = parser.connectionClosed() { events.append(e) }
@@ -25,6 +26,19 @@ import Testing
 
     func ok(_ status: Int, keepAlive: Bool = true, snippet: String = "", close: Bool = false) -> HTTP1ResponseParser.Event {
         .response(.init(status: status, keepAlive: keepAlive, snippet: snippet, closeHeader: close))
+    }
+
+    /// What the parser keeps between reads is bounded: a head past 64 KiB or a chunk-size
+    /// line past 1 KiB is an error however it is cut, not a buffer that grows.
+    @Test(arguments: [1000, Int.max])
+    func keptBytesAreBounded(step: Int) {
+        let bigHead = "HTTP/1.1 200 OK\r\nx-big: " + String(repeating: "a", count: 70_000) + "\r\n\r\n"
+        let events = parse(bigHead, step: step)
+        #expect(events.count == 1)
+        #expect(events.first.map { if case .error(let m) = $0 { m.contains("64 KiB") } else { false } } == true)
+        let longLine = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + String(repeating: "0", count: 2000)
+        let lineEvents = parse(longLine, step: step == .max ? .max : 100)
+        #expect(lineEvents.first.map { if case .error(let m) = $0 { m.contains("chunk size line too long") } else { false } } == true)
     }
 
     @Test(arguments: [1, 2, 3, 7, Int.max])
