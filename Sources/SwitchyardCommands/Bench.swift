@@ -479,6 +479,7 @@ final class SinkHandler: ChannelInboundHandler {
         if received == nil {
             received = bytes
         } else {
+            received!.discardReadBytes()  // a request cut across reads: keep only its bytes
             received!.writeBuffer(&bytes)
         }
         while true {
