@@ -9,7 +9,12 @@ public enum EnvelopeCodec {
     /// Writes the record in one pass of plain stores into reserved space (every message is
     /// journaled: no per-field capacity checks); the same bytes as `encodeByFields`.
     public static func encode(_ e: Envelope, into buffer: inout ByteBuffer) {
-        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: size(of: e)) { space in
+        encode(e, into: &buffer, size: size(of: e))
+    }
+
+    /// `encode` when the caller has `size(of: e)` already (it sized the buffer with it).
+    static func encode(_ e: Envelope, into buffer: inout ByteBuffer, size: Int) {
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { space in
             var out = RawWriter(base: space.baseAddress!)
             out.byte(version)
             out.string(e.id)
@@ -46,18 +51,10 @@ public enum EnvelopeCodec {
                 out.string(h.name)
                 out.string(h.value)
             }
-            let tags = e.tags
-            out.integer(UInt32(tags.count))
-            if tags.count == 1 {
-                for (k, v) in tags {
-                    out.string(k)
-                    out.string(v)
-                }
-            } else {
-                for (k, v) in tags.sorted(by: { $0.key < $1.key }) {
-                    out.string(k)
-                    out.string(v)
-                }
+            out.integer(UInt32(e.tags.count))
+            e.forEachTagInKeyOrder { name, value in
+                out.string(name)
+                out.string(value)
             }
             let payload = e.payload
             out.integer(UInt32(payload.readableBytes))
@@ -121,23 +118,16 @@ public enum EnvelopeCodec {
         writeString(e.trace.spanID, &buffer)
         writeString(e.trace.flags, &buffer)
         writeOptional(e.trace.baggage, &buffer)
-        writeAddress(e.clientAddress, &buffer)
+        writeOptional(e.clientAddress?.ipAddress, &buffer)
         buffer.writeInteger(UInt32(e.headers.count))
         for h in e.headers {
             writeString(h.name, &buffer)
             writeString(h.value, &buffer)
         }
         buffer.writeInteger(UInt32(e.tags.count))
-        if e.tags.count == 1 {
-            for (k, v) in e.tags {
-                writeString(k, &buffer)
-                writeString(v, &buffer)
-            }
-        } else {
-            for (k, v) in e.tags.sorted(by: { $0.key < $1.key }) {
-                writeString(k, &buffer)
-                writeString(v, &buffer)
-            }
+        for (k, v) in e.tags.sorted(by: { $0.key < $1.key }) {
+            writeString(k, &buffer)
+            writeString(v, &buffer)
         }
         buffer.writeInteger(UInt32(e.payload.readableBytes))
         var payload = e.payload
@@ -198,26 +188,6 @@ public enum EnvelopeCodec {
     private static func writeString(_ s: String, _ buffer: inout ByteBuffer) {
         buffer.writeInteger(UInt32(s.utf8.count))
         buffer.writeString(s)
-    }
-
-    /// The client's IP address as text (`192.0.2.7`, `::1`); IPv4 is formatted in place.
-    private static func writeAddress(_ address: SocketAddress?, _ buffer: inout ByteBuffer) {
-        guard case .v4(let v4)? = address else {
-            writeOptional(address?.ipAddress, &buffer)
-            return
-        }
-        let lengthAt = buffer.writerIndex
-        buffer.writeInteger(UInt32(0))
-        var written = 0
-        withUnsafeBytes(of: v4.address) { socketAddress in
-            for (i, byte) in IPBytes.v4(socketAddress).enumerated() {
-                if i > 0 { written += buffer.writeInteger(UInt8(ascii: ".")) }
-                if byte >= 100 { written += buffer.writeInteger(UInt8(ascii: "0") + byte / 100) }
-                if byte >= 10 { written += buffer.writeInteger(UInt8(ascii: "0") + byte / 10 % 10) }
-                written += buffer.writeInteger(UInt8(ascii: "0") + byte % 10)
-            }
-        }
-        buffer.setInteger(UInt32(written), at: lengthAt)
     }
 
     private static func writeOptional(_ s: String?, _ buffer: inout ByteBuffer) {

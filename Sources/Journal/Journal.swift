@@ -164,11 +164,7 @@ public final class Journal: Sendable {
     public func append(_ envelope: Envelope, on loop: any EventLoop) -> EventLoopFuture<UInt64> {
         // Encoded straight into its frame; the sequence and checksum are filled in under the lock.
         let promise = loop.makePromise(of: UInt64.self)
-        var frames = [
-            Self.frame(kind: .message, sequence: 0, checksum: false, capacity: 32 + EnvelopeCodec.size(of: envelope)) {
-                EnvelopeCodec.encode(envelope, into: &$0)
-            }
-        ]
+        var frames = [Self.messageFrame(envelope)]
         enqueue(&frames, promise: promise)
         return promise.futureResult
     }
@@ -176,11 +172,7 @@ public final class Journal: Sendable {
     /// Appends messages as one group: consecutive sequences, one commit, one completion.
     public func append(contentsOf envelopes: [Envelope], on loop: any EventLoop) -> EventLoopFuture<[UInt64]> {
         guard !envelopes.isEmpty else { return loop.makeSucceededFuture([]) }
-        var frames = envelopes.map { envelope in
-            Self.frame(kind: .message, sequence: 0, checksum: false, capacity: 32 + EnvelopeCodec.size(of: envelope)) {
-                EnvelopeCodec.encode(envelope, into: &$0)
-            }
-        }
+        var frames = envelopes.map(Self.messageFrame)
         let promise = loop.makePromise(of: UInt64.self)
         enqueue(&frames, promise: promise)
         let count = UInt64(envelopes.count)
@@ -248,24 +240,41 @@ public final class Journal: Sendable {
     }
 
     static func setChecksum(in frame: inout ByteBuffer) {
-        let crc = frame.withUnsafeReadableBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[8...])) }
-        frame.setInteger(crc, at: frame.readerIndex + 4)
+        setChecksum(ofFrameAt: frame.readerIndex, in: &frame)
     }
 
-    /// A settlement's frame (as `frame(kind: .settled, sequence:)` makes it), written at the end
-    /// of `buffer`.
-    static func writeSettlement(_ sequence: UInt64, into buffer: inout ByteBuffer) {
-        let start = buffer.writerIndex
-        buffer.writeInteger(UInt32(9))  // length: kind and sequence
-        buffer.writeInteger(UInt32(0))  // checksum, below
-        buffer.writeInteger(Kind.settled.rawValue)
-        buffer.writeInteger(sequence)
+    /// The checksum of the frame that starts at `start` and ends `buffer`'s bytes.
+    private static func setChecksum(ofFrameAt start: Int, in buffer: inout ByteBuffer) {
         let offset = start - buffer.readerIndex
         let crc = buffer.withUnsafeReadableBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[(offset + 8)...])) }
         buffer.setInteger(crc, at: start + 4)
     }
 
-    /// `[length][crc32c][kind, sequence, body]`, the body written in place by `writeBody`.
+    /// A settlement's frame, written at the end of `buffer` (the writer's batch).
+    static func writeSettlement(_ sequence: UInt64, into buffer: inout ByteBuffer) {
+        writeFrame(kind: .settled, sequence: sequence, into: &buffer)
+    }
+
+    /// `[length][crc32c][kind, sequence, body]` at the end of `buffer`, the body written in
+    /// place by `writeBody`.
+    private static func writeFrame(
+        kind: Kind,
+        sequence: UInt64,
+        checksum: Bool = true,
+        into buffer: inout ByteBuffer,
+        writeBody: (inout ByteBuffer) -> Void = { _ in }
+    ) {
+        let start = buffer.writerIndex
+        buffer.writeInteger(UInt32(0))  // length, set below
+        buffer.writeInteger(UInt32(0))  // checksum, set below or under the lock
+        buffer.writeInteger(kind.rawValue)
+        buffer.writeInteger(sequence)
+        writeBody(&buffer)
+        buffer.setInteger(UInt32(buffer.writerIndex - start - 8), at: start)
+        if checksum { setChecksum(ofFrameAt: start, in: &buffer) }
+    }
+
+    /// A frame in a buffer of its own.
     static func frame(
         kind: Kind,
         sequence: UInt64,
@@ -274,14 +283,16 @@ public final class Journal: Sendable {
         writeBody: (inout ByteBuffer) -> Void = { _ in }
     ) -> ByteBuffer {
         var frame = ByteBufferAllocator().buffer(capacity: capacity)
-        frame.writeInteger(UInt32(0))  // length, set below
-        frame.writeInteger(UInt32(0))  // checksum, set below or under the lock
-        frame.writeInteger(kind.rawValue)
-        frame.writeInteger(sequence)
-        writeBody(&frame)
-        frame.setInteger(UInt32(frame.readableBytes - 8), at: frame.readerIndex)
-        if checksum { setChecksum(in: &frame) }
+        writeFrame(kind: kind, sequence: sequence, checksum: checksum, into: &frame, writeBody: writeBody)
         return frame
+    }
+
+    /// A message's frame, sized once: its sequence and checksum are filled in under the lock.
+    private static func messageFrame(_ envelope: Envelope) -> ByteBuffer {
+        let size = EnvelopeCodec.size(of: envelope)
+        return frame(kind: .message, sequence: 0, checksum: false, capacity: 32 + size) {
+            EnvelopeCodec.encode(envelope, into: &$0, size: size)
+        }
     }
 
     /// Bytes appended and not yet on disk.

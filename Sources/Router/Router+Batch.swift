@@ -221,20 +221,14 @@ enum BatchBody {
                 buffer.writeStaticString(",\"lane\":")
                 JSONText.writeQuoted(l, into: &buffer)
             }
-            let tags = e.tags
-            if tags.count == 1, let (name, value) = tags.first {
-                buffer.writeStaticString(",\"tags\":{")
-                JSONText.writeQuoted(name, into: &buffer)
-                buffer.writeStaticString(":")
-                JSONText.writeQuoted(value, into: &buffer)
-                buffer.writeStaticString("}")
-            } else if !tags.isEmpty {
-                buffer.writeStaticString(",\"tags\":{")
-                for (n, name) in tags.keys.sorted().enumerated() {
-                    if n > 0 { buffer.writeStaticString(",") }
+            if !e.tags.isEmpty {
+                var separator: StaticString = ",\"tags\":{"
+                e.forEachTagInKeyOrder { name, value in
+                    buffer.writeStaticString(separator)
+                    separator = ","
                     JSONText.writeQuoted(name, into: &buffer)
                     buffer.writeStaticString(":")
-                    JSONText.writeQuoted(tags[name]!, into: &buffer)
+                    JSONText.writeQuoted(value, into: &buffer)
                 }
                 buffer.writeStaticString("}")
             }

@@ -558,13 +558,8 @@ public final class Router: Sendable {
         if fallback { headers.append(HeaderField("x-switchyard-lane-fallback", "true")) }
         if let device = envelope.device { headers.append(HeaderField("x-switchyard-device", headerSafe(device))) }
         if let product = envelope.product { headers.append(HeaderField("x-switchyard-product", headerSafe(product))) }
-        let tags = envelope.tags
-        if tags.count == 1, let (name, value) = tags.first {
+        envelope.forEachTagInKeyOrder { name, value in
             headers.append(HeaderField("x-switchyard-tag-\(headerSafe(name))", headerSafe(value)))
-        } else if !tags.isEmpty {
-            for name in tags.keys.sorted() {
-                headers.append(HeaderField("x-switchyard-tag-\(headerSafe(name))", headerSafe(tags[name]!)))
-            }
         }
         if let baggage = envelope.trace.outgoingBaggage(lane: envelope.lane) { headers.append(HeaderField("baggage", baggage)) }
         let path = instance.basePath + PathTemplate.render(target.path, captures: captures, envelope: envelope)

@@ -177,6 +177,14 @@ public struct Envelope: Sendable {
         set { unique().idFromSender = newValue }
     }
 
+    /// Each tag in key order (a single tag, the common case, without sorting): the order
+    /// every encoding of the tags uses (journal records, forwarded headers, batch bodies).
+    public func forEachTagInKeyOrder(_ body: (_ name: String, _ value: String) -> Void) {
+        let tags = storage.tags
+        if tags.count == 1, let (name, value) = tags.first { return body(name, value) }
+        for (name, value) in tags.sorted(by: { $0.key < $1.key }) { body(name, value) }
+    }
+
     /// The first header with this (lower-case) name.
     public func header(_ name: String) -> String? {
         storage.headers.first { $0.name == name }?.value
