@@ -136,11 +136,6 @@ package struct HTTP1ResponseParser {
         }
     }
 
-    var isIdle: Bool {
-        if case .head = state { return partial == nil }
-        return false
-    }
-
     private mutating func fail(_ message: String) -> Event {
         state = .failed
         return .error("invalid HTTP response from the instance: \(message)")

@@ -388,15 +388,7 @@ enum BenchStamp {
     static let digits = 20
 
     static func write(_ value: UInt64, into buffer: inout ByteBuffer) {
-        var digits: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)  // 32 bytes of scratch
-        withUnsafeMutableBytes(of: &digits) { scratch in
-            var v = value
-            for i in stride(from: Self.digits - 1, through: 0, by: -1) {
-                scratch[i] = UInt8(ascii: "0") + UInt8(v % 10)
-                v /= 10
-            }
-            buffer.writeBytes(UnsafeRawBufferPointer(rebasing: scratch[0..<Self.digits]))
-        }
+        JSONText.writeDecimal(value, into: &buffer, minimumDigits: digits)
     }
 
     /// The stamp at `offset`, if 20 digits are there.

@@ -42,17 +42,19 @@ public enum JSONText {
         return (below20 | ((quote &- ones) & ~quote & high) | ((backslash &- ones) & ~backslash & high)) != 0
     }
 
-    /// An unsigned integer's decimal digits, without making a String.
-    public static func writeDecimal(_ value: UInt64, into buffer: inout ByteBuffer) {
+    /// An unsigned integer's decimal digits, without making a String; zero-padded to
+    /// `minimumDigits` (at most 20, the digits of `UInt64.max`).
+    public static func writeDecimal(_ value: UInt64, into buffer: inout ByteBuffer, minimumDigits: Int = 1) {
         var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // 24 bytes: UInt64.max has 20 digits
         withUnsafeMutableBytes(of: &digits) { scratch in
             var v = value
             var start = scratch.count
+            let first = scratch.count - min(max(minimumDigits, 1), 20)
             repeat {
                 start -= 1
                 scratch[start] = UInt8(ascii: "0") + UInt8(v % 10)
                 v /= 10
-            } while v > 0
+            } while v > 0 || start > first
             buffer.writeBytes(UnsafeRawBufferPointer(rebasing: scratch[start...]))
         }
     }

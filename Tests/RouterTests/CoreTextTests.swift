@@ -62,6 +62,13 @@ import Testing
             JSONText.writeDecimal(v, into: &buffer)
             #expect(buffer.readString(length: buffer.readableBytes) == String(v))
         }
+        for (v, width, text) in [
+            (0, 3, "000"), (42, 20, String(repeating: "0", count: 18) + "42"), (UInt64.max, 20, String(UInt64.max)), (7, 0, "7"),
+        ] {
+            var buffer = ByteBuffer()
+            JSONText.writeDecimal(v, into: &buffer, minimumDigits: width)
+            #expect(buffer.readString(length: buffer.readableBytes) == text)
+        }
     }
 
     /// A string without escapes comes back as its byte range; escapes, control characters,
