@@ -288,6 +288,16 @@ let package = Package(
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
         .testTarget(
+            name: "HTTPIngressTests",
+            dependencies: [
+                "HTTPIngress", "SwitchyardCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
+        ),
+        .testTarget(
             name: "SwitchyardConfigTests",
             dependencies: ["SwitchyardConfig", "SwitchyardCore"],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]

@@ -1,4 +1,5 @@
 import NIOCore
+import SwitchyardCore
 
 /// An HTTP/1.1 response parser as a plain state machine value: bytes in, responses out.
 ///
@@ -76,7 +77,7 @@ package struct HTTP1ResponseParser {
                 buffer.moveReaderIndex(forwardBy: buffer.readableBytes)
                 return events
             case .head:
-                guard let length = Self.headLength(buffer) else {
+                guard let length = HTTP1Syntax.headLength(buffer) else {
                     if buffer.readableBytes > Self.maxHeadBytes { return events + [fail("response head larger than 64 KiB")] }
                     return events
                 }
@@ -93,11 +94,7 @@ package struct HTTP1ResponseParser {
                     if buffer.readableBytes > 1024 { return events + [fail("chunk size line too long")] }
                     return events
                 }
-                let hex = line.split(separator: UInt8(ascii: ";"), maxSplits: 1, omittingEmptySubsequences: false)[0]
-                    .filter { $0 != 0x20 && $0 != 0x09 }
-                guard !hex.isEmpty, hex.count <= 15, let size = Int(String(decoding: hex, as: UTF8.self), radix: 16) else {
-                    return events + [fail("invalid chunk size")]
-                }
+                guard let size = line.withUnsafeBytes(HTTP1Syntax.chunkSize) else { return events + [fail("invalid chunk size")] }
                 state = size == 0 ? .trailers : .chunkData(remaining: size)
             case .chunkData(let remaining):
                 let n = min(remaining, buffer.readableBytes)
@@ -150,32 +147,10 @@ package struct HTTP1ResponseParser {
     }
 
     private func readLine(_ buffer: inout ByteBuffer) -> [UInt8]? {
-        let lineLength: Int? = buffer.withUnsafeReadableBytes { bytes in
-            guard bytes.count >= 2 else { return nil }
-            for i in 0..<(bytes.count - 1) where bytes[i] == 13 && bytes[i + 1] == 10 { return i }
-            return nil
-        }
-        guard let lineLength else { return nil }
+        guard let lineLength = buffer.withUnsafeReadableBytes(HTTP1Syntax.lineLength) else { return nil }
         let line = buffer.readBytes(length: lineLength)!
         buffer.moveReaderIndex(forwardBy: 2)
         return line
-    }
-
-    /// Bytes up to and including the blank line that ends a head, if it has arrived.
-    package static func headLength(_ buffer: ByteBuffer) -> Int? {
-        buffer.withUnsafeReadableBytes { bytes in
-            guard bytes.count >= 4 else { return nil }
-            var i = 0
-            while i <= bytes.count - 4 {
-                if bytes[i + 3] != 10 {
-                    i += bytes[i + 3] == 13 ? 1 : 4
-                    continue
-                }
-                if bytes[i] == 13 && bytes[i + 1] == 10 && bytes[i + 2] == 13 { return i + 4 }
-                i += 1
-            }
-            return nil
-        }
     }
 
     private mutating func finish() -> Event {
@@ -228,18 +203,18 @@ package struct HTTP1ResponseParser {
             }
             guard !blankSeen, let colon = line.firstIndex(of: UInt8(ascii: ":")) else { return "header line without a colon" }
             let name = UnsafeRawBufferPointer(rebasing: line[..<colon])
-            let rawValue = Self.trimmed(UnsafeRawBufferPointer(rebasing: line[(colon + 1)...]))
-            if Self.name(name, is: "content-length") {
-                guard let n = Self.decimal(rawValue) else {
+            let rawValue = HTTP1Syntax.trimmed(UnsafeRawBufferPointer(rebasing: line[(colon + 1)...]))
+            if HTTP1Syntax.name(name, is: "content-length") {
+                guard let n = HTTP1Syntax.decimal(rawValue) else {
                     return "invalid content-length \"\(String(decoding: rawValue.prefix(64), as: UTF8.self))\""
                 }
                 if let existing = bodyKind.length, existing != n { return "conflicting content-length headers" }
                 bodyKind.length = n
                 continue
             }
-            let isTransferEncoding = Self.name(name, is: "transfer-encoding")
-            let isConnection = !isTransferEncoding && Self.name(name, is: "connection")
-            let isDraining = !isTransferEncoding && !isConnection && Self.name(name, is: "x-switchyard-draining")
+            let isTransferEncoding = HTTP1Syntax.name(name, is: "transfer-encoding")
+            let isConnection = !isTransferEncoding && HTTP1Syntax.name(name, is: "connection")
+            let isDraining = !isTransferEncoding && !isConnection && HTTP1Syntax.name(name, is: "x-switchyard-draining")
             guard isTransferEncoding || isConnection || isDraining else { continue }
             let value = String(decoding: rawValue, as: UTF8.self).lowercased()
             if isTransferEncoding {
@@ -272,38 +247,6 @@ package struct HTTP1ResponseParser {
             code = code * 10 + Int(b - UInt8(ascii: "0"))
         }
         return code >= 100 ? code : nil
-    }
-
-    /// Digits only, at most 18 of them (a length, never negative or signed).
-    package static func decimal(_ bytes: UnsafeRawBufferPointer) -> Int? {
-        guard !bytes.isEmpty, bytes.count <= 18 else { return nil }
-        var n = 0
-        for b in bytes {
-            guard b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9") else { return nil }
-            n = n * 10 + Int(b - UInt8(ascii: "0"))
-        }
-        return n
-    }
-
-    /// Without leading and trailing spaces and tabs.
-    package static func trimmed(_ bytes: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
-        var start = 0
-        var end = bytes.count
-        while start < end && (bytes[start] == 0x20 || bytes[start] == 0x09) { start += 1 }
-        while end > start && (bytes[end - 1] == 0x20 || bytes[end - 1] == 0x09) { end -= 1 }
-        return UnsafeRawBufferPointer(rebasing: bytes[start..<end])
-    }
-
-    /// A header name compared with a lowercase one, ignoring ASCII case.
-    package static func name(_ bytes: UnsafeRawBufferPointer, is lowercase: StaticString) -> Bool {
-        guard bytes.count == lowercase.utf8CodeUnitCount else { return false }
-        let expected = UnsafeRawBufferPointer(start: lowercase.utf8Start, count: lowercase.utf8CodeUnitCount)
-        for i in 0..<bytes.count {
-            let b = bytes[i]
-            let lower = b >= 0x41 && b <= 0x5A ? b | 0x20 : b
-            if lower != expected[i] { return false }
-        }
-        return true
     }
 
     /// Chooses how the body is framed; returns the response when it has none.

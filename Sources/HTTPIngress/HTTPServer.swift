@@ -152,14 +152,7 @@ public final class HTTPServer: Service {
 
     /// HTTP/1.1 on a connection (its handlers go last).
     func configureHTTP1(_ ops: ChannelPipeline.SynchronousOperations) throws {
-        // Response headers are built here from validated values: skip NIO's per-byte re-check.
-        // No upgraders: the upgrade handler only makes the decoder keep the bytes after an
-        // upgrade request (a tunnel's first bytes), then leaves.
-        try ops.configureHTTPServerPipeline(
-            withServerUpgrade: (upgraders: [], completionHandler: { _ in }),
-            withErrorHandling: true,
-            withOutboundHeaderValidation: false
-        )
+        try ops.addHandler(HTTP1ServerCodec())
         try ops.addHandler(RequestHandler(server: self, maxBodyBytes: maxBodyBytes))
     }
 
@@ -329,7 +322,7 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
         let part = unwrapInboundIn(data)
         if let session = requestSession {
             switch part {
-            case .head: break  // the pipeline handler holds the next request until this answer ends
+            case .head: break  // the codec holds the next request until this answer ends
             case .body(let chunk): session.body(chunk)
             case .end:
                 requestSession = nil
@@ -398,13 +391,13 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
-    /// Unparseable input: NIO's protocol error handler (earlier in the pipeline) has already
-    /// flushed a 400; the connection cannot be resynchronised, so close it.
+    /// A failed connection (TLS, HTTP/2): it cannot be resynchronised, so close it. Malformed
+    /// HTTP/1.1 never gets here: the codec answers it and closes.
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         context.close(promise: nil)
     }
 
-    /// Keep-alive as the request asks, except after an upgrade request: the decoder reads no
+    /// Keep-alive as the request asks, except after an upgrade request: the codec reads no
     /// further request on that connection.
     static func keepsAlive(_ head: HTTPRequestHead) -> Bool {
         head.isKeepAlive && !head.headers.contains(name: "upgrade")
@@ -444,19 +437,16 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     /// HTTP is over on this connection: its handlers leave, raw bytes go to the peer (the
-    /// decoder hands over what it held back after the upgrade request).
+    /// codec hands over what it held back after the upgrade request).
     private func becomeTunnel(to peer: any RawTunnelPeer, context: ChannelHandlerContext) -> RawTunnelHandler? {
         let ops = context.pipeline.syncOperations
         let tunnel = RawTunnelHandler(peer: peer)
         do {
-            // Right behind the decoder: the bytes it hands over never reach an HTTP handler.
-            let decoder = try ops.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self)
-            try ops.addHandler(tunnel, position: .after(decoder))
+            // Right behind the codec: the bytes it hands over never reach an HTTP handler.
+            let codec = try ops.handler(type: HTTP1ServerCodec.self)
+            try ops.addHandler(tunnel, position: .after(codec))
             ops.removeHandler(context: context, promise: nil)
-            if let c = try? ops.context(handlerType: HTTPServerProtocolErrorHandler.self) { ops.removeHandler(context: c, promise: nil) }
-            if let c = try? ops.context(handlerType: HTTPServerPipelineHandler.self) { ops.removeHandler(context: c, promise: nil) }
-            ops.removeHandler(decoder, promise: nil)
-            if let c = try? ops.context(handlerType: HTTPResponseEncoder.self) { ops.removeHandler(context: c, promise: nil) }
+            ops.removeHandler(codec, promise: nil)
             context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
             return tunnel
         } catch {

@@ -476,7 +476,7 @@ final class SinkHandler: ChannelInboundHandler {
         }
         while true {
             if body == nil {
-                guard let length = HTTP1ResponseParser.headLength(received!) else { return }
+                guard let length = HTTP1Syntax.headLength(received!) else { return }
                 guard let framing = received!.withUnsafeReadableBytes({ Self.framing(UnsafeRawBufferPointer(rebasing: $0[0..<length])) }) else {
                     print("sink: a request without content-length (or with transfer-encoding); answered 400")
                     context.writeAndFlush(
@@ -540,13 +540,13 @@ final class SinkHandler: ChannelInboundHandler {
             }
             guard let colon = line.firstIndex(of: UInt8(ascii: ":")) else { continue }
             let name = UnsafeRawBufferPointer(rebasing: line[0..<colon])
-            let value = HTTP1ResponseParser.trimmed(UnsafeRawBufferPointer(rebasing: line[(colon + 1)...]))
-            if HTTP1ResponseParser.name(name, is: "content-length") {
-                guard let n = HTTP1ResponseParser.decimal(value), length == nil || length == n else { return nil }
+            let value = HTTP1Syntax.trimmed(UnsafeRawBufferPointer(rebasing: line[(colon + 1)...]))
+            if HTTP1Syntax.name(name, is: "content-length") {
+                guard let n = HTTP1Syntax.decimal(value), length == nil || length == n else { return nil }
                 length = n
-            } else if HTTP1ResponseParser.name(name, is: "transfer-encoding") {
+            } else if HTTP1Syntax.name(name, is: "transfer-encoding") {
                 return nil
-            } else if HTTP1ResponseParser.name(name, is: "x-switchyard-batch-size") {
+            } else if HTTP1Syntax.name(name, is: "x-switchyard-batch-size") {
                 batch = true
             }
         }

@@ -192,7 +192,16 @@ import Testing
             ("GET /api/orders/x HTTP/1.1\r\n\r\n", "HTTP/1.1 400"),
             ("GET /api/orders/x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "HTTP/1.1 400"),
             ("GET /api/orders/x HTTP/1.1\r\nHost: a b/c\r\n\r\n", "HTTP/1.1 400"),
-            ("GET /api/orders/x HTTP/1.1\r\nHost: a\r\nX-Big: \(String(repeating: "a", count: 100_000))\r\n\r\n", "HTTP/1.1 400"),
+            ("GET /api/orders/x HTTP/1.1\r\nHost: a\r\nX-Big: \(String(repeating: "a", count: 100_000))\r\n\r\n", "HTTP/1.1 431"),
+            ("GET /\(String(repeating: "a", count: 70_000)) HTTP/1.1\r\nHost: a\r\n\r\n", "HTTP/1.1 414"),
+            ("GET /api/orders/x HTTP/1.1\r\nHost: a\r\nX-Folded: a\r\n b\r\n\r\n", "HTTP/1.1 400"),
+            ("GET /api/orders/x HTTP/1.1\r\nHost: a\r\nX-Bare-LF: a\nX: b\r\n\r\n", "HTTP/1.1 400"),
+            ("GET /api/orders/x HTTP/1.1\r\nHost : a\r\n\r\n", "HTTP/1.1 400"),
+            ("POST /api/orders/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", "HTTP/1.1 400"),
+            ("POST /api/orders/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", "HTTP/1.1 501"),
+            ("POST /api/orders/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "HTTP/1.1 400"),
+            ("POST /api/orders/x HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", "HTTP/1.1 400"),
+            ("GET /api/orders/x HTTP/2.0\r\nHost: a\r\n\r\n", "HTTP/1.1 505"),
         ]
         for (raw, expected) in cases {
             let got = await status(raw)

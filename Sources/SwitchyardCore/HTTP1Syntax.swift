@@ -1,0 +1,101 @@
+public import NIOCore
+
+/// Byte-level pieces of HTTP/1.1 syntax (RFC 9112) shared by the server codec, the
+/// forwarder's response parser and the benchmark's sink: heads are read in place, and only
+/// the parts a caller keeps become Strings.
+package enum HTTP1Syntax {
+    /// Bytes up to and including the blank line that ends a head, if it has arrived.
+    package static func headLength(_ buffer: ByteBuffer) -> Int? {
+        buffer.withUnsafeReadableBytes { bytes in
+            guard bytes.count >= 4 else { return nil }
+            var i = 0
+            while i <= bytes.count - 4 {
+                if bytes[i + 3] != 10 {
+                    i += bytes[i + 3] == 13 ? 1 : 4
+                    continue
+                }
+                if bytes[i] == 13 && bytes[i + 1] == 10 && bytes[i + 2] == 13 { return i + 4 }
+                i += 1
+            }
+            return nil
+        }
+    }
+
+    /// The length of the line at the start of `bytes` without its CR LF, if a CR LF has arrived.
+    package static func lineLength(_ bytes: UnsafeRawBufferPointer) -> Int? {
+        guard bytes.count >= 2 else { return nil }
+        for i in 0..<(bytes.count - 1) where bytes[i] == 13 && bytes[i + 1] == 10 { return i }
+        return nil
+    }
+
+    /// Digits only, at most 18 of them (a length, never negative or signed).
+    package static func decimal(_ bytes: UnsafeRawBufferPointer) -> Int? {
+        guard !bytes.isEmpty, bytes.count <= 18 else { return nil }
+        var n = 0
+        for b in bytes {
+            guard b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9") else { return nil }
+            n = n * 10 + Int(b - UInt8(ascii: "0"))
+        }
+        return n
+    }
+
+    /// A chunk size: 1…15 hex digits, optionally followed by whitespace and `;` extensions
+    /// (ignored). Nil for anything else.
+    package static func chunkSize(_ line: UnsafeRawBufferPointer) -> Int? {
+        var n = 0
+        var digits = 0
+        var i = 0
+        while i < line.count, let v = hexValue(line[i]) {
+            n = n << 4 | v
+            digits += 1
+            i += 1
+        }
+        guard digits > 0, digits <= 15 else { return nil }
+        while i < line.count && (line[i] == 0x20 || line[i] == 0x09) { i += 1 }
+        guard i == line.count || line[i] == UInt8(ascii: ";") else { return nil }
+        return n
+    }
+
+    private static func hexValue(_ b: UInt8) -> Int? {
+        switch b {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): return Int(b - UInt8(ascii: "0"))
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): return Int(b - UInt8(ascii: "a") + 10)
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): return Int(b - UInt8(ascii: "A") + 10)
+        default: return nil
+        }
+    }
+
+    /// Without leading and trailing spaces and tabs.
+    package static func trimmed(_ bytes: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
+        var start = 0
+        var end = bytes.count
+        while start < end && (bytes[start] == 0x20 || bytes[start] == 0x09) { start += 1 }
+        while end > start && (bytes[end - 1] == 0x20 || bytes[end - 1] == 0x09) { end -= 1 }
+        return UnsafeRawBufferPointer(rebasing: bytes[start..<end])
+    }
+
+    /// A header name compared with a lowercase one, ignoring ASCII case.
+    package static func name(_ bytes: UnsafeRawBufferPointer, is lowercase: StaticString) -> Bool {
+        guard bytes.count == lowercase.utf8CodeUnitCount else { return false }
+        let expected = UnsafeRawBufferPointer(start: lowercase.utf8Start, count: lowercase.utf8CodeUnitCount)
+        for i in 0..<bytes.count {
+            let b = bytes[i]
+            let lower = b >= 0x41 && b <= 0x5A ? b | 0x20 : b
+            if lower != expected[i] { return false }
+        }
+        return true
+    }
+
+    /// A `tchar` of RFC 9110: what methods and header names are made of.
+    package static func isTokenByte(_ b: UInt8) -> Bool { tokenBytes[Int(b)] }
+
+    /// A byte a header value may hold: visible ASCII, obs-text (≥ 0x80), space and tab.
+    package static func isFieldValueByte(_ b: UInt8) -> Bool { b >= 0x20 ? b != 0x7F : b == 0x09 }
+
+    private static let tokenBytes: [Bool] = (0..<256).map { b in
+        switch UInt8(b) {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"): true
+        default: "!#$%&'*+-.^_`|~".utf8.contains(UInt8(b))
+        }
+    }
+}
