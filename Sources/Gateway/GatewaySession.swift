@@ -173,12 +173,8 @@ final class GatewaySession: HTTPStreamSession {
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    // Bytes after a 101 stay with the decoder until the tunnel takes them.
-                    // Request heads are built from a parsed request and validated config: no re-check.
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers(
-                        leftOverBytesStrategy: .forwardBytes,
-                        enableOutboundHeaderValidation: false
-                    )
+                    // Bytes after a 101 stay with the codec until the tunnel takes them.
+                    try channel.pipeline.syncOperations.addHandler(HTTP1ClientCodec())
                     try channel.pipeline.syncOperations.addHandler(UpstreamHandler(session: bound.value))
                 }
             }
@@ -361,22 +357,20 @@ final class GatewaySession: HTTPStreamSession {
         headers.add(name: "connection", value: "upgrade")
         if let protocols = response.headers.first(name: "upgrade") { headers.add(name: "upgrade", value: protocols) }
         exchange?.decorate(&headers)
-        // The decoders still deliver this exchange's end: rebuild the pipelines on the next tick.
+        // The codecs still deliver this exchange's end: rebuild the pipelines on the next tick.
         let bound = NIOLoopBound((writer, headers), eventLoop: channel.eventLoop)
         channel.eventLoop.execute {
             let (writer, headers) = bound.value
-            // Bytes either decoder held back are queued until both pipelines are raw.
+            // Bytes either codec held back are queued until both pipelines are raw.
             let toUpstream = TunnelEnd(source: writer.channel)
             let toClient = TunnelEnd(source: channel)
             let upstreamTunnel = RawTunnelHandler(peer: toClient)
             let ops = channel.pipeline.syncOperations
             do {
-                let decoder = try ops.handler(type: ByteToMessageHandler<HTTPResponseDecoder>.self)
-                try ops.addHandler(upstreamTunnel, position: .after(decoder))
+                let codec = try ops.handler(type: HTTP1ClientCodec.self)
+                try ops.addHandler(upstreamTunnel, position: .after(codec))
                 if let c = try? ops.context(handlerType: UpstreamHandler.self) { ops.removeHandler(context: c, promise: nil) }
-                if let c = try? ops.context(handlerType: NIOHTTPRequestHeadersValidator.self) { ops.removeHandler(context: c, promise: nil) }
-                ops.removeHandler(decoder, promise: nil)
-                if let c = try? ops.context(handlerType: HTTPRequestEncoder.self) { ops.removeHandler(context: c, promise: nil) }
+                ops.removeHandler(codec, promise: nil)
             } catch {
                 channel.close(promise: nil)
                 writer.channel.close(promise: nil)

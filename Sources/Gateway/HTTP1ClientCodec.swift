@@ -1,0 +1,219 @@
+import HTTPIngress
+import NIOCore
+import NIOHTTP1
+import SwitchyardCore
+
+/// HTTP/1.1 on a connection to an upstream instance, as bytes: writes the gateway's request
+/// parts and parses the answers into response parts. One handler in place of NIO's request
+/// encoder, response decoder and header validator (the request heads come from parsed
+/// requests and validated config).
+///
+/// Interim answers (1xx other than 101) are skipped. A 101 ends parsing: the bytes after it
+/// belong to the tunnel and are handed on when this handler is removed. An answer without a
+/// length ends when the connection closes. A malformed answer is reported as an
+/// `HTTP1Message.Malformed` error, and nothing more is read.
+final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = HTTPClientResponsePart
+    typealias OutboundIn = HTTPClientRequestPart
+    typealias OutboundOut = IOData
+
+    static let maxHeadBytes = 64 * 1024
+
+    private enum Inbound {
+        case head
+        case body(HTTP1Message.BodyReader)
+        case upgraded
+        case failed
+    }
+
+    private var inbound = Inbound.head
+    private var received: ByteBuffer?
+    /// Methods of requests sent and not yet answered (HEAD answers have no body).
+    private var methods: [HTTPMethod] = []
+    private var writer = HTTP1Message.Writer()
+
+    // MARK: - Outbound
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch unwrapOutboundIn(data) {
+        case .head(var head):
+            methods.append(head.method)
+            frame(&head)
+            writer.head(head.headers, allocator: context.channel.allocator) { out in
+                out.writeString(head.method.rawValue)
+                out.writeInteger(UInt8(ascii: " "))
+                out.writeString(head.uri)
+                out.writeStaticString(head.version.minor == 0 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n")
+            }
+            if promise != nil { writer.writePending(context: context, promise: promise) }
+        case .body(let body):
+            writer.body(body, context: context, promise: promise)
+        case .end(let trailers):
+            writer.end(trailers, context: context, promise: promise)
+        }
+    }
+
+    func flush(context: ChannelHandlerContext) {
+        writer.writePending(context: context, promise: nil)
+        context.flush()
+    }
+
+    /// Framing as NIO's encoder does it: a length when known; else chunked for methods that
+    /// carry a body (POST, PUT, PATCH) or when the head says chunked; else no body.
+    private func frame(_ head: inout HTTPRequestHead) {
+        if head.headers.contains(name: "content-length") {
+            head.headers.remove(name: "transfer-encoding")
+            writer.chunked = false
+        } else if head.method == .POST || head.method == .PUT || head.method == .PATCH {
+            head.headers.replaceOrAdd(name: "transfer-encoding", value: "chunked")
+            writer.chunked = true
+        } else {
+            writer.chunked = head.headers.first(name: "transfer-encoding")?.lowercased() == "chunked"
+        }
+    }
+
+    // MARK: - Inbound
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes = unwrapInboundIn(data)
+        if case .failed = inbound { return }
+        if received == nil || received!.readableBytes == 0 {
+            received = bytes
+        } else {
+            received!.writeBuffer(&bytes)
+        }
+        parse(context: context)
+        if let r = received, r.readableBytes == 0 { received = nil }
+    }
+
+    private func parse(context: ChannelHandlerContext) {
+        while received != nil {
+            switch inbound {
+            case .failed, .upgraded:
+                return
+            case .head:
+                guard received!.readableBytes > 0 else { return }
+                guard let length = HTTP1Syntax.headLength(received!) else {
+                    if received!.readableBytes > Self.maxHeadBytes { fail("answer head larger than 64 KiB", context: context) }
+                    return
+                }
+                guard length <= Self.maxHeadBytes else { return fail("answer head larger than 64 KiB", context: context) }
+                guard !methods.isEmpty else { return fail("an answer to no request", context: context) }
+                let parsed = received!.withUnsafeReadableBytes { Self.parseHead(UnsafeRawBufferPointer(rebasing: $0[..<length])) }
+                received!.moveReaderIndex(forwardBy: length)
+                let (head, section): (HTTPResponseHead, HTTP1Message.FieldSection)
+                switch parsed {
+                case .failure(let malformed): return fail(malformed.description, context: context)
+                case .success(let h): (head, section) = h
+                }
+                let code = head.status.code
+                if code >= 100 && code < 200 && code != 101 { continue }  // interim: the real answer follows
+                let method = methods.removeFirst()
+                let body: HTTP1Message.BodyReader
+                switch Self.bodyFraming(section, status: code, method: method) {
+                case .failure(let malformed): return fail(malformed.description, context: context)
+                case .success(let b): body = b
+                }
+                context.fireChannelRead(wrapInboundOut(.head(head)))
+                if code == 101 {
+                    inbound = .upgraded
+                    context.fireChannelRead(wrapInboundOut(.end(nil)))
+                } else if body.isDone {
+                    inbound = .head
+                    context.fireChannelRead(wrapInboundOut(.end(nil)))
+                } else {
+                    inbound = .body(body)
+                }
+            case .body(var reader):
+                let event: HTTP1Message.BodyReader.Event?
+                do {
+                    event = try reader.next(&received!)
+                } catch {
+                    return fail(error.description, context: context)
+                }
+                inbound = .body(reader)
+                switch event {
+                case nil: return
+                case .body(let chunk): context.fireChannelRead(wrapInboundOut(.body(chunk)))
+                case .end(let trailers):
+                    inbound = .head
+                    context.fireChannelRead(wrapInboundOut(.end(trailers)))
+                }
+                if reader.isDone, case .body = inbound {
+                    inbound = .head
+                    context.fireChannelRead(wrapInboundOut(.end(nil)))
+                }
+            }
+        }
+    }
+
+    /// `HTTP/1.x NNN reason` and the header fields.
+    static func parseHead(_ raw: UnsafeRawBufferPointer) -> Result<(HTTPResponseHead, HTTP1Message.FieldSection), HTTP1Message.Malformed> {
+        guard let lineEnd = HTTP1Syntax.lineLength(raw) else { return .failure(.init("no status line")) }
+        let line = UnsafeRawBufferPointer(rebasing: raw[..<lineEnd])
+        guard line.count >= 12, line.starts(with: "HTTP/1.".utf8), line[7] == UInt8(ascii: "0") || line[7] == UInt8(ascii: "1"),
+            line[8] == 0x20, line.count == 12 || line[12] == 0x20,
+            let code = HTTP1Syntax.decimal(UnsafeRawBufferPointer(rebasing: line[9..<12])), code >= 100
+        else {
+            return .failure(.init("malformed status line \"\(String(decoding: line.prefix(64), as: UTF8.self))\""))
+        }
+        let reason = line.count > 13 ? String(decoding: UnsafeRawBufferPointer(rebasing: line[13...]), as: UTF8.self) : ""
+        switch HTTP1Message.fieldSection(UnsafeRawBufferPointer(rebasing: raw[(lineEnd + 2)..<(raw.count - 2)])) {
+        case .failure(let malformed): return .failure(malformed)
+        case .success(let section):
+            let head = HTTPResponseHead(
+                version: line[7] == UInt8(ascii: "0") ? .http1_0 : .http1_1,
+                status: HTTPResponseStatus(statusCode: code, reasonPhrase: reason),
+                headers: HTTPHeaders(section.fields)
+            )
+            return .success((head, section))
+        }
+    }
+
+    /// How an answer's body is framed (RFC 9112 §6.3).
+    static func bodyFraming(
+        _ section: HTTP1Message.FieldSection,
+        status code: UInt,
+        method: HTTPMethod
+    ) -> Result<HTTP1Message.BodyReader, HTTP1Message.Malformed> {
+        if method == .HEAD || code == 204 || code == 304 || code == 101 { return .success(.length(0)) }
+        if let codings = section.transferEncoding {
+            guard section.contentLength == nil else { return .failure(.init("both content-length and transfer-encoding")) }
+            switch section.isChunked() {
+            case .success: return .success(.chunked)
+            case .failure(let malformed): return .failure(malformed)
+            case nil: return .failure(.init("unsupported transfer-encoding \"\(codings)\""))
+            }
+        }
+        if let length = section.contentLength { return .success(.length(length)) }
+        return .success(.untilClose)
+    }
+
+    private func fail(_ message: String, context: ChannelHandlerContext) {
+        inbound = .failed
+        received = nil
+        context.fireErrorCaught(HTTP1Message.Malformed("invalid HTTP answer: \(message)"))
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        // An answer delimited by the connection's close is complete now.
+        if case .body(let reader) = inbound, reader.isUntilClose {
+            inbound = .head
+            context.fireChannelRead(wrapInboundOut(.end(nil)))
+        }
+        context.fireChannelInactive()
+    }
+
+    /// Leaving (the connection becomes a tunnel after a 101): the bytes after the answer go to
+    /// the handler after this one.
+    func removeHandler(context: ChannelHandlerContext, removalToken: ChannelHandlerContext.RemovalToken) {
+        writer.writePending(context: context, promise: nil)
+        if let rest = received, rest.readableBytes > 0 {
+            received = nil
+            context.fireChannelRead(NIOAny(rest))
+            context.fireChannelReadComplete()
+        }
+        context.leavePipeline(removalToken: removalToken)
+    }
+}

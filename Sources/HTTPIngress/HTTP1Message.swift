@@ -1,0 +1,248 @@
+public import NIOCore
+public import NIOHTTP1
+import SwitchyardCore
+
+/// The parts of an HTTP/1.1 message that requests and responses share, as bytes: the header
+/// section, the body's framing on the way in, and on the way out. The server codec (client
+/// connections) and the gateway's upstream codec are built from them.
+package enum HTTP1Message {
+    /// What a malformed message was refused for.
+    package struct Malformed: Error, CustomStringConvertible {
+        package var description: String
+        package init(_ description: String) { self.description = description }
+    }
+
+    /// A message's header fields, read in place, and what frames its body.
+    package struct FieldSection {
+        package var fields: [(String, String)] = []
+        package var contentLength: Int?
+        /// Transfer codings, lowercased, several headers joined by `, `.
+        package var transferEncoding: String?
+        package var upgrade = false
+
+        /// Whether the codings are exactly `chunked`; a Malformed when the last one is not (the
+        /// body's end cannot be known), nil for codings before `chunked` (not supported).
+        package func isChunked() -> Result<Bool, Malformed>? {
+            guard let transferEncoding else { return .success(false) }
+            let codings = transferEncoding.split(separator: ",").map { String($0.filter { $0 != " " && $0 != "\t" }) }
+            guard codings.last == "chunked" else { return .failure(Malformed("transfer-encoding must end with chunked")) }
+            return codings.count == 1 ? .success(true) : nil
+        }
+    }
+
+    /// Field lines, each ending with CR LF (the blank line after them not included).
+    package static func fieldSection(_ raw: UnsafeRawBufferPointer) -> Result<FieldSection, Malformed> {
+        var section = FieldSection()
+        section.fields.reserveCapacity(8)
+        var position = 0
+        while position < raw.count {
+            guard let n = HTTP1Syntax.lineLength(UnsafeRawBufferPointer(rebasing: raw[position...])) else {
+                return .failure(Malformed("header line without CR LF"))
+            }
+            let line = UnsafeRawBufferPointer(rebasing: raw[position..<(position + n)])
+            position += n + 2
+            if let first = line.first, first == 0x20 || first == 0x09 { return .failure(Malformed("folded header line (obs-fold)")) }
+            guard let (name, value) = nameAndValue(line) else { return .failure(Malformed("malformed header line")) }
+            if HTTP1Syntax.name(name, is: "content-length") {
+                guard let length = HTTP1Syntax.decimal(value) else { return .failure(Malformed("invalid content-length")) }
+                guard section.contentLength == nil else { return .failure(Malformed("more than one content-length")) }
+                section.contentLength = length
+            } else if HTTP1Syntax.name(name, is: "transfer-encoding") {
+                let coding = String(decoding: value, as: UTF8.self).lowercased()
+                section.transferEncoding = section.transferEncoding.map { $0 + ", " + coding } ?? coding
+            } else if HTTP1Syntax.name(name, is: "upgrade") {
+                section.upgrade = true
+            }
+            section.fields.append((String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self)))
+        }
+        return .success(section)
+    }
+
+    /// `name: value` (a token, then a value of visible characters, spaces and tabs); nil when malformed.
+    static func nameAndValue(_ line: UnsafeRawBufferPointer) -> (UnsafeRawBufferPointer, UnsafeRawBufferPointer)? {
+        guard let colon = line.firstIndex(of: UInt8(ascii: ":")), colon > 0 else { return nil }
+        let name = UnsafeRawBufferPointer(rebasing: line[..<colon])
+        let value = HTTP1Syntax.trimmed(UnsafeRawBufferPointer(rebasing: line[(colon + 1)...]))
+        guard name.allSatisfy(HTTP1Syntax.isTokenByte), value.allSatisfy(HTTP1Syntax.isFieldValueByte) else { return nil }
+        return (name, value)
+    }
+
+    /// Reads a body framed by a length or chunked (with trailers) from the bytes as they come.
+    package struct BodyReader {
+        enum State {
+            case fixed(remaining: Int)
+            case chunkSize
+            case chunkData(remaining: Int)
+            case chunkDataEnd
+            case trailers
+            /// Delimited by the connection's close (responses only).
+            case untilClose
+            case done
+        }
+
+        package enum Event {
+            case body(ByteBuffer)
+            case end(HTTPHeaders?)
+        }
+
+        static let maxChunkLineBytes = 1024
+        static let maxTrailerBytes = 64 * 1024
+
+        var state: State
+        private var trailers: [(String, String)] = []
+        private var trailerBytes = 0
+
+        package static func length(_ n: Int) -> BodyReader { BodyReader(state: n > 0 ? .fixed(remaining: n) : .done) }
+        package static let chunked = BodyReader(state: .chunkSize)
+        package static let untilClose = BodyReader(state: .untilClose)
+
+        package var isDone: Bool {
+            if case .done = state { return true }
+            return false
+        }
+
+        package var isUntilClose: Bool {
+            if case .untilClose = state { return true }
+            return false
+        }
+
+        /// The next part the bytes complete (taking them from `buffer`), nil when more bytes are
+        /// needed; throws on a malformed chunked framing.
+        package mutating func next(_ buffer: inout ByteBuffer) throws(Malformed) -> Event? {
+            while true {
+                let available = buffer.readableBytes
+                switch state {
+                case .done:
+                    return nil
+                case .untilClose:
+                    return available > 0 ? .body(buffer.readSlice(length: available)!) : nil
+                case .fixed(let remaining):
+                    guard available > 0 else { return nil }
+                    let n = min(remaining, available)
+                    state = remaining == n ? .done : .fixed(remaining: remaining - n)
+                    return .body(buffer.readSlice(length: n)!)
+                case .chunkSize:
+                    guard let length = buffer.withUnsafeReadableBytes(HTTP1Syntax.lineLength) else {
+                        if available > Self.maxChunkLineBytes { throw Malformed("chunk size line longer than 1 KiB") }
+                        return nil
+                    }
+                    let size = buffer.withUnsafeReadableBytes { HTTP1Syntax.chunkSize(UnsafeRawBufferPointer(rebasing: $0[..<length])) }
+                    buffer.moveReaderIndex(forwardBy: length + 2)
+                    guard let size else { throw Malformed("invalid chunk size") }
+                    state = size == 0 ? .trailers : .chunkData(remaining: size)
+                case .chunkData(let remaining):
+                    guard available > 0 else { return nil }
+                    let n = min(remaining, available)
+                    state = remaining == n ? .chunkDataEnd : .chunkData(remaining: remaining - n)
+                    return .body(buffer.readSlice(length: n)!)
+                case .chunkDataEnd:
+                    guard available >= 2 else { return nil }
+                    guard buffer.readInteger(as: UInt16.self) == 0x0D0A else { throw Malformed("chunk data not followed by CR LF") }
+                    state = .chunkSize
+                case .trailers:
+                    guard let length = buffer.withUnsafeReadableBytes(HTTP1Syntax.lineLength) else {
+                        if trailerBytes + available > Self.maxTrailerBytes { throw Malformed("trailers larger than 64 KiB") }
+                        return nil
+                    }
+                    trailerBytes += length + 2
+                    guard trailerBytes <= Self.maxTrailerBytes else { throw Malformed("trailers larger than 64 KiB") }
+                    if length == 0 {
+                        buffer.moveReaderIndex(forwardBy: 2)
+                        state = .done
+                        let fields = trailers
+                        trailers = []
+                        return .end(fields.isEmpty ? nil : HTTPHeaders(fields))
+                    }
+                    let field = buffer.withUnsafeReadableBytes { HTTP1Message.nameAndValue(UnsafeRawBufferPointer(rebasing: $0[..<length])) }
+                        .map { (String(decoding: $0.0, as: UTF8.self), String(decoding: $0.1, as: UTF8.self)) }
+                    buffer.moveReaderIndex(forwardBy: length + 2)
+                    guard let field else { throw Malformed("malformed trailer field") }
+                    trailers.append(field)
+                }
+            }
+        }
+    }
+
+    /// Writes a message's head and body as bytes: the head, small bodies and the end go out
+    /// as one buffer; a body of unknown length is chunked.
+    package struct Writer {
+        /// Body bytes up to this size are copied behind the head (one buffer, one iovec).
+        static let coalesceBytes = 4096
+
+        package var chunked = false
+        /// A response to HEAD: its head says what a GET would get, and no body follows.
+        package var suppressBody = false
+        private var pending: ByteBuffer?
+
+        package init() {}
+
+        /// Starts a message: `line` writes its start line.
+        package mutating func head(_ headers: HTTPHeaders, allocator: ByteBufferAllocator, line: (inout ByteBuffer) -> Void) {
+            var out = allocator.buffer(capacity: 256)
+            if let earlier = pending { out.writeImmutableBuffer(earlier) }  // an interim answer not yet written
+            line(&out)
+            Self.writeFields(headers, into: &out)
+            out.writeStaticString("\r\n")
+            pending = out
+        }
+
+        package static func writeFields(_ headers: HTTPHeaders, into out: inout ByteBuffer) {
+            for (name, value) in headers {
+                out.writeString(name)
+                out.writeStaticString(": ")
+                out.writeString(value)
+                out.writeStaticString("\r\n")
+            }
+        }
+
+        package mutating func body(_ body: IOData, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
+            guard !suppressBody else {
+                promise?.succeed(())
+                return
+            }
+            let size = body.readableBytes
+            if chunked && size > 0 {
+                append(context) {
+                    $0.writeString(String(size, radix: 16))
+                    $0.writeStaticString("\r\n")
+                }
+            }
+            if case .byteBuffer(let bytes) = body, size <= Self.coalesceBytes, promise == nil {
+                append(context) { $0.writeImmutableBuffer(bytes) }
+            } else if size > 0 || promise != nil {
+                writePending(context: context, promise: nil)
+                context.write(NIOAny(body), promise: promise)
+            }
+            if chunked && size > 0 { append(context) { $0.writeStaticString("\r\n") } }
+        }
+
+        package mutating func end(_ trailers: HTTPHeaders?, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
+            if chunked {
+                append(context) {
+                    $0.writeStaticString("0\r\n")
+                    if let trailers { Self.writeFields(trailers, into: &$0) }
+                    $0.writeStaticString("\r\n")
+                }
+            }
+            writePending(context: context, promise: promise)
+            chunked = false
+            suppressBody = false
+        }
+
+        private mutating func append(_ context: ChannelHandlerContext, _ write: (inout ByteBuffer) -> Void) {
+            if pending == nil { pending = context.channel.allocator.buffer(capacity: 64) }
+            write(&pending!)
+        }
+
+        /// Hands the bytes held back to the channel.
+        package mutating func writePending(context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
+            if let bytes = pending {
+                pending = nil
+                context.write(NIOAny(IOData.byteBuffer(bytes)), promise: promise)
+            } else if let promise {
+                // Nothing to write, but the promise completes in order with the writes before it.
+                context.write(NIOAny(IOData.byteBuffer(ByteBuffer())), promise: promise)
+            }
+        }
+    }
+}
