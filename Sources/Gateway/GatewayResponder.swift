@@ -127,7 +127,17 @@ public final class GatewayResponder: HTTPStreamingResponder {
         return table
     }()
 
-    static let hopByHop: Set<String> = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade", "proxy-authorization"]
+    /// Hop-by-hop header names (RFC 9110 §7.6.1): never passed on.
+    static func isHopByHop(_ name: String) -> Bool {
+        switch name.utf8.count {
+        case 2: name.isHeaderName("te")
+        case 7: name.isHeaderName("upgrade") || name.isHeaderName("trailer")
+        case 10: name.isHeaderName("connection") || name.isHeaderName("keep-alive")
+        case 16: name.isHeaderName("proxy-connection")
+        case 19: name.isHeaderName("proxy-authorization")
+        default: false
+        }
+    }
 
     /// The path a route sends: the prefix removed or replaced when the route says so.
     static func rewrite(_ uri: String, route: SwitchyardConfiguration.GatewayRoute) -> String {
@@ -154,7 +164,7 @@ public final class GatewayResponder: HTTPStreamingResponder {
         var headers = HTTPHeaders()
         for (name, value) in head.headers {
             let lower = name.utf8.contains(where: { $0 >= 0x41 && $0 <= 0x5A }) ? name.lowercased() : name
-            if hopByHop.contains(lower) || lower == "host" || lower.hasPrefix("x-switchyard-") { continue }
+            if isHopByHop(name) || lower == "host" || lower.hasPrefix("x-switchyard-") { continue }
             if lower == "baggage" {
                 // The lane in baggage is Switchyard's to set; other members pass.
                 let kept = value.split(separator: ",").filter { !$0.trimmingCharacters(in: .whitespaces).hasPrefix("lane=") }
@@ -206,7 +216,8 @@ final class Exchange {
     let method: String
     let uri: String
     let host: String
-    let client: String
+    /// The client's address, formatted only for the access log.
+    let client: SocketAddress?
     let routeName: String
     let metrics: GatewayMetrics
     let accessLog: AccessLog?
@@ -228,7 +239,7 @@ final class Exchange {
         method = head.method.rawValue
         uri = head.uri
         host = head.headers.first(name: "host") ?? ""
-        self.client = client?.ipAddress ?? ""
+        self.client = client
         routeName = route?.config.name ?? "egress"
         metrics = route?.metrics ?? snapshot.egressMetrics
         accessLog = snapshot.accessLog
@@ -283,7 +294,7 @@ final class Exchange {
         guard let accessLog else { return }
         var line = "{\"ts\":\(String(format: "%.3f", Date().timeIntervalSince1970))"
         line += ",\"trace_id\":\(JSONText.quote(TraceContext(traceparent: traceparent)?.traceID ?? ""))"
-        line += ",\"client\":\(JSONText.quote(client)),\"method\":\(JSONText.quote(method)),\"host\":\(JSONText.quote(host))"
+        line += ",\"client\":\(JSONText.quote(client?.ipAddress ?? "")),\"method\":\(JSONText.quote(method)),\"host\":\(JSONText.quote(host))"
         line += ",\"uri\":\(JSONText.quote(uri)),\"route\":\(JSONText.quote(routeName)),\"lane\":\(JSONText.quote(lane ?? "baseline"))"
         if let upstream {
             line += ",\"lane_effective\":\(JSONText.quote(upstream.lane ?? "baseline")),\"upstream\":\(JSONText.quote(upstream.key))"
@@ -374,5 +385,28 @@ final class AccessLog: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         try? handle.write(contentsOf: data)
+    }
+}
+
+extension String {
+    /// This header name is `lowercase`, ignoring ASCII case (no String made).
+    func isHeaderName(_ lowercase: StaticString) -> Bool { utf8.isHeaderToken(lowercase) }
+}
+
+extension BidirectionalCollection<UInt8> {
+    /// These bytes, without surrounding spaces and tabs, are `lowercase`, ignoring ASCII case.
+    func isHeaderToken(_ lowercase: StaticString) -> Bool {
+        var start = startIndex
+        var end = endIndex
+        while start != end && (self[start] == 0x20 || self[start] == 0x09) { formIndex(after: &start) }
+        while start != end && (self[index(before: end)] == 0x20 || self[index(before: end)] == 0x09) { formIndex(before: &end) }
+        let expected = UnsafeRawBufferPointer(start: lowercase.utf8Start, count: lowercase.utf8CodeUnitCount)
+        var i = 0
+        for b in self[start..<end] {
+            let lower = b >= 0x41 && b <= 0x5A ? b | 0x20 : b
+            guard i < expected.count, lower == expected[i] else { return false }
+            i += 1
+        }
+        return i == expected.count
     }
 }

@@ -43,6 +43,8 @@ final class GatewaySession: HTTPStreamSession {
     private var upstream: (any Channel)?
     /// The upstream may keep the connection after this exchange.
     private var upstreamKeepAlive = true
+    /// Reading the upstream's answer paused while the client could take no more.
+    private var upstreamReadingPaused = false
     private var pending: [ByteBuffer] = []
     private var pendingBytes = 0
     private var bodyBytes = 0
@@ -299,8 +301,10 @@ final class GatewaySession: HTTPStreamSession {
     }
 
     func clientWritabilityChanged(_ writable: Bool) {
-        upstream?.setOption(ChannelOptions.autoRead, value: writable).whenComplete { _ in }
-        if writable { upstream?.read() }
+        guard let upstream else { return }
+        upstreamReadingPaused = !writable
+        upstream.setOption(ChannelOptions.autoRead, value: writable).whenComplete { _ in }
+        if writable { upstream.read() }
     }
 
     // MARK: - From the upstream (only the current attempt's connection counts)
@@ -313,11 +317,27 @@ final class GatewaySession: HTTPStreamSession {
     func responseHead(_ response: HTTPResponseHead, on channel: any Channel) {
         guard !over, channel === upstream, let writer else { return }
         timer?.cancel()
-        if let instance, response.headers.first(name: "x-switchyard-draining")?.lowercased() == "true" {
+        // One pass over the answer's headers: what goes on to the client (not hop-by-hop), what
+        // its `connection` says, and whether the instance is draining.
+        var kept: [(String, String)] = []
+        kept.reserveCapacity(response.headers.count + 4)
+        var (close, keepAliveAsked, draining) = (false, false, false)
+        for (name, value) in response.headers {
+            if GatewayResponder.isHopByHop(name) {
+                if name.isHeaderName("connection") {
+                    for token in value.utf8.split(separator: UInt8(ascii: ",")) {
+                        close = close || token.isHeaderToken("close")
+                        keepAliveAsked = keepAliveAsked || token.isHeaderToken("keep-alive")
+                    }
+                }
+                continue
+            }
+            if name.isHeaderName("x-switchyard-draining") { draining = draining || value.utf8.isHeaderToken("true") }
+            kept.append((name, value))
+        }
+        if let instance, draining {
             balancer?.health.drain(instance.key, source: .response)
-        } else if let instance, reusedConnection, response.headers.contains(name: "connection"),
-            response.headers[canonicalForm: "connection"].contains(where: { $0.lowercased() == "close" })
-        {
+        } else if let instance, reusedConnection, close {
             // A kept-alive connection closed: the instance may be shutting down.
             balancer?.health.closing(instance)
         }
@@ -331,12 +351,9 @@ final class GatewaySession: HTTPStreamSession {
             endAttempt(failed: true)
             if retry() { return }
         }
-        upstreamKeepAlive = response.isKeepAlive
+        upstreamKeepAlive = !close && (response.version.minor >= 1 || keepAliveAsked)
         status = Int(response.status.code)
-        var headers = HTTPHeaders()
-        for (name, value) in response.headers where !GatewayResponder.hopByHop.contains(name.lowercased()) {
-            headers.add(name: name, value: value)
-        }
+        var headers = HTTPHeaders(kept)
         exchange?.decorate(&headers)
         writer.head(HTTPResponseHead(version: .http1_1, status: response.status, headers: headers))
     }
@@ -351,7 +368,7 @@ final class GatewaySession: HTTPStreamSession {
         status = 101
         exchange?.finish(status: 101)
         var headers = HTTPHeaders()
-        for (name, value) in response.headers where !GatewayResponder.hopByHop.contains(name.lowercased()) {
+        for (name, value) in response.headers where !GatewayResponder.isHopByHop(name) {
             headers.add(name: name, value: value)
         }
         headers.add(name: "connection", value: "upgrade")
@@ -406,7 +423,8 @@ final class GatewaySession: HTTPStreamSession {
         // A request still being sent when the answer is complete cannot share the connection.
         writer?.end(closeAfter: !requestEnded)
         if let pool, let instance, requestEnded, upstreamKeepAlive, channel.isActive {
-            channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+            // Kept for the next request: reading as usual.
+            if upstreamReadingPaused { channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in } }
             pool.put(channel, for: instance.address)
         } else {
             channel.close(promise: nil)

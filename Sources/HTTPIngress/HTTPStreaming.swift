@@ -108,11 +108,12 @@ public final class HTTPResponseWriter {
         // (pipelined) request to the handler at once, and that one must find this exchange
         // over (its session current, its head timer disarmed); closing must not find it open.
         finished(close)
-        let written = context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)))
-        if close {
-            let channel = context.channel
-            written.whenComplete { _ in channel.close(promise: nil) }
+        guard close else {
+            context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)), promise: nil)
+            return
         }
+        let channel = context.channel
+        context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil))).whenComplete { _ in channel.close(promise: nil) }
     }
 
     /// A whole answer at once (errors before anything was sent upstream's way).
