@@ -20,14 +20,7 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
 
     static let maxHeadBytes = 64 * 1024
 
-    private enum Inbound {
-        case head
-        case body(HTTP1Message.BodyReader)
-        case upgraded
-        case failed
-    }
-
-    private var inbound = Inbound.head
+    private var inbound = HTTP1Message.Inbound.head
     private var received: ByteBuffer?
     /// Methods of requests sent and not yet answered (HEAD answers have no body).
     private var methods: [HTTPMethod] = []
@@ -78,11 +71,7 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = unwrapInboundIn(data)
         if case .failed = inbound { return }
-        if received == nil || received!.readableBytes == 0 {
-            received = bytes
-        } else {
-            received!.writeBuffer(&bytes)
-        }
+        received.append(read: &bytes)
         parse(context: context)
         if let r = received, r.readableBytes == 0 { received = nil }
     }
@@ -119,9 +108,6 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
                 if code == 101 {
                     inbound = .upgraded
                     context.fireChannelRead(wrapInboundOut(.end(nil)))
-                } else if body.isDone {
-                    inbound = .head
-                    context.fireChannelRead(wrapInboundOut(.end(nil)))
                 } else {
                     inbound = .body(body)
                 }
@@ -139,10 +125,6 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
                 case .end(let trailers):
                     inbound = .head
                     context.fireChannelRead(wrapInboundOut(.end(trailers)))
-                }
-                if reader.isDone, case .body = inbound {
-                    inbound = .head
-                    context.fireChannelRead(wrapInboundOut(.end(nil)))
                 }
             }
         }
@@ -209,11 +191,7 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
     /// the handler after this one.
     func removeHandler(context: ChannelHandlerContext, removalToken: ChannelHandlerContext.RemovalToken) {
         writer.writePending(context: context, promise: nil)
-        if let rest = received, rest.readableBytes > 0 {
-            received = nil
-            context.fireChannelRead(NIOAny(rest))
-            context.fireChannelReadComplete()
-        }
+        received.handOver(context: context)
         context.leavePipeline(removalToken: removalToken)
     }
 }

@@ -6,6 +6,17 @@ import SwitchyardCore
 /// section, the body's framing on the way in, and on the way out. The server codec (client
 /// connections) and the gateway's upstream codec are built from them.
 package enum HTTP1Message {
+    /// Where a connection's incoming bytes stand.
+    package enum Inbound {
+        /// A message head is next.
+        case head
+        case body(BodyReader)
+        /// After an upgrade: the bytes are no longer HTTP's to parse.
+        case upgraded
+        /// Malformed: nothing more is read.
+        case failed
+    }
+
     /// What a malformed message was refused for.
     package struct Malformed: Error, CustomStringConvertible {
         package var description: String
@@ -77,6 +88,8 @@ package enum HTTP1Message {
             case trailers
             /// Delimited by the connection's close (responses only).
             case untilClose
+            /// All of the body was read: its end is next.
+            case ending
             case done
         }
 
@@ -92,34 +105,33 @@ package enum HTTP1Message {
         private var trailers: [(String, String)] = []
         private var trailerBytes = 0
 
-        package static func length(_ n: Int) -> BodyReader { BodyReader(state: n > 0 ? .fixed(remaining: n) : .done) }
+        package static func length(_ n: Int) -> BodyReader { BodyReader(state: n > 0 ? .fixed(remaining: n) : .ending) }
         package static let chunked = BodyReader(state: .chunkSize)
         package static let untilClose = BodyReader(state: .untilClose)
-
-        package var isDone: Bool {
-            if case .done = state { return true }
-            return false
-        }
 
         package var isUntilClose: Bool {
             if case .untilClose = state { return true }
             return false
         }
 
-        /// The next part the bytes complete (taking them from `buffer`), nil when more bytes are
-        /// needed; throws on a malformed chunked framing.
+        /// The next part the bytes complete (taking them from `buffer`): body parts, then the end
+        /// (also of a body with no bytes); nil when more bytes are needed or the end was given.
+        /// Throws on a malformed chunked framing.
         package mutating func next(_ buffer: inout ByteBuffer) throws(Malformed) -> Event? {
             while true {
                 let available = buffer.readableBytes
                 switch state {
                 case .done:
                     return nil
+                case .ending:
+                    state = .done
+                    return .end(nil)
                 case .untilClose:
                     return available > 0 ? .body(buffer.readSlice(length: available)!) : nil
                 case .fixed(let remaining):
                     guard available > 0 else { return nil }
                     let n = min(remaining, available)
-                    state = remaining == n ? .done : .fixed(remaining: remaining - n)
+                    state = remaining == n ? .ending : .fixed(remaining: remaining - n)
                     return .body(buffer.readSlice(length: n)!)
                 case .chunkSize:
                     guard let length = buffer.withUnsafeReadableBytes(HTTP1Syntax.lineLength) else {
@@ -244,5 +256,26 @@ package enum HTTP1Message {
                 context.write(NIOAny(IOData.byteBuffer(ByteBuffer())), promise: promise)
             }
         }
+    }
+}
+
+extension Optional where Wrapped == ByteBuffer {
+    /// Adds a read's bytes to those not yet parsed (taking the read's buffer as it is when
+    /// none wait).
+    package mutating func append(read bytes: inout ByteBuffer) {
+        if self == nil || self!.readableBytes == 0 {
+            self = bytes
+        } else {
+            self!.writeBuffer(&bytes)
+        }
+    }
+
+    /// A codec leaves the pipeline (its connection becomes a tunnel): the bytes it held go on
+    /// to the handler after it.
+    package mutating func handOver(context: ChannelHandlerContext) {
+        guard let rest = self, rest.readableBytes > 0 else { return }
+        self = nil
+        context.fireChannelRead(NIOAny(rest))
+        context.fireChannelReadComplete()
     }
 }

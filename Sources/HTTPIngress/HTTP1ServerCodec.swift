@@ -29,15 +29,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
     /// The most a request head (request line and headers) may take.
     static let maxHeadBytes = 64 * 1024
 
-    private enum Inbound {
-        case head
-        case body(HTTP1Message.BodyReader)
-        /// After an upgrade request: the bytes are no longer HTTP's to parse.
-        case upgraded
-        case failed
-    }
-
-    private var inbound = Inbound.head
+    private var inbound = HTTP1Message.Inbound.head
     /// Received bytes not yet parsed.
     private var received: ByteBuffer?
     /// The current request carries `Upgrade`: parsing stops after it.
@@ -64,11 +56,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = unwrapInboundIn(data)
         if case .failed = inbound { return }
-        if received == nil || received!.readableBytes == 0 {
-            received = bytes
-        } else {
-            received!.writeBuffer(&bytes)
-        }
+        received.append(read: &bytes)
         inRead = true
         parse(context: context)
         inRead = false
@@ -96,8 +84,8 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
                 guard !answering, received!.readableBytes > 0, let (head, body) = readHead(context: context) else { return }
                 answering = true
                 requestMethod = head.method
+                inbound = .body(body)
                 handOn(context, .head(head))
-                if body.isDone { requestEnded(context: context, trailers: nil) } else { inbound = .body(body) }
             case .body(var reader):
                 let event: HTTP1Message.BodyReader.Event?
                 do {
@@ -109,9 +97,10 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
                 switch event {
                 case nil: return
                 case .body(let chunk): handOn(context, .body(chunk))
-                case .end(let trailers): requestEnded(context: context, trailers: trailers)
+                case .end(let trailers):
+                    inbound = upgrade ? .upgraded : .head
+                    handOn(context, .end(trailers))
                 }
-                if reader.isDone, case .body = inbound { requestEnded(context: context, trailers: nil) }
             }
         }
     }
@@ -119,11 +108,6 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
     private func handOn(_ context: ChannelHandlerContext, _ part: HTTPServerRequestPart) {
         handedOn &+= 1
         context.fireChannelRead(wrapInboundOut(part))
-    }
-
-    private func requestEnded(context: ChannelHandlerContext, trailers: HTTPHeaders?) {
-        inbound = upgrade ? .upgraded : .head
-        handOn(context, .end(trailers))
     }
 
     /// Reads and checks a whole request head and how its body is framed; nil when it has not
@@ -353,11 +337,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
     /// go to the handler after this one.
     func removeHandler(context: ChannelHandlerContext, removalToken: ChannelHandlerContext.RemovalToken) {
         writer.writePending(context: context, promise: nil)
-        if let rest = received, rest.readableBytes > 0 {
-            received = nil
-            context.fireChannelRead(NIOAny(rest))
-            context.fireChannelReadComplete()
-        }
+        received.handOver(context: context)
         if readHeld {
             readHeld = false
             context.read()
