@@ -130,11 +130,11 @@ public final class GatewayResponder: HTTPStreamingResponder {
     /// Hop-by-hop header names (RFC 9110 §7.6.1): never passed on.
     static func isHopByHop(_ name: String) -> Bool {
         switch name.utf8.count {
-        case 2: name.isHeaderName("te")
-        case 7: name.isHeaderName("upgrade") || name.isHeaderName("trailer")
-        case 10: name.isHeaderName("connection") || name.isHeaderName("keep-alive")
-        case 16: name.isHeaderName("proxy-connection")
-        case 19: name.isHeaderName("proxy-authorization")
+        case 2: HTTP1Syntax.name(name, is: "te")
+        case 7: HTTP1Syntax.name(name, is: "upgrade") || HTTP1Syntax.name(name, is: "trailer")
+        case 10: HTTP1Syntax.name(name, is: "connection") || HTTP1Syntax.name(name, is: "keep-alive")
+        case 16: HTTP1Syntax.name(name, is: "proxy-connection")
+        case 19: HTTP1Syntax.name(name, is: "proxy-authorization")
         default: false
         }
     }
@@ -385,28 +385,5 @@ final class AccessLog: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         try? handle.write(contentsOf: data)
-    }
-}
-
-extension String {
-    /// This header name is `lowercase`, ignoring ASCII case (no String made).
-    func isHeaderName(_ lowercase: StaticString) -> Bool { utf8.isHeaderToken(lowercase) }
-}
-
-extension BidirectionalCollection<UInt8> {
-    /// These bytes, without surrounding spaces and tabs, are `lowercase`, ignoring ASCII case.
-    func isHeaderToken(_ lowercase: StaticString) -> Bool {
-        var start = startIndex
-        var end = endIndex
-        while start != end && (self[start] == 0x20 || self[start] == 0x09) { formIndex(after: &start) }
-        while start != end && (self[index(before: end)] == 0x20 || self[index(before: end)] == 0x09) { formIndex(before: &end) }
-        let expected = UnsafeRawBufferPointer(start: lowercase.utf8Start, count: lowercase.utf8CodeUnitCount)
-        var i = 0
-        for b in self[start..<end] {
-            let lower = b >= 0x41 && b <= 0x5A ? b | 0x20 : b
-            guard i < expected.count, lower == expected[i] else { return false }
-            i += 1
-        }
-        return i == expected.count
     }
 }

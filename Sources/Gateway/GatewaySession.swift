@@ -324,15 +324,13 @@ final class GatewaySession: HTTPStreamSession {
         var (close, keepAliveAsked, draining) = (false, false, false)
         for (name, value) in response.headers {
             if GatewayResponder.isHopByHop(name) {
-                if name.isHeaderName("connection") {
-                    for token in value.utf8.split(separator: UInt8(ascii: ",")) {
-                        close = close || token.isHeaderToken("close")
-                        keepAliveAsked = keepAliveAsked || token.isHeaderToken("keep-alive")
-                    }
+                if HTTP1Syntax.name(name, is: "connection") {
+                    close = close || HTTP1Syntax.list(value, contains: "close")
+                    keepAliveAsked = keepAliveAsked || HTTP1Syntax.list(value, contains: "keep-alive")
                 }
                 continue
             }
-            if name.isHeaderName("x-switchyard-draining") { draining = draining || value.utf8.isHeaderToken("true") }
+            if HTTP1Syntax.name(name, is: "x-switchyard-draining") { draining = draining || HTTP1Syntax.name(value, is: "true") }
             kept.append((name, value))
         }
         if let instance, draining {

@@ -55,14 +55,15 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
     /// Framing as NIO's encoder does it: a length when known; else chunked for methods that
     /// carry a body (POST, PUT, PATCH) or when the head says chunked; else no body.
     private func frame(_ head: inout HTTPRequestHead) {
-        if head.headers.contains(name: "content-length") {
-            head.headers.remove(name: "transfer-encoding")
+        let (length, transferEncoding) = HTTP1Message.framing(of: head.headers)
+        if length {
+            if transferEncoding != nil { head.headers.remove(name: "transfer-encoding") }
             writer.chunked = false
         } else if head.method == .POST || head.method == .PUT || head.method == .PATCH {
             head.headers.replaceOrAdd(name: "transfer-encoding", value: "chunked")
             writer.chunked = true
         } else {
-            writer.chunked = head.headers.first(name: "transfer-encoding")?.lowercased() == "chunked"
+            writer.chunked = transferEncoding.map { HTTP1Syntax.name($0, is: "chunked") } ?? false
         }
     }
 
@@ -73,7 +74,11 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
         if case .failed = inbound { return }
         received.append(read: &bytes)
         parse(context: context)
-        if let r = received, r.readableBytes == 0 { received = nil }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        received.compact()
+        context.fireChannelReadComplete()
     }
 
     private func parse(context: ChannelHandlerContext) {
@@ -134,13 +139,10 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
     static func parseHead(_ raw: UnsafeRawBufferPointer) -> Result<(HTTPResponseHead, HTTP1Message.FieldSection), HTTP1Message.Malformed> {
         guard let lineEnd = HTTP1Syntax.lineLength(raw) else { return .failure(.init("no status line")) }
         let line = UnsafeRawBufferPointer(rebasing: raw[..<lineEnd])
-        guard line.count >= 12, line.starts(with: "HTTP/1.".utf8), line[7] == UInt8(ascii: "0") || line[7] == UInt8(ascii: "1"),
-            line[8] == 0x20, line.count == 12 || line[12] == 0x20,
-            let code = HTTP1Syntax.decimal(UnsafeRawBufferPointer(rebasing: line[9..<12])), code >= 100
-        else {
+        guard let (code, reasonStart) = HTTP1Syntax.statusLine(line), line[7] == UInt8(ascii: "0") || line[7] == UInt8(ascii: "1") else {
             return .failure(.init("malformed status line \"\(String(decoding: line.prefix(64), as: UTF8.self))\""))
         }
-        let reason = line.count > 13 ? String(decoding: UnsafeRawBufferPointer(rebasing: line[13...]), as: UTF8.self) : ""
+        let reason = String(decoding: UnsafeRawBufferPointer(rebasing: line[reasonStart...]), as: UTF8.self)
         switch HTTP1Message.fieldSection(UnsafeRawBufferPointer(rebasing: raw[(lineEnd + 2)..<(raw.count - 2)])) {
         case .failure(let malformed): return .failure(malformed)
         case .success(let section):

@@ -187,7 +187,7 @@ package struct HTTP1ResponseParser {
             return UnsafeRawBufferPointer(rebasing: raw[position..<lineEnd])
         }
         guard let statusLine = nextLine() else { return "empty status line" }
-        guard let code = Self.statusCode(statusLine) else {
+        guard let code = HTTP1Syntax.statusLine(statusLine)?.code else {
             return "bad status line \"\(String(decoding: statusLine.prefix(64), as: UTF8.self))\""
         }
         status = code
@@ -232,21 +232,6 @@ package struct HTTP1ResponseParser {
         }
         if bodyKind.chunked && bodyKind.length != nil { return "both content-length and chunked" }
         return nil
-    }
-
-    /// `HTTP/1.x NNN[ reason]` (runs of spaces allowed) → NNN, 100…999.
-    static func statusCode(_ line: UnsafeRawBufferPointer) -> Int? {
-        let version = "HTTP/1.".utf8
-        guard line.count >= 12, line.starts(with: version), line[8] == 0x20 else { return nil }
-        var i = 8
-        while i < line.count && line[i] == 0x20 { i += 1 }
-        guard i + 3 <= line.count, i + 3 == line.count || line[i + 3] == 0x20 else { return nil }
-        var code = 0
-        for b in line[i..<(i + 3)] {
-            guard b >= UInt8(ascii: "0") && b <= UInt8(ascii: "9") else { return nil }
-            code = code * 10 + Int(b - UInt8(ascii: "0"))
-        }
-        return code >= 100 ? code : nil
     }
 
     /// Chooses how the body is framed; returns the response when it has none.

@@ -41,6 +41,22 @@ package enum HTTP1Message {
         }
     }
 
+    /// Whether a head to be written says its body's length, and its first transfer-encoding:
+    /// one pass over its names (the common answer, with a length and no coding, is then
+    /// written without another).
+    package static func framing(of headers: HTTPHeaders) -> (length: Bool, transferEncoding: String?) {
+        var length = false
+        var transferEncoding: String?
+        for (name, value) in headers {
+            if !length && HTTP1Syntax.name(name, is: "content-length") {
+                length = true
+            } else if transferEncoding == nil && HTTP1Syntax.name(name, is: "transfer-encoding") {
+                transferEncoding = value
+            }
+        }
+        return (length, transferEncoding)
+    }
+
     /// Field lines, each ending with CR LF (the blank line after them not included).
     package static func fieldSection(_ raw: UnsafeRawBufferPointer) -> Result<FieldSection, Malformed> {
         var section = FieldSection()
@@ -267,6 +283,17 @@ extension Optional where Wrapped == ByteBuffer {
             self = bytes
         } else {
             self!.writeBuffer(&bytes)
+        }
+    }
+
+    /// After a read burst: drops an empty buffer (the next read's buffer is taken as it is), or
+    /// the parsed start of a long-lived one.
+    package mutating func compact() {
+        guard let held = self else { return }
+        if held.readableBytes == 0 {
+            self = nil
+        } else if held.readerIndex > 16 * 1024 {
+            self!.discardReadBytes()
         }
     }
 

@@ -48,8 +48,6 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
     private var requestMethod = HTTPMethod.GET
     private var answerHeadWritten = false
     private var writer = HTTP1Message.Writer()
-    /// The connection's input was malformed and answered (or cut): later answers are dropped.
-    private var refused = false
 
     // MARK: - Inbound
 
@@ -63,11 +61,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        if let r = received, r.readableBytes == 0 {
-            received = nil
-        } else if let r = received, r.readerIndex > 16 * 1024 {
-            received!.discardReadBytes()
-        }
+        received.compact()
         context.fireChannelReadComplete()
     }
 
@@ -215,9 +209,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
     private func refuse(_ status: HTTPResponseStatus, _ message: String, context: ChannelHandlerContext) {
         inbound = .failed
         received = nil
-        let answerBegun = answerHeadWritten
-        refused = true
-        guard !answerBegun else {
+        guard !answerHeadWritten else {
             context.close(promise: nil)
             return
         }
@@ -229,21 +221,25 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
         case 505: code = "http_version_not_supported"
         default: code = "bad_request"
         }
-        let body = ByteBuffer(string: "{\"error\":\(JSONText.quote(code)),\"message\":\(JSONText.quote("malformed HTTP request: " + message))}")
-        var out = context.channel.allocator.buffer(capacity: 160 + body.readableBytes)
-        Self.writeStatusLine(HTTPResponseHead(version: .http1_1, status: status), into: &out)
-        out.writeStaticString("content-type: application/json\r\nconnection: close\r\ncontent-length: ")
-        out.writeString(String(body.readableBytes))
-        out.writeStaticString("\r\n\r\n")
-        out.writeImmutableBuffer(body)
+        var answer = OutgoingResponse.error(status, code, "malformed HTTP request: " + message, headers: ["connection": "close"])
+        answer.headers.add(name: "content-length", value: String(answer.body.readableBytes))
+        writer = HTTP1Message.Writer()
+        writer.head(answer.headers, allocator: context.channel.allocator) {
+            Self.writeStatusLine(HTTPResponseHead(version: .http1_1, status: status), into: &$0)
+        }
+        writer.body(.byteBuffer(answer.body), context: context, promise: nil)
+        let written = context.eventLoop.makePromise(of: Void.self)
+        writer.end(nil, context: context, promise: written)
+        context.flush()
         let channel = context.channel
-        context.writeAndFlush(wrapOutboundOut(.byteBuffer(out))).whenComplete { _ in channel.close(promise: nil) }
+        written.futureResult.whenComplete { _ in channel.close(promise: nil) }
     }
 
     // MARK: - Outbound
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        guard !refused else {
+        if case .failed = inbound {
+            // Malformed input was answered (or the connection cut): the handler's answer is dropped.
             promise?.fail(ChannelError.outputClosed)
             return
         }
@@ -271,12 +267,13 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
     /// not known (HTTP/1.1).
     private func frame(_ head: inout HTTPResponseHead) {
         writer.suppressBody = requestMethod == .HEAD
+        let (length, transferEncoding) = HTTP1Message.framing(of: head.headers)
         if !head.status.mayHaveResponseBody {
-            head.headers.remove(name: "content-length")
-            head.headers.remove(name: "transfer-encoding")
+            if length { head.headers.remove(name: "content-length") }
+            if transferEncoding != nil { head.headers.remove(name: "transfer-encoding") }
             writer.chunked = false
-        } else if head.headers.contains(name: "content-length") {
-            head.headers.remove(name: "transfer-encoding")
+        } else if length {
+            if transferEncoding != nil { head.headers.remove(name: "transfer-encoding") }
             writer.chunked = false
         } else if head.version.major == 1 && head.version.minor >= 1 {
             head.headers.replaceOrAdd(name: "transfer-encoding", value: "chunked")

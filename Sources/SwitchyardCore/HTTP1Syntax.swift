@@ -86,6 +86,34 @@ package enum HTTP1Syntax {
         return true
     }
 
+    /// `HTTP/1.x NNN[ reason]` (runs of spaces allowed before the code): the code, 100…999,
+    /// and where the reason phrase starts (`line.count` when there is none).
+    package static func statusLine(_ line: UnsafeRawBufferPointer) -> (code: Int, reason: Int)? {
+        guard line.count >= 12, line.starts(with: "HTTP/1.".utf8), line[8] == 0x20 else { return nil }
+        var i = 8
+        while i < line.count && line[i] == 0x20 { i += 1 }
+        guard i + 3 <= line.count, i + 3 == line.count || line[i + 3] == 0x20 else { return nil }
+        guard let code = decimal(UnsafeRawBufferPointer(rebasing: line[i..<(i + 3)])), code >= 100 else { return nil }
+        return (code, min(i + 4, line.count))
+    }
+
+    /// A header name compared with a lowercase one, ignoring ASCII case (no String made).
+    package static func name(_ name: String, is lowercase: StaticString) -> Bool {
+        var name = name
+        return name.withUTF8 { self.name(UnsafeRawBufferPointer($0), is: lowercase) }
+    }
+
+    /// A comma-separated header value (`connection: keep-alive, Upgrade`) holds `lowercase` as
+    /// one of its elements, ignoring ASCII case and surrounding spaces.
+    package static func list(_ value: String, contains lowercase: StaticString) -> Bool {
+        var value = value
+        return value.withUTF8 { bytes in
+            UnsafeRawBufferPointer(bytes).split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false).contains {
+                name(trimmed(UnsafeRawBufferPointer(rebasing: $0)), is: lowercase)
+            }
+        }
+    }
+
     /// A `tchar` of RFC 9110: what methods and header names are made of.
     package static func isTokenByte(_ b: UInt8) -> Bool { tokenBytes[Int(b)] }
 
