@@ -1,3 +1,5 @@
+import SwitchyardCore
+
 /// A topic pattern such as `devices/{product}/{device}/#` that names parts of a topic.
 /// `{name}` matches one level, `+` any one level, `#` (last) the remaining levels.
 public struct TopicPattern: Sendable, Equatable {
@@ -58,8 +60,7 @@ public struct TopicPattern: Sendable, Equatable {
     /// Matches level by level on the topic's bytes (levels are split at every `/` byte and
     /// compared byte for byte, as MQTT compares topics); `bind` gets each named level.
     private func walk(_ topic: String, _ bind: (String, String) -> Void) -> Bool {
-        if let matched = topic.utf8.withContiguousStorageIfAvailable({ walk(UnsafeRawBufferPointer($0), bind) }) { return matched }
-        return Array(topic.utf8).withUnsafeBytes { walk($0, bind) }
+        topic.withUTF8Bytes { walk($0, bind) }
     }
 
     private func walk(_ bytes: UnsafeRawBufferPointer, _ bind: (String, String) -> Void) -> Bool {

@@ -91,9 +91,7 @@ public enum EnvelopeCodec {
 
         mutating func string(_ s: String) {
             integer(UInt32(s.utf8.count))
-            if s.utf8.withContiguousStorageIfAvailable({ bytes(UnsafeRawBufferPointer($0)) }) == nil {
-                Array(s.utf8).withUnsafeBytes { bytes($0) }
-            }
+            s.withUTF8Bytes { bytes($0) }
         }
 
         mutating func optional(_ s: String?) {

@@ -82,13 +82,13 @@ public final class Router: Sendable {
 
     // MARK: - Delivery
 
-    /// Where a message's delivery attempts start, and who hears of each retry (the journal,
-    /// so that attempt numbers go on after a restart).
     /// Records the number of a message's next attempt (the journal, per message sequence).
     public protocol AttemptRecorder: AnyObject, Sendable {
         func recordAttempt(_ sequence: UInt64, attempt: Int)
     }
 
+    /// Where a message's delivery attempts start, and who hears of each retry (the journal,
+    /// so that attempt numbers go on after a restart).
     public struct Attempts: Sendable {
         /// The number of the first attempt (above 1 for a message recovered after a restart).
         public var first: Int

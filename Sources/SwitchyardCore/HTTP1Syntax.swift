@@ -99,16 +99,14 @@ package enum HTTP1Syntax {
 
     /// A header name compared with a lowercase one, ignoring ASCII case (no String made).
     package static func name(_ name: String, is lowercase: StaticString) -> Bool {
-        var name = name
-        return name.withUTF8 { self.name(UnsafeRawBufferPointer($0), is: lowercase) }
+        name.withUTF8Bytes { self.name($0, is: lowercase) }
     }
 
     /// A comma-separated header value (`connection: keep-alive, Upgrade`) holds `lowercase` as
     /// one of its elements, ignoring ASCII case and surrounding spaces.
     package static func list(_ value: String, contains lowercase: StaticString) -> Bool {
-        var value = value
-        return value.withUTF8 { bytes in
-            UnsafeRawBufferPointer(bytes).split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false).contains {
+        value.withUTF8Bytes { bytes in
+            bytes.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false).contains {
                 name(trimmed(UnsafeRawBufferPointer(rebasing: $0)), is: lowercase)
             }
         }

@@ -26,8 +26,7 @@ public enum JSONText {
 
     /// `quote(s)` written straight into `buffer` as bytes.
     public static func writeQuoted(_ s: String, into buffer: inout ByteBuffer) {
-        var s = s
-        s.withUTF8 { writeQuoted(utf8: UnsafeRawBufferPointer($0), into: &buffer) }
+        s.withUTF8Bytes { writeQuoted(utf8: $0, into: &buffer) }
     }
 
     /// Whether any of the eight bytes is below 0x20, `"` or `\\` (no false negatives; the

@@ -98,8 +98,7 @@ public struct TopicRegex: @unchecked Sendable {
             }
             return captures
         }
-        if let result = topic.utf8.withContiguousStorageIfAvailable({ run(UnsafeRawBufferPointer($0)) }) { return result }
-        return Array(topic.utf8).withUnsafeBytes { run($0) }
+        return topic.withUTF8Bytes(run)
     }
 
     /// Backtracking in the regex engine's order: greedy quantifiers try the longest span first.

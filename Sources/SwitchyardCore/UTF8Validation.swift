@@ -40,3 +40,12 @@ public enum UTF8Validation {
         return Array(bytes).withUnsafeBytes { isValid($0) }
     }
 }
+
+extension String {
+    /// The string's UTF-8 bytes in place (a bridged or otherwise non-contiguous string is made
+    /// contiguous first): the one way the byte-level parsers and writers read a String.
+    @inlinable package func withUTF8Bytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        var contiguous = self
+        return try contiguous.withUTF8 { try body(UnsafeRawBufferPointer($0)) }
+    }
+}
