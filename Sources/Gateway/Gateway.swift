@@ -220,7 +220,7 @@ public struct GatewaySnapshot: Sendable {
     /// The first route whose host, path, method and headers match. A CORS preflight matches a
     /// route with CORS whatever the route's methods.
     func route(for head: HTTPRequestHead) -> CompiledRoute? {
-        let path = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? head.uri
+        let path = head.uri.utf8.firstIndex(of: UInt8(ascii: "?")).map { String(head.uri[..<$0]) } ?? head.uri
         let host = Self.hostName(head.headers.first(name: "host"))
         if let route = routes.first(where: { $0.matches(path: path, host: host, head: head) }) { return route }
         guard Self.isPreflight(head) else { return nil }

@@ -161,18 +161,21 @@ public final class GatewayResponder: HTTPStreamingResponder {
         traceparent: String,
         rewrite: SwitchyardConfiguration.HeaderRewrite?
     ) -> HTTPRequestHead {
-        var headers = HTTPHeaders()
+        // Collected as an array with room for what is added below (no growing per header).
+        var fields: [(String, String)] = []
+        fields.reserveCapacity(head.headers.count + 8)
         for (name, value) in head.headers {
             let lower = name.utf8.contains(where: { $0 >= 0x41 && $0 <= 0x5A }) ? name.lowercased() : name
             if isHopByHop(name) || lower == "host" || lower.hasPrefix("x-switchyard-") { continue }
             if lower == "baggage" {
                 // The lane in baggage is Switchyard's to set; other members pass.
                 let kept = value.split(separator: ",").filter { !$0.trimmingCharacters(in: .whitespaces).hasPrefix("lane=") }
-                if !kept.isEmpty { headers.add(name: name, value: kept.joined(separator: ",")) }
+                if !kept.isEmpty { fields.append((name, kept.joined(separator: ","))) }
                 continue
             }
-            headers.add(name: name, value: value)
+            fields.append((name, value))
         }
+        var headers = HTTPHeaders(consume fields)  // (consumed: changed below in place, not copied)
         if let original = head.headers.first(name: "host") { headers.replaceOrAdd(name: "x-forwarded-host", value: original) }
         if let ip = client?.ipAddress {
             let prior = head.headers.first(name: "x-forwarded-for")

@@ -50,7 +50,7 @@ final class GatewaySession: HTTPStreamSession {
     private var bodyBytes = 0
     private var requestEnded = false
     private var over = false
-    private var timer: Scheduled<Void>?
+    private var timer: NIOScheduledCallback?
     /// Bytes collected while the upstream connection opens; past this, reading the client pauses.
     static let maxPendingBytes = 1 << 20
 
@@ -150,14 +150,8 @@ final class GatewaySession: HTTPStreamSession {
         }
         let loop = writer.eventLoop
         let bound = NIOLoopBound(self, eventLoop: loop)
-        timer = loop.scheduleTask(in: timeout) {
-            let session = bound.value
-            session.exchange?.metrics.upstreamError(instance, kind: "timeout")
-            session.endAttempt(failed: true)
-            if session.retry() { return }
-            let ms = session.timeout.nanoseconds / 1_000_000
-            session.fail(.gatewayTimeout, "upstream_timeout", "\(instance.address) did not answer within \(ms) ms")
-        }
+        // (A callback with the session as its handler: no closure, promise or future per attempt.)
+        timer = try? loop.scheduleCallback(in: timeout, handler: AttemptDeadline(session: self))
         reusedConnection = false
         if let idle = pool?.take(instance.address, on: loop) {
             // A kept connection: its handler now answers to this session.
@@ -248,6 +242,17 @@ final class GatewaySession: HTTPStreamSession {
         return true
     }
 
+    /// The attempt's instance did not answer in time: another one, or 504.
+    fileprivate func attemptTimedOut() {
+        timer = nil
+        guard let instance, !over else { return }
+        exchange?.metrics.upstreamError(instance, kind: "timeout")
+        endAttempt(failed: true)
+        if retry() { return }
+        let ms = timeout.nanoseconds / 1_000_000
+        fail(.gatewayTimeout, "upstream_timeout", "\(instance.address) did not answer within \(ms) ms")
+    }
+
     private func connected(_ channel: any Channel) {
         guard !over, upstream == nil else {
             channel.close(promise: nil)
@@ -256,7 +261,7 @@ final class GatewaySession: HTTPStreamSession {
         guard let instance else { return }
         upstream = channel
         var head = self.head
-        head.uri = instance.basePath + head.uri
+        if !instance.basePath.isEmpty { head.uri = instance.basePath + head.uri }
         head.headers.replaceOrAdd(name: "host", value: instance.address)
         channel.write(HTTPClientRequestPart.head(head), promise: nil)
         for chunk in pending { channel.write(HTTPClientRequestPart.body(.byteBuffer(chunk)), promise: nil) }
@@ -445,6 +450,14 @@ final class GatewaySession: HTTPStreamSession {
         upstream?.close(promise: nil)
         writer?.respond(.error(status, code, message), closeAfter: !requestEnded)
     }
+}
+
+/// An attempt's deadline, scheduled on the session's loop and called there.
+private struct AttemptDeadline: NIOScheduledCallbackHandler, @unchecked Sendable {
+    // @unchecked: the session is only touched on its loop, where the callback runs.
+    let session: GatewaySession
+
+    func handleScheduledCallback(eventLoop: some EventLoop) { session.attemptTimedOut() }
 }
 
 /// Relays the upstream's answer to its session.

@@ -206,7 +206,10 @@ package enum HTTP1Message {
 
         /// Starts a message: `line` writes its start line.
         package mutating func head(_ headers: HTTPHeaders, allocator: ByteBufferAllocator, line: (inout ByteBuffer) -> Void) {
-            var out = allocator.buffer(capacity: 256)
+            // Sized for the fields as they are (no growing: a forwarded head often passes 256 bytes).
+            var size = 96 + (pending?.readableBytes ?? 0)
+            for (name, value) in headers { size += name.utf8.count + value.utf8.count + 4 }
+            var out = allocator.buffer(capacity: size)
             if let earlier = pending { out.writeImmutableBuffer(earlier) }  // an interim answer not yet written
             line(&out)
             Self.writeFields(headers, into: &out)

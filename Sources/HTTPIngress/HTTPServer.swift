@@ -404,27 +404,10 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     private func startStream(_ streaming: any HTTPStreamingResponder, _ head: HTTPRequestHead, context: ChannelHandlerContext) -> Bool {
-        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let writer = HTTPResponseWriter(
             context: context,
+            handler: self,
             keepAlive: Self.keepsAlive(head),
-            finished: { _ in
-                let handler = loopBound.value
-                handler.armHeadTimer(context: context)
-                // Answered at once (no session yet), or the client left first: nothing to count.
-                guard handler.responseSession != nil else { return }
-                handler.responseSession = nil
-                handler.server.requestFinished()
-            },
-            upgraded: { peer in
-                let handler = loopBound.value
-                handler.requestSession = nil
-                if handler.responseSession != nil {
-                    handler.responseSession = nil
-                    handler.server.requestFinished()
-                }
-                return handler.becomeTunnel(to: peer, context: context)
-            },
             verifiesPeers: server.verifiesClientCertificates
         )
         guard let session = streaming.session(for: head, remoteAddress: context.channel.remoteAddress, writer: writer) else { return false }
@@ -434,6 +417,25 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
             server.requestStarted()
         }
         return true
+    }
+
+    /// The streamed answer ended (or was cut).
+    func streamFinished(context: ChannelHandlerContext) {
+        armHeadTimer(context: context)
+        // Answered at once (no session yet), or the client left first: nothing to count.
+        guard responseSession != nil else { return }
+        responseSession = nil
+        server.requestFinished()
+    }
+
+    /// The streamed answer was a 101: the connection becomes a tunnel to `peer`.
+    func streamSwitchedProtocols(to peer: any RawTunnelPeer, context: ChannelHandlerContext) -> RawTunnelHandler? {
+        requestSession = nil
+        if responseSession != nil {
+            responseSession = nil
+            server.requestFinished()
+        }
+        return becomeTunnel(to: peer, context: context)
     }
 
     /// HTTP is over on this connection: its handlers leave, raw bytes go to the peer (the

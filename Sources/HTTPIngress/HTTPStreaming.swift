@@ -25,28 +25,21 @@ public protocol HTTPStreamSession: AnyObject {
 /// Writes one streamed response back to the client and controls reading from it. Event loop only.
 public final class HTTPResponseWriter {
     let context: ChannelHandlerContext
+    /// The connection's request handler: told when the answer ends, and turns the connection
+    /// into a raw tunnel after a 101.
+    let handler: RequestHandler
     let keepAlive: Bool
-    let finished: (Bool) -> Void
-    /// Turns the connection into a raw tunnel to the peer (after a 101).
-    let upgraded: (any RawTunnelPeer) -> RawTunnelHandler?
     /// The listener verifies client certificates (else their names prove nothing).
     let verifiesPeers: Bool
     private(set) public var headSent = false
     private var readingPaused = false
     private(set) public var done = false
 
-    init(
-        context: ChannelHandlerContext,
-        keepAlive: Bool,
-        finished: @escaping (Bool) -> Void,
-        upgraded: @escaping (any RawTunnelPeer) -> RawTunnelHandler?,
-        verifiesPeers: Bool = false
-    ) {
+    init(context: ChannelHandlerContext, handler: RequestHandler, keepAlive: Bool, verifiesPeers: Bool = false) {
         self.verifiesPeers = verifiesPeers
         self.context = context
+        self.handler = handler
         self.keepAlive = keepAlive
-        self.finished = finished
-        self.upgraded = upgraded
     }
 
     public var eventLoop: any EventLoop { context.eventLoop }
@@ -107,7 +100,7 @@ public final class HTTPResponseWriter {
         // Finished before the end goes out: writing it can hand the connection's next
         // (pipelined) request to the handler at once, and that one must find this exchange
         // over (its session current, its head timer disarmed); closing must not find it open.
-        finished(close)
+        handler.streamFinished(context: context)
         guard close else {
             context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)), promise: nil)
             return
@@ -123,7 +116,7 @@ public final class HTTPResponseWriter {
             if !done {
                 done = true
                 context.close(promise: nil)
-                finished(true)
+                handler.streamFinished(context: context)
             }
             return
         }
@@ -153,7 +146,7 @@ extension HTTPResponseWriter {
         done = true
         context.write(NIOAny(HTTPServerResponsePart.head(head)), promise: nil)
         context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)), promise: nil)
-        return upgraded(peer)
+        return handler.streamSwitchedProtocols(to: peer, context: context)
     }
 }
 

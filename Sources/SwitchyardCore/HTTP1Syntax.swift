@@ -106,9 +106,14 @@ package enum HTTP1Syntax {
     /// one of its elements, ignoring ASCII case and surrounding spaces.
     package static func list(_ value: String, contains lowercase: StaticString) -> Bool {
         value.withUTF8Bytes { bytes in
-            bytes.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false).contains {
-                name(trimmed(UnsafeRawBufferPointer(rebasing: $0)), is: lowercase)
+            var start = 0
+            while start <= bytes.count {
+                var end = start
+                while end < bytes.count && bytes[end] != UInt8(ascii: ",") { end += 1 }
+                if name(trimmed(UnsafeRawBufferPointer(rebasing: bytes[start..<end])), is: lowercase) { return true }
+                start = end + 1
             }
+            return false
         }
     }
 

@@ -57,7 +57,17 @@ public struct TraceContext: Sendable, Equatable {
         return "00-\(traceID)-\(Hex.string(rng.next()))-\(flags)"
     }
 
-    public var traceparent: String { "00-\(traceID)-\(spanID)-\(flags)" }
+    public var traceparent: String {
+        // Built in one String of its final size (interpolation made two per request and message).
+        var text = "00-"
+        text.reserveCapacity(3 + traceID.utf8.count + 1 + spanID.utf8.count + 1 + flags.utf8.count)
+        text += traceID
+        text += "-"
+        text += spanID
+        text += "-"
+        text += flags
+        return text
+    }
 
     /// `baggage` for the next hop, with `lane=` set to the assigned lane.
     public func outgoingBaggage(lane: String?) -> String? {
