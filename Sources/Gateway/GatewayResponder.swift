@@ -166,7 +166,8 @@ public final class GatewayResponder: HTTPStreamingResponder {
         fields.reserveCapacity(head.headers.count + 8)
         for (name, value) in head.headers {
             let lower = name.utf8.contains(where: { $0 >= 0x41 && $0 <= 0x5A }) ? name.lowercased() : name
-            if isHopByHop(name) || lower == "host" || lower.hasPrefix("x-switchyard-") { continue }
+            // `Expect: 100-continue` was answered by this hop's codec (as nginx does).
+            if isHopByHop(name) || lower == "host" || lower == "expect" || lower.hasPrefix("x-switchyard-") { continue }
             if lower == "baggage" {
                 // The lane in baggage is Switchyard's to set; other members pass.
                 let kept = value.split(separator: ",").filter { !$0.trimmingCharacters(in: .whitespaces).hasPrefix("lane=") }

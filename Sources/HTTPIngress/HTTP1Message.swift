@@ -30,6 +30,8 @@ package enum HTTP1Message {
         /// Transfer codings, lowercased, several headers joined by `, `.
         package var transferEncoding: String?
         package var upgrade = false
+        /// `Expect` values, lowercased, several headers joined by `, `.
+        package var expect: String?
 
         /// Whether the codings are exactly `chunked`; a Malformed when the last one is not (the
         /// body's end cannot be known), nil for codings before `chunked` (not supported).
@@ -79,6 +81,9 @@ package enum HTTP1Message {
                 section.transferEncoding = section.transferEncoding.map { $0 + ", " + coding } ?? coding
             } else if HTTP1Syntax.name(name, is: "upgrade") {
                 section.upgrade = true
+            } else if HTTP1Syntax.name(name, is: "expect") {
+                let expectation = String(decoding: value, as: UTF8.self).lowercased()
+                section.expect = section.expect.map { $0 + ", " + expectation } ?? expectation
             }
             section.fields.append((String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self)))
         }
@@ -124,6 +129,14 @@ package enum HTTP1Message {
         package static func length(_ n: Int) -> BodyReader { BodyReader(state: n > 0 ? .fixed(remaining: n) : .ending) }
         package static let chunked = BodyReader(state: .chunkSize)
         package static let untilClose = BodyReader(state: .untilClose)
+
+        /// Content is to come (a length above 0, or chunks).
+        package var expectsContent: Bool {
+            switch state {
+            case .ending, .done: false
+            default: true
+            }
+        }
 
         package var isUntilClose: Bool {
             if case .untilClose = state { return true }

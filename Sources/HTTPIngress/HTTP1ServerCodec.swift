@@ -17,9 +17,15 @@ import SwitchyardCore
 /// removed (a WebSocket tunnel) or dropped with the connection.
 ///
 /// Malformed input is answered here with a JSON error and `connection: close` (400; 414 or
-/// 431 for a request line or head over 64 KiB; 501 for a transfer coding other than chunked;
-/// 505 for an HTTP version other than 1.0 and 1.1), then the connection closes: a connection
-/// whose framing cannot be trusted is never read further (request smuggling).
+/// 431 for a request line or head over 64 KiB; 417 for an expectation other than
+/// `100-continue`; 501 for a transfer coding other than chunked; 505 for an HTTP version other
+/// than 1.0 and 1.1), then the connection closes: a connection whose framing cannot be trusted
+/// is never read further (request smuggling).
+///
+/// `Expect: 100-continue` (HTTP/1.1, a body to come): `100 Continue` goes out once the head
+/// was handed on, unless the handler has already begun its answer (a refusal: the client then
+/// need not send the body) or the body has begun to arrive. Clients such as curl otherwise wait
+/// a second before they send a large body.
 final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = HTTPServerRequestPart
@@ -34,6 +40,8 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
     private var received: ByteBuffer?
     /// The current request carries `Upgrade`: parsing stops after it.
     private var upgrade = false
+    /// The current request waits for `100 Continue` before it sends its body.
+    private var expectsContinue = false
     /// A request was handed on and its answer has not ended: the next head waits.
     private var answering = false
     /// Inside the parse loop (an answer ending synchronously re-enters through `write`).
@@ -80,6 +88,12 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
                 requestMethod = head.method
                 inbound = .body(body)
                 handOn(context, .head(head))
+                // Still answering and no final head yet: the handler wants the body.
+                if expectsContinue && answering && !answerHeadWritten && received!.readableBytes == 0 {
+                    writer.writePending(context: context, promise: nil)
+                    context.writeAndFlush(wrapOutboundOut(.byteBuffer(ByteBuffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n"))), promise: nil)
+                }
+                expectsContinue = false
             case .body(var reader):
                 let event: HTTP1Message.BodyReader.Event?
                 do {
@@ -125,9 +139,10 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
         case .failure(let refusal):
             refuse(refusal.status, refusal.message, context: context)
             return nil
-        case .success(let (head, body, upgrade)):
-            self.upgrade = upgrade
-            return (head, body)
+        case .success(let parsed):
+            upgrade = parsed.upgrade
+            expectsContinue = parsed.expectsContinue
+            return (parsed.head, parsed.body)
         }
     }
 
@@ -145,10 +160,18 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
         var message: String
     }
 
-    /// A request head (`raw` ends with the blank line): the head, its body's framing, and
-    /// whether it asks for an upgrade.
-    static func parseHead(_ raw: UnsafeRawBufferPointer) -> Result<(HTTPRequestHead, HTTP1Message.BodyReader, Bool), Refusal> {
-        func bad(_ message: String) -> Result<(HTTPRequestHead, HTTP1Message.BodyReader, Bool), Refusal> {
+    struct ParsedHead {
+        var head: HTTPRequestHead
+        /// How its body is framed.
+        var body: HTTP1Message.BodyReader
+        var upgrade: Bool
+        /// HTTP/1.1 with `Expect: 100-continue` and a body.
+        var expectsContinue: Bool
+    }
+
+    /// A request head (`raw` ends with the blank line).
+    static func parseHead(_ raw: UnsafeRawBufferPointer) -> Result<ParsedHead, Refusal> {
+        func bad(_ message: String) -> Result<ParsedHead, Refusal> {
             .failure(Refusal(status: .badRequest, message: message))
         }
         guard let lineEnd = HTTP1Syntax.lineLength(raw) else { return bad("no request line") }
@@ -193,8 +216,16 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
             case .success: body = .chunked
             }
         }
+        // An HTTP/1.0 client's expectation is ignored (RFC 9110 §10.1.1).
+        var expectsContinue = false
+        if let expect = section.expect, httpVersion == .http1_1 {
+            guard expect == "100-continue" else {
+                return .failure(Refusal(status: .expectationFailed, message: "expectation \"\(expect)\" is not supported (only 100-continue)"))
+            }
+            expectsContinue = body.expectsContent
+        }
         let head = HTTPRequestHead(version: httpVersion, method: method, uri: uri, headers: HTTPHeaders(section.fields))
-        return .success((head, body, section.upgrade))
+        return .success(ParsedHead(head: head, body: body, upgrade: section.upgrade, expectsContinue: expectsContinue))
     }
 
     static func method(_ bytes: UnsafeRawBufferPointer) -> HTTPMethod {
@@ -216,6 +247,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
         let code: String
         switch status.code {
         case 414: code = "uri_too_long"
+        case 417: code = "expectation_failed"
         case 431: code = "header_too_large"
         case 501: code = "not_implemented"
         case 505: code = "http_version_not_supported"

@@ -343,6 +343,12 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
             tooLarge = false
             if let length = h.headers.first(name: "content-length").flatMap(Int.init), length > maxBodyBytes {
                 tooLarge = true
+                // A client waiting for `100 Continue` hears at once that the body is too large
+                // (and sends none; the connection closes, as its framing is now unclear).
+                if h.version == .http1_1, h.headers.contains(name: "expect") {
+                    head = nil
+                    refuseTooLarge(h, context: context)
+                }
             }
         case .body(var chunk):
             guard !tooLarge else { return }
@@ -355,16 +361,7 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .end:
             guard let head else { return }
             self.head = nil
-            if tooLarge {
-                server.onBodyTooLarge(IncomingRequestSummary(method: head.method, uri: head.uri))
-                let response = OutgoingResponse.error(
-                    .payloadTooLarge,
-                    "payload_too_large",
-                    "request body exceeds the listener limit of \(maxBodyBytes) bytes"
-                )
-                write(response, keepAlive: false, context: context)
-                return
-            }
+            if tooLarge { return refuseTooLarge(head, context: context) }
             let request = IncomingRequest(
                 method: head.method,
                 uri: head.uri,
@@ -389,6 +386,16 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
                     write(response, keepAlive: keepAlive, context: context)
                 }
         }
+    }
+
+    private func refuseTooLarge(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
+        server.onBodyTooLarge(IncomingRequestSummary(method: head.method, uri: head.uri))
+        let response = OutgoingResponse.error(
+            .payloadTooLarge,
+            "payload_too_large",
+            "request body exceeds the listener limit of \(maxBodyBytes) bytes"
+        )
+        write(response, keepAlive: false, context: context)
     }
 
     /// A failed connection (TLS, HTTP/2): it cannot be resynchronised, so close it. Malformed

@@ -117,6 +117,33 @@ final class PartCollector: ChannelInboundHandler {
         #expect(!channel.isActive)
     }
 
+    @Test func aClientWaitingFor100ContinueGetsIt() throws {
+        try feed("POST /a HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\n")
+        #expect(collector.parts == ["head POST /a"])
+        #expect(try written() == "HTTP/1.1 100 Continue\r\n\r\n")
+        try feed("abc")
+        #expect(collector.bodies == ["abc"])
+        try answer(.accepted, headers: ["content-length": "0"])
+        #expect(try written() == "HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n")
+        // No 100 when the body is already here, when there is none, or from HTTP/1.0.
+        try feed("POST /b HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nz")
+        try answer(.accepted, headers: ["content-length": "0"])
+        try feed("GET /c HTTP/1.1\r\nExpect: 100-continue\r\n\r\n")
+        try answer(.ok, headers: ["content-length": "0"])
+        try feed("POST /d HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
+        #expect(!(try written().contains("100 Continue")))
+        #expect(collector.parts.suffix(2) == ["end", "head POST /d"])
+    }
+
+    @Test func anUnknownExpectationGets417() throws {
+        try feed("POST /a HTTP/1.1\r\nExpect: 200-ok\r\nContent-Length: 3\r\n\r\n")
+        #expect(collector.parts.isEmpty)
+        let answer = try written()
+        #expect(answer.hasPrefix("HTTP/1.1 417 Expectation Failed\r\n"), "\(answer)")
+        #expect(answer.contains("expectation_failed"))
+        #expect(!channel.isActive)
+    }
+
     @Test func aMalformedBodyCutsTheConnectionOnceTheAnswerBegan() throws {
         try feed("POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
         try channel.writeOutbound(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: .ok)))

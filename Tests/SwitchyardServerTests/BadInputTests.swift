@@ -76,6 +76,13 @@ import Testing
         #expect(utf8Response.hasPrefix("HTTP/1.1 400"), "\(utf8Response)")
         #expect(utf8Response.contains("malformed_header"))
 
+        // A client waiting for 100 Continue with a body over the listener's limit hears 413 at
+        // once (without sending the body; before, it got nothing until it gave up waiting).
+        let expect = "POST /v1/messages/devices/p/d/x HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 100000\r\n\r\n"
+        let early = String(decoding: try await TestHTTPClient.raw(Array(expect.utf8), port: server.httpPort), as: UTF8.self)
+        #expect(early.hasPrefix("HTTP/1.1 413"), "\(early)")
+        #expect(!early.contains("100 Continue") && early.contains("connection: close"))
+
         // Not HTTP at all.
         let garbage = String(decoding: try await TestHTTPClient.raw(Array("\u{1}\u{2}garbage\r\n\r\n".utf8), port: server.httpPort), as: UTF8.self)
         #expect(garbage.hasPrefix("HTTP/1.1 400"))

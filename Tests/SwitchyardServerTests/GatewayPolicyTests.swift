@@ -228,8 +228,12 @@ import _CryptoExtras
         // Outlier ejection: after two 500s in a row the bad instance's circuit opens (cap 50 %).
         var statuses: [Int] = []
         for _ in 0..<30 { statuses.append(try await TestHTTPClient.request("GET", port: port, path: "/flaky/z", body: "").status) }
-        #expect(statuses.filter { $0 == 500 }.count == 2, "\(statuses)")
-        #expect(statuses.suffix(20).allSatisfy { $0 == 200 })
+        // Once open (after the second 500, wherever the balancer's random choices put it), only 200s.
+        let failures = statuses.indices.filter { statuses[$0] == 500 }
+        #expect(failures.count == 2, "\(statuses)")
+        if let opened = failures.last {
+            #expect(opened < 25 && statuses[(opened + 1)...].allSatisfy { $0 == 200 }, "\(statuses)")
+        }
         let after = try await server.admin("GET", "/admin/services").body
         #expect(after.contains(#""circuit" : "open""#), "\(after)")
     }
