@@ -4,8 +4,13 @@ import NIOCore
 import SwitchyardCore
 
 /// Batched delivery: messages for one target, lane and event loop are gathered up to
-/// `batch.max` or `batch.linger`, sent as one request (a JSON array or NDJSON), and settled
-/// and retried as a whole.
+/// `batch.max` or `batch.linger` — or until a batch sent earlier by the same batcher returns —
+/// sent as one request (a JSON array or NDJSON), and settled and retried as a whole.
+///
+/// Why a returning batch sends the next: a device's messages go one at a time (per-device
+/// order), so a device with a backlog has its next message in the batch that gathers while its
+/// previous one is out. Waiting out the linger then would hold such a device to one message per
+/// linger (200 a second at 5 ms) while the service sits idle.
 extension Router {
     struct BatchKey: Hashable {
         var route: String
@@ -26,9 +31,11 @@ extension Router {
         let rule: SwitchyardConfiguration.BatchRule
         var items: [BatchItem] = []
         var timer: Scheduled<Void>?
-        let send: ([BatchItem]) -> Void
+        /// Batches sent and not yet ended (delivered, refused or dead-lettered).
+        var out = 0
+        let send: ([BatchItem], Batcher) -> Void
 
-        init(loop: any EventLoop, rule: SwitchyardConfiguration.BatchRule, send: @escaping ([BatchItem]) -> Void) {
+        init(loop: any EventLoop, rule: SwitchyardConfiguration.BatchRule, send: @escaping ([BatchItem], Batcher) -> Void) {
             self.loop = loop
             self.rule = rule
             self.send = send
@@ -49,7 +56,15 @@ extension Router {
             guard !items.isEmpty else { return }
             let batch = items
             items = []
-            send(batch)
+            out += 1
+            send(batch, self)
+        }
+
+        /// A batch sent earlier ended (its messages' outcomes given, so their devices' next
+        /// messages are gathering now): what gathered goes without waiting out the linger.
+        func ended() {
+            out -= 1
+            if !items.isEmpty { flush() }
         }
     }
 
@@ -64,10 +79,10 @@ extension Router {
         let key = BatchKey(route: route.name, target: index, lane: envelope.lane, loop: ObjectIdentifier(loop))
         let batcher = batchers.withLockedValue { batchers in
             if let existing = batchers[key] { return existing }
-            let created = Batcher(loop: loop, rule: target.batch!) { [self] batch in
+            let created = Batcher(loop: loop, rule: target.batch!) { [self] batch, batcher in
                 // A batch goes on from its most-tried message (recovered ones start above 1).
                 let first = batch.map(\.attempts.first).max() ?? 1
-                sendBatch(batch, route: route, target: target, lane: envelope.lane, attempt: first, parked: 0, loop: loop)
+                sendBatch(batch, by: batcher, route: route, target: target, lane: envelope.lane, attempt: first, parked: 0, loop: loop)
             }
             batchers[key] = created
             return created
@@ -82,6 +97,7 @@ extension Router {
     /// batch goes to another instance, waits, is retried within the retry budget, or ends.
     private func sendBatch(
         _ batch: [BatchItem],
+        by batcher: Batcher,
         route: RouteTable.Route,
         target: SwitchyardConfiguration.TargetRule,
         lane: String?,
@@ -102,19 +118,43 @@ extension Router {
         let expired = batch.filter { Double(now &- $0.envelope.receivedAt) / 1e9 > route.ttlSeconds }
         failAll(expired, "expired", "older than the route's TTL of \(Int(route.ttlSeconds)) s", attempts: attempt - 1)
         let live = batch.filter { Double(now &- $0.envelope.receivedAt) / 1e9 <= route.ttlSeconds }
-        guard !live.isEmpty else { return }
+        // Every way the batch ends (not when it waits or goes again) tells its batcher.
+        @Sendable func ended() {
+            if loop.inEventLoop { batcher.ended() } else { loop.execute { batcher.ended() } }
+        }
+        guard !live.isEmpty else { return ended() }
 
         // The service or the target's circuit is down, or the retry budget spent: the batch waits.
         @Sendable func park(_ reason: String, _ why: String) {
             if parked == 0 { noteWaiting(route: route.name, service: target.service, reason: reason, why: why) }
             let wait = RetryPolicy.parkDelay(afterWaits: parked)
             loop.scheduleTask(in: .nanoseconds(Int64(wait * 1e9))) {
-                self.sendBatch(live, route: route, target: target, lane: lane, attempt: attempt, parked: parked + 1, retry: retry, loop: loop)
+                self.sendBatch(
+                    live,
+                    by: batcher,
+                    route: route,
+                    target: target,
+                    lane: lane,
+                    attempt: attempt,
+                    parked: parked + 1,
+                    retry: retry,
+                    loop: loop
+                )
             }
         }
         if !balancer.admits(target.service) {
             loop.scheduleTask(in: .nanoseconds(Int64(Router.admissionWait() * 1e9))) {
-                self.sendBatch(live, route: route, target: target, lane: lane, attempt: attempt, parked: parked, retry: retry, loop: loop)
+                self.sendBatch(
+                    live,
+                    by: batcher,
+                    route: route,
+                    target: target,
+                    lane: lane,
+                    attempt: attempt,
+                    parked: parked,
+                    retry: retry,
+                    loop: loop
+                )
             }
             return
         }
@@ -130,7 +170,12 @@ extension Router {
         case .failure(let none):
             breaker?.abandon()
             if retry { abandonRetry(target.service) }
-            if none.waits { park(none.reason, none.detail) } else { failAll(live, none.reason, none.detail, attempts: attempt - 1) }
+            if none.waits {
+                park(none.reason, none.detail)
+            } else {
+                failAll(live, none.reason, none.detail, attempts: attempt - 1)
+                ended()
+            }
             return
         }
         let (instance, fallback, candidates) = (choice.instance, choice.fallback, choice.candidates)
@@ -154,13 +199,13 @@ extension Router {
                 switch verdict {
                 case .delivered:
                     for item in live { item.promise.succeed(TargetResult(failure: nil)) }
-                    return
+                    return ended()
                 case .rejected(let why):
                     failAll(live, "rejected_by_service", why, attempts: attempt)
-                    return
+                    return ended()
                 case .interrupted:
                     for item in live { item.promise.succeed(.interruptedByShutdown) }
-                    return
+                    return ended()
                 case .failed(let r, let why):
                     (reason, detail) = (r, why)
                 case .unreachable:
@@ -168,6 +213,7 @@ extension Router {
                     if candidates.contains(where: { !nowRefused.contains($0.key) }) {
                         self.sendBatch(
                             live,
+                            by: batcher,
                             route: route,
                             target: target,
                             lane: lane,
@@ -184,14 +230,24 @@ extension Router {
                 }
                 guard attempt <= policy.retries else {
                     failAll(live, reason, detail, attempts: attempt)
-                    return
+                    return ended()
                 }
                 for item in live {
                     ledger.retried(route: route.name)
                     item.attempts.retrying(attempt + 1)
                 }
                 loop.scheduleTask(in: .nanoseconds(Int64(policy.backoff(afterAttempt: attempt) * 1e9))) {
-                    self.sendBatch(live, route: route, target: target, lane: lane, attempt: attempt + 1, parked: parked, retry: true, loop: loop)
+                    self.sendBatch(
+                        live,
+                        by: batcher,
+                        route: route,
+                        target: target,
+                        lane: lane,
+                        attempt: attempt + 1,
+                        parked: parked,
+                        retry: true,
+                        loop: loop
+                    )
                 }
             }
     }

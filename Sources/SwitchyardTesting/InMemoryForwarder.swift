@@ -17,9 +17,16 @@ public final class InMemoryForwarder: Forwarder {
     private let loop: any EventLoop
     private let calls = NIOLockedValueBox([Call]())
     private let script: Script
+    /// How long each answer takes (0: the future is complete when `forward` returns).
+    private let delay: TimeAmount
 
-    public init(loop: any EventLoop = MultiThreadedEventLoopGroup.singleton.next(), script: @escaping Script = { _, _ in .success(200) }) {
+    public init(
+        loop: any EventLoop = MultiThreadedEventLoopGroup.singleton.next(),
+        delay: TimeAmount = .zero,
+        script: @escaping Script = { _, _ in .success(200) }
+    ) {
         self.loop = loop
+        self.delay = delay
         self.script = script
     }
 
@@ -36,10 +43,9 @@ public final class InMemoryForwarder: Forwarder {
             $0.append(call)
             return $0.count
         }
-        switch script(call, index) {
-        case .success(let status): return loop.makeSucceededFuture(ForwardResponse(status: status, bodySnippet: "scripted"))
-        case .failure(let error): return loop.makeFailedFuture(error)
-        }
+        let result = script(call, index).map { ForwardResponse(status: $0, bodySnippet: "scripted") }
+        guard delay > .zero else { return loop.makeCompletedFuture(result.mapError { $0 as any Error }) }
+        return loop.scheduleTask(in: delay) { try result.get() }.futureResult
     }
 
     public var recorded: [Call] { calls.withLockedValue { $0 } }

@@ -21,6 +21,7 @@ struct Harness {
         targets: Int = 1,
         ttlSeconds: Double = 86_400,
         batch: SwitchyardConfiguration.BatchRule? = nil,
+        answerDelay: TimeAmount = .zero,
         circuit: SwitchyardConfiguration.CircuitRule = SwitchyardConfiguration.CircuitRule(),
         breakers: CircuitBreakers = CircuitBreakers(),
         targetBreaker: SwitchyardConfiguration.BreakerRule? = nil,
@@ -47,7 +48,7 @@ struct Harness {
         var service = SwitchyardConfiguration.ServiceRule()
         service.circuit = circuit
         config.services = ["svc": service]
-        forwarder = InMemoryForwarder(script: script)
+        forwarder = InMemoryForwarder(delay: answerDelay, script: script)
         var byService: [String: [ServiceInstance]] = [:]
         for i in instances { byService[i.service, default: []].append(i) }
         balancer = Balancer(breakers: breakers)
@@ -362,6 +363,21 @@ func waitUntil(timeout: Duration = .seconds(5), _ condition: () -> Bool) async t
         for i in 0..<5 { #expect(bodies.contains("\"device\":\"d\(i)\"")) }
         #expect(bodies.hasPrefix("[{\"id\":"))
         #expect(h.ledger.snapshot().balances)
+    }
+
+    /// What gathers while a batch is out goes when it returns, not after the linger: a device
+    /// with a backlog (one message at a time) is not held to one message per linger.
+    @Test func aReturningBatchSendsWhatGatheredMeanwhile() async throws {
+        let h = try Harness(instances: [baseline], batch: rule(max: 2, linger: 10), answerDelay: .milliseconds(500))
+        // A full batch goes out (its answer takes 0.5 s); a third message gathers meanwhile.
+        async let first = h.send(device: "d0")
+        async let second = h.send(device: "d1")
+        try await waitUntil { h.forwarder.recorded.count == 1 }
+        let start = ContinuousClock.now
+        #expect(try await h.send(device: "d2") == .forwarded(route: "telemetry"))
+        #expect(ContinuousClock.now - start < .seconds(5), "the third message waited out the 10 s linger")
+        #expect(try await [first, second] == [.forwarded(route: "telemetry"), .forwarded(route: "telemetry")])
+        #expect(h.forwarder.recorded.map { $0.header("x-switchyard-batch-size") ?? "" } == ["2", "1"])
     }
 
     @Test func anOpenTargetCircuitHoldsBatchesBack() async throws {
