@@ -4,6 +4,10 @@ import PackageDescription
 let swiftSettings: [SwiftSetting] = [
     .enableUpcomingFeature("ExistentialAny"),
     .enableUpcomingFeature("MemberImportVisibility"),
+    // Exclusivity is checked at run time in debug builds (every test run) and not in release
+    // builds: a check per access to a class's stored property (an envelope's fields, a
+    // handler's state) cost ~6 % of the message path's CPU.
+    .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release)),
 ]
 
 let package = Package(
