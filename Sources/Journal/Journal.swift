@@ -55,6 +55,9 @@ public final class Journal: Sendable {
     struct State {
         var nextSequence: UInt64
         var queue: [Pending] = []
+        /// When the oldest record in `queue` was queued (uptime nanoseconds; 0 when empty):
+        /// the linger for a shared fsync counts from there.
+        var queuedSince: UInt64 = 0
         var closing = false
         var closed = false
         /// The last write error, while writes fail (cleared by the next successful write).
@@ -202,6 +205,7 @@ public final class Journal: Sendable {
     private func enqueue(_ frames: inout [ByteBuffer], promise: EventLoopPromise<UInt64>) {
         let (refused, wake): (String?, Bool) = state.withLockedValue { s in
             if s.closing { return ("the journal is closed", false) }
+            if s.queue.isEmpty { s.queuedSince = DispatchTime.now().uptimeNanoseconds }
             for i in frames.indices {
                 let seq = s.nextSequence
                 s.nextSequence += 1
@@ -226,6 +230,7 @@ public final class Journal: Sendable {
     private func enqueue(_ frame: ByteBuffer, sequence: UInt64, deadLetterFile: Bool = false, settles: Bool = false) {
         let wake: Bool = state.withLockedValue { s in
             if s.closing { return false }
+            if s.queue.isEmpty { s.queuedSince = DispatchTime.now().uptimeNanoseconds }
             s.pendingBytes += frame.readableBytes
             s.queue.append(Pending(deadLetterFile: deadLetterFile, settles: settles, sequence: sequence, bytes: frame, promise: nil))
             return s.queue.count == 1 || s.pendingBytes >= options.maxBatchBytes
@@ -342,16 +347,22 @@ public final class Journal: Sendable {
                 let pause = min(1.0, 0.05 * Double(1 << min(failures - 1, 5)))
                 wakeup.wait(until: { self.state.withLockedValue { $0.closing } }, deadline: Date().addingTimeInterval(pause))
             } else if options.maxCommitLatencySeconds > 0 {
-                // Linger (bounded) so that more records share this fsync.
-                let deadline = Date().addingTimeInterval(options.maxCommitLatencySeconds)
-                wakeup.wait(
-                    until: { self.state.withLockedValue { $0.pendingBytes >= self.options.maxBatchBytes || $0.closing } },
-                    deadline: deadline
-                )
+                // Linger so that more records share this fsync, up to the commit latency counted
+                // from the oldest queued record: records that queued during the last fsync have
+                // waited already, and go at once when they have waited long enough.
+                let since = state.withLockedValue { $0.queuedSince }
+                let waited = Double(DispatchTime.now().uptimeNanoseconds &- since) / 1e9
+                if since > 0, waited < options.maxCommitLatencySeconds {
+                    wakeup.wait(
+                        until: { self.state.withLockedValue { $0.pendingBytes >= self.options.maxBatchBytes || $0.closing } },
+                        deadline: Date().addingTimeInterval(options.maxCommitLatencySeconds - waited)
+                    )
+                }
             }
             let (batch, closing): ([Pending], Bool) = state.withLockedValue { s in
                 let b = s.queue
                 s.queue = []
+                s.queuedSince = 0
                 return (b, s.closing)
             }
             if batch.isEmpty && closing { break }
@@ -421,6 +432,7 @@ public final class Journal: Sendable {
                 s.pendingBytes -= batch.reduce(0) { $0 + $1.bytes.readableBytes } - retained.reduce(0) { $0 + $1.bytes.readableBytes }
                 s.failure = failure
                 if failure != nil {
+                    if !retained.isEmpty && s.queue.isEmpty { s.queuedSince = DispatchTime.now().uptimeNanoseconds }
                     s.queue = retained + s.queue
                     return []
                 }

@@ -39,6 +39,7 @@ struct BenchHTTP: AsyncParsableCommand {
     @Flag(help: "Without the journal: 202 means in memory, not on disk (for comparison only).") var noJournal = false
     @Option(help: "Post this many messages per request to POST /v1/batch (NDJSON); 0 = one message per POST /v1/messages.")
     var ingestBatch = 0
+    @Option(help: "journal.max_commit_latency in milliseconds (default: the configuration's, 2 ms).") var commitLatencyMs: Double?
 
     func run() async throws {
         LoggingSystem.bootstrap { label in
@@ -48,7 +49,7 @@ struct BenchHTTP: AsyncParsableCommand {
         }
         print("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, \(ProcessInfo.processInfo.physicalMemory >> 30) GiB")
         print(
-            "command: switchyard bench http --messages \(messages) --connections \(connections) --depth \(depth) --payload-bytes \(payloadBytes)\(peer ? " --peer" : "")\(bare ? " --bare" : "")\(batch > 0 ? " --batch \(batch)" : "")\(ingestBatch > 0 ? " --ingest-batch \(ingestBatch)" : "")\(noJournal ? " --no-journal" : "")"
+            "command: switchyard bench http --messages \(messages) --connections \(connections) --depth \(depth) --payload-bytes \(payloadBytes)\(peer ? " --peer" : "")\(bare ? " --bare" : "")\(batch > 0 ? " --batch \(batch)" : "")\(ingestBatch > 0 ? " --ingest-batch \(ingestBatch)" : "")\(noJournal ? " --no-journal" : "")\(commitLatencyMs.map { " --commit-latency-ms \($0)" } ?? "")"
         )
         let sinkGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let sink = try await BenchSink.start(group: sinkGroup)
@@ -61,7 +62,7 @@ struct BenchHTTP: AsyncParsableCommand {
               admin: {host: 127.0.0.1, port: 0}
               mqtt: {host: 127.0.0.1, port: 0}
               nacos: {host: 127.0.0.1, port: 0}
-            journal: {enabled: \(!noJournal)}
+            journal: {enabled: \(!noJournal)\(commitLatencyMs.map { ", max_commit_latency: \($0)ms" } ?? "")}
             \(bare ? "" : BenchConfig.controller)
             \(BenchConfig.routing(sinkURL: "http://127.0.0.1:\(sink.port)", maxConcurrency: upstreamConcurrency, batch: batch))
             """
