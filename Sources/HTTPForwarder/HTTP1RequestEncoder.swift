@@ -1,15 +1,19 @@
 import NIOCore
 import SwitchyardCore
 
-/// Writes a forwarded request as HTTP/1.1 bytes in one buffer (one write, one syscall).
+/// Writes a forwarded request as HTTP/1.1 bytes in one buffer (one write, one syscall); a
+/// large body stays in its own buffer (one `writev`, no copy).
 enum HTTP1RequestEncoder {
+    /// Bodies up to this size are copied behind the head; larger ones (a batch) are not.
+    static let copiedBodyLimit = 4096
+
     /// Refuses anything that would not be one well-formed request (a CR or LF in a value
-    /// would let a header smuggle another request).
-    static func encode(_ request: ForwardRequest, host: String, into buffer: inout ByteBuffer) -> ForwardError? {
+    /// would let a header smuggle another request). `withBody: false`: the head only.
+    static func encode(_ request: ForwardRequest, host: String, withBody: Bool = true, into buffer: inout ByteBuffer) -> ForwardError? {
         guard isToken(request.method), isSafe(request.path, allowSpace: false), request.path.hasPrefix("/") else {
             return ForwardError(.connectionFailed, "refusing to send a malformed request line \(request.method) \(request.path)")
         }
-        buffer.reserveCapacity(size(of: request, host: host))
+        buffer.reserveCapacity(size(of: request, host: host, withBody: withBody))
         buffer.writeString(request.method)
         buffer.writeStaticString(" ")
         buffer.writeString(request.path)
@@ -28,14 +32,15 @@ enum HTTP1RequestEncoder {
             buffer.writeStaticString("\r\n")
         }
         buffer.writeStaticString("\r\n")
+        guard withBody else { return nil }
         var body = request.body
         buffer.writeBuffer(&body)
         return nil
     }
 
     /// The encoded request's size (give the buffer this capacity: no growing while writing).
-    static func size(of request: ForwardRequest, host: String) -> Int {
-        var n = request.method.utf8.count + request.path.utf8.count + host.utf8.count + 64 + request.body.readableBytes
+    static func size(of request: ForwardRequest, host: String, withBody: Bool = true) -> Int {
+        var n = request.method.utf8.count + request.path.utf8.count + host.utf8.count + 64 + (withBody ? request.body.readableBytes : 0)
         for field in request.headers { n += field.name.utf8.count + field.value.utf8.count + 4 }
         return n
     }

@@ -53,12 +53,18 @@ final class HTTPClientConnection {
             handler.fail(ForwardError(.connectionFailed, "connection closed before the request was sent"), channel: channel)
             return
         }
-        var buffer = channel.allocator.buffer(capacity: HTTP1RequestEncoder.size(of: request, host: host))
-        if let error = HTTP1RequestEncoder.encode(request, host: host, into: &buffer) {
+        let copyBody = request.body.readableBytes <= HTTP1RequestEncoder.copiedBodyLimit
+        var buffer = channel.allocator.buffer(capacity: HTTP1RequestEncoder.size(of: request, host: host, withBody: copyBody))
+        if let error = HTTP1RequestEncoder.encode(request, host: host, withBody: copyBody, into: &buffer) {
             handler.fail(error, channel: channel)
             return
         }
-        channel.writeAndFlush(buffer, promise: nil)
+        if copyBody {
+            channel.writeAndFlush(buffer, promise: nil)
+        } else {
+            channel.write(buffer, promise: nil)
+            channel.writeAndFlush(request.body, promise: nil)
+        }
     }
 
     /// Fails the request in progress when its deadline has passed (called by the loop's sweeper).

@@ -12,8 +12,10 @@ import SwitchyardCore
 /// previous one is out. Waiting out the linger then would hold such a device to one message per
 /// linger (200 a second at 5 ms) while the service sits idle.
 extension Router {
+    /// (The route by identity: a route is an object of this router's table; hashing its name
+    /// per message cost more.)
     struct BatchKey: Hashable {
-        var route: String
+        var route: ObjectIdentifier
         var target: Int
         var lane: String?
         var loop: ObjectIdentifier
@@ -21,7 +23,9 @@ extension Router {
 
     struct BatchItem: Sendable {
         var envelope: Envelope
-        var promise: EventLoopPromise<TargetResult>
+        /// Told the message's result at this target, once (a callback, not a promise: one
+        /// future less per message).
+        var done: @Sendable (TargetResult) -> Void
         var attempts: Attempts
     }
 
@@ -75,8 +79,22 @@ extension Router {
         attempts: Attempts,
         loop: any EventLoop
     ) -> EventLoopFuture<TargetResult> {
+        let promise = loop.makePromise(of: TargetResult.self)
+        deliverBatched(envelope, route: route, index: index, attempts: attempts, loop: loop) { promise.succeed($0) }
+        return promise.futureResult
+    }
+
+    /// `deliverBatched` with a callback: `done` gets the message's result at the target once.
+    func deliverBatched(
+        _ envelope: Envelope,
+        route: RouteTable.Route,
+        index: Int,
+        attempts: Attempts,
+        loop: any EventLoop,
+        done: @escaping @Sendable (TargetResult) -> Void
+    ) {
         let target = route.targets[index]
-        let key = BatchKey(route: route.name, target: index, lane: envelope.lane, loop: ObjectIdentifier(loop))
+        let key = BatchKey(route: ObjectIdentifier(route), target: index, lane: envelope.lane, loop: ObjectIdentifier(loop))
         let batcher = batchers.withLockedValue { batchers in
             if let existing = batchers[key] { return existing }
             let created = Batcher(loop: loop, rule: target.batch!) { [self] batch, batcher in
@@ -87,10 +105,8 @@ extension Router {
             batchers[key] = created
             return created
         }
-        let promise = loop.makePromise(of: TargetResult.self)
-        let item = BatchItem(envelope: envelope, promise: promise, attempts: attempts)
+        let item = BatchItem(envelope: envelope, done: done, attempts: attempts)
         if loop.inEventLoop { batcher.add(item) } else { loop.execute { batcher.add(item) } }
-        return promise.futureResult
     }
 
     /// One attempt of a batch, and what follows from it (as for a single message): the whole
@@ -111,7 +127,7 @@ extension Router {
         @Sendable func failAll(_ items: [BatchItem], _ reason: String, _ error: String, attempts: Int) {
             for item in items {
                 deadLetter(item.envelope, route: route.name, service: target.service, reason: reason, attempts: attempts, error: error)
-                item.promise.succeed(TargetResult(failure: reason))
+                item.done(TargetResult(failure: reason))
             }
         }
         let now = WallClock.nowNanos()
@@ -198,13 +214,13 @@ extension Router {
                 let detail: String
                 switch verdict {
                 case .delivered:
-                    for item in live { item.promise.succeed(TargetResult(failure: nil)) }
+                    for item in live { item.done(TargetResult(failure: nil)) }
                     return ended()
                 case .rejected(let why):
                     failAll(live, "rejected_by_service", why, attempts: attempt)
                     return ended()
                 case .interrupted:
-                    for item in live { item.promise.succeed(.interruptedByShutdown) }
+                    for item in live { item.done(.interruptedByShutdown) }
                     return ended()
                 case .failed(let r, let why):
                     (reason, detail) = (r, why)

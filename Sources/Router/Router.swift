@@ -147,6 +147,12 @@ public final class Router: Sendable {
             ledger.deadLettered(route: Router.unroutedLabel, reason: "unrouted")
             return completion(.deadLettered(route: Router.unroutedLabel, reason: "unrouted"))
         }
+        if route.targets.count == 1, route.targets[0].batch != nil {
+            deliverBatched(envelope, route: route, index: 0, attempts: attempts, loop: loop) { result in
+                completion(self.outcome(of: CollectionOfOne(result), route: route))
+            }
+            return
+        }
         if route.targets.count == 1 {
             deliverToTarget(envelope, route: route, captures: captures, index: 0, attempts: attempts, loop: loop).whenComplete { result in
                 finish(result.map { CollectionOfOne($0) }, route)

@@ -114,6 +114,9 @@ import Testing
         let good = ForwardRequestFixture.make(path: "/a/b", headers: [HeaderField("x-a", "1")])
         #expect(HTTP1RequestEncoder.encode(good, host: "h:1", into: &buffer) == nil)
         #expect(String(buffer: buffer) == "POST /a/b HTTP/1.1\r\nhost: h:1\r\ncontent-length: 2\r\nx-a: 1\r\n\r\nhi")
+        var head = ByteBuffer()
+        #expect(HTTP1RequestEncoder.encode(good, host: "h:1", withBody: false, into: &head) == nil)
+        #expect(String(buffer: head) == "POST /a/b HTTP/1.1\r\nhost: h:1\r\ncontent-length: 2\r\nx-a: 1\r\n\r\n")
         var other = ByteBuffer()
         #expect(HTTP1RequestEncoder.encode(ForwardRequestFixture.make(path: "/a b"), host: "h", into: &other) != nil)
         #expect(

@@ -157,6 +157,43 @@ import Testing
         await svc.stop()
     }
 
+    /// Batched delivery to a real service: one request carries many messages as a JSON array,
+    /// in per-device order, payloads intact (a body this large goes without being copied).
+    @Test func batchedDeliveryReachesARealServiceAsJSONArrays() async throws {
+        let svc = try await TestHTTPService.start()
+        let yaml = """
+            routes:
+              - name: t
+                match: "^devices/(?<product>[^/]+)/(?<device>[^/]+)/telemetry$"
+                targets: [{service: s, path: /batch, retries: 0, batch: {max: 50, linger: 20ms}}]
+            services:
+              s: {instances: [{url: "\(svc.url)"}]}
+            """
+        let server = try await TestServer.start(yaml)
+        let payload = String(repeating: "p", count: 500)
+        let lines = (0..<40).map { i in #"{"topic":"devices/p/d\#(i % 20)/telemetry","id":"m\#(i)","payload":"\#(i):\#(payload)"}"# }
+        #expect(try await postBatch(server, lines.joined(separator: "\n")).status == 202)
+        var messages: [[String: Any]] = []
+        let deadline = Date().addingTimeInterval(10)
+        while messages.count < 40 && Date() < deadline {
+            messages = svc.received.flatMap { request -> [[String: Any]] in
+                #expect(request.uri == "/batch" && request.header("content-type") == "application/json")
+                return (try? JSONSerialization.jsonObject(with: Data(request.body.utf8))) as? [[String: Any]] ?? []
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(messages.count == 40)
+        #expect(svc.received.contains { $0.body.utf8.count > 4096 }, "\(svc.received.map(\.body.utf8.count))")
+        for message in messages {
+            let id = try #require(message["id"] as? String)
+            #expect(message["payload"] as? String == "\(id.dropFirst()):\(payload)")
+        }
+        let d1 = messages.filter { $0["device"] as? String == "d1" }.compactMap { $0["id"] as? String }
+        #expect(d1 == ["m1", "m21"])
+        await server.stop()
+        await svc.stop()
+    }
+
     @Test func aFullJournalRefusesTheWholeBatchWithRetryAfter() async throws {
         let svc = try await TestHTTPService.start()
         let port = svc.port
