@@ -12,7 +12,10 @@ import SwitchyardCore
 ///
 /// Requests are handed on one at a time: the next request's head is parsed only once the
 /// answer to the previous one has ended (pipelined bytes wait here, up to 64 KiB, then reading
-/// pauses). After a request with an `Upgrade` header nothing more is parsed: the bytes that
+/// pauses) — unless the handler, having received a whole request it answers in one piece,
+/// allows reading ahead (`allowReadAhead`) and the next head passes `readsAheadOf`: pipelined
+/// messages then wait for the journal together instead of one commit after another. The
+/// handler writes the answers in request order. After a request with an `Upgrade` header nothing more is parsed: the bytes that
 /// follow belong to whatever the connection becomes, and are passed on when this handler is
 /// removed (a WebSocket tunnel) or dropped with the connection.
 ///
@@ -42,8 +45,17 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
     private var upgrade = false
     /// The current request waits for `100 Continue` before it sends its body.
     private var expectsContinue = false
-    /// A request was handed on and its answer has not ended: the next head waits.
-    private var answering = false
+    /// The methods of the requests handed on whose answers have not ended, oldest first (the
+    /// first is the one being answered: HEAD answers carry no body).
+    private var unanswered = CircularBuffer<HTTPMethod>(initialCapacity: 2)
+    /// The handler received the last request whole and lets the next one through before its
+    /// answer (see `allowReadAhead`).
+    private var readAheadAllowed = false
+    /// Which request heads may be read ahead (those the handler answers in one piece).
+    private let readsAheadOf: (@Sendable (HTTPRequestHead) -> Bool)?
+    /// Malformed input found while earlier answers are still to come: written after them, once
+    /// `unanswered` is down to this many (the malformed request itself, if it was handed on).
+    private var deferredRefusal: (refusal: Refusal, after: Int)?
     /// Inside the parse loop (an answer ending synchronously re-enters through `write`).
     private var parsing = false
     private var inRead = false
@@ -53,9 +65,31 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// The answer being written: the request's method (HEAD answers carry no body), whether its
     /// (final) head went out (too late then to answer with an error), and its bytes.
-    private var requestMethod = HTTPMethod.GET
     private var answerHeadWritten = false
     private var writer = HTTP1Message.Writer()
+
+    /// This handler's place in the pipeline (for `allowReadAhead`, called by the handler after it).
+    private var context: ChannelHandlerContext?
+
+    init(readsAheadOf: (@Sendable (HTTPRequestHead) -> Bool)? = nil) {
+        self.readsAheadOf = readsAheadOf
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    /// The handler received the current request whole and will answer it in one piece, in
+    /// order: the next request may be handed on before that answer, if its head passes
+    /// `readsAheadOf`.
+    func allowReadAhead() {
+        guard readsAheadOf != nil, case .head = inbound, let context else { return }
+        readAheadAllowed = true
+        guard !parsing else { return }  // the parse loop that handed on the request goes on
+        let before = handedOn
+        parse(context: context)
+        if handedOn != before && !inRead { context.fireChannelReadComplete() }
+    }
 
     // MARK: - Inbound
 
@@ -83,13 +117,16 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
             case .failed, .upgraded:
                 return
             case .head:
-                guard !answering, received!.readableBytes > 0, let (head, body) = readHead(context: context) else { return }
-                answering = true
-                requestMethod = head.method
+                guard unanswered.isEmpty || readAheadAllowed, received!.readableBytes > 0,
+                    let (head, body) = readHead(context: context, ahead: !unanswered.isEmpty)
+                else { return }
+                readAheadAllowed = false
+                unanswered.append(head.method)
                 inbound = .body(body)
                 handOn(context, .head(head))
-                // Still answering and no final head yet: the handler wants the body.
-                if expectsContinue && answering && !answerHeadWritten && received!.readableBytes == 0 {
+                // The only request unanswered and no final head yet: the handler wants the body.
+                // (Behind earlier answers a 100 would come out of order: none then.)
+                if expectsContinue && unanswered.count == 1 && !answerHeadWritten && received!.readableBytes == 0 {
                     writer.writePending(context: context, promise: nil)
                     context.writeAndFlush(wrapOutboundOut(.byteBuffer(ByteBuffer(staticString: "HTTP/1.1 100 Continue\r\n\r\n"))), promise: nil)
                 }
@@ -119,8 +156,9 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     /// Reads and checks a whole request head and how its body is framed; nil when it has not
-    /// fully arrived or was refused.
-    private func readHead(context: ChannelHandlerContext) -> (HTTPRequestHead, HTTP1Message.BodyReader)? {
+    /// fully arrived, was refused, or (`ahead`: earlier answers are still to come) may not be
+    /// read ahead (it is left for when they have been written).
+    private func readHead(context: ChannelHandlerContext, ahead: Bool) -> (HTTPRequestHead, HTTP1Message.BodyReader)? {
         // Empty lines before a request line are ignored (RFC 9112 §2.2).
         while received!.readableBytes >= 2, received!.getInteger(at: received!.readerIndex, as: UInt16.self) == 0x0D0A {
             received!.moveReaderIndex(forwardBy: 2)
@@ -140,6 +178,13 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
             refuse(refusal.status, refusal.message, context: context)
             return nil
         case .success(let parsed):
+            if ahead, parsed.upgrade || !(readsAheadOf?(parsed.head) ?? false) {
+                // Not one to read ahead: it waits (and with it reading, past 64 KiB) until the
+                // earlier answers have been written.
+                received!.moveReaderIndex(to: received!.readerIndex - length)
+                readAheadAllowed = false
+                return nil
+            }
             upgrade = parsed.upgrade
             expectsContinue = parsed.expectsContinue
             return (parsed.head, parsed.body)
@@ -238,8 +283,21 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
     /// (a malformed body) has begun, then the connection closes; nothing after it is read, and
     /// the handler's answer, if it comes, is dropped.
     private func refuse(_ status: HTTPResponseStatus, _ message: String, context: ChannelHandlerContext) {
+        // A malformed body belongs to the last request handed on (no answer comes for it);
+        // a malformed head to one not handed on.
+        let own = { if case .body = self.inbound { return 1 } else { return 0 } }()
         inbound = .failed
         received = nil
+        if unanswered.count > own {
+            // Earlier requests' answers come first (the handler writes them in order).
+            deferredRefusal = (Refusal(status: status, message: message), own)
+            return
+        }
+        writeRefusal(status, message, context: context)
+    }
+
+    private func writeRefusal(_ status: HTTPResponseStatus, _ message: String, context: ChannelHandlerContext) {
+        deferredRefusal = nil
         guard !answerHeadWritten else {
             context.close(promise: nil)
             return
@@ -270,7 +328,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: - Outbound
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        if case .failed = inbound {
+        if case .failed = inbound, deferredRefusal == nil {
             // Malformed input was answered (or the connection cut): the handler's answer is dropped.
             promise?.fail(ChannelError.outputClosed)
             return
@@ -298,7 +356,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
     /// still says what a GET would get); else content-length, or chunked when the length is
     /// not known (HTTP/1.1).
     private func frame(_ head: inout HTTPResponseHead) {
-        writer.suppressBody = requestMethod == .HEAD
+        writer.suppressBody = unanswered.first == .HEAD
         let (length, transferEncoding) = HTTP1Message.framing(of: head.headers)
         if !head.status.mayHaveResponseBody {
             if length { head.headers.remove(name: "content-length") }
@@ -327,8 +385,12 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// An answer is complete: the next pipelined request may go on.
     private func answerEnded(context: ChannelHandlerContext) {
-        answering = false
+        if !unanswered.isEmpty { unanswered.removeFirst() }
         answerHeadWritten = false
+        if let (refusal, after) = deferredRefusal {
+            if unanswered.count <= after { writeRefusal(refusal.status, refusal.message, context: context) }
+            return
+        }
         guard !parsing else { return }  // the parse loop that handed on the request goes on
         let before = handedOn
         parse(context: context)
@@ -357,7 +419,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
         guard let held = received?.readableBytes, held >= Self.maxHeadBytes else { return false }
         switch inbound {
         case .upgraded: return true
-        case .head: return answering
+        case .head: return !unanswered.isEmpty && !readAheadAllowed
         case .body, .failed: return false
         }
     }

@@ -152,8 +152,12 @@ public final class HTTPServer: Service {
 
     /// HTTP/1.1 on a connection (its handlers go last).
     func configureHTTP1(_ ops: ChannelPipeline.SynchronousOperations) throws {
-        try ops.addHandler(HTTP1ServerCodec())
-        try ops.addHandler(RequestHandler(server: self, maxBodyBytes: maxBodyBytes))
+        // Pipelined requests the request handler collects and answers in one piece are read
+        // ahead (all of them, or the message channel's when a streaming responder takes the rest).
+        let streams = streaming != nil
+        let codec = HTTP1ServerCodec { head in !streams || MessageEndpoints.contains(head.uri) }
+        try ops.addHandler(codec)
+        try ops.addHandler(RequestHandler(server: self, maxBodyBytes: maxBodyBytes, codec: codec))
     }
 
     /// HTTP/2 on a connection: each stream is one request, seen as HTTP/1.1 parts by the same
@@ -245,7 +249,9 @@ public struct HTTPServerError: Error, Sendable, CustomStringConvertible {
     public init(message: String) { self.message = message }
 }
 
-/// Collects one request (bounded), asks the responder, writes the response.
+/// Collects one request (bounded), asks the responder, writes the response. On HTTP/1.1,
+/// pipelined requests it collects are taken one after another without waiting for the answers
+/// before (the codec reads ahead), and the answers are written in request order.
 final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
@@ -255,6 +261,15 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var head: HTTPRequestHead?
     private var body: ByteBuffer?
     private var tooLarge = false
+    /// The HTTP/1.1 codec, told when the next pipelined request may be read ahead (nil on HTTP/2).
+    private let codec: HTTP1ServerCodec?
+    /// Answers of collected requests in request order (nil: not ready yet); `answered` is
+    /// the number of the first, `taken` the number the next request gets.
+    private var answers = CircularBuffer<(response: OutgoingResponse, keepAlive: Bool)?>(initialCapacity: 2)
+    private var answered = 0
+    private var taken = 0
+    /// The number of the request being collected (its slot in `answers`).
+    private var slot = 0
     /// Inside a read burst: responses ready now are flushed together at `channelReadComplete`
     /// (one syscall for a burst of pipelined requests instead of one each).
     private var reading = false
@@ -272,9 +287,20 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var headDeadline: NIODeadline?
     private var headTimer: Scheduled<Void>?
 
-    init(server: HTTPServer, maxBodyBytes: Int) {
+    init(server: HTTPServer, maxBodyBytes: Int, codec: HTTP1ServerCodec? = nil) {
         self.server = server
         self.maxBodyBytes = maxBodyBytes
+        self.codec = codec
+    }
+
+    /// The answer to request `number`; it goes out once those before it have.
+    private func answer(_ number: Int, _ response: OutgoingResponse, keepAlive: Bool, context: ChannelHandlerContext) {
+        answers[answers.index(answers.startIndex, offsetBy: number - answered)] = (response, keepAlive)
+        while let first = answers.first, let (response, keepAlive) = first {
+            answers.removeFirst()
+            answered += 1
+            write(response, keepAlive: keepAlive, context: context)
+        }
     }
 
     func handlerAdded(context: ChannelHandlerContext) { armHeadTimer(context: context) }
@@ -341,6 +367,9 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
             head = h
             body = nil
             tooLarge = false
+            slot = taken
+            taken += 1
+            answers.append(nil)
             if let length = h.headers.first(name: "content-length").flatMap(Int.init), length > maxBodyBytes {
                 tooLarge = true
                 // A client waiting for `100 Continue` hears at once that the body is too large
@@ -371,6 +400,7 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
             )
             body = nil
             let keepAlive = Self.keepsAlive(head)
+            let number = slot
             server.requestStarted()
             server.responder.respond(to: request, on: context.eventLoop)
                 .hop(to: context.eventLoop)
@@ -383,8 +413,10 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
                     case .failure(let error):
                         response = .error(.internalServerError, "internal", "\(error)")
                     }
-                    write(response, keepAlive: keepAlive, context: context)
+                    answer(number, response, keepAlive: keepAlive, context: context)
                 }
+            // Answered in one piece, in order: the next pipelined request need not wait for it.
+            if keepAlive { codec?.allowReadAhead() }
         }
     }
 
@@ -395,7 +427,7 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
             "payload_too_large",
             "request body exceeds the listener limit of \(maxBodyBytes) bytes"
         )
-        write(response, keepAlive: false, context: context)
+        answer(slot, response, keepAlive: false, context: context)
     }
 
     /// A failed connection (TLS, HTTP/2): it cannot be resynchronised, so close it. Malformed
@@ -488,7 +520,8 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
         if response.body.readableBytes > 0 {
             context.write(wrapOutboundOut(.body(.byteBuffer(response.body))), promise: nil)
         }
-        if keepAlive { armHeadTimer(context: context) }
+        // The next head is awaited only when no request is in progress (one read ahead may be).
+        if keepAlive && answers.isEmpty && head == nil { armHeadTimer(context: context) }
         if keepAlive && reading {
             context.write(wrapOutboundOut(.end(nil)), promise: nil)
             flushPending = true

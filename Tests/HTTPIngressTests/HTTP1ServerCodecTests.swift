@@ -32,6 +32,84 @@ final class PartCollector: ChannelInboundHandler {
     func channelReadComplete(context: ChannelHandlerContext) { readCompletes += 1 }
 }
 
+/// A handler that collects whole requests and lets the codec read ahead after each.
+final class ReadAheadCollector: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    let codec: HTTP1ServerCodec
+    var parts: [String] = []
+    init(codec: HTTP1ServerCodec) { self.codec = codec }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head): parts.append("head \(head.method.rawValue) \(head.uri)")
+        case .body: parts.append("body")
+        case .end:
+            parts.append("end")
+            codec.allowReadAhead()
+        }
+    }
+}
+
+@Suite struct ReadAheadTests {
+    let channel = EmbeddedChannel()
+    let collector: ReadAheadCollector
+
+    init() throws {
+        let codec = HTTP1ServerCodec { $0.uri != "/stream" }
+        collector = ReadAheadCollector(codec: codec)
+        try channel.pipeline.syncOperations.addHandler(codec)
+        try channel.pipeline.syncOperations.addHandler(collector)
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+    }
+
+    func written() throws -> String {
+        var out = ""
+        while let data = try channel.readOutbound(as: IOData.self) {
+            if case .byteBuffer(let b) = data { out += String(buffer: b) }
+        }
+        return out
+    }
+
+    func answer(_ status: HTTPResponseStatus, body: String) throws {
+        let headers: HTTPHeaders = ["content-length": String(body.utf8.count)]
+        try channel.writeOutbound(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers)))
+        try channel.writeOutbound(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(string: body))))
+        try channel.writeOutbound(HTTPServerResponsePart.end(nil))
+    }
+
+    @Test func pipelinedRequestsAreTakenBeforeTheAnswersAndAnsweredInOrder() throws {
+        try channel.writeInbound(ByteBuffer(string: "HEAD /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 2\r\n\r\nhiGET /c HTTP/1.1\r\n\r\n"))
+        #expect(collector.parts == ["head HEAD /a", "end", "head POST /b", "body", "end", "head GET /c", "end"])
+        // Answers in request order; the first is a HEAD's (no body), the others carry theirs.
+        try answer(.ok, body: "aaaa")
+        try answer(.accepted, body: "bb")
+        try answer(.ok, body: "c")
+        #expect(
+            try written()
+                == "HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nHTTP/1.1 202 Accepted\r\ncontent-length: 2\r\n\r\nbbHTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nc"
+        )
+    }
+
+    @Test func aHeadNotToReadAheadWaitsForTheAnswersBefore() throws {
+        try channel.writeInbound(ByteBuffer(string: "POST /a HTTP/1.1\r\nContent-Length: 1\r\n\r\nxGET /stream HTTP/1.1\r\n\r\n"))
+        #expect(collector.parts == ["head POST /a", "body", "end"])
+        try answer(.accepted, body: "")
+        #expect(collector.parts.suffix(2) == ["head GET /stream", "end"])
+    }
+
+    @Test func malformedInputAfterPendingAnswersIsRefusedAfterThem() throws {
+        try channel.writeInbound(ByteBuffer(string: "GET /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx"))
+        #expect(collector.parts == ["head GET /a", "end"])
+        let early = try written()
+        #expect(early.isEmpty, "\(early)")  // not before the first answer
+        #expect(channel.isActive)
+        try answer(.ok, body: "a")
+        let out = try written()
+        #expect(out.hasPrefix("HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\naHTTP/1.1 400 Bad Request\r\n"), "\(out)")
+        #expect(!channel.isActive)
+    }
+}
+
 @Suite struct HTTP1ServerCodecTests {
     let channel = EmbeddedChannel()
     let collector = PartCollector()
@@ -39,6 +117,8 @@ final class PartCollector: ChannelInboundHandler {
     init() throws {
         try channel.pipeline.syncOperations.addHandler(HTTP1ServerCodec())
         try channel.pipeline.syncOperations.addHandler(collector)
+        // Connected, so that `isActive` says whether the codec closed it.
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
     }
 
     func feed(_ text: String) throws { try channel.writeInbound(ByteBuffer(string: text)) }
