@@ -72,19 +72,7 @@ extension Router {
         }
     }
 
-    func deliverBatched(
-        _ envelope: Envelope,
-        route: RouteTable.Route,
-        index: Int,
-        attempts: Attempts,
-        loop: any EventLoop
-    ) -> EventLoopFuture<TargetResult> {
-        let promise = loop.makePromise(of: TargetResult.self)
-        deliverBatched(envelope, route: route, index: index, attempts: attempts, loop: loop) { promise.succeed($0) }
-        return promise.futureResult
-    }
-
-    /// `deliverBatched` with a callback: `done` gets the message's result at the target once.
+    /// Adds the message to its batch; `done` gets its result at the target once.
     func deliverBatched(
         _ envelope: Envelope,
         route: RouteTable.Route,
@@ -208,64 +196,64 @@ extension Router {
         if fallback { headers.append(HeaderField("x-switchyard-lane-fallback", "true")) }
         let request = ForwardRequest(method: target.method, path: instance.basePath + target.path, headers: headers, body: body)
         let policy = RetryPolicy(target)
-        self.attempt(request, to: instance, target: target, route: route.name, breaker: breaker, retry: retry, loop: loop)
-            .whenSuccess { [self] verdict in
-                let reason: String
-                let detail: String
-                switch verdict {
-                case .delivered:
-                    for item in live { item.done(TargetResult(failure: nil)) }
-                    return ended()
-                case .rejected(let why):
-                    failAll(live, "rejected_by_service", why, attempts: attempt)
-                    return ended()
-                case .interrupted:
-                    for item in live { item.done(.interruptedByShutdown) }
-                    return ended()
-                case .failed(let r, let why):
-                    (reason, detail) = (r, why)
-                case .unreachable:
-                    let nowRefused = refused.union([instance.key])
-                    if candidates.contains(where: { !nowRefused.contains($0.key) }) {
-                        self.sendBatch(
-                            live,
-                            by: batcher,
-                            route: route,
-                            target: target,
-                            lane: lane,
-                            attempt: attempt,
-                            parked: parked,
-                            refused: nowRefused,
-                            retry: retry,
-                            loop: loop
-                        )
-                        return
-                    }
-                    park("unreachable", "no instance of service \(target.service) can be reached")
-                    return
-                }
-                guard attempt <= policy.retries else {
-                    failAll(live, reason, detail, attempts: attempt)
-                    return ended()
-                }
-                for item in live {
-                    ledger.retried(route: route.name)
-                    item.attempts.retrying(attempt + 1)
-                }
-                loop.scheduleTask(in: .nanoseconds(Int64(policy.backoff(afterAttempt: attempt) * 1e9))) {
+        self.attempt(request, to: instance, target: target, route: route.name, breaker: breaker, retry: retry, loop: loop) {
+            [self] verdict in
+            let reason: String
+            let detail: String
+            switch verdict {
+            case .delivered:
+                for item in live { item.done(TargetResult(failure: nil)) }
+                return ended()
+            case .rejected(let why):
+                failAll(live, "rejected_by_service", why, attempts: attempt)
+                return ended()
+            case .interrupted:
+                for item in live { item.done(.interruptedByShutdown) }
+                return ended()
+            case .failed(let r, let why):
+                (reason, detail) = (r, why)
+            case .unreachable:
+                let nowRefused = refused.union([instance.key])
+                if candidates.contains(where: { !nowRefused.contains($0.key) }) {
                     self.sendBatch(
                         live,
                         by: batcher,
                         route: route,
                         target: target,
                         lane: lane,
-                        attempt: attempt + 1,
+                        attempt: attempt,
                         parked: parked,
-                        retry: true,
+                        refused: nowRefused,
+                        retry: retry,
                         loop: loop
                     )
+                    return
                 }
+                park("unreachable", "no instance of service \(target.service) can be reached")
+                return
             }
+            guard attempt <= policy.retries else {
+                failAll(live, reason, detail, attempts: attempt)
+                return ended()
+            }
+            for item in live {
+                ledger.retried(route: route.name)
+                item.attempts.retrying(attempt + 1)
+            }
+            loop.scheduleTask(in: .nanoseconds(Int64(policy.backoff(afterAttempt: attempt) * 1e9))) {
+                self.sendBatch(
+                    live,
+                    by: batcher,
+                    route: route,
+                    target: target,
+                    lane: lane,
+                    attempt: attempt + 1,
+                    parked: parked,
+                    retry: true,
+                    loop: loop
+                )
+            }
+        }
     }
 }
 

@@ -127,14 +127,6 @@ public final class Router: Sendable {
         on loop: any EventLoop,
         completion: @escaping @Sendable (Outcome) -> Void
     ) {
-        // A target's future never fails (failures are results); were one to, the message
-        // would stay in flight, in the journal, like one cut off by shutdown.
-        @Sendable func finish(_ results: Result<some Collection<TargetResult>, any Error>, _ route: RouteTable.Route) {
-            switch results {
-            case .success(let results): completion(outcome(of: results, route: route))
-            case .failure: completion(.interrupted(route: route.name))
-            }
-        }
         guard let (route, captures) = table.matchForDelivery(envelope.topic) else {
             deadLetter(
                 envelope,
@@ -147,22 +139,24 @@ public final class Router: Sendable {
             ledger.deadLettered(route: Router.unroutedLabel, reason: "unrouted")
             return completion(.deadLettered(route: Router.unroutedLabel, reason: "unrouted"))
         }
-        if route.targets.count == 1, route.targets[0].batch != nil {
-            deliverBatched(envelope, route: route, index: 0, attempts: attempts, loop: loop) { result in
+        // Callbacks, not futures: each target reports its result once (failures are results).
+        if route.targets.count == 1 {
+            deliverToTarget(envelope, route: route, captures: captures, index: 0, attempts: attempts, loop: loop) { result in
                 completion(self.outcome(of: CollectionOfOne(result), route: route))
             }
             return
         }
-        if route.targets.count == 1 {
-            deliverToTarget(envelope, route: route, captures: captures, index: 0, attempts: attempts, loop: loop).whenComplete { result in
-                finish(result.map { CollectionOfOne($0) }, route)
+        // Fan-out: the outcome once every target has reported.
+        let results = NIOLockedValueBox([TargetResult]())
+        for index in route.targets.indices {
+            deliverToTarget(envelope, route: route, captures: captures, index: index, attempts: attempts, loop: loop) { result in
+                let all = results.withLockedValue { results -> [TargetResult]? in
+                    results.append(result)
+                    return results.count == route.targets.count ? results : nil
+                }
+                if let all { completion(self.outcome(of: all, route: route)) }
             }
-            return
         }
-        let deliveries = route.targets.indices.map { index in
-            deliverToTarget(envelope, route: route, captures: captures, index: index, attempts: attempts, loop: loop)
-        }
-        EventLoopFuture.whenAllSucceed(deliveries, on: loop).whenComplete { finish($0, route) }
     }
 
     /// The message's one outcome from its targets' results, counted in the ledger (an
@@ -183,12 +177,13 @@ public final class Router: Sendable {
         captures: [String: String],
         index: Int,
         attempts: Attempts,
-        loop: any EventLoop
-    ) -> EventLoopFuture<TargetResult> {
+        loop: any EventLoop,
+        done: @escaping @Sendable (TargetResult) -> Void
+    ) {
         if route.targets[index].batch != nil {
-            return deliverBatched(envelope, route: route, index: index, attempts: attempts, loop: loop)
+            return deliverBatched(envelope, route: route, index: index, attempts: attempts, loop: loop, done: done)
         }
-        return deliver(
+        deliver(
             envelope,
             route: route,
             captures: captures,
@@ -196,7 +191,8 @@ public final class Router: Sendable {
             attempt: attempts.first,
             attempts: attempts,
             parked: 0,
-            loop: loop
+            loop: loop,
+            done: done
         )
     }
 
@@ -296,13 +292,13 @@ public final class Router: Sendable {
         route: String,
         breaker: TargetBreaker?,
         retry: Bool,
-        loop: any EventLoop
-    ) -> EventLoopFuture<RetryPolicy.Verdict> {
+        loop: any EventLoop,
+        done: @escaping @Sendable (RetryPolicy.Verdict) -> Void
+    ) {
         let started = SystemMonotonicClock().nowNanos()
         balancer.started(instance)
         balancer.retryBudget.begin(instance.service)
         let timer = timers[route]
-        let promise = loop.makePromise(of: RetryPolicy.Verdict.self)
         forwarder.forward(request, to: instance, timeout: .nanoseconds(Int64(target.timeoutSeconds * 1e9)), on: loop)
             .hop(to: loop)
             .whenComplete { result in
@@ -320,9 +316,8 @@ public final class Router: Sendable {
                 case .failed, .unreachable: breaker?.record(failed: true, seconds: Double(nanos) / 1e9)
                 case .interrupted: breaker?.abandon()
                 }
-                promise.succeed(verdict)
+                done(verdict)
             }
-        return promise.futureResult
     }
 
     /// The circuit breaker of a route's target, if it has one.
@@ -389,12 +384,13 @@ public final class Router: Sendable {
         parked: Int,
         refused: Set<String> = [],
         retry: Bool = false,
-        loop: any EventLoop
-    ) -> EventLoopFuture<TargetResult> {
+        loop: any EventLoop,
+        done: @escaping @Sendable (TargetResult) -> Void
+    ) {
         // (Local functions rather than closure values: no context is built for them on the
         // common path; an escaping closure that calls one captures what it needs.)
         // `sent`: whether this attempt reached the forwarder (it counts as an attempt then).
-        @Sendable func fail(_ reason: String, _ error: String, _ sent: Bool) -> EventLoopFuture<TargetResult> {
+        @Sendable func fail(_ reason: String, _ error: String, _ sent: Bool) {
             self.deadLetter(
                 envelope,
                 route: route.name,
@@ -403,7 +399,7 @@ public final class Router: Sendable {
                 attempts: sent ? attempt : attempt - 1,
                 error: error
             )
-            return loop.makeSucceededFuture(TargetResult(failure: reason))
+            done(TargetResult(failure: reason))
         }
         let ageSeconds = Double(WallClock.nowNanos() &- envelope.receivedAt) / 1e9
         if ageSeconds > route.ttlSeconds {
@@ -414,8 +410,8 @@ public final class Router: Sendable {
             )
         }
         // The same attempt again after `delay`, without using up a retry.
-        @Sendable func again(_ delay: Double, _ parked: Int) -> EventLoopFuture<TargetResult> {
-            loop.flatScheduleTask(in: .nanoseconds(Int64(delay * 1e9))) {
+        @Sendable func again(_ delay: Double, _ parked: Int) {
+            loop.scheduleTask(in: .nanoseconds(Int64(delay * 1e9))) {
                 self.deliver(
                     envelope,
                     route: route,
@@ -425,16 +421,17 @@ public final class Router: Sendable {
                     attempts: attempts,
                     parked: parked,
                     retry: retry,
-                    loop: loop
+                    loop: loop,
+                    done: done
                 )
-            }.futureResult
+            }
         }
         // The service is down (or its retry budget spent): the message waits, in the journal,
         // without using up its retries, until the service is back or the route's TTL runs out.
-        @Sendable func park(_ reason: String, _ why: String) -> EventLoopFuture<TargetResult> {
+        @Sendable func park(_ reason: String, _ why: String) {
             if parked == 0 { self.noteWaiting(route: route.name, service: target.service, reason: reason, why: why) }
             self.logger.debug("waiting", metadata: ["id": "\(envelope.id)", "why": "\(why)"])
-            return again(RetryPolicy.parkDelay(afterWaits: parked), parked + 1)
+            again(RetryPolicy.parkDelay(afterWaits: parked), parked + 1)
         }
         // A cold fleet takes part of the service's usual concurrency: the message waits its turn.
         if !balancer.admits(target.service) { return again(Router.admissionWait(), parked) }
@@ -462,62 +459,64 @@ public final class Router: Sendable {
             attempt: attempt
         )
         let policy = RetryPolicy(target)
-        return self.attempt(request, to: choice.instance, target: target, route: route.name, breaker: breaker, retry: retry, loop: loop)
-            .flatMap { verdict in
-                let reason: String
-                let detail: String
-                switch verdict {
-                case .delivered:
-                    return loop.makeSucceededFuture(TargetResult(failure: nil))
-                case .rejected(let why):
-                    return fail("rejected_by_service", why, true)
-                case .interrupted:
-                    return loop.makeSucceededFuture(.interruptedByShutdown)
-                case .failed(let r, let why):
-                    (reason, detail) = (r, why)
-                case .unreachable(let why):
-                    // Another instance may take it at once.
-                    let nowRefused = refused.union([choice.instance.key])
-                    if choice.candidates.contains(where: { !nowRefused.contains($0.key) }) {
-                        return self.deliver(
-                            envelope,
-                            route: route,
-                            captures: captures,
-                            target: target,
-                            attempt: attempt,
-                            attempts: attempts,
-                            parked: parked,
-                            refused: nowRefused,
-                            retry: retry,
-                            loop: loop
-                        )
-                    }
-                    return park("unreachable", why)
-                }
-                guard attempt <= policy.retries else {
-                    return fail(reason, detail, true)
-                }
-                self.ledger.retried(route: route.name)
-                attempts.retrying(attempt + 1)
-                let delay = policy.backoff(afterAttempt: attempt)
-                self.logger.debug(
-                    "retrying",
-                    metadata: ["id": "\(envelope.id)", "route": "\(route.name)", "attempt": "\(attempt)", "error": "\(detail)"]
-                )
-                return loop.flatScheduleTask(in: .nanoseconds(Int64(delay * 1e9))) {
-                    self.deliver(
+        self.attempt(request, to: choice.instance, target: target, route: route.name, breaker: breaker, retry: retry, loop: loop) {
+            verdict in
+            let reason: String
+            let detail: String
+            switch verdict {
+            case .delivered:
+                return done(TargetResult(failure: nil))
+            case .rejected(let why):
+                return fail("rejected_by_service", why, true)
+            case .interrupted:
+                return done(.interruptedByShutdown)
+            case .failed(let r, let why):
+                (reason, detail) = (r, why)
+            case .unreachable(let why):
+                // Another instance may take it at once.
+                let nowRefused = refused.union([choice.instance.key])
+                if choice.candidates.contains(where: { !nowRefused.contains($0.key) }) {
+                    return self.deliver(
                         envelope,
                         route: route,
                         captures: captures,
                         target: target,
-                        attempt: attempt + 1,
+                        attempt: attempt,
                         attempts: attempts,
                         parked: parked,
-                        retry: true,
-                        loop: loop
+                        refused: nowRefused,
+                        retry: retry,
+                        loop: loop,
+                        done: done
                     )
-                }.futureResult
+                }
+                return park("unreachable", why)
             }
+            guard attempt <= policy.retries else {
+                return fail(reason, detail, true)
+            }
+            self.ledger.retried(route: route.name)
+            attempts.retrying(attempt + 1)
+            let delay = policy.backoff(afterAttempt: attempt)
+            self.logger.debug(
+                "retrying",
+                metadata: ["id": "\(envelope.id)", "route": "\(route.name)", "attempt": "\(attempt)", "error": "\(detail)"]
+            )
+            loop.scheduleTask(in: .nanoseconds(Int64(delay * 1e9))) {
+                self.deliver(
+                    envelope,
+                    route: route,
+                    captures: captures,
+                    target: target,
+                    attempt: attempt + 1,
+                    attempts: attempts,
+                    parked: parked,
+                    retry: true,
+                    loop: loop,
+                    done: done
+                )
+            }
+        }
     }
 
     func deadLetter(_ envelope: Envelope, route: String, service: String?, reason: String, attempts: Int, error: String) {
