@@ -4,22 +4,27 @@ public import SwitchyardCore
 /// envelope fields. Unknown names are left empty (config validation prevents them);
 /// values are percent-encoded except `/` and the unreserved characters.
 public enum PathTemplate {
+    /// (On bytes: once per forwarded message, where Character-wise String work cost ~2 µs.)
     public static func render(_ template: String, captures: [String: String], envelope: Envelope) -> String {
-        guard template.contains("{") else { return template }
-        var out = ""
-        var rest = Substring(template)
-        while let open = rest.firstIndex(of: "{") {
-            out += rest[..<open]
-            guard let close = rest[open...].firstIndex(of: "}") else {
-                out += rest[open...]
-                return out
+        template.withUTF8Bytes { t in
+            guard t.contains(UInt8(ascii: "{")) else { return template }
+            var out: [UInt8] = []
+            out.reserveCapacity(t.count + 64)
+            var i = 0
+            while i < t.count {
+                guard t[i] == UInt8(ascii: "{"), let close = t[i...].firstIndex(of: UInt8(ascii: "}")) else {
+                    out.append(t[i])
+                    i += 1
+                    continue
+                }
+                let name = String(decoding: UnsafeRawBufferPointer(rebasing: t[(i + 1)..<close]), as: UTF8.self)
+                if let value = value(of: name, captures: captures, envelope: envelope) {
+                    value.withUTF8Bytes { appendPercentEncoded($0, keepSlash: true, to: &out) }
+                }
+                i = close + 1
             }
-            let name = String(rest[rest.index(after: open)..<close])
-            out += percentEncode(value(of: name, captures: captures, envelope: envelope) ?? "")
-            rest = rest[rest.index(after: close)...]
+            return String(decoding: out, as: UTF8.self)
         }
-        out += rest
-        return out
     }
 
     /// Names a template may use beyond the route's captures.
@@ -50,20 +55,30 @@ public enum PathTemplate {
     }
 
     public static func percentEncode(_ value: String, keepSlash: Bool = true) -> String {
-        var out = ""
-        for byte in value.utf8 {
+        value.withUTF8Bytes { bytes in
+            var out: [UInt8] = []
+            out.reserveCapacity(bytes.count)
+            appendPercentEncoded(bytes, keepSlash: keepSlash, to: &out)
+            return String(decoding: out, as: UTF8.self)
+        }
+    }
+
+    /// Unreserved bytes (and `/` when kept) as they are, the rest as `%XX`.
+    static func appendPercentEncoded(_ bytes: UnsafeRawBufferPointer, keepSlash: Bool, to out: inout [UInt8]) {
+        for byte in bytes {
             switch byte {
             case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
                 UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"),
                 UInt8(ascii: "~"):
-                out.unicodeScalars.append(Unicode.Scalar(byte))
+                out.append(byte)
             case UInt8(ascii: "/") where keepSlash:
-                out.append("/")
+                out.append(byte)
             default:
-                let hex = String(byte, radix: 16, uppercase: true)
-                out += "%" + (hex.count == 1 ? "0" + hex : hex)
+                let digits: StaticString = "0123456789ABCDEF"
+                out.append(UInt8(ascii: "%"))
+                out.append(digits.utf8Start[Int(byte >> 4)])
+                out.append(digits.utf8Start[Int(byte & 0xF)])
             }
         }
-        return out
     }
 }

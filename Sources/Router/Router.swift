@@ -564,16 +564,17 @@ public final class Router: Sendable {
         if let device = envelope.device { headers.append(HeaderField("x-switchyard-device", headerSafe(device))) }
         if let product = envelope.product { headers.append(HeaderField("x-switchyard-product", headerSafe(product))) }
         envelope.forEachTagInKeyOrder { name, value in
-            headers.append(HeaderField("x-switchyard-tag-\(headerSafe(name))", headerSafe(value)))
+            headers.append(HeaderField("x-switchyard-tag-" + headerSafe(name), headerSafe(value)))
         }
         if let baggage = envelope.trace.outgoingBaggage(lane: envelope.lane) { headers.append(HeaderField("baggage", baggage)) }
-        let path = instance.basePath + PathTemplate.render(target.path, captures: captures, envelope: envelope)
+        let rendered = PathTemplate.render(target.path, captures: captures, envelope: envelope)
+        let path = instance.basePath.isEmpty ? rendered : instance.basePath + rendered
         return ForwardRequest(method: target.method, path: path, headers: headers, body: envelope.payload)
     }
 
     /// Header values must be visible ASCII: anything else is percent-encoded.
     static func headerSafe(_ value: String) -> String {
-        if value.utf8.allSatisfy({ $0 >= 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "%") }) { return value }
+        if value.withUTF8Bytes({ $0.allSatisfy { $0 >= 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "%") } }) { return value }
         return PathTemplate.percentEncode(value, keepSlash: true)
     }
 

@@ -86,15 +86,7 @@ public struct HeaderField: Sendable, Equatable {
 
 /// RFC 9110 tokens (methods, header names).
 public enum HTTPToken {
-    /// `tchar` by byte.
-    static let tokenBytes: [Bool] = (0..<256).map { i in
-        let b = UInt8(i)
-        return (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || "!#$%&'*+-.^_`|~".utf8.contains(b)
-    }
-
     public static func isToken(_ s: String) -> Bool {
-        guard !s.isEmpty else { return false }
-        for b in s.utf8 where !tokenBytes[Int(b)] { return false }
-        return true
+        s.withUTF8Bytes { bytes in !bytes.isEmpty && bytes.allSatisfy(HTTP1Syntax.isTokenByte) }
     }
 }

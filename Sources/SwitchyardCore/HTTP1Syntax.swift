@@ -118,15 +118,20 @@ package enum HTTP1Syntax {
     }
 
     /// A `tchar` of RFC 9110: what methods and header names are made of.
-    package static func isTokenByte(_ b: UInt8) -> Bool { tokenBytes[Int(b)] }
+    /// (A switch, not a table: no global's once-check or bounds check per byte.)
+    @inline(__always)
+    package static func isTokenByte(_ b: UInt8) -> Bool {
+        switch b {
+        case 0x30...0x39, 0x41...0x5A, 0x61...0x7A: true
+        case UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"),
+            UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "^"), UInt8(ascii: "_"),
+            UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"):
+            true
+        default: false
+        }
+    }
 
     /// A byte a header value may hold: visible ASCII, obs-text (≥ 0x80), space and tab.
     package static func isFieldValueByte(_ b: UInt8) -> Bool { b >= 0x20 ? b != 0x7F : b == 0x09 }
 
-    private static let tokenBytes: [Bool] = (0..<256).map { b in
-        switch UInt8(b) {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"): true
-        default: "!#$%&'*+-.^_`|~".utf8.contains(UInt8(b))
-        }
-    }
 }

@@ -54,7 +54,28 @@ public struct TraceContext: Sendable, Equatable {
     /// The `traceparent` for the next hop: same trace, new span.
     public func childTraceparent() -> String {
         var rng = FastRandom()
-        return "00-\(traceID)-\(Hex.string(rng.next()))-\(flags)"
+        let span = rng.next()
+        // One String of its final size (interpolation built two, once per forwarded message).
+        let count = 3 + traceID.utf8.count + 1 + 16 + 1 + flags.utf8.count
+        return String(unsafeUninitializedCapacity: count) { out in
+            var i = 0
+            func put(_ s: String) {
+                s.withUTF8Bytes { bytes in
+                    for b in bytes {
+                        out[i] = b
+                        i += 1
+                    }
+                }
+            }
+            put("00-")
+            put(traceID)
+            put("-")
+            Hex.write(span, into: out, at: i)
+            i += 16
+            put("-")
+            put(flags)
+            return i
+        }
     }
 
     public var traceparent: String {
@@ -71,10 +92,9 @@ public struct TraceContext: Sendable, Equatable {
 
     /// `baggage` for the next hop, with `lane=` set to the assigned lane.
     public func outgoingBaggage(lane: String?) -> String? {
-        var members: [String] = []
-        if let baggage, !baggage.isEmpty { members.append(baggage) }
-        if let lane { members.append("lane=\(lane)") }
-        return members.isEmpty ? nil : members.joined(separator: ",")
+        guard let baggage, !baggage.isEmpty else { return lane.map { "lane=" + $0 } }
+        guard let lane else { return baggage }
+        return baggage + ",lane=" + lane
     }
 
     static func strippingLane(from baggage: String?) -> String? {
@@ -122,12 +142,9 @@ public enum Hex {
     }
 
     static func write(_ word: UInt64, into buffer: UnsafeMutableBufferPointer<UInt8>, at start: Int) {
-        var i = start
-        for shift in stride(from: 60, through: 0, by: -4) {
-            buffer[i] = digits[Int((word >> UInt64(shift)) & 0xF)]
-            i += 1
+        for n in 0..<16 {
+            let digit = UInt8(truncatingIfNeeded: word >> UInt64(60 - 4 * n)) & 0xF
+            buffer[start + n] = digit < 10 ? UInt8(ascii: "0") + digit : UInt8(ascii: "a") - 10 + digit
         }
     }
-
-    private static let digits: [UInt8] = Array("0123456789abcdef".utf8)
 }

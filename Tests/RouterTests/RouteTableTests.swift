@@ -106,5 +106,16 @@ import Testing
         #expect(PathTemplate.render("/in/{product}/{device}?id={id}", captures: [:], envelope: e) == "/in/p/d%201?id=m1")
         #expect(PathTemplate.render("/c/{x}/{lane}", captures: ["x": "ä"], envelope: e) == "/c/%C3%A4/baseline")
         #expect(PathTemplate.render("/static", captures: [:], envelope: e) == "/static")
+        #expect(PathTemplate.render("/a/{unknown}/{device}{", captures: [:], envelope: e) == "/a//d%201{")
+        #expect(PathTemplate.percentEncode("a/b c~%", keepSlash: false) == "a%2Fb%20c~%25")
+    }
+
+    /// Header names and methods are RFC 9110 tokens, byte by byte.
+    @Test func tokensAreTheRFCsTchars() {
+        let tchars = Set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ".utf8)
+        for b in 0...255 {
+            #expect(HTTPToken.isToken(String(decoding: [UInt8(b)], as: UTF8.self)) == tchars.contains(UInt8(b)), "byte \(b)")
+        }
+        #expect(!HTTPToken.isToken("") && !HTTPToken.isToken("x-a b") && HTTPToken.isToken("x-switchyard-tag-kind"))
     }
 }
