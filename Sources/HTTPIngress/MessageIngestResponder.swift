@@ -118,11 +118,11 @@ public struct MessageIngestResponder: HTTPResponder {
                 BadRequest(.badRequest, "malformed_header", "header \(options.messageIDHeader) must be printable ASCII without spaces, ≤ 128 bytes")
             )
         }
-        var headers: [HeaderField] = []
-        headers.reserveCapacity(request.headers.count)
+        var headers: [HeaderField] = []  // (no storage until a header is kept: often none is)
         for (name, value) in request.headers {
             let lower = name.utf8.contains(where: { $0 >= 0x41 && $0 <= 0x5A }) ? name.lowercased() : name
             if Self.isReserved(lower) { continue }
+            if headers.isEmpty { headers.reserveCapacity(request.headers.count) }
             headers.append(HeaderField(lower, value))
         }
         let trace = Self.trace(request.headers.first(name: "traceparent"), baggage: request.headers.first(name: "baggage"))

@@ -8,9 +8,18 @@ public enum MessageEndpoints {
     public static let batchPath = "/v1/batch"
 
     /// `/v1/messages/…` or `/v1/batch`, with or without a query.
+    /// (On the URI's bytes in place: asked at every request head.)
     public static func contains(_ uri: String) -> Bool {
-        var u = uri.utf8[...]
-        if let q = u.firstIndex(of: UInt8(ascii: "?")) { u = u[..<q] }
-        return u.starts(with: messagePrefix.utf8) || u.elementsEqual(batchPath.utf8)
+        uri.withUTF8Bytes { u in
+            let message: StaticString = "/v1/messages/"
+            let batch: StaticString = "/v1/batch"
+            func starts(with s: StaticString) -> Bool {
+                guard u.count >= s.utf8CodeUnitCount else { return false }
+                for i in 0..<s.utf8CodeUnitCount where u[i] != s.utf8Start[i] { return false }
+                return true
+            }
+            if starts(with: message) { return true }
+            return starts(with: batch) && (u.count == batch.utf8CodeUnitCount || u[batch.utf8CodeUnitCount] == UInt8(ascii: "?"))
+        }
     }
 }

@@ -110,6 +110,11 @@ import Testing
         #expect(PathTemplate.percentEncode("a/b c~%", keepSlash: false) == "a%2Fb%20c~%25")
     }
 
+    @Test func messageEndpointsAreTheMessageChannelsPaths() {
+        for uri in ["/v1/messages/a/b", "/v1/messages/", "/v1/batch", "/v1/batch?x=1"] { #expect(MessageEndpoints.contains(uri), "\(uri)") }
+        for uri in ["/v1/messages", "/v1/batches", "/v1/batch/x", "/api/v1/batch", "", "/"] { #expect(!MessageEndpoints.contains(uri), "\(uri)") }
+    }
+
     /// Header names and methods are RFC 9110 tokens, byte by byte.
     @Test func tokensAreTheRFCsTchars() {
         let tchars = Set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ".utf8)
