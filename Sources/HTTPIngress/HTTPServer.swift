@@ -94,7 +94,8 @@ public protocol HTTPResponder: Sendable {
 }
 
 /// A listening HTTP/1.1 server run as a `Service`. On graceful shutdown it stops accepting,
-/// lets requests in progress finish (up to `drainSeconds`) and closes the connections.
+/// lets requests in progress and open tunnels finish (up to `drainSeconds`) and closes the
+/// connections.
 public final class HTTPServer: Service {
     public let host: String
     public let port: Int
@@ -489,6 +490,11 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
             ops.removeHandler(context: context, promise: nil)
             ops.removeHandler(codec, promise: nil)
             context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+            // An open tunnel (a WebSocket) counts as in flight: a shutdown gives it the drain
+            // time to end before its connection is closed.
+            let server = self.server
+            server.requestStarted()
+            context.channel.closeFuture.whenComplete { _ in server.requestFinished() }
             return tunnel
         } catch {
             context.close(promise: nil)

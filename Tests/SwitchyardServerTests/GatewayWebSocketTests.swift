@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -89,5 +90,56 @@ import Testing
         #expect(
             metrics.contains { $0.hasPrefix("switchyard_gateway_requests_total") && $0.contains(#"route="chat""#) && $0.contains(#"status="1xx""#) }
         )
+    }
+
+    final class Bytes: ChannelInboundHandler, @unchecked Sendable {
+        typealias InboundIn = ByteBuffer
+        let seen = NIOLockedValueBox<[UInt8]>([])
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            let buffer = unwrapInboundIn(data)
+            seen.withLockedValue { $0 += buffer.readableBytesView }
+        }
+    }
+
+    /// A shutdown lets an open WebSocket go on for the drain time (it used to be cut at once);
+    /// the node stops as soon as the client has closed it.
+    @Test func aShutdownGivesAnOpenWebSocketTheDrainTime() async throws {
+        let echo = try await Self.echoServer()
+        defer { echo.close(promise: nil) }
+        let server = try await TestServer.start(
+            """
+            gateway: {routes: [{name: chat, path_prefix: /ws, service: chat}]}
+            services: {chat: {instances: [{url: "http://127.0.0.1:\(echo.localAddress!.port!)"}]}}
+            """
+        )
+        let bytes = Bytes()
+        let client = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelInitializer { channel in channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(bytes) } }
+            .connect(host: "127.0.0.1", port: server.httpPort).get()
+        let upgrade =
+            "GET /ws/room HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
+            + "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
+        try await client.writeAndFlush(ByteBuffer(string: upgrade))
+        func waitFor(_ what: String, _ condition: ([UInt8]) -> Bool) async throws {
+            let deadline = ContinuousClock.now + .seconds(5)
+            while !condition(bytes.seen.withLockedValue { $0 }) {
+                guard ContinuousClock.now < deadline else { throw TestClientError(message: "no \(what)") }
+                try await Task.sleep(for: .milliseconds(10))
+            }
+        }
+        try await waitFor("101") { String(decoding: $0, as: UTF8.self).contains("\r\n\r\n") }
+        #expect(String(decoding: bytes.seen.withLockedValue { $0 }, as: UTF8.self).hasPrefix("HTTP/1.1 101"))
+        bytes.seen.withLockedValue { $0 = [] }
+        let stopping = Task { await server.stop() }
+        try await Task.sleep(for: .milliseconds(500))
+        // Half a second into the shutdown the tunnel still carries frames (a masked "hi" and its echo).
+        let mask: [UInt8] = [1, 2, 3, 4]
+        let frame: [UInt8] = [0x81, 0x82] + mask + [UInt8(ascii: "h") ^ mask[0], UInt8(ascii: "i") ^ mask[1]]
+        try await client.writeAndFlush(ByteBuffer(bytes: frame))
+        try await waitFor("echo") { $0 == [0x81, 0x02, UInt8(ascii: "h"), UInt8(ascii: "i")] }
+        let closed = ContinuousClock.now
+        try await client.close()
+        await stopping.value
+        #expect(ContinuousClock.now - closed < .seconds(3), "the node waited for the drain time after the tunnel closed")
     }
 }
