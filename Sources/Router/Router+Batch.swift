@@ -111,6 +111,24 @@ extension Router {
         retry: Bool = false,
         loop: any EventLoop
     ) {
+        // The batch again (after `delay`, or at once), as the next step of its delivery.
+        @Sendable func resend(_ items: [BatchItem], attempt: Int, parked: Int, refused: Set<String> = [], retry: Bool, after delay: Double?) {
+            let send = {
+                self.sendBatch(
+                    items,
+                    by: batcher,
+                    route: route,
+                    target: target,
+                    lane: lane,
+                    attempt: attempt,
+                    parked: parked,
+                    refused: refused,
+                    retry: retry,
+                    loop: loop
+                )
+            }
+            if let delay { loop.scheduleTask(in: .nanoseconds(Int64(delay * 1e9))) { send() } } else { send() }
+        }
         // Each message ends alone when it cannot go: expired, or nowhere to send it.
         @Sendable func failAll(_ items: [BatchItem], _ reason: String, _ error: String, attempts: Int) {
             for item in items {
@@ -132,34 +150,10 @@ extension Router {
         @Sendable func park(_ reason: String, _ why: String) {
             if parked == 0 { noteWaiting(route: route.name, service: target.service, reason: reason, why: why) }
             let wait = RetryPolicy.parkDelay(afterWaits: parked)
-            loop.scheduleTask(in: .nanoseconds(Int64(wait * 1e9))) {
-                self.sendBatch(
-                    live,
-                    by: batcher,
-                    route: route,
-                    target: target,
-                    lane: lane,
-                    attempt: attempt,
-                    parked: parked + 1,
-                    retry: retry,
-                    loop: loop
-                )
-            }
+            resend(live, attempt: attempt, parked: parked + 1, retry: retry, after: wait)
         }
         if !balancer.admits(target.service) {
-            loop.scheduleTask(in: .nanoseconds(Int64(Router.admissionWait() * 1e9))) {
-                self.sendBatch(
-                    live,
-                    by: batcher,
-                    route: route,
-                    target: target,
-                    lane: lane,
-                    attempt: attempt,
-                    parked: parked,
-                    retry: retry,
-                    loop: loop
-                )
-            }
+            resend(live, attempt: attempt, parked: parked, retry: retry, after: Router.admissionWait())
             return
         }
         if retry, !mayRetry(target.service) { return park("retry_budget", "the retry budget of service \(target.service) is spent") }
@@ -215,18 +209,7 @@ extension Router {
             case .unreachable:
                 let nowRefused = refused.union([instance.key])
                 if candidates.contains(where: { !nowRefused.contains($0.key) }) {
-                    self.sendBatch(
-                        live,
-                        by: batcher,
-                        route: route,
-                        target: target,
-                        lane: lane,
-                        attempt: attempt,
-                        parked: parked,
-                        refused: nowRefused,
-                        retry: retry,
-                        loop: loop
-                    )
+                    resend(live, attempt: attempt, parked: parked, refused: nowRefused, retry: retry, after: nil)
                     return
                 }
                 park("unreachable", "no instance of service \(target.service) can be reached")
@@ -240,19 +223,7 @@ extension Router {
                 ledger.retried(route: route.name)
                 item.attempts.retrying(attempt + 1)
             }
-            loop.scheduleTask(in: .nanoseconds(Int64(policy.backoff(afterAttempt: attempt) * 1e9))) {
-                self.sendBatch(
-                    live,
-                    by: batcher,
-                    route: route,
-                    target: target,
-                    lane: lane,
-                    attempt: attempt + 1,
-                    parked: parked,
-                    retry: true,
-                    loop: loop
-                )
-            }
+            resend(live, attempt: attempt + 1, parked: parked, retry: true, after: policy.backoff(afterAttempt: attempt))
         }
     }
 }

@@ -409,9 +409,9 @@ public final class Router: Sendable {
                 false
             )
         }
-        // The same attempt again after `delay`, without using up a retry.
-        @Sendable func again(_ delay: Double, _ parked: Int) {
-            loop.scheduleTask(in: .nanoseconds(Int64(delay * 1e9))) {
+        // The delivery's next step: another attempt (after `delay`, or at once).
+        @Sendable func redeliver(attempt: Int, parked: Int, refused: Set<String> = [], retry: Bool, after delay: Double?) {
+            let next = {
                 self.deliver(
                     envelope,
                     route: route,
@@ -420,12 +420,16 @@ public final class Router: Sendable {
                     attempt: attempt,
                     attempts: attempts,
                     parked: parked,
+                    refused: refused,
                     retry: retry,
                     loop: loop,
                     done: done
                 )
             }
+            if let delay { loop.scheduleTask(in: .nanoseconds(Int64(delay * 1e9))) { next() } } else { next() }
         }
+        // The same attempt again after `delay`, without using up a retry.
+        @Sendable func again(_ delay: Double, _ parked: Int) { redeliver(attempt: attempt, parked: parked, retry: retry, after: delay) }
         // The service is down (or its retry budget spent): the message waits, in the journal,
         // without using up its retries, until the service is back or the route's TTL runs out.
         @Sendable func park(_ reason: String, _ why: String) {
@@ -476,19 +480,7 @@ public final class Router: Sendable {
                 // Another instance may take it at once.
                 let nowRefused = refused.union([choice.instance.key])
                 if choice.candidates.contains(where: { !nowRefused.contains($0.key) }) {
-                    return self.deliver(
-                        envelope,
-                        route: route,
-                        captures: captures,
-                        target: target,
-                        attempt: attempt,
-                        attempts: attempts,
-                        parked: parked,
-                        refused: nowRefused,
-                        retry: retry,
-                        loop: loop,
-                        done: done
-                    )
+                    return redeliver(attempt: attempt, parked: parked, refused: nowRefused, retry: retry, after: nil)
                 }
                 return park("unreachable", why)
             }
@@ -502,20 +494,7 @@ public final class Router: Sendable {
                 "retrying",
                 metadata: ["id": "\(envelope.id)", "route": "\(route.name)", "attempt": "\(attempt)", "error": "\(detail)"]
             )
-            loop.scheduleTask(in: .nanoseconds(Int64(delay * 1e9))) {
-                self.deliver(
-                    envelope,
-                    route: route,
-                    captures: captures,
-                    target: target,
-                    attempt: attempt + 1,
-                    attempts: attempts,
-                    parked: parked,
-                    retry: true,
-                    loop: loop,
-                    done: done
-                )
-            }
+            redeliver(attempt: attempt + 1, parked: parked, retry: true, after: delay)
         }
     }
 
