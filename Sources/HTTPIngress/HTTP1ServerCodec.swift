@@ -15,9 +15,11 @@ import SwitchyardCore
 /// pauses) — unless the handler, having received a whole request it answers in one piece,
 /// allows reading ahead (`allowReadAhead`) and the next head passes `readsAheadOf`: pipelined
 /// messages then wait for the journal together instead of one commit after another. The
-/// handler writes the answers in request order. After a request with an `Upgrade` header nothing more is parsed: the bytes that
-/// follow belong to whatever the connection becomes, and are passed on when this handler is
-/// removed (a WebSocket tunnel) or dropped with the connection.
+/// handler writes the answers in request order.
+///
+/// After a request with an `Upgrade` header nothing more is parsed: the bytes that follow
+/// belong to whatever the connection becomes, and are passed on when this handler is removed
+/// (a WebSocket tunnel) or dropped with the connection.
 ///
 /// Malformed input is answered here with a JSON error and `connection: close` (400; 414 or
 /// 431 for a request line or head over 64 KiB; 417 for an expectation other than
@@ -37,6 +39,9 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// The most a request head (request line and headers) may take.
     static let maxHeadBytes = 64 * 1024
+    /// The most requests read ahead of their answers on one connection: a client that pipelines
+    /// without reading its answers holds at most this many (and 64 KiB of bytes) in memory.
+    static let maxUnanswered = 32
 
     private var inbound = HTTP1Message.Inbound.head
     /// Received bytes not yet parsed.
@@ -117,7 +122,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
             case .failed, .upgraded:
                 return
             case .head:
-                guard unanswered.isEmpty || readAheadAllowed, received!.readableBytes > 0,
+                guard unanswered.isEmpty || (readAheadAllowed && unanswered.count < Self.maxUnanswered), received!.readableBytes > 0,
                     let (head, body) = readHead(context: context, ahead: !unanswered.isEmpty)
                 else { return }
                 readAheadAllowed = false
@@ -419,7 +424,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
         guard let held = received?.readableBytes, held >= Self.maxHeadBytes else { return false }
         switch inbound {
         case .upgraded: return true
-        case .head: return !unanswered.isEmpty && !readAheadAllowed
+        case .head: return !unanswered.isEmpty && (!readAheadAllowed || unanswered.count >= Self.maxUnanswered)
         case .body, .failed: return false
         }
     }

@@ -90,6 +90,13 @@ final class ReadAheadCollector: ChannelInboundHandler {
         )
     }
 
+    @Test func atMost32RequestsAreReadAheadOfTheirAnswers() throws {
+        try channel.writeInbound(ByteBuffer(string: String(repeating: "GET /x HTTP/1.1\r\n\r\n", count: 40)))
+        #expect(collector.parts.filter { $0.hasPrefix("head") }.count == 32)
+        try answer(.ok, body: "")
+        #expect(collector.parts.filter { $0.hasPrefix("head") }.count == 33)
+    }
+
     @Test func aHeadNotToReadAheadWaitsForTheAnswersBefore() throws {
         try channel.writeInbound(ByteBuffer(string: "POST /a HTTP/1.1\r\nContent-Length: 1\r\n\r\nxGET /stream HTTP/1.1\r\n\r\n"))
         #expect(collector.parts == ["head POST /a", "body", "end"])
