@@ -157,6 +157,28 @@ import Testing
         await svc.stop()
     }
 
+    /// Pipelined single-message requests are taken together (they share journal commits) and
+    /// answered in order; malformed input after them is refused after their answers.
+    @Test func pipelinedMessagesAreAnsweredInOrder() async throws {
+        let svc = try await TestHTTPService.start()
+        let server = try await TestServer.start(Self.yaml(svc))
+        var raw = ""
+        for i in 0..<6 {
+            raw += "POST /v1/messages/devices/p1/d1/telemetry HTTP/1.1\r\nhost: x\r\nx-message-id: pipe-\(i)\r\ncontent-length: 7\r\n\r\n{\"n\":\(i)}"
+        }
+        raw += "POST /v1/messages/devices/p1/d1/telemetry HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nx"
+        let answer = String(decoding: try await TestHTTPClient.raw(Array(raw.utf8), port: server.httpPort), as: UTF8.self)
+        let statuses = answer.matches(of: #/HTTP/1\.1 (\d{3}) /#).map { String($0.1) }
+        #expect(statuses == ["202", "202", "202", "202", "202", "202", "400"], "\(answer)")
+        let ids = answer.matches(of: /"id":"(pipe-\d)"/).map { String($0.1) }
+        #expect(ids == (0..<6).map { "pipe-\($0)" })
+        // One device: delivered in the order sent.
+        let got = await svc.waitFor(count: 6)
+        #expect(got.compactMap { $0.header("x-switchyard-message-id") } == (0..<6).map { "pipe-\($0)" })
+        await server.stop()
+        await svc.stop()
+    }
+
     /// Batched delivery to a real service: one request carries many messages as a JSON array,
     /// in per-device order, payloads intact (a body this large goes without being copied).
     @Test func batchedDeliveryReachesARealServiceAsJSONArrays() async throws {
