@@ -89,7 +89,10 @@ import Testing
         let client = KeepAliveHTTPClient(port: server.httpPort)
         for _ in 0..<100 { #expect(try await client.request(.GET, "/api/x") == 200) }
         print("closing every 3rd response: A got \(a.received.count) of 100 requests")
-        #expect(a.received.count >= 25, "A closes connections but keeps listening: it keeps its share")
+        // Half of them when idle (44–55 alone); while each close's probe is pending A is passed
+        // over, so on a loaded machine (the whole suite running) it got 20–37. A drained A would
+        // get its first three and no more.
+        #expect(a.received.count >= 15, "A closes connections but keeps listening: it keeps its share")
         let state = try await Self.instanceState(server, a.port)
         #expect(state["warm_up_percent"] as? Double == 100, "no restart, no warm-up again: \(state)")
         await client.close()
