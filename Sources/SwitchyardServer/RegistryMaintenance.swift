@@ -26,14 +26,17 @@ struct RegistryMaintenance: Service {
                     if unhealthy + removed > 0 {
                         logger.info("instances without beats", metadata: ["now_unhealthy": "\(unhealthy)", "removed": "\(removed)"])
                     }
-                    try? await Task.sleep(nanoseconds: 500_000_000)
+                    // (Cut short by a graceful shutdown: it must not wait out the sleep.)
+                    try? await cancelWhenGracefulShutdown { try await Task.sleep(nanoseconds: 500_000_000) }
                 }
             }
             if healthCheckIntervalSeconds > 0 {
                 loops.addTask {
                     while !Task.isCancelled && !Task.isShuttingDownGracefully {
                         await checkPersistentInstances()
-                        try? await Task.sleep(nanoseconds: UInt64(healthCheckIntervalSeconds * 1e9))
+                        // (A shutdown waited out up to this interval, 5 s by default.)
+                        let interval = UInt64(healthCheckIntervalSeconds * 1e9)
+                        try? await cancelWhenGracefulShutdown { try await Task.sleep(nanoseconds: interval) }
                     }
                 }
             }
