@@ -18,7 +18,7 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
     typealias OutboundIn = HTTPClientRequestPart
     typealias OutboundOut = IOData
 
-    static let maxHeadBytes = 64 * 1024
+    static let maxHeadBytes = HTTP1Message.maxHeadBytes
 
     private var inbound = HTTP1Message.Inbound.head
     private var received: ByteBuffer?

@@ -6,6 +6,9 @@ import SwitchyardCore
 /// section, the body's framing on the way in, and on the way out. The server codec (client
 /// connections) and the gateway's upstream codec are built from them.
 package enum HTTP1Message {
+    /// The most a message head (start line and header fields) may take, on either side.
+    package static let maxHeadBytes = 64 * 1024
+
     /// Where a connection's incoming bytes stand.
     package enum Inbound {
         /// A message head is next.

@@ -38,7 +38,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
     typealias OutboundOut = IOData
 
     /// The most a request head (request line and headers) may take.
-    static let maxHeadBytes = 64 * 1024
+    static let maxHeadBytes = HTTP1Message.maxHeadBytes
     /// The most requests read ahead of their answers on one connection: a client that pipelines
     /// without reading its answers holds at most this many (and 64 KiB of bytes) in memory.
     static let maxUnanswered = 32

@@ -265,10 +265,9 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// The HTTP/1.1 codec, told when the next pipelined request may be read ahead (nil on HTTP/2).
     private let codec: HTTP1ServerCodec?
     /// Answers of collected requests in request order (nil: not ready yet); `answered` is
-    /// the number of the first, `taken` the number the next request gets.
+    /// the number of the first (the next request's is `answered + answers.count`).
     private var answers = CircularBuffer<(response: OutgoingResponse, keepAlive: Bool)?>(initialCapacity: 2)
     private var answered = 0
-    private var taken = 0
     /// The number of the request being collected (its slot in `answers`).
     private var slot = 0
     /// Inside a read burst: responses ready now are flushed together at `channelReadComplete`
@@ -368,8 +367,7 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
             head = h
             body = nil
             tooLarge = false
-            slot = taken
-            taken += 1
+            slot = answered + answers.count
             answers.append(nil)
             if let length = h.headers.first(name: "content-length").flatMap(Int.init), length > maxBodyBytes {
                 tooLarge = true

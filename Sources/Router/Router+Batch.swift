@@ -35,8 +35,6 @@ extension Router {
         let rule: SwitchyardConfiguration.BatchRule
         var items: [BatchItem] = []
         var timer: Scheduled<Void>?
-        /// Batches sent and not yet ended (delivered, refused or dead-lettered).
-        var out = 0
         let send: ([BatchItem], Batcher) -> Void
 
         init(loop: any EventLoop, rule: SwitchyardConfiguration.BatchRule, send: @escaping ([BatchItem], Batcher) -> Void) {
@@ -60,14 +58,12 @@ extension Router {
             guard !items.isEmpty else { return }
             let batch = items
             items = []
-            out += 1
             send(batch, self)
         }
 
         /// A batch sent earlier ended (its messages' outcomes given, so their devices' next
         /// messages are gathering now): what gathered goes without waiting out the linger.
         func ended() {
-            out -= 1
             if !items.isEmpty { flush() }
         }
     }

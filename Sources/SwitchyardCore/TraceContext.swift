@@ -55,9 +55,21 @@ public struct TraceContext: Sendable, Equatable {
     public func childTraceparent() -> String {
         var rng = FastRandom()
         let span = rng.next()
-        // One String of its final size (interpolation built two, once per forwarded message).
-        let count = 3 + traceID.utf8.count + 1 + 16 + 1 + flags.utf8.count
-        return String(unsafeUninitializedCapacity: count) { out in
+        return rendered(spanCount: 16) { out, at in Hex.write(span, into: out, at: at) }
+    }
+
+    public var traceparent: String {
+        rendered(spanCount: spanID.utf8.count) { out, at in
+            spanID.withUTF8Bytes { bytes in
+                for (k, b) in bytes.enumerated() { out[at + k] = b }
+            }
+        }
+    }
+
+    /// `00-{trace id}-{span}-{flags}` in one String of its final size (interpolation built
+    /// two, once per request and message); `writeSpan` fills the span's `spanCount` bytes.
+    private func rendered(spanCount: Int, writeSpan: (UnsafeMutableBufferPointer<UInt8>, Int) -> Void) -> String {
+        String(unsafeUninitializedCapacity: 3 + traceID.utf8.count + 1 + spanCount + 1 + flags.utf8.count) { out in
             var i = 0
             func put(_ s: String) {
                 s.withUTF8Bytes { bytes in
@@ -70,24 +82,12 @@ public struct TraceContext: Sendable, Equatable {
             put("00-")
             put(traceID)
             put("-")
-            Hex.write(span, into: out, at: i)
-            i += 16
+            writeSpan(out, i)
+            i += spanCount
             put("-")
             put(flags)
             return i
         }
-    }
-
-    public var traceparent: String {
-        // Built in one String of its final size (interpolation made two per request and message).
-        var text = "00-"
-        text.reserveCapacity(3 + traceID.utf8.count + 1 + spanID.utf8.count + 1 + flags.utf8.count)
-        text += traceID
-        text += "-"
-        text += spanID
-        text += "-"
-        text += flags
-        return text
     }
 
     /// `baggage` for the next hop, with `lane=` set to the assigned lane.
