@@ -51,24 +51,6 @@ final class ConnectionRateLimit: Sendable {
     }
 }
 
-/// `MQTTDecoder` counting the bytes it consumes.
-struct CountingPacketDecoder: NIOSingleStepByteToMessageDecoder {
-    typealias InboundOut = MQTTPacket
-    var decoder: MQTTDecoder
-    let stats: MQTTStats
-
-    mutating func decode(buffer: inout ByteBuffer) throws -> MQTTPacket? {
-        let before = buffer.readerIndex
-        let packet = try decoder.decode(&buffer)
-        if packet != nil { stats.received(bytes: buffer.readerIndex - before) }
-        return packet
-    }
-
-    mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> MQTTPacket? {
-        try decode(buffer: &buffer)
-    }
-}
-
 extension MQTTServer {
     /// `$SYS/broker/…` (retained, QoS 0) with the broker's figures; subscribers of `$SYS/#` see
     /// them change every `channels.mqtt.sys_interval`.

@@ -166,8 +166,8 @@ public final class MQTTServer: Service, Sendable {
         logger.info("stopped", metadata: ["address": "\(host):\(port)"])
     }
 
-    /// One listener's bootstrap: limits first, then (TLS) the given handlers, the decoder and
-    /// the connection handler.
+    /// One listener's bootstrap: limits first, then (TLS) the given handlers and the
+    /// connection handler (which decodes its packets itself).
     func bootstrap(tls: (@Sendable (any Channel) throws -> Void)?) -> ServerBootstrap {
         ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
@@ -194,9 +194,6 @@ public final class MQTTServer: Service, Sendable {
                         return
                     }
                     try tls?(channel)
-                    var decoder = MQTTDecoder()
-                    decoder.maximumPacketSize = options.maximumPacketSize
-                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(CountingPacketDecoder(decoder: decoder, stats: stats)))
                     try channel.pipeline.syncOperations.addHandler(
                         MQTTConnectionHandler(server: self, loop: channel.eventLoop, remoteAddress: channel.remoteAddress)
                     )
@@ -612,10 +609,16 @@ public struct MQTTServerError: Error, Sendable, CustomStringConvertible {
     public var description: String { message }
 }
 
-/// One connection: feeds the machine and performs its actions. `@unchecked Sendable`: its
-/// state is touched only on the channel's event loop (other threads hop there first).
+/// One connection: decodes its packets, feeds the machine and performs its actions.
+/// `@unchecked Sendable`: its state is touched only on the channel's event loop (other
+/// threads hop there first, through `inbox` for messages).
+///
+/// Per read burst, not per packet: packets are decoded here from the bytes read (no
+/// `ByteToMessageHandler` hop, which boxes each packet), the packets to send are encoded into
+/// one buffer that is written when the burst is flushed, and messages from other event loops
+/// arrive in one task per burst.
 final class MQTTConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
-    typealias InboundIn = MQTTPacket
+    typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     let server: MQTTServer
@@ -626,11 +629,21 @@ final class MQTTConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
     var closed = false
     /// Why the server closed the connection (for the disconnect event).
     var closeReason: String?
+    var decoder: MQTTDecoder
+    /// Bytes of a packet not yet whole.
+    var partial: ByteBuffer?
+    /// After a protocol error nothing more is decoded.
+    var decodeFailed = false
+    /// Packets encoded since the last write, written as one buffer.
+    var outbound: ByteBuffer?
+    /// Messages for this client from other event loops, taken in one task.
+    let inbox = NIOLockedValueBox<[MQTTOutbound]>([])
 
     init(server: MQTTServer, loop: any EventLoop, remoteAddress: SocketAddress?) {
         self.server = server
         self.loop = loop
         machine = MQTTConnectionMachine(options: server.options, remoteAddress: remoteAddress)
+        decoder = MQTTDecoder(maximumPacketSize: server.options.maximumPacketSize)
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -645,24 +658,63 @@ final class MQTTConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
             } else {
                 self.perform(self.machine.tick(now: now), context: context)
             }
+            if self.outbound != nil { self.flush(context) }
         }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let packet = unwrapInboundIn(data)
-        if case .publish(let p) = packet { server.stats.publishReceived(qos: p.qos) }
-        perform(machine.received(packet, now: SystemMonotonicClock().nowNanos()), context: context)
+        var bytes = unwrapInboundIn(data)
+        guard !decodeFailed else { return }
+        server.stats.received(bytes: bytes.readableBytes)
+        if var earlier = partial {
+            partial = nil
+            if earlier.readerIndex > 4096 { earlier.discardReadBytes() }
+            earlier.writeBuffer(&bytes)
+            bytes = earlier
+        }
+        let now = SystemMonotonicClock().nowNanos()
+        while !closed {
+            let packet: MQTTPacket?
+            do {
+                packet = try decoder.decode(&bytes)
+            } catch {
+                decodeFailed = true
+                protocolError(error, context: context)
+                return
+            }
+            guard let packet else { break }
+            if case .publish(let p) = packet { server.stats.publishReceived(qos: p.qos) }
+            perform(machine.received(packet, now: now), context: context)
+        }
+        if bytes.readableBytes > 0, !closed { partial = bytes }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
+        flush(context)
+    }
+
+    /// Writes the packets encoded so far (without flushing).
+    func writeOutbound(_ context: ChannelHandlerContext) {
+        guard let buffer = outbound else { return }
+        outbound = nil
+        server.stats.sent(bytes: buffer.readableBytes)
+        context.write(wrapOutboundOut(buffer), promise: nil)
+    }
+
+    func flush(_ context: ChannelHandlerContext) {
+        writeOutbound(context)
         context.flush()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        let wire = (error as? MQTTWireError) ?? MQTTWireError(.unspecifiedError, "\(error)")
+        protocolError((error as? MQTTWireError) ?? MQTTWireError(.unspecifiedError, "\(error)"), context: context)
+    }
+
+    func protocolError(_ wire: MQTTWireError, context: ChannelHandlerContext) {
         Counter(label: "switchyard_mqtt_protocol_errors_total", dimensions: [("reason", "\(wire.code)")]).increment()
         server.logger.debug("protocol error", metadata: ["error": "\(wire)", "client": "\(machine.clientID ?? "-")"])
         perform(machine.decodeFailed(wire), context: context)
+        flush(context)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -685,7 +737,10 @@ final class MQTTConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
     /// 0, so that its subscriptions are removed).
     func handOver() -> EventLoopFuture<MQTTSession?> {
         loop.submit {
-            if let context = self.context { self.perform(self.machine.takenOver(), context: context) }
+            if let context = self.context {
+                self.perform(self.machine.takenOver(), context: context)
+                self.flush(context)
+            }
             return self.machine.session(endedAt: WallClock.nowNanos(), evenIfEnding: true)
         }
     }
@@ -695,19 +750,39 @@ final class MQTTConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
         loop.submit { self.machine.session(endedAt: now) }
     }
 
-    /// From any loop: a message for this client. Written at once, flushed once for all the
-    /// messages delivered in the same turn of the loop (one write for a burst, not one each).
+    /// From any loop: a message for this client. Encoded at once (on this loop) or queued in
+    /// the inbox, taken by one task for all that arrive meanwhile (other loops); flushed once
+    /// for all the messages delivered in the same turn of the loop (one write for a burst).
     func deliver(_ message: MQTTOutbound) {
-        let run: @Sendable () -> Void = {
-            guard let context = self.context else {
-                // Closed meanwhile: a shared subscription's message goes to another member.
-                if message.shareFilter != nil, let id = self.machine.clientID { self.server.redistribute([message], leaving: id) }
-                return
-            }
-            self.perform(self.machine.deliver(message), context: context)
-            self.flushSoon()
+        if loop.inEventLoop {
+            hand(message)
+            flushSoon()
+            return
         }
-        if loop.inEventLoop { run() } else { loop.execute(run) }
+        let first = inbox.withLockedValue { queued in
+            queued.append(message)
+            return queued.count == 1
+        }
+        if first {
+            loop.execute {
+                let messages = self.inbox.withLockedValue { queued in
+                    defer { queued.removeAll(keepingCapacity: true) }
+                    return queued
+                }
+                for message in messages { self.hand(message) }
+                if let context = self.context { self.flush(context) }
+            }
+        }
+    }
+
+    /// On this loop: sends the message, or (closed meanwhile) gives a shared subscription's
+    /// message to another member.
+    private func hand(_ message: MQTTOutbound) {
+        guard let context else {
+            if message.shareFilter != nil, let id = machine.clientID { server.redistribute([message], leaving: id) }
+            return
+        }
+        perform(machine.deliver(message), context: context)
     }
 
     var flushScheduled = false
@@ -717,7 +792,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
         flushScheduled = true
         loop.execute {
             self.flushScheduled = false
-            self.context?.flush()
+            if let context = self.context { self.flush(context) }
         }
     }
 
@@ -726,6 +801,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
         context.eventLoop.execute {
             guard let context = self.context else { return }
             self.perform(self.machine.serverShuttingDown(), context: context)
+            self.flush(context)
         }
     }
 
@@ -738,21 +814,22 @@ final class MQTTConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
             switch action {
             case .send(let packet):
                 guard let version = machine.version ?? (packet.kind == .connack ? .v3_1_1 : nil) else { continue }
-                var buffer = context.channel.allocator.buffer(capacity: 16)
+                if outbound == nil { outbound = context.channel.allocator.buffer(capacity: 1024) }
+                let start = outbound!.writerIndex
                 do {
-                    try MQTTEncoder.encode(packet, version: version, into: &buffer)
-                    server.stats.sent(bytes: buffer.readableBytes)
-                    context.write(wrapOutboundOut(buffer), promise: nil)
+                    try MQTTEncoder.encode(packet, version: version, into: &outbound!)
                 } catch {
+                    outbound!.moveWriterIndex(to: start)  // nothing of a packet that could not be encoded
                     server.logger.error("cannot encode a packet", metadata: ["error": "\(error)"])
                 }
+                if outbound!.readableBytes >= 65536 { writeOutbound(context) }  // a long burst goes in parts
             case .attach(let clientID, let cleanStart):
                 Counter(label: "switchyard_mqtt_connects_total", dimensions: [("result", "accepted")]).increment()
                 server.attach(self, clientID: clientID, cleanStart: cleanStart, identity: machine.identity, on: loop).whenComplete { result in
                     guard let context = self.context else { return }
                     let session = (try? result.get()) ?? nil
                     self.perform(self.machine.attached(session, now: SystemMonotonicClock().nowNanos()), context: context)
-                    context.flush()
+                    self.flush(context)
                     if let event = self.machine.connectionEvent("connected") { _ = self.server.sink.submit(event, on: self.loop) }
                 }
             case .submit(let envelope, let token, let publish):
@@ -776,7 +853,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
                         case .failure(let error):
                             finish(.rejected(Rejection(filter: "mqtt", reason: "internal", status: 500, message: "\(error)")))
                         }
-                        self.context?.flush()
+                        if let context = self.context { self.flush(context) }
                     }
                 }
             case .subscribe(let added, let identifier):
@@ -816,6 +893,7 @@ final class MQTTConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
                 closed = true
                 closeReason = reason
                 server.logger.debug("closing", metadata: ["client": "\(machine.clientID ?? "-")", "reason": "\(reason)"])
+                writeOutbound(context)
                 context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: nil)
                 // Half-close: FIN after what was written; what the client still sends is read and
                 // dropped (a full close with unread input would be a reset, and the client could

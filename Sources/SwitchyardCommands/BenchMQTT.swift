@@ -159,6 +159,8 @@ struct BenchMQTT: AsyncParsableCommand {
         var seconds: Double
         var latencies: [UInt64]
         var brokerCPU: Double
+        /// This process's CPU (the clients) over the scenario: the load tool shares the cores.
+        var clientCPU: Double
 
         var throughput: Double { Double(unique) / max(seconds, 1e-9) }
         var lost: Int { expected - unique }
@@ -172,7 +174,7 @@ struct BenchMQTT: AsyncParsableCommand {
         func report(title: String) -> String {
             String(
                 format:
-                    "%@: %d/%d received in %.2f s → %.0f msg/s; lost %d, duplicates %d, out of order %d; latency p50 %.2f ms, p99 %.2f ms, max %.2f ms; broker CPU %.1f µs/msg",
+                    "%@: %d/%d received in %.2f s → %.0f msg/s; lost %d, duplicates %d, out of order %d; latency p50 %.2f ms, p99 %.2f ms, max %.2f ms; broker CPU %.1f µs/msg (clients %.1f)",
                 title,
                 unique,
                 expected,
@@ -184,7 +186,8 @@ struct BenchMQTT: AsyncParsableCommand {
                 percentile(0.5) / 1e6,
                 p99 / 1e6,
                 Double(latencies.last ?? 0) / 1e6,
-                brokerCPU / Double(max(unique, 1)) * 1e6
+                brokerCPU / Double(max(unique, 1)) * 1e6,
+                clientCPU / Double(max(unique, 1)) * 1e6
             )
         }
     }
@@ -222,6 +225,7 @@ struct BenchMQTT: AsyncParsableCommand {
         }
         let expected = perPublisher * publisherCount
         let cpuBefore = broker.cpuSeconds()
+        let clientCPUBefore = CPUTime.process()
         let start = SystemMonotonicClock().nowNanos()
         for (h, c) in zip(handlers, channels.suffix(handlers.count)) { c.eventLoop.execute { h.start() } }
         let deadline = start + UInt64(duration * 1e9)
@@ -258,7 +262,8 @@ struct BenchMQTT: AsyncParsableCommand {
             outOfOrder: c.outOfOrder,
             seconds: Double(end - start) / 1e9,
             latencies: c.latencies.sorted(),
-            brokerCPU: broker.cpuSeconds() - cpuBefore
+            brokerCPU: broker.cpuSeconds() - cpuBefore,
+            clientCPU: CPUTime.process() - clientCPUBefore
         )
     }
 

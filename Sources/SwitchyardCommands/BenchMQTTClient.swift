@@ -30,18 +30,31 @@ final class BenchStats: Sendable {
 
     init(perPublisher: Int) { self.perPublisher = perPublisher }
 
-    func received(publisher: Int, sequence: Int, sentAt: UInt64, now: UInt64) {
+    /// One message as a subscriber read it.
+    struct Arrival {
+        var publisher: Int
+        var sequence: Int
+        var sentAt: UInt64
+        var receivedAt: UInt64
+    }
+
+    /// The messages of one read burst of a subscriber (one lock for the burst, not one each).
+    func received(_ arrivals: [Arrival]) {
         counts.withLockedValue { c in
-            c.received += 1
-            c.lastReceivedAt = now
-            c.latencies.append(now &- sentAt)
-            var entry = c.seen.removeValue(forKey: publisher) ?? ([], -1)  // out of the dictionary: changed in place, not copied
-            defer { c.seen[publisher] = entry }
-            guard sequence >= 0, sequence < perPublisher else { return }
-            if entry.bits.count <= sequence { entry.bits.append(contentsOf: repeatElement(false, count: sequence + 1 - entry.bits.count)) }
-            if entry.bits[sequence] { c.duplicates += 1 } else { entry.bits[sequence] = true }
-            if sequence < entry.highest { c.outOfOrder += 1 }
-            entry.highest = max(entry.highest, sequence)
+            for a in arrivals {
+                c.received += 1
+                c.lastReceivedAt = a.receivedAt
+                c.latencies.append(a.receivedAt &- a.sentAt)
+                var entry = c.seen.removeValue(forKey: a.publisher) ?? ([], -1)  // out of the dictionary: changed in place, not copied
+                defer { c.seen[a.publisher] = entry }
+                guard a.sequence >= 0, a.sequence < perPublisher else { continue }
+                if entry.bits.count <= a.sequence {
+                    entry.bits.append(contentsOf: repeatElement(false, count: a.sequence + 1 - entry.bits.count))
+                }
+                if entry.bits[a.sequence] { c.duplicates += 1 } else { entry.bits[a.sequence] = true }
+                if a.sequence < entry.highest { c.outOfOrder += 1 }
+                entry.highest = max(entry.highest, a.sequence)
+            }
         }
     }
 
@@ -54,6 +67,12 @@ final class BenchStats: Sendable {
 /// bytes of the payload) keeping at most `window` of them unanswered — unacknowledged for
 /// QoS 1, not yet received by this run's subscribers for QoS 0 (`transit`) — so the broker
 /// runs at its own pace and nothing is lost to the load tool's haste.
+///
+/// The tool shares the machine with the broker it measures, so it works per read burst, as a
+/// broker does: a publisher writes the messages its window allows in one write (PUBLISH
+/// packets encoded straight into one buffer), a subscriber's PUBACKs go out in one write at
+/// the end of the burst, its arrivals are counted under one lock, and the publishers they
+/// free are woken once each, after the burst.
 final class BenchMQTTClient: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = MQTTPacket
     typealias OutboundOut = ByteBuffer
@@ -82,6 +101,13 @@ final class BenchMQTTClient: ChannelInboundHandler, @unchecked Sendable {
     var nextPacketID: UInt16 = 1
     var publishing = false
     var disconnectReason: String?
+    /// This read burst's arrivals (subscribers) and PUBACKs to send.
+    var arrivals: [BenchStats.Arrival] = []
+    var acks: ByteBuffer?
+    /// An acknowledgement came in this burst: publish more at its end.
+    var acknowledged = false
+    /// The PUBLISH packet's fixed part: type and flags, and the topic with its length.
+    let topicBytes: [UInt8]
 
     init(plan: Plan, stats: BenchStats, transit: BenchTransit, ready: EventLoopPromise<Void>, done: EventLoopPromise<Void>) {
         self.plan = plan
@@ -89,6 +115,7 @@ final class BenchMQTTClient: ChannelInboundHandler, @unchecked Sendable {
         self.transit = transit
         self.ready = ready
         self.done = done
+        topicBytes = Array((plan.publishTopic ?? "").utf8)
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -116,27 +143,49 @@ final class BenchMQTTClient: ChannelInboundHandler, @unchecked Sendable {
         case .suback(let ack):
             if ack.reasons.allSatisfy({ !$0.isFailure }) { ready.succeed(()) } else { ready.fail(BenchError("SUBACK \(ack.reasons)")) }
         case .publish(let p):
-            if p.qos == .atLeastOnce, let id = p.packetID { write(.puback(MQTTPacket.Ack(packetID: id)), context) }
+            if p.qos == .atLeastOnce, let id = p.packetID {
+                if acks == nil { acks = context.channel.allocator.buffer(capacity: 256) }
+                acks!.writeInteger(UInt32(0x4002_0000) | UInt32(id))  // PUBACK: type, length 2, packet id
+            }
             let now = SystemMonotonicClock().nowNanos()
             var payload = p.payload
             if let publisher = payload.readInteger(as: UInt32.self), let sequence = payload.readInteger(as: UInt64.self),
                 let sentAt = payload.readInteger(as: UInt64.self)
             {
-                stats.received(publisher: Int(publisher), sequence: Int(sequence), sentAt: sentAt, now: now)
-                transit.arrived(publisher: Int(publisher))
+                arrivals.append(.init(publisher: Int(publisher), sequence: Int(sequence), sentAt: sentAt, receivedAt: now))
             }
         case .disconnect(let d):
             disconnectReason = "\(d.reason)"
         case .puback:
             unacked -= 1
-            stats.counts.withLockedValue { $0.acked += 1 }
-            publishMore(context)
+            acked += 1
+            acknowledged = true
         default:
             break
         }
     }
 
+    /// Acknowledgements counted into the shared stats once per burst.
+    var acked = 0
+
     func channelReadComplete(context: ChannelHandlerContext) {
+        if let a = acks {
+            acks = nil
+            context.write(wrapOutboundOut(a), promise: nil)
+        }
+        if !arrivals.isEmpty {
+            stats.received(arrivals)
+            let wakes = transit.arrived(arrivals)
+            arrivals.removeAll(keepingCapacity: true)
+            for wake in wakes { wake() }
+        }
+        if acknowledged {
+            acknowledged = false
+            let n = acked
+            acked = 0
+            stats.counts.withLockedValue { $0.acked += n }
+            publishMore(context)
+        }
         context.flush()
     }
 
@@ -159,40 +208,50 @@ final class BenchMQTTClient: ChannelInboundHandler, @unchecked Sendable {
         publishing = true
         transit.register(publisher: plan.publisherIndex) { [weak self] in
             guard let self, let context = self.context else { return }
-            context.eventLoop.execute { self.publishMore(context) }
+            if context.eventLoop.inEventLoop {
+                self.publishMore(context)
+            } else {
+                context.eventLoop.execute { self.publishMore(context) }
+            }
         }
         publishMore(context)
     }
 
+    /// Writes as many messages as the window allows, in one write.
     func publishMore(_ context: ChannelHandlerContext) {
-        guard publishing, let topic = plan.publishTopic else { return }
-        var written = 0
-        while nextSequence < plan.count {
-            // Received by this run's subscribers (when it has any), and for QoS 1 also acknowledged.
-            if transit.receivers > 0 {
-                guard nextSequence - transit.count(publisher: plan.publisherIndex) < plan.window else { break }
-            }
-            if plan.qos != .atMostOnce {
-                guard unacked < plan.window else { break }
-            }
-            var payload = context.channel.allocator.buffer(capacity: plan.payloadBytes)
-            payload.writeInteger(UInt32(plan.publisherIndex))
-            payload.writeInteger(UInt64(nextSequence))
-            payload.writeInteger(SystemMonotonicClock().nowNanos())
-            if plan.payloadBytes > 20 { payload.writeRepeatingByte(0x2E, count: plan.payloadBytes - 20) }
-            var packetID: UInt16?
-            if plan.qos != .atMostOnce {
-                packetID = nextPacketID
-                nextPacketID = nextPacketID == UInt16.max ? 1 : nextPacketID + 1
-                unacked += 1
-            }
-            write(.publish(MQTTPacket.Publish(topic: topic, payload: payload, qos: plan.qos, packetID: packetID)), context)
-            nextSequence += 1
-            written += 1
+        guard publishing, plan.publishTopic != nil else { return }
+        // Received by this run's subscribers (when it has any), and for QoS 1 also acknowledged.
+        var allowed = plan.count - nextSequence
+        if transit.receivers > 0 {
+            allowed = min(allowed, plan.window - (nextSequence - transit.count(publisher: plan.publisherIndex)))
         }
-        if written > 0 {
-            stats.counts.withLockedValue { $0.sent += written }
-            context.flush()
+        if plan.qos != .atMostOnce { allowed = min(allowed, plan.window - unacked) }
+        if allowed > 0 {
+            let withID = plan.qos != .atMostOnce
+            let remaining = 2 + topicBytes.count + (withID ? 2 : 0) + plan.payloadBytes
+            var buffer = context.channel.allocator.buffer(capacity: allowed * (remaining + 5))
+            for _ in 0..<allowed {
+                buffer.writeInteger(UInt8(0x30 | (plan.qos.rawValue << 1)))  // PUBLISH, no DUP, no retain
+                var length = remaining
+                repeat {  // remaining length, 7 bits per byte
+                    buffer.writeInteger(UInt8(length & 0x7F) | (length > 0x7F ? 0x80 : 0))
+                    length >>= 7
+                } while length > 0
+                buffer.writeInteger(UInt16(topicBytes.count))
+                buffer.writeBytes(topicBytes)
+                if withID {
+                    buffer.writeInteger(nextPacketID)
+                    nextPacketID = nextPacketID == UInt16.max ? 1 : nextPacketID + 1
+                    unacked += 1
+                }
+                buffer.writeInteger(UInt32(plan.publisherIndex))
+                buffer.writeInteger(UInt64(nextSequence))
+                buffer.writeInteger(SystemMonotonicClock().nowNanos())
+                if plan.payloadBytes > 20 { buffer.writeRepeatingByte(0x2E, count: plan.payloadBytes - 20) }
+                nextSequence += 1
+            }
+            stats.counts.withLockedValue { $0.sent += allowed }
+            context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
         }
         if nextSequence >= plan.count, unacked == 0 { publishing = false }
     }
@@ -253,12 +312,17 @@ final class BenchTransit: Sendable {
         state.withLockedValue { $0.wake[publisher] = wake }
     }
 
-    func arrived(publisher: Int) {
-        let wake = state.withLockedValue { s -> (@Sendable () -> Void)? in
-            s.arrived[publisher, default: 0] += 1
-            return s.wake[publisher]
+    /// Counts a burst's arrivals; the publishers to wake, once each.
+    func arrived(_ arrivals: [BenchStats.Arrival]) -> [@Sendable () -> Void] {
+        state.withLockedValue { s in
+            var wakes: [@Sendable () -> Void] = []
+            var woken = Set<Int>()
+            for a in arrivals {
+                s.arrived[a.publisher, default: 0] += 1
+                if let wake = s.wake[a.publisher], woken.insert(a.publisher).inserted { wakes.append(wake) }
+            }
+            return wakes
         }
-        wake?()
     }
 
     func count(publisher: Int) -> Int {

@@ -141,6 +141,37 @@ def raw(port, packets, pause=0.0, timeout=3.0):
     return {"received": data.hex(), "closed": closed}
 
 
+def fragments(port, topic):
+    """CONNECT and three QoS 1 PUBLISHes as one byte stream: sent one byte per segment, and
+    (another client) all in one segment. Returns what each connection got back."""
+    def stream(client_id):
+        out = connect_packet(4, client_id)
+        for i in (1, 2, 3):
+            body = s(topic) + struct.pack("!H", i) + b'{"n":%d}' % i
+            out += bytes([0x32]) + vbi(len(body)) + body
+        return out
+
+    result = {}
+    for name, client_id, step in (("dribbled", "frag-1", 1), ("together", "frag-2", None)):
+        sock = socket.create_connection((HOST, port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        data = stream(client_id)
+        for i in range(0, len(data), step or len(data)):
+            sock.sendall(data[i:i + (step or len(data))])
+            if step:
+                time.sleep(0.002)
+        sock.settimeout(3)
+        got = b""
+        while len(got) < 16:
+            chunk = sock.recv(64)
+            if not chunk:
+                break
+            got += chunk
+        sock.close()
+        result[name] = got.hex()
+    return result
+
+
 def subscriber(port, version, client_id, topic_filter, qos):
     c, state = client(version, client_id)
     got = []
@@ -542,6 +573,8 @@ def scenario(name, port, args):
         return publish(port, version, qos, count, topic)
     if name == "connect":
         return connect_only(port, args[0], args[1] if len(args) > 1 else None)
+    if name == "fragments":
+        return fragments(port, args[0])
     if name == "garbage":
         return raw(port, [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"])
     if name == "oversize":

@@ -114,6 +114,20 @@ import Testing
         await svc.stop()
     }
 
+    /// The broker decodes packets from whatever segments arrive: a CONNECT and three PUBLISHes
+    /// one byte per segment, or all in one segment, get the same CONNACK and PUBACKs in order.
+    @Test func packetsSplitAcrossSegmentsOrSharingOneAreDecodedAlike() async throws {
+        let svc = try await TestHTTPService.start()
+        let server = try await TestServer.start(Self.yaml(svc))
+        let port = String(try await server.mqttPort())
+        let got = try await run("fragments", port, "devices/p1/frag/telemetry")
+        let expected = "20020000" + "40020001" + "40020002" + "40020003"  // CONNACK, PUBACK 1, 2, 3
+        #expect(got["dribbled"] as? String == expected, "\(got)")
+        #expect(got["together"] as? String == expected, "\(got)")
+        await server.stop()
+        await svc.stop()
+    }
+
     @Test(arguments: [("3", 0), ("3", 1), ("5", 1), ("5", 2)])
     func subscribersGetWhatDevicesPublishAndRetainedMessages(version: String, qos: Int) async throws {
         let svc = try await TestHTTPService.start()
