@@ -458,7 +458,9 @@ final class BenchBroker: @unchecked Sendable {
     }
 
     /// This binary's `serve`, anonymous MQTT; with `pipeline`, `bench/…` is routed through the
-    /// journal to a sink in this process (otherwise no route: subscribers only).
+    /// journal to a sink in this process (otherwise no route: subscribers only). The in-flight
+    /// window towards subscribers is as open as Mosquitto's below (`max_inflight_messages 0`,
+    /// no limit): both brokers then pace QoS 1 by the clients alone.
     static func switchyard(pipeline: Bool) async throws -> BenchBroker {
         let port = try freePort()
         var sink: BenchSink?
@@ -487,7 +489,7 @@ final class BenchBroker: @unchecked Sendable {
               mqtt: {host: 127.0.0.1, port: \(port)}
               nacos: {host: 127.0.0.1, port: 0}
             channels:
-              mqtt: {allow_anonymous: true, max_connections: 1000000, max_connection_rate: 0}
+              mqtt: {allow_anonymous: true, max_connections: 1000000, max_connection_rate: 0, max_inflight: 65535}
             \(routes)
             """
         }
