@@ -70,7 +70,9 @@ public struct MQTTConnectionMachine: Sendable {
         case send(MQTTPacket)
         /// Hand a device message to the pipeline; answer with `submitted(token:result:)`. Once
         /// accepted, `publish` goes to the broker's subscribers (and the retained store).
-        case submit(Envelope, token: UInt64, publish: MQTTPacket.Publish)
+        /// A message for the pipeline (its envelope: `envelope(for: publish)`, built only when
+        /// the pipeline needs one).
+        case submit(token: UInt64, publish: MQTTPacket.Publish)
         /// Add subscriptions in the broker's trie; the matching retained messages go out after
         /// the actions that follow (the SUBACK).
         case subscribe([(MQTTPacket.Subscription, isNew: Bool)], identifier: Int?)
@@ -468,7 +470,7 @@ public struct MQTTConnectionMachine: Sendable {
         if p.qos != .atMostOnce, let id = p.packetID {
             pendingAcks.append(PendingAck(token: token, packetID: id, qos: p.qos, result: nil))
         }
-        return [.submit(envelope(for: p), token: token, publish: p)]
+        return [.submit(token: token, publish: p)]
     }
 
     mutating func subscribe(_ s: MQTTPacket.Subscribe) -> [Action] {

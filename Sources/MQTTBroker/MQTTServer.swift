@@ -832,10 +832,22 @@ final class MQTTConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
                     self.flush(context)
                     if let event = self.machine.connectionEvent("connected") { _ = self.server.sink.submit(event, on: self.loop) }
                 }
-            case .submit(let envelope, let token, let publish):
+            case .submit(let token, let publish):
                 let loop = context.eventLoop
                 let publisher = machine.clientID
                 server.completeCommand(publish)
+                let identity = machine.identity
+                if server.sink.takesBrokerOnly(
+                    channel: server.options.channelName,
+                    topic: publish.topic,
+                    product: identity?.product,
+                    device: identity?.device
+                ) {
+                    server.fanOut(publish, from: publisher)
+                    perform(machine.submitted(token: token, result: .accepted), context: context)
+                    continue
+                }
+                let envelope = machine.envelope(for: publish)
                 // Subscribers get what the pipeline took (filters apply to them too), once; then
                 // the publisher's acknowledgement.
                 let finish: @Sendable (SubmitResult) -> Void = { outcome in

@@ -43,6 +43,11 @@ public protocol MessageSink: Sendable {
     /// Like `submit`, but an answer known at once (refused by a filter, or taken without the
     /// journal) comes back as a value: no future, no hop (the MQTT hot path).
     func submitting(_ envelope: consuming Envelope, on loop: any EventLoop) -> Submission
+    /// For a channel with its own subscribers (MQTT), before it builds an envelope: true when a
+    /// message on `topic` from this sender (`product`/`device`: its authenticated identity)
+    /// would only be counted and passed to subscribers — no route takes it and no filter could
+    /// refuse it. It is then counted (received, outcome `broker_only`) and needs no envelope.
+    func takesBrokerOnly(channel: String, topic: String, product: String?, device: String?) -> Bool
 }
 
 /// The answer to a submission: now, or once the journal committed.
@@ -55,6 +60,9 @@ extension MessageSink {
     public func submitting(_ envelope: consuming Envelope, on loop: any EventLoop) -> Submission {
         .later(submit(envelope, on: loop))
     }
+
+    /// Sinks without broker-only channels take every message through `submit`.
+    public func takesBrokerOnly(channel: String, topic: String, product: String?, device: String?) -> Bool { false }
 
     /// One by one, for sinks with nothing to gain from a group.
     public func submit(batch: consuming [Envelope], on loop: any EventLoop) -> EventLoopFuture<[SubmitResult]> {

@@ -83,6 +83,23 @@ final class Pipeline: MessageSink {
         return .later(answer.futureResult)
     }
 
+    /// Without an envelope: a message of a broker-only channel that no route takes, when no
+    /// filter is configured and the sender's identity agrees with the topic (what `admit` would
+    /// check), ends as `broker_only` whatever its envelope would say (tags and lane matter only
+    /// to delivery).
+    func takesBrokerOnly(channel: String, topic: String, product: String?, device: String?) -> Bool {
+        guard !brokerOnlyChannels.isEmpty, brokerOnlyChannels.contains(channel) else { return false }
+        let snapshot = self.snapshot
+        guard snapshot.controller.refusesNothing, !snapshot.router.routes(topic) else { return false }
+        if product != nil || device != nil {
+            let fromTopic = snapshot.controller.identify(topic: topic)
+            if let device, let other = fromTopic.device, device != other { return false }  // a conflict: refused by the full path
+            if let product, let other = fromTopic.product, product != other { return false }
+        }
+        ledger.receivedBrokerOnly(channel: channel)
+        return true
+    }
+
     /// Each envelope is admitted on its own; the accepted ones are journaled as one group and
     /// acknowledged together (or, when the journal cannot take them, refused together).
     func submit(batch: consuming [Envelope], on loop: any EventLoop) -> EventLoopFuture<[SubmitResult]> {

@@ -18,7 +18,7 @@ import Testing
     }
 
     func tokens(_ actions: [MQTTConnectionMachine.Action]) -> [UInt64] {
-        actions.compactMap { if case .submit(_, let token, _) = $0 { token } else { nil } }
+        actions.compactMap { if case .submit(let token, _) = $0 { token } else { nil } }
     }
 
     /// CONNECT, then the session the broker found (none) attached.
@@ -264,7 +264,7 @@ import Testing
         props.topicAlias = 3
         let set = m.received(.publish(MQTTPacket.Publish(topic: "devices/p/d1/t", payload: ByteBuffer(string: "1"), properties: props)), now: 1)
         let used = m.received(.publish(MQTTPacket.Publish(topic: "", payload: ByteBuffer(string: "2"), properties: props)), now: 2)
-        let topics = (set + used).compactMap { if case .submit(let e, _, _) = $0 { e.topic } else { nil } }
+        let topics = (set + used).compactMap { if case .submit(_, let p) = $0 { m.envelope(for: p).topic } else { nil } }
         #expect(topics == ["devices/p/d1/t", "devices/p/d1/t"])
         props.topicAlias = 9
         let unknown = sent(m.received(.publish(MQTTPacket.Publish(topic: "", payload: ByteBuffer(string: "3"), properties: props)), now: 3))

@@ -128,6 +128,26 @@ import Testing
         await svc.stop()
     }
 
+    /// Without filters, a message no route takes goes to subscribers without an envelope:
+    /// each is still counted once (received, `broker_only`), and the ledger balances.
+    @Test func unroutedMessagesWithoutFiltersReachSubscribersAndAreCountedBrokerOnly() async throws {
+        let server = try await TestServer.start(
+            """
+            channels:
+              mqtt: {allow_anonymous: true}
+            """
+        )
+        let port = String(try await server.mqttPort())
+        let r = try await run("pubsub", port, "5", "1", "20")
+        let got = try #require(r["got"] as? [[String: Any]])
+        #expect(got.count == 20)
+        let ledger = server.app.ledger.snapshot()
+        // 20 for the subscriber, one it does not take, one retained.
+        #expect(ledger.brokerOnly["mqtt"] == 22, "\(ledger)")
+        #expect(ledger.receivedTotal == 22 && ledger.balances, "\(ledger)")
+        await server.stop()
+    }
+
     @Test(arguments: [("3", 0), ("3", 1), ("5", 1), ("5", 2)])
     func subscribersGetWhatDevicesPublishAndRetainedMessages(version: String, qos: Int) async throws {
         let svc = try await TestHTTPService.start()
