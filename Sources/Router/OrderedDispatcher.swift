@@ -4,7 +4,10 @@ public import SwitchyardCore
 
 /// Per-device order: messages of one device are delivered one at a time, in the order they
 /// were dispatched, even across retries (a device waits on its own head message); devices
-/// never wait on each other. Messages without a device go at once.
+/// never wait on each other. Messages without a device go at once, up to `unorderedLimit` of
+/// them in delivery; more wait in arrival order for a slot (a flood of them — a topic no device
+/// pattern matches — would otherwise all reach the forwarder's queues at once, wait out their
+/// timeouts there and be retried together).
 ///
 /// A device with messages pending is owned by one event loop, which keeps its queue without
 /// locks. An idle device is given to the loop its next message arrives on, so a device that
@@ -17,6 +20,14 @@ public final class OrderedDispatcher: Sendable {
 
     private let shards: [Shard]
     private let owners: [NIOLockedValueBox<[String: Owner]>]
+    /// Messages without a device in delivery at once, at most.
+    public let unorderedLimit: Int
+    private let unordered = NIOLockedValueBox(Unordered())
+
+    struct Unordered {
+        var inDelivery = 0
+        var waiting = CircularBuffer<Shard.Item>()
+    }
 
     struct Owner {
         var shard: Int
@@ -26,7 +37,8 @@ public final class OrderedDispatcher: Sendable {
         var inTransit: Int
     }
 
-    public init(group: any EventLoopGroup) {
+    public init(group: any EventLoopGroup, unorderedLimit: Int = 1024) {
+        self.unorderedLimit = max(1, unorderedLimit)
         let owners = (0..<16).map { _ in NIOLockedValueBox([String: Owner]()) }
         self.owners = owners
         shards = group.makeIterator().map { loop in
@@ -44,8 +56,16 @@ public final class OrderedDispatcher: Sendable {
     /// Queues `envelope` behind its device's earlier messages; `deliver` runs when it is its turn.
     public func dispatch(_ envelope: Envelope, deliver: @escaping Deliver) {
         guard let device = envelope.device else {
-            let loop = shards[Int(FastRandom.next() % UInt64(shards.count))].loop
-            loop.execute { deliver(envelope, loop) {} }
+            let item = Shard.Item(envelope: envelope, deliver: deliver)
+            let now = unordered.withLockedValue { u in
+                guard u.inDelivery < unorderedLimit else {
+                    u.waiting.append(item)
+                    return false
+                }
+                u.inDelivery += 1
+                return true
+            }
+            if now { startUnordered(item) }
             return
         }
         let hash = StableHash.fnv1a(device)
@@ -70,6 +90,26 @@ public final class OrderedDispatcher: Sendable {
             return nil
         }
         inline?.enqueue(device, item)
+    }
+
+    /// A message without a device, on any loop; its slot goes to the next waiting one when it ends.
+    private func startUnordered(_ item: Shard.Item) {
+        let loop = shards[Int(FastRandom.next() % UInt64(shards.count))].loop
+        loop.execute {
+            item.deliver(item.envelope, loop) {
+                let next = self.unordered.withLockedValue { u -> Shard.Item? in
+                    if let next = u.waiting.popFirst() { return next }
+                    u.inDelivery -= 1
+                    return nil
+                }
+                if let next { self.startUnordered(next) }
+            }
+        }
+    }
+
+    /// Messages without a device in delivery and waiting for a slot (for tests).
+    public var unorderedCounts: (inDelivery: Int, waiting: Int) {
+        unordered.withLockedValue { ($0.inDelivery, $0.waiting.count) }
     }
 
     /// Devices with messages waiting or in delivery (for metrics and tests).

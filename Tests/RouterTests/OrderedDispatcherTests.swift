@@ -40,6 +40,45 @@ import Testing
         try await group.shutdownGracefully()
     }
 
+    /// Messages without a device go without waiting on each other, but no more than
+    /// `unorderedLimit` at once; the rest wait for a slot and all are delivered.
+    @Test func messagesWithoutADeviceAreBoundedInDelivery() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        let dispatcher = OrderedDispatcher(group: group, unorderedLimit: 4)
+        let state = NIOLockedValueBox((running: 0, most: 0, delivered: 0, held: [@Sendable () -> Void]()))
+        for n in 0..<50 {
+            dispatcher.dispatch(envelope(nil, n)) { _, _, done in
+                state.withLockedValue { s in
+                    s.running += 1
+                    s.most = max(s.most, s.running)
+                    s.held.append {
+                        state.withLockedValue { s in
+                            s.running -= 1
+                            s.delivered += 1
+                        }
+                        done()
+                    }
+                }
+            }
+        }
+        try await Task.sleep(nanoseconds: 100_000_000)
+        #expect(dispatcher.unorderedCounts == (4, 46))
+        // Release whatever is in delivery until all 50 are through.
+        for _ in 0..<500 {
+            let held = state.withLockedValue { s in
+                defer { s.held.removeAll() }
+                return s.held
+            }
+            for release in held { release() }
+            if state.withLockedValue({ $0.delivered }) == 50 { break }
+            try await Task.sleep(nanoseconds: 10_000_000)
+        }
+        let s = state.withLockedValue { $0 }
+        #expect(s.delivered == 50 && s.most == 4, "delivered \(s.delivered), at most \(s.most) at once")
+        #expect(dispatcher.unorderedCounts == (0, 0))
+        try await group.shutdownGracefully()
+    }
+
     /// Messages of one device dispatched in turn from different event loops (the device's
     /// connection moved) keep their order: the owning loop takes them in dispatch order.
     @Test func orderHoldsWhenADeviceArrivesOnDifferentLoops() async throws {
