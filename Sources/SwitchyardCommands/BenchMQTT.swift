@@ -44,6 +44,12 @@ struct BenchMQTT: AsyncParsableCommand {
     @Option(help: "Seconds to run (sub, conn) or at most per scenario (compare, pub).") var duration = 60.0
     @Flag(help: "compare: also run Mosquitto (Debian package mosquitto) and print the ratio.") var peer = false
     @Flag(help: "compare: once more with the pipeline on (topics routed through the journal to a sink).") var pipeline = false
+    @Option(
+        help: """
+            compare: Switchyard's event loops (node.threads; 0: one per core). Default 1, as \
+            Mosquitto runs one thread: each broker gets one core, the load tool the other.
+            """
+    ) var brokerThreads = 1
 
     /// The load tool's connections share one event loop (the machine's other cores are the broker's).
     static let clientGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
@@ -53,6 +59,7 @@ struct BenchMQTT: AsyncParsableCommand {
         guard !levels.isEmpty, levels.allSatisfy({ $0 != .exactlyOnce }) else {
             throw ValidationError("--qos takes 0 and/or 1 (e.g. 0,1)")
         }
+        guard (0...256).contains(brokerThreads) else { throw ValidationError("--broker-threads must be between 0 and 256 (0: one per core)") }
         guard payloadBytes >= 20 else { throw ValidationError("--payload-bytes must be at least 20 (publisher, sequence, time)") }
         emit("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, \(ProcessInfo.processInfo.physicalMemory >> 30) GiB")
         emit("command: switchyard bench mqtt \(CommandLine.arguments.dropFirst(3).joined(separator: " "))")
@@ -67,7 +74,10 @@ struct BenchMQTT: AsyncParsableCommand {
     // MARK: - compare
 
     func compare(_ levels: [QoS]) async throws {
-        var brokers: [BenchBroker] = [try await BenchBroker.switchyard(pipeline: false)]
+        emit(
+            "switchyard: \(brokerThreads == 0 ? "one event loop per core" : "\(brokerThreads) event loop(s)") (--broker-threads); mosquitto: one thread"
+        )
+        var brokers: [BenchBroker] = [try await BenchBroker.switchyard(pipeline: false, threads: brokerThreads)]
         if peer {
             do {
                 brokers.append(try await BenchBroker.mosquitto())
@@ -92,7 +102,7 @@ struct BenchMQTT: AsyncParsableCommand {
             }
         }
         if pipeline {
-            let routed = try await BenchBroker.switchyard(pipeline: true)
+            let routed = try await BenchBroker.switchyard(pipeline: true, threads: brokerThreads)
             defer { routed.stop() }
             for q in levels {
                 let name = "fan-in \(publishers)→1, QoS \(q.rawValue), pipeline on"
@@ -117,7 +127,9 @@ struct BenchMQTT: AsyncParsableCommand {
             // On a fresh process of each broker: one that just ran the throughput scenarios
             // may give memory back meanwhile and show a smaller (even negative) growth.
             for name in brokers.map(\.name) {
-                let broker = name == "switchyard" ? try await BenchBroker.switchyard(pipeline: false) : try await BenchBroker.mosquitto()
+                let broker =
+                    name == "switchyard"
+                    ? try await BenchBroker.switchyard(pipeline: false, threads: brokerThreads) : try await BenchBroker.mosquitto()
                 defer { broker.stop() }
                 let perConnection = try await idleMemory(broker: broker)
                 idle[broker.name] = perConnection
@@ -461,7 +473,7 @@ final class BenchBroker: @unchecked Sendable {
     /// journal to a sink in this process (otherwise no route: subscribers only). The in-flight
     /// window towards subscribers is as open as Mosquitto's below (`max_inflight_messages 0`,
     /// no limit): both brokers then pace QoS 1 by the clients alone.
-    static func switchyard(pipeline: Bool) async throws -> BenchBroker {
+    static func switchyard(pipeline: Bool, threads: Int) async throws -> BenchBroker {
         let port = try freePort()
         var sink: BenchSink?
         var sinkGroup: MultiThreadedEventLoopGroup?
@@ -482,7 +494,7 @@ final class BenchBroker: @unchecked Sendable {
         }
         return try await serve(pipeline ? "switchyard-routed" : "switchyard", port: port, sink: sink, sinkGroup: sinkGroup) { dir in
             """
-            node: {data_dir: \(dir)/data}
+            node: {data_dir: \(dir)/data, threads: \(threads)}
             listeners:
               http: {host: 127.0.0.1, port: 0}
               admin: {host: 127.0.0.1, port: 0}
