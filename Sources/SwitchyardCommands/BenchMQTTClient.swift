@@ -69,8 +69,8 @@ final class BenchStats: Sendable {
 /// runs at its own pace and nothing is lost to the load tool's haste.
 ///
 /// The tool shares the machine with the broker it measures, so it works per read burst, as a
-/// broker does: a publisher writes the messages its window allows in one write (PUBLISH
-/// packets encoded straight into one buffer), a subscriber's PUBACKs go out in one write at
+/// broker does: a publisher writes the messages its window allows in one write (its PUBLISH
+/// packets encoded into one buffer), a subscriber's PUBACKs go out in one write at
 /// the end of the burst, its arrivals are counted under one lock, and the publishers they
 /// free are woken once each, after the burst.
 final class BenchMQTTClient: ChannelInboundHandler, @unchecked Sendable {
@@ -106,8 +106,8 @@ final class BenchMQTTClient: ChannelInboundHandler, @unchecked Sendable {
     var acks: ByteBuffer?
     /// An acknowledgement came in this burst: publish more at its end.
     var acknowledged = false
-    /// The PUBLISH packet's fixed part: type and flags, and the topic with its length.
-    let topicBytes: [UInt8]
+    /// The payload being built: unshared again once its packet is encoded, so reused.
+    var payload = ByteBuffer()
 
     init(plan: Plan, stats: BenchStats, transit: BenchTransit, ready: EventLoopPromise<Void>, done: EventLoopPromise<Void>) {
         self.plan = plan
@@ -115,7 +115,6 @@ final class BenchMQTTClient: ChannelInboundHandler, @unchecked Sendable {
         self.transit = transit
         self.ready = ready
         self.done = done
-        topicBytes = Array((plan.publishTopic ?? "").utf8)
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -145,7 +144,7 @@ final class BenchMQTTClient: ChannelInboundHandler, @unchecked Sendable {
         case .publish(let p):
             if p.qos == .atLeastOnce, let id = p.packetID {
                 if acks == nil { acks = context.channel.allocator.buffer(capacity: 256) }
-                acks!.writeInteger(UInt32(0x4002_0000) | UInt32(id))  // PUBACK: type, length 2, packet id
+                try? MQTTEncoder.encode(.puback(MQTTPacket.Ack(packetID: id)), version: .v3_1_1, into: &acks!)
             }
             let now = SystemMonotonicClock().nowNanos()
             var payload = p.payload
@@ -219,7 +218,7 @@ final class BenchMQTTClient: ChannelInboundHandler, @unchecked Sendable {
 
     /// Writes as many messages as the window allows, in one write.
     func publishMore(_ context: ChannelHandlerContext) {
-        guard publishing, plan.publishTopic != nil else { return }
+        guard publishing, let topic = plan.publishTopic else { return }
         // Received by this run's subscribers (when it has any), and for QoS 1 also acknowledged.
         var allowed = plan.count - nextSequence
         if transit.receivers > 0 {
@@ -227,27 +226,21 @@ final class BenchMQTTClient: ChannelInboundHandler, @unchecked Sendable {
         }
         if plan.qos != .atMostOnce { allowed = min(allowed, plan.window - unacked) }
         if allowed > 0 {
-            let withID = plan.qos != .atMostOnce
-            let remaining = 2 + topicBytes.count + (withID ? 2 : 0) + plan.payloadBytes
-            var buffer = context.channel.allocator.buffer(capacity: allowed * (remaining + 5))
+            var buffer = context.channel.allocator.buffer(capacity: allowed * (plan.payloadBytes + topic.utf8.count + 9))
             for _ in 0..<allowed {
-                buffer.writeInteger(UInt8(0x30 | (plan.qos.rawValue << 1)))  // PUBLISH, no DUP, no retain
-                var length = remaining
-                repeat {  // remaining length, 7 bits per byte
-                    buffer.writeInteger(UInt8(length & 0x7F) | (length > 0x7F ? 0x80 : 0))
-                    length >>= 7
-                } while length > 0
-                buffer.writeInteger(UInt16(topicBytes.count))
-                buffer.writeBytes(topicBytes)
-                if withID {
-                    buffer.writeInteger(nextPacketID)
+                payload.clear()
+                payload.writeInteger(UInt32(plan.publisherIndex))
+                payload.writeInteger(UInt64(nextSequence))
+                payload.writeInteger(SystemMonotonicClock().nowNanos())
+                if plan.payloadBytes > 20 { payload.writeRepeatingByte(0x2E, count: plan.payloadBytes - 20) }
+                var packetID: UInt16?
+                if plan.qos != .atMostOnce {
+                    packetID = nextPacketID
                     nextPacketID = nextPacketID == UInt16.max ? 1 : nextPacketID + 1
                     unacked += 1
                 }
-                buffer.writeInteger(UInt32(plan.publisherIndex))
-                buffer.writeInteger(UInt64(nextSequence))
-                buffer.writeInteger(SystemMonotonicClock().nowNanos())
-                if plan.payloadBytes > 20 { buffer.writeRepeatingByte(0x2E, count: plan.payloadBytes - 20) }
+                let publish = MQTTPacket.publish(MQTTPacket.Publish(topic: topic, payload: payload, qos: plan.qos, packetID: packetID))
+                try? MQTTEncoder.encode(publish, version: .v3_1_1, into: &buffer)
                 nextSequence += 1
             }
             stats.counts.withLockedValue { $0.sent += allowed }
