@@ -38,6 +38,7 @@ struct BenchMQTT: AsyncParsableCommand {
     @Option(help: "Payload bytes (at least 20).") var payloadBytes = 64
     @Option(help: "Topic template; %i is the client index (pub: topic, sub: filter).") var topic = "bench/%i"
     @Option(help: "Unanswered messages per publisher.") var window = 10
+    @Option(help: "Messages per second per publisher (pub; 0: as fast as the window allows).") var rate = 0.0
     @Option(help: "Publishers in the fan-in scenario (compare).") var publishers = 100
     @Option(help: "Publisher/subscriber pairs (compare).") var pairs = 50
     @Option(help: "Idle connections for the memory figure (compare; 0 to skip).") var idleConnections = 10_000
@@ -59,6 +60,7 @@ struct BenchMQTT: AsyncParsableCommand {
         guard !levels.isEmpty, levels.allSatisfy({ $0 != .exactlyOnce }) else {
             throw ValidationError("--qos takes 0 and/or 1 (e.g. 0,1)")
         }
+        guard rate >= 0, rate.isFinite else { throw ValidationError("--rate must be 0 (no limit) or a number of messages per second") }
         guard (0...256).contains(brokerThreads) else { throw ValidationError("--broker-threads must be between 0 and 256 (0: one per core)") }
         guard payloadBytes >= 20 else { throw ValidationError("--payload-bytes must be at least 20 (publisher, sequence, time)") }
         emit("machine: \(ProcessInfo.processInfo.activeProcessorCount) cores, \(ProcessInfo.processInfo.physicalMemory >> 30) GiB")
@@ -242,10 +244,15 @@ struct BenchMQTT: AsyncParsableCommand {
         for (h, c) in zip(handlers, channels.suffix(handlers.count)) { c.eventLoop.execute { h.start() } }
         let deadline = start + UInt64(duration * 1e9)
         var last = (count: 0, at: start)
+        var lastProgress = start
         while true {
             let received = stats.counts.withLockedValue { $0.received }
             let now = SystemMonotonicClock().nowNanos()
             if received >= expected || now > deadline { break }
+            if now - lastProgress > 1_000_000_000 {
+                emit("  … \(broker.name): \(received) of \(expected) received")
+                lastProgress = now
+            }
             if received != last.count {
                 last = (received, now)
             } else if now - last.at > 3_000_000_000 {
@@ -322,6 +329,7 @@ struct BenchMQTT: AsyncParsableCommand {
             plan.qos = q
             plan.payloadBytes = payloadBytes
             plan.window = window
+            plan.rate = rate
             pairs.append(try await BenchMQTTClient.connect(host: host, port: port, plan: plan, stats: stats, transit: transit))
         }
         let start = SystemMonotonicClock().nowNanos()

@@ -86,6 +86,8 @@ final class BenchMQTTClient: ChannelInboundHandler, @unchecked Sendable {
         var qos = QoS.atMostOnce
         var payloadBytes = 64
         var window = 10
+        /// Messages per second at most (0: as fast as the window allows).
+        var rate = 0.0
         var keepAlive: UInt16 = 300
     }
 
@@ -108,6 +110,9 @@ final class BenchMQTTClient: ChannelInboundHandler, @unchecked Sendable {
     var acknowledged = false
     /// The payload being built: unshared again once its packet is encoded, so reused.
     var payload = ByteBuffer()
+    /// With a rate: when publishing started, and whether a wake-up for the next one is set.
+    var startedAt: UInt64 = 0
+    var rateTimerSet = false
 
     init(plan: Plan, stats: BenchStats, transit: BenchTransit, ready: EventLoopPromise<Void>, done: EventLoopPromise<Void>) {
         self.plan = plan
@@ -205,6 +210,7 @@ final class BenchMQTTClient: ChannelInboundHandler, @unchecked Sendable {
     func start() {
         guard let context, plan.publishTopic != nil else { return }
         publishing = true
+        startedAt = SystemMonotonicClock().nowNanos()
         transit.register(publisher: plan.publisherIndex) { [weak self] in
             guard let self, let context = self.context else { return }
             if context.eventLoop.inEventLoop {
@@ -216,7 +222,7 @@ final class BenchMQTTClient: ChannelInboundHandler, @unchecked Sendable {
         publishMore(context)
     }
 
-    /// Writes as many messages as the window allows, in one write.
+    /// Writes as many messages as the window (and the rate) allows, in one write.
     func publishMore(_ context: ChannelHandlerContext) {
         guard publishing, let topic = plan.publishTopic else { return }
         // Received by this run's subscribers (when it has any), and for QoS 1 also acknowledged.
@@ -225,6 +231,10 @@ final class BenchMQTTClient: ChannelInboundHandler, @unchecked Sendable {
             allowed = min(allowed, plan.window - (nextSequence - transit.count(publisher: plan.publisherIndex)))
         }
         if plan.qos != .atMostOnce { allowed = min(allowed, plan.window - unacked) }
+        if plan.rate > 0 {
+            let due = Int(Double(SystemMonotonicClock().nowNanos() - startedAt) * plan.rate / 1e9) + 1  // the first at once
+            allowed = min(allowed, due - nextSequence)
+        }
         if allowed > 0 {
             var buffer = context.channel.allocator.buffer(capacity: allowed * (plan.payloadBytes + topic.utf8.count + 9))
             for _ in 0..<allowed {
@@ -245,6 +255,16 @@ final class BenchMQTTClient: ChannelInboundHandler, @unchecked Sendable {
             }
             stats.counts.withLockedValue { $0.sent += allowed }
             context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+        }
+        if plan.rate > 0, nextSequence < plan.count, !rateTimerSet {
+            // The next message's time under the rate (the window, if it binds instead, wakes it too).
+            rateTimerSet = true
+            let next = startedAt + UInt64(Double(nextSequence) * 1e9 / plan.rate)
+            let now = SystemMonotonicClock().nowNanos()
+            context.eventLoop.scheduleTask(in: .nanoseconds(Int64(next > now ? next - now : 0))) {
+                self.rateTimerSet = false
+                self.publishMore(context)
+            }
         }
         if nextSequence >= plan.count, unacked == 0 { publishing = false }
     }

@@ -268,4 +268,24 @@ import Testing
         #expect(out.contains("sink received 1000 of 1000 forwarded messages"), "\(out)")
         #expect(out.contains("200 idle connections"), "\(out)")
     }
+
+    /// `bench mqtt pub --rate` paces each publisher: 50 messages at 100/s take at least 0.49 s
+    /// from the first to the last, however fast the broker acknowledges them.
+    @Test func benchMQTTPubKeepsItsRate() async throws {
+        let server = try await TestServer.start(
+            """
+            channels:
+              mqtt: {allow_anonymous: true}
+            """
+        )
+        let port = String(try await server.mqttPort())
+        let (status, out) = try await ProcessTests.runBinary([
+            "bench", "mqtt", "pub", "--port", port, "--clients", "2", "--count", "50", "--rate", "100", "--qos", "1", "--duration", "30",
+        ])
+        #expect(status == 0, "\(out)")
+        #expect(out.contains("pub: 2 clients sent 100 (acknowledged 100)"), "\(out)")
+        let seconds = out.firstMatch(of: /sent 100 \(acknowledged 100\) in ([0-9.]+) s/).flatMap { Double($0.1) }
+        #expect((seconds ?? 0) >= 0.49, "\(out)")
+        await server.stop()
+    }
 }
