@@ -52,7 +52,7 @@ final class Pipeline: MessageSink {
         var envelope = envelope
         if let refused = admit(&envelope, snapshot: snapshot) { return .now(refused) }
         let router = snapshot.router
-        if !brokerOnlyChannels.isEmpty, brokerOnlyChannels.contains(envelope.channel), !router.routes(envelope.topic) {
+        if goesToSubscribersOnly(channel: envelope.channel, topic: envelope.topic, router: router) {
             ledger.receivedBrokerOnly(channel: envelope.channel)
             return .now(.accepted)
         }
@@ -88,16 +88,23 @@ final class Pipeline: MessageSink {
     /// check), ends as `broker_only` whatever its envelope would say (tags and lane matter only
     /// to delivery).
     func takesBrokerOnly(channel: String, topic: String, product: String?, device: String?) -> Bool {
-        guard !brokerOnlyChannels.isEmpty, brokerOnlyChannels.contains(channel) else { return false }
         let snapshot = self.snapshot
-        guard snapshot.controller.refusesNothing, !snapshot.router.routes(topic) else { return false }
-        if product != nil || device != nil {
+        guard snapshot.controller.refusesNothing, goesToSubscribersOnly(channel: channel, topic: topic, router: snapshot.router) else {
+            return false
+        }
+        if product != nil || device != nil {  // a conflict with the topic is refused by the full path
             let fromTopic = snapshot.controller.identify(topic: topic)
-            if let device, let other = fromTopic.device, device != other { return false }  // a conflict: refused by the full path
-            if let product, let other = fromTopic.product, product != other { return false }
+            guard Pipeline.conflict("device", header: device, topic: fromTopic.device) == nil,
+                Pipeline.conflict("product", header: product, topic: fromTopic.product) == nil
+            else { return false }
         }
         ledger.receivedBrokerOnly(channel: channel)
         return true
+    }
+
+    /// A message of a channel with its own subscribers that no route takes.
+    private func goesToSubscribersOnly(channel: String, topic: String, router: Router) -> Bool {
+        !brokerOnlyChannels.isEmpty && brokerOnlyChannels.contains(channel) && !router.routes(topic)
     }
 
     /// Each envelope is admitted on its own; the accepted ones are journaled as one group and
