@@ -89,10 +89,10 @@ public final class Controller: Sendable {
 
     // MARK: - Identity
 
-    /// Product and device named by the first matching device pattern.
     /// No filter configured: `admit` refuses nothing (tags and lanes aside).
     public var refusesNothing: Bool { filters.isEmpty }
 
+    /// Product and device named by the first matching device pattern.
     public func identify(topic: String) -> (product: String?, device: String?) {
         for pattern in devicePatterns {
             if let identity = pattern.identity(topic) { return identity }

@@ -68,10 +68,9 @@ public struct MQTTConnectionMachine: Sendable {
 
     public enum Action: Sendable {
         case send(MQTTPacket)
-        /// Hand a device message to the pipeline; answer with `submitted(token:result:)`. Once
+        /// Hand a device message to the pipeline (its envelope, `envelope(for: publish)`, is built
+        /// only when the pipeline needs one); answer with `submitted(token:result:)`. Once
         /// accepted, `publish` goes to the broker's subscribers (and the retained store).
-        /// A message for the pipeline (its envelope: `envelope(for: publish)`, built only when
-        /// the pipeline needs one).
         case submit(token: UInt64, publish: MQTTPacket.Publish)
         /// Add subscriptions in the broker's trie; the matching retained messages go out after
         /// the actions that follow (the SUBACK).
