@@ -55,6 +55,8 @@ final class CompiledRoute: Sendable {
     let inFlight = Atomic<Int>(0)
     /// The route's circuit breaker (kept across reloads while its rule stays the same).
     let breaker: TargetBreaker?
+    /// CORS, API keys, a body limit or rate limits to check (JWT aside: the snapshot has its verifier).
+    let hasPolicies: Bool
 
     init(
         _ config: SwitchyardConfiguration.GatewayRoute,
@@ -90,6 +92,7 @@ final class CompiledRoute: Sendable {
             limiters = config.rateLimits.map { ($0.per, KeyedRateLimiter(rate: $0.rate, burst: $0.burst, maxKeys: 100_000, clock: clock)) }
         }
         metrics = previous?.metrics.lanes == Set(lanes) ? previous!.metrics : GatewayMetrics(route: config.name, lanes: lanes)
+        hasPolicies = config.cors != nil || config.apiKeys != nil || config.maxBodyBytes != nil || !config.rateLimits.isEmpty
     }
 
     static func digest(_ key: String) -> String {
@@ -158,8 +161,11 @@ struct RequestFacts {
 }
 
 /// Everything the gateway decides with, compiled from one configuration (swapped on reload).
-public struct GatewaySnapshot: Sendable {
+/// A class: each request takes it by reference (a struct copy retained every field).
+public final class GatewaySnapshot: Sendable {
     let routes: [CompiledRoute]
+    /// Some route matches on host (else the Host header is not looked at to choose one).
+    let routesMatchHosts: Bool
     let trusted: [CIDR]
     let trustedIdentities: Set<String>
     let lanes: [RequestLane]
@@ -194,6 +200,7 @@ public struct GatewaySnapshot: Sendable {
             routes.append(try CompiledRoute(route, lanes: laneNames, previous: before, clock: clock, breakers: balancer.targetBreakers))
         }
         self.routes = routes
+        routesMatchHosts = routes.contains { !$0.config.hosts.isEmpty }
         egressMetrics = previous?.egressMetrics.lanes == Set(laneNames) ? previous!.egressMetrics : GatewayMetrics(route: "egress", lanes: laneNames)
         trusted = gateway.trustedCIDRs.compactMap { try? CIDR($0) }
         trustedIdentities = Set(gateway.trustedIdentities)
@@ -221,7 +228,7 @@ public struct GatewaySnapshot: Sendable {
     /// route with CORS whatever the route's methods.
     func route(for head: HTTPRequestHead) -> CompiledRoute? {
         let path = head.uri.utf8.firstIndex(of: UInt8(ascii: "?")).map { String(head.uri[..<$0]) } ?? head.uri
-        let host = Self.hostName(head.headers.first(name: "host"))
+        let host = routesMatchHosts ? Self.hostName(head.headers.first(name: "host")) : ""
         if let route = routes.first(where: { $0.matches(path: path, host: host, head: head) }) { return route }
         guard Self.isPreflight(head) else { return nil }
         return routes.first { $0.config.cors != nil && $0.matches(path: path, host: host, head: head, ignoringMethod: true) }
@@ -239,7 +246,8 @@ public struct GatewaySnapshot: Sendable {
     }
 
     static func hostName(_ header: String?) -> String {
-        guard var host = header?.lowercased() else { return "" }
+        guard let header else { return "" }
+        var host = header.utf8.contains(where: { $0 >= 0x41 && $0 <= 0x5A }) ? header.lowercased() : header
         if host.hasPrefix("[") { return host.split(separator: "]").first.map { String($0) + "]" } ?? host }
         if let colon = host.lastIndex(of: ":") { host = String(host[..<colon]) }
         return host

@@ -76,7 +76,7 @@ extension GatewaySnapshot {
             a.refuse(.badRequest, "bad_host", problem, closeAfter: true)
             return a
         }
-        if let route {
+        if let route, route.hasPolicies || (jwt != nil && route.config.jwt != .off) {
             checkPolicies(route, head, client: client, dryRun: dryRun, &a)
             if a.refusal != nil { return a }
         }

@@ -61,7 +61,7 @@ public final class GatewayResponder: HTTPStreamingResponder {
             uri: admission.uri,
             lane: admission.lane,
             fellBack: admission.fellBack,
-            client: remoteAddress,
+            clientIP: writer.clientIP,
             traceparent: exchange.traceparent,
             rewrite: route?.config.requestHeaders
         )
@@ -128,16 +128,7 @@ public final class GatewayResponder: HTTPStreamingResponder {
     }()
 
     /// Hop-by-hop header names (RFC 9110 §7.6.1): never passed on.
-    static func isHopByHop(_ name: String) -> Bool {
-        switch name.utf8.count {
-        case 2: HTTP1Syntax.name(name, is: "te")
-        case 7: HTTP1Syntax.name(name, is: "upgrade") || HTTP1Syntax.name(name, is: "trailer")
-        case 10: HTTP1Syntax.name(name, is: "connection") || HTTP1Syntax.name(name, is: "keep-alive")
-        case 16: HTTP1Syntax.name(name, is: "proxy-connection")
-        case 19: HTTP1Syntax.name(name, is: "proxy-authorization")
-        default: false
-        }
-    }
+    static func isHopByHop(_ name: String) -> Bool { HTTP1Syntax.isHopByHop(name) }
 
     /// The path a route sends: the prefix removed or replaced when the route says so.
     static func rewrite(_ uri: String, route: SwitchyardConfiguration.GatewayRoute) -> String {
@@ -151,51 +142,64 @@ public final class GatewayResponder: HTTPStreamingResponder {
         return rest.hasPrefix("/") ? rest : "/" + rest
     }
 
-    /// The request as sent upstream, without its Host (the instance's, set per attempt).
+    /// The request as sent upstream, without its Host (the connection's codec writes the
+    /// instance's).
     static func upstreamHead(
         _ head: HTTPRequestHead,
         uri: String,
         lane: String?,
         fellBack: Bool,
-        client: SocketAddress?,
+        clientIP: String?,
         traceparent: String,
         rewrite: SwitchyardConfiguration.HeaderRewrite?
     ) -> HTTPRequestHead {
         // Collected as an array with room for what is added below (no growing per header).
+        // The fields this hop sets are left out on the way and added once below (no
+        // replace-or-add, which copies the list).
         var fields: [(String, String)] = []
         fields.reserveCapacity(head.headers.count + 8)
+        var (host, forwardedFor, baggage): (String?, String?, String?) = (nil, nil, nil)
         for (name, value) in head.headers {
             let lower = name.utf8.contains(where: { $0 >= 0x41 && $0 <= 0x5A }) ? name.lowercased() : name
             // `Expect: 100-continue` was answered by this hop's codec (as nginx does).
-            if isHopByHop(name) || lower == "host" || lower == "expect" || lower.hasPrefix("x-switchyard-") { continue }
-            if lower == "baggage" {
-                // The lane in baggage is Switchyard's to set; other members pass.
-                let kept = value.split(separator: ",").filter { !$0.trimmingCharacters(in: .whitespaces).hasPrefix("lane=") }
-                if !kept.isEmpty { fields.append((name, kept.joined(separator: ","))) }
+            if isHopByHop(name) || lower == "expect" || lower == "traceparent" || lower == "x-forwarded-host" || lower.hasPrefix("x-switchyard-") {
                 continue
             }
-            fields.append((name, value))
+            switch lower {
+            case "host": host = host ?? value
+            case "x-forwarded-for": forwardedFor = forwardedFor ?? value
+            case "baggage":
+                // The lane in baggage is Switchyard's to set; other members pass.
+                let kept = value.split(separator: ",").filter { !$0.trimmingCharacters(in: .whitespaces).hasPrefix("lane=") }
+                if !kept.isEmpty { baggage = (baggage.map { $0 + "," } ?? "") + kept.joined(separator: ",") }
+            default: fields.append((name, value))
+            }
         }
-        var headers = HTTPHeaders(consume fields)  // (consumed: changed below in place, not copied)
-        if let original = head.headers.first(name: "host") { headers.replaceOrAdd(name: "x-forwarded-host", value: original) }
-        if let ip = client?.ipAddress {
-            let prior = head.headers.first(name: "x-forwarded-for")
-            headers.replaceOrAdd(name: "x-forwarded-for", value: prior.map { "\($0), \(ip)" } ?? ip)
+        if let host { fields.append(("x-forwarded-host", host)) }
+        if let ip = clientIP {
+            fields.append(("x-forwarded-for", forwardedFor.map { "\($0), \(ip)" } ?? ip))
+        } else if let forwardedFor {
+            fields.append(("x-forwarded-for", forwardedFor))
         }
         if let lane {
             // The original lane travels on even where this hop fell back, so the next hop returns to it.
-            headers.add(name: "x-switchyard-lane", value: lane)
-            let baggage = headers.first(name: "baggage")
-            headers.replaceOrAdd(name: "baggage", value: baggage.map { "lane=\(lane),\($0)" } ?? "lane=\(lane)")
+            fields.append(("x-switchyard-lane", lane))
+            fields.append(("baggage", baggage.map { "lane=\(lane),\($0)" } ?? "lane=\(lane)"))
+        } else if let baggage {
+            fields.append(("baggage", baggage))
         }
-        if fellBack { headers.add(name: "x-switchyard-lane-fallback", value: "true") }
-        headers.replaceOrAdd(name: "traceparent", value: traceparent)
+        if fellBack { fields.append(("x-switchyard-lane-fallback", "true")) }
+        fields.append(("traceparent", traceparent))
+        var headers = HTTPHeaders(consume fields)  // (consumed: changed below in place, not copied)
         if let protocols = upgrade(head) {
             // WebSocket and other upgrades pass through: the upstream answers the upgrade.
             headers.add(name: "connection", value: "upgrade")
             headers.add(name: "upgrade", value: protocols)
         }
-        if let rewrite, !rewrite.isEmpty { Self.apply(rewrite, to: &headers) }
+        if let rewrite, !rewrite.isEmpty {
+            Self.apply(rewrite, to: &headers)
+            headers.remove(name: "host")  // the instance's own
+        }
         return HTTPRequestHead(version: .http1_1, method: head.method, uri: uri, headers: headers)
     }
 
@@ -273,6 +277,11 @@ final class Exchange {
         }
         finish(status: Int(status.code), error: code.isEmpty ? nil : code)
         return GatewaySession.finished
+    }
+
+    /// Whether `decorate` adds or changes anything (an answer's head passes untouched if not).
+    var decorates: Bool {
+        (responseRewrite.map { !$0.isEmpty } ?? false) || !responseHeaders.isEmpty || (debug && upstream != nil)
     }
 
     /// Response headers of the route, CORS and (for trusted debug callers) lane and upstream.

@@ -41,6 +41,8 @@ final class GatewaySession: HTTPStreamSession {
     private var instance: ServiceInstance?
     private var status = 0
     private var upstream: (any Channel)?
+    /// The current connection's handler: it keeps the attempt's deadline.
+    private var upstreamHandler: UpstreamHandler?
     /// The upstream may keep the connection after this exchange.
     private var upstreamKeepAlive = true
     /// Reading the upstream's answer paused while the client could take no more.
@@ -50,6 +52,7 @@ final class GatewaySession: HTTPStreamSession {
     private var bodyBytes = 0
     private var requestEnded = false
     private var over = false
+    /// The deadline of an attempt still connecting (a kept connection's handler keeps it after).
     private var timer: NIOScheduledCallback?
     /// Bytes collected while the upstream connection opens; past this, reading the client pauses.
     static let maxPendingBytes = 1 << 20
@@ -149,29 +152,30 @@ final class GatewaySession: HTTPStreamSession {
             balancer.retryBudget.begin(instance.service)
         }
         let loop = writer.eventLoop
-        let bound = NIOLoopBound(self, eventLoop: loop)
-        // (A callback with the session as its handler: no closure, promise or future per attempt.)
-        timer = try? loop.scheduleCallback(in: timeout, handler: AttemptDeadline(session: self))
+        let deadline = NIODeadline.now() + timeout
         reusedConnection = false
-        if let idle = pool?.take(instance.address, on: loop) {
-            // A kept connection: its handler now answers to this session.
-            if let handler = try? idle.pipeline.syncOperations.handler(type: UpstreamHandler.self) {
-                handler.session = self
-                handler.complete = false
-                reusedConnection = true
-                connected(idle)
-                return
-            }
-            idle.close(promise: nil)
+        if let idle = pool?.take(instance.address, on: loop), let channel = idle.channel {
+            // A kept connection: its handler now answers to this session and keeps its deadline
+            // (its one timer, not one per attempt).
+            idle.session = self
+            idle.complete = false
+            idle.arm(deadline)
+            reusedConnection = true
+            connected(channel, handler: idle)
+            return
         }
+        // (A callback with the session as its handler: no closure, promise or future per attempt.)
+        timer = try? loop.scheduleCallback(at: deadline, handler: AttemptDeadline(session: self))
+        let handler = NIOLoopBound(UpstreamHandler(session: self), eventLoop: loop)
+        let bound = NIOLoopBound(self, eventLoop: loop)
         ClientBootstrap(group: loop)
             .connectTimeout(.seconds(2))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     // Bytes after a 101 stay with the codec until the tunnel takes them.
-                    try channel.pipeline.syncOperations.addHandler(HTTP1ClientCodec())
-                    try channel.pipeline.syncOperations.addHandler(UpstreamHandler(session: bound.value))
+                    try channel.pipeline.syncOperations.addHandler(HTTP1ClientCodec(host: instance.address))
+                    try channel.pipeline.syncOperations.addHandler(handler.value)
                 }
             }
             .connect(host: instance.host, port: instance.port)
@@ -179,8 +183,8 @@ final class GatewaySession: HTTPStreamSession {
                 let session = bound.value
                 switch result {
                 case .success(let channel):
-                    session.pool?.watch(channel, for: instance.address)
-                    session.connected(channel)
+                    session.pool?.watch(handler.value, on: channel, for: instance.address)
+                    session.connected(channel, handler: handler.value)
                 case .failure(let error):
                     guard session.instance == instance, !session.over else { return }
                     session.exchange?.metrics.upstreamError(instance, kind: "connect")
@@ -188,7 +192,7 @@ final class GatewaySession: HTTPStreamSession {
                     // It may be shutting down: probed, it stays out until it accepts again.
                     session.balancer?.health.closing(instance)
                     // Nothing was sent: any method may go to another instance.
-                    session.timer?.cancel()
+                    session.disarm()
                     if session.retry(always: true) { return }
                     session.fail(.badGateway, "upstream_unreachable", "cannot connect to \(instance.address): \(error)")
                 }
@@ -234,17 +238,26 @@ final class GatewaySession: HTTPStreamSession {
         retriesLeft -= 1
         candidates = others
         exchange?.metrics.retries.increment()
-        timer?.cancel()
+        disarm()
         let old = upstream
         upstream = nil
+        upstreamHandler = nil
         old?.close(promise: nil)
         start()
         return true
     }
 
-    /// The attempt's instance did not answer in time: another one, or 504.
-    fileprivate func attemptTimedOut() {
+    /// The attempt's deadline no longer applies (its answer began, or it ended).
+    private func disarm() {
+        timer?.cancel()
         timer = nil
+        upstreamHandler?.disarm()
+    }
+
+    /// The attempt's instance did not answer in time: another one, or 504.
+    func attemptTimedOut() {
+        timer = nil
+        upstreamHandler?.disarm()
         guard let instance, !over else { return }
         exchange?.metrics.upstreamError(instance, kind: "timeout")
         endAttempt(failed: true)
@@ -253,22 +266,27 @@ final class GatewaySession: HTTPStreamSession {
         fail(.gatewayTimeout, "upstream_timeout", "\(instance.address) did not answer within \(ms) ms")
     }
 
-    private func connected(_ channel: any Channel) {
+    private func connected(_ channel: any Channel, handler: UpstreamHandler) {
         guard !over, upstream == nil else {
             channel.close(promise: nil)
             return
         }
         guard let instance else { return }
         upstream = channel
-        var head = self.head
-        if !instance.basePath.isEmpty { head.uri = instance.basePath + head.uri }
-        head.headers.replaceOrAdd(name: "host", value: instance.address)
-        channel.write(HTTPClientRequestPart.head(head), promise: nil)
-        for chunk in pending { channel.write(HTTPClientRequestPart.body(.byteBuffer(chunk)), promise: nil) }
+        upstreamHandler = handler
+        // (Sent as it is unless the instance has a base path: the codec adds the instance's host.)
+        if instance.basePath.isEmpty {
+            handler.send(.head(head))
+        } else {
+            var head = self.head
+            head.uri = instance.basePath + head.uri
+            handler.send(.head(head))
+        }
+        for chunk in pending { handler.send(.body(.byteBuffer(chunk))) }
         pending = []
         pendingBytes = 0
-        if requestEnded { channel.write(HTTPClientRequestPart.end(nil), promise: nil) }
-        channel.flush()
+        if requestEnded { handler.send(.end(nil)) }
+        handler.flush()
         if !requestEnded { writer?.setReading(channel.isWritable) }
     }
 
@@ -281,8 +299,8 @@ final class GatewaySession: HTTPStreamSession {
             fail(.payloadTooLarge, "body_too_large", "the body exceeds \(maxBodyBytes) bytes, the most this API takes")
             return
         }
-        if let upstream {
-            upstream.writeAndFlush(HTTPClientRequestPart.body(.byteBuffer(chunk)), promise: nil)
+        if let upstream, let upstreamHandler {
+            upstreamHandler.send(.body(.byteBuffer(chunk)), flush: true)
             if !upstream.isWritable { writer?.setReading(false) }
         } else {
             pending.append(chunk)
@@ -294,14 +312,14 @@ final class GatewaySession: HTTPStreamSession {
     func end() {
         requestEnded = true
         guard !over else { return }
-        upstream?.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
+        upstreamHandler?.send(.end(nil), flush: true)
     }
 
     func cancel() {
         endAttempt(failed: nil)
         if !over { exchange?.finish(status: 0, error: "client_gone") }
         over = true
-        timer?.cancel()
+        disarm()
         upstream?.close(promise: nil)
     }
 
@@ -319,24 +337,15 @@ final class GatewaySession: HTTPStreamSession {
         if !requestEnded && !over { writer?.setReading(writable) }
     }
 
-    func responseHead(_ response: HTTPResponseHead, on channel: any Channel) {
+    /// The answer's head, without its hop-by-hop fields (the codec left them out; `hop` says
+    /// what they held): it goes on to the client as it is, with the route's response headers.
+    func responseHead(_ response: HTTPResponseHead, hop: HTTP1Message.FieldSection.HopByHop, on channel: any Channel) {
         guard !over, channel === upstream, let writer else { return }
-        timer?.cancel()
-        // One pass over the answer's headers: what goes on to the client (not hop-by-hop), what
-        // its `connection` says, and whether the instance is draining.
-        var kept: [(String, String)] = []
-        kept.reserveCapacity(response.headers.count + 4)
-        var (close, keepAliveAsked, draining) = (false, false, false)
-        for (name, value) in response.headers {
-            if GatewayResponder.isHopByHop(name) {
-                if HTTP1Syntax.name(name, is: "connection") {
-                    close = close || HTTP1Syntax.list(value, contains: "close")
-                    keepAliveAsked = keepAliveAsked || HTTP1Syntax.list(value, contains: "keep-alive")
-                }
-                continue
-            }
-            if HTTP1Syntax.name(name, is: "x-switchyard-draining") { draining = draining || HTTP1Syntax.name(value, is: "true") }
-            kept.append((name, value))
+        disarm()
+        let close = hop.close
+        var draining = false
+        for (name, value) in response.headers where HTTP1Syntax.name(name, is: "x-switchyard-draining") {
+            draining = draining || HTTP1Syntax.name(value, is: "true")
         }
         if let instance, draining {
             balancer?.health.drain(instance.key, source: .response)
@@ -348,22 +357,24 @@ final class GatewaySession: HTTPStreamSession {
         headVerdict = response.status.code >= 500 || slow
         if response.status.code == 101 {
             endAttempt(failed: false)
-            return switchProtocols(response, upstream: channel)
+            return switchProtocols(response, protocols: hop.upgrade, upstream: channel)
         }
         if [502, 503, 504].contains(response.status.code) {
             endAttempt(failed: true)
             if retry() { return }
         }
-        upstreamKeepAlive = !close && (response.version.minor >= 1 || keepAliveAsked)
+        upstreamKeepAlive = !close && (response.version.minor >= 1 || hop.keepAlive)
         status = Int(response.status.code)
-        var headers = HTTPHeaders(kept)
-        exchange?.decorate(&headers)
-        writer.head(HTTPResponseHead(version: .http1_1, status: response.status, headers: headers))
+        // (Changed only when something is to change: the head's storage is copied on write.)
+        var head = response
+        if head.version != .http1_1 { head.version = .http1_1 }
+        if let exchange, exchange.decorates { exchange.decorate(&head.headers) }
+        writer.head(head)
     }
 
     /// The upstream accepted an upgrade (WebSocket): the 101 goes to the client and both
     /// connections become one byte tunnel, with backpressure both ways.
-    private func switchProtocols(_ response: HTTPResponseHead, upstream channel: any Channel) {
+    private func switchProtocols(_ response: HTTPResponseHead, protocols: String?, upstream channel: any Channel) {
         guard let writer, head.headers.contains(name: "upgrade") else {
             return fail(.badGateway, "upstream_failed", "\(instance?.address ?? "upstream") switched protocols unasked")
         }
@@ -371,11 +382,9 @@ final class GatewaySession: HTTPStreamSession {
         status = 101
         exchange?.finish(status: 101)
         var headers = HTTPHeaders()
-        for (name, value) in response.headers where !GatewayResponder.isHopByHop(name) {
-            headers.add(name: name, value: value)
-        }
+        for (name, value) in response.headers { headers.add(name: name, value: value) }
         headers.add(name: "connection", value: "upgrade")
-        if let protocols = response.headers.first(name: "upgrade") { headers.add(name: "upgrade", value: protocols) }
+        if let protocols { headers.add(name: "upgrade", value: protocols) }
         exchange?.decorate(&headers)
         // The codecs still deliver this exchange's end: rebuild the pipelines on the next tick.
         let bound = NIOLoopBound((writer, headers), eventLoop: channel.eventLoop)
@@ -428,7 +437,7 @@ final class GatewaySession: HTTPStreamSession {
         if let pool, let instance, requestEnded, upstreamKeepAlive, channel.isActive {
             // Kept for the next request: reading as usual.
             if upstreamReadingPaused { channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in } }
-            pool.put(channel, for: instance.address)
+            if let upstreamHandler { pool.put(upstreamHandler, for: instance.address) } else { channel.close(promise: nil) }
         } else {
             channel.close(promise: nil)
         }
@@ -446,7 +455,7 @@ final class GatewaySession: HTTPStreamSession {
         endAttempt(failed: nil)
         over = true
         exchange?.finish(status: writer?.headSent == true ? self.status : Int(status.code), error: code)
-        timer?.cancel()
+        disarm()
         upstream?.close(promise: nil)
         writer?.respond(.error(status, code, message), closeAfter: !requestEnded)
     }
@@ -460,20 +469,82 @@ private struct AttemptDeadline: NIOScheduledCallbackHandler, @unchecked Sendable
     func handleScheduledCallback(eventLoop: some EventLoop) { session.attemptTimedOut() }
 }
 
-/// Relays the upstream's answer to its session.
+/// Relays the upstream's answer to its session, and keeps the current attempt's deadline.
 final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPClientResponsePart
     var session: GatewaySession
     var complete = false
+    /// The connection's codec: what each answer's hop-by-hop fields said.
+    private var codec: HTTP1ClientCodec?
+    private(set) var channel: (any Channel)?
+    private var eventLoop: (any EventLoop)?
+    /// Writes from here go straight to the codec (not through the channel's pipeline tail).
+    private var context: ChannelHandlerContext?
+    /// When the current attempt's answer must have begun (nil: no attempt waits).
+    private var deadline: NIODeadline?
+    /// The connection's one timer, due at `timerAt`. A new attempt moves only the deadline: when
+    /// the timer comes before it, it sleeps again until then (timeouts of the same route keep
+    /// the same length, so a kept connection re-arms no timer per request).
+    private var timer: Scheduled<Void>?
+    private var timerAt = NIODeadline.distantFuture
 
     init(session: GatewaySession) { self.session = session }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        channel = context.channel
+        eventLoop = context.eventLoop
+        self.context = context
+        codec = try? context.pipeline.syncOperations.handler(type: HTTP1ClientCodec.self)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        deadline = nil
+        timer?.cancel()
+        timer = nil
+    }
+
+    func send(_ part: HTTPClientRequestPart, flush: Bool = false) {
+        guard let context else { return }
+        if flush { context.writeAndFlush(NIOAny(part), promise: nil) } else { context.write(NIOAny(part), promise: nil) }
+    }
+
+    func flush() { context?.flush() }
+
+    /// The attempt over this connection must have its answer's head by `deadline`.
+    func arm(_ deadline: NIODeadline) {
+        self.deadline = deadline
+        guard timer == nil || deadline < timerAt else { return }
+        timer?.cancel()
+        schedule(at: deadline)
+    }
+
+    func disarm() { deadline = nil }
+
+    private func schedule(at due: NIODeadline) {
+        guard let eventLoop else { return }
+        timerAt = due
+        let bound = NIOLoopBound(self, eventLoop: eventLoop)
+        timer = eventLoop.scheduleTask(deadline: due) { bound.value.wake() }
+    }
+
+    private func wake() {
+        timer = nil
+        guard let deadline else { return }
+        if deadline <= .now() {
+            self.deadline = nil
+            session.attemptTimedOut()
+        } else {
+            schedule(at: deadline)
+        }
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let head):
             // 1xx answers other than 101 precede the real one.
             if head.status.code >= 100 && head.status.code < 200 && head.status.code != 101 { return }
-            session.responseHead(head, on: context.channel)
+            session.responseHead(head, hop: codec?.answerHop ?? .init(), on: context.channel)
         case .body(let chunk): session.responseBody(chunk, on: context.channel)
         case .end:
             complete = true
@@ -543,13 +614,20 @@ final class TunnelEnd: RawTunnelPeer {
     }
 }
 
-/// Idle keep-alive connections to upstream instances, per event loop and address. A connection
-/// is taken by one session at a time, on its own loop; one the upstream closes leaves the pool.
+/// Idle keep-alive connections to upstream instances (their handlers), per event loop and
+/// address. A connection is taken by one session at a time, on its own loop; one the upstream
+/// closes leaves the pool.
 final class UpstreamPool: @unchecked Sendable {
+    // @unchecked: a handler is kept under its loop's key and only taken on that loop.
     /// Idle connections kept per instance and event loop.
     static let maxIdle = 64
     private let lock = NIOLock()
-    private var idle: [Key: [any Channel]] = [:]
+    /// (Lists are objects changed in place: a request's take and put allocate nothing.)
+    private var idle: [Key: IdleList] = [:]
+
+    private final class IdleList {
+        var handlers: [UpstreamHandler] = []
+    }
 
     private struct Key: Hashable {
         let loop: ObjectIdentifier
@@ -559,32 +637,42 @@ final class UpstreamPool: @unchecked Sendable {
     private static func key(_ address: String, _ loop: any EventLoop) -> Key { Key(loop: ObjectIdentifier(loop), address: address) }
 
     /// (The lists change in place: taking and putting back copy nothing, once per request.)
-    func take(_ address: String, on loop: any EventLoop) -> (any Channel)? {
+    func take(_ address: String, on loop: any EventLoop) -> UpstreamHandler? {
         let key = Self.key(address, loop)
-        return lock.withLock { () -> (any Channel)? in
-            while let channel = idle[key]?.popLast() {
-                if channel.isActive { return channel }
+        return lock.withLock { () -> UpstreamHandler? in
+            guard let list = idle[key] else { return nil }
+            while let handler = list.handlers.popLast() {
+                if handler.channel?.isActive == true { return handler }
             }
             return nil
         }
     }
 
-    func put(_ channel: any Channel, for address: String) {
+    func put(_ handler: UpstreamHandler, for address: String) {
+        guard let channel = handler.channel else { return }
         let key = Self.key(address, channel.eventLoop)
         let kept = lock.withLock { () -> Bool in
-            guard idle[key, default: []].count < Self.maxIdle else { return false }
-            idle[key, default: []].append(channel)
+            let list: IdleList
+            if let existing = idle[key] {
+                list = existing
+            } else {
+                list = IdleList()
+                idle[key] = list
+            }
+            guard list.handlers.count < Self.maxIdle else { return false }
+            list.handlers.append(handler)
             return true
         }
         if !kept { channel.close(promise: nil) }
     }
 
     /// Once per connection: when it closes, it leaves the pool.
-    func watch(_ channel: any Channel, for address: String) {
+    func watch(_ handler: UpstreamHandler, on channel: any Channel, for address: String) {
         let key = Self.key(address, channel.eventLoop)
+        let gone = ObjectIdentifier(handler)
         channel.closeFuture.whenComplete { [weak self] _ in
             guard let self else { return }
-            self.lock.withLock { self.idle[key]?.removeAll { $0 === channel } }
+            self.lock.withLock { self.idle[key]?.handlers.removeAll { ObjectIdentifier($0) == gone } }
         }
     }
 }

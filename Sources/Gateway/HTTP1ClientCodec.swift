@@ -4,7 +4,8 @@ import NIOHTTP1
 import SwitchyardCore
 
 /// HTTP/1.1 on a connection to an upstream instance, as bytes: writes the gateway's request
-/// parts and parses the answers into response parts. One handler in place of NIO's request
+/// parts and parses the answers into response parts, without their hop-by-hop fields
+/// (`answerHop` says what those held). One handler in place of NIO's request
 /// encoder, response decoder and header validator (the request heads come from parsed
 /// requests and validated config).
 ///
@@ -25,6 +26,13 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
     /// Methods of requests sent and not yet answered (HEAD answers have no body).
     private var methods: [HTTPMethod] = []
     private var writer = HTTP1Message.Writer()
+    /// The `host` every request on this connection carries: the instance's address (the
+    /// request heads themselves carry none).
+    private let host: String?
+    /// What the last answer's hop-by-hop fields said (they are not in its head's headers).
+    private(set) var answerHop = HTTP1Message.FieldSection.HopByHop()
+
+    init(host: String? = nil) { self.host = host }
 
     // MARK: - Outbound
 
@@ -33,11 +41,17 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
         case .head(var head):
             methods.append(head.method)
             frame(&head)
-            writer.head(head.headers, allocator: context.channel.allocator) { out in
+            let lineBytes = head.uri.utf8.count + (host?.utf8.count ?? 0) + 8
+            writer.head(head.headers, allocator: context.channel.allocator, lineBytes: lineBytes) { out in
                 out.writeString(head.method.rawValue)
                 out.writeInteger(UInt8(ascii: " "))
                 out.writeString(head.uri)
                 out.writeStaticString(head.version.minor == 0 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n")
+                if let host = self.host {
+                    out.writeStaticString("host: ")
+                    out.writeString(host)
+                    out.writeStaticString("\r\n")
+                }
             }
             if promise != nil { writer.writePending(context: context, promise: promise) }
         case .body(let body):
@@ -109,6 +123,7 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
                 case .failure(let malformed): return fail(malformed.description, context: context)
                 case .success(let b): body = b
                 }
+                answerHop = section.hop
                 context.fireChannelRead(wrapInboundOut(.head(head)))
                 if code == 101 {
                     inbound = .upgraded
@@ -143,7 +158,7 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
             return .failure(.init("malformed status line \"\(String(decoding: line.prefix(64), as: UTF8.self))\""))
         }
         let reason = String(decoding: UnsafeRawBufferPointer(rebasing: line[reasonStart...]), as: UTF8.self)
-        switch HTTP1Message.fieldSection(UnsafeRawBufferPointer(rebasing: raw[(lineEnd + 2)..<(raw.count - 2)])) {
+        switch HTTP1Message.fieldSection(UnsafeRawBufferPointer(rebasing: raw[(lineEnd + 2)..<(raw.count - 2)]), proxying: true) {
         case .failure(let malformed): return .failure(malformed)
         case .success(let section):
             let head = HTTPResponseHead(

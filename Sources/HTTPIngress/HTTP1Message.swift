@@ -35,6 +35,19 @@ package enum HTTP1Message {
         package var upgrade = false
         /// `Expect` values, lowercased, several headers joined by `, `.
         package var expect: String?
+        /// Read with `proxying`: the hop-by-hop fields were left out of `fields`; what they said.
+        package var hop = HopByHop()
+
+        package struct HopByHop {
+            /// `connection: close`
+            package var close = false
+            /// `connection: keep-alive`
+            package var keepAlive = false
+            /// The `upgrade` field's value.
+            package var upgrade: String?
+
+            package init() {}
+        }
 
         /// Whether the codings are exactly `chunked`; a Malformed when the last one is not (the
         /// body's end cannot be known), nil for codings before `chunked` (not supported).
@@ -62,8 +75,9 @@ package enum HTTP1Message {
         return (length, transferEncoding)
     }
 
-    /// Field lines, each ending with CR LF (the blank line after them not included).
-    package static func fieldSection(_ raw: UnsafeRawBufferPointer) -> Result<FieldSection, Malformed> {
+    /// Field lines, each ending with CR LF (the blank line after them not included). With
+    /// `proxying`, hop-by-hop fields are not kept: `hop` says what they held.
+    package static func fieldSection(_ raw: UnsafeRawBufferPointer, proxying: Bool = false) -> Result<FieldSection, Malformed> {
         var section = FieldSection()
         section.fields.reserveCapacity(8)
         var position = 0
@@ -87,6 +101,16 @@ package enum HTTP1Message {
             } else if HTTP1Syntax.name(name, is: "expect") {
                 let expectation = String(decoding: value, as: UTF8.self).lowercased()
                 section.expect = section.expect.map { $0 + ", " + expectation } ?? expectation
+            }
+            if proxying && HTTP1Syntax.isHopByHop(name) {
+                if HTTP1Syntax.name(name, is: "connection") {
+                    let tokens = String(decoding: value, as: UTF8.self)
+                    section.hop.close = section.hop.close || HTTP1Syntax.list(tokens, contains: "close")
+                    section.hop.keepAlive = section.hop.keepAlive || HTTP1Syntax.list(tokens, contains: "keep-alive")
+                } else if HTTP1Syntax.name(name, is: "upgrade") {
+                    section.hop.upgrade = section.hop.upgrade ?? String(decoding: value, as: UTF8.self)
+                }
+                continue
             }
             section.fields.append((String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self)))
         }
@@ -220,10 +244,10 @@ package enum HTTP1Message {
 
         package init() {}
 
-        /// Starts a message: `line` writes its start line.
-        package mutating func head(_ headers: HTTPHeaders, allocator: ByteBufferAllocator, line: (inout ByteBuffer) -> Void) {
+        /// Starts a message: `line` writes its start line (and `lineBytes` more than 96 bytes).
+        package mutating func head(_ headers: HTTPHeaders, allocator: ByteBufferAllocator, lineBytes: Int = 0, line: (inout ByteBuffer) -> Void) {
             // Sized for the fields as they are (no growing: a forwarded head often passes 256 bytes).
-            var size = 96 + (pending?.readableBytes ?? 0)
+            var size = 96 + lineBytes + (pending?.readableBytes ?? 0)
             for (name, value) in headers { size += name.utf8.count + value.utf8.count + 4 }
             var out = allocator.buffer(capacity: size)
             if let earlier = pending { out.writeImmutableBuffer(earlier) }  // an interim answer not yet written

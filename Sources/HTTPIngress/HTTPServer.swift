@@ -286,6 +286,8 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// timer per request); the timer, when it fires early, sleeps again until the deadline.
     private var headDeadline: NIODeadline?
     private var headTimer: Scheduled<Void>?
+    /// The client's address and its text, looked up once per connection (not per request).
+    private var client: (address: SocketAddress?, ip: String?)?
 
     init(server: HTTPServer, maxBodyBytes: Int, codec: HTTP1ServerCodec? = nil) {
         self.server = server
@@ -395,7 +397,7 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
                 uri: head.uri,
                 headers: head.headers,
                 body: body ?? ByteBuffer(),
-                remoteAddress: context.channel.remoteAddress
+                remoteAddress: clientAddress(context).address
             )
             body = nil
             let keepAlive = Self.keepsAlive(head)
@@ -441,14 +443,24 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
         head.isKeepAlive && !head.headers.contains(name: "upgrade")
     }
 
+    private func clientAddress(_ context: ChannelHandlerContext) -> (address: SocketAddress?, ip: String?) {
+        if let client { return client }
+        let address = context.channel.remoteAddress
+        let found = (address: address, ip: address?.ipAddress)
+        client = found
+        return found
+    }
+
     private func startStream(_ streaming: any HTTPStreamingResponder, _ head: HTTPRequestHead, context: ChannelHandlerContext) -> Bool {
+        let client = clientAddress(context)
         let writer = HTTPResponseWriter(
             context: context,
             handler: self,
             keepAlive: Self.keepsAlive(head),
-            verifiesPeers: server.verifiesClientCertificates
+            verifiesPeers: server.verifiesClientCertificates,
+            clientIP: client.ip
         )
-        guard let session = streaming.session(for: head, remoteAddress: context.channel.remoteAddress, writer: writer) else { return false }
+        guard let session = streaming.session(for: head, remoteAddress: client.address, writer: writer) else { return false }
         requestSession = session
         if !writer.done {
             responseSession = session

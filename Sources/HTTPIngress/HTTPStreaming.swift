@@ -31,12 +31,15 @@ public final class HTTPResponseWriter {
     let keepAlive: Bool
     /// The listener verifies client certificates (else their names prove nothing).
     let verifiesPeers: Bool
+    /// The client's IP address as text.
+    public let clientIP: String?
     private(set) public var headSent = false
     private var readingPaused = false
     private(set) public var done = false
 
-    init(context: ChannelHandlerContext, handler: RequestHandler, keepAlive: Bool, verifiesPeers: Bool = false) {
+    init(context: ChannelHandlerContext, handler: RequestHandler, keepAlive: Bool, verifiesPeers: Bool = false, clientIP: String? = nil) {
         self.verifiesPeers = verifiesPeers
+        self.clientIP = clientIP
         self.context = context
         self.handler = handler
         self.keepAlive = keepAlive

@@ -20,10 +20,13 @@ public struct LaneResolver: Sendable {
     }
 
     public func resolve(lane: String?, instances: [ServiceInstance]) -> Resolution {
-        let baseline = instances.filter { $0.lane == nil || $0.lane == "baseline" }
+        // (The common case, a service without lanes, copies nothing.)
+        if lane == nil || lane == "baseline", !instances.isEmpty, instances.allSatisfy(\.isBaseline) { return .lane(instances) }
+        let baseline = instances.filter(\.isBaseline)
         guard let lane, lane != "baseline" else {
             return baseline.isEmpty ? .noInstances : .lane(baseline)
         }
+        if !instances.isEmpty, instances.allSatisfy({ $0.lane == lane }) { return .lane(instances) }
         let inLane = instances.filter { $0.lane == lane }
         if !inLane.isEmpty { return .lane(inLane) }
         if fallbacks[lane] == .strict { return .laneUnavailable }

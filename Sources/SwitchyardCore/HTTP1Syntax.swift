@@ -98,6 +98,22 @@ package enum HTTP1Syntax {
     }
 
     /// A header name compared with a lowercase one, ignoring ASCII case (no String made).
+    /// Hop-by-hop header names (RFC 9110 §7.6.1): never passed on by a proxy.
+    package static func isHopByHop(_ name: UnsafeRawBufferPointer) -> Bool {
+        switch name.count {
+        case 2: self.name(name, is: "te")
+        case 7: self.name(name, is: "upgrade") || self.name(name, is: "trailer")
+        case 10: self.name(name, is: "connection") || self.name(name, is: "keep-alive")
+        case 16: self.name(name, is: "proxy-connection")
+        case 19: self.name(name, is: "proxy-authorization")
+        default: false
+        }
+    }
+
+    package static func isHopByHop(_ name: String) -> Bool {
+        name.withUTF8Bytes { isHopByHop($0) }
+    }
+
     package static func name(_ name: String, is lowercase: StaticString) -> Bool {
         name.withUTF8Bytes { self.name($0, is: lowercase) }
     }

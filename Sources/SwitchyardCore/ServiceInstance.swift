@@ -34,6 +34,8 @@ public struct ServiceInstance: Sendable, Hashable, CustomStringConvertible {
     /// `service@host:port`: identifies the instance in pools and load counters.
     public let key: String
     public var url: String { "http://\(address)\(basePath)" }
+    /// In no lane, or in `baseline` by name.
+    public var isBaseline: Bool { lane == nil || lane == "baseline" }
     public var description: String { url }
 
     /// Parses `http://host:port[/base]`. Returns nil with anything else (https arrives with TLS).

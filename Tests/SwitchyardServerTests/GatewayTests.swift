@@ -295,5 +295,20 @@ import Testing
         )
         let slow = try await TestHTTPClient.request("GET", port: slowServer.httpPort, path: "/api/orders/1", body: "")
         #expect(slow.status == 504 && slow.body.contains("upstream_timeout"), "\(slow.body)")
+        // Over a kept-alive connection the deadline holds too (that connection's one timer keeps
+        // it): a quick answer leaves the connection in the pool, the next request on it is late.
+        let quick = try await TestHTTPService.start()
+        let keptServer = try await TestServer.start(
+            Self.yaml(baseline: quick, gray: gray, users: quick).replacingOccurrences(of: "timeout: 2s", with: "timeout: 300ms")
+        )
+        // (Connections take the server's two event loops in turn: both get a kept upstream connection.)
+        for _ in 0..<4 { #expect(try await TestHTTPClient.request("GET", port: keptServer.httpPort, path: "/api/orders/1", body: "").status == 200) }
+        quick.setDelay(seconds: 5)
+        let started = ContinuousClock.now
+        let late = try await TestHTTPClient.request("GET", port: keptServer.httpPort, path: "/api/orders/1", body: "")
+        #expect(late.status == 504 && late.body.contains("upstream_timeout"), "\(late.body)")
+        #expect(ContinuousClock.now - started < .seconds(3), "the 300 ms deadline of a kept connection fired late")
+        quick.setDelay(seconds: 0)
+        #expect(try await TestHTTPClient.request("GET", port: keptServer.httpPort, path: "/api/orders/1", body: "").status == 200)
     }
 }
