@@ -73,8 +73,12 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
     private var answerHeadWritten = false
     private var writer = HTTP1Message.Writer()
 
-    /// This handler's place in the pipeline (for `allowReadAhead`, called by the handler after it).
+    /// This handler's place in the pipeline (for `allowReadAhead` and `send`, called by the
+    /// handler after it).
     private var context: ChannelHandlerContext?
+    /// The request handler right behind this codec: request parts go to it by a direct call,
+    /// not through the pipeline (no boxing and type check per part). Set and cleared by it.
+    var receiver: RequestHandler?
 
     init(readsAheadOf: (@Sendable (HTTPRequestHead) -> Bool)? = nil) {
         self.readsAheadOf = readsAheadOf
@@ -82,7 +86,10 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
 
-    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        receiver = nil
+    }
 
     /// The handler received the current request whole and will answer it in one piece, in
     /// order: the next request may be handed on before that answer, if its head passes
@@ -157,7 +164,11 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func handOn(_ context: ChannelHandlerContext, _ part: HTTPServerRequestPart) {
         handedOn &+= 1
-        context.fireChannelRead(wrapInboundOut(part))
+        if let receiver {
+            receiver.receive(part)
+        } else {
+            context.fireChannelRead(wrapInboundOut(part))
+        }
     }
 
     /// Reads and checks a whole request head and how its body is framed; nil when it has not
@@ -333,12 +344,33 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: - Outbound
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        write(unwrapOutboundIn(data), context: context, promise: promise)
+    }
+
+    /// A part of the answer from the request handler right behind, by a direct call (as `write`
+    /// through the pipeline would have it); with `flush`, what is pending goes out.
+    func send(_ part: HTTPServerResponsePart, flush: Bool, promise: EventLoopPromise<Void>?) {
+        guard let context else {
+            promise?.fail(ChannelError.ioOnClosedChannel)
+            return
+        }
+        write(part, context: context, promise: promise)
+        if flush { self.flush(context: context) }
+    }
+
+    /// What the handler right behind wrote goes out (as `flush` through the pipeline).
+    func flushPending() {
+        guard let context else { return }
+        flush(context: context)
+    }
+
+    private func write(_ part: HTTPServerResponsePart, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
         if case .failed = inbound, deferredRefusal == nil {
             // Malformed input was answered (or the connection cut): the handler's answer is dropped.
             promise?.fail(ChannelError.outputClosed)
             return
         }
-        switch unwrapOutboundIn(data) {
+        switch part {
         case .head(var head):
             if head.status.code >= 200 || head.status.code == 101 { answerHeadWritten = true }
             frame(&head)

@@ -286,6 +286,8 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// timer per request); the timer, when it fires early, sleeps again until the deadline.
     private var headDeadline: NIODeadline?
     private var headTimer: Scheduled<Void>?
+    /// This handler's place: the codec hands it request parts by a direct call (`receive`).
+    private var context: ChannelHandlerContext?
     /// The client's address and its text, looked up once per connection (not per request).
     private var client: (address: SocketAddress?, ip: String?)?
 
@@ -305,9 +307,15 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
-    func handlerAdded(context: ChannelHandlerContext) { armHeadTimer(context: context) }
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        codec?.receiver = self
+        armHeadTimer(context: context)
+    }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        codec?.receiver = nil
         headDeadline = nil
         headTimer?.cancel()
         headTimer = nil
@@ -346,8 +354,37 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        receive(unwrapInboundIn(data), context: context)
+    }
+
+    /// A request part from the HTTP/1.1 codec right before this handler (a direct call).
+    func receive(_ part: HTTPServerRequestPart) {
+        guard let context else { return }
+        receive(part, context: context)
+    }
+
+    func flushAnswer() {
+        if let codec { codec.flushPending() } else { context?.flush() }
+    }
+
+    /// A part of the answer: to the HTTP/1.1 codec by a direct call, else (HTTP/2) through the
+    /// pipeline.
+    func send(_ part: HTTPServerResponsePart, flush: Bool = false, promise: EventLoopPromise<Void>? = nil) {
+        if let codec {
+            codec.send(part, flush: flush, promise: promise)
+        } else if let context {
+            if flush {
+                context.writeAndFlush(wrapOutboundOut(part), promise: promise)
+            } else {
+                context.write(wrapOutboundOut(part), promise: promise)
+            }
+        } else {
+            promise?.fail(ChannelError.ioOnClosedChannel)
+        }
+    }
+
+    private func receive(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
         reading = true
-        let part = unwrapInboundIn(data)
         if let session = requestSession {
             switch part {
             case .head: break  // the codec holds the next request until this answer ends
@@ -537,7 +574,7 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
             context.write(wrapOutboundOut(.body(.byteBuffer(response.body))), promise: nil)
         }
         // The next head is awaited only when no request is in progress (one read ahead may be).
-        if keepAlive && answers.isEmpty && head == nil { armHeadTimer(context: context) }
+        if keepAlive && answers.isEmpty && self.head == nil { armHeadTimer(context: context) }
         if keepAlive && reading {
             context.write(wrapOutboundOut(.end(nil)), promise: nil)
             flushPending = true

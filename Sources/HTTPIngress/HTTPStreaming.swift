@@ -75,22 +75,18 @@ public final class HTTPResponseWriter {
         headSent = true
         var head = head
         if !keepAlive { head.headers.replaceOrAdd(name: "connection", value: "close") }
-        context.write(NIOAny(HTTPServerResponsePart.head(head)), promise: nil)
+        handler.send(.head(head))
     }
 
     /// A part of the body; without `flush` it waits for `flush()` or the end (one write for a burst).
     public func body(_ chunk: ByteBuffer, flush: Bool = true) {
         guard !done, headSent else { return }
-        if flush {
-            context.writeAndFlush(NIOAny(HTTPServerResponsePart.body(.byteBuffer(chunk))), promise: nil)
-        } else {
-            context.write(NIOAny(HTTPServerResponsePart.body(.byteBuffer(chunk))), promise: nil)
-        }
+        handler.send(.body(.byteBuffer(chunk)), flush: flush)
     }
 
     public func flush() {
         guard !done, headSent else { return }
-        context.flush()
+        handler.flushAnswer()
     }
 
     /// Ends the response; with `closeAfter` (or no keep-alive) the connection closes once written.
@@ -105,11 +101,13 @@ public final class HTTPResponseWriter {
         // over (its session current, its head timer disarmed); closing must not find it open.
         handler.streamFinished(context: context)
         guard close else {
-            context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)), promise: nil)
+            handler.send(.end(nil), flush: true)
             return
         }
         let channel = context.channel
-        context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil))).whenComplete { _ in channel.close(promise: nil) }
+        let written = context.eventLoop.makePromise(of: Void.self)
+        handler.send(.end(nil), flush: true, promise: written)
+        written.futureResult.whenComplete { _ in channel.close(promise: nil) }
     }
 
     /// A whole answer at once (errors before anything was sent upstream's way).

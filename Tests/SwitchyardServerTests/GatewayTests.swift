@@ -219,6 +219,14 @@ import Testing
         let partial = try await TestHTTPClient.raw(Array("GET /api/orders/x HTTP/1.1\r\nHost: a\r\nX-Slow: ".utf8), port: strict.httpPort)
         #expect(partial.isEmpty)
         #expect(Date().timeIntervalSince(started) < 9)  // 3 s, with room for a loaded machine
+        // So is a kept-alive connection that sends nothing after a message's answer.
+        let idleSince = Date()
+        let answered = try await TestHTTPClient.raw(
+            Array("POST /v1/messages/t/idle HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}".utf8),
+            port: strict.httpPort
+        )
+        #expect(String(decoding: answered, as: UTF8.self).hasPrefix("HTTP/1.1 202"), "\(String(decoding: answered, as: UTF8.self))")
+        #expect(Date().timeIntervalSince(idleSince) < 9, "an idle connection after a message's answer was not closed")
         #expect(try await TestHTTPClient.request("GET", port: port, path: "/api/orders/ok", body: "").status == 200)
     }
 
