@@ -495,21 +495,23 @@ final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
         eventLoop = context.eventLoop
         self.context = context
         codec = try? context.pipeline.syncOperations.handler(type: HTTP1ClientCodec.self)
+        codec?.receiver = self
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        codec?.receiver = nil
         self.context = nil
         deadline = nil
         timer?.cancel()
         timer = nil
     }
 
+    /// To the codec by a direct call.
     func send(_ part: HTTPClientRequestPart, flush: Bool = false) {
-        guard let context else { return }
-        if flush { context.writeAndFlush(NIOAny(part), promise: nil) } else { context.write(NIOAny(part), promise: nil) }
+        codec?.send(part, flush: flush)
     }
 
-    func flush() { context?.flush() }
+    func flush() { codec?.flushPending() }
 
     /// The attempt over this connection must have its answer's head by `deadline`.
     func arm(_ deadline: NIODeadline) {
@@ -540,7 +542,13 @@ final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
+        receive(unwrapInboundIn(data))
+    }
+
+    /// A part of the answer from the codec right before this handler (a direct call).
+    func receive(_ part: HTTPClientResponsePart) {
+        guard let context else { return }
+        switch part {
         case .head(let head):
             // 1xx answers other than 101 precede the real one.
             if head.status.code >= 100 && head.status.code < 200 && head.status.code != 101 { return }

@@ -32,12 +32,49 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
     /// What the last answer's hop-by-hop fields said (they are not in its head's headers).
     private(set) var answerHop = HTTP1Message.FieldSection.HopByHop()
 
+    /// The upstream handler right behind this codec: answer parts go to it by a direct call,
+    /// not through the pipeline (no boxing and type check per part). Set and cleared by it.
+    var receiver: UpstreamHandler?
+    private var context: ChannelHandlerContext?
+
     init(host: String? = nil) { self.host = host }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        receiver = nil
+    }
+
+    /// A request part from the handler right behind, by a direct call (as `write` through the
+    /// pipeline would have it); with `flush`, what is pending goes out.
+    func send(_ part: HTTPClientRequestPart, flush: Bool) {
+        guard let context else { return }
+        write(part, context: context, promise: nil)
+        if flush { self.flush(context: context) }
+    }
+
+    func flushPending() {
+        guard let context else { return }
+        flush(context: context)
+    }
+
+    private func deliver(_ part: HTTPClientResponsePart, context: ChannelHandlerContext) {
+        if let receiver {
+            receiver.receive(part)
+        } else {
+            context.fireChannelRead(wrapInboundOut(part))
+        }
+    }
 
     // MARK: - Outbound
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        switch unwrapOutboundIn(data) {
+        write(unwrapOutboundIn(data), context: context, promise: promise)
+    }
+
+    private func write(_ part: HTTPClientRequestPart, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
+        switch part {
         case .head(var head):
             methods.append(head.method)
             frame(&head)
@@ -124,10 +161,10 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
                 case .success(let b): body = b
                 }
                 answerHop = section.hop
-                context.fireChannelRead(wrapInboundOut(.head(head)))
+                deliver(.head(head), context: context)
                 if code == 101 {
                     inbound = .upgraded
-                    context.fireChannelRead(wrapInboundOut(.end(nil)))
+                    deliver(.end(nil), context: context)
                 } else {
                     inbound = .body(body)
                 }
@@ -141,10 +178,10 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
                 inbound = .body(reader)
                 switch event {
                 case nil: return
-                case .body(let chunk): context.fireChannelRead(wrapInboundOut(.body(chunk)))
+                case .body(let chunk): deliver(.body(chunk), context: context)
                 case .end(let trailers):
                     inbound = .head
-                    context.fireChannelRead(wrapInboundOut(.end(trailers)))
+                    deliver(.end(trailers), context: context)
                 }
             }
         }
@@ -199,7 +236,7 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
         // An answer delimited by the connection's close is complete now.
         if case .body(let reader) = inbound, reader.isUntilClose {
             inbound = .head
-            context.fireChannelRead(wrapInboundOut(.end(nil)))
+            deliver(.end(nil), context: context)
         }
         context.fireChannelInactive()
     }
