@@ -244,18 +244,19 @@ final class Exchange {
     var release: (() -> Void)?
 
     init(head: HTTPRequestHead, client: SocketAddress?, route: CompiledRoute?, snapshot: GatewaySnapshot) {
-        method = head.method.rawValue
-        uri = head.uri
-        host = head.headers.first(name: "host") ?? ""
+        accessLog = snapshot.accessLog
+        // (What only the access log shows is kept only for it.)
+        method = accessLog == nil ? "" : head.method.rawValue
+        uri = accessLog == nil ? "" : head.uri
+        host = accessLog == nil ? "" : head.headers.first(name: "host") ?? ""
         self.client = client
         routeName = route?.config.name ?? "egress"
         metrics = route?.metrics ?? snapshot.egressMetrics
-        accessLog = snapshot.accessLog
         responseRewrite = route?.config.responseHeaders
         if let given = head.headers.first(name: "traceparent"), TraceContext(traceparent: given) != nil {
             traceparent = given
         } else {
-            traceparent = TraceContext.generate().traceparent
+            traceparent = TraceContext.freshTraceparent()
         }
     }
 

@@ -51,6 +51,22 @@ public struct TraceContext: Sendable, Equatable {
         )
     }
 
+    /// The `traceparent` of a fresh (sampled) trace, made as one String (`generate().traceparent`
+    /// makes three).
+    public static func freshTraceparent() -> String {
+        var rng = FastRandom()
+        let (high, low, span) = (rng.next(), rng.next(), rng.next())
+        return String(unsafeUninitializedCapacity: 55) { out in
+            for (i, byte) in "00-".utf8.enumerated() { out[i] = byte }
+            Hex.write(high, into: out, at: 3)
+            Hex.write(low, into: out, at: 19)
+            out[35] = UInt8(ascii: "-")
+            Hex.write(span, into: out, at: 36)
+            for (i, byte) in "-01".utf8.enumerated() { out[52 + i] = byte }
+            return 55
+        }
+    }
+
     /// The `traceparent` for the next hop: same trace, new span.
     public func childTraceparent() -> String {
         var rng = FastRandom()

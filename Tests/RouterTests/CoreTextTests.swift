@@ -24,6 +24,16 @@ import Testing
         }
     }
 
+    /// A fresh trace's `traceparent`, made in one piece, is a valid one (version 00, sampled) and
+    /// differs from the next.
+    @Test func freshTraceparentsAreValidAndDistinct() {
+        let first = TraceContext.freshTraceparent()
+        let parsed = TraceContext(traceparent: first)
+        #expect(parsed != nil && parsed?.traceparent == first, "\(first)")
+        #expect(first.hasPrefix("00-") && first.hasSuffix("-01") && first.utf8.count == 55)
+        #expect(Set((0..<100).map { _ in TraceContext.freshTraceparent() }).count == 100)
+    }
+
     /// The envelope is a value: changing a copy's tags or headers in place leaves the other alone.
     @Test func envelopeCopiesStayApart() {
         var a = Envelope(id: "1", channel: "http", topic: "t", payload: ByteBuffer(), receivedAt: 0, trace: .generate())
