@@ -337,17 +337,13 @@ final class GatewaySession: HTTPStreamSession {
         if !requestEnded && !over { writer?.setReading(writable) }
     }
 
-    /// The answer's head, without its hop-by-hop fields (the codec left them out; `hop` says
-    /// what they held): it goes on to the client as it is, with the route's response headers.
-    func responseHead(_ response: HTTPResponseHead, hop: HTTP1Message.FieldSection.HopByHop, on channel: any Channel) {
+    /// The answer's head; its fields are `answer`'s lines (the hop-by-hop ones left out): they
+    /// go on to the client as bytes, unless the route changes them.
+    func responseHead(_ response: HTTPResponseHead, answer: HTTP1ClientCodec.Answer, on channel: any Channel) {
         guard !over, channel === upstream, let writer else { return }
         disarm()
-        let close = hop.close
-        var draining = false
-        for (name, value) in response.headers where HTTP1Syntax.name(name, is: "x-switchyard-draining") {
-            draining = draining || HTTP1Syntax.name(value, is: "true")
-        }
-        if let instance, draining {
+        let close = answer.hop.close
+        if let instance, answer.draining {
             balancer?.health.drain(instance.key, source: .response)
         } else if let instance, reusedConnection, close {
             // A kept-alive connection closed: the instance may be shutting down.
@@ -357,19 +353,24 @@ final class GatewaySession: HTTPStreamSession {
         headVerdict = response.status.code >= 500 || slow
         if response.status.code == 101 {
             endAttempt(failed: false)
-            return switchProtocols(response, protocols: hop.upgrade, upstream: channel)
+            var upgrade = response
+            upgrade.headers = answer.headers
+            return switchProtocols(upgrade, protocols: answer.hop.upgrade, upstream: channel)
         }
         if [502, 503, 504].contains(response.status.code) {
             endAttempt(failed: true)
             if retry() { return }
         }
-        upstreamKeepAlive = !close && (response.version.minor >= 1 || hop.keepAlive)
+        upstreamKeepAlive = !close && (response.version.minor >= 1 || answer.hop.keepAlive)
         status = Int(response.status.code)
-        // (Changed only when something is to change: the head's storage is copied on write.)
-        var head = response
-        if head.version != .http1_1 { head.version = .http1_1 }
-        if let exchange, exchange.decorates { exchange.decorate(&head.headers) }
-        writer.head(head)
+        if exchange?.decorates == true || !response.status.mayHaveResponseBody {
+            // Changed on the way (or without a body, whose length fields the codec drops): as a list.
+            var head = HTTPResponseHead(version: .http1_1, status: response.status, headers: answer.headers)
+            exchange?.decorate(&head.headers)
+            writer.head(head)
+        } else {
+            writer.head(response, fieldLines: answer.fieldLines, length: answer.length, transferEncoding: answer.transferEncoding)
+        }
     }
 
     /// The upstream accepted an upgrade (WebSocket): the 101 goes to the client and both
@@ -552,7 +553,7 @@ final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .head(let head):
             // 1xx answers other than 101 precede the real one.
             if head.status.code >= 100 && head.status.code < 200 && head.status.code != 101 { return }
-            session.responseHead(head, hop: codec?.answerHop ?? .init(), on: context.channel)
+            session.responseHead(head, answer: codec?.answer ?? .init(), on: context.channel)
         case .body(let chunk): session.responseBody(chunk, on: context.channel)
         case .end:
             complete = true

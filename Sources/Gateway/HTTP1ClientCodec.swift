@@ -4,8 +4,8 @@ import NIOHTTP1
 import SwitchyardCore
 
 /// HTTP/1.1 on a connection to an upstream instance, as bytes: writes the gateway's request
-/// parts and parses the answers into response parts, without their hop-by-hop fields
-/// (`answerHop` says what those held). One handler in place of NIO's request
+/// parts and parses the answers into response parts; an answer's fields stay bytes (`answer`:
+/// those passed on, without the hop-by-hop ones, and what those held). One handler in place of NIO's request
 /// encoder, response decoder and header validator (the request heads come from parsed
 /// requests and validated config).
 ///
@@ -29,8 +29,24 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
     /// The `host` every request on this connection carries: the instance's address (the
     /// request heads themselves carry none).
     private let host: String?
-    /// What the last answer's hop-by-hop fields said (they are not in its head's headers).
-    private(set) var answerHop = HTTP1Message.FieldSection.HopByHop()
+    /// The last answer's fields, as bytes (its head's header list is empty).
+    private(set) var answer = Answer()
+
+    /// An answer's fields as they go on to the client: the lines of those that are not
+    /// hop-by-hop, and what the others said.
+    struct Answer {
+        /// Field lines, each with its CR LF, as they came.
+        var fieldLines = ByteBuffer()
+        var hop = HTTP1Message.FieldSection.HopByHop()
+        /// `x-switchyard-draining: true`
+        var draining = false
+        /// The lines hold a `content-length` / a `transfer-encoding` field.
+        var length = false
+        var transferEncoding = false
+
+        /// The fields as a header list (for answers that are changed on the way, or upgrades).
+        var headers: HTTPHeaders { HTTP1Message.headers(lines: fieldLines) }
+    }
 
     /// The upstream handler right behind this codec: answer parts go to it by a direct call,
     /// not through the pipeline (no boxing and type check per part). Set and cleared by it.
@@ -145,7 +161,8 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
                 }
                 guard length <= Self.maxHeadBytes else { return fail("answer head larger than 64 KiB", context: context) }
                 guard !methods.isEmpty else { return fail("an answer to no request", context: context) }
-                let parsed = received!.withUnsafeReadableBytes { Self.parseHead(UnsafeRawBufferPointer(rebasing: $0[..<length])) }
+                var lines: ByteBuffer? = context.channel.allocator.buffer(capacity: length)
+                let parsed = received!.withUnsafeReadableBytes { Self.parseHead(UnsafeRawBufferPointer(rebasing: $0[..<length]), keptLines: &lines) }
                 received!.moveReaderIndex(forwardBy: length)
                 let (head, section): (HTTPResponseHead, HTTP1Message.FieldSection)
                 switch parsed {
@@ -160,7 +177,13 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
                 case .failure(let malformed): return fail(malformed.description, context: context)
                 case .success(let b): body = b
                 }
-                answerHop = section.hop
+                answer = Answer(
+                    fieldLines: lines ?? ByteBuffer(),
+                    hop: section.hop,
+                    draining: section.draining,
+                    length: section.contentLength != nil,
+                    transferEncoding: section.transferEncoding != nil
+                )
                 deliver(.head(head), context: context)
                 if code == 101 {
                     inbound = .upgraded
@@ -187,15 +210,23 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    /// `HTTP/1.x NNN reason` and the header fields.
-    static func parseHead(_ raw: UnsafeRawBufferPointer) -> Result<(HTTPResponseHead, HTTP1Message.FieldSection), HTTP1Message.Malformed> {
+    /// `HTTP/1.x NNN reason` and the header fields: those passed on are copied to `keptLines`
+    /// (the head's own header list stays empty).
+    static func parseHead(
+        _ raw: UnsafeRawBufferPointer,
+        keptLines: inout ByteBuffer?
+    ) -> Result<(HTTPResponseHead, HTTP1Message.FieldSection), HTTP1Message.Malformed> {
         guard let lineEnd = HTTP1Syntax.lineLength(raw) else { return .failure(.init("no status line")) }
         let line = UnsafeRawBufferPointer(rebasing: raw[..<lineEnd])
         guard let (code, reasonStart) = HTTP1Syntax.statusLine(line), line[7] == UInt8(ascii: "0") || line[7] == UInt8(ascii: "1") else {
             return .failure(.init("malformed status line \"\(String(decoding: line.prefix(64), as: UTF8.self))\""))
         }
         let reason = String(decoding: UnsafeRawBufferPointer(rebasing: line[reasonStart...]), as: UTF8.self)
-        switch HTTP1Message.fieldSection(UnsafeRawBufferPointer(rebasing: raw[(lineEnd + 2)..<(raw.count - 2)]), proxying: true) {
+        switch HTTP1Message.fieldSection(
+            UnsafeRawBufferPointer(rebasing: raw[(lineEnd + 2)..<(raw.count - 2)]),
+            proxying: true,
+            keptLines: &keptLines
+        ) {
         case .failure(let malformed): return .failure(malformed)
         case .success(let section):
             let head = HTTPResponseHead(

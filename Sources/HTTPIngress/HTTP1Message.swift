@@ -37,6 +37,8 @@ package enum HTTP1Message {
         package var expect: String?
         /// Read with `proxying`: the hop-by-hop fields were left out of `fields`; what they said.
         package var hop = HopByHop()
+        /// Read with `proxying`: `x-switchyard-draining: true` (the instance is shutting down).
+        package var draining = false
 
         package struct HopByHop {
             /// `connection: close`
@@ -78,6 +80,17 @@ package enum HTTP1Message {
     /// Field lines, each ending with CR LF (the blank line after them not included). With
     /// `proxying`, hop-by-hop fields are not kept: `hop` says what they held.
     package static func fieldSection(_ raw: UnsafeRawBufferPointer, proxying: Bool = false) -> Result<FieldSection, Malformed> {
+        var none: ByteBuffer?
+        return fieldSection(raw, proxying: proxying, keptLines: &none)
+    }
+
+    /// As above; with `keptLines`, the fields kept are copied there as they came, one line
+    /// each with its CR LF, and not made Strings in `fields` (a proxy passes them on as bytes).
+    package static func fieldSection(
+        _ raw: UnsafeRawBufferPointer,
+        proxying: Bool,
+        keptLines: inout ByteBuffer?
+    ) -> Result<FieldSection, Malformed> {
         var section = FieldSection()
         section.fields.reserveCapacity(8)
         var position = 0
@@ -112,9 +125,24 @@ package enum HTTP1Message {
                 }
                 continue
             }
+            if proxying && HTTP1Syntax.name(name, is: "x-switchyard-draining") {
+                section.draining = section.draining || HTTP1Syntax.name(value, is: "true")
+            }
+            if keptLines != nil {
+                keptLines!.writeBytes(line)
+                keptLines!.writeStaticString("\r\n")
+                continue
+            }
             section.fields.append((String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self)))
         }
         return .success(section)
+    }
+
+    /// Field lines checked before (`fieldSection` with `keptLines`) as a header list.
+    package static func headers(lines: ByteBuffer) -> HTTPHeaders {
+        let parsed = lines.withUnsafeReadableBytes { fieldSection($0) }
+        guard case .success(let section) = parsed else { return HTTPHeaders() }
+        return HTTPHeaders(section.fields)
     }
 
     /// `name: value` (a token, then a value of visible characters, spaces and tabs); nil when malformed.
@@ -247,12 +275,20 @@ package enum HTTP1Message {
         /// Starts a message: `line` writes its start line (and `lineBytes` more than 96 bytes).
         package mutating func head(_ headers: HTTPHeaders, allocator: ByteBufferAllocator, lineBytes: Int = 0, line: (inout ByteBuffer) -> Void) {
             // Sized for the fields as they are (no growing: a forwarded head often passes 256 bytes).
-            var size = 96 + lineBytes + (pending?.readableBytes ?? 0)
+            var size = 96 + lineBytes
             for (name, value) in headers { size += name.utf8.count + value.utf8.count + 4 }
-            var out = allocator.buffer(capacity: size)
+            head(size: size, allocator: allocator) { out in
+                line(&out)
+                Self.writeFields(headers, into: &out)
+            }
+        }
+
+        /// Starts a message of about `size` bytes: `write` writes its start line and fields (the
+        /// blank line after them is added here).
+        package mutating func head(size: Int, allocator: ByteBufferAllocator, write: (inout ByteBuffer) -> Void) {
+            var out = allocator.buffer(capacity: size + (pending?.readableBytes ?? 0))
             if let earlier = pending { out.writeImmutableBuffer(earlier) }  // an interim answer not yet written
-            line(&out)
-            Self.writeFields(headers, into: &out)
+            write(&out)
             out.writeStaticString("\r\n")
             pending = out
         }

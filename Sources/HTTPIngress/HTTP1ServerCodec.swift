@@ -358,6 +358,24 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
         if flush { self.flush(context: context) }
     }
 
+    /// An answer's head whose fields are lines of bytes already (a proxied answer's, see
+    /// `HTTPResponseWriter.head(_:fieldLines:length:transferEncoding:)`), framed as `frame`
+    /// frames a head: chunked when the lines hold neither a length nor a transfer coding.
+    func sendHead(_ status: HTTPResponseStatus, fieldLines: ByteBuffer, length: Bool, transferEncoding: Bool, close: Bool) {
+        guard let context else { return }
+        if case .failed = inbound, deferredRefusal == nil { return }  // answered already (malformed input)
+        answerHeadWritten = true
+        writer.suppressBody = unanswered.first == .HEAD
+        writer.chunked = !length && !writer.suppressBody
+        let size = 64 + status.reasonPhrase.utf8.count + fieldLines.readableBytes
+        writer.head(size: size, allocator: context.channel.allocator) { out in
+            Self.writeStatusLine(HTTPResponseHead(version: .http1_1, status: status), into: &out)
+            out.writeImmutableBuffer(fieldLines)
+            if !length && !transferEncoding { out.writeStaticString("transfer-encoding: chunked\r\n") }
+            if close { out.writeStaticString("connection: close\r\n") }
+        }
+    }
+
     /// What the handler right behind wrote goes out (as `flush` through the pipeline).
     func flushPending() {
         guard let context else { return }

@@ -263,7 +263,7 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var body: ByteBuffer?
     private var tooLarge = false
     /// The HTTP/1.1 codec, told when the next pipelined request may be read ahead (nil on HTTP/2).
-    private let codec: HTTP1ServerCodec?
+    let codec: HTTP1ServerCodec?
     /// Answers of collected requests in request order (nil: not ready yet); `answered` is
     /// the number of the first (the next request's is `answered + answers.count`).
     private var answers = CircularBuffer<(response: OutgoingResponse, keepAlive: Bool)?>(initialCapacity: 2)

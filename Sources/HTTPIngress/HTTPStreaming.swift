@@ -78,6 +78,22 @@ public final class HTTPResponseWriter {
         handler.send(.head(head))
     }
 
+    /// A head whose fields are lines of bytes already, each with its CR LF (a proxied answer's,
+    /// its hop-by-hop fields left out): on HTTP/1.1 they are written as they are (no header
+    /// list made); `length` and `transferEncoding` say whether they hold a `content-length` and
+    /// a `transfer-encoding` field. For answers that may have a body (not 1xx, 204 or 304).
+    package func head(_ head: HTTPResponseHead, fieldLines: ByteBuffer, length: Bool, transferEncoding: Bool) {
+        guard !done, !headSent else { return }
+        guard let codec = handler.codec else {
+            // HTTP/2: the fields as a list.
+            var head = head
+            head.headers = HTTP1Message.headers(lines: fieldLines)
+            return self.head(head)
+        }
+        headSent = true
+        codec.sendHead(head.status, fieldLines: fieldLines, length: length, transferEncoding: transferEncoding, close: !keepAlive)
+    }
+
     /// A part of the body; without `flush` it waits for `flush()` or the end (one write for a burst).
     public func body(_ chunk: ByteBuffer, flush: Bool = true) {
         guard !done, headSent else { return }
