@@ -5,7 +5,7 @@ public import NIOCore
 /// the parts a caller keeps become Strings.
 package enum HTTP1Syntax {
     /// Bytes up to and including the blank line that ends a head, if it has arrived.
-    package static func headLength(_ buffer: ByteBuffer) -> Int? {
+    @inlinable package static func headLength(_ buffer: ByteBuffer) -> Int? {
         buffer.withUnsafeReadableBytes { bytes in
             guard bytes.count >= 4 else { return nil }
             var i = 0
@@ -22,7 +22,7 @@ package enum HTTP1Syntax {
     }
 
     /// The length of the line at the start of `bytes` without its CR LF, if a CR LF has arrived.
-    package static func lineLength(_ bytes: UnsafeRawBufferPointer) -> Int? {
+    @inlinable package static func lineLength(_ bytes: UnsafeRawBufferPointer) -> Int? {
         guard bytes.count >= 2 else { return nil }
         for i in 0..<(bytes.count - 1) where bytes[i] == 13 && bytes[i + 1] == 10 { return i }
         return nil
@@ -66,7 +66,7 @@ package enum HTTP1Syntax {
     }
 
     /// Without leading and trailing spaces and tabs.
-    package static func trimmed(_ bytes: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
+    @inlinable package static func trimmed(_ bytes: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
         var start = 0
         var end = bytes.count
         while start < end && (bytes[start] == 0x20 || bytes[start] == 0x09) { start += 1 }
@@ -75,7 +75,7 @@ package enum HTTP1Syntax {
     }
 
     /// A header name compared with a lowercase one, ignoring ASCII case.
-    package static func name(_ bytes: UnsafeRawBufferPointer, is lowercase: StaticString) -> Bool {
+    @inlinable package static func name(_ bytes: UnsafeRawBufferPointer, is lowercase: StaticString) -> Bool {
         guard bytes.count == lowercase.utf8CodeUnitCount else { return false }
         let expected = UnsafeRawBufferPointer(start: lowercase.utf8Start, count: lowercase.utf8CodeUnitCount)
         for i in 0..<bytes.count {
@@ -99,7 +99,7 @@ package enum HTTP1Syntax {
 
     /// A header name compared with a lowercase one, ignoring ASCII case (no String made).
     /// Hop-by-hop header names (RFC 9110 §7.6.1): never passed on by a proxy.
-    package static func isHopByHop(_ name: UnsafeRawBufferPointer) -> Bool {
+    @inlinable package static func isHopByHop(_ name: UnsafeRawBufferPointer) -> Bool {
         switch name.count {
         case 2: self.name(name, is: "te")
         case 7: self.name(name, is: "upgrade") || self.name(name, is: "trailer")
@@ -136,7 +136,7 @@ package enum HTTP1Syntax {
     /// A `tchar` of RFC 9110: what methods and header names are made of.
     /// (A switch, not a table: no global's once-check or bounds check per byte.)
     @inline(__always)
-    package static func isTokenByte(_ b: UInt8) -> Bool {
+    @inlinable package static func isTokenByte(_ b: UInt8) -> Bool {
         switch b {
         case 0x30...0x39, 0x41...0x5A, 0x61...0x7A: true
         case UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"),
@@ -148,6 +148,6 @@ package enum HTTP1Syntax {
     }
 
     /// A byte a header value may hold: visible ASCII, obs-text (≥ 0x80), space and tab.
-    package static func isFieldValueByte(_ b: UInt8) -> Bool { b >= 0x20 ? b != 0x7F : b == 0x09 }
+    @inlinable package static func isFieldValueByte(_ b: UInt8) -> Bool { b >= 0x20 ? b != 0x7F : b == 0x09 }
 
 }
