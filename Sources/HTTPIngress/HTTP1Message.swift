@@ -147,11 +147,16 @@ package enum HTTP1Message {
 
     /// `name: value` (a token, then a value of visible characters, spaces and tabs); nil when malformed.
     static func nameAndValue(_ line: UnsafeRawBufferPointer) -> (UnsafeRawBufferPointer, UnsafeRawBufferPointer)? {
-        guard let colon = line.firstIndex(of: UInt8(ascii: ":")), colon > 0 else { return nil }
-        let name = UnsafeRawBufferPointer(rebasing: line[..<colon])
+        // (Loops rather than `allSatisfy` with a function: these run for every byte of a head.)
+        var colon = 0
+        while colon < line.count && line[colon] != UInt8(ascii: ":") {
+            guard HTTP1Syntax.isTokenByte(line[colon]) else { return nil }
+            colon += 1
+        }
+        guard colon > 0, colon < line.count else { return nil }
         let value = HTTP1Syntax.trimmed(UnsafeRawBufferPointer(rebasing: line[(colon + 1)...]))
-        guard name.allSatisfy(HTTP1Syntax.isTokenByte), value.allSatisfy(HTTP1Syntax.isFieldValueByte) else { return nil }
-        return (name, value)
+        for byte in value where !HTTP1Syntax.isFieldValueByte(byte) { return nil }
+        return (UnsafeRawBufferPointer(rebasing: line[..<colon]), value)
     }
 
     /// Reads a body framed by a length or chunked (with trailers) from the bytes as they come.

@@ -133,18 +133,13 @@ package enum HTTP1Syntax {
         }
     }
 
-    /// A `tchar` of RFC 9110: what methods and header names are made of.
-    /// (A switch, not a table: no global's once-check or bounds check per byte.)
+    /// A `tchar` of RFC 9110 (§5.6.2): what methods and header names are made of.
+    /// (Two bit masks, bytes 0–63 and 64–127: no global's once-check or bounds check per byte.)
     @inline(__always)
     @inlinable package static func isTokenByte(_ b: UInt8) -> Bool {
-        switch b {
-        case 0x30...0x39, 0x41...0x5A, 0x61...0x7A: true
-        case UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"),
-            UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "^"), UInt8(ascii: "_"),
-            UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"):
-            true
-        default: false
-        }
+        if b < 64 { return (0x03FF_6CFA_0000_0000 as UInt64) >> UInt64(b) & 1 == 1 }
+        if b < 128 { return (0x57FF_FFFF_C7FF_FFFE as UInt64) >> UInt64(b - 64) & 1 == 1 }
+        return false
     }
 
     /// A byte a header value may hold: visible ASCII, obs-text (≥ 0x80), space and tab.

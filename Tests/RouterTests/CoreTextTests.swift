@@ -24,6 +24,14 @@ import Testing
         }
     }
 
+    /// The token bytes of header names (two bit masks) are exactly RFC 9110's tchar.
+    @Test func tokenBytesAreTheRFCsTchar() {
+        let tchar = Set(Array("!#$%&'*+-.^_`|~0123456789".utf8) + Array("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ".utf8))
+        for byte in 0...255 {
+            #expect(HTTP1Syntax.isTokenByte(UInt8(byte)) == tchar.contains(UInt8(byte)), "byte \(byte)")
+        }
+    }
+
     /// A fresh trace's `traceparent`, made in one piece, is a valid one (version 00, sampled) and
     /// differs from the next.
     @Test func freshTraceparentsAreValidAndDistinct() {
