@@ -92,7 +92,7 @@ package enum HTTP1Message {
         keptLines: inout ByteBuffer?
     ) -> Result<FieldSection, Malformed> {
         var section = FieldSection()
-        section.fields.reserveCapacity(8)
+        if keptLines == nil { section.fields.reserveCapacity(8) }
         var position = 0
         while position < raw.count {
             guard let n = HTTP1Syntax.lineLength(UnsafeRawBufferPointer(rebasing: raw[position...])) else {
@@ -274,6 +274,12 @@ package enum HTTP1Message {
         /// A response to HEAD: its head says what a GET would get, and no body follows.
         package var suppressBody = false
         private var pending: ByteBuffer?
+        /// The last small buffer handed to the channel: once the channel has written it, it is
+        /// this writer's alone again and the next message is written into it (no allocation per
+        /// message; if the channel still holds it, clearing it makes a fresh one).
+        private var spare: ByteBuffer?
+        /// Buffers kept for reuse are at most this large (an idle connection keeps one).
+        static let spareBytes = 2048
 
         package init() {}
 
@@ -291,7 +297,13 @@ package enum HTTP1Message {
         /// Starts a message of about `size` bytes: `write` writes its start line and fields (the
         /// blank line after them is added here).
         package mutating func head(size: Int, allocator: ByteBufferAllocator, write: (inout ByteBuffer) -> Void) {
-            var out = allocator.buffer(capacity: size + (pending?.readableBytes ?? 0))
+            var out: ByteBuffer
+            if pending == nil, var reused = spare.take() {
+                reused.clear(minimumCapacity: size)
+                out = reused
+            } else {
+                out = allocator.buffer(capacity: size + (pending?.readableBytes ?? 0))
+            }
             if let earlier = pending { out.writeImmutableBuffer(earlier) }  // an interim answer not yet written
             write(&out)
             out.writeStaticString("\r\n")
@@ -350,6 +362,7 @@ package enum HTTP1Message {
         package mutating func writePending(context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
             if let bytes = pending {
                 pending = nil
+                if bytes.capacity <= Self.spareBytes { spare = bytes }
                 context.write(NIOAny(IOData.byteBuffer(bytes)), promise: promise)
             } else if let promise {
                 // Nothing to write, but the promise completes in order with the writes before it.

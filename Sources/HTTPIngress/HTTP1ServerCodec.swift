@@ -331,7 +331,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
         answer.headers.add(name: "content-length", value: String(answer.body.readableBytes))
         writer = HTTP1Message.Writer()
         writer.head(answer.headers, allocator: context.channel.allocator) {
-            Self.writeStatusLine(HTTPResponseHead(version: .http1_1, status: status), into: &$0)
+            Self.writeStatusLine(.http1_1, status, into: &$0)
         }
         writer.body(.byteBuffer(answer.body), context: context, promise: nil)
         let written = context.eventLoop.makePromise(of: Void.self)
@@ -369,7 +369,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
         writer.chunked = !length && !writer.suppressBody
         let size = 64 + status.reasonPhrase.utf8.count + fieldLines.readableBytes
         writer.head(size: size, allocator: context.channel.allocator) { out in
-            Self.writeStatusLine(HTTPResponseHead(version: .http1_1, status: status), into: &out)
+            Self.writeStatusLine(.http1_1, status, into: &out)
             out.writeImmutableBuffer(fieldLines)
             if !length && !transferEncoding { out.writeStaticString("transfer-encoding: chunked\r\n") }
             if close { out.writeStaticString("connection: close\r\n") }
@@ -392,7 +392,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
         case .head(var head):
             if head.status.code >= 200 || head.status.code == 101 { answerHeadWritten = true }
             frame(&head)
-            writer.head(head.headers, allocator: context.channel.allocator) { Self.writeStatusLine(head, into: &$0) }
+            writer.head(head.headers, allocator: context.channel.allocator) { Self.writeStatusLine(head.version, head.status, into: &$0) }
             if promise != nil { writer.writePending(context: context, promise: promise) }
         case .body(let body):
             writer.body(body, context: context, promise: promise)
@@ -428,13 +428,21 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    static func writeStatusLine(_ head: HTTPResponseHead, into out: inout ByteBuffer) {
+    /// (From the version and status, not a head: making a head allocates.)
+    static func writeStatusLine(_ version: HTTPVersion, _ status: HTTPResponseStatus, into out: inout ByteBuffer) {
         out.writeStaticString("HTTP/1.")
-        out.writeInteger(UInt8(ascii: head.version.minor == 0 ? "0" : "1"))
+        out.writeInteger(UInt8(ascii: version.minor == 0 ? "0" : "1"))
         out.writeInteger(UInt8(ascii: " "))
-        out.writeString(String(head.status.code))
+        let code = status.code
+        if code >= 100 && code <= 999 {
+            out.writeInteger(UInt8(truncatingIfNeeded: 0x30 + code / 100))
+            out.writeInteger(UInt8(truncatingIfNeeded: 0x30 + code / 10 % 10))
+            out.writeInteger(UInt8(truncatingIfNeeded: 0x30 + code % 10))
+        } else {
+            out.writeString(String(code))
+        }
         out.writeInteger(UInt8(ascii: " "))
-        out.writeString(head.status.reasonPhrase)
+        out.writeString(status.reasonPhrase)
         out.writeStaticString("\r\n")
     }
 
