@@ -161,7 +161,11 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
                 }
                 guard length <= Self.maxHeadBytes else { return fail("answer head larger than 64 KiB", context: context) }
                 guard !methods.isEmpty else { return fail("an answer to no request", context: context) }
-                var lines: ByteBuffer? = context.channel.allocator.buffer(capacity: length)
+                // The last answer's lines are written by now: their buffer takes this one's (no
+                // allocation per answer unless something still holds it).
+                var lines: ByteBuffer? = answer.fieldLines
+                answer.fieldLines = ByteBuffer()
+                lines!.clear(minimumCapacity: length)
                 let parsed = received!.withUnsafeReadableBytes { Self.parseHead(UnsafeRawBufferPointer(rebasing: $0[..<length]), keptLines: &lines) }
                 received!.moveReaderIndex(forwardBy: length)
                 let (head, section): (HTTPResponseHead, HTTP1Message.FieldSection)

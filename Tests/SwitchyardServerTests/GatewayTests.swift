@@ -307,7 +307,8 @@ import Testing
         // it): a quick answer leaves the connection in the pool, the next request on it is late.
         let quick = try await TestHTTPService.start()
         let keptServer = try await TestServer.start(
-            Self.yaml(baseline: quick, gray: gray, users: quick).replacingOccurrences(of: "timeout: 2s", with: "timeout: 300ms")
+            // (1 s: the quick answers meet it on a loaded machine; 300 ms once did not.)
+            Self.yaml(baseline: quick, gray: gray, users: quick).replacingOccurrences(of: "timeout: 2s", with: "timeout: 1s")
         )
         // (Connections take the server's two event loops in turn: both get a kept upstream connection.)
         for _ in 0..<4 { #expect(try await TestHTTPClient.request("GET", port: keptServer.httpPort, path: "/api/orders/1", body: "").status == 200) }
@@ -315,8 +316,9 @@ import Testing
         let started = ContinuousClock.now
         let late = try await TestHTTPClient.request("GET", port: keptServer.httpPort, path: "/api/orders/1", body: "")
         #expect(late.status == 504 && late.body.contains("upstream_timeout"), "\(late.body)")
-        #expect(ContinuousClock.now - started < .seconds(3), "the 300 ms deadline of a kept connection fired late")
+        #expect(ContinuousClock.now - started < .seconds(4), "the 1 s deadline of a kept connection fired late")
         quick.setDelay(seconds: 0)
-        #expect(try await TestHTTPClient.request("GET", port: keptServer.httpPort, path: "/api/orders/1", body: "").status == 200)
+        let after = try await TestHTTPClient.request("GET", port: keptServer.httpPort, path: "/api/orders/1", body: "")
+        #expect(after.status == 200, "\(after.status) \(after.body)")
     }
 }
