@@ -127,9 +127,6 @@ public final class GatewayResponder: HTTPStreamingResponder {
         return table
     }()
 
-    /// Hop-by-hop header names (RFC 9110 §7.6.1): never passed on.
-    static func isHopByHop(_ name: String) -> Bool { HTTP1Syntax.isHopByHop(name) }
-
     /// The path a route sends: the prefix removed or replaced when the route says so.
     static func rewrite(_ uri: String, route: SwitchyardConfiguration.GatewayRoute) -> String {
         guard route.pathRegex == nil, route.stripPrefix || route.prefixRewrite != nil, uri.hasPrefix(route.pathPrefix) else { return uri }
@@ -153,16 +150,18 @@ public final class GatewayResponder: HTTPStreamingResponder {
         traceparent: String,
         rewrite: SwitchyardConfiguration.HeaderRewrite?
     ) -> HTTPRequestHead {
-        // Collected as an array with room for what is added below (no growing per header).
-        // The fields this hop sets are left out on the way and added once below (no
-        // replace-or-add, which copies the list).
+        // Collected as an array with room for what is added below (no growing per header); the
+        // fields this hop sets are left out on the way and added once below (no replace-or-add,
+        // which copies the list).
         var fields: [(String, String)] = []
         fields.reserveCapacity(head.headers.count + 8)
         var (host, forwardedFor, baggage): (String?, String?, String?) = (nil, nil, nil)
         for (name, value) in head.headers {
             let lower = name.utf8.contains(where: { $0 >= 0x41 && $0 <= 0x5A }) ? name.lowercased() : name
             // `Expect: 100-continue` was answered by this hop's codec (as nginx does).
-            if isHopByHop(name) || lower == "expect" || lower == "traceparent" || lower == "x-forwarded-host" || lower.hasPrefix("x-switchyard-") {
+            if HTTP1Syntax.isHopByHop(name) || lower == "expect" || lower == "traceparent" || lower == "x-forwarded-host"
+                || lower.hasPrefix("x-switchyard-")
+            {
                 continue
             }
             switch lower {

@@ -256,8 +256,7 @@ final class GatewaySession: HTTPStreamSession {
 
     /// The attempt's instance did not answer in time: another one, or 504.
     func attemptTimedOut() {
-        timer = nil
-        upstreamHandler?.disarm()
+        disarm()
         guard let instance, !over else { return }
         exchange?.metrics.upstreamError(instance, kind: "timeout")
         endAttempt(failed: true)
@@ -342,8 +341,8 @@ final class GatewaySession: HTTPStreamSession {
     func responseHead(_ response: HTTPResponseHead, answer: HTTP1ClientCodec.Answer, on channel: any Channel) {
         guard !over, channel === upstream, let writer else { return }
         disarm()
-        let close = answer.hop.close
-        if let instance, answer.draining {
+        let close = answer.section.hop.close
+        if let instance, answer.section.draining {
             balancer?.health.drain(instance.key, source: .response)
         } else if let instance, reusedConnection, close {
             // A kept-alive connection closed: the instance may be shutting down.
@@ -355,13 +354,13 @@ final class GatewaySession: HTTPStreamSession {
             endAttempt(failed: false)
             var upgrade = response
             upgrade.headers = answer.headers
-            return switchProtocols(upgrade, protocols: answer.hop.upgrade, upstream: channel)
+            return switchProtocols(upgrade, protocols: answer.section.hop.upgrade, upstream: channel)
         }
         if [502, 503, 504].contains(response.status.code) {
             endAttempt(failed: true)
             if retry() { return }
         }
-        upstreamKeepAlive = !close && (response.version.minor >= 1 || answer.hop.keepAlive)
+        upstreamKeepAlive = !close && (response.version.minor >= 1 || answer.section.hop.keepAlive)
         status = Int(response.status.code)
         if exchange?.decorates == true || !response.status.mayHaveResponseBody {
             // Changed on the way (or without a body, whose length fields the codec drops): as a list.
@@ -369,7 +368,13 @@ final class GatewaySession: HTTPStreamSession {
             exchange?.decorate(&head.headers)
             writer.head(head)
         } else {
-            writer.head(response, fieldLines: answer.fieldLines, length: answer.length, transferEncoding: answer.transferEncoding)
+            let section = answer.section
+            writer.head(
+                response,
+                fieldLines: answer.fieldLines,
+                length: section.contentLength != nil,
+                transferEncoding: section.transferEncoding != nil
+            )
         }
     }
 

@@ -33,16 +33,11 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
     private(set) var answer = Answer()
 
     /// An answer's fields as they go on to the client: the lines of those that are not
-    /// hop-by-hop, and what the others said.
+    /// hop-by-hop, and what the section held (its framing, what the hop-by-hop ones said).
     struct Answer {
         /// Field lines, each with its CR LF, as they came.
         var fieldLines = ByteBuffer()
-        var hop = HTTP1Message.FieldSection.HopByHop()
-        /// `x-switchyard-draining: true`
-        var draining = false
-        /// The lines hold a `content-length` / a `transfer-encoding` field.
-        var length = false
-        var transferEncoding = false
+        var section = HTTP1Message.FieldSection()
 
         /// The fields as a header list (for answers that are changed on the way, or upgrades).
         var headers: HTTPHeaders { HTTP1Message.headers(lines: fieldLines) }
@@ -181,13 +176,7 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
                 case .failure(let malformed): return fail(malformed.description, context: context)
                 case .success(let b): body = b
                 }
-                answer = Answer(
-                    fieldLines: lines ?? ByteBuffer(),
-                    hop: section.hop,
-                    draining: section.draining,
-                    length: section.contentLength != nil,
-                    transferEncoding: section.transferEncoding != nil
-                )
+                answer = Answer(fieldLines: lines ?? ByteBuffer(), section: section)
                 deliver(.head(head), context: context)
                 if code == 101 {
                     inbound = .upgraded
@@ -228,7 +217,6 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
         let reason = String(decoding: UnsafeRawBufferPointer(rebasing: line[reasonStart...]), as: UTF8.self)
         switch HTTP1Message.fieldSection(
             UnsafeRawBufferPointer(rebasing: raw[(lineEnd + 2)..<(raw.count - 2)]),
-            proxying: true,
             keptLines: &keptLines
         ) {
         case .failure(let malformed): return .failure(malformed)

@@ -35,9 +35,9 @@ package enum HTTP1Message {
         package var upgrade = false
         /// `Expect` values, lowercased, several headers joined by `, `.
         package var expect: String?
-        /// Read with `proxying`: the hop-by-hop fields were left out of `fields`; what they said.
+        /// Read for passing on (`keptLines`): the hop-by-hop fields were left out; what they said.
         package var hop = HopByHop()
-        /// Read with `proxying`: `x-switchyard-draining: true` (the instance is shutting down).
+        /// Read for passing on: `x-switchyard-draining: true` (the instance is shutting down).
         package var draining = false
 
         package struct HopByHop {
@@ -50,6 +50,8 @@ package enum HTTP1Message {
 
             package init() {}
         }
+
+        package init() {}
 
         /// Whether the codings are exactly `chunked`; a Malformed when the last one is not (the
         /// body's end cannot be known), nil for codings before `chunked` (not supported).
@@ -77,22 +79,19 @@ package enum HTTP1Message {
         return (length, transferEncoding)
     }
 
-    /// Field lines, each ending with CR LF (the blank line after them not included). With
-    /// `proxying`, hop-by-hop fields are not kept: `hop` says what they held.
-    package static func fieldSection(_ raw: UnsafeRawBufferPointer, proxying: Bool = false) -> Result<FieldSection, Malformed> {
+    /// Field lines, each ending with CR LF (the blank line after them not included).
+    package static func fieldSection(_ raw: UnsafeRawBufferPointer) -> Result<FieldSection, Malformed> {
         var none: ByteBuffer?
-        return fieldSection(raw, proxying: proxying, keptLines: &none)
+        return fieldSection(raw, keptLines: &none)
     }
 
-    /// As above; with `keptLines`, the fields kept are copied there as they came, one line
-    /// each with its CR LF, and not made Strings in `fields` (a proxy passes them on as bytes).
-    package static func fieldSection(
-        _ raw: UnsafeRawBufferPointer,
-        proxying: Bool,
-        keptLines: inout ByteBuffer?
-    ) -> Result<FieldSection, Malformed> {
+    /// As above; with `keptLines` (a proxy passing the fields on as bytes), the fields are
+    /// copied there as they came, one line each with its CR LF, and not made Strings in
+    /// `fields`, and the hop-by-hop ones are left out (`hop` says what they held).
+    package static func fieldSection(_ raw: UnsafeRawBufferPointer, keptLines: inout ByteBuffer?) -> Result<FieldSection, Malformed> {
         var section = FieldSection()
-        if keptLines == nil { section.fields.reserveCapacity(8) }
+        let proxying = keptLines != nil
+        if !proxying { section.fields.reserveCapacity(8) }
         var position = 0
         while position < raw.count {
             guard let n = HTTP1Syntax.lineLength(UnsafeRawBufferPointer(rebasing: raw[position...])) else {
@@ -117,9 +116,8 @@ package enum HTTP1Message {
             }
             if proxying && HTTP1Syntax.isHopByHop(name) {
                 if HTTP1Syntax.name(name, is: "connection") {
-                    let tokens = String(decoding: value, as: UTF8.self)
-                    section.hop.close = section.hop.close || HTTP1Syntax.list(tokens, contains: "close")
-                    section.hop.keepAlive = section.hop.keepAlive || HTTP1Syntax.list(tokens, contains: "keep-alive")
+                    section.hop.close = section.hop.close || HTTP1Syntax.list(value, contains: "close")
+                    section.hop.keepAlive = section.hop.keepAlive || HTTP1Syntax.list(value, contains: "keep-alive")
                 } else if HTTP1Syntax.name(name, is: "upgrade") {
                     section.hop.upgrade = section.hop.upgrade ?? String(decoding: value, as: UTF8.self)
                 }
@@ -128,7 +126,7 @@ package enum HTTP1Message {
             if proxying && HTTP1Syntax.name(name, is: "x-switchyard-draining") {
                 section.draining = section.draining || HTTP1Syntax.name(value, is: "true")
             }
-            if keptLines != nil {
+            if proxying {
                 keptLines!.writeBytes(line)
                 keptLines!.writeStaticString("\r\n")
                 continue

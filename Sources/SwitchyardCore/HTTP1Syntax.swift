@@ -97,7 +97,6 @@ package enum HTTP1Syntax {
         return (code, min(i + 4, line.count))
     }
 
-    /// A header name compared with a lowercase one, ignoring ASCII case (no String made).
     /// Hop-by-hop header names (RFC 9110 §7.6.1): never passed on by a proxy.
     @inlinable package static func isHopByHop(_ name: UnsafeRawBufferPointer) -> Bool {
         switch name.count {
@@ -114,6 +113,7 @@ package enum HTTP1Syntax {
         name.withUTF8Bytes { isHopByHop($0) }
     }
 
+    /// A header name compared with a lowercase one, ignoring ASCII case (no String made).
     package static func name(_ name: String, is lowercase: StaticString) -> Bool {
         name.withUTF8Bytes { self.name($0, is: lowercase) }
     }
@@ -121,16 +121,18 @@ package enum HTTP1Syntax {
     /// A comma-separated header value (`connection: keep-alive, Upgrade`) holds `lowercase` as
     /// one of its elements, ignoring ASCII case and surrounding spaces.
     package static func list(_ value: String, contains lowercase: StaticString) -> Bool {
-        value.withUTF8Bytes { bytes in
-            var start = 0
-            while start <= bytes.count {
-                var end = start
-                while end < bytes.count && bytes[end] != UInt8(ascii: ",") { end += 1 }
-                if name(trimmed(UnsafeRawBufferPointer(rebasing: bytes[start..<end])), is: lowercase) { return true }
-                start = end + 1
-            }
-            return false
+        value.withUTF8Bytes { list($0, contains: lowercase) }
+    }
+
+    package static func list(_ bytes: UnsafeRawBufferPointer, contains lowercase: StaticString) -> Bool {
+        var start = 0
+        while start <= bytes.count {
+            var end = start
+            while end < bytes.count && bytes[end] != UInt8(ascii: ",") { end += 1 }
+            if name(trimmed(UnsafeRawBufferPointer(rebasing: bytes[start..<end])), is: lowercase) { return true }
+            start = end + 1
         }
+        return false
     }
 
     /// A `tchar` of RFC 9110 (§5.6.2): what methods and header names are made of.
