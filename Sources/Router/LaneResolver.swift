@@ -20,16 +20,20 @@ public struct LaneResolver: Sendable {
     }
 
     public func resolve(lane: String?, instances: [ServiceInstance]) -> Resolution {
-        // (The common case, a service without lanes, copies nothing.)
-        if lane == nil || lane == "baseline", !instances.isEmpty, instances.allSatisfy(\.isBaseline) { return .lane(instances) }
-        let baseline = instances.filter(\.isBaseline)
         guard let lane, lane != "baseline" else {
+            let baseline = Self.select(instances, \.isBaseline)
             return baseline.isEmpty ? .noInstances : .lane(baseline)
         }
-        if !instances.isEmpty, instances.allSatisfy({ $0.lane == lane }) { return .lane(instances) }
-        let inLane = instances.filter { $0.lane == lane }
+        let inLane = Self.select(instances) { $0.lane == lane }
         if !inLane.isEmpty { return .lane(inLane) }
         if fallbacks[lane] == .strict { return .laneUnavailable }
+        let baseline = Self.select(instances, \.isBaseline)
         return baseline.isEmpty ? .noInstances : .fallback(baseline)
+    }
+
+    /// The instances that belong, as the same array when all do (the common case, a service
+    /// without lanes, copies nothing per request).
+    private static func select(_ instances: [ServiceInstance], _ belongs: (ServiceInstance) -> Bool) -> [ServiceInstance] {
+        instances.allSatisfy(belongs) ? instances : instances.filter(belongs)
     }
 }
