@@ -483,22 +483,18 @@ final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// The connection's codec: what each answer's hop-by-hop fields said.
     private var codec: HTTP1ClientCodec?
     private(set) var channel: (any Channel)?
-    private var eventLoop: (any EventLoop)?
     /// Writes from here go straight to the codec (not through the channel's pipeline tail).
     private var context: ChannelHandlerContext?
-    /// When the current attempt's answer must have begun (nil: no attempt waits).
-    private var deadline: NIODeadline?
-    /// The connection's one timer, due at `timerAt`. A new attempt moves only the deadline: when
-    /// the timer comes before it, it sleeps again until then (timeouts of the same route keep
-    /// the same length, so a kept connection re-arms no timer per request).
-    private var timer: Scheduled<Void>?
-    private var timerAt = NIODeadline.distantFuture
+    /// When the current attempt's answer must have begun (none: no attempt waits). The
+    /// connection's one timer: timeouts of the same route keep the same length, so a kept
+    /// connection re-arms no timer per request.
+    private var deadline: MovingDeadline?
 
     init(session: GatewaySession) { self.session = session }
 
     func handlerAdded(context: ChannelHandlerContext) {
         channel = context.channel
-        eventLoop = context.eventLoop
+        deadline = MovingDeadline(eventLoop: context.eventLoop) { [weak self] in self?.session.attemptTimedOut() }
         self.context = context
         codec = try? context.pipeline.syncOperations.handler(type: HTTP1ClientCodec.self)
         codec?.receiver = self
@@ -507,9 +503,7 @@ final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
     func handlerRemoved(context: ChannelHandlerContext) {
         codec?.receiver = nil
         self.context = nil
-        deadline = nil
-        timer?.cancel()
-        timer = nil
+        deadline?.stop()
     }
 
     /// To the codec by a direct call.
@@ -520,32 +514,9 @@ final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
     func flush() { codec?.flushPending() }
 
     /// The attempt over this connection must have its answer's head by `deadline`.
-    func arm(_ deadline: NIODeadline) {
-        self.deadline = deadline
-        guard timer == nil || deadline < timerAt else { return }
-        timer?.cancel()
-        schedule(at: deadline)
-    }
+    func arm(_ deadline: NIODeadline) { self.deadline?.set(deadline) }
 
-    func disarm() { deadline = nil }
-
-    private func schedule(at due: NIODeadline) {
-        guard let eventLoop else { return }
-        timerAt = due
-        let bound = NIOLoopBound(self, eventLoop: eventLoop)
-        timer = eventLoop.scheduleTask(deadline: due) { bound.value.wake() }
-    }
-
-    private func wake() {
-        timer = nil
-        guard let deadline else { return }
-        if deadline <= .now() {
-            self.deadline = nil
-            session.attemptTimedOut()
-        } else {
-            schedule(at: deadline)
-        }
-    }
+    func disarm() { deadline?.clear() }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         receive(unwrapInboundIn(data))

@@ -281,11 +281,9 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// and the one whose answer is being written (until it ends).
     private var requestSession: (any HTTPStreamSession)?
     private var responseSession: (any HTTPStreamSession)?
-    /// When the next request head must have arrived (nil while a request is in progress), and
-    /// the one timer that checks it: re-arming after each answer only moves the deadline (no
-    /// timer per request); the timer, when it fires early, sleeps again until the deadline.
-    private var headDeadline: NIODeadline?
-    private var headTimer: Scheduled<Void>?
+    /// When the next request head must have arrived (none while a request is in progress): the
+    /// connection closes then.
+    private var headDeadline: MovingDeadline?
     /// This handler's place: the codec hands it request parts by a direct call (`receive`).
     private var context: ChannelHandlerContext?
     /// The client's address and its text, looked up once per connection (not per request).
@@ -310,39 +308,22 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         codec?.receiver = self
-        armHeadTimer(context: context)
+        headDeadline = MovingDeadline(eventLoop: context.eventLoop) { [weak self] in self?.context?.channel.close(promise: nil) }
+        armHeadTimer()
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
         codec?.receiver = nil
-        headDeadline = nil
-        headTimer?.cancel()
-        headTimer = nil
+        headDeadline?.stop()
     }
 
     /// Waits for the next request head (see `HTTPServer.headTimeout`).
-    private func armHeadTimer(context: ChannelHandlerContext) {
-        let deadline = NIODeadline.now() + server.headTimeout
-        headDeadline = deadline
-        if headTimer == nil { scheduleHeadCheck(at: deadline, context: context) }
+    private func armHeadTimer() {
+        headDeadline?.set(.now() + server.headTimeout)
     }
 
-    private func disarmHeadTimer() { headDeadline = nil }
-
-    private func scheduleHeadCheck(at deadline: NIODeadline, context: ChannelHandlerContext) {
-        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        headTimer = context.eventLoop.scheduleTask(deadline: deadline) {
-            let (handler, context) = loopBound.value
-            handler.headTimer = nil
-            guard let due = handler.headDeadline else { return }  // a request came; re-armed after its answer
-            if due <= .now() {
-                context.channel.close(promise: nil)
-            } else {
-                handler.scheduleHeadCheck(at: due, context: context)
-            }
-        }
-    }
+    private func disarmHeadTimer() { headDeadline?.clear() }
 
     func channelReadComplete(context: ChannelHandlerContext) {
         reading = false
@@ -508,7 +489,7 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     /// The streamed answer ended (or was cut).
     func streamFinished(context: ChannelHandlerContext) {
-        armHeadTimer(context: context)
+        armHeadTimer()
         // Answered at once (no session yet), or the client left first: nothing to count.
         guard responseSession != nil else { return }
         responseSession = nil
@@ -574,7 +555,7 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
             context.write(wrapOutboundOut(.body(.byteBuffer(response.body))), promise: nil)
         }
         // The next head is awaited only when no request is in progress (one read ahead may be).
-        if keepAlive && answers.isEmpty && self.head == nil { armHeadTimer(context: context) }
+        if keepAlive && answers.isEmpty && self.head == nil { armHeadTimer() }
         if keepAlive && reading {
             context.write(wrapOutboundOut(.end(nil)), promise: nil)
             flushPending = true

@@ -1,0 +1,53 @@
+public import NIOCore
+
+/// One timer for a deadline that moves often: a connection's next request head, an upstream
+/// attempt's answer. Moving the deadline later changes only a value; the timer, when it comes
+/// first, sleeps again until the deadline; only an earlier deadline re-arms it. So a
+/// keep-alive connection schedules no timer per request. Event loop only.
+package final class MovingDeadline {
+    private let eventLoop: any EventLoop
+    private let expired: () -> Void
+    private var deadline: NIODeadline?
+    private var timer: Scheduled<Void>?
+    private var timerAt = NIODeadline.distantFuture
+
+    /// `expired` is called on the loop when a deadline passes (the deadline is cleared first).
+    package init(eventLoop: any EventLoop, expired: @escaping () -> Void) {
+        self.eventLoop = eventLoop
+        self.expired = expired
+    }
+
+    package func set(_ deadline: NIODeadline) {
+        self.deadline = deadline
+        guard timer == nil || deadline < timerAt else { return }
+        timer?.cancel()
+        schedule(at: deadline)
+    }
+
+    /// No deadline for now (the timer, if it comes, finds none and stops).
+    package func clear() { deadline = nil }
+
+    /// No deadline and no timer (the connection is going).
+    package func stop() {
+        deadline = nil
+        timer?.cancel()
+        timer = nil
+    }
+
+    private func schedule(at due: NIODeadline) {
+        timerAt = due
+        let bound = NIOLoopBound(self, eventLoop: eventLoop)
+        timer = eventLoop.scheduleTask(deadline: due) { bound.value.wake() }
+    }
+
+    private func wake() {
+        timer = nil
+        guard let deadline else { return }
+        if deadline <= .now() {
+            self.deadline = nil
+            expired()
+        } else {
+            schedule(at: deadline)
+        }
+    }
+}
