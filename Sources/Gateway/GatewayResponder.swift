@@ -156,12 +156,15 @@ public final class GatewayResponder: HTTPStreamingResponder {
         var fields: [(String, String)] = []
         fields.reserveCapacity(head.headers.count + 8)
         var (host, forwardedFor, baggage): (String?, String?, String?) = (nil, nil, nil)
+        var nominated: [String] = []
         for (name, value) in head.headers {
             let lower = name.utf8.contains(where: { $0 >= 0x41 && $0 <= 0x5A }) ? name.lowercased() : name
+            if HTTP1Syntax.isHopByHop(name) {
+                if lower == "connection" { nominated += HTTP1Syntax.nominatedFields(value) }
+                continue
+            }
             // `Expect: 100-continue` was answered by this hop's codec (as nginx does).
-            if HTTP1Syntax.isHopByHop(name) || lower == "expect" || lower == "traceparent" || lower == "x-forwarded-host"
-                || lower.hasPrefix("x-switchyard-")
-            {
+            if lower == "expect" || lower == "traceparent" || lower == "x-forwarded-host" || lower.hasPrefix("x-switchyard-") {
                 continue
             }
             switch lower {
@@ -173,6 +176,12 @@ public final class GatewayResponder: HTTPStreamingResponder {
                 if !kept.isEmpty { baggage = (baggage.map { $0 + "," } ?? "") + kept.joined(separator: ",") }
             default: fields.append((name, value))
             }
+        }
+        if !nominated.isEmpty {
+            // The fields the client's Connection header names are for this hop only (RFC 9110 §7.6.1).
+            fields.removeAll { nominated.contains($0.0.lowercased()) }
+            if nominated.contains("x-forwarded-for") { forwardedFor = nil }
+            if nominated.contains("baggage") { baggage = nil }
         }
         if let host { fields.append(("x-forwarded-host", host)) }
         if let ip = clientIP {

@@ -47,6 +47,8 @@ package enum HTTP1Message {
             package var keepAlive = false
             /// The `upgrade` field's value.
             package var upgrade: String?
+            /// The fields `connection` names (lowercased): left out of the kept lines too.
+            package var nominated: [String] = []
 
             package init() {}
         }
@@ -118,6 +120,7 @@ package enum HTTP1Message {
                 if HTTP1Syntax.name(name, is: "connection") {
                     section.hop.close = section.hop.close || HTTP1Syntax.list(value, contains: "close")
                     section.hop.keepAlive = section.hop.keepAlive || HTTP1Syntax.list(value, contains: "keep-alive")
+                    section.hop.nominated += HTTP1Syntax.nominatedFields(value)
                 } else if HTTP1Syntax.name(name, is: "upgrade") {
                     section.hop.upgrade = section.hop.upgrade ?? String(decoding: value, as: UTF8.self)
                 }
@@ -133,7 +136,27 @@ package enum HTTP1Message {
             }
             section.fields.append((String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self)))
         }
+        if !section.hop.nominated.isEmpty, let lines = keptLines {
+            // The fields `connection` names are this hop's own too (RFC 9110 §7.6.1); the
+            // `connection` line may come after them, so they leave once all are read.
+            keptLines = lines.withUnsafeReadableBytes { without(section.hop.nominated, lines: $0) }
+        }
         return .success(section)
+    }
+
+    /// Field lines (each with its CR LF, checked before) without those whose names are listed.
+    private static func without(_ names: [String], lines: UnsafeRawBufferPointer) -> ByteBuffer {
+        var kept = ByteBuffer()
+        kept.reserveCapacity(lines.count)
+        var position = 0
+        while position < lines.count, let n = HTTP1Syntax.lineLength(UnsafeRawBufferPointer(rebasing: lines[position...])) {
+            let line = UnsafeRawBufferPointer(rebasing: lines[position..<(position + n + 2)])
+            position += n + 2
+            let colon = line.firstIndex(of: UInt8(ascii: ":")) ?? line.count
+            let name = String(decoding: line[..<colon], as: UTF8.self).lowercased()
+            if !names.contains(name) { kept.writeBytes(line) }
+        }
+        return kept
     }
 
     /// Field lines checked before (`fieldSection` with `keptLines`) as a header list.

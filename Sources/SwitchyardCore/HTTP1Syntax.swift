@@ -135,6 +135,28 @@ package enum HTTP1Syntax {
         return false
     }
 
+    /// The field names a `Connection` value nominates as this hop's own (RFC 9110 §7.6.1: a
+    /// proxy removes them before passing a message on), lowercased; the options that are not
+    /// field names or are hop-by-hop anyway (`close`, `keep-alive`, `upgrade`) are left out.
+    package static func nominatedFields(_ bytes: UnsafeRawBufferPointer) -> [String] {
+        var names: [String] = []
+        var start = 0
+        while start <= bytes.count {
+            var end = start
+            while end < bytes.count && bytes[end] != UInt8(ascii: ",") { end += 1 }
+            let option = trimmed(UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
+            if !option.isEmpty, !name(option, is: "close"), !isHopByHop(option), option.allSatisfy(isTokenByte) {
+                names.append(String(decoding: option.map { $0 | (($0 >= 0x41 && $0 <= 0x5A) ? 0x20 : 0) }, as: UTF8.self))
+            }
+            start = end + 1
+        }
+        return names
+    }
+
+    package static func nominatedFields(_ value: String) -> [String] {
+        value.withUTF8Bytes { nominatedFields($0) }
+    }
+
     /// A `tchar` of RFC 9110 (§5.6.2): what methods and header names are made of.
     /// (Two bit masks, bytes 0–63 and 64–127: no global's once-check or bounds check per byte.)
     @inline(__always)

@@ -32,6 +32,13 @@ import Testing
         }
     }
 
+    /// The fields a Connection value names (for a proxy to remove): lowercased, without the
+    /// options that are no field (close) or hop-by-hop anyway, nor what is no token.
+    @Test func connectionNamesTheHopsOwnFields() {
+        #expect(HTTP1Syntax.nominatedFields("keep-alive, X-Foo ,close,Upgrade, two words,,TE, x-bar") == ["x-foo", "x-bar"])
+        #expect(HTTP1Syntax.nominatedFields("close").isEmpty && HTTP1Syntax.nominatedFields("").isEmpty)
+    }
+
     /// A fresh trace's `traceparent`, made in one piece, is a valid one (version 00, sampled) and
     /// differs from the next.
     @Test func freshTraceparentsAreValidAndDistinct() {

@@ -13,7 +13,9 @@ final class ScriptedUpstream: ChannelInboundHandler, Sendable {
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-Up: 1\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         "/close": "HTTP/1.0 200 OK\r\nX-Up: 2\r\n\r\nuntil close",
         "/empty": "HTTP/1.1 204 No Content\r\nX-Up: 3\r\nContent-Length: 0\r\n\r\n",
-        "/length": "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive, X-Hop\r\nX-Up: 4\r\nUpgrade: h2c\r\n\r\nok",
+        // (The fields Connection names are the hop's, before it or after.)
+        "/length":
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Hop: a\r\nConnection: keep-alive, X-Hop, x-later\r\nX-Up: 4\r\nUpgrade: h2c\r\nX-Later: b\r\n\r\nok",
     ]
 
     static func start() async throws -> any Channel {
@@ -67,6 +69,7 @@ final class ScriptedUpstream: ChannelInboundHandler, Sendable {
         let length = try await answer("GET", "/length")
         #expect(length.hasPrefix("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Up: 4\r\n"), "\(length)")
         #expect(!length.contains("keep-alive") && !length.contains("X-Hop") && !length.contains("h2c") && length.hasSuffix("\r\n\r\nok"))
+        #expect(!length.contains("X-Later"), "\(length)")
         let head = try await answer("HEAD", "/length")
         #expect(head.hasPrefix("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n") && head.hasSuffix("\r\n\r\n"), "\(head)")
         try await upstream.close()

@@ -27,10 +27,18 @@ import Testing
         let users = try await TestHTTPService.start()
         let server = try await TestServer.start(Self.yaml(baseline: baseline, gray: gray, users: users))
         let port = server.httpPort
-        let plain = try await TestHTTPClient.request("GET", port: port, path: "/api/orders/42?x=1", body: "")
+        // (A field the client's Connection header names is for this hop only: RFC 9110 §7.6.1.)
+        let plain = try await TestHTTPClient.request(
+            "GET",
+            port: port,
+            path: "/api/orders/42?x=1",
+            headers: [("X-Secret", "hop only"), ("Connection", "X-Secret"), ("x-kept", "yes")],
+            body: ""
+        )
         #expect(plain.status == 200, "\(plain.body)")
         let atBaseline = await baseline.waitFor(count: 1)
         #expect(atBaseline.first?.uri == "/42?x=1")
+        #expect(atBaseline.first?.header("x-secret") == nil && atBaseline.first?.header("x-kept") == "yes")
         #expect(atBaseline.first?.header("x-switchyard-lane") == nil)
         #expect(atBaseline.first?.header("traceparent") != nil)
         #expect(atBaseline.first?.header("x-forwarded-for") == "127.0.0.1")
