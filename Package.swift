@@ -294,10 +294,11 @@ let package = Package(
         .testTarget(
             name: "HTTPIngressTests",
             dependencies: [
-                "HTTPIngress", "SwitchyardCore",
+                "HTTPIngress", "SwitchyardCore", "SwitchyardTesting",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),

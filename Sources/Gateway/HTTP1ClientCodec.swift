@@ -13,7 +13,7 @@ import SwitchyardCore
 /// belong to the tunnel and are handed on when this handler is removed. An answer without a
 /// length ends when the connection closes. A malformed answer is reported as an
 /// `HTTP1Message.Malformed` error, and nothing more is read.
-final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
+final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, BatchFlushing {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = HTTPClientResponsePart
     typealias OutboundIn = HTTPClientRequestPart
@@ -47,6 +47,8 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
     /// not through the pipeline (no boxing and type check per part). Set and cleared by it.
     var receiver: UpstreamHandler?
     private var context: ChannelHandlerContext?
+    /// A flush waits for the end of the event loop's batch.
+    private var flushQueued = false
 
     init(host: String? = nil) { self.host = host }
 
@@ -109,9 +111,22 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
+    /// What is pending goes out when the event loop's batch of socket events is done (see
+    /// `FlushBatch`), or now when a close comes first or the channel has no event loop thread.
     func flush(context: ChannelHandlerContext) {
         writer.writePending(context: context, promise: nil)
-        context.flush()
+        if flushQueued { return }
+        if FlushBatch.enqueue(self) { flushQueued = true } else { context.flush() }
+    }
+
+    func flushBatched() {
+        flushQueued = false
+        context?.flush()
+    }
+
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        if flushQueued { context.flush() }  // (else closing would drop what waits for the batch)
+        context.close(mode: mode, promise: promise)
     }
 
     /// Framing as NIO's encoder does it: a length when known; else chunked for methods that
@@ -268,6 +283,7 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
     /// the handler after this one.
     func removeHandler(context: ChannelHandlerContext, removalToken: ChannelHandlerContext.RemovalToken) {
         writer.writePending(context: context, promise: nil)
+        context.flush()  // (nothing is left for a batch's flush, which finds the codec gone)
         received.handOver(context: context)
         context.leavePipeline(removalToken: removalToken)
     }

@@ -31,7 +31,7 @@ import SwitchyardCore
 /// was handed on, unless the handler has already begun its answer (a refusal: the client then
 /// need not send the body) or the body has begun to arrive. Clients such as curl otherwise wait
 /// a second before they send a large body.
-final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
+final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, BatchFlushing {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
@@ -76,6 +76,8 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
     /// This handler's place in the pipeline (for `allowReadAhead` and `send`, called by the
     /// handler after it).
     private var context: ChannelHandlerContext?
+    /// A flush waits for the end of the event loop's batch.
+    private var flushQueued = false
     /// The request handler right behind this codec: request parts go to it by a direct call,
     /// not through the pipeline (no boxing and type check per part). Set and cleared by it.
     var receiver: RequestHandler?
@@ -402,9 +404,22 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
+    /// What is pending goes out when the event loop's batch of socket events is done (see
+    /// `FlushBatch`), or now when a close comes first or the channel has no event loop thread.
     func flush(context: ChannelHandlerContext) {
         writer.writePending(context: context, promise: nil)
-        context.flush()
+        if flushQueued { return }
+        if FlushBatch.enqueue(self) { flushQueued = true } else { context.flush() }
+    }
+
+    func flushBatched() {
+        flushQueued = false
+        context?.flush()
+    }
+
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        if flushQueued { context.flush() }  // (else closing would drop what waits for the batch)
+        context.close(mode: mode, promise: promise)
     }
 
     /// Framing as NIO's encoder does it: no body for 1xx, 204 and 304 (nor for HEAD, whose head
@@ -491,6 +506,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
     /// go to the handler after this one.
     func removeHandler(context: ChannelHandlerContext, removalToken: ChannelHandlerContext.RemovalToken) {
         writer.writePending(context: context, promise: nil)
+        context.flush()  // (nothing is left for a batch's flush, which finds the codec gone)
         received.handOver(context: context)
         if readHeld {
             readHeld = false
