@@ -66,7 +66,7 @@ public final class GatewayResponder: HTTPStreamingResponder {
             rewrite: route?.config.requestHeaders
         )
         let retries = route?.config.retries ?? 1
-        let retryAnswers = Self.idempotent.contains(head.method.rawValue) || route?.config.retryNonIdempotent == true
+        let retryAnswers = Self.isIdempotent(head.method) || route?.config.retryNonIdempotent == true
         let session = GatewaySession(
             writer: writer,
             head: base,
@@ -90,7 +90,13 @@ public final class GatewayResponder: HTTPStreamingResponder {
         return session
     }
 
-    static let idempotent: Set<String> = ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]
+    /// Methods whose request may go to another instance after an answer failed (RFC 9110 §9.2.2).
+    static func isIdempotent(_ method: HTTPMethod) -> Bool {
+        switch method {
+        case .GET, .HEAD, .OPTIONS, .PUT, .DELETE, .TRACE: true
+        default: false
+        }
+    }
 
     static func corsHeaders(_ cors: SwitchyardConfiguration.CORSPolicy, origin: String) -> HTTPHeaders {
         var headers = HTTPHeaders()

@@ -356,7 +356,7 @@ final class GatewaySession: HTTPStreamSession {
             upgrade.headers = answer.headers
             return switchProtocols(upgrade, protocols: answer.section.hop.upgrade, upstream: channel)
         }
-        if [502, 503, 504].contains(response.status.code) {
+        if (502...504).contains(response.status.code) {
             endAttempt(failed: true)
             if retry() { return }
         }

@@ -1,13 +1,65 @@
 /// One reachable instance of a service. `lane == nil` is the baseline.
 public struct ServiceInstance: Sendable, Hashable, CustomStringConvertible {
-    public let service: String
-    public let host: String
-    public let port: Int
+    /// The fields, shared by copies: a copy retains one object, not each String (an instance
+    /// is copied several times per request on the gateway's path). A change makes new fields.
+    private final class Fields: Sendable {
+        let service: String
+        let host: String
+        let port: Int
+        let basePath: String
+        let weight: Int
+        let lane: String?
+        let metadata: [String: String]
+        let address: String
+        let key: String
+
+        init(service: String, host: String, port: Int, basePath: String, weight: Int, lane: String?, metadata: [String: String]) {
+            self.service = service
+            self.host = host
+            self.port = port
+            self.basePath = basePath
+            self.weight = weight
+            self.lane = lane
+            self.metadata = metadata
+            address = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+            key = "\(service)@\(address)"
+        }
+
+        func with(basePath: String? = nil, weight: Int? = nil, lane: String?? = nil, metadata: [String: String]? = nil) -> Fields {
+            Fields(
+                service: service,
+                host: host,
+                port: port,
+                basePath: basePath ?? self.basePath,
+                weight: weight ?? self.weight,
+                lane: lane ?? self.lane,
+                metadata: metadata ?? self.metadata
+            )
+        }
+    }
+
+    private var fields: Fields
+
+    public var service: String { fields.service }
+    public var host: String { fields.host }
+    public var port: Int { fields.port }
     /// Path prefix from the instance URL, without a trailing slash ("" when none).
-    public var basePath: String
-    public var weight: Int
-    public var lane: String?
-    public var metadata: [String: String]
+    public var basePath: String {
+        get { fields.basePath }
+        set { fields = fields.with(basePath: newValue) }
+    }
+    public var weight: Int {
+        get { fields.weight }
+        set { fields = fields.with(weight: newValue) }
+    }
+    public var lane: String? {
+        get { fields.lane }
+        set { fields = fields.with(lane: .some(newValue)) }
+    }
+    public var metadata: [String: String] {
+        get { fields.metadata }
+        set { fields = fields.with(metadata: newValue) }
+    }
 
     public init(
         service: String,
@@ -18,25 +70,34 @@ public struct ServiceInstance: Sendable, Hashable, CustomStringConvertible {
         lane: String? = nil,
         metadata: [String: String] = [:]
     ) {
-        self.service = service
-        self.host = host
-        self.port = port
-        self.basePath = basePath
-        self.weight = weight
-        self.lane = lane
-        self.metadata = metadata
-        address = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
-        key = "\(service)@\(address)"
+        fields = Fields(service: service, host: host, port: port, basePath: basePath, weight: weight, lane: lane, metadata: metadata)
     }
 
     /// `host:port` (brackets around IPv6), also the `host` header sent to it.
-    public let address: String
+    public var address: String { fields.address }
     /// `service@host:port`: identifies the instance in pools and load counters.
-    public let key: String
+    public var key: String { fields.key }
     public var url: String { "http://\(address)\(basePath)" }
     /// In no lane, or in `baseline` by name.
     public var isBaseline: Bool { lane == nil || lane == "baseline" }
     public var description: String { url }
+
+    public static func == (lhs: ServiceInstance, rhs: ServiceInstance) -> Bool {
+        let (a, b) = (lhs.fields, rhs.fields)
+        return a === b
+            || (a.service == b.service && a.host == b.host && a.port == b.port && a.basePath == b.basePath && a.weight == b.weight
+                && a.lane == b.lane && a.metadata == b.metadata)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(service)
+        hasher.combine(host)
+        hasher.combine(port)
+        hasher.combine(basePath)
+        hasher.combine(weight)
+        hasher.combine(lane)
+        hasher.combine(metadata)
+    }
 
     /// Parses `http://host:port[/base]`. Returns nil with anything else (https arrives with TLS).
     public init?(service: String, url: String, weight: Int = 100, lane: String? = nil, metadata: [String: String] = [:]) {
