@@ -92,15 +92,18 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
             methods.append(head.method)
             frame(&head)
             let lineBytes = head.uri.utf8.count + (host?.utf8.count ?? 0) + 8
+            let method = head.method.rawValue
             writer.head(head.headers, allocator: context.channel.allocator, lineBytes: lineBytes) { out in
-                out.writeString(head.method.rawValue)
-                out.writeInteger(UInt8(ascii: " "))
-                out.writeString(head.uri)
-                out.writeStaticString(head.version.minor == 0 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n")
-                if let host = self.host {
-                    out.writeStaticString("host: ")
-                    out.writeString(host)
-                    out.writeStaticString("\r\n")
+                out.write(capacity: method.utf8.count + lineBytes + 16) { cursor in
+                    cursor.put(method)
+                    cursor.put(UInt8(ascii: " "))
+                    cursor.put(head.uri)
+                    cursor.put(head.version.minor == 0 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n")
+                    if let host = self.host {
+                        cursor.put("host: ")
+                        cursor.put(host)
+                        cursor.put("\r\n")
+                    }
                 }
             }
             if promise != nil { writer.writePending(context: context, promise: promise) }

@@ -95,11 +95,14 @@ package enum HTTP1Message {
         let proxying = keptLines != nil
         if !proxying { section.fields.reserveCapacity(8) }
         var position = 0
+        // Kept lines are copied a run of them at a time (usually the whole section at once).
+        var run: Int?
         while position < raw.count {
             guard let n = HTTP1Syntax.lineLength(UnsafeRawBufferPointer(rebasing: raw[position...])) else {
                 return .failure(Malformed("header line without CR LF"))
             }
             let line = UnsafeRawBufferPointer(rebasing: raw[position..<(position + n)])
+            let lineStart = position
             position += n + 2
             if let first = line.first, first == 0x20 || first == 0x09 { return .failure(Malformed("folded header line (obs-fold)")) }
             guard let (name, value) = nameAndValue(line) else { return .failure(Malformed("malformed header line")) }
@@ -124,18 +127,22 @@ package enum HTTP1Message {
                 } else if HTTP1Syntax.name(name, is: "upgrade") {
                     section.hop.upgrade = section.hop.upgrade ?? String(decoding: value, as: UTF8.self)
                 }
+                if let start = run {
+                    keptLines!.writeBytes(UnsafeRawBufferPointer(rebasing: raw[start..<lineStart]))
+                    run = nil
+                }
                 continue
             }
             if proxying && HTTP1Syntax.name(name, is: "x-switchyard-draining") {
                 section.draining = section.draining || HTTP1Syntax.name(value, is: "true")
             }
             if proxying {
-                keptLines!.writeBytes(line)
-                keptLines!.writeStaticString("\r\n")
+                if run == nil { run = lineStart }
                 continue
             }
             section.fields.append((String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self)))
         }
+        if let start = run { keptLines!.writeBytes(UnsafeRawBufferPointer(rebasing: raw[start..<min(position, raw.count)])) }
         if !section.hop.nominated.isEmpty, let lines = keptLines {
             // The fields `connection` names are this hop's own too (RFC 9110 §7.6.1); the
             // `connection` line may come after them, so they leave once all are read.
@@ -332,11 +339,15 @@ package enum HTTP1Message {
         }
 
         package static func writeFields(_ headers: HTTPHeaders, into out: inout ByteBuffer) {
-            for (name, value) in headers {
-                out.writeString(name)
-                out.writeStaticString(": ")
-                out.writeString(value)
-                out.writeStaticString("\r\n")
+            var size = 0
+            for (name, value) in headers { size += name.utf8.count + value.utf8.count + 4 }
+            out.write(capacity: size) { cursor in
+                for (name, value) in headers {
+                    cursor.put(name)
+                    cursor.put(": ")
+                    cursor.put(value)
+                    cursor.put("\r\n")
+                }
             }
         }
 

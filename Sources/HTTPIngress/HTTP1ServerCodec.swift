@@ -445,20 +445,22 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
 
     /// (From the version and status, not a head: making a head allocates.)
     static func writeStatusLine(_ version: HTTPVersion, _ status: HTTPResponseStatus, into out: inout ByteBuffer) {
-        out.writeStaticString("HTTP/1.")
-        out.writeInteger(UInt8(ascii: version.minor == 0 ? "0" : "1"))
-        out.writeInteger(UInt8(ascii: " "))
         let code = status.code
-        if code >= 100 && code <= 999 {
-            out.writeInteger(UInt8(truncatingIfNeeded: 0x30 + code / 100))
-            out.writeInteger(UInt8(truncatingIfNeeded: 0x30 + code / 10 % 10))
-            out.writeInteger(UInt8(truncatingIfNeeded: 0x30 + code % 10))
-        } else {
-            out.writeString(String(code))
+        let digits = code >= 100 && code <= 999 ? nil : String(code)
+        let reason = status.reasonPhrase
+        out.write(capacity: 16 + (digits?.utf8.count ?? 3) + reason.utf8.count) { cursor in
+            cursor.put(version.minor == 0 ? "HTTP/1.0 " : "HTTP/1.1 ")
+            if let digits {
+                cursor.put(digits)
+            } else {
+                cursor.put(UInt8(truncatingIfNeeded: 0x30 + code / 100))
+                cursor.put(UInt8(truncatingIfNeeded: 0x30 + code / 10 % 10))
+                cursor.put(UInt8(truncatingIfNeeded: 0x30 + code % 10))
+            }
+            cursor.put(UInt8(ascii: " "))
+            cursor.put(reason)
+            cursor.put("\r\n")
         }
-        out.writeInteger(UInt8(ascii: " "))
-        out.writeString(status.reasonPhrase)
-        out.writeStaticString("\r\n")
     }
 
     /// An answer is complete: the next pipelined request may go on.

@@ -39,6 +39,25 @@ import Testing
         #expect(HTTP1Syntax.nominatedFields("close").isEmpty && HTTP1Syntax.nominatedFields("").isEmpty)
     }
 
+    /// A cursor writes its pieces (bridged or native strings, static strings, bytes) into the
+    /// space reserved, and the buffer grows by exactly what was written; past it, it traps.
+    @Test func aCursorWritesWithinItsSpace() async {
+        var buffer = ByteBuffer(string: "<")
+        let native = String(repeating: "é", count: 20)
+        buffer.write(capacity: 64) { cursor in
+            cursor.put(native)
+            cursor.put(": ")
+            cursor.put(UInt8(ascii: "!"))
+        }
+        #expect(String(buffer: buffer) == "<" + native + ": !")
+        await #expect(processExitsWith: .failure) {
+            var buffer = ByteBuffer()
+            buffer.write(capacity: 4) { cursor in
+                cursor.put(String(repeating: "x", count: cursor.memory.count + 1))
+            }
+        }
+    }
+
     /// A fresh trace's `traceparent`, made in one piece, is a valid one (version 00, sampled) and
     /// differs from the next.
     @Test func freshTraceparentsAreValidAndDistinct() {
