@@ -1,6 +1,6 @@
 public import NIOCore
 
-/// Writes pieces into memory a buffer reserved beforehand, with one bounds check per piece
+/// Writes pieces into the memory a buffer reserved beforehand, one bounds check per piece
 /// (ByteBuffer's own writes check capacity and uniqueness and move the writer index per call:
 /// a head written piece by piece paid that some twenty times).
 package struct ByteCursor {

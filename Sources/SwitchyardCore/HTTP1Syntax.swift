@@ -137,7 +137,9 @@ package enum HTTP1Syntax {
 
     /// The field names a `Connection` value nominates as this hop's own (RFC 9110 §7.6.1: a
     /// proxy removes them before passing a message on), lowercased; the options that are not
-    /// field names or are hop-by-hop anyway (`close`, `keep-alive`, `upgrade`) are left out.
+    /// field names or are hop-by-hop anyway (`close`, `keep-alive`, `upgrade`) are left out, and
+    /// so are the fields that frame or address the message (`content-length`,
+    /// `transfer-encoding`, `host`): a peer cannot make a proxy drop those.
     package static func nominatedFields(_ bytes: UnsafeRawBufferPointer) -> [String] {
         var names: [String] = []
         var start = 0
@@ -145,7 +147,8 @@ package enum HTTP1Syntax {
             var end = start
             while end < bytes.count && bytes[end] != UInt8(ascii: ",") { end += 1 }
             let option = trimmed(UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
-            if !option.isEmpty, !name(option, is: "close"), !isHopByHop(option), option.allSatisfy(isTokenByte) {
+            let framing = name(option, is: "content-length") || name(option, is: "transfer-encoding") || name(option, is: "host")
+            if !option.isEmpty, !name(option, is: "close"), !isHopByHop(option), !framing, option.allSatisfy(isTokenByte) {
                 names.append(String(decoding: option.map { $0 | (($0 >= 0x41 && $0 <= 0x5A) ? 0x20 : 0) }, as: UTF8.self))
             }
             start = end + 1

@@ -37,6 +37,7 @@ import Testing
     @Test func connectionNamesTheHopsOwnFields() {
         #expect(HTTP1Syntax.nominatedFields("keep-alive, X-Foo ,close,Upgrade, two words,,TE, x-bar") == ["x-foo", "x-bar"])
         #expect(HTTP1Syntax.nominatedFields("close").isEmpty && HTTP1Syntax.nominatedFields("").isEmpty)
+        #expect(HTTP1Syntax.nominatedFields("Content-Length, transfer-encoding, Host, x-a") == ["x-a"])
     }
 
     /// A cursor writes its pieces (bridged or native strings, static strings, bytes) into the

@@ -4,7 +4,7 @@ import Testing
 
 /// `POST /v1/batch`: many messages per request, each with its own outcome and count.
 @Suite(.serialized) struct BatchIngestTests {
-    static func yaml(_ svc: TestHTTPService, extra: String = "") -> String {
+    static func yaml(_ svc: TestHTTPService, extra: String = "", service: String = "") -> String {
         """
         channels: {http: {max_batch_items: 50}}
         filters:
@@ -14,7 +14,7 @@ import Testing
             match: "^devices/(?<product>[^/]+)/(?<device>[^/]+)/telemetry$"
             targets: [{service: s, path: "/in/{device}", retries: 0}]
         services:
-          s: {instances: [{url: "\(svc.url)"}]}
+          s: {instances: [{url: "\(svc.url)"}]\(service)}
         \(extra)
         """
     }
@@ -219,7 +219,9 @@ import Testing
     @Test func aFullJournalRefusesTheWholeBatchWithRetryAfter() async throws {
         let svc = try await TestHTTPService.start()
         let port = svc.port
-        let yaml = Self.yaml(svc, extra: "journal: {max_bytes: 1MiB}")
+        // (While the service is down its circuit's open time doubles with each failed probe; on
+        // a loaded machine the default 60 s cap outlasted the wait below once.)
+        let yaml = Self.yaml(svc, extra: "journal: {max_bytes: 1MiB}", service: ", circuit: {max_open_for: 5s}")
         await svc.stop()  // the service is down: messages wait in the journal
         let server = try await TestServer.start(yaml)
         let payload = String(repeating: "x", count: 8000)

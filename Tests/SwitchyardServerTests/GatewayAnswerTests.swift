@@ -16,6 +16,8 @@ final class ScriptedUpstream: ChannelInboundHandler, Sendable {
         // (The fields Connection names are the hop's, before it or after.)
         "/length":
             "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Hop: a\r\nConnection: keep-alive, X-Hop, x-later\r\nX-Up: 4\r\nUpgrade: h2c\r\nX-Later: b\r\n\r\nok",
+        // (Nor can an upstream make the proxy drop the field that frames the answer.)
+        "/framing": "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: Content-Length\r\nX-Up: 5\r\n\r\nok",
     ]
 
     static func start() async throws -> any Channel {
@@ -70,6 +72,8 @@ final class ScriptedUpstream: ChannelInboundHandler, Sendable {
         #expect(length.hasPrefix("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Up: 4\r\n"), "\(length)")
         #expect(!length.contains("keep-alive") && !length.contains("X-Hop") && !length.contains("h2c") && length.hasSuffix("\r\n\r\nok"))
         #expect(!length.contains("X-Later"), "\(length)")
+        let framing = try await answer("GET", "/framing")
+        #expect(framing.hasPrefix("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Up: 5\r\n") && framing.hasSuffix("\r\n\r\nok"), "\(framing)")
         let head = try await answer("HEAD", "/length")
         #expect(head.hasPrefix("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n") && head.hasSuffix("\r\n\r\n"), "\(head)")
         try await upstream.close()
