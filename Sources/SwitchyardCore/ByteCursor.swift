@@ -1,4 +1,4 @@
-public import NIOCore
+package import NIOCore
 
 /// Writes pieces into the memory a buffer reserved beforehand, one bounds check per piece
 /// (ByteBuffer's own writes check capacity and uniqueness and move the writer index per call:

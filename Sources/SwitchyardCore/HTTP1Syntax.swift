@@ -1,4 +1,4 @@
-public import NIOCore
+package import NIOCore
 
 /// Byte-level pieces of HTTP/1.1 syntax (RFC 9112) shared by the server codec, the
 /// forwarder's response parser and the benchmark's sink: heads are read in place, and only
