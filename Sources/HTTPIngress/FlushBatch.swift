@@ -2,9 +2,32 @@ import NIOCore
 import NIOPosix
 
 /// A codec whose flushes may wait for the end of its event loop's batch of socket events.
+/// (Its state is read and set here one access at a time: a flush can re-enter the codec
+/// through NIO, so none may happen inside a mutating access to the codec's own state.)
 package protocol BatchFlushing: AnyObject {
-    /// Sends what the codec wrote and still holds (called once the batch is done).
-    func flushBatched()
+    /// A flush waits for the end of the batch.
+    var flushQueued: Bool { get set }
+    /// The codec's place in its pipeline (nil once removed: nothing is left to flush then).
+    var flushContext: ChannelHandlerContext? { get }
+}
+
+extension BatchFlushing {
+    /// What the codec wrote goes out when the batch is done, or now off an event loop's thread.
+    package func flushAtBatchEnd(context: ChannelHandlerContext) {
+        if flushQueued { return }
+        if FlushBatch.enqueue(self) { flushQueued = true } else { context.flush() }
+    }
+
+    /// The batch is done.
+    func flushBatched() {
+        flushQueued = false
+        flushContext?.flush()
+    }
+
+    /// A close comes: what waits for the batch goes out first (closing would drop it).
+    package func flushBeforeClose(context: ChannelHandlerContext) {
+        if flushQueued { context.flush() }
+    }
 }
 
 /// The flushes an event loop's thread is asked for while it handles one batch of socket events

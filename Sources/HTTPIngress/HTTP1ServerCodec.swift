@@ -76,8 +76,8 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
     /// This handler's place in the pipeline (for `allowReadAhead` and `send`, called by the
     /// handler after it).
     private var context: ChannelHandlerContext?
-    /// A flush waits for the end of the event loop's batch.
-    private var flushQueued = false
+    var flushQueued = false
+    var flushContext: ChannelHandlerContext? { context }
     /// The request handler right behind this codec: request parts go to it by a direct call,
     /// not through the pipeline (no boxing and type check per part). Set and cleared by it.
     var receiver: RequestHandler?
@@ -405,20 +405,14 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
     }
 
     /// What is pending goes out when the event loop's batch of socket events is done (see
-    /// `FlushBatch`), or now when a close comes first or the channel has no event loop thread.
+    /// `FlushBatch`), or at once when a close comes first.
     func flush(context: ChannelHandlerContext) {
         writer.writePending(context: context, promise: nil)
-        if flushQueued { return }
-        if FlushBatch.enqueue(self) { flushQueued = true } else { context.flush() }
-    }
-
-    func flushBatched() {
-        flushQueued = false
-        context?.flush()
+        flushAtBatchEnd(context: context)
     }
 
     func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
-        if flushQueued { context.flush() }  // (else closing would drop what waits for the batch)
+        flushBeforeClose(context: context)
         context.close(mode: mode, promise: promise)
     }
 
