@@ -233,7 +233,7 @@ public final class HTTPServer: Service {
         // Let requests in progress finish, then close every connection.
         let deadline = NIODeadline.now() + .nanoseconds(Int64(drainSeconds * 1e9))
         while busy.load(ordering: .relaxed) > 0 && NIODeadline.now() < deadline {
-            try? await Task.sleep(nanoseconds: 10_000_000)
+            await pauseEvenIfCancelled(nanoseconds: 10_000_000)
         }
         let open = connections.withLockedValue { Array($0.values) }
         for c in open { try? await c.close() }

@@ -465,7 +465,7 @@ public final class SwitchyardApplication: Sendable {
     func drainDeliveries() async {
         let deadline = Date().addingTimeInterval(drainSeconds)
         while shared.ledger.snapshot().inFlight > 0 && Date() < deadline {
-            try? await Task.sleep(nanoseconds: 20_000_000)
+            await pauseEvenIfCancelled(nanoseconds: 20_000_000)
         }
         let left = shared.ledger.snapshot().inFlight
         if left > 0 {

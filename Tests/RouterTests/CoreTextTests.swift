@@ -59,6 +59,22 @@ import Testing
         }
     }
 
+    /// A shutdown's pause between checks pauses in a cancelled task too (`Task.sleep` returns
+    /// at once there, and a drain loop would spin).
+    @Test func aShutdownPauseWaitsInACancelledTask() async {
+        let task = Task {
+            withUnsafeCurrentTask { $0?.cancel() }
+            let started = ContinuousClock.now
+            try? await Task.sleep(nanoseconds: 50_000_000)
+            let slept = ContinuousClock.now - started
+            await pauseEvenIfCancelled(nanoseconds: 50_000_000)
+            return (slept, ContinuousClock.now - started - slept)
+        }
+        let (slept, paused) = await task.value
+        #expect(slept < .milliseconds(40), "Task.sleep in a cancelled task returns at once")
+        #expect(paused >= .milliseconds(45))
+    }
+
     /// A fresh trace's `traceparent`, made in one piece, is a valid one (version 00, sampled) and
     /// differs from the next.
     @Test func freshTraceparentsAreValidAndDistinct() {
