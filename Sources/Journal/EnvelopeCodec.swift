@@ -14,89 +14,50 @@ public enum EnvelopeCodec {
 
     /// `encode` when the caller has `size(of: e)` already (it sized the buffer with it).
     static func encode(_ e: Envelope, into buffer: inout ByteBuffer, size: Int) {
-        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { space in
-            var out = RawWriter(base: space.baseAddress!)
-            out.byte(version)
-            out.string(e.id)
-            out.string(e.channel)
-            out.string(e.topic)
-            out.optional(e.product)
-            out.optional(e.device)
-            out.optional(e.lane)
-            out.integer(e.receivedAt)
-            out.byte(e.idFromSender ? 1 : 0)
+        buffer.write(capacity: size) { out in
+            out.put(version)
+            out.lengthPrefixed(e.id)
+            out.lengthPrefixed(e.channel)
+            out.lengthPrefixed(e.topic)
+            out.lengthPrefixed(optional: e.product)
+            out.lengthPrefixed(optional: e.device)
+            out.lengthPrefixed(optional: e.lane)
+            out.put(integer: e.receivedAt)
+            out.put(e.idFromSender ? 1 : 0)
             let trace = e.trace
-            out.string(trace.traceID)
-            out.string(trace.spanID)
-            out.string(trace.flags)
-            out.optional(trace.baggage)
+            out.lengthPrefixed(trace.traceID)
+            out.lengthPrefixed(trace.spanID)
+            out.lengthPrefixed(trace.flags)
+            out.lengthPrefixed(optional: trace.baggage)
             if case .v4(let v4)? = e.clientAddress {
-                let lengthAt = out.offset
-                out.integer(UInt32(0))
+                let lengthAt = out.count
+                out.put(integer: UInt32(0))
                 withUnsafeBytes(of: v4.address) { socketAddress in
                     for (i, byte) in IPBytes.v4(socketAddress).enumerated() {
-                        if i > 0 { out.byte(UInt8(ascii: ".")) }
-                        if byte >= 100 { out.byte(UInt8(ascii: "0") + byte / 100) }
-                        if byte >= 10 { out.byte(UInt8(ascii: "0") + byte / 10 % 10) }
-                        out.byte(UInt8(ascii: "0") + byte % 10)
+                        if i > 0 { out.put(UInt8(ascii: ".")) }
+                        if byte >= 100 { out.put(UInt8(ascii: "0") + byte / 100) }
+                        if byte >= 10 { out.put(UInt8(ascii: "0") + byte / 10 % 10) }
+                        out.put(UInt8(ascii: "0") + byte % 10)
                     }
                 }
-                out.set(UInt32(out.offset - lengthAt - 4), at: lengthAt)
+                out.set(integer: UInt32(out.count - lengthAt - 4), at: lengthAt)
             } else {
-                out.optional(e.clientAddress?.ipAddress)
+                out.lengthPrefixed(optional: e.clientAddress?.ipAddress)
             }
             let headers = e.headers
-            out.integer(UInt32(headers.count))
+            out.put(integer: UInt32(headers.count))
             for h in headers {
-                out.string(h.name)
-                out.string(h.value)
+                out.lengthPrefixed(h.name)
+                out.lengthPrefixed(h.value)
             }
-            out.integer(UInt32(e.tags.count))
+            out.put(integer: UInt32(e.tags.count))
             e.forEachTagInKeyOrder { name, value in
-                out.string(name)
-                out.string(value)
+                out.lengthPrefixed(name)
+                out.lengthPrefixed(value)
             }
             let payload = e.payload
-            out.integer(UInt32(payload.readableBytes))
-            payload.withUnsafeReadableBytes { out.bytes($0) }
-            return out.offset
-        }
-    }
-
-    /// Plain stores at increasing offsets (the space was reserved by `size(of:)`).
-    private struct RawWriter {
-        let base: UnsafeMutableRawPointer
-        var offset = 0
-
-        mutating func byte(_ b: UInt8) {
-            base.storeBytes(of: b, toByteOffset: offset, as: UInt8.self)
-            offset += 1
-        }
-
-        /// Big-endian, as `ByteBuffer.writeInteger`.
-        mutating func integer<T: FixedWidthInteger>(_ value: T) {
-            base.storeBytes(of: value.bigEndian, toByteOffset: offset, as: T.self)
-            offset += MemoryLayout<T>.size
-        }
-
-        func set(_ value: UInt32, at position: Int) {
-            base.storeBytes(of: value.bigEndian, toByteOffset: position, as: UInt32.self)
-        }
-
-        mutating func bytes(_ raw: UnsafeRawBufferPointer) {
-            guard raw.count > 0 else { return }
-            (base + offset).copyMemory(from: raw.baseAddress!, byteCount: raw.count)
-            offset += raw.count
-        }
-
-        mutating func string(_ s: String) {
-            integer(UInt32(s.utf8.count))
-            s.withUTF8Bytes { bytes($0) }
-        }
-
-        mutating func optional(_ s: String?) {
-            guard let s else { return integer(UInt32.max) }
-            string(s)
+            out.put(integer: UInt32(payload.readableBytes))
+            payload.withUnsafeReadableBytes { out.put($0) }
         }
     }
 
@@ -250,5 +211,19 @@ public enum DeadLetterCodec {
             at: at,
             envelope: envelope
         )
+    }
+}
+
+extension ByteCursor {
+    /// A string as the journal keeps it: its length (UInt32), then its bytes.
+    fileprivate mutating func lengthPrefixed(_ s: String) {
+        put(integer: UInt32(s.utf8.count))
+        put(s)
+    }
+
+    /// `UInt32.max` for none.
+    fileprivate mutating func lengthPrefixed(optional s: String?) {
+        guard let s else { return put(integer: UInt32.max) }
+        lengthPrefixed(s)
     }
 }
