@@ -314,11 +314,10 @@ package enum HTTP1Message {
         /// Starts a message: `line` writes its start line (and `lineBytes` more than 96 bytes).
         package mutating func head(_ headers: HTTPHeaders, allocator: ByteBufferAllocator, lineBytes: Int = 0, line: (inout ByteBuffer) -> Void) {
             // Sized for the fields as they are (no growing: a forwarded head often passes 256 bytes).
-            var size = 96 + lineBytes
-            for (name, value) in headers { size += name.utf8.count + value.utf8.count + 4 }
-            head(size: size, allocator: allocator) { out in
+            let fieldBytes = Self.fieldBytes(headers)
+            head(size: 96 + lineBytes + fieldBytes, allocator: allocator) { out in
                 line(&out)
-                Self.writeFields(headers, into: &out)
+                Self.writeFields(headers, bytes: fieldBytes, into: &out)
             }
         }
 
@@ -338,10 +337,16 @@ package enum HTTP1Message {
             pending = out
         }
 
-        package static func writeFields(_ headers: HTTPHeaders, into out: inout ByteBuffer) {
+        /// The bytes `name: value` lines take, each with its CR LF.
+        static func fieldBytes(_ headers: HTTPHeaders) -> Int {
             var size = 0
             for (name, value) in headers { size += name.utf8.count + value.utf8.count + 4 }
-            out.write(capacity: size) { cursor in
+            return size
+        }
+
+        /// `bytes`: `fieldBytes(headers)`, when the caller has it already.
+        package static func writeFields(_ headers: HTTPHeaders, bytes: Int? = nil, into out: inout ByteBuffer) {
+            out.write(capacity: bytes ?? fieldBytes(headers)) { cursor in
                 for (name, value) in headers {
                     cursor.put(name)
                     cursor.put(": ")
