@@ -55,12 +55,15 @@ final class CompiledRoute: Sendable {
     let inFlight = Atomic<Int>(0)
     /// The route's circuit breaker (kept across reloads while its rule stays the same).
     let breaker: TargetBreaker?
+    /// The circuit rule of the service the route sends to (its instances' breakers).
+    let circuit: SwitchyardConfiguration.CircuitRule
     /// CORS, API keys, a body limit or rate limits to check (JWT aside: the snapshot has its verifier).
     let hasPolicies: Bool
 
     init(
         _ config: SwitchyardConfiguration.GatewayRoute,
         lanes: [String],
+        circuits: [String: SwitchyardConfiguration.CircuitRule],
         previous: CompiledRoute?,
         clock: any MonotonicClock,
         breakers: TargetBreakers
@@ -70,6 +73,7 @@ final class CompiledRoute: Sendable {
         pathRegex = config.pathRegex.flatMap(SearchRegex.init)
         headers = config.headers.sorted { $0.key < $1.key }.map { ($0.key, ValueRule($0.value)) }
         upstream = config.url.flatMap { ServiceInstance(service: config.name, url: $0) }
+        circuit = circuits[upstream?.service ?? config.service] ?? SwitchyardConfiguration.CircuitRule()
         var keys: [String: String] = [:]
         if let policy = config.apiKeys {
             for (consumer, key) in policy.keys { keys[Self.digest(key)] = consumer }
@@ -195,9 +199,19 @@ public final class GatewaySnapshot: Sendable {
         self.egress = gateway.egress ? egress : nil
         let laneNames = configuration.lanes.map(\.name)
         var routes: [CompiledRoute] = []
+        let circuitRules = configuration.services.mapValues(\.circuit)
         for route in gateway.routes {
             let before = previous?.routes.first { $0.config.name == route.name }
-            routes.append(try CompiledRoute(route, lanes: laneNames, previous: before, clock: clock, breakers: balancer.targetBreakers))
+            routes.append(
+                try CompiledRoute(
+                    route,
+                    lanes: laneNames,
+                    circuits: circuitRules,
+                    previous: before,
+                    clock: clock,
+                    breakers: balancer.targetBreakers
+                )
+            )
         }
         self.routes = routes
         routesMatchHosts = routes.contains { !$0.config.hosts.isEmpty }
@@ -211,7 +225,7 @@ public final class GatewaySnapshot: Sendable {
         jwt = gateway.jwt.isConfigured ? try JWTVerifier(settings: gateway.jwt) : nil
         debugHeader = gateway.debugHeader
         self.balancer = balancer
-        circuitRules = configuration.services.mapValues(\.circuit)
+        self.circuitRules = circuitRules
         slowCallSeconds = configuration.resilience.slowCallSeconds
         if let path = gateway.accessLog {
             if let kept = previous?.accessLog, kept.path == path {
@@ -239,10 +253,13 @@ public final class GatewaySnapshot: Sendable {
     }
 
     /// `/api` covers `/api` and `/api/…`, not `/apix`.
+    /// (Compared as bytes: paths are ASCII, percent-encoded.)
     static func path(_ path: String, hasPrefix prefix: String) -> Bool {
-        guard path.hasPrefix(prefix) else { return false }
-        return prefix.hasSuffix("/") || path.count == prefix.count || path.dropFirst(prefix.count).first == "/"
-            || path.dropFirst(prefix.count).first == "?"
+        let (p, q) = (path.utf8, prefix.utf8)
+        guard p.count >= q.count, p.starts(with: q) else { return false }
+        if q.last == UInt8(ascii: "/") || p.count == q.count { return true }
+        let next = p[p.index(p.startIndex, offsetBy: q.count)]
+        return next == UInt8(ascii: "/") || next == UInt8(ascii: "?")
     }
 
     static func hostName(_ header: String?) -> String {

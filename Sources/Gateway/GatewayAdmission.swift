@@ -7,8 +7,9 @@ import SwitchyardCore
 
 /// What the edge decides about one request before anything goes upstream: its route, each
 /// policy's verdict, its lane and the instances that may serve it. The responder acts on it;
-/// `explain` shows it.
-struct Admission {
+/// `explain` shows it. (A class: the responder takes it by reference, not as a copy of every
+/// field.)
+final class Admission {
     struct Refusal {
         let status: HTTPResponseStatus
         let code: String
@@ -45,11 +46,11 @@ struct Admission {
         routeName = route?.config.name ?? "egress"
     }
 
-    mutating func step(_ text: @autoclosure () -> String) {
+    func step(_ text: @autoclosure () -> String) {
         if explaining { steps.append(text()) }
     }
 
-    mutating func refuse(_ status: HTTPResponseStatus, _ code: String, _ message: String, headers: HTTPHeaders = [:], closeAfter: Bool = false) {
+    func refuse(_ status: HTTPResponseStatus, _ code: String, _ message: String, headers: HTTPHeaders = [:], closeAfter: Bool = false) {
         refusal = Refusal(status: status, code: code, message: message, headers: headers, closeAfter: closeAfter)
         step(code.isEmpty ? "answered \(status.code) here" : "refused: \(status.code) \(code): \(message)")
     }
@@ -69,7 +70,7 @@ extension GatewaySnapshot {
         let trusted = isTrusted(client, identities: identities())
         let egress = route == nil && trusted ? egressTarget(head) : nil
         guard route != nil || egress != nil else { return nil }
-        var a = Admission(route: route, trusted: trusted)
+        let a = Admission(route: route, trusted: trusted)
         a.explaining = dryRun
         a.step(route.map { "route \($0.config.name) matches" } ?? "egress to service \(egress!.service) (a trusted caller)")
         if let problem = GatewayResponder.hostProblem(head) {
@@ -77,7 +78,7 @@ extension GatewaySnapshot {
             return a
         }
         if let route, route.hasPolicies || (jwt != nil && route.config.jwt != .off) {
-            checkPolicies(route, head, client: client, dryRun: dryRun, &a)
+            checkPolicies(route, head, client: client, dryRun: dryRun, a)
             if a.refusal != nil { return a }
         }
         let decision = lane(for: head, trusted: trusted, claims: a.claims)
@@ -103,7 +104,7 @@ extension GatewaySnapshot {
         if let route {
             a.service = route.config.url ?? route.config.service
             instances = route.upstream.map { [$0] } ?? directory.instances(of: route.config.service)
-            a.uri = GatewayResponder.rewrite(head.uri, route: route.config)
+            a.uri = GatewayResponder.rewrite(head.uri, route: route)
             a.timeoutSeconds = route.config.timeoutSeconds
         } else {
             (a.service, instances, a.uri) = egress!
@@ -124,7 +125,7 @@ extension GatewaySnapshot {
     }
 
     /// CORS, API key, JWT, body size, rate limits — in that order, the first refusal wins.
-    private func checkPolicies(_ route: CompiledRoute, _ head: HTTPRequestHead, client: SocketAddress?, dryRun: Bool, _ a: inout Admission) {
+    private func checkPolicies(_ route: CompiledRoute, _ head: HTTPRequestHead, client: SocketAddress?, dryRun: Bool, _ a: Admission) {
         let config = route.config
         if let cors = config.cors, let origin = head.headers.first(name: "origin") {
             let allowed = cors.origins.contains("*") || cors.origins.contains(origin)

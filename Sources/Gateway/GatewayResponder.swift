@@ -78,7 +78,7 @@ public final class GatewayResponder: HTTPStreamingResponder {
             retryAnswers: retryAnswers,
             maxBodyBytes: route?.config.maxBodyBytes,
             balancer: snapshot.balancer,
-            circuit: snapshot.circuitRules[admission.candidates.first?.service ?? ""] ?? SwitchyardConfiguration.CircuitRule(),
+            circuit: route?.circuit ?? snapshot.circuitRules[admission.candidates.first?.service ?? ""] ?? SwitchyardConfiguration.CircuitRule(),
             slowCallSeconds: snapshot.slowCallSeconds
         )
         if let delay = admission.delaySeconds.map({ TimeAmount.nanoseconds(Int64($0 * 1e9)) }) {
@@ -110,7 +110,7 @@ public final class GatewayResponder: HTTPStreamingResponder {
     /// HTTP/1.1 needs exactly one Host, a name or address with an optional port (RFC 9112 §3.2).
     static func hostProblem(_ head: HTTPRequestHead) -> String? {
         var host: String?
-        for (name, value) in head.headers where name.utf8.elementsEqual("host".utf8, by: { $0 | 0x20 == $1 }) {
+        for (name, value) in head.headers where name.utf8.count == 4 && name.utf8.elementsEqual("host".utf8, by: { $0 | 0x20 == $1 }) {
             var trimmed = Substring(value)
             while let b = trimmed.utf8.first, b == 0x20 || b == 0x09 { trimmed = trimmed.dropFirst() }
             while let b = trimmed.utf8.last, b == 0x20 || b == 0x09 { trimmed = trimmed.dropLast() }
@@ -122,20 +122,24 @@ public final class GatewayResponder: HTTPStreamingResponder {
             return head.version.major > 1 || head.version.minor >= 1 ? "an HTTP/1.1 request needs a Host header" : nil
         }
         if host.utf8.contains(UInt8(ascii: ",")) { return "more than one Host header" }
-        if host.isEmpty || !host.utf8.allSatisfy({ hostBytes[Int($0)] }) { return "Host \"\(host)\" is not a host name" }
+        if host.isEmpty || !host.utf8.allSatisfy(isHostByte) { return "Host \"\(host)\" is not a host name" }
         return nil
     }
 
-    /// The bytes a Host header may hold (reg-name, IP literal, port), as a lookup table.
-    static let hostBytes: [Bool] = {
-        var table = [Bool](repeating: false, count: 256)
-        for byte in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_:[]~!$&'()*+,;=%".utf8 { table[Int(byte)] = true }
-        return table
-    }()
+    /// The bytes a Host header may hold (reg-name, IP literal, port): letters, digits and
+    /// `.-_:[]~!$&'()*+,;=%`, as two 64-bit masks (bytes 0–63 and 64–127).
+    @inline(__always)
+    static func isHostByte(_ byte: UInt8) -> Bool {
+        if byte < 64 { return (0x2fff_7ff2_0000_0000 as UInt64) >> byte & 1 == 1 }
+        return byte < 128 && (0x47ff_fffe_afff_fffe as UInt64) >> (byte - 64) & 1 == 1
+    }
 
     /// The path a route sends: the prefix removed or replaced when the route says so.
-    static func rewrite(_ uri: String, route: SwitchyardConfiguration.GatewayRoute) -> String {
-        guard route.pathRegex == nil, route.stripPrefix || route.prefixRewrite != nil, uri.hasPrefix(route.pathPrefix) else { return uri }
+    /// (Read field by field from the compiled route: the config struct is not copied per request.)
+    static func rewrite(_ uri: String, route compiled: CompiledRoute) -> String {
+        guard compiled.config.pathRegex == nil, compiled.config.stripPrefix || compiled.config.prefixRewrite != nil else { return uri }
+        let route = compiled.config
+        guard uri.hasPrefix(route.pathPrefix) else { return uri }
         let rest = String(uri.dropFirst(route.pathPrefix.count))
         if let replacement = route.prefixRewrite {
             if replacement.hasSuffix("/") && rest.hasPrefix("/") { return replacement + rest.dropFirst() }

@@ -329,17 +329,17 @@ final class GatewaySession: HTTPStreamSession {
         if writable { upstream.read() }
     }
 
-    // MARK: - From the upstream (only the current attempt's connection counts)
+    // MARK: - From the upstream (only the current attempt's connection counts: its handler)
 
-    func upstreamWritabilityChanged(_ writable: Bool, on channel: any Channel) {
-        guard channel === upstream else { return }
+    func upstreamWritabilityChanged(_ writable: Bool, from handler: UpstreamHandler) {
+        guard handler === upstreamHandler else { return }
         if !requestEnded && !over { writer?.setReading(writable) }
     }
 
     /// The answer's head; its fields are `answer`'s lines (the hop-by-hop ones left out): they
     /// go on to the client as bytes, unless the route changes them.
-    func responseHead(_ response: HTTPResponseHead, answer: HTTP1ClientCodec.Answer, on channel: any Channel) {
-        guard !over, channel === upstream, let writer else { return }
+    func responseHead(_ response: HTTPResponseHead, answer: HTTP1ClientCodec.Answer, from handler: UpstreamHandler) {
+        guard !over, handler === upstreamHandler, let writer, let channel = upstream else { return }
         disarm()
         let close = answer.section.hop.close
         if let instance, answer.section.draining {
@@ -422,19 +422,19 @@ final class GatewaySession: HTTPStreamSession {
         }
     }
 
-    func responseBody(_ chunk: ByteBuffer, on channel: any Channel) {
-        guard !over, channel === upstream else { return }
+    func responseBody(_ chunk: ByteBuffer, from handler: UpstreamHandler) {
+        guard !over, handler === upstreamHandler else { return }
         writer?.body(chunk, flush: false)
     }
 
     /// The upstream's read burst is over: what it gave goes out to the client in one write.
-    func upstreamReadComplete(on channel: any Channel) {
-        guard !over, channel === upstream else { return }
+    func upstreamReadComplete(from handler: UpstreamHandler) {
+        guard !over, handler === upstreamHandler else { return }
         writer?.flush()
     }
 
-    func responseEnd(on channel: any Channel) {
-        guard !over, channel === upstream else { return }
+    func responseEnd(from handler: UpstreamHandler) {
+        guard !over, handler === upstreamHandler, let channel = upstream else { return }
         endAttempt(failed: nil)
         over = true
         exchange?.finish(status: status)
@@ -449,8 +449,8 @@ final class GatewaySession: HTTPStreamSession {
         }
     }
 
-    func upstreamFailed(_ detail: String, on channel: any Channel) {
-        guard channel === upstream, !over else { return }
+    func upstreamFailed(_ detail: String, from handler: UpstreamHandler) {
+        guard handler === upstreamHandler, !over else { return }
         if let instance { exchange?.metrics.upstreamError(instance, kind: "reset") }
         endAttempt(failed: true)
         fail(.badGateway, "upstream_failed", "\(instance?.address ?? "upstream"): \(detail)")
@@ -524,36 +524,36 @@ final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     /// A part of the answer from the codec right before this handler (a direct call).
     func receive(_ part: HTTPClientResponsePart) {
-        guard let context else { return }
+        guard context != nil else { return }
         switch part {
         case .head(let head):
             // 1xx answers other than 101 precede the real one.
             if head.status.code >= 100 && head.status.code < 200 && head.status.code != 101 { return }
-            session.responseHead(head, answer: codec?.answer ?? .init(), on: context.channel)
-        case .body(let chunk): session.responseBody(chunk, on: context.channel)
+            session.responseHead(head, answer: codec?.answer ?? .init(), from: self)
+        case .body(let chunk): session.responseBody(chunk, from: self)
         case .end:
             complete = true
-            session.responseEnd(on: context.channel)
+            session.responseEnd(from: self)
         }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        session.upstreamReadComplete(on: context.channel)
+        session.upstreamReadComplete(from: self)
         context.fireChannelReadComplete()
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        session.upstreamWritabilityChanged(context.channel.isWritable, on: context.channel)
+        session.upstreamWritabilityChanged(context.channel.isWritable, from: self)
         context.fireChannelWritabilityChanged()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        if !complete { session.upstreamFailed("the connection closed before the answer was complete", on: context.channel) }
+        if !complete { session.upstreamFailed("the connection closed before the answer was complete", from: self) }
         context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if !complete { session.upstreamFailed("\(error)", on: context.channel) }
+        if !complete { session.upstreamFailed("\(error)", from: self) }
         context.close(promise: nil)
     }
 }
