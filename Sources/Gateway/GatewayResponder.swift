@@ -56,20 +56,35 @@ public final class GatewayResponder: HTTPStreamingResponder {
             }
         }
         exchange.debug = admission.trusted && head.headers.contains(name: snapshot.debugHeader)
-        let base = Self.upstreamHead(
-            head,
-            uri: admission.uri,
-            lane: admission.lane,
-            fellBack: admission.fellBack,
-            clientIP: writer.clientIP,
-            traceparent: exchange.traceparent,
-            rewrite: route?.config.requestHeaders
-        )
+        let request: UpstreamRequest
+        if let raw = writer.requestFieldLines, route?.config.requestHeaders.isEmpty ?? true,
+            let (lines, length) = Self.upstreamLines(
+                raw,
+                lane: admission.lane,
+                fellBack: admission.fellBack,
+                clientIP: writer.clientIP,
+                traceparent: exchange.traceparent
+            )
+        {
+            request = .lines(HTTP1ClientCodec.RequestLines(method: head.method, uri: admission.uri, fields: lines, length: length))
+        } else {
+            request = .head(
+                Self.upstreamHead(
+                    head,
+                    uri: admission.uri,
+                    lane: admission.lane,
+                    fellBack: admission.fellBack,
+                    clientIP: writer.clientIP,
+                    traceparent: exchange.traceparent,
+                    rewrite: route?.config.requestHeaders
+                )
+            )
+        }
         let retries = route?.config.retries ?? 1
         let retryAnswers = Self.isIdempotent(head.method) || route?.config.retryNonIdempotent == true
         let session = GatewaySession(
             writer: writer,
-            head: base,
+            request: request,
             candidates: admission.candidates,
             timeout: admission.timeoutSeconds,
             pool: pool,
@@ -221,6 +236,96 @@ public final class GatewayResponder: HTTPStreamingResponder {
         return HTTPRequestHead(version: .http1_1, method: head.method, uri: uri, headers: headers)
     }
 
+    /// `upstreamHead`'s common case on HTTP/1.1, as bytes: the request's field lines (as they
+    /// came, checked by the codec) are copied in runs, without the ones this hop drops or sets,
+    /// and the ones it sets follow — the same fields in the same order as `upstreamHead`'s.
+    /// Returns the lines and whether they hold a `content-length`; nil when `upstreamHead` must
+    /// take the request: an upgrade, a transfer coding (framed anew by the codec), `baggage`
+    /// (its members are filtered), or a `Connection` header that nominates fields.
+    static func upstreamLines(
+        _ raw: ByteBuffer,
+        lane: String?,
+        fellBack: Bool,
+        clientIP: String?,
+        traceparent: String
+    ) -> (lines: ByteBuffer, length: Bool)? {
+        raw.withUnsafeReadableBytes { bytes -> (lines: ByteBuffer, length: Bool)? in
+            // Room for every line kept, the Host and X-Forwarded-For values again (each at most
+            // all of the lines), and the fields this hop adds: one buffer, written by a cursor.
+            let ip = clientIP ?? ""
+            let capacity = 2 * bytes.count + ip.utf8.count + 2 * (lane?.utf8.count ?? 0) + traceparent.utf8.count + 160
+            var out = ByteBufferAllocator().buffer(capacity: capacity)
+            var bail = false
+            var length = false
+            out.write(capacity: capacity) { cursor in
+                var host: UnsafeRawBufferPointer?
+                var forwardedFor: UnsafeRawBufferPointer?
+                // Kept lines are copied a run of them at a time.
+                var run: Int?
+                var position = 0
+                while position < bytes.count {
+                    guard let n = HTTP1Syntax.lineLength(UnsafeRawBufferPointer(rebasing: bytes[position...])),
+                        let (name, value) = HTTP1Message.nameAndValue(UnsafeRawBufferPointer(rebasing: bytes[position..<(position + n)]))
+                    else { return bail = true }
+                    let lineStart = position
+                    position += n + 2
+                    let kept: Bool
+                    if HTTP1Syntax.isHopByHop(name) {
+                        if HTTP1Syntax.name(name, is: "upgrade") { return bail = true }
+                        if HTTP1Syntax.name(name, is: "connection") && !HTTP1Syntax.nominatedFields(value).isEmpty { return bail = true }
+                        kept = false
+                    } else if HTTP1Syntax.name(name, is: "host") {
+                        if host == nil { host = value }
+                        kept = false
+                    } else if HTTP1Syntax.name(name, is: "x-forwarded-for") {
+                        if forwardedFor == nil { forwardedFor = value }
+                        kept = false
+                    } else if HTTP1Syntax.name(name, is: "baggage") || HTTP1Syntax.name(name, is: "transfer-encoding") {
+                        return bail = true
+                    } else {
+                        // `Expect: 100-continue` was answered by this hop's codec (as nginx does).
+                        kept =
+                            !(HTTP1Syntax.name(name, is: "expect") || HTTP1Syntax.name(name, is: "traceparent")
+                            || HTTP1Syntax.name(name, is: "x-forwarded-host") || HTTP1Syntax.name(name, hasPrefix: "x-switchyard-"))
+                        if kept && HTTP1Syntax.name(name, is: "content-length") { length = true }
+                    }
+                    if kept {
+                        if run == nil { run = lineStart }
+                    } else if let start = run {
+                        cursor.put(UnsafeRawBufferPointer(rebasing: bytes[start..<lineStart]))
+                        run = nil
+                    }
+                }
+                if let start = run { cursor.put(UnsafeRawBufferPointer(rebasing: bytes[start..<position])) }
+                if let host {
+                    cursor.put("x-forwarded-host: ")
+                    cursor.put(host)
+                    cursor.put("\r\n")
+                }
+                if clientIP != nil || forwardedFor != nil {
+                    cursor.put("x-forwarded-for: ")
+                    if let forwardedFor { cursor.put(forwardedFor) }
+                    if forwardedFor != nil && clientIP != nil { cursor.put(", ") }
+                    cursor.put(ip)
+                    cursor.put("\r\n")
+                }
+                if let lane {
+                    // The original lane travels on even where this hop fell back, so the next hop returns to it.
+                    cursor.put("x-switchyard-lane: ")
+                    cursor.put(lane)
+                    cursor.put("\r\nbaggage: lane=")
+                    cursor.put(lane)
+                    cursor.put("\r\n")
+                }
+                if fellBack { cursor.put("x-switchyard-lane-fallback: true\r\n") }
+                cursor.put("traceparent: ")
+                cursor.put(traceparent)
+                cursor.put("\r\n")
+            }
+            return bail ? nil : (out, length)
+        }
+    }
+
     /// The protocols an upgrade request asks for (`Upgrade` with `Connection: upgrade`).
     static func upgrade(_ head: HTTPRequestHead) -> String? {
         guard let protocols = head.headers.first(name: "upgrade"),
@@ -234,6 +339,16 @@ public final class GatewayResponder: HTTPStreamingResponder {
         for (name, value) in rewrite.set { headers.replaceOrAdd(name: name, value: value) }
         for (name, value) in rewrite.add { headers.add(name: name, value: value) }
     }
+}
+
+/// The request as it goes to each attempt's instance (the connection's codec adds the
+/// instance's Host).
+enum UpstreamRequest {
+    /// As a header list: HTTP/2 requests, upgrades, routes that rewrite headers, requests with
+    /// a transfer coding, baggage or nominated fields.
+    case head(HTTPRequestHead)
+    /// An HTTP/1.1 request's field lines as bytes (`GatewayResponder.upstreamLines`).
+    case lines(HTTP1ClientCodec.RequestLines)
 }
 
 /// One request's record: what the access log, the metrics and the debug headers say about it.

@@ -16,7 +16,7 @@ final class GatewaySession: HTTPStreamSession {
     static var finished: GatewaySession { GatewaySession() }
 
     let writer: HTTPResponseWriter?
-    let head: HTTPRequestHead
+    let request: UpstreamRequest
     let timeout: TimeAmount
     let pool: UpstreamPool?
     let exchange: Exchange?
@@ -59,7 +59,7 @@ final class GatewaySession: HTTPStreamSession {
 
     private init() {
         writer = nil
-        head = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/")
+        request = .head(HTTPRequestHead(version: .http1_1, method: .GET, uri: "/"))
         candidates = []
         timeout = .seconds(1)
         pool = nil
@@ -75,7 +75,7 @@ final class GatewaySession: HTTPStreamSession {
 
     init(
         writer: HTTPResponseWriter,
-        head: HTTPRequestHead,
+        request: UpstreamRequest,
         candidates: [ServiceInstance],
         timeout: Double,
         pool: UpstreamPool?,
@@ -91,7 +91,7 @@ final class GatewaySession: HTTPStreamSession {
         self.balancer = balancer
         self.circuit = circuit
         self.writer = writer
-        self.head = head
+        self.request = request
         self.candidates = candidates
         self.timeout = .nanoseconds(Int64(timeout * 1e9))
         self.pool = pool
@@ -274,12 +274,13 @@ final class GatewaySession: HTTPStreamSession {
         upstream = channel
         upstreamHandler = handler
         // (Sent as it is unless the instance has a base path: the codec adds the instance's host.)
-        if instance.basePath.isEmpty {
+        switch request {
+        case .head(var head):
+            if !instance.basePath.isEmpty { head.uri = instance.basePath + head.uri }
             handler.send(.head(head))
-        } else {
-            var head = self.head
-            head.uri = instance.basePath + head.uri
-            handler.send(.head(head))
+        case .lines(var lines):
+            if !instance.basePath.isEmpty { lines.uri = instance.basePath + lines.uri }
+            handler.send(lines)
         }
         for chunk in pending { handler.send(.body(.byteBuffer(chunk))) }
         pending = []
@@ -381,7 +382,7 @@ final class GatewaySession: HTTPStreamSession {
     /// The upstream accepted an upgrade (WebSocket): the 101 goes to the client and both
     /// connections become one byte tunnel, with backpressure both ways.
     private func switchProtocols(_ response: HTTPResponseHead, protocols: String?, upstream channel: any Channel) {
-        guard let writer, head.headers.contains(name: "upgrade") else {
+        guard let writer, case .head(let head) = request, head.headers.contains(name: "upgrade") else {
             return fail(.badGateway, "upstream_failed", "\(instance?.address ?? "upstream") switched protocols unasked")
         }
         over = true
@@ -510,6 +511,9 @@ final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
     func send(_ part: HTTPClientRequestPart, flush: Bool = false) {
         codec?.send(part, flush: flush)
     }
+
+    /// A request head as field lines, to the codec by a direct call.
+    func send(_ lines: HTTP1ClientCodec.RequestLines) { codec?.sendHead(lines) }
 
     func flush() { codec?.flushPending() }
 

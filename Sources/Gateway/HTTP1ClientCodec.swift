@@ -43,6 +43,17 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
         var headers: HTTPHeaders { HTTP1Message.headers(lines: fieldLines) }
     }
 
+    /// A request head whose field lines are bytes already (`GatewayResponder.upstreamLines`):
+    /// written after the request line and the instance's Host as they are.
+    struct RequestLines {
+        var method: HTTPMethod
+        var uri: String
+        /// Field lines, each with its CR LF; no Host, no transfer coding.
+        var fields: ByteBuffer
+        /// The lines hold a `content-length`.
+        var length: Bool
+    }
+
     /// The upstream handler right behind this codec: answer parts go to it by a direct call,
     /// not through the pipeline (no boxing and type check per part). Set and cleared by it.
     var receiver: UpstreamHandler?
@@ -65,6 +76,32 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
         guard let context else { return }
         write(part, context: context, promise: nil)
         if flush { self.flush(context: context) }
+    }
+
+    /// A request's head from field lines; framed as `frame` frames a head without a transfer
+    /// coding: by its length, else chunked for methods that carry a body, else without one.
+    func sendHead(_ request: RequestLines) {
+        guard let context else { return }
+        methods.append(request.method)
+        let chunked = !request.length && (request.method == .POST || request.method == .PUT || request.method == .PATCH)
+        writer.chunked = chunked
+        let method = request.method.rawValue
+        let lineBytes = method.utf8.count + request.uri.utf8.count + (host?.utf8.count ?? 0) + 24
+        writer.head(size: lineBytes + request.fields.readableBytes + 32, allocator: context.channel.allocator) { out in
+            out.write(capacity: lineBytes) { cursor in
+                cursor.put(method)
+                cursor.put(UInt8(ascii: " "))
+                cursor.put(request.uri)
+                cursor.put(" HTTP/1.1\r\n")
+                if let host = self.host {
+                    cursor.put("host: ")
+                    cursor.put(host)
+                    cursor.put("\r\n")
+                }
+            }
+            out.writeImmutableBuffer(request.fields)
+            if chunked { out.writeStaticString("transfer-encoding: chunked\r\n") }
+        }
     }
 
     func flushPending() {

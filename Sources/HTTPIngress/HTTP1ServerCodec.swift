@@ -81,6 +81,10 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
     /// The request handler right behind this codec: request parts go to it by a direct call,
     /// not through the pipeline (no boxing and type check per part). Set and cleared by it.
     var receiver: RequestHandler?
+    /// While a request's head is handed on: its field lines as they came, each with its CR LF
+    /// (checked; a view of the received bytes, so only for use during the hand-on). A proxy
+    /// passes them on as bytes.
+    private(set) var requestFieldLines: ByteBuffer?
 
     init(readsAheadOf: (@Sendable (HTTPRequestHead) -> Bool)? = nil) {
         self.readsAheadOf = readsAheadOf
@@ -138,6 +142,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
                 unanswered.append(head.method)
                 inbound = .body(body)
                 handOn(context, .head(head))
+                requestFieldLines = nil
                 // The only request unanswered and no final head yet: the handler wants the body.
                 // (Behind earlier answers a 100 would come out of order: none then.)
                 if expectsContinue && unanswered.count == 1 && !answerHeadWritten && received!.readableBytes == 0 {
@@ -190,7 +195,8 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
             return nil
         }
         let parsed = received!.withUnsafeReadableBytes { Self.parseHead(UnsafeRawBufferPointer(rebasing: $0[..<length])) }
-        received!.moveReaderIndex(forwardBy: length)
+        // (A view of the head's bytes: its field lines are offered to the handler as they came.)
+        let headBytes = received!.readSlice(length: length)!
         switch parsed {
         case .failure(let refusal):
             refuse(refusal.status, refusal.message, context: context)
@@ -205,6 +211,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
             }
             upgrade = parsed.upgrade
             expectsContinue = parsed.expectsContinue
+            requestFieldLines = headBytes.getSlice(at: headBytes.readerIndex + parsed.fieldsStart, length: length - parsed.fieldsStart - 2)
             return (parsed.head, parsed.body)
         }
     }
@@ -230,6 +237,8 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
         var upgrade: Bool
         /// HTTP/1.1 with `Expect: 100-continue` and a body.
         var expectsContinue: Bool
+        /// Where the field lines begin (after the request line's CR LF).
+        var fieldsStart: Int
     }
 
     /// A request head (`raw` ends with the blank line).
@@ -288,7 +297,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
             expectsContinue = body.expectsContent
         }
         let head = HTTPRequestHead(version: httpVersion, method: method, uri: uri, headers: HTTPHeaders(section.fields))
-        return .success(ParsedHead(head: head, body: body, upgrade: section.upgrade, expectsContinue: expectsContinue))
+        return .success(ParsedHead(head: head, body: body, upgrade: section.upgrade, expectsContinue: expectsContinue, fieldsStart: lineEnd + 2))
     }
 
     static func method(_ bytes: UnsafeRawBufferPointer) -> HTTPMethod {

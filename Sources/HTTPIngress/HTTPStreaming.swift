@@ -70,6 +70,11 @@ public final class HTTPResponseWriter {
     }
     public var isClientWritable: Bool { context.channel.isWritable }
 
+    /// During `session(for:…)` on HTTP/1.1: the request's field lines as they came, each with
+    /// its CR LF (checked by the codec). A view of the received bytes: copy what is kept. Nil on
+    /// HTTP/2.
+    package var requestFieldLines: ByteBuffer? { handler.codec?.requestFieldLines }
+
     public func head(_ head: HTTPResponseHead) {
         guard !done, !headSent else { return }
         headSent = true

@@ -86,6 +86,12 @@ package enum HTTP1Syntax {
         return true
     }
 
+    /// A header name that begins with a lowercase prefix, ignoring ASCII case.
+    @inlinable package static func name(_ bytes: UnsafeRawBufferPointer, hasPrefix lowercase: StaticString) -> Bool {
+        guard bytes.count >= lowercase.utf8CodeUnitCount else { return false }
+        return name(UnsafeRawBufferPointer(rebasing: bytes[..<lowercase.utf8CodeUnitCount]), is: lowercase)
+    }
+
     /// `HTTP/1.x NNN[ reason]` (runs of spaces allowed before the code): the code, 100…999,
     /// and where the reason phrase starts (`line.count` when there is none).
     package static func statusLine(_ line: UnsafeRawBufferPointer) -> (code: Int, reason: Int)? {

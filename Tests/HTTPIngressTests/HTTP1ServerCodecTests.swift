@@ -50,6 +50,39 @@ final class ReadAheadCollector: ChannelInboundHandler {
     }
 }
 
+/// While a head is handed on, its field lines are there as they came (a proxy passes them on
+/// as bytes); not after.
+@Suite struct RequestFieldLinesTests {
+    final class Collector: ChannelInboundHandler {
+        typealias InboundIn = HTTPServerRequestPart
+        let codec: HTTP1ServerCodec
+        var lines: [String?] = []
+        init(codec: HTTP1ServerCodec) { self.codec = codec }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            switch unwrapInboundIn(data) {
+            case .head: lines.append(codec.requestFieldLines.map { String(buffer: $0) })
+            case .body: break
+            case .end: codec.allowReadAhead()
+            }
+        }
+    }
+
+    @Test func eachHeadsFieldLinesAsTheyCame() throws {
+        let channel = EmbeddedChannel()
+        let codec = HTTP1ServerCodec { _ in true }
+        let collector = Collector(codec: codec)
+        try channel.pipeline.syncOperations.addHandler(codec)
+        try channel.pipeline.syncOperations.addHandler(collector)
+        let requests =
+            "GET /a HTTP/1.1\r\nHost: x\r\nX-A:  1 \t\r\n\r\n" + "\r\nPOST /b HTTP/1.1\r\nHost: y\r\nContent-Length: 2\r\n\r\nok"
+            + "GET /c HTTP/1.0\r\n\r\n"
+        try channel.writeInbound(ByteBuffer(string: requests))
+        #expect(collector.lines == ["Host: x\r\nX-A:  1 \t\r\n", "Host: y\r\nContent-Length: 2\r\n", ""])
+        #expect(codec.requestFieldLines == nil)
+    }
+}
+
 @Suite struct ReadAheadTests {
     let channel = EmbeddedChannel()
     let collector: ReadAheadCollector

@@ -1,3 +1,5 @@
+import HTTPIngress
+import NIOCore
 import NIOHTTP1
 import Testing
 
@@ -40,5 +42,57 @@ import Testing
         #expect(problem([]) == "an HTTP/1.1 request needs a Host header")
         #expect(problem([], version: .http1_0) == nil)
         #expect(problem(["  "]) == "an HTTP/1.1 request needs a Host header")
+    }
+
+    /// HTTP/1.1 requests go upstream as bytes (`upstreamLines`): the same fields in the same
+    /// order as the header-list path (`upstreamHead`) makes, or nil where only that path applies.
+    @Test func fieldLinesGoUpstreamAsTheHeaderListPathSendsThem() throws {
+        let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        let cases: [(lines: String, lane: String?, fellBack: Bool, ip: String?)] = [
+            ("Host: a\r\n", nil, false, "10.0.0.1"),
+            ("", nil, false, nil),
+            (
+                "host: shop.test:8080\r\nAccept: */*\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n"
+                    + "Expect: 100-continue\r\nTraceparent: \(traceparent)\r\nX-Switchyard-Lane: gray\r\nx-user: 7\r\n"
+                    + "X-Forwarded-Host: evil\r\nX-Forwarded-For: 1.2.3.4\r\nx-forwarded-for: 5.6.7.8\r\nContent-Length: 5\r\n"
+                    + "Proxy-Authorization: x\r\nProxy-Connection: close\r\nTrailer: x\r\nx-last:   spaced value \t\r\n",
+                "gray", true, "192.0.2.1"
+            ),
+            ("X-Forwarded-For: 1.2.3.4\r\nCONNECTION: close\r\nx-switchyard-debug: 1\r\n", "beta", false, nil),
+            ("Host: a\r\nContent-Length: 0\r\nConnection: Keep-Alive, close\r\n", nil, true, "::1"),
+        ]
+        for c in cases {
+            let raw = ByteBuffer(string: c.lines)
+            let section = try raw.withUnsafeReadableBytes { try HTTP1Message.fieldSection($0).get() }
+            let head = HTTPRequestHead(version: .http1_1, method: .POST, uri: "/x", headers: HTTPHeaders(section.fields))
+            let listed = GatewayResponder.upstreamHead(
+                head,
+                uri: "/x",
+                lane: c.lane,
+                fellBack: c.fellBack,
+                clientIP: c.ip,
+                traceparent: traceparent,
+                rewrite: nil
+            )
+            let bytes = try #require(
+                GatewayResponder.upstreamLines(raw, lane: c.lane, fellBack: c.fellBack, clientIP: c.ip, traceparent: traceparent),
+                "\(c.lines.debugDescription)"
+            )
+            let sent = HTTP1Message.headers(lines: bytes.lines)
+            #expect(sent.map { "\($0.name): \($0.value)" } == listed.headers.map { "\($0.name): \($0.value)" }, "\(c.lines.debugDescription)")
+            #expect(bytes.length == listed.headers.contains(name: "content-length"))
+        }
+        // What only the header-list path handles: upgrades, transfer codings (framed anew),
+        // baggage (members filtered) and fields a Connection header nominates.
+        for lines in [
+            "Host: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n",
+            "Host: a\r\nTransfer-Encoding: chunked\r\n",
+            "Host: a\r\nbaggage: lane=gray,user=7\r\n",
+            "Host: a\r\nConnection: close, x-private\r\nx-private: 1\r\n",
+        ] {
+            #expect(
+                GatewayResponder.upstreamLines(ByteBuffer(string: lines), lane: nil, fellBack: false, clientIP: nil, traceparent: traceparent) == nil
+            )
+        }
     }
 }

@@ -57,6 +57,33 @@ final class AnswerCollector: ChannelInboundHandler {
         #expect(try written() == "PUT /c HTTP/1.1\r\ncontent-length: 2\r\n\r\nok")
     }
 
+    /// Heads whose field lines are bytes already are framed the same way (no transfer coding
+    /// reaches this path): by their length, else chunked for methods with a body.
+    @Test func requestsFromFieldLinesAreFramedTheSameWay() throws {
+        let channel = EmbeddedChannel()
+        let codec = HTTP1ClientCodec(host: "10.0.0.7:8080")
+        try channel.pipeline.syncOperations.addHandler(codec)
+        func send(_ method: HTTPMethod, _ lines: String, length: Bool, body: [String] = []) throws -> String {
+            codec.sendHead(.init(method: method, uri: "/p?q=1", fields: ByteBuffer(string: lines), length: length))
+            for b in body { codec.send(.body(.byteBuffer(ByteBuffer(string: b))), flush: false) }
+            codec.send(.end(nil), flush: true)
+            var out = ""
+            while let data = try channel.readOutbound(as: IOData.self) {
+                if case .byteBuffer(let b) = data { out += String(buffer: b) }
+            }
+            return out
+        }
+        #expect(try send(.GET, "Accept: */*\r\n", length: false) == "GET /p?q=1 HTTP/1.1\r\nhost: 10.0.0.7:8080\r\nAccept: */*\r\n\r\n")
+        #expect(
+            try send(.POST, "x-a: 1\r\n", length: false, body: ["hello"])
+                == "POST /p?q=1 HTTP/1.1\r\nhost: 10.0.0.7:8080\r\nx-a: 1\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        )
+        #expect(
+            try send(.PUT, "Content-Length: 2\r\n", length: true, body: ["ok"])
+                == "PUT /p?q=1 HTTP/1.1\r\nhost: 10.0.0.7:8080\r\nContent-Length: 2\r\n\r\nok"
+        )
+    }
+
     @Test func answersAreParsedAcrossAnyCut() throws {
         try send(.GET, "/a")
         try send(.HEAD, "/b")
