@@ -82,6 +82,12 @@ import Testing
             #expect(sent.map { "\($0.name): \($0.value)" } == listed.headers.map { "\($0.name): \($0.value)" }, "\(c.lines.debugDescription)")
             #expect(bytes.length == listed.headers.contains(name: "content-length"))
         }
+        // Bytes that are not UTF-8 (obs-text, e.g. Latin-1) pass on as they came; the header-list
+        // path, which makes Strings, would have replaced them with U+FFFD.
+        var latin = ByteBuffer(string: "x-name: caf")
+        latin.writeBytes([0xE9, 0x0D, 0x0A])
+        let passed = try #require(GatewayResponder.upstreamLines(latin, lane: nil, fellBack: false, clientIP: nil, traceparent: traceparent))
+        #expect(passed.lines.readableBytesView.starts(with: Array("x-name: caf".utf8) + [0xE9, 0x0D, 0x0A]))
         // What only the header-list path handles: upgrades, transfer codings (framed anew),
         // baggage (members filtered) and fields a Connection header nominates.
         for lines in [
