@@ -48,14 +48,30 @@ import Testing
             let p = Process()
             p.executableURL = URL(fileURLWithPath: ProcessTests.binary)
             p.arguments = ["serve", "--config", configPath, "--data-dir", dataDir]
-            p.standardError = FileHandle.nullDevice
+            // Its log (errors only, unless the test's config says otherwise) goes to a file in its
+            // directory: a start that fails says why.
+            let logPath = "\(dir)/node.log"
+            if !FileManager.default.fileExists(atPath: logPath) { FileManager.default.createFile(atPath: logPath, contents: nil) }
+            let log = FileHandle(forWritingAtPath: logPath)
+            log?.seekToEndOfFile()
+            p.standardError = log ?? FileHandle.nullDevice
             try p.run()
             process = p
             for _ in 0..<1200 {  // 30 s: a loaded machine starts slowly
                 if (try? await TestHTTPClient.request("GET", port: adminPort, path: "/readyz"))?.status == 200 { return }
+                if !p.isRunning {
+                    throw TestClientError(message: "switchyard exited with status \(p.terminationStatus) before it was ready: \(lastLogLines())")
+                }
                 try await Task.sleep(nanoseconds: 25_000_000)
             }
-            throw TestClientError(message: "switchyard did not become ready")
+            throw TestClientError(message: "switchyard did not become ready within 30 s: \(lastLogLines())")
+        }
+
+        /// The end of the node's log, for a failure's message.
+        func lastLogLines() -> String {
+            let text = (try? String(contentsOfFile: "\(dir)/node.log", encoding: .utf8)) ?? ""
+            let lines = text.split(separator: "\n").suffix(5)
+            return lines.isEmpty ? "(nothing logged)" : lines.joined(separator: " | ")
         }
 
         func kill9() {
