@@ -156,7 +156,9 @@ public final class MQTTServer: Service, Sendable {
         try? await secureChannel?.close()
         let open = sessions.withLockedValue { $0.online }
         for handler in open { handler.shutDown() }
-        try? await Task.sleep(nanoseconds: 100_000_000)  // let the DISCONNECTs go out
+        // Let the DISCONNECTs go out, if any (also when the shutdown came as a cancellation,
+        // where Task.sleep would return at once).
+        if !open.isEmpty { await pauseEvenIfCancelled(nanoseconds: 100_000_000) }
         for c in connections.withLockedValue({ Array($0.values) }) { try? await c.close() }
         housekeeping.cancel()
         systemTopics?.cancel()
