@@ -31,6 +31,9 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
     private let host: String?
     /// The last answer's fields, as bytes (its head's header list is empty).
     private(set) var answer = Answer()
+    /// The head each answer is parsed into: its storage is reused when nothing holds the last
+    /// answer's head any more (no allocation per answer).
+    private var headBox = HTTPResponseHead(version: .http1_1, status: .ok)
 
     /// An answer's fields as they go on to the client: the lines of those that are not
     /// hop-by-hop, and what the section held (its framing, what the hop-by-hop ones said).
@@ -210,13 +213,16 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
                 var lines: ByteBuffer? = answer.fieldLines
                 answer.fieldLines = ByteBuffer()
                 lines!.clear(minimumCapacity: length)
-                let parsed = received!.withUnsafeReadableBytes { Self.parseHead(UnsafeRawBufferPointer(rebasing: $0[..<length]), keptLines: &lines) }
+                let parsed = received!.withUnsafeReadableBytes {
+                    Self.parseHead(UnsafeRawBufferPointer(rebasing: $0[..<length]), keptLines: &lines, into: &headBox)
+                }
                 received!.moveReaderIndex(forwardBy: length)
-                let (head, section): (HTTPResponseHead, HTTP1Message.FieldSection)
+                let section: HTTP1Message.FieldSection
                 switch parsed {
                 case .failure(let malformed): return fail(malformed.description, context: context)
-                case .success(let h): (head, section) = h
+                case .success(let s): section = s
                 }
+                let head = headBox
                 let code = head.status.code
                 if code >= 100 && code < 200 && code != 101 { continue }  // interim: the real answer follows
                 let method = methods.removeFirst()
@@ -256,8 +262,9 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
     /// (the head's own header list stays empty).
     static func parseHead(
         _ raw: UnsafeRawBufferPointer,
-        keptLines: inout ByteBuffer?
-    ) -> Result<(HTTPResponseHead, HTTP1Message.FieldSection), HTTP1Message.Malformed> {
+        keptLines: inout ByteBuffer?,
+        into head: inout HTTPResponseHead
+    ) -> Result<HTTP1Message.FieldSection, HTTP1Message.Malformed> {
         guard let lineEnd = HTTP1Syntax.lineLength(raw) else { return .failure(.init("no status line")) }
         let line = UnsafeRawBufferPointer(rebasing: raw[..<lineEnd])
         guard let (code, reasonStart) = HTTP1Syntax.statusLine(line), line[7] == UInt8(ascii: "0") || line[7] == UInt8(ascii: "1") else {
@@ -270,12 +277,10 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
         ) {
         case .failure(let malformed): return .failure(malformed)
         case .success(let section):
-            let head = HTTPResponseHead(
-                version: line[7] == UInt8(ascii: "0") ? .http1_0 : .http1_1,
-                status: HTTPResponseStatus(statusCode: code, reasonPhrase: reason),
-                headers: HTTPHeaders(section.fields)
-            )
-            return .success((head, section))
+            head.version = line[7] == UInt8(ascii: "0") ? .http1_0 : .http1_1
+            head.status = HTTPResponseStatus(statusCode: code, reasonPhrase: reason)
+            head.headers = HTTPHeaders(section.fields)
+            return .success(section)
         }
     }
 

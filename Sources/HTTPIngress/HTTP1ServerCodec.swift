@@ -85,6 +85,9 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
     /// (checked; a view of the received bytes, so only for use during the hand-on). A proxy
     /// passes them on as bytes.
     private(set) var requestFieldLines: ByteBuffer?
+    /// The head each request is parsed into: its storage is reused when nothing holds the
+    /// last request's head any more (no allocation per request), copied on write when something does.
+    private var headBox = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/")
 
     init(readsAheadOf: (@Sendable (HTTPRequestHead) -> Bool)? = nil) {
         self.readsAheadOf = readsAheadOf
@@ -194,7 +197,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
             refuseOversizedHead(context: context)
             return nil
         }
-        let parsed = received!.withUnsafeReadableBytes { Self.parseHead(UnsafeRawBufferPointer(rebasing: $0[..<length])) }
+        let parsed = received!.withUnsafeReadableBytes { Self.parseHead(UnsafeRawBufferPointer(rebasing: $0[..<length]), into: &headBox) }
         // (A view of the head's bytes: its field lines are offered to the handler as they came.)
         let headBytes = received!.readSlice(length: length)!
         switch parsed {
@@ -202,7 +205,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
             refuse(refusal.status, refusal.message, context: context)
             return nil
         case .success(let parsed):
-            if ahead, parsed.upgrade || !(readsAheadOf?(parsed.head) ?? false) {
+            if ahead, parsed.upgrade || !(readsAheadOf?(headBox) ?? false) {
                 // Not one to read ahead: it waits (and with it reading, past 64 KiB) until the
                 // earlier answers have been written.
                 received!.moveReaderIndex(to: received!.readerIndex - length)
@@ -212,7 +215,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
             upgrade = parsed.upgrade
             expectsContinue = parsed.expectsContinue
             requestFieldLines = headBytes.getSlice(at: headBytes.readerIndex + parsed.fieldsStart, length: length - parsed.fieldsStart - 2)
-            return (parsed.head, parsed.body)
+            return (headBox, parsed.body)
         }
     }
 
@@ -231,7 +234,6 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
     }
 
     struct ParsedHead {
-        var head: HTTPRequestHead
         /// How its body is framed.
         var body: HTTP1Message.BodyReader
         var upgrade: Bool
@@ -241,8 +243,9 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
         var fieldsStart: Int
     }
 
-    /// A request head (`raw` ends with the blank line).
-    static func parseHead(_ raw: UnsafeRawBufferPointer) -> Result<ParsedHead, Refusal> {
+    /// A request head (`raw` ends with the blank line), its method, target, version and fields
+    /// set in `head`.
+    static func parseHead(_ raw: UnsafeRawBufferPointer, into head: inout HTTPRequestHead) -> Result<ParsedHead, Refusal> {
         func bad(_ message: String) -> Result<ParsedHead, Refusal> {
             .failure(Refusal(status: .badRequest, message: message))
         }
@@ -296,8 +299,11 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
             }
             expectsContinue = body.expectsContent
         }
-        let head = HTTPRequestHead(version: httpVersion, method: method, uri: uri, headers: HTTPHeaders(section.fields))
-        return .success(ParsedHead(head: head, body: body, upgrade: section.upgrade, expectsContinue: expectsContinue, fieldsStart: lineEnd + 2))
+        head.version = httpVersion
+        head.method = method
+        head.uri = uri
+        head.headers = HTTPHeaders(section.fields)
+        return .success(ParsedHead(body: body, upgrade: section.upgrade, expectsContinue: expectsContinue, fieldsStart: lineEnd + 2))
     }
 
     static func method(_ bytes: UnsafeRawBufferPointer) -> HTTPMethod {
