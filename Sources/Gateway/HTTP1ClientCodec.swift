@@ -86,25 +86,39 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
     func sendHead(_ request: RequestLines) {
         guard let context else { return }
         methods.append(request.method)
-        let chunked = !request.length && (request.method == .POST || request.method == .PUT || request.method == .PATCH)
+        let chunked = !request.length && Self.sendsBody(request.method)
         writer.chunked = chunked
-        let method = request.method.rawValue
-        let lineBytes = method.utf8.count + request.uri.utf8.count + (host?.utf8.count ?? 0) + 24
+        let lineBytes = requestLineBytes(request.method, uri: request.uri)
         writer.head(size: lineBytes + request.fields.readableBytes + 32, allocator: context.channel.allocator) { out in
-            out.write(capacity: lineBytes) { cursor in
-                cursor.put(method)
-                cursor.put(UInt8(ascii: " "))
-                cursor.put(request.uri)
-                cursor.put(" HTTP/1.1\r\n")
-                if let host = self.host {
-                    cursor.put("host: ")
-                    cursor.put(host)
-                    cursor.put("\r\n")
-                }
-            }
+            writeRequestLine(request.method, uri: request.uri, http10: false, bytes: lineBytes, into: &out)
             out.writeImmutableBuffer(request.fields)
             if chunked { out.writeStaticString("transfer-encoding: chunked\r\n") }
         }
+    }
+
+    /// The bytes the request line and the instance's Host line take (an upper bound).
+    private func requestLineBytes(_ method: HTTPMethod, uri: String) -> Int {
+        method.rawValue.utf8.count + uri.utf8.count + (host?.utf8.count ?? 0) + 24
+    }
+
+    /// `METHOD uri HTTP/1.x`, then the instance's Host line: the same for both kinds of head.
+    private func writeRequestLine(_ method: HTTPMethod, uri: String, http10: Bool, bytes: Int, into out: inout ByteBuffer) {
+        out.write(capacity: bytes) { cursor in
+            cursor.put(method.rawValue)
+            cursor.put(UInt8(ascii: " "))
+            cursor.put(uri)
+            cursor.put(http10 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n")
+            if let host {
+                cursor.put("host: ")
+                cursor.put(host)
+                cursor.put("\r\n")
+            }
+        }
+    }
+
+    /// Methods whose requests carry a body: one without a length goes chunked (as NIO's encoder has it).
+    private static func sendsBody(_ method: HTTPMethod) -> Bool {
+        method == .POST || method == .PUT || method == .PATCH
     }
 
     func flushPending() {
@@ -131,20 +145,9 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
         case .head(var head):
             methods.append(head.method)
             frame(&head)
-            let lineBytes = head.uri.utf8.count + (host?.utf8.count ?? 0) + 8
-            let method = head.method.rawValue
+            let lineBytes = requestLineBytes(head.method, uri: head.uri)
             writer.head(head.headers, allocator: context.channel.allocator, lineBytes: lineBytes) { out in
-                out.write(capacity: method.utf8.count + lineBytes + 16) { cursor in
-                    cursor.put(method)
-                    cursor.put(UInt8(ascii: " "))
-                    cursor.put(head.uri)
-                    cursor.put(head.version.minor == 0 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n")
-                    if let host = self.host {
-                        cursor.put("host: ")
-                        cursor.put(host)
-                        cursor.put("\r\n")
-                    }
-                }
+                writeRequestLine(head.method, uri: head.uri, http10: head.version.minor == 0, bytes: lineBytes, into: &out)
             }
             if promise != nil { writer.writePending(context: context, promise: promise) }
         case .body(let body):
@@ -173,7 +176,7 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
         if length {
             if transferEncoding != nil { head.headers.remove(name: "transfer-encoding") }
             writer.chunked = false
-        } else if head.method == .POST || head.method == .PUT || head.method == .PATCH {
+        } else if Self.sendsBody(head.method) {
             head.headers.replaceOrAdd(name: "transfer-encoding", value: "chunked")
             writer.chunked = true
         } else {
