@@ -264,9 +264,13 @@ public final class GatewayResponder: HTTPStreamingResponder {
                 var run: Int?
                 var position = 0
                 while position < bytes.count {
+                    // (The codec checked every byte of these lines: here they are only split.)
                     guard let n = HTTP1Syntax.lineLength(UnsafeRawBufferPointer(rebasing: bytes[position...])),
-                        let (name, value) = HTTP1Message.nameAndValue(UnsafeRawBufferPointer(rebasing: bytes[position..<(position + n)]))
+                        let colon = bytes[position..<(position + n)].firstIndex(of: UInt8(ascii: ":"))
                     else { return bail = true }
+                    let name = UnsafeRawBufferPointer(rebasing: bytes[position..<colon])
+                    let lineEnd = position + n
+                    var value: UnsafeRawBufferPointer { HTTP1Syntax.trimmed(UnsafeRawBufferPointer(rebasing: bytes[(colon + 1)..<lineEnd])) }
                     let lineStart = position
                     position += n + 2
                     let kept: Bool

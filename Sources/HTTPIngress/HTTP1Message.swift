@@ -174,7 +174,7 @@ package enum HTTP1Message {
     }
 
     /// `name: value` (a token, then a value of visible characters, spaces and tabs); nil when malformed.
-    package static func nameAndValue(_ line: UnsafeRawBufferPointer) -> (UnsafeRawBufferPointer, UnsafeRawBufferPointer)? {
+    static func nameAndValue(_ line: UnsafeRawBufferPointer) -> (UnsafeRawBufferPointer, UnsafeRawBufferPointer)? {
         // (Loops rather than `allSatisfy` with a function: these run for every byte of a head.)
         var colon = 0
         while colon < line.count && line[colon] != UInt8(ascii: ":") {
