@@ -117,7 +117,8 @@ final class CompiledRoute: Sendable {
 }
 
 /// A lane's request entry rules, compiled.
-struct RequestLane: Sendable {
+/// A class: the lanes are walked for every request (a struct copy retained each rule list).
+final class RequestLane: Sendable {
     let name: String
     let headers: [(String, ValueRule)]
     let cookies: [(String, ValueRule)]
@@ -249,7 +250,8 @@ public final class GatewaySnapshot: Sendable {
     }
 
     static func isPreflight(_ head: HTTPRequestHead) -> Bool {
-        head.method == .OPTIONS && head.headers.contains(name: "origin") && head.headers.contains(name: "access-control-request-method")
+        if case .OPTIONS = head.method {} else { return false }
+        return head.headers.contains(name: "origin") && head.headers.contains(name: "access-control-request-method")
     }
 
     /// `/api` covers `/api` and `/api/…`, not `/apix`.

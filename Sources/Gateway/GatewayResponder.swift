@@ -123,22 +123,27 @@ public final class GatewayResponder: HTTPStreamingResponder {
     }
 
     /// HTTP/1.1 needs exactly one Host, a name or address with an optional port (RFC 9112 §3.2).
+    /// (Read as bytes in place: once per request.)
     static func hostProblem(_ head: HTTPRequestHead) -> String? {
-        var host: String?
-        for (name, value) in head.headers where name.utf8.count == 4 && name.utf8.elementsEqual("host".utf8, by: { $0 | 0x20 == $1 }) {
-            var trimmed = Substring(value)
-            while let b = trimmed.utf8.first, b == 0x20 || b == 0x09 { trimmed = trimmed.dropFirst() }
-            while let b = trimmed.utf8.last, b == 0x20 || b == 0x09 { trimmed = trimmed.dropLast() }
-            if trimmed.isEmpty { continue }  // an empty Host is no Host
-            if host != nil { return "more than one Host header" }
-            host = trimmed.utf8.count == value.utf8.count ? value : String(trimmed)
+        var hosts = 0
+        var problem: String?
+        for (name, value) in head.headers where HTTP1Syntax.name(name, is: "host") {
+            let verdict = value.withUTF8Bytes { bytes -> String?? in
+                let host = HTTP1Syntax.trimmed(bytes)
+                if host.isEmpty { return nil }  // an empty Host is no Host
+                if host.contains(UInt8(ascii: ",")) { return .some("more than one Host header") }
+                if !host.allSatisfy(isHostByte) { return .some("Host \"\(String(decoding: host, as: UTF8.self))\" is not a host name") }
+                return .some(nil)
+            }
+            guard let verdict else { continue }
+            hosts += 1
+            if hosts > 1 { return "more than one Host header" }
+            problem = verdict
         }
-        guard let host else {
+        guard hosts > 0 else {
             return head.version.major > 1 || head.version.minor >= 1 ? "an HTTP/1.1 request needs a Host header" : nil
         }
-        if host.utf8.contains(UInt8(ascii: ",")) { return "more than one Host header" }
-        if host.isEmpty || !host.utf8.allSatisfy(isHostByte) { return "Host \"\(host)\" is not a host name" }
-        return nil
+        return problem
     }
 
     /// The bytes a Host header may hold (reg-name, IP literal, port): letters, digits and
@@ -469,6 +474,8 @@ final class GatewayMetrics: Sendable {
     let route: String
     let lanes: Set<String>
     let perLane: [String: PerLane]
+    /// Requests without a lane (most): counted without a lookup.
+    let baseline: PerLane
     let retries: Counter
 
     init(route: String, lanes: [String]) {
@@ -488,12 +495,13 @@ final class GatewayMetrics: Sendable {
             )
         }
         self.perLane = perLane
+        baseline = perLane["baseline"]!
         retries = Counter(label: "switchyard_gateway_retries_total", dimensions: [("route", route)])
     }
 
     /// One answered request (`status` 0: the client left first).
     func record(status: Int, nanoseconds: UInt64, lane: String?) {
-        guard let metrics = perLane[lane ?? "baseline"] ?? perLane["baseline"] else { return }
+        let metrics = lane.flatMap { perLane[$0] } ?? baseline
         guard (100..<600).contains(status) else {
             metrics.cancelled.increment()
             return

@@ -337,13 +337,14 @@ final class GatewaySession: HTTPStreamSession {
         if !requestEnded && !over { writer?.setReading(writable) }
     }
 
-    /// The answer's head; its fields are `answer`'s lines (the hop-by-hop ones left out): they
-    /// go on to the client as bytes, unless the route changes them.
-    func responseHead(_ response: HTTPResponseHead, answer: HTTP1ClientCodec.Answer, from handler: UpstreamHandler) {
+    /// The answer's head; its fields are the codec's `answer` lines (the hop-by-hop ones left
+    /// out): they go on to the client as bytes, unless the route changes them. (Read in place
+    /// from the codec: the answer is not copied per request.)
+    func responseHead(_ response: HTTPResponseHead, answerIn codec: HTTP1ClientCodec, from handler: UpstreamHandler) {
         guard !over, handler === upstreamHandler, let writer, let channel = upstream else { return }
         disarm()
-        let close = answer.section.hop.close
-        if let instance, answer.section.draining {
+        let close = codec.answer.section.hop.close
+        if let instance, codec.answer.section.draining {
             balancer?.health.drain(instance.key, source: .response)
         } else if let instance, reusedConnection, close {
             // A kept-alive connection closed: the instance may be shutting down.
@@ -354,27 +355,26 @@ final class GatewaySession: HTTPStreamSession {
         if response.status.code == 101 {
             endAttempt(failed: false)
             var upgrade = response
-            upgrade.headers = answer.headers
-            return switchProtocols(upgrade, protocols: answer.section.hop.upgrade, upstream: channel)
+            upgrade.headers = codec.answer.headers
+            return switchProtocols(upgrade, protocols: codec.answer.section.hop.upgrade, upstream: channel)
         }
         if (502...504).contains(response.status.code) {
             endAttempt(failed: true)
             if retry() { return }
         }
-        upstreamKeepAlive = !close && (response.version.minor >= 1 || answer.section.hop.keepAlive)
+        upstreamKeepAlive = !close && (response.version.minor >= 1 || codec.answer.section.hop.keepAlive)
         status = Int(response.status.code)
         if exchange?.decorates == true || !response.status.mayHaveResponseBody {
             // Changed on the way (or without a body, whose length fields the codec drops): as a list.
-            var head = HTTPResponseHead(version: .http1_1, status: response.status, headers: answer.headers)
+            var head = HTTPResponseHead(version: .http1_1, status: response.status, headers: codec.answer.headers)
             exchange?.decorate(&head.headers)
             writer.head(head)
         } else {
-            let section = answer.section
             writer.head(
                 response,
-                fieldLines: answer.fieldLines,
-                length: section.contentLength != nil,
-                transferEncoding: section.transferEncoding != nil
+                fieldLines: codec.answer.fieldLines,
+                length: codec.answer.section.contentLength != nil,
+                transferEncoding: codec.answer.section.transferEncoding != nil
             )
         }
     }
@@ -533,7 +533,8 @@ final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .head(let head):
             // 1xx answers other than 101 precede the real one.
             if head.status.code >= 100 && head.status.code < 200 && head.status.code != 101 { return }
-            session.responseHead(head, answer: codec?.answer ?? .init(), from: self)
+            guard let codec else { return }
+            session.responseHead(head, answerIn: codec, from: self)
         case .body(let chunk): session.responseBody(chunk, from: self)
         case .end:
             complete = true

@@ -118,7 +118,11 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
 
     /// Methods whose requests carry a body: one without a length goes chunked (as NIO's encoder has it).
     private static func sendsBody(_ method: HTTPMethod) -> Bool {
-        method == .POST || method == .PUT || method == .PATCH
+        // (A pattern match: `==` on HTTPMethod copies both sides, once per request.)
+        switch method {
+        case .POST, .PUT, .PATCH: true
+        default: false
+        }
     }
 
     func flushPending() {
@@ -234,7 +238,8 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
                 case .failure(let malformed): return fail(malformed.description, context: context)
                 case .success(let b): body = b
                 }
-                answer = Answer(fieldLines: lines ?? ByteBuffer(), section: section)
+                answer.fieldLines = lines ?? ByteBuffer()
+                answer.section = consume section
                 deliver(.head(head), context: context)
                 if code == 101 {
                     inbound = .upgraded
@@ -293,7 +298,8 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
         status code: UInt,
         method: HTTPMethod
     ) -> Result<HTTP1Message.BodyReader, HTTP1Message.Malformed> {
-        if method == .HEAD || code == 204 || code == 304 || code == 101 { return .success(.length(0)) }
+        if case .HEAD = method { return .success(.length(0)) }
+        if code == 204 || code == 304 || code == 101 { return .success(.length(0)) }
         if let codings = section.transferEncoding {
             guard section.contentLength == nil else { return .failure(.init("both content-length and transfer-encoding")) }
             switch section.isChunked() {

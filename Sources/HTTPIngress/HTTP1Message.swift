@@ -146,7 +146,9 @@ package enum HTTP1Message {
         if !section.hop.nominated.isEmpty, let lines = keptLines {
             // The fields `connection` names are this hop's own too (RFC 9110 §7.6.1); the
             // `connection` line may come after them, so they leave once all are read.
-            keptLines = lines.withUnsafeReadableBytes { without(section.hop.nominated, lines: $0) }
+            // (Not `section` in the closure: a captured var is boxed, and copied out at the end.)
+            let nominated = section.hop.nominated
+            keptLines = lines.withUnsafeReadableBytes { without(nominated, lines: $0) }
         }
         return .success(section)
     }

@@ -375,6 +375,11 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
         if flush { self.flush(context: context) }
     }
 
+    /// (A pattern match: `==` on HTTPMethod copies both sides, once per answer.)
+    private static func isHEAD(_ method: HTTPMethod?) -> Bool {
+        if case .HEAD = method { true } else { false }
+    }
+
     /// An answer's head whose fields are lines of bytes already (a proxied answer's, see
     /// `HTTPResponseWriter.head(_:fieldLines:length:transferEncoding:)`), framed as `frame`
     /// frames a head: chunked when the lines hold neither a length nor a transfer coding.
@@ -382,7 +387,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
         guard let context else { return }
         if case .failed = inbound, deferredRefusal == nil { return }  // answered already (malformed input)
         answerHeadWritten = true
-        writer.suppressBody = unanswered.first == .HEAD
+        writer.suppressBody = Self.isHEAD(unanswered.first)
         writer.chunked = !length && !writer.suppressBody
         let size = 64 + status.reasonPhrase.utf8.count + fieldLines.readableBytes
         writer.head(size: size, allocator: context.channel.allocator) { out in
@@ -435,7 +440,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
     /// still says what a GET would get); else content-length, or chunked when the length is
     /// not known (HTTP/1.1).
     private func frame(_ head: inout HTTPResponseHead) {
-        writer.suppressBody = unanswered.first == .HEAD
+        writer.suppressBody = Self.isHEAD(unanswered.first)
         let (length, transferEncoding) = HTTP1Message.framing(of: head.headers)
         if !head.status.mayHaveResponseBody {
             if length { head.headers.remove(name: "content-length") }

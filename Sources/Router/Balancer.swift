@@ -75,8 +75,9 @@ public final class Balancer: Sendable {
 
     public func finished(_ instance: ServiceInstance) {
         outstanding.withLockedValue {
-            let n = ($0[instance.key] ?? 1) - 1
-            $0[instance.key] = n > 0 ? n : nil
+            // (One lookup: once per request.)
+            guard let i = $0.index(forKey: instance.key) else { return }
+            if $0.values[i] > 1 { $0.values[i] -= 1 } else { $0.remove(at: i) }
         }
     }
 }

@@ -54,10 +54,10 @@ public final class RetryBudget: Sendable {
     /// An attempt ends; `retry` says whether it was one.
     public func end(_ service: String, retry: Bool) {
         counts.withLockedValue { all in
-            guard var c = all[service] else { return }
-            c.active -= 1
-            if retry { c.retrying -= 1 }
-            all[service] = c
+            // (One lookup, changed in place: once per attempt.)
+            guard let i = all.index(forKey: service) else { return }
+            all.values[i].active -= 1
+            if retry { all.values[i].retrying -= 1 }
         }
     }
 

@@ -45,6 +45,8 @@ extension String {
     /// The string's UTF-8 bytes in place (a bridged or otherwise non-contiguous string is made
     /// contiguous first): the one way the byte-level parsers and writers read a String.
     @inlinable package func withUTF8Bytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        // (In place without a copy: a copy retains the string's storage and releases it after.)
+        if let result = try utf8.withContiguousStorageIfAvailable({ try body(UnsafeRawBufferPointer($0)) }) { return result }
         var contiguous = self
         return try contiguous.withUTF8 { try body(UnsafeRawBufferPointer($0)) }
     }
