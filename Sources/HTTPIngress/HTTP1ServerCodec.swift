@@ -262,9 +262,9 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
         guard j > targetStart, j < line.count, line[j] == 0x20 else { return bad("malformed request target") }
         let version = UnsafeRawBufferPointer(rebasing: line[(j + 1)...])
         let httpVersion: HTTPVersion
-        if version.elementsEqual("HTTP/1.1".utf8) {
+        if HTTP1Syntax.bytes(version, are: "HTTP/1.1") {
             httpVersion = .http1_1
-        } else if version.elementsEqual("HTTP/1.0".utf8) {
+        } else if HTTP1Syntax.bytes(version, are: "HTTP/1.0") {
             httpVersion = .http1_0
         } else if version.count == 8, version.starts(with: "HTTP/".utf8) {
             return .failure(
@@ -307,8 +307,8 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
     }
 
     static func method(_ bytes: UnsafeRawBufferPointer) -> HTTPMethod {
-        if bytes.elementsEqual("GET".utf8) { return .GET }
-        if bytes.elementsEqual("POST".utf8) { return .POST }
+        if HTTP1Syntax.bytes(bytes, are: "GET") { return .GET }
+        if HTTP1Syntax.bytes(bytes, are: "POST") { return .POST }
         return HTTPMethod(rawValue: String(decoding: bytes, as: UTF8.self))
     }
 

@@ -1,46 +1,46 @@
-package import NIOCore
+public import NIOCore
 
 /// Writes pieces into the memory a buffer reserved beforehand, one bounds check per piece
 /// (ByteBuffer's own writes check capacity and uniqueness and move the writer index per call:
 /// a head written piece by piece paid that some twenty times). HTTP heads and journal records
 /// are written with it.
-package struct ByteCursor {
-    package let memory: UnsafeMutableRawBufferPointer
+public struct ByteCursor {
+    public let memory: UnsafeMutableRawBufferPointer
     /// Bytes written so far.
-    package var count = 0
+    public var count = 0
 
-    @inlinable package init(_ memory: UnsafeMutableRawBufferPointer) { self.memory = memory }
+    @inlinable public init(_ memory: UnsafeMutableRawBufferPointer) { self.memory = memory }
 
-    @inlinable package mutating func put(_ bytes: UnsafeRawBufferPointer) {
+    @inlinable public mutating func put(_ bytes: UnsafeRawBufferPointer) {
         precondition(count + bytes.count <= memory.count, "written past the space reserved")
         guard let source = bytes.baseAddress, !bytes.isEmpty else { return }
         (memory.baseAddress! + count).copyMemory(from: source, byteCount: bytes.count)
         count += bytes.count
     }
 
-    @inlinable package mutating func put(_ string: String) {
+    @inlinable public mutating func put(_ string: String) {
         string.withUTF8Bytes { put($0) }
     }
 
-    @inlinable package mutating func put(_ string: StaticString) {
+    @inlinable public mutating func put(_ string: StaticString) {
         put(UnsafeRawBufferPointer(start: string.utf8Start, count: string.utf8CodeUnitCount))
     }
 
-    @inlinable package mutating func put(_ byte: UInt8) {
+    @inlinable public mutating func put(_ byte: UInt8) {
         precondition(count < memory.count, "written past the space reserved")
         memory[count] = byte
         count += 1
     }
 
     /// Big-endian, as `ByteBuffer.writeInteger`.
-    @inlinable package mutating func put<T: FixedWidthInteger>(integer value: T) {
+    @inlinable public mutating func put<T: FixedWidthInteger>(integer value: T) {
         precondition(count + MemoryLayout<T>.size <= memory.count, "written past the space reserved")
         memory.baseAddress!.storeBytes(of: value.bigEndian, toByteOffset: count, as: T.self)
         count += MemoryLayout<T>.size
     }
 
     /// Overwrites a big-endian integer written before (a length known only after what follows).
-    @inlinable package func set<T: FixedWidthInteger>(integer value: T, at position: Int) {
+    @inlinable public func set<T: FixedWidthInteger>(integer value: T, at position: Int) {
         precondition(position >= 0 && position + MemoryLayout<T>.size <= count, "set outside what was written")
         memory.baseAddress!.storeBytes(of: value.bigEndian, toByteOffset: position, as: T.self)
     }
@@ -48,7 +48,7 @@ package struct ByteCursor {
 
 extension ByteBuffer {
     /// Writes through a cursor into `capacity` bytes reserved at once; writing more traps.
-    package mutating func write(capacity: Int, with body: (inout ByteCursor) -> Void) {
+    @inlinable public mutating func write(capacity: Int, with body: (inout ByteCursor) -> Void) {
         writeWithUnsafeMutableBytes(minimumWritableBytes: capacity) { memory in
             var cursor = ByteCursor(memory)
             body(&cursor)

@@ -44,7 +44,7 @@ public enum UTF8Validation {
 extension String {
     /// The string's UTF-8 bytes in place (a bridged or otherwise non-contiguous string is made
     /// contiguous first): the one way the byte-level parsers and writers read a String.
-    @inlinable package func withUTF8Bytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+    @inlinable public func withUTF8Bytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
         // (In place without a copy: a copy retains the string's storage and releases it after.)
         if let result = try utf8.withContiguousStorageIfAvailable({ try body(UnsafeRawBufferPointer($0)) }) { return result }
         var contiguous = self
