@@ -7,7 +7,10 @@ let swiftSettings: [SwiftSetting] = [
     // Exclusivity is checked at run time in debug builds (every test run) and not in release
     // builds: a check per access to a class's stored property (an envelope's fields, a
     // handler's state) cost ~6 % of the message path's CPU.
-    .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release)),
+    // Cross-module optimization lets a module inline and specialize its neighbours' small
+    // functions (the gateway's calls into HTTPIngress, Router and SwitchyardCore): ~0.45 µs of
+    // user CPU less per gateway request (~5 %), measured side by side in the release build.
+    .unsafeFlags(["-enforce-exclusivity=unchecked", "-cross-module-optimization"], .when(configuration: .release)),
 ]
 
 let package = Package(
