@@ -98,14 +98,15 @@ package enum HTTP1Message {
         // Kept lines are copied a run of them at a time (usually the whole section at once).
         var run: Int?
         while position < raw.count {
-            guard let n = HTTP1Syntax.lineLength(UnsafeRawBufferPointer(rebasing: raw[position...])) else {
-                return .failure(Malformed("header line without CR LF"))
-            }
-            let line = UnsafeRawBufferPointer(rebasing: raw[position..<(position + n)])
             let lineStart = position
-            position += n + 2
-            if let first = line.first, first == 0x20 || first == 0x09 { return .failure(Malformed("folded header line (obs-fold)")) }
-            guard let (name, value) = nameAndValue(line) else { return .failure(Malformed("malformed header line")) }
+            if raw[position] == 0x20 || raw[position] == 0x09 { return .failure(Malformed("folded header line (obs-fold)")) }
+            guard let line = fieldLine(raw, from: position) else {
+                let withEnd = HTTP1Syntax.lineLength(UnsafeRawBufferPointer(rebasing: raw[position...])) != nil
+                return .failure(Malformed(withEnd ? "malformed header line" : "header line without CR LF"))
+            }
+            let name = UnsafeRawBufferPointer(rebasing: raw[line.name])
+            let value = UnsafeRawBufferPointer(rebasing: raw[line.value])
+            position = line.next
             if HTTP1Syntax.name(name, is: "content-length") {
                 guard let length = HTTP1Syntax.decimal(value) else { return .failure(Malformed("invalid content-length")) }
                 guard section.contentLength == nil else { return .failure(Malformed("more than one content-length")) }
@@ -173,6 +174,51 @@ package enum HTTP1Message {
         let parsed = lines.withUnsafeReadableBytes { fieldSection($0) }
         guard case .success(let section) = parsed else { return HTTPHeaders() }
         return HTTPHeaders(section.fields)
+    }
+
+    /// The field line that starts at `start`, read in one pass: its name (a token), its value
+    /// (visible characters, obs-text, spaces and tabs; trimmed) and where the next line starts,
+    /// after its CR LF. Nil when malformed: no colon, a byte a name or value may not hold (a
+    /// control byte, a bare CR or LF), or no CR LF.
+    @inline(__always)
+    static func fieldLine(_ raw: UnsafeRawBufferPointer, from start: Int) -> (name: Range<Int>, value: Range<Int>, next: Int)? {
+        let count = raw.count
+        var i = start
+        while i < count && raw[i] != UInt8(ascii: ":") {
+            guard HTTP1Syntax.isTokenByte(raw[i]) else { return nil }
+            i += 1
+        }
+        guard i > start, i < count else { return nil }
+        let nameEnd = i
+        i += 1
+        while i < count && (raw[i] == 0x20 || raw[i] == 0x09) { i += 1 }
+        let valueStart = i
+        // Eight bytes at a time while none of them is a control byte or DEL (word tricks: a byte
+        // below 0x20 sets its high bit in `(w - 0x20…) & ~w`, a zero byte of `w ^ 0x7F…` does in
+        // `(x - 0x01…) & ~x`; the first word with one goes byte by byte).
+        if let base = raw.baseAddress {
+            let ones: UInt64 = 0x0101_0101_0101_0101
+            let highs: UInt64 = 0x8080_8080_8080_8080
+            while i + 8 <= count {
+                let w = base.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+                let x = w ^ (ones &* 0x7F)
+                if ((w &- ones &* 0x20) & ~w | (x &- ones) & ~x) & highs != 0 { break }
+                i += 8
+            }
+        }
+        while i < count {
+            let b = raw[i]
+            if HTTP1Syntax.isFieldValueByte(b) {
+                i += 1
+                continue
+            }
+            // The line ends at its CR LF; any other control byte is malformed.
+            guard b == 13, i + 1 < count, raw[i + 1] == 10 else { return nil }
+            var end = i
+            while end > valueStart && (raw[end - 1] == 0x20 || raw[end - 1] == 0x09) { end -= 1 }
+            return (start..<nameEnd, valueStart..<end, i + 2)
+        }
+        return nil
     }
 
     /// `name: value` (a token, then a value of visible characters, spaces and tabs); nil when malformed.
