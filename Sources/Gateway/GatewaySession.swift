@@ -145,14 +145,16 @@ final class GatewaySession: HTTPStreamSession {
         self.instance = instance
         exchange?.upstream = instance
         exchange?.attempts += 1
-        attemptStarted = SystemMonotonicClock().nowNanos()
+        // (One clock read for the attempt: the deadline's clock is the same monotonic one.)
+        let now = SystemMonotonicClock().nowNanos()
+        attemptStarted = now
         if let balancer {
             attemptOpen = true
             balancer.started(instance)
-            balancer.retryBudget.begin(instance.service)
+            balancer.retryBudget.begin(instance.service, now: now)
         }
         let loop = writer.eventLoop
-        let deadline = NIODeadline.now() + timeout
+        let deadline = NIODeadline.uptimeNanoseconds(now) + timeout
         reusedConnection = false
         if let idle = pool?.take(instance.address, on: loop), let channel = idle.channel {
             // A kept connection: its handler now answers to this session and keeps its deadline
@@ -441,7 +443,7 @@ final class GatewaySession: HTTPStreamSession {
         exchange?.finish(status: status)
         // A request still being sent when the answer is complete cannot share the connection.
         writer?.end(closeAfter: !requestEnded)
-        if let pool, let instance, requestEnded, upstreamKeepAlive, channel.isActive {
+        if let pool, let instance, requestEnded, upstreamKeepAlive, upstreamHandler?.active == true {
             // Kept for the next request: reading as usual.
             if upstreamReadingPaused { channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in } }
             if let upstreamHandler { pool.put(upstreamHandler, for: instance.address) } else { channel.close(promise: nil) }
@@ -481,6 +483,11 @@ final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPClientResponsePart
     var session: GatewaySession
     var complete = false
+    /// The connection is open (kept from its events: `Channel.isActive` costs more, asked once
+    /// or twice per request).
+    private(set) var active = false
+    /// The pool's list this connection goes back to once it has been put there (no lookup then).
+    fileprivate var idleList: UpstreamPool.IdleList?
     /// The connection's codec: what each answer's hop-by-hop fields said.
     private var codec: HTTP1ClientCodec?
     private(set) var channel: (any Channel)?
@@ -495,6 +502,7 @@ final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         channel = context.channel
+        active = context.channel.isActive
         deadline = MovingDeadline(eventLoop: context.eventLoop) { [weak self] in self?.session.attemptTimedOut() }
         self.context = context
         codec = try? context.pipeline.syncOperations.handler(type: HTTP1ClientCodec.self)
@@ -552,7 +560,13 @@ final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.fireChannelWritabilityChanged()
     }
 
+    func channelActive(context: ChannelHandlerContext) {
+        active = true
+        context.fireChannelActive()
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
+        active = false
         if !complete { session.upstreamFailed("the connection closed before the answer was complete", from: self) }
         context.fireChannelInactive()
     }
@@ -615,7 +629,7 @@ final class UpstreamPool: @unchecked Sendable {
     /// (Lists are objects changed in place: a request's take and put allocate nothing.)
     private var idle: [Key: IdleList] = [:]
 
-    private final class IdleList {
+    fileprivate final class IdleList {
         var handlers: [UpstreamHandler] = []
     }
 
@@ -632,7 +646,7 @@ final class UpstreamPool: @unchecked Sendable {
         return lock.withLock { () -> UpstreamHandler? in
             guard let list = idle[key] else { return nil }
             while let handler = list.handlers.popLast() {
-                if handler.channel?.isActive == true { return handler }
+                if handler.active { return handler }
             }
             return nil
         }
@@ -640,15 +654,20 @@ final class UpstreamPool: @unchecked Sendable {
 
     func put(_ handler: UpstreamHandler, for address: String) {
         guard let channel = handler.channel else { return }
-        let key = Self.key(address, channel.eventLoop)
+        let known = handler.idleList
+        let key = known == nil ? Self.key(address, channel.eventLoop) : nil
         let kept = lock.withLock { () -> Bool in
+            // (A connection's list is found once; lists stay in the pool once made.)
             let list: IdleList
-            if let existing = idle[key] {
+            if let known {
+                list = known
+            } else if let existing = idle[key!] {
                 list = existing
             } else {
                 list = IdleList()
-                idle[key] = list
+                idle[key!] = list
             }
+            handler.idleList = list
             guard list.handlers.count < Self.maxIdle else { return false }
             list.handlers.append(handler)
             return true

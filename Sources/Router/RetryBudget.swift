@@ -23,9 +23,10 @@ public final class RetryBudget: Sendable {
         settings.withLockedValue { $0 = (percent, minimum) }
     }
 
-    /// An attempt (first or retry) to `service` starts.
-    public func begin(_ service: String) {
-        let minute = SystemMonotonicClock().nowNanos() / 60_000_000_000
+    /// An attempt (first or retry) to `service` starts (`now`: the monotonic clock's nanoseconds,
+    /// when the caller has just read it).
+    public func begin(_ service: String, now: UInt64 = SystemMonotonicClock().nowNanos()) {
+        let minute = now / 60_000_000_000
         counts.withLockedValue { all in
             Self.begin(&all[service, default: Counts()], minute: minute)
         }
