@@ -6,6 +6,7 @@ import NIOHTTP1
 import NIOPosix
 import Router
 import SwitchyardCore
+import Synchronization
 
 /// One request streamed to an upstream instance and its answer streamed back, on the client
 /// connection's event loop. An instance that cannot be reached is replaced by another (nothing
@@ -99,7 +100,14 @@ final class GatewaySession: HTTPStreamSession {
         retriesLeft = retries
         self.retryAnswers = retryAnswers
         self.maxBodyBytes = maxBodyBytes
+        #if DEBUG
+            pool?.sessionsAlive.add(1, ordering: .relaxed)
+        #endif
     }
+
+    #if DEBUG
+        deinit { pool?.sessionsAlive.subtract(1, ordering: .relaxed) }
+    #endif
 
     /// The balancer's choice among the candidates not tried yet whose circuits admit one.
     private func choose() -> ServiceInstance? {
@@ -323,6 +331,7 @@ final class GatewaySession: HTTPStreamSession {
         over = true
         disarm()
         upstream?.close(promise: nil)
+        releaseUpstream()
     }
 
     func clientWritabilityChanged(_ writable: Bool) {
@@ -446,10 +455,25 @@ final class GatewaySession: HTTPStreamSession {
         if let pool, let instance, requestEnded, upstreamKeepAlive, upstreamHandler?.active == true {
             // Kept for the next request: reading as usual.
             if upstreamReadingPaused { channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in } }
-            if let upstreamHandler { pool.put(upstreamHandler, for: instance.address) } else { channel.close(promise: nil) }
+            if let upstreamHandler {
+                // (Idle, it holds no session: the last one, its writer and client go now.)
+                upstreamHandler.session = nil
+                pool.put(upstreamHandler, for: instance.address)
+            } else {
+                channel.close(promise: nil)
+            }
         } else {
             channel.close(promise: nil)
         }
+        releaseUpstream()
+    }
+
+    /// The exchange is over: the session lets go of its connection, which may serve another
+    /// session from the pool now (nothing this one still hears of may touch it), and the two
+    /// no longer hold each other.
+    private func releaseUpstream() {
+        upstream = nil
+        upstreamHandler = nil
     }
 
     func upstreamFailed(_ detail: String, from handler: UpstreamHandler) {
@@ -466,6 +490,7 @@ final class GatewaySession: HTTPStreamSession {
         exchange?.finish(status: writer?.headSent == true ? self.status : Int(status.code), error: code)
         disarm()
         upstream?.close(promise: nil)
+        releaseUpstream()
         writer?.respond(.error(status, code, message), closeAfter: !requestEnded)
     }
 }
@@ -481,7 +506,10 @@ private struct AttemptDeadline: NIOScheduledCallbackHandler, @unchecked Sendable
 /// Relays the upstream's answer to its session, and keeps the current attempt's deadline.
 final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPClientResponsePart
-    var session: GatewaySession
+    /// The session this connection serves now; nil once the handler left its pipeline (the
+    /// session holds its handler while the attempt lasts: the pair must not outlive the
+    /// connection).
+    var session: GatewaySession?
     var complete = false
     /// The connection is open (kept from its events: `Channel.isActive` costs more, asked once
     /// or twice per request).
@@ -503,7 +531,8 @@ final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
     func handlerAdded(context: ChannelHandlerContext) {
         channel = context.channel
         active = context.channel.isActive
-        deadline = MovingDeadline(eventLoop: context.eventLoop) { [weak self] in self?.session.attemptTimedOut() }
+        // (Held strongly until `handlerRemoved` stops it: see `MovingDeadline.expired`.)
+        deadline = MovingDeadline(eventLoop: context.eventLoop) { self.session?.attemptTimedOut() }
         self.context = context
         codec = try? context.pipeline.syncOperations.handler(type: HTTP1ClientCodec.self)
         codec?.receiver = self
@@ -513,6 +542,7 @@ final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
         codec?.receiver = nil
         self.context = nil
         deadline?.stop()
+        session = nil
     }
 
     /// To the codec by a direct call.
@@ -542,21 +572,21 @@ final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
             // 1xx answers other than 101 precede the real one.
             if head.status.code >= 100 && head.status.code < 200 && head.status.code != 101 { return }
             guard let codec else { return }
-            session.responseHead(head, answerIn: codec, from: self)
-        case .body(let chunk): session.responseBody(chunk, from: self)
+            session?.responseHead(head, answerIn: codec, from: self)
+        case .body(let chunk): session?.responseBody(chunk, from: self)
         case .end:
             complete = true
-            session.responseEnd(from: self)
+            session?.responseEnd(from: self)
         }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        session.upstreamReadComplete(from: self)
+        session?.upstreamReadComplete(from: self)
         context.fireChannelReadComplete()
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        session.upstreamWritabilityChanged(context.channel.isWritable, from: self)
+        session?.upstreamWritabilityChanged(context.channel.isWritable, from: self)
         context.fireChannelWritabilityChanged()
     }
 
@@ -567,12 +597,12 @@ final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         active = false
-        if !complete { session.upstreamFailed("the connection closed before the answer was complete", from: self) }
+        if !complete { session?.upstreamFailed("the connection closed before the answer was complete", from: self) }
         context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if !complete { session.upstreamFailed("\(error)", from: self) }
+        if !complete { session?.upstreamFailed("\(error)", from: self) }
         context.close(promise: nil)
     }
 }
@@ -628,6 +658,12 @@ final class UpstreamPool: @unchecked Sendable {
     private let lock = NIOLock()
     /// (Lists are objects changed in place: a request's take and put allocate nothing.)
     private var idle: [Key: IdleList] = [:]
+    #if DEBUG
+        /// Sessions of this pool's responder not yet freed (debug builds: tests check that nothing
+        /// holds a session once its exchange is over — a session and its upstream connection's
+        /// handler once held each other, and every connection the upstream closed leaked both).
+        let sessionsAlive = Atomic<Int>(0)
+    #endif
 
     fileprivate final class IdleList {
         var handlers: [UpstreamHandler] = []
@@ -679,8 +715,9 @@ final class UpstreamPool: @unchecked Sendable {
     func watch(_ handler: UpstreamHandler, on channel: any Channel, for address: String) {
         let key = Self.key(address, channel.eventLoop)
         let gone = ObjectIdentifier(handler)
-        channel.closeFuture.whenComplete { [weak self] _ in
-            guard let self else { return }
+        // (The pool held strongly until the connection closes: a weak reference would give it a
+        // side table, and its retains per request the runtime's slow path.)
+        channel.closeFuture.whenComplete { _ in
             self.lock.withLock { self.idle[key]?.handlers.removeAll { ObjectIdentifier($0) == gone } }
         }
     }

@@ -308,7 +308,8 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         codec?.receiver = self
-        headDeadline = MovingDeadline(eventLoop: context.eventLoop) { [weak self] in self?.context?.channel.close(promise: nil) }
+        // (Held strongly until `handlerRemoved` stops it: see `MovingDeadline.expired`.)
+        headDeadline = MovingDeadline(eventLoop: context.eventLoop) { self.context?.channel.close(promise: nil) }
         armHeadTimer()
     }
 

@@ -6,12 +6,17 @@ public import NIOCore
 /// keep-alive connection schedules no timer per request. Event loop only.
 package final class MovingDeadline {
     private let eventLoop: any EventLoop
-    private let expired: () -> Void
+    /// Held until `stop()`. Owners pass a closure that holds them strongly (a cycle `stop()`
+    /// breaks; they stop it when they leave their pipeline), not weakly: a weak reference gives
+    /// an object a side table, and then every retain and release of it takes the runtime's slow
+    /// path — a connection's handlers are retained and released dozens of times per request.
+    private var expired: (() -> Void)?
     private var deadline: NIODeadline?
     private var timer: Scheduled<Void>?
     private var timerAt = NIODeadline.distantFuture
 
-    /// `expired` is called on the loop when a deadline passes (the deadline is cleared first).
+    /// `expired` is called on the loop when a deadline passes (the deadline is cleared first),
+    /// until `stop()`.
     package init(eventLoop: any EventLoop, expired: @escaping () -> Void) {
         self.eventLoop = eventLoop
         self.expired = expired
@@ -27,9 +32,10 @@ package final class MovingDeadline {
     /// No deadline for now (the timer, if it comes, finds none and stops).
     package func clear() { deadline = nil }
 
-    /// No deadline and no timer (the connection is going).
+    /// No deadline, no timer and no `expired` (the connection is going).
     package func stop() {
         deadline = nil
+        expired = nil
         timer?.cancel()
         timer = nil
     }
@@ -45,7 +51,7 @@ package final class MovingDeadline {
         guard let deadline else { return }
         if deadline <= .now() {
             self.deadline = nil
-            expired()
+            expired?()
         } else {
             schedule(at: deadline)
         }

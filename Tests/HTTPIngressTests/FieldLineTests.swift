@@ -45,7 +45,10 @@ import Testing
             bytes.withUnsafeBytes { raw in
                 let expected = Self.reference(raw, from: 0)
                 let actual = Self.onePass(raw, from: 0)
-                #expect(actual?.name == expected?.name && actual?.value == expected?.value && actual?.next == expected?.next, "\(text.debugDescription)")
+                #expect(
+                    actual?.name == expected?.name && actual?.value == expected?.value && actual?.next == expected?.next,
+                    "\(text.debugDescription)"
+                )
             }
         }
     }
