@@ -406,11 +406,12 @@ final class GatewaySession: HTTPStreamSession {
         exchange?.decorate(&headers)
         // The codecs still deliver this exchange's end: rebuild the pipelines on the next tick.
         let bound = NIOLoopBound((writer, headers), eventLoop: channel.eventLoop)
+        let pool = pool
         channel.eventLoop.execute {
             let (writer, headers) = bound.value
             // Bytes either codec held back are queued until both pipelines are raw.
-            let toUpstream = TunnelEnd(source: writer.channel)
-            let toClient = TunnelEnd(source: channel)
+            let toUpstream = TunnelEnd(source: writer.channel, pool: pool)
+            let toClient = TunnelEnd(source: channel, pool: pool)
             let upstreamTunnel = RawTunnelHandler(peer: toClient)
             let ops = channel.pipeline.syncOperations
             do {
@@ -611,19 +612,38 @@ final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
 /// source pauses; when either side closes, so does the other.
 final class TunnelEnd: RawTunnelPeer {
     let source: any Channel
-    /// The other connection's tunnel handler; nil until both connections are raw (bytes wait).
+    /// The other connection's tunnel handler; nil until both connections are raw (bytes wait),
+    /// and again once the source closed. (The two ends and the two handlers hold each other in
+    /// a ring: letting go of the target when the source closes breaks it, so both connections
+    /// are freed — before, every WebSocket leaked both.)
     private var target: RawTunnelHandler?
     private var queued: [ByteBuffer] = []
     private var closed = false
+    #if DEBUG
+        private let pool: UpstreamPool?
+    #endif
 
-    init(source: any Channel) { self.source = source }
+    init(source: any Channel, pool: UpstreamPool?) {
+        self.source = source
+        #if DEBUG
+            self.pool = pool
+            pool?.tunnelEndsAlive.add(1, ordering: .relaxed)
+        #endif
+    }
+
+    #if DEBUG
+        deinit { pool?.tunnelEndsAlive.subtract(1, ordering: .relaxed) }
+    #endif
 
     func open(to target: RawTunnelHandler) {
-        self.target = target
         for bytes in queued { target.send(bytes, flush: false) }
         queued = []
         target.channel?.flush()
-        if closed { target.channel?.close(promise: nil) }
+        if closed {
+            target.channel?.close(promise: nil)
+        } else {
+            self.target = target
+        }
     }
 
     func tunnelBytes(_ bytes: ByteBuffer) {
@@ -638,6 +658,8 @@ final class TunnelEnd: RawTunnelPeer {
     func tunnelClosed() {
         closed = true
         target?.channel?.close(promise: nil)
+        target = nil
+        queued = []
     }
 
     /// The source's own writability: reading the other connection follows it.
@@ -663,6 +685,8 @@ final class UpstreamPool: @unchecked Sendable {
         /// holds a session once its exchange is over — a session and its upstream connection's
         /// handler once held each other, and every connection the upstream closed leaked both).
         let sessionsAlive = Atomic<Int>(0)
+        /// The ends of WebSocket tunnels not yet freed (debug builds: none once both sides closed).
+        let tunnelEndsAlive = Atomic<Int>(0)
     #endif
 
     fileprivate final class IdleList {

@@ -11,19 +11,26 @@ import Testing
 /// handler once held each other: every connection the upstream closed leaked both, with the
 /// connection's buffers — ~6 KB per request in a release build.)
 @Suite struct GatewayLifetimeTests {
-    static func sessionsAlive(_ server: TestServer) -> Int {
-        guard let gateway = server.app.ingest?.streaming as? GatewayResponder else { return -1 }
-        return gateway.pool.sessionsAlive.load(ordering: .relaxed)
+    static func pool(_ server: TestServer) -> UpstreamPool? {
+        (server.app.ingest?.streaming as? GatewayResponder)?.pool
     }
 
-    /// Polls until no session is alive (the client connections' handlers let go of theirs as
-    /// the connections close, on the event loops): the count then, or after 5 s.
-    static func settled(_ server: TestServer) async -> Int {
+    static func sessionsAlive(_ server: TestServer) -> Int {
+        pool(server)?.sessionsAlive.load(ordering: .relaxed) ?? -1
+    }
+
+    static func tunnelEndsAlive(_ server: TestServer) -> Int {
+        pool(server)?.tunnelEndsAlive.load(ordering: .relaxed) ?? -1
+    }
+
+    /// Polls until `count` is 0 (the connections' handlers let go as the connections close, on
+    /// the event loops): the count then, or after 5 s.
+    static func settled(_ count: () -> Int) async -> Int {
         for _ in 0..<100 {
-            if sessionsAlive(server) == 0 { return 0 }
+            if count() == 0 { return 0 }
             try? await Task.sleep(nanoseconds: 50_000_000)
         }
-        return sessionsAlive(server)
+        return count()
     }
 
     @Test(arguments: [1, 0])
@@ -48,9 +55,34 @@ import Testing
             #expect(upstream.connectionsAccepted >= 40, "the upstream closed every connection: one per request")
         }
         #expect(Self.sessionsAlive(server) >= 0, "the gateway responder was not found")
-        let alive = await Self.settled(server)
+        let alive = await Self.settled { Self.sessionsAlive(server) }
         #expect(alive == 0, "\(alive) of 40 sessions still held after their exchanges (upstream closing every \(closeEvery))")
         await server.stop()
         await upstream.stop()
+    }
+
+    /// A WebSocket's tunnel (two ends, two handlers, both connections) is freed once both
+    /// sides closed, and so is its session.
+    @Test func aWebSocketTunnelIsFreedOnceBothSidesClosed() async throws {
+        let echo = try await GatewayWebSocketTests.echoServer()
+        defer { echo.close(promise: nil) }
+        let server = try await TestServer.start(
+            """
+            gateway:
+              routes:
+                - {name: chat, path_prefix: /ws, service: chat}
+            services:
+              chat: {instances: [{url: "http://127.0.0.1:\(echo.localAddress!.port!)"}]}
+            """
+        )
+        for _ in 0..<3 {
+            let echoed = try await ProcessTests.runScenario(GatewayWebSocketTests.script, ["ws://127.0.0.1:\(server.httpPort)/ws/room", "echo"])
+            #expect(echoed["echoed"] as? Int == 4 && echoed["closed_cleanly"] as? Bool == true, "\(echoed)")
+        }
+        let ends = await Self.settled { Self.tunnelEndsAlive(server) }
+        #expect(ends == 0, "\(ends) of 6 tunnel ends still held after both sides closed")
+        let sessions = await Self.settled { Self.sessionsAlive(server) }
+        #expect(sessions == 0, "\(sessions) of 3 WebSocket sessions still held")
+        await server.stop()
     }
 }
