@@ -85,4 +85,36 @@ import Testing
         #expect(sessions == 0, "\(sessions) of 3 WebSocket sessions still held")
         await server.stop()
     }
+
+    /// Failed exchanges let go too: an instance that refuses connections (502) and one that
+    /// answers after the route's timeout (504); 503 once their circuits opened.
+    @Test func failedExchangesAreFreed() async throws {
+        let slow = try await TestHTTPService.start()
+        slow.setDelay(seconds: 0.5)
+        let refusing = try await TestHTTPService.start()
+        let refusingURL = refusing.url
+        await refusing.stop(closingConnections: true)
+        let server = try await TestServer.start(
+            """
+            gateway:
+              routes:
+                - {name: gone, path_prefix: /gone, service: gone, retries: 0}
+                - {name: slow, path_prefix: /slow, service: slow, timeout: 100ms, retries: 0}
+            services:
+              gone: {instances: [{url: "\(refusingURL)"}]}
+              slow: {instances: [{url: "\(slow.url)"}]}
+            """
+        )
+        for i in 0..<10 {
+            let gone = try await TestHTTPClient.request("GET", port: server.httpPort, path: "/gone/\(i)", body: "")
+            // (503 once the instance's circuit opened after its failures.)
+            #expect([502, 503].contains(gone.status), "\(gone.status) \(gone.body)")
+            let slowAnswer = try await TestHTTPClient.request("GET", port: server.httpPort, path: "/slow/\(i)", body: "")
+            #expect([504, 503].contains(slowAnswer.status), "\(slowAnswer.status) \(slowAnswer.body)")
+        }
+        let alive = await Self.settled { Self.sessionsAlive(server) }
+        #expect(alive == 0, "\(alive) of 20 failed sessions still held")
+        await server.stop()
+        await slow.stop()
+    }
 }
