@@ -658,8 +658,7 @@ final class TunnelEnd: RawTunnelPeer {
     func tunnelClosed() {
         closed = true
         target?.channel?.close(promise: nil)
-        target = nil
-        queued = []
+        target = nil  // (bytes queued before the tunnel opened still go through `open`, then the close)
     }
 
     /// The source's own writability: reading the other connection follows it.
