@@ -1,6 +1,11 @@
 import Foundation
 import SwitchyardTesting
+import Synchronization
 import Testing
+
+@testable import Gateway
+@testable import HTTPIngress
+@testable import SwitchyardServer
 
 /// HTTP/2 towards clients — h2c by prior knowledge on the plain listener, h2 by ALPN on the TLS
 /// listener — and mutual TLS identities as trusted callers, with curl (nghttp2) as the client.
@@ -113,5 +118,11 @@ import Testing
             ]
         )
         #expect(status != 0 && !base.received.contains { $0.uri == "/api/rogue" })
+        // HTTP/2 streams let go of their sessions too, on both listeners.
+        for listener in [server.app.ingest, server.app.ingestTLS] {
+            let pool = (listener?.streaming as? GatewayResponder)?.pool
+            let alive = await GatewayLifetimeTests.settled { pool?.sessionsAlive.load(ordering: .relaxed) ?? -1 }
+            #expect(alive == 0, "\(alive) sessions still held")
+        }
     }
 }
