@@ -250,7 +250,7 @@ public final class GatewaySnapshot: Sendable {
     }
 
     static func isPreflight(_ head: HTTPRequestHead) -> Bool {
-        if case .OPTIONS = head.method {} else { return false }
+        guard case .OPTIONS = head.method else { return false }
         return head.headers.contains(name: "origin") && head.headers.contains(name: "access-control-request-method")
     }
 

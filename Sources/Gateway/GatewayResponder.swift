@@ -128,17 +128,17 @@ public final class GatewayResponder: HTTPStreamingResponder {
         var hosts = 0
         var problem: String?
         for (name, value) in head.headers where HTTP1Syntax.name(name, is: "host") {
-            let verdict = value.withUTF8Bytes { bytes -> String?? in
+            value.withUTF8Bytes { bytes in
                 let host = HTTP1Syntax.trimmed(bytes)
-                if host.isEmpty { return nil }  // an empty Host is no Host
-                if host.contains(UInt8(ascii: ",")) { return .some("more than one Host header") }
-                if !host.allSatisfy(isHostByte) { return .some("Host \"\(String(decoding: host, as: UTF8.self))\" is not a host name") }
-                return .some(nil)
+                guard !host.isEmpty else { return }  // an empty Host is no Host
+                hosts += 1
+                if host.contains(UInt8(ascii: ",")) {
+                    problem = "more than one Host header"
+                } else if !host.allSatisfy(isHostByte) {
+                    problem = "Host \"\(String(decoding: host, as: UTF8.self))\" is not a host name"
+                }
             }
-            guard let verdict else { continue }
-            hosts += 1
             if hosts > 1 { return "more than one Host header" }
-            problem = verdict
         }
         guard hosts > 0 else {
             return head.version.major > 1 || head.version.minor >= 1 ? "an HTTP/1.1 request needs a Host header" : nil

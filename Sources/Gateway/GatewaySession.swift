@@ -713,25 +713,25 @@ final class UpstreamPool: @unchecked Sendable {
 
     func put(_ handler: UpstreamHandler, for address: String) {
         guard let channel = handler.channel else { return }
-        let known = handler.idleList
-        let key = known == nil ? Self.key(address, channel.eventLoop) : nil
+        // (A connection's list is found once; lists stay in the pool once made.)
+        let list = handler.idleList ?? self.list(for: Self.key(address, channel.eventLoop))
+        handler.idleList = list
         let kept = lock.withLock { () -> Bool in
-            // (A connection's list is found once; lists stay in the pool once made.)
-            let list: IdleList
-            if let known {
-                list = known
-            } else if let existing = idle[key!] {
-                list = existing
-            } else {
-                list = IdleList()
-                idle[key!] = list
-            }
-            handler.idleList = list
             guard list.handlers.count < Self.maxIdle else { return false }
             list.handlers.append(handler)
             return true
         }
         if !kept { channel.close(promise: nil) }
+    }
+
+    /// The idle list of an address on a loop, made when first asked for.
+    private func list(for key: Key) -> IdleList {
+        lock.withLock {
+            if let list = idle[key] { return list }
+            let list = IdleList()
+            idle[key] = list
+            return list
+        }
     }
 
     /// Once per connection: when it closes, it leaves the pool.

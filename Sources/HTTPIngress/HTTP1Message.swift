@@ -221,20 +221,6 @@ package enum HTTP1Message {
         return nil
     }
 
-    /// `name: value` (a token, then a value of visible characters, spaces and tabs); nil when malformed.
-    static func nameAndValue(_ line: UnsafeRawBufferPointer) -> (UnsafeRawBufferPointer, UnsafeRawBufferPointer)? {
-        // (Loops rather than `allSatisfy` with a function: these run for every byte of a head.)
-        var colon = 0
-        while colon < line.count && line[colon] != UInt8(ascii: ":") {
-            guard HTTP1Syntax.isTokenByte(line[colon]) else { return nil }
-            colon += 1
-        }
-        guard colon > 0, colon < line.count else { return nil }
-        let value = HTTP1Syntax.trimmed(UnsafeRawBufferPointer(rebasing: line[(colon + 1)...]))
-        for byte in value where !HTTP1Syntax.isFieldValueByte(byte) { return nil }
-        return (UnsafeRawBufferPointer(rebasing: line[..<colon]), value)
-    }
-
     /// Reads a body framed by a length or chunked (with trailers) from the bytes as they come.
     package struct BodyReader {
         enum State {
@@ -330,8 +316,13 @@ package enum HTTP1Message {
                         trailers = []
                         return .end(fields.isEmpty ? nil : HTTPHeaders(fields))
                     }
-                    let field = buffer.withUnsafeReadableBytes { HTTP1Message.nameAndValue(UnsafeRawBufferPointer(rebasing: $0[..<length])) }
-                        .map { (String(decoding: $0.0, as: UTF8.self), String(decoding: $0.1, as: UTF8.self)) }
+                    // (The same rule as a head's field lines.)
+                    let field = buffer.withUnsafeReadableBytes { bytes in
+                        let line = UnsafeRawBufferPointer(rebasing: bytes[..<(length + 2)])
+                        return HTTP1Message.fieldLine(line, from: 0).map {
+                            (String(decoding: line[$0.name], as: UTF8.self), String(decoding: line[$0.value], as: UTF8.self))
+                        }
+                    }
                     buffer.moveReaderIndex(forwardBy: length + 2)
                     guard let field else { throw Malformed("malformed trailer field") }
                     trailers.append(field)

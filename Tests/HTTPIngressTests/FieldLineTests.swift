@@ -4,14 +4,22 @@ import Testing
 @testable import HTTPIngress
 
 /// The one-pass field-line reader (eight value bytes at a time) against the two-pass rule it
-/// replaced: find the CR LF, then check the name's and the value's bytes.
+/// replaced, kept here as the reference: find the CR LF, then check the name's and the value's
+/// bytes.
 @Suite struct FieldLineTests {
     /// The rule as two passes, byte by byte: the reference.
     static func reference(_ raw: UnsafeRawBufferPointer, from start: Int) -> (name: [UInt8], value: [UInt8], next: Int)? {
         guard let n = HTTP1Syntax.lineLength(UnsafeRawBufferPointer(rebasing: raw[start...])) else { return nil }
         let line = UnsafeRawBufferPointer(rebasing: raw[start..<(start + n)])
-        guard let (name, value) = HTTP1Message.nameAndValue(line) else { return nil }
-        return (Array(name), Array(value), start + n + 2)
+        var colon = 0
+        while colon < line.count && line[colon] != UInt8(ascii: ":") {
+            guard HTTP1Syntax.isTokenByte(line[colon]) else { return nil }
+            colon += 1
+        }
+        guard colon > 0, colon < line.count else { return nil }
+        let value = HTTP1Syntax.trimmed(UnsafeRawBufferPointer(rebasing: line[(colon + 1)...]))
+        guard value.allSatisfy(HTTP1Syntax.isFieldValueByte) else { return nil }
+        return (Array(line[..<colon]), Array(value), start + n + 2)
     }
 
     static func onePass(_ raw: UnsafeRawBufferPointer, from start: Int) -> (name: [UInt8], value: [UInt8], next: Int)? {
