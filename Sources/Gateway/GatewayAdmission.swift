@@ -20,7 +20,7 @@ final class Admission {
 
     let route: CompiledRoute?
     /// The route's name, or `egress`.
-    let routeName: String
+    var routeName: String { route?.config.name ?? "egress" }
     /// From a trusted network or with a trusted client certificate.
     let trusted: Bool
     /// What was decided, in words (kept only for `explain`: not built for every request).
@@ -43,7 +43,6 @@ final class Admission {
     init(route: CompiledRoute?, trusted: Bool) {
         self.route = route
         self.trusted = trusted
-        routeName = route?.config.name ?? "egress"
     }
 
     func step(_ text: @autoclosure () -> String) {

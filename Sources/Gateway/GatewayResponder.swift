@@ -24,10 +24,7 @@ public final class GatewayResponder: HTTPStreamingResponder {
         // Everything that is not the gateway's is the message channel's.
         guard let admission = snapshot.admit(head, client: remoteAddress, identities: writer.peerIdentities) else { return nil }
         let route = admission.route
-        let exchange = Exchange(head: head, client: remoteAddress, route: route, snapshot: snapshot)
-        exchange.consumer = admission.consumer
-        exchange.lane = admission.lane
-        exchange.responseHeaders = admission.responseHeaders
+        let exchange = Exchange(head: head, client: remoteAddress, admission: admission, snapshot: snapshot)
         if let refusal = admission.refusal {
             return exchange.reject(writer, refusal.status, refusal.code, refusal.message, headers: refusal.headers, closeAfter: refusal.closeAfter)
         }
@@ -366,35 +363,38 @@ final class Exchange {
     let method: String
     let uri: String
     let host: String
-    /// The client's address, formatted only for the access log.
+    /// The client's address (kept only for the access log).
     let client: SocketAddress?
-    let routeName: String
+    /// Its route, lane, consumer and the headers added to its answer (CORS), as admitted:
+    /// read from there, not copied.
+    let admission: Admission
     let metrics: GatewayMetrics
     let accessLog: AccessLog?
-    let responseRewrite: SwitchyardConfiguration.HeaderRewrite?
+    /// The route changes its answers' headers.
+    let rewritesAnswers: Bool
     let traceparent: String
-    var lane: String?
-    var consumer: String?
     var upstream: ServiceInstance?
     var attempts = 0
     var debug = false
-    /// Added to the answer (CORS).
-    var responseHeaders = HTTPHeaders()
+
+    var lane: String? { admission.lane }
+    var consumer: String? { admission.consumer }
+    var responseHeaders: HTTPHeaders { admission.responseHeaders }
     /// The route's circuit, told the outcome at the end.
     var breaker: TargetBreaker?
     /// Gives back the route's concurrency slot.
     var release: (() -> Void)?
 
-    init(head: HTTPRequestHead, client: SocketAddress?, route: CompiledRoute?, snapshot: GatewaySnapshot) {
+    init(head: HTTPRequestHead, client: SocketAddress?, admission: Admission, snapshot: GatewaySnapshot) {
         accessLog = snapshot.accessLog
         // (What only the access log shows is kept only for it.)
         method = accessLog == nil ? "" : head.method.rawValue
         uri = accessLog == nil ? "" : head.uri
         host = accessLog == nil ? "" : head.headers.first(name: "host") ?? ""
-        self.client = client
-        routeName = route?.config.name ?? "egress"
-        metrics = route?.metrics ?? snapshot.egressMetrics
-        responseRewrite = route?.config.responseHeaders
+        self.client = accessLog == nil ? nil : client
+        self.admission = admission
+        metrics = admission.route?.metrics ?? snapshot.egressMetrics
+        rewritesAnswers = admission.route.map { !$0.config.responseHeaders.isEmpty } ?? false
         if let given = head.headers.first(name: "traceparent"), TraceContext(traceparent: given) != nil {
             traceparent = given
         } else {
@@ -424,12 +424,12 @@ final class Exchange {
 
     /// Whether `decorate` adds or changes anything (an answer's head passes untouched if not).
     var decorates: Bool {
-        (responseRewrite.map { !$0.isEmpty } ?? false) || !responseHeaders.isEmpty || (debug && upstream != nil)
+        rewritesAnswers || !admission.responseHeaders.isEmpty || (debug && upstream != nil)
     }
 
     /// Response headers of the route, CORS and (for trusted debug callers) lane and upstream.
     func decorate(_ headers: inout HTTPHeaders) {
-        if let responseRewrite, !responseRewrite.isEmpty { GatewayResponder.apply(responseRewrite, to: &headers) }
+        if rewritesAnswers, let route = admission.route { GatewayResponder.apply(route.config.responseHeaders, to: &headers) }
         if !responseHeaders.isEmpty { headers.add(contentsOf: responseHeaders) }
         if debug, let upstream {
             headers.replaceOrAdd(name: "x-switchyard-lane-effective", value: upstream.lane ?? "baseline")
@@ -451,7 +451,7 @@ final class Exchange {
         var line = "{\"ts\":\(String(format: "%.3f", Date().timeIntervalSince1970))"
         line += ",\"trace_id\":\(JSONText.quote(TraceContext(traceparent: traceparent)?.traceID ?? ""))"
         line += ",\"client\":\(JSONText.quote(client?.ipAddress ?? "")),\"method\":\(JSONText.quote(method)),\"host\":\(JSONText.quote(host))"
-        line += ",\"uri\":\(JSONText.quote(uri)),\"route\":\(JSONText.quote(routeName)),\"lane\":\(JSONText.quote(lane ?? "baseline"))"
+        line += ",\"uri\":\(JSONText.quote(uri)),\"route\":\(JSONText.quote(admission.routeName)),\"lane\":\(JSONText.quote(lane ?? "baseline"))"
         if let upstream {
             line += ",\"lane_effective\":\(JSONText.quote(upstream.lane ?? "baseline")),\"upstream\":\(JSONText.quote(upstream.key))"
         }

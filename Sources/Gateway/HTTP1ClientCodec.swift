@@ -25,6 +25,8 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
     private var received: ByteBuffer?
     /// Methods of requests sent and not yet answered (HEAD answers have no body).
     private var methods: [HTTPMethod] = []
+    /// How many of `methods` were answered (the list empties, keeping its storage, once all were).
+    private var answered = 0
     private var writer = HTTP1Message.Writer()
     /// The `host` every request on this connection carries: the instance's address (the
     /// request heads themselves carry none).
@@ -214,7 +216,7 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
                     return
                 }
                 guard length <= Self.maxHeadBytes else { return fail("answer head larger than 64 KiB", context: context) }
-                guard !methods.isEmpty else { return fail("an answer to no request", context: context) }
+                guard answered < methods.count else { return fail("an answer to no request", context: context) }
                 // The last answer's lines are written by now: their buffer takes this one's (no
                 // allocation per answer unless something still holds it).
                 var lines: ByteBuffer? = answer.fieldLines
@@ -232,7 +234,12 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
                 let head = headBox
                 let code = head.status.code
                 if code >= 100 && code < 200 && code != 101 { continue }  // interim: the real answer follows
-                let method = methods.removeFirst()
+                let method = methods[answered]
+                answered += 1
+                if answered == methods.count {
+                    methods.removeAll(keepingCapacity: true)
+                    answered = 0
+                }
                 let body: HTTP1Message.BodyReader
                 switch Self.bodyFraming(section, status: code, method: method) {
                 case .failure(let malformed): return fail(malformed.description, context: context)

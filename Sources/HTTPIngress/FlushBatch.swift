@@ -43,7 +43,11 @@ package final class FlushBatch {
     /// flushes there go out at once.
     private let loop: (any EventLoop)?
     private var queued: [any BatchFlushing] = []
+    /// The batch being flushed (kept: its storage is reused, no allocation per batch).
+    private var flushing: [any BatchFlushing] = []
     private var scheduled = false
+    /// The task that runs the batch, made once (not a closure per batch).
+    private var task: (@Sendable () -> Void)?
 
     private init(loop: (any EventLoop)?) { self.loop = loop }
 
@@ -61,16 +65,30 @@ package final class FlushBatch {
         batch.queued.append(codec)
         if !batch.scheduled {
             batch.scheduled = true
-            let bound = NIOLoopBound(batch, eventLoop: loop)
-            loop.execute { bound.value.run() }
+            loop.execute(batch.runTask())
         }
         return true
     }
 
+    private func runTask() -> @Sendable () -> Void {
+        if let task { return task }
+        // (Unowned: the batch keeps its task, and goes with its thread. Its tasks run on that
+        // thread while its loop runs, before then.)
+        let batch = Unowned(batch: self)
+        let made: @Sendable () -> Void = { batch.batch.run() }
+        task = made
+        return made
+    }
+
+    private struct Unowned: @unchecked Sendable {  // used only on the batch's thread
+        unowned let batch: FlushBatch
+    }
+
     private func run() {
         scheduled = false
-        let all = queued
-        queued.removeAll(keepingCapacity: true)
-        for codec in all { codec.flushBatched() }
+        // Flushes may queue more (for the next batch): the two lists swap, neither is copied.
+        swap(&queued, &flushing)
+        for codec in flushing { codec.flushBatched() }
+        flushing.removeAll(keepingCapacity: true)
     }
 }
