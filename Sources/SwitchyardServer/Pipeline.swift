@@ -4,6 +4,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import Router
 import SwitchyardCore
+import Synchronization
 
 /// The `MessageSink` every channel feeds: identity → filters → tags/lane → journal →
 /// (per-device order) → router. A sender's acknowledgement waits for the journal commit.
@@ -14,6 +15,9 @@ final class Pipeline: MessageSink {
     let journal: Journal?
     let dispatcher: OrderedDispatcher
     let maxBacklogBytes: Int
+    /// With the journal off: what the accepted messages not yet delivered hold in memory (see
+    /// `memoryCost`), bounded by `maxBacklogBytes` as the journal's backlog is.
+    private let memoryBacklog = Atomic<Int>(0)
     /// Channels with their own subscribers (MQTT): a message no route takes goes only to them
     /// (outcome `broker_only`, not journaled) instead of the dead letters.
     let brokerOnlyChannels: Set<String>
@@ -35,6 +39,16 @@ final class Pipeline: MessageSink {
     }
 
     var snapshot: PipelineSnapshot { current.withLockedValue { $0 } }
+
+    /// Bytes the accepted messages waiting for delivery hold in memory (journal off; 0 with it on).
+    var memoryBacklogBytes: Int { memoryBacklog.load(ordering: .relaxed) }
+
+    /// What a message waiting in memory is counted as: its payload and topic, and 1.25 KiB for
+    /// what holds it (its envelope, its place in its device's queue, its delivery's state):
+    /// the node's memory grew by ~1.2 KiB per waiting message with 14-byte payloads (README).
+    static func memoryCost(_ envelope: Envelope) -> Int {
+        envelope.payload.readableBytes + envelope.topic.utf8.count + 1280
+    }
 
     func swap(_ snapshot: PipelineSnapshot) {
         current.withLockedValue { $0 = snapshot }
@@ -58,11 +72,15 @@ final class Pipeline: MessageSink {
         }
         if envelope.trace.isPending { envelope.trace = .generate(baggage: envelope.trace.baggage) }  // going further: it needs one
         guard let journal else {
+            if let rejection = backpressure(memoryBacklogBytes, inMemory: true) {
+                ledger.receivedAndRejected(channel: envelope.channel, reason: rejection.reason)
+                return .now(.rejected(rejection))
+            }
             ledger.receivedAndAccepted(channel: envelope.channel)
             deliver(envelope, sequence: nil, router: router)
             return .now(.accepted)
         }
-        if let rejection = backpressure(journal) {
+        if let rejection = backpressure(journal.backlogBytes, inMemory: false) {
             ledger.receivedAndRejected(channel: envelope.channel, reason: rejection.reason)
             return .now(.rejected(rejection))
         }
@@ -128,17 +146,19 @@ final class Pipeline: MessageSink {
             index += 1
         }
         let router = snapshot.router
-        guard let journal, !accepted.isEmpty else {
-            for (_, envelope) in accepted {
-                ledger.receivedAndAccepted(channel: envelope.channel)
-                deliver(envelope, sequence: nil, router: router)
-            }
-            return loop.makeSucceededFuture(results)
-        }
-        if let rejection = backpressure(journal) {
+        guard !accepted.isEmpty else { return loop.makeSucceededFuture(results) }
+        let backlog = journal?.backlogBytes ?? memoryBacklogBytes
+        if let rejection = backpressure(backlog, inMemory: journal == nil) {
             for (index, envelope) in accepted {
                 ledger.receivedAndRejected(channel: envelope.channel, reason: rejection.reason)
                 results[index] = .rejected(rejection)
+            }
+            return loop.makeSucceededFuture(results)
+        }
+        guard let journal else {
+            for (_, envelope) in accepted {
+                ledger.receivedAndAccepted(channel: envelope.channel)
+                deliver(envelope, sequence: nil, router: router)
             }
             return loop.makeSucceededFuture(results)
         }
@@ -176,14 +196,16 @@ final class Pipeline: MessageSink {
         }
     }
 
-    private func backpressure(_ journal: Journal) -> Rejection? {
-        let backlog = journal.backlogBytes
+    /// 503 while the messages waiting for delivery (in the journal, or in memory with it
+    /// off) are past `journal.max_bytes`.
+    private func backpressure(_ backlog: Int, inMemory: Bool) -> Rejection? {
         guard backlog > maxBacklogBytes else { return nil }
+        let held = inMemory ? "bytes of messages wait for delivery in memory (the journal is off)" : "bytes wait for delivery"
         return Rejection(
             filter: "journal",
             reason: "backpressure",
             status: 503,
-            message: "\(backlog) bytes wait for delivery (journal.max_bytes \(maxBacklogBytes)); retry later",
+            message: "\(backlog) \(held); the limit is journal.max_bytes, \(maxBacklogBytes); retry later",
             retryAfterSeconds: 1
         )
     }
@@ -201,9 +223,12 @@ final class Pipeline: MessageSink {
     /// Hands an accepted (journaled) message to delivery, behind its device's earlier ones;
     /// settles it in the journal once its outcome is final.
     /// `priorAttempts`: attempts it may have had before (the journal's count after a restart,
-    /// the dead letter's on replay); attempt numbers go on from there.
+    /// the dead letter's on replay); attempt numbers go on from there. With the journal off,
+    /// the message counts in the in-memory backlog until its delivery ends.
     func deliver(_ envelope: Envelope, sequence: UInt64?, router: Router, priorAttempts: Int = 0) {
         let journal = self.journal
+        let memoryCost = journal == nil ? Self.memoryCost(envelope) : 0
+        if memoryCost > 0 { memoryBacklog.add(memoryCost, ordering: .relaxed) }
         var attempts = Router.Attempts(first: priorAttempts + 1)
         if let journal, let sequence {
             attempts.recorder = journal
@@ -215,6 +240,7 @@ final class Pipeline: MessageSink {
             router.route(envelope, attempts: attempts, on: loop) { outcome in
                 // Cut off by shutdown: no outcome yet; the journal redelivers it at the next start.
                 if !outcome.isInterrupted, let sequence { journal?.settle(sequence) }
+                if memoryCost > 0 { self.memoryBacklog.subtract(memoryCost, ordering: .relaxed) }
                 done()
             }
         }

@@ -542,6 +542,11 @@ public final class SwitchyardApplication: Sendable {
                     "switchyard_journal_backlog_bytes", "Bytes of journaled messages not yet settled (backpressure past journal.max_bytes).",
                     Double(journal?.backlogBytes ?? 0)
                 ),
+                (
+                    "switchyard_memory_backlog_bytes",
+                    "With the journal off: bytes accepted messages hold in memory until delivered, 1.25 KiB each besides payload and topic (backpressure past journal.max_bytes).",
+                    Double(pipeline.memoryBacklogBytes)
+                ),
                 ("switchyard_journal_pending_bytes", "Bytes appended and not yet committed to disk.", Double(journal?.pendingBytes ?? 0)),
                 ("switchyard_journal_unsettled_messages", "Journaled messages awaiting their final outcome.", Double(journal?.unsettledCount ?? 0)),
                 ("switchyard_dead_letters_stored", "Dead letters currently kept (durably when the journal is on).", Double(shared.deadLetters.count)),

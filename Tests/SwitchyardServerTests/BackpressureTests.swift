@@ -2,6 +2,8 @@ import Foundation
 import SwitchyardTesting
 import Testing
 
+@testable import SwitchyardServer
+
 /// A stopped service is not an error of the messages: they wait in the journal up to its
 /// cap, then the HTTP channel pushes back with 503 + Retry-After; none accepted is lost.
 @Suite(.serialized) struct BackpressureTests {
@@ -43,6 +45,67 @@ import Testing
         let arrived = Set(got.map { String($0.body.prefix { $0 != ":" }) })
         #expect(arrived.isSuperset(of: accepted), "\(Set(accepted).subtracting(arrived).count) accepted messages lost")
         await server.settle(timeoutSeconds: 10)
+        #expect(try await server.post("devices/d0/x", body: "after").status == 202)
+        let ledger = server.app.ledger.snapshot()
+        #expect(ledger.balances)
+        #expect(ledger.deadLetteredTotal == 0)
+        await server.stop()
+        await svc.stop()
+    }
+
+    /// With the journal off the same cap bounds what waits in memory (else a service that is
+    /// down or slow would grow the node until it runs out of memory, and lose everything).
+    @Test func withTheJournalOffTheCapBoundsWhatIsHeldInMemory() async throws {
+        var svc = try await TestHTTPService.startRestartable()
+        let port = svc.port
+        await svc.stop()
+        let server = try await TestServer.start(
+            """
+            journal: {enabled: false, max_bytes: 1MiB}
+            routes:
+              - {name: r, match: "^devices/(?<device>[^/]+)/x$", targets: [{service: s, path: "/in/{device}", retries: 0}]}
+            services:
+              s: {instances: [{url: "http://127.0.0.1:\(port)"}], circuit: {open_for: 1s, max_open_for: 2s}}
+            """
+        )
+        let payload = String(repeating: "p", count: 4096)
+        var accepted: [String] = []
+        var pushedBack: TestHTTPClient.Response?
+        for i in 0..<1000 where pushedBack == nil {
+            let id = "m-\(i)"
+            let r = try await server.post("devices/d\(i % 8)/x", body: id + ":" + payload, headers: [("x-message-id", id)])
+            switch r.status {
+            case 202: accepted.append(id)
+            case 503: pushedBack = r
+            default: Issue.record("unexpected \(r.status): \(r.body)")
+            }
+        }
+        let refusal = try #require(pushedBack, "no 503 after \(accepted.count) messages")
+        #expect(refusal.body.contains("\"error\":\"backpressure\""))
+        #expect(refusal.body.contains("in memory"), "\(refusal.body)")
+        #expect(refusal.header("retry-after") == "1")
+        let batch = try await TestHTTPClient.request(
+            "POST",
+            port: server.httpPort,
+            path: "/v1/batch",
+            headers: [("content-type", "application/x-ndjson")],
+            body: #"{"topic": "devices/d1/x", "payload": "in a batch"}"#
+        )
+        #expect(batch.status == 503, "\(batch.status) \(batch.body)")
+        // Each 4 KiB message counts ~5.3 KiB (payload, topic, 1.25 KiB for what holds it): ~195 fit.
+        #expect((150...260).contains(accepted.count), "\(accepted.count) accepted")
+        let held = try await server.admin("GET", "/metrics").body
+        let gauge = held.split(separator: "\n").first { $0.hasPrefix("switchyard_memory_backlog_bytes ") }
+        let bytes = gauge.flatMap { Double($0.split(separator: " ").last ?? "") } ?? 0
+        #expect(bytes > 1_048_576, "\(gauge.map(String.init) ?? "no switchyard_memory_backlog_bytes")")
+
+        // The service comes back: everything accepted arrives, and the backlog is empty again.
+        svc = try await TestHTTPService.start(port: port)
+        let got = await svc.waitFor(count: accepted.count, timeoutSeconds: 30)
+        let arrived = Set(got.map { String($0.body.prefix { $0 != ":" }) })
+        #expect(arrived.isSuperset(of: accepted), "\(Set(accepted).subtracting(arrived).count) accepted messages lost")
+        await server.settle(timeoutSeconds: 10)
+        #expect(server.app.pipeline.memoryBacklogBytes == 0)
         #expect(try await server.post("devices/d0/x", body: "after").status == 202)
         let ledger = server.app.ledger.snapshot()
         #expect(ledger.balances)
