@@ -72,7 +72,7 @@ public final class GatewayResponder: HTTPStreamingResponder {
                     lane: admission.lane,
                     fellBack: admission.fellBack,
                     clientIP: writer.clientIP,
-                    traceparent: exchange.traceparent,
+                    traceparent: exchange.traceparent.text,
                     rewrite: route?.config.requestHeaders
                 )
             )
@@ -249,13 +249,13 @@ public final class GatewayResponder: HTTPStreamingResponder {
         lane: String?,
         fellBack: Bool,
         clientIP: String?,
-        traceparent: String
+        traceparent: Traceparent
     ) -> (lines: ByteBuffer, length: Bool)? {
         raw.withUnsafeReadableBytes { bytes -> (lines: ByteBuffer, length: Bool)? in
             // Room for every line kept, the Host and X-Forwarded-For values again (each at most
             // all of the lines), and the fields this hop adds: one buffer, written by a cursor.
             let ip = clientIP ?? ""
-            let capacity = 2 * bytes.count + ip.utf8.count + 2 * (lane?.utf8.count ?? 0) + traceparent.utf8.count + 160
+            let capacity = 2 * bytes.count + ip.utf8.count + 2 * (lane?.utf8.count ?? 0) + traceparent.utf8Count + 160
             var out = ByteBufferAllocator().buffer(capacity: capacity)
             var bail = false
             var length = false
@@ -325,7 +325,7 @@ public final class GatewayResponder: HTTPStreamingResponder {
                 }
                 if fellBack { cursor.put("x-switchyard-lane-fallback: true\r\n") }
                 cursor.put("traceparent: ")
-                cursor.put(traceparent)
+                traceparent.write(into: &cursor)
                 cursor.put("\r\n")
             }
             return bail ? nil : (out, length)
@@ -372,7 +372,7 @@ final class Exchange {
     let accessLog: AccessLog?
     /// The route changes its answers' headers.
     let rewritesAnswers: Bool
-    let traceparent: String
+    let traceparent: Traceparent
     var upstream: ServiceInstance?
     var attempts = 0
     var debug = false
@@ -396,9 +396,9 @@ final class Exchange {
         metrics = admission.route?.metrics ?? snapshot.egressMetrics
         rewritesAnswers = admission.route.map { !$0.config.responseHeaders.isEmpty } ?? false
         if let given = head.headers.first(name: "traceparent"), TraceContext(traceparent: given) != nil {
-            traceparent = given
+            traceparent = Traceparent(given: given)
         } else {
-            traceparent = TraceContext.freshTraceparent()
+            traceparent = .fresh()
         }
     }
 
@@ -449,7 +449,7 @@ final class Exchange {
         metrics.record(status: status, nanoseconds: nanos, lane: lane)
         guard let accessLog else { return }
         var line = "{\"ts\":\(String(format: "%.3f", Date().timeIntervalSince1970))"
-        line += ",\"trace_id\":\(JSONText.quote(TraceContext(traceparent: traceparent)?.traceID ?? ""))"
+        line += ",\"trace_id\":\(JSONText.quote(TraceContext(traceparent: traceparent.text)?.traceID ?? ""))"
         line += ",\"client\":\(JSONText.quote(client?.ipAddress ?? "")),\"method\":\(JSONText.quote(method)),\"host\":\(JSONText.quote(host))"
         line += ",\"uri\":\(JSONText.quote(uri)),\"route\":\(JSONText.quote(admission.routeName)),\"lane\":\(JSONText.quote(lane ?? "baseline"))"
         if let upstream {

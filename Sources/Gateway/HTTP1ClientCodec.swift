@@ -65,6 +65,7 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
     private var context: ChannelHandlerContext?
     var flushQueued = false
     var flushContext: ChannelHandlerContext? { context }
+    var flushBatch: FlushBatch?
 
     init(host: String? = nil) { self.host = host }
 

@@ -9,13 +9,23 @@ package protocol BatchFlushing: AnyObject {
     var flushQueued: Bool { get set }
     /// The codec's place in its pipeline (nil once removed: nothing is left to flush then).
     var flushContext: ChannelHandlerContext? { get }
+    /// The batch of the codec's thread, kept from its first flush (a channel stays on its
+    /// event loop's thread): not looked up per flush.
+    var flushBatch: FlushBatch? { get set }
 }
 
 extension BatchFlushing {
     /// What the codec wrote goes out when the batch is done, or now off an event loop's thread.
     package func flushAtBatchEnd(context: ChannelHandlerContext) {
         if flushQueued { return }
-        if FlushBatch.enqueue(self) { flushQueued = true } else { context.flush() }
+        let batch: FlushBatch
+        if let kept = flushBatch {
+            batch = kept
+        } else {
+            batch = FlushBatch.ofThisThread()
+            flushBatch = batch
+        }
+        if batch.enqueue(self) { flushQueued = true } else { context.flush() }
     }
 
     /// The batch is done.
@@ -51,21 +61,22 @@ package final class FlushBatch {
 
     private init(loop: (any EventLoop)?) { self.loop = loop }
 
+    /// The calling thread's batch.
+    package static func ofThisThread() -> FlushBatch {
+        if let existing = current.currentValue { return existing }
+        let batch = FlushBatch(loop: MultiThreadedEventLoopGroup.currentEventLoop)
+        current.currentValue = batch
+        return batch
+    }
+
     /// Queues `codec`'s flush for the end of the batch; false when it is to flush now (not on
-    /// an event loop's thread).
-    package static func enqueue(_ codec: any BatchFlushing) -> Bool {
-        let batch: FlushBatch
-        if let existing = current.currentValue {
-            batch = existing
-        } else {
-            batch = FlushBatch(loop: MultiThreadedEventLoopGroup.currentEventLoop)
-            current.currentValue = batch
-        }
-        guard let loop = batch.loop else { return false }
-        batch.queued.append(codec)
-        if !batch.scheduled {
-            batch.scheduled = true
-            loop.execute(batch.runTask())
+    /// an event loop's thread). Called on the batch's thread.
+    package func enqueue(_ codec: any BatchFlushing) -> Bool {
+        guard let loop else { return false }
+        queued.append(codec)
+        if !scheduled {
+            scheduled = true
+            loop.execute(runTask())
         }
         return true
     }

@@ -78,6 +78,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
     private var context: ChannelHandlerContext?
     var flushQueued = false
     var flushContext: ChannelHandlerContext? { context }
+    var flushBatch: FlushBatch?
     /// The request handler right behind this codec: request parts go to it by a direct call,
     /// not through the pipeline (no boxing and type check per part). Set and cleared by it.
     var receiver: RequestHandler?

@@ -32,6 +32,16 @@ public struct ByteCursor {
         count += 1
     }
 
+    /// 16 lower-case hex digits.
+    @inlinable public mutating func put(hex word: UInt64) {
+        precondition(count + 16 <= memory.count, "written past the space reserved")
+        for n in 0..<16 {
+            let digit = UInt8(truncatingIfNeeded: word >> UInt64(60 - 4 * n)) & 0xF
+            memory[count + n] = digit < 10 ? UInt8(ascii: "0") + digit : UInt8(ascii: "a") - 10 + digit
+        }
+        count += 16
+    }
+
     /// Big-endian, as `ByteBuffer.writeInteger`.
     @inlinable public mutating func put<T: FixedWidthInteger>(integer value: T) {
         precondition(count + MemoryLayout<T>.size <= memory.count, "written past the space reserved")

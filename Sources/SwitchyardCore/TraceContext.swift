@@ -51,22 +51,6 @@ public struct TraceContext: Sendable, Equatable {
         )
     }
 
-    /// The `traceparent` of a fresh (sampled) trace, made as one String (`generate().traceparent`
-    /// makes three).
-    public static func freshTraceparent() -> String {
-        var rng = FastRandom()
-        let (high, low, span) = (rng.next(), rng.next(), rng.next())
-        return String(unsafeUninitializedCapacity: 55) { out in
-            for (i, byte) in "00-".utf8.enumerated() { out[i] = byte }
-            Hex.write(high, into: out, at: 3)
-            Hex.write(low, into: out, at: 19)
-            out[35] = UInt8(ascii: "-")
-            Hex.write(span, into: out, at: 36)
-            for (i, byte) in "-01".utf8.enumerated() { out[52 + i] = byte }
-            return 55
-        }
-    }
-
     /// The `traceparent` for the next hop: same trace, new span.
     public func childTraceparent() -> String {
         var rng = FastRandom()
@@ -135,6 +119,56 @@ extension Substring {
         while s.first == " " || s.first == "\t" { s.removeFirst() }
         while s.last == " " || s.last == "\t" { s.removeLast() }
         return String(s)
+    }
+}
+
+/// A request's `traceparent` as the gateway passes it on: the caller's (a valid one), or a
+/// fresh sampled trace's, kept as its three numbers and written as bytes where it goes (a
+/// String is made only where one is asked for: no allocation per request on the gateway's path).
+public struct Traceparent: Sendable {
+    /// The caller's, as it came.
+    public let given: String?
+    private let high: UInt64
+    private let low: UInt64
+    private let span: UInt64
+
+    public init(given: String) {
+        self.given = given
+        (high, low, span) = (0, 0, 0)
+    }
+
+    private init(high: UInt64, low: UInt64, span: UInt64) {
+        given = nil
+        (self.high, self.low, self.span) = (high, low, span)
+    }
+
+    /// A fresh trace, sampled (version 00, flags 01).
+    public static func fresh() -> Traceparent {
+        var rng = FastRandom()
+        return Traceparent(high: rng.next(), low: rng.next(), span: rng.next())
+    }
+
+    /// Its length in bytes.
+    public var utf8Count: Int { given?.utf8.count ?? 55 }
+
+    public var text: String {
+        if let given { return given }
+        return String(unsafeUninitializedCapacity: 55) { out in
+            var cursor = ByteCursor(UnsafeMutableRawBufferPointer(out))
+            write(into: &cursor)
+            return cursor.count
+        }
+    }
+
+    /// `00-{trace id}-{span}-01`, or the caller's.
+    public func write(into cursor: inout ByteCursor) {
+        if let given { return cursor.put(given) }
+        cursor.put("00-")
+        cursor.put(hex: high)
+        cursor.put(hex: low)
+        cursor.put(UInt8(ascii: "-"))
+        cursor.put(hex: span)
+        cursor.put("-01")
     }
 }
 

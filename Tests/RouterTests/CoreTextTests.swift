@@ -75,14 +75,20 @@ import Testing
         #expect(paused >= .milliseconds(45))
     }
 
-    /// A fresh trace's `traceparent`, made in one piece, is a valid one (version 00, sampled) and
-    /// differs from the next.
+    /// A fresh trace's `traceparent`, kept as numbers, is a valid one (version 00, sampled),
+    /// differs from the next, and is written as bytes as its text reads; a caller's passes as it came.
     @Test func freshTraceparentsAreValidAndDistinct() {
-        let first = TraceContext.freshTraceparent()
+        let fresh = Traceparent.fresh()
+        let first = fresh.text
         let parsed = TraceContext(traceparent: first)
         #expect(parsed != nil && parsed?.traceparent == first, "\(first)")
-        #expect(first.hasPrefix("00-") && first.hasSuffix("-01") && first.utf8.count == 55)
-        #expect(Set((0..<100).map { _ in TraceContext.freshTraceparent() }).count == 100)
+        #expect(first.hasPrefix("00-") && first.hasSuffix("-01") && first.utf8.count == 55 && fresh.utf8Count == 55)
+        #expect(Set((0..<100).map { _ in Traceparent.fresh().text }).count == 100)
+        for traceparent in [fresh, Traceparent(given: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")] {
+            var buffer = ByteBuffer()
+            buffer.write(capacity: traceparent.utf8Count) { traceparent.write(into: &$0) }
+            #expect(String(buffer: buffer) == traceparent.text)
+        }
     }
 
     /// The envelope is a value: changing a copy's tags or headers in place leaves the other alone.

@@ -1,6 +1,7 @@
 import HTTPIngress
 import NIOCore
 import NIOHTTP1
+import SwitchyardCore
 import Testing
 
 @testable import Gateway
@@ -75,7 +76,7 @@ import Testing
                 rewrite: nil
             )
             let bytes = try #require(
-                GatewayResponder.upstreamLines(raw, lane: c.lane, fellBack: c.fellBack, clientIP: c.ip, traceparent: traceparent),
+                GatewayResponder.upstreamLines(raw, lane: c.lane, fellBack: c.fellBack, clientIP: c.ip, traceparent: Traceparent(given: traceparent)),
                 "\(c.lines.debugDescription)"
             )
             let sent = HTTP1Message.headers(lines: bytes.lines)
@@ -86,7 +87,9 @@ import Testing
         // path, which makes Strings, would have replaced them with U+FFFD.
         var latin = ByteBuffer(string: "x-name: caf")
         latin.writeBytes([0xE9, 0x0D, 0x0A])
-        let passed = try #require(GatewayResponder.upstreamLines(latin, lane: nil, fellBack: false, clientIP: nil, traceparent: traceparent))
+        let passed = try #require(
+            GatewayResponder.upstreamLines(latin, lane: nil, fellBack: false, clientIP: nil, traceparent: Traceparent(given: traceparent))
+        )
         #expect(passed.lines.readableBytesView.starts(with: Array("x-name: caf".utf8) + [0xE9, 0x0D, 0x0A]))
         // What only the header-list path handles: upgrades, transfer codings (framed anew),
         // baggage (members filtered) and fields a Connection header nominates.
@@ -97,7 +100,13 @@ import Testing
             "Host: a\r\nConnection: close, x-private\r\nx-private: 1\r\n",
         ] {
             #expect(
-                GatewayResponder.upstreamLines(ByteBuffer(string: lines), lane: nil, fellBack: false, clientIP: nil, traceparent: traceparent) == nil
+                GatewayResponder.upstreamLines(
+                    ByteBuffer(string: lines),
+                    lane: nil,
+                    fellBack: false,
+                    clientIP: nil,
+                    traceparent: Traceparent(given: traceparent)
+                ) == nil
             )
         }
     }
