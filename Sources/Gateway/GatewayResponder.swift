@@ -465,10 +465,17 @@ final class Exchange {
 /// A route's metrics, made once per configuration: by lane and status class, durations,
 /// retries and upstream errors.
 final class GatewayMetrics: Sendable {
-    struct PerLane: Sendable {
+    /// (A class: taken by reference once per request, not copied with its three references.)
+    final class PerLane: Sendable {
         let byClass: [Counter]
         let cancelled: Counter
         let duration: Metrics.Timer
+
+        init(byClass: [Counter], cancelled: Counter, duration: Metrics.Timer) {
+            self.byClass = byClass
+            self.cancelled = cancelled
+            self.duration = duration
+        }
     }
 
     let route: String
