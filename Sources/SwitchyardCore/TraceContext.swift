@@ -144,8 +144,8 @@ public struct Traceparent: Sendable {
 
     /// A fresh trace, sampled (version 00, flags 01).
     public static func fresh() -> Traceparent {
-        var rng = FastRandom()
-        return Traceparent(high: rng.next(), low: rng.next(), span: rng.next())
+        let (high, low, span) = FastRandom.next3()
+        return Traceparent(high: high, low: low, span: span)
     }
 
     /// Its length in bytes.

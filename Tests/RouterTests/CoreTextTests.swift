@@ -91,6 +91,17 @@ import Testing
         }
     }
 
+    /// Three values from one step of the counter are points of the same sequence as `next()`'s:
+    /// none repeats, however the two are mixed.
+    @Test func fastRandomValuesDoNotRepeat() {
+        var seen: Set<UInt64> = []
+        for _ in 0..<1000 {
+            let (a, b, c) = FastRandom.next3()
+            for value in [a, b, c, FastRandom.next()] { seen.insert(value) }
+        }
+        #expect(seen.count == 4000)
+    }
+
     /// The envelope is a value: changing a copy's tags or headers in place leaves the other alone.
     @Test func envelopeCopiesStayApart() {
         var a = Envelope(id: "1", channel: "http", topic: "t", payload: ByteBuffer(), receivedAt: 0, trace: .generate())
