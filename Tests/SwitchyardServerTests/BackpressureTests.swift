@@ -62,6 +62,7 @@ import Testing
         let server = try await TestServer.start(
             """
             journal: {enabled: false, max_bytes: 1MiB}
+            channels: {mqtt: {allow_anonymous: true}}
             routes:
               - {name: r, match: "^devices/(?<device>[^/]+)/x$", targets: [{service: s, path: "/in/{device}", retries: 0}]}
             services:
@@ -92,6 +93,13 @@ import Testing
             body: #"{"topic": "devices/d1/x", "payload": "in a batch"}"#
         )
         #expect(batch.status == 503, "\(batch.status) \(batch.body)")
+        // An MQTT 5 publisher gets 0x97 (quota exceeded) with the reason, not a false acknowledgement.
+        let mqtt = try await ProcessTests.runScenario(
+            MQTTChannelTests.script,
+            ["publish", String(try await server.mqttPort()), "5", "1", "1", "devices/m1/x"]
+        )
+        #expect(mqtt["acks"] as? [Int] == [0x97], "\(mqtt)")
+        #expect((mqtt["reasons"] as? [String])?.first?.contains("backpressure") == true, "\(mqtt)")
         // Each 4 KiB message counts ~5.3 KiB (payload, topic, 1.25 KiB for what holds it): ~195 fit.
         #expect((150...260).contains(accepted.count), "\(accepted.count) accepted")
         let held = try await server.admin("GET", "/metrics").body
