@@ -191,10 +191,9 @@ public enum Hex {
         }
     }
 
+    /// (The digits are `ByteCursor.put(hex:)`'s: one rule for every hex word written.)
     static func write(_ word: UInt64, into buffer: UnsafeMutableBufferPointer<UInt8>, at start: Int) {
-        for n in 0..<16 {
-            let digit = UInt8(truncatingIfNeeded: word >> UInt64(60 - 4 * n)) & 0xF
-            buffer[start + n] = digit < 10 ? UInt8(ascii: "0") + digit : UInt8(ascii: "a") - 10 + digit
-        }
+        var cursor = ByteCursor(UnsafeMutableRawBufferPointer(rebasing: UnsafeMutableRawBufferPointer(buffer)[start..<(start + 16)]))
+        cursor.put(hex: word)
     }
 }
