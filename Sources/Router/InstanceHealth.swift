@@ -77,9 +77,12 @@ public final class InstanceHealth: Sendable {
     private let state = NIOLockedValueBox<
         (
             entries: [String: Entry], drains: [String: Drain], warmUp: WarmUp, services: Set<String>, ended: [String: DrainEnd],
-            cold: [String: UInt64]
+            cold: [String: UInt64],
+            /// Each service's keys in `entries` (a service's list is compared with its own, not
+            /// every instance's: a registration costs its service's size, not the registry's).
+            keysOf: [String: Set<String>]
         )
-    >(([:], [:], WarmUp(), [], [:], [:]))
+    >(([:], [:], WarmUp(), [], [:], [:], [:]))
     /// Instances still warming or draining: zero (the steady state) means `apply` returns its input untouched.
     private let special = Atomic<Int>(0)
     /// How long a response's `x-switchyard-draining: true` keeps the instance out.
@@ -126,7 +129,8 @@ public final class InstanceHealth: Sendable {
         state.withLockedValue { s in
             let known = s.services.insert(service).inserted == false
             let keys = Set(instances.map(\.key))
-            for (key, entry) in s.entries where entry.service == service && !keys.contains(key) {
+            for key in s.keysOf[service] ?? [] where !keys.contains(key) {
+                guard let entry = s.entries[key], entry.service == service else { continue }
                 if entry.warming { special.wrappingSubtract(1, ordering: .relaxed) }
                 s.entries[key] = nil
                 // Drained, then deregistered: its drain is over; when it returns it is a new instance.
@@ -141,6 +145,7 @@ public final class InstanceHealth: Sendable {
                     started.append(instance.key)
                 }
             }
+            s.keysOf[service] = keys.isEmpty ? nil : keys
             // A cold fleet: every instance is new (a full redeploy); it warms from its oldest.
             if let name = instances.first?.service {
                 let fleet = instances.compactMap { s.entries[$0.key] }

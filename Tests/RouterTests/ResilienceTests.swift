@@ -48,6 +48,25 @@ import Testing
         #expect(weights == [1: 100, 2: 10])
     }
 
+    /// A service's list is compared with its own instances only: another service's change
+    /// neither forgets nor re-warms them (each list costs its own size, not the registry's).
+    @Test func eachServiceListTouchesOnlyItsOwnInstances() {
+        let clock = ManualClock()
+        let health = InstanceHealth(clock: clock)
+        health.setWarmUp(WarmUp(windowSeconds: 60, aggression: 1, minPercent: 10))
+        let a = Self.instance(1)
+        let x = ServiceInstance(service: "t", host: "127.0.0.1", port: 9, weight: 100)
+        health.observe(service: "s", instances: [a])
+        health.observe(service: "t", instances: [x])  // both first lists: warm
+        health.observe(service: "t", instances: [])  // t's instance leaves; s's stays warm
+        health.observe(service: "s", instances: [a])
+        #expect(health.apply([a]).first?.weight == 100)
+        #expect(health.status(of: a.key).warmUpPercent == 100)
+        health.observe(service: "t", instances: [x])  // it comes back: new, it warms up
+        #expect(health.status(of: x.key).warmUpPercent == 10)
+        #expect(health.status(of: a.key).warmUpPercent == 100)
+    }
+
     @Test func drainedInstancesGetNothingNew() {
         let clock = ManualClock()
         let health = InstanceHealth(clock: clock, headerDrainSeconds: 30)
