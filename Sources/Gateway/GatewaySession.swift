@@ -457,8 +457,6 @@ final class GatewaySession: HTTPStreamSession {
             // Kept for the next request: reading as usual.
             if upstreamReadingPaused { channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in } }
             if let upstreamHandler {
-                // (Idle, it holds no session: the last one, its writer and client go now.)
-                upstreamHandler.session = nil
                 pool.put(upstreamHandler, for: instance.address)
             } else {
                 channel.close(promise: nil)
@@ -711,7 +709,10 @@ final class UpstreamPool: @unchecked Sendable {
         }
     }
 
+    /// An idle connection goes back to its list (or closes when the list is full). Idle, it
+    /// holds no session: the last one, with its writer and client, goes now.
     func put(_ handler: UpstreamHandler, for address: String) {
+        handler.session = nil
         guard let channel = handler.channel else { return }
         // (A connection's list is found once; lists stay in the pool once made.)
         let list = handler.idleList ?? self.list(for: Self.key(address, channel.eventLoop))
