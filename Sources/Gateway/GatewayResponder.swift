@@ -449,7 +449,7 @@ final class Exchange {
         metrics.record(status: status, nanoseconds: nanos, lane: lane)
         guard let accessLog else { return }
         var line = "{\"ts\":\(String(format: "%.3f", Date().timeIntervalSince1970))"
-        line += ",\"trace_id\":\(JSONText.quote(TraceContext(traceparent: traceparent.text)?.traceID ?? ""))"
+        line += ",\"trace_id\":\(JSONText.quote(traceparent.traceID))"
         line += ",\"client\":\(JSONText.quote(client?.ipAddress ?? "")),\"method\":\(JSONText.quote(method)),\"host\":\(JSONText.quote(host))"
         line += ",\"uri\":\(JSONText.quote(uri)),\"route\":\(JSONText.quote(admission.routeName)),\"lane\":\(JSONText.quote(lane ?? "baseline"))"
         if let upstream {

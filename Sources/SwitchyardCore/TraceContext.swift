@@ -41,11 +41,12 @@ public struct TraceContext: Sendable, Equatable {
 
     public var isPending: Bool { traceID.isEmpty }
 
+    /// (Its three numbers from one step of the shared random counter: once per message.)
     public static func generate(baggage: String? = nil) -> TraceContext {
-        var rng = FastRandom()
+        let (high, low, span) = FastRandom.next3()
         return TraceContext(
-            traceID: Hex.string(rng.next(), rng.next()),
-            spanID: Hex.string(rng.next()),
+            traceID: Hex.string(high, low),
+            spanID: Hex.string(span),
             flags: "01",
             baggage: strippingLane(from: baggage)
         )
@@ -150,6 +151,12 @@ public struct Traceparent: Sendable {
 
     /// Its length in bytes.
     public var utf8Count: Int { given?.utf8.count ?? 55 }
+
+    /// The trace id (32 hex digits; the access log's): a fresh trace's is not rendered and read back.
+    public var traceID: String {
+        guard let given else { return Hex.string(high, low) }
+        return TraceContext(traceparent: given)?.traceID ?? ""
+    }
 
     public var text: String {
         if let given { return given }

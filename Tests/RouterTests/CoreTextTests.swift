@@ -84,6 +84,7 @@ import Testing
         #expect(parsed != nil && parsed?.traceparent == first, "\(first)")
         #expect(first.hasPrefix("00-") && first.hasSuffix("-01") && first.utf8.count == 55 && fresh.utf8Count == 55)
         #expect(Set((0..<100).map { _ in Traceparent.fresh().text }).count == 100)
+        #expect(fresh.traceID == parsed?.traceID)
         for traceparent in [fresh, Traceparent(given: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")] {
             var buffer = ByteBuffer()
             buffer.write(capacity: traceparent.utf8Count) { traceparent.write(into: &$0) }
