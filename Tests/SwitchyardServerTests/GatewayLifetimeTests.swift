@@ -23,6 +23,19 @@ import Testing
         pool(server)?.tunnelEndsAlive.load(ordering: .relaxed) ?? -1
     }
 
+    /// A gateway with one route, `/<name>` to a service of one instance.
+    static func oneRoute(_ name: String, to url: String) async throws -> TestServer {
+        try await TestServer.start(
+            """
+            gateway:
+              routes:
+                - {name: \(name), path_prefix: /\(name), service: \(name)}
+            services:
+              \(name): {instances: [{url: "\(url)"}]}
+            """
+        )
+    }
+
     /// Polls until `count` is 0 (the connections' handlers let go as the connections close, on
     /// the event loops): the count then, or after 5 s.
     static func settled(_ count: () -> Int) async -> Int {
@@ -37,15 +50,7 @@ import Testing
     func sessionsAreFreedAfterTheirExchange(closeEvery: Int) async throws {
         let upstream = try await TestHTTPService.start()
         upstream.setCloseEvery(closeEvery)
-        let server = try await TestServer.start(
-            """
-            gateway:
-              routes:
-                - {name: api, path_prefix: /api, service: api}
-            services:
-              api: {instances: [{url: "\(upstream.url)"}]}
-            """
-        )
+        let server = try await Self.oneRoute("api", to: upstream.url)
         for i in 0..<40 {
             let r = try await TestHTTPClient.request("GET", port: server.httpPort, path: "/api/\(i)", body: "")
             #expect(r.status == 200)
@@ -66,15 +71,7 @@ import Testing
     @Test func aWebSocketTunnelIsFreedOnceBothSidesClosed() async throws {
         let echo = try await GatewayWebSocketTests.echoServer()
         defer { echo.close(promise: nil) }
-        let server = try await TestServer.start(
-            """
-            gateway:
-              routes:
-                - {name: chat, path_prefix: /ws, service: chat}
-            services:
-              chat: {instances: [{url: "http://127.0.0.1:\(echo.localAddress!.port!)"}]}
-            """
-        )
+        let server = try await Self.oneRoute("ws", to: "http://127.0.0.1:\(echo.localAddress!.port!)")
         for _ in 0..<3 {
             let echoed = try await ProcessTests.runScenario(GatewayWebSocketTests.script, ["ws://127.0.0.1:\(server.httpPort)/ws/room", "echo"])
             #expect(echoed["echoed"] as? Int == 4 && echoed["closed_cleanly"] as? Bool == true, "\(echoed)")
