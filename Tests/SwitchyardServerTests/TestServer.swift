@@ -3,8 +3,9 @@ import Logging
 import NIOCore
 import SwitchyardConfig
 import SwitchyardCore
-import SwitchyardServer
 import SwitchyardTesting
+
+@testable import SwitchyardServer
 
 /// A Switchyard node in this process on loopback ports chosen by the OS, with its config in
 /// a temporary file (so tests can rewrite it to exercise hot reload).
@@ -87,10 +88,11 @@ final class TestServer: Sendable {
         if !keepingData { try? FileManager.default.removeItem(atPath: dir) }
     }
 
-    /// Waits until no message is in flight.
+    /// Waits until no message is in flight, and the journal has recorded every outcome (its
+    /// settlements are written by its own thread, just after the ledger counts them).
     func settle(timeoutSeconds: Double = 10) async {
         let deadline = Date().addingTimeInterval(timeoutSeconds)
-        while app.ledger.snapshot().inFlight > 0 && Date() < deadline {
+        while app.ledger.snapshot().inFlight > 0 || (app.journal?.unsettledCount ?? 0) > 0, Date() < deadline {
             try? await Task.sleep(nanoseconds: 10_000_000)
         }
     }
