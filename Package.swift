@@ -43,6 +43,17 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Switchyard's own event loop (epoll) and TCP channels for NIO pipelines.
+        .target(name: "CEpoll"),
+        .target(
+            name: "EpollTransport",
+            dependencies: [
+                "CEpoll",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // MARK: - Layer 1: wire formats (NIOCore only)
         .target(
             name: "MQTTWire",
@@ -144,7 +155,7 @@ let package = Package(
         .target(
             name: "Gateway",
             dependencies: [
-                "SwitchyardCore", "Controller", "Router", "HTTPIngress",
+                "SwitchyardCore", "Controller", "Router", "HTTPIngress", "EpollTransport",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -170,7 +181,7 @@ let package = Package(
         .target(
             name: "HTTPIngress",
             dependencies: [
-                "SwitchyardCore",
+                "SwitchyardCore", "EpollTransport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

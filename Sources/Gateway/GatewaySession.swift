@@ -1,3 +1,4 @@
+import EpollTransport
 import HTTPIngress
 import Metrics
 import NIOConcurrencyHelpers
@@ -178,17 +179,24 @@ final class GatewaySession: HTTPStreamSession {
         timer = try? loop.scheduleCallback(at: deadline, handler: AttemptDeadline(session: self))
         let handler = NIOLoopBound(UpstreamHandler(session: self), eventLoop: loop)
         let bound = NIOLoopBound(self, eventLoop: loop)
-        ClientBootstrap(group: loop)
-            .connectTimeout(.seconds(2))
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    // Bytes after a 101 stay with the codec until the tunnel takes them.
-                    try channel.pipeline.syncOperations.addHandler(HTTP1ClientCodec(host: instance.address))
-                    try channel.pipeline.syncOperations.addHandler(handler.value)
-                }
+        let initialize: @Sendable (any Channel) -> EventLoopFuture<Void> = { channel in
+            channel.eventLoop.makeCompletedFuture {
+                // Bytes after a 101 stay with the codec until the tunnel takes them.
+                try channel.pipeline.syncOperations.addHandler(HTTP1ClientCodec(host: instance.address))
+                try channel.pipeline.syncOperations.addHandler(handler.value)
             }
-            .connect(host: instance.host, port: instance.port)
+        }
+        let connection: EventLoopFuture<any Channel>
+        if loop is EpollEventLoop {
+            connection = EpollConnector.connect(host: instance.host, port: instance.port, on: loop, timeout: .seconds(2), initializer: initialize)
+        } else {
+            connection = ClientBootstrap(group: loop)
+                .connectTimeout(.seconds(2))
+                .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                .channelInitializer(initialize)
+                .connect(host: instance.host, port: instance.port)
+        }
+        connection
             .whenComplete { result in
                 let session = bound.value
                 switch result {

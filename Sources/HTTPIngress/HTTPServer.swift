@@ -1,6 +1,7 @@
 // HTTPIngress: a small NIO HTTP server (HTTP/1.1 keep-alive and pipelining; HTTP/2 by TLS
 // ALPN or prior knowledge; bounded bodies) and the HTTP message channel
 // (`POST /v1/messages/{topic}`) built on it.
+import EpollTransport
 import Logging
 import NIOConcurrencyHelpers
 public import NIOCore
@@ -179,57 +180,69 @@ public final class HTTPServer: Service {
     /// The address the server listens on, once bound (use port 0 to let the OS choose).
     public var boundAddress: EventLoopFuture<SocketAddress> { bound.futureResult }
 
-    public func run() async throws {
-        let channel: any Channel
-        do {
-            channel = try await ServerBootstrap(group: group)
-                .serverChannelOption(.backlog, value: 1024)
-                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-                .childChannelOption(.maxMessagesPerRead, value: 16)
-                .childChannelInitializer { [self] channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        let ops = channel.pipeline.syncOperations
-                        if let tls {
-                            try ops.addHandler(NIOSSLServerHandler(context: tls))
-                            if http2 {
-                                try ops.addHandler(
-                                    ApplicationProtocolNegotiationHandler { [self] result, channel in
-                                        channel.eventLoop.makeCompletedFuture {
-                                            if case .negotiated("h2") = result {
-                                                try configureHTTP2(channel.pipeline.syncOperations)
-                                            } else {
-                                                try configureHTTP1(channel.pipeline.syncOperations)
-                                            }
-                                        }
-                                    }
-                                )
-                            } else {
-                                try configureHTTP1(ops)
+    /// A new connection's pipeline: TLS, HTTP/2 or HTTP/1.1 as configured; it is tracked until it closes.
+    private func initialize(_ channel: any Channel) -> EventLoopFuture<Void> {
+        channel.eventLoop.makeCompletedFuture {
+            let ops = channel.pipeline.syncOperations
+            if let tls {
+                try ops.addHandler(NIOSSLServerHandler(context: tls))
+                if http2 {
+                    try ops.addHandler(
+                        ApplicationProtocolNegotiationHandler { [self] result, channel in
+                            channel.eventLoop.makeCompletedFuture {
+                                if case .negotiated("h2") = result {
+                                    try configureHTTP2(channel.pipeline.syncOperations)
+                                } else {
+                                    try configureHTTP1(channel.pipeline.syncOperations)
+                                }
                             }
-                        } else if http2 {
-                            try ops.addHandler(PrefaceSniffer(server: self))
-                        } else {
-                            try configureHTTP1(ops)
                         }
-                        let id = ObjectIdentifier(channel)
-                        connections.withLockedValue { $0[id] = channel }
-                        channel.closeFuture.whenComplete { [connections] _ in
-                            connections.withLockedValue { _ = $0.removeValue(forKey: id) }
-                        }
-                    }
+                    )
+                } else {
+                    try configureHTTP1(ops)
                 }
-                .bind(host: host, port: port)
-                .get()
+            } else if http2 {
+                try ops.addHandler(PrefaceSniffer(server: self))
+            } else {
+                try configureHTTP1(ops)
+            }
+            let id = ObjectIdentifier(channel)
+            connections.withLockedValue { $0[id] = channel }
+            channel.closeFuture.whenComplete { [connections] _ in
+                connections.withLockedValue { _ = $0.removeValue(forKey: id) }
+            }
+        }
+    }
+
+    public func run() async throws {
+        let address: SocketAddress
+        let stopListening: () async -> Void
+        do {
+            if let epoll = group as? EpollEventLoopGroup {
+                let listener = try await EpollListener.bind(host: host, port: port, group: epoll) { [self] in initialize($0) }
+                address = listener.localAddress
+                stopListening = { await listener.close() }
+            } else {
+                let channel = try await ServerBootstrap(group: group)
+                    .serverChannelOption(.backlog, value: 1024)
+                    .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                    .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                    .childChannelOption(.maxMessagesPerRead, value: 16)
+                    .childChannelInitializer { [self] in initialize($0) }
+                    .bind(host: host, port: port)
+                    .get()
+                address = channel.localAddress!
+                stopListening = { try? await channel.close() }
+            }
         } catch {
             let failure = HTTPServerError(message: "cannot listen on \(host):\(port): \(error)")
             bound.fail(failure)
             throw failure
         }
-        bound.succeed(channel.localAddress!)
-        logger.info("listening", metadata: ["address": "\(channel.localAddress!)"])
+        bound.succeed(address)
+        logger.info("listening", metadata: ["address": "\(address)"])
         try? await gracefulShutdown()
-        try? await channel.close()
+        await stopListening()
         // Let requests in progress finish, then close every connection.
         let deadline = NIODeadline.now() + .nanoseconds(Int64(drainSeconds * 1e9))
         while busy.load(ordering: .relaxed) > 0 && NIODeadline.now() < deadline {

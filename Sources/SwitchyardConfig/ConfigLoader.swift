@@ -186,10 +186,18 @@ public enum ConfigLoader {
             "channels.http",
             allowed: [
                 "enabled", "max_body_bytes", "max_batch_items", "device_header", "product_header", "message_id_header", "header_timeout", "http2",
+                "transport",
             ]
         )
         if let v = r.duration(http["header_timeout"], "channels.http.header_timeout", range: 0.01...3600) { c.channels.http.headerTimeoutSeconds = v }
         if let v = r.bool(http["http2"], "channels.http.http2") { c.channels.http.http2 = v }
+        if let v = r.string(http["transport"], "channels.http.transport") {
+            if let transport = SwitchyardConfiguration.HTTPTransport(rawValue: v) {
+                c.channels.http.transport = transport
+            } else {
+                r.fail("channels.http.transport", "epoll (Switchyard's own event loops) or nio (SwiftNIO's)", http["transport"])
+            }
+        }
         if let v = r.int(http["max_batch_items"], "channels.http.max_batch_items", range: 1...100_000) { c.channels.http.maxBatchItems = v }
         if let v = r.bool(http["enabled"], "channels.http.enabled") { c.channels.http.enabled = v }
         if let v = r.size(http["max_body_bytes"], "channels.http.max_body_bytes", range: 1...(256 << 20)) {

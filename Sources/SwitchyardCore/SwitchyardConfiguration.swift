@@ -84,7 +84,15 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
         public var headerTimeoutSeconds = 60.0
         /// HTTP/2 besides HTTP/1.1: by prior knowledge (h2c) on `listeners.http`, by ALPN on `listeners.https`.
         public var http2 = true
+        /// The event loops of the plain HTTP listener (`listeners.http`).
+        public var transport = HTTPTransport.epoll
         public init() {}
+    }
+
+    /// Event loops for a listener: Switchyard's own on `epoll` (lighter per request), or
+    /// SwiftNIO's.
+    public enum HTTPTransport: String, Sendable, Equatable, CaseIterable {
+        case epoll, nio
     }
 
     public struct MQTTChannel: Sendable, Equatable {

@@ -1,6 +1,7 @@
 public import ConfigCenter
 import Controller
 public import DeviceRegistry
+import EpollTransport
 import Foundation
 import Gateway
 import HTTPForwarder
@@ -32,6 +33,9 @@ public final class SwitchyardApplication: Sendable {
     public let dataDir: String
     let logger: Logger
     let group: MultiThreadedEventLoopGroup
+    /// The plain HTTP listener's event loops: Switchyard's own (`channels.http.transport: epoll`)
+    /// or `group`.
+    let httpGroup: any EventLoopGroup
     let forwarder: HTTPForwarder
     let shared: SharedParts
     let pipeline: Pipeline
@@ -82,6 +86,10 @@ public final class SwitchyardApplication: Sendable {
         adminToken = try AdminToken.load(dataDir: self.dataDir, environment: environment)
         devices = try DeviceStore(path: self.dataDir + "/devices.json")
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, threads))
+        switch configuration.channels.http.transport {
+        case .epoll: httpGroup = try EpollEventLoopGroup(threads: max(1, threads), name: "sy-http")
+        case .nio: httpGroup = group
+        }
         forwarder = HTTPForwarder(group: group)
         var restoredLetters: [DeadLetter] = []
         if configuration.journal.enabled {
@@ -213,7 +221,7 @@ public final class SwitchyardApplication: Sendable {
             ingest = HTTPServer(
                 host: configuration.listeners.http.host,
                 port: configuration.listeners.http.port,
-                group: group,
+                group: httpGroup,
                 maxBodyBytes: http.maxBodyBytes,
                 responder: responder,
                 logger: logger.with("listener", "http"),
@@ -458,6 +466,7 @@ public final class SwitchyardApplication: Sendable {
         forwarder.shutdown()
         shared.balancer.health.stopProbing()
         journal?.close()
+        if httpGroup !== group { try? await httpGroup.shutdownGracefully() }
         try? await group.shutdownGracefully()
     }
 
