@@ -262,6 +262,15 @@ let package = Package(
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
         .testTarget(
+            name: "EpollTransportTests",
+            dependencies: [
+                "EpollTransport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
+        ),
+        .testTarget(
             name: "RouterTests",
             dependencies: ["Router", "SwitchyardCore", "SwitchyardConfig", "SwitchyardTesting"],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]

@@ -2,6 +2,7 @@ import CEpoll
 import Dispatch
 import Glibc
 public import NIOCore
+import Synchronization
 
 /// A listening TCP socket on the first loop of an `EpollEventLoopGroup`: each connection it
 /// accepts goes to the group's loops in turn, with its pipeline set up by `childInitializer`.
@@ -13,6 +14,7 @@ public final class EpollListener: EpollSelectable, @unchecked Sendable {
     private let childInitializer: @Sendable (any Channel) -> EventLoopFuture<Void>
     /// The address it listens on.
     public let localAddress: SocketAddress
+    private let closed = Atomic<Bool>(false)
 
     private init(
         fd: Int32,
@@ -84,6 +86,8 @@ public final class EpollListener: EpollSelectable, @unchecked Sendable {
     }
 
     func loopStopped() {
+        // (Once: a descriptor closed twice may close another's that took its number.)
+        guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
         loop.deregister(fd)
         Glibc.close(fd)
     }

@@ -33,6 +33,7 @@ public final class EpollEventLoop: EventLoop, @unchecked Sendable {
     private var stopRequested = false
     /// The loop has stopped and closed its descriptors.
     private var closed = false
+    private lazy var stoppedQueue = DispatchQueue(label: name + "-stopped")
     private var stopped: [@Sendable () -> Void] = []
     // The loop's own:
     private var running: [@Sendable () -> Void] = []
@@ -41,6 +42,9 @@ public final class EpollEventLoop: EventLoop, @unchecked Sendable {
     private var timers = TimerHeap()
     private var flushQueue: [EpollSocketChannel] = []
     private var flushing: [EpollSocketChannel] = []
+    /// The loop stopped and closed its epoll descriptor and eventfd (set on the loop's thread
+    /// before its late tasks run).
+    private var descriptorsClosed = false
 
     private struct Registration {
         var generation: UInt32 = 0
@@ -88,7 +92,16 @@ public final class EpollEventLoop: EventLoop, @unchecked Sendable {
 
     public func execute(_ task: @escaping @Sendable () -> Void) {
         lock.withLock {
-            guard !closed else { return }  // (a stopped loop runs nothing more, as NIO's)
+            guard !closed else {
+                // A stopped loop runs late tasks (a future's callbacks, say) one by one on a
+                // queue: awaiting a future of one of its connections does not hang.
+                stoppedQueue.async {
+                    // (The queue's thread is the loop's while the task runs: one at a time.)
+                    self.threadID.store(UInt(pthread_self()), ordering: .releasing)
+                    task()
+                }
+                return
+            }
             incoming.append(task)
             guard !awake else { return }
             awake = true
@@ -144,15 +157,21 @@ public final class EpollEventLoop: EventLoop, @unchecked Sendable {
     // MARK: - Registrations (on the loop)
 
     func register(_ fd: Int32, _ selectable: any EpollSelectable, events: UInt32) throws {
+        guard !descriptorsClosed else { throw EventLoopError.shutdown }
         generation &+= 1
         if Int(fd) >= table.count { table.append(contentsOf: repeatElement(Registration(), count: Int(fd) + 1 - table.count + 64)) }
         table[Int(fd)] = Registration(generation: generation, selectable: selectable)
         try control(EPOLL_CTL_ADD, fd, events: events)
     }
 
-    func modify(_ fd: Int32, events: UInt32) throws { try control(EPOLL_CTL_MOD, fd, events: events) }
+    func modify(_ fd: Int32, events: UInt32) throws {
+        guard !descriptorsClosed else { return }
+        try control(EPOLL_CTL_MOD, fd, events: events)
+    }
 
     func deregister(_ fd: Int32) {
+        // (After the stop the epoll descriptor is closed: its number may be another's now.)
+        guard !descriptorsClosed else { return }
         _ = epoll_ctl(epollFD, EPOLL_CTL_DEL, fd, nil)
         if Int(fd) < table.count { table[Int(fd)] = Registration() }
     }
@@ -227,6 +246,7 @@ public final class EpollEventLoop: EventLoop, @unchecked Sendable {
             runTasks()
             if lock.withLock({ incoming.isEmpty }) { break }
         }
+        descriptorsClosed = true
         let callbacks = lock.withLock {
             closed = true
             Glibc.close(epollFD)

@@ -28,6 +28,8 @@ final class EpollSocketChannel: Channel, ChannelCore, EpollSelectable, @unchecke
     private var maxMessagesPerRead = 4
     private var allowHalfClosure = false
     private var inputClosed = false
+    /// The peer's end of input was reported (`EPOLLRDHUP`) and read up to.
+    private var seenEndOfInput = false
     private var outputClosed = false
     private var outputClosePromise: EventLoopPromise<Void>?
     private var closeOutputWhenFlushed = false
@@ -239,24 +241,36 @@ final class EpollSocketChannel: Channel, ChannelCore, EpollSelectable, @unchecke
             writeFlushed()
         }
         guard open else { return }
-        if events & EPOLLIN.rawValue != 0 {
-            readNow()
-        } else if events & (EPOLLERR.rawValue | EPOLLHUP.rawValue) != 0 {
-            if readPending && !inputClosed {
-                readNow()
-            } else {
+        if events & (EPOLLRDHUP.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 && !inputClosed && !seenEndOfInput {
+            // The peer's input ended (or the connection failed): as NIO does, all of it is read
+            // now, up to its end, whether or not reading was paused — a connection whose peer
+            // left does not wait open for a read that may never be asked for.
+            seenEndOfInput = true
+            updateInterest()
+            while open && !inputClosed {
+                readPending = true
+                if !readNow() { break }
+            }
+            if open && !inputClosed && events & (EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 {
                 var error: Int32 = 0
                 var size = socklen_t(MemoryLayout<Int32>.size)
                 getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &size)
                 close0(error: error == 0 ? ChannelError.eof : IOError(errnoCode: error, reason: "socket"), mode: .all, promise: nil)
             }
+            return
         }
+        if events & EPOLLIN.rawValue != 0 { readNow() }
     }
 
     func loopStopped() { close0(error: EventLoopError.shutdown, mode: .all, promise: nil) }
 
-    private func readNow() {
-        guard readPending, !inputClosed else { return updateInterest() }
+    /// Reads while reading is asked for; false when nothing came (no bytes, no end).
+    @discardableResult
+    private func readNow() -> Bool {
+        guard readPending, !inputClosed else {
+            updateInterest()
+            return false
+        }
         readPending = false
         var delivered = false
         var endOfInput = false
@@ -293,7 +307,8 @@ final class EpollSocketChannel: Channel, ChannelCore, EpollSelectable, @unchecke
         }
         if let failure, open {
             pipeline.fireErrorCaught(failure)
-            return close0(error: failure, mode: .all, promise: nil)
+            close0(error: failure, mode: .all, promise: nil)
+            return true
         }
         if endOfInput && open {
             if allowHalfClosure && !outputClosed {
@@ -302,17 +317,20 @@ final class EpollSocketChannel: Channel, ChannelCore, EpollSelectable, @unchecke
                 updateInterest()
                 pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
             } else {
-                return close0(error: ChannelError.eof, mode: .all, promise: nil)
+                close0(error: ChannelError.eof, mode: .all, promise: nil)
+                return true
             }
         }
         if delivered && autoRead && open && !inputClosed { pipeline.read() }
         updateInterest()
+        return delivered || endOfInput || failure != nil
     }
 
     private func updateInterest() {
         guard open, registered else { return }
         var wanted: UInt32 = 0
         if readPending && !inputClosed { wanted |= EPOLLIN.rawValue }
+        if !inputClosed && !seenEndOfInput { wanted |= EPOLLRDHUP.rawValue }
         if waitingToWrite || connecting != nil { wanted |= EPOLLOUT.rawValue }
         guard wanted != interest else { return }
         interest = wanted

@@ -1,4 +1,5 @@
 import Foundation
+import SwitchyardCore
 import SwitchyardTesting
 import Testing
 
@@ -95,7 +96,9 @@ import Testing
     /// the lane headers as services do; gray versions of A and C only. A tester (a verified token
     /// whose `sub` is on the list) hits A-gray, B-baseline (fallback), C-gray; a normal user only
     /// baselines; an untrusted client's own `x-switchyard-lane: gray` is ignored.
-    @Test func theLaneFollowsTheCallChainAndReturnsAfterAFallback() async throws {
+    /// (On both event-loop transports of the HTTP listener.)
+    @Test(arguments: SwitchyardConfiguration.HTTPTransport.allCases)
+    func theLaneFollowsTheCallChainAndReturnsAfterAFallback(transport: SwitchyardConfiguration.HTTPTransport) async throws {
         let aBase = try await TestHTTPService.start(), aGray = try await TestHTTPService.start()
         let b = try await TestHTTPService.start()
         let cBase = try await TestHTTPService.start(), cGray = try await TestHTTPService.start()
@@ -113,6 +116,7 @@ import Testing
               a: {instances: [{url: "\(aBase.url)"}, {url: "\(aGray.url)", lane: gray}]}
               b: {instances: [{url: "\(b.url)"}]}
               c: {instances: [{url: "\(cBase.url)"}, {url: "\(cGray.url)", lane: gray}]}
+            channels: {http: {transport: \(transport.rawValue)}}
             """
         )
         let port = server.httpPort
@@ -182,10 +186,13 @@ import Testing
 
     /// Smuggling attempts, bad Host headers, oversized headers and a slow-loris client: each gets
     /// its status (or the connection closes) and the gateway keeps serving.
-    @Test func badInputGetsItsStatusAndTheGatewayKeepsServing() async throws {
+    @Test(arguments: SwitchyardConfiguration.HTTPTransport.allCases)
+    func badInputGetsItsStatusAndTheGatewayKeepsServing(transport: SwitchyardConfiguration.HTTPTransport) async throws {
         let upstream = try await TestHTTPService.start()
         let gray = try await TestHTTPService.start()
-        let server = try await TestServer.start(Self.yaml(baseline: upstream, gray: gray, users: upstream))
+        let server = try await TestServer.start(
+            Self.yaml(baseline: upstream, gray: gray, users: upstream) + "\nchannels: {http: {transport: \(transport.rawValue)}}"
+        )
         let port = server.httpPort
         func status(_ raw: String) async -> String {
             // The server may answer and close before a large request is fully written: the
@@ -221,7 +228,8 @@ import Testing
         // node of its own: a short timeout would also cut this test's other requests on a
         // loaded machine).
         let strict = try await TestServer.start(
-            Self.yaml(baseline: upstream, gray: gray, users: upstream) + "\nchannels: {http: {header_timeout: 2s}}"
+            Self.yaml(baseline: upstream, gray: gray, users: upstream)
+                + "\nchannels: {http: {header_timeout: 2s, transport: \(transport.rawValue)}}"
         )
         let started = Date()
         let partial = try await TestHTTPClient.raw(Array("GET /api/orders/x HTTP/1.1\r\nHost: a\r\nX-Slow: ".utf8), port: strict.httpPort)

@@ -40,7 +40,9 @@ import Testing
         return line.split(separator: " ").compactMap { Int($0) }.first.map { $0 * 1024 }
     }
 
-    @Test func aOneGiBUploadStreamsInBoundedMemory() async throws {
+    /// (On both event-loop transports of the HTTP listener.)
+    @Test(arguments: ["epoll", "nio"])
+    func aOneGiBUploadStreamsInBoundedMemory(transport: String) async throws {
         let total = NIOLockedValueBox(0)
         let sink = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .childChannelInitializer { channel in
@@ -57,6 +59,7 @@ import Testing
               routes: [{name: upload, path_prefix: /upload, service: sink, timeout: 120s}]
             services:
               sink: {instances: [{url: "http://127.0.0.1:\(sink.localAddress!.port!)"}]}
+            channels: {http: {transport: \(transport)}}
             """,
             name: "upload"
         )
