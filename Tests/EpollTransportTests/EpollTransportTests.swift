@@ -38,14 +38,7 @@ import Testing
             }
         }
         let received = Collector()
-        let channel = try await EpollConnector.connect(
-            host: "127.0.0.1",
-            port: listener.localAddress.port!,
-            on: group.next(),
-            timeout: .seconds(2)
-        ) { channel in
-            channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(received) }
-        }.get()
+        let channel = try await Self.connect(to: listener, on: group, handler: received)
         #expect(channel.isActive)
         #expect(channel.remoteAddress?.port == listener.localAddress.port)
         // 8 MiB: more than both sockets' buffers hold, so writes wait for the peer to read.
@@ -67,14 +60,7 @@ import Testing
             channel.eventLoop.makeCompletedFuture {}  // reads and drops
         }
         let watcher = Collector()
-        let channel = try await EpollConnector.connect(
-            host: "127.0.0.1",
-            port: listener.localAddress.port!,
-            on: group.next(),
-            timeout: .seconds(2)
-        ) { channel in
-            channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(watcher) }
-        }.get()
+        let channel = try await Self.connect(to: listener, on: group, handler: watcher)
         let chunk = ByteBuffer(repeating: 7, count: 1 << 20)
         nonisolated(unsafe) var writes: [EventLoopFuture<Void>] = []  // (filled on the loop, read after)
         // (Queued on the loop: a write from another thread goes there as a task.)
@@ -120,6 +106,16 @@ import Testing
     }
 }
 
+extension EpollTransportTests {
+    /// A connection to `listener` from one of `group`'s loops, `handler` in its pipeline.
+    static func connect(to listener: EpollListener, on group: EpollEventLoopGroup, handler: Collector) async throws -> any Channel {
+        try await EpollConnector.connect(host: "127.0.0.1", port: listener.localAddress.port!, on: group.next(), timeout: .seconds(2)) {
+            channel in
+            channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(handler) }
+        }.get()
+    }
+}
+
 /// Writes back what it reads; closes when its input ends and all of it is written.
 private final class Echo: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
@@ -139,7 +135,7 @@ private final class Echo: ChannelInboundHandler {
 }
 
 /// Keeps what arrives and whether writability changed.
-private final class Collector: ChannelInboundHandler, Sendable {
+final class Collector: ChannelInboundHandler, Sendable {
     typealias InboundIn = ByteBuffer
     let bytes = NIOLockedValueBox(ByteBuffer())
     let sawWritabilityChange = NIOLockedValueBox(false)

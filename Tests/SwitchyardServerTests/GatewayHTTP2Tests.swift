@@ -13,16 +13,8 @@ import Testing
     /// Runs a command to its end off the concurrency pool; returns its status and stdout.
     static func run(_ args: [String]) async throws -> (Int32, String) {
         try await ProcessTests.offloaded {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            p.arguments = args
-            let out = Pipe()
-            p.standardOutput = out
-            p.standardError = FileHandle.nullDevice
-            try p.run()
-            let data = out.fileHandleForReading.readDataToEndOfFile()
-            p.waitUntilExit()
-            return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+            let (status, output, _) = try Spawn.run("/usr/bin/env", args)
+            return (status, String(decoding: output, as: UTF8.self))
         }
     }
 

@@ -27,17 +27,8 @@ import Testing
     }
 
     static func runBinaryBlocking(_ args: [String], in dir: String?, mergeErrors: Bool) throws -> (Int32, String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: binary)
-        p.arguments = args
-        if let dir { p.currentDirectoryURL = URL(fileURLWithPath: dir) }
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        if mergeErrors { p.standardError = pipe }
-        try p.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+        let (status, output, _) = try Spawn.run(binary, args, in: dir, mergeErrors: mergeErrors)
+        return (status, String(decoding: output, as: UTF8.self))
     }
 
     /// Runs a Python scenario script of Tests/Fixtures; returns the JSON object it prints (its
@@ -49,18 +40,8 @@ import Testing
     }
 
     static func runScenarioBlocking(_ script: String, _ args: [String]) throws -> (Int32, Data, String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3", script] + args
-        let out = Pipe()
-        let err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        let problem = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        return (p.terminationStatus, data, problem)
+        let (status, output, errors) = try Spawn.run("/usr/bin/env", ["python3", script] + args)
+        return (status, output, String(decoding: errors, as: UTF8.self))
     }
 
     @Test func serveReloadsOnSIGHUPAndStopsOnSIGTERM() async throws {
