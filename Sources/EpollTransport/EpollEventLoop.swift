@@ -286,15 +286,12 @@ public final class EpollEventLoop: EventLoop, @unchecked Sendable {
 /// A scheduled task (nil once run or cancelled).
 final class Timer: @unchecked Sendable {  // touched on its loop only
     let due: UInt64
-    let order: UInt64
+    /// Its place among timers due at the same time (set by the heap it goes into).
+    fileprivate(set) var order: UInt64 = 0
     var task: (() -> Void)?
-    nonisolated(unsafe) private static var counter: UInt64 = 0
 
     init(due: UInt64, task: @escaping () -> Void) {
         self.due = due
-        // (Ties keep their order; the counter is only approximate across loops, which is enough.)
-        Timer.counter &+= 1
-        order = Timer.counter
         self.task = task
     }
 
@@ -304,10 +301,14 @@ final class Timer: @unchecked Sendable {  // touched on its loop only
 /// The earliest timer first.
 struct TimerHeap {
     private var heap: [Timer] = []
+    /// Timers due at the same time fire in the order they were scheduled.
+    private var inserted: UInt64 = 0
 
     var first: Timer? { heap.first }
 
     mutating func insert(_ timer: Timer) {
+        inserted &+= 1
+        timer.order = inserted
         heap.append(timer)
         var child = heap.count - 1
         while child > 0 {

@@ -179,7 +179,6 @@ final class EpollSocketChannel: Channel, ChannelCore, EpollSelectable, @unchecke
             return closeQuietly()
         }
         addresses()
-        interest = EPOLLOUT.rawValue
         updateInterest()
         initializer(self).hop(to: loop).assumeIsolatedUnsafeUnchecked().whenComplete { result in
             switch result {
