@@ -85,7 +85,7 @@ public struct SwitchyardConfiguration: Sendable, Equatable {
         /// HTTP/2 besides HTTP/1.1: by prior knowledge (h2c) on `listeners.http`, by ALPN on `listeners.https`.
         public var http2 = true
         /// The event loops of the plain HTTP listener (`listeners.http`).
-        public var transport = HTTPTransport.nio
+        public var transport = HTTPTransport.epoll
         public init() {}
     }
 

@@ -368,17 +368,17 @@ func waitUntil(timeout: Duration = .seconds(5), _ condition: () -> Bool) async t
     /// What gathers while a batch is out goes when it returns, not after the linger: a device
     /// with a backlog (one message at a time) is not held to one message per linger.
     @Test func aReturningBatchSendsWhatGatheredMeanwhile() async throws {
-        // (Seconds, not milliseconds: with the whole suite running, the test's tasks can be held
-        // up for a second or two, and the third message must join while the first batch is out.)
-        let h = try Harness(instances: [baseline], batch: rule(max: 2, linger: 30), answerDelay: .seconds(3))
-        // A full batch goes out (its answer takes 3 s); a third message gathers meanwhile.
+        // (Seconds, not milliseconds: with the whole suite running, the test's tasks have been held
+        // up for over 3 s, and the third message must join while the first batch is out.)
+        let h = try Harness(instances: [baseline], batch: rule(max: 2, linger: 40), answerDelay: .seconds(6))
+        // A full batch goes out (its answer takes 6 s); a third message gathers meanwhile.
         async let first = h.send(device: "d0")
         async let second = h.send(device: "d1")
         try await waitUntil { h.forwarder.recorded.count == 1 }
         let start = ContinuousClock.now
         #expect(try await h.send(device: "d2") == .forwarded(route: "telemetry"))
-        // ~6 s: the first batch's answer, then its own; waiting out the linger would take 33 s.
-        #expect(ContinuousClock.now - start < .seconds(20), "the third message waited out the 30 s linger")
+        // ~12 s: the first batch's answer, then its own; waiting out the linger would take 46 s.
+        #expect(ContinuousClock.now - start < .seconds(30), "the third message waited out the 40 s linger")
         #expect(try await [first, second] == [.forwarded(route: "telemetry"), .forwarded(route: "telemetry")])
         #expect(h.forwarder.recorded.map { $0.header("x-switchyard-batch-size") ?? "" } == ["2", "1"])
     }

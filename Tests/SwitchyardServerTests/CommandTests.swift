@@ -30,13 +30,8 @@ import Testing
         #expect(offline.body.contains("device_offline"))
 
         // The device: answers every command but "ignore".
-        let device = Process()
-        device.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        device.arguments = ["python3", MQTTChannelTests.script, "responder", port, version, "3", "15"]
-        let out = Pipe()
-        device.standardOutput = out
-        try device.run()
-        defer { if device.isRunning { device.terminate() } }
+        let device = try Spawn.start("/usr/bin/env", ["python3", MQTTChannelTests.script, "responder", port, version, "3", "15"], output: .pipe)
+        defer { device.terminate() }
 
         var sent = offline
         for _ in 0..<100 where sent.status != 202 {
@@ -57,8 +52,8 @@ import Testing
         #expect(try await command(server, query: "?wait=forever", body: "x").status == 400)
         #expect(try await command(server, "d2", query: "?wait=1s", body: "x").status == 404)
 
-        device.waitUntilExit()
-        let result = try JSONSerialization.jsonObject(with: out.fileHandleForReading.readDataToEndOfFile()) as? [String: Any]
+        let printed = try await ProcessTests.offloaded { device.readOutputData() }
+        let result = try JSONSerialization.jsonObject(with: printed) as? [String: Any]
         #expect((result?["handled"] as? [String])?.suffix(3) == ["hello", "reboot", "ignore"])
         if version == "5" {
             // v5 devices are told where to answer (Response Topic), with the id as Correlation Data.

@@ -15,7 +15,7 @@ import Testing
         let httpPort: Int
         /// The node's own directory (config and data), removed by `cleanUp`.
         let dir: String
-        var process: Process?
+        var process: Spawn.Child?
 
         /// A node in a fresh directory on random loopback ports (http, admin = http + 1; MQTT
         /// and Nacos on any port), its config the listeners plus `yaml`. Not started yet.
@@ -45,22 +45,14 @@ import Testing
         }
 
         func start() async throws {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: ProcessTests.binary)
-            p.arguments = ["serve", "--config", configPath, "--data-dir", dataDir]
             // Its log (errors only, unless the test's config says otherwise) goes to a file in its
             // directory: a start that fails says why.
-            let logPath = "\(dir)/node.log"
-            if !FileManager.default.fileExists(atPath: logPath) { FileManager.default.createFile(atPath: logPath, contents: nil) }
-            let log = FileHandle(forWritingAtPath: logPath)
-            log?.seekToEndOfFile()
-            p.standardError = log ?? FileHandle.nullDevice
-            try p.run()
+            let p = try Spawn.start(ProcessTests.binary, ["serve", "--config", configPath, "--data-dir", dataDir], errors: .file("\(dir)/node.log"))
             process = p
             for _ in 0..<1200 {  // 30 s: a loaded machine starts slowly
                 if (try? await TestHTTPClient.request("GET", port: adminPort, path: "/readyz"))?.status == 200 { return }
                 if !p.isRunning {
-                    throw TestClientError(message: "switchyard exited with status \(p.terminationStatus) before it was ready: \(lastLogLines())")
+                    throw TestClientError(message: "switchyard exited with status \(p.wait()) before it was ready: \(lastLogLines())")
                 }
                 try await Task.sleep(nanoseconds: 25_000_000)
             }
@@ -76,14 +68,14 @@ import Testing
 
         func kill9() {
             guard let p = process else { return }
-            kill(p.processIdentifier, SIGKILL)
-            p.waitUntilExit()
+            p.signal(SIGKILL)
+            p.wait()
         }
 
         func stop() {
             guard let p = process, p.isRunning else { return }
             p.terminate()
-            p.waitUntilExit()
+            p.wait()
         }
     }
 

@@ -135,20 +135,16 @@ import Testing
 
 /// The Mosquitto command-line clients (Debian `mosquitto-clients`) as a device and an app use them.
 @Suite(.serialized) struct MosquittoClientTests {
-    /// Runs a command; returns its exit status and output (stdout + stderr).
-    func run(_ args: [String], wait: Bool = true) throws -> (Process, Pipe) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = args
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = out
-        try p.run()
-        if wait { p.waitUntilExit() }
-        return (p, out)
-    }
+    /// Starts a command, its standard error merged into its output.
+    func start(_ args: [String]) throws -> Spawn.Child { try Spawn.start("/usr/bin/env", args, output: .pipe, errors: .output) }
 
-    func text(_ pipe: Pipe) -> String { String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self) }
+    /// Runs a command to its end; returns its exit status and output (stdout + stderr).
+    func run(_ args: [String]) async throws -> (Int32, String) {
+        try await ProcessTests.offloaded {
+            let (status, output, _) = try Spawn.run("/usr/bin/env", args, mergeErrors: true)
+            return (status, String(decoding: output, as: UTF8.self))
+        }
+    }
 
     @Test func mosquittoPubAndSubWithDeviceCredentials() async throws {
         let svc = try await TestHTTPService.start()
@@ -159,19 +155,15 @@ import Testing
         let auth = ["-h", "127.0.0.1", "-p", port, "-u", "m1&p1", "-P", secret]
 
         // The subscriber waits for two messages (10 s at most), one of them retained.
-        _ = try run(["mosquitto_pub"] + auth + ["-V", "5", "-i", "m1-retain", "-t", "devices/p1/m1/state", "-m", "on", "-q", "1", "-r"])
-        let (sub, subOut) = try run(
-            ["mosquitto_sub"] + auth + ["-V", "5", "-i", "m1-sub", "-t", "devices/p1/m1/#", "-q", "1", "-C", "2", "-W", "10", "-v"],
-            wait: false
-        )
+        _ = try await run(["mosquitto_pub"] + auth + ["-V", "5", "-i", "m1-retain", "-t", "devices/p1/m1/state", "-m", "on", "-q", "1", "-r"])
+        let sub = try start(["mosquitto_sub"] + auth + ["-V", "5", "-i", "m1-sub", "-t", "devices/p1/m1/#", "-q", "1", "-C", "2", "-W", "10", "-v"])
         try await Task.sleep(nanoseconds: 500_000_000)
-        let (pub, pubOut) = try run(
+        let (pub, pubOut) = try await run(
             ["mosquitto_pub"] + auth + ["-V", "311", "-i", "m1-pub", "-t", "devices/p1/m1/telemetry", "-m", "21.5", "-q", "1"]
         )
-        #expect(pub.terminationStatus == 0, "\(text(pubOut))")
-        sub.waitUntilExit()
-        let received = text(subOut)
-        #expect(sub.terminationStatus == 0, "\(received)")
+        #expect(pub == 0, "\(pubOut)")
+        let received = try await ProcessTests.offloaded { sub.readOutput() }
+        #expect(try await ProcessTests.offloaded { sub.wait() } == 0, "\(received)")
         #expect(received.contains("devices/p1/m1/state on"), "\(received)")
         #expect(received.contains("devices/p1/m1/telemetry 21.5"), "\(received)")
         // The message also went through the pipeline to the service.
@@ -179,16 +171,14 @@ import Testing
         #expect(got.contains { $0.uri == "/in/m1/telemetry" && $0.body == "21.5" })
 
         // A wrong password: refused, and mosquitto_pub says so and fails.
-        let (bad, badOut) = try run(
+        let (bad, why) = try await run(
             ["mosquitto_pub", "-h", "127.0.0.1", "-p", port, "-u", "m1&p1", "-P", "wrong", "-t", "devices/p1/m1/x", "-m", "1", "-q", "1"]
         )
-        let why = text(badOut)
-        #expect(bad.terminationStatus != 0)
+        #expect(bad != 0)
         #expect(why.lowercased().contains("not authori") || why.lowercased().contains("bad user name or password"), "\(why)")
         // Outside its topic space: v5 PUBACK 0x87, which mosquitto_pub reports.
-        let (denied, deniedOut) = try run(["mosquitto_pub"] + auth + ["-V", "5", "-t", "devices/p1/other/x", "-m", "1", "-q", "1"])
-        _ = denied
-        #expect(text(deniedOut).lowercased().contains("not authori"), "outside the device's space")
+        let (_, deniedOut) = try await run(["mosquitto_pub"] + auth + ["-V", "5", "-t", "devices/p1/other/x", "-m", "1", "-q", "1"])
+        #expect(deniedOut.lowercased().contains("not authori"), "outside the device's space")
         await server.stop()
         await svc.stop()
     }

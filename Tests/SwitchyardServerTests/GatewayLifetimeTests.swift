@@ -88,9 +88,7 @@ import Testing
     @Test func failedExchangesAreFreed() async throws {
         let slow = try await TestHTTPService.start()
         slow.setDelay(seconds: 0.5)
-        let refusing = try await TestHTTPService.start()
-        let refusingURL = refusing.url
-        await refusing.stop(closingConnections: true)
+        let refusing = try RefusingPort()
         let server = try await TestServer.start(
             """
             gateway:
@@ -98,7 +96,7 @@ import Testing
                 - {name: gone, path_prefix: /gone, service: gone, retries: 0}
                 - {name: slow, path_prefix: /slow, service: slow, timeout: 100ms, retries: 0}
             services:
-              gone: {instances: [{url: "\(refusingURL)"}]}
+              gone: {instances: [{url: "\(refusing.url)"}]}
               slow: {instances: [{url: "\(slow.url)"}]}
             """
         )
@@ -113,5 +111,6 @@ import Testing
         #expect(alive == 0, "\(alive) of 20 failed sessions still held")
         await server.stop()
         await slow.stop()
+        withExtendedLifetime(refusing) {}  // (refusing until here)
     }
 }

@@ -66,7 +66,7 @@ import Testing
         defer { node.cleanUp() }
         let httpPort = node.httpPort
         try await node.start()
-        let pid = node.process!.processIdentifier
+        let pid = node.process!.pid
         // Warm up (first requests allocate pools), then take the baseline.
         for _ in 0..<3 { _ = try await TestHTTPClient.request("POST", port: httpPort, path: "/upload", body: "x") }
         let baseline = try #require(Self.residentBytes(pid))

@@ -24,12 +24,11 @@ import Testing
         let (httpPort, adminPort, configPath, dir) = (node.httpPort, node.adminPort, node.configPath, node.dir)
 
         // No file of the process may grow past 64 KiB: every few dozen messages a write fails.
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/prlimit")
-        process.arguments = ["--fsize=65536", "--", ProcessTests.binary, "serve", "--config", configPath, "--data-dir", "\(dir)/data"]
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        defer { if process.isRunning { process.terminate() } }
+        let process = try Spawn.start(
+            "/usr/bin/prlimit",
+            ["--fsize=65536", "--", ProcessTests.binary, "serve", "--config", configPath, "--data-dir", "\(dir)/data"]
+        )
+        defer { process.terminate() }
         var ready = false
         for _ in 0..<200 where !ready {
             ready = (try? await TestHTTPClient.request("GET", port: adminPort, path: "/readyz"))?.status == 200
@@ -68,18 +67,16 @@ import Testing
         #expect(metrics.contains(#"switchyard_messages_rejected_total{channel="http",reason="journal_unavailable"}"#))
         #expect(try await TestHTTPClient.request("GET", port: adminPort, path: "/readyz").status == 200)  // recovered
         process.terminate()
-        process.waitUntilExit()
-        #expect(process.terminationReason == .exit)
+        #expect(try await ProcessTests.offloaded { process.wait() } < 128, "ended by a signal, not by its own exit")
 
         // Nothing left to redeliver and nothing torn: every acknowledged message was settled.
-        let again = Process()
-        again.executableURL = URL(fileURLWithPath: ProcessTests.binary)
-        again.arguments = ["serve", "--config", configPath, "--data-dir", "\(dir)/data"]
-        let log = Pipe()
-        again.standardError = log
-        again.standardOutput = log
-        try again.run()
-        defer { if again.isRunning { again.terminate() } }
+        let again = try Spawn.start(
+            ProcessTests.binary,
+            ["serve", "--config", configPath, "--data-dir", "\(dir)/data"],
+            output: .pipe,
+            errors: .output
+        )
+        defer { again.terminate() }
         ready = false
         for _ in 0..<200 where !ready {
             ready = (try? await TestHTTPClient.request("GET", port: adminPort, path: "/readyz"))?.status == 200
@@ -87,8 +84,7 @@ import Testing
         }
         try #require(ready)
         again.terminate()
-        again.waitUntilExit()
-        let output = String(decoding: log.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let output = try await ProcessTests.offloaded { again.readOutput() }
         #expect(output.contains("journal recovered"))
         #expect(output.contains("redeliver=0"))
         await svc.stop()

@@ -68,12 +68,8 @@ import Testing
         let configPath = "\(dir)/switchyard.yaml"
         try config("/v1/{device}").write(toFile: configPath, atomically: true, encoding: .utf8)
 
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Self.binary)
-        process.arguments = ["serve", "--config", configPath, "--data-dir", "\(dir)/data"]
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        defer { if process.isRunning { process.terminate() } }
+        let process = try Spawn.start(Self.binary, ["serve", "--config", configPath, "--data-dir", "\(dir)/data"])
+        defer { process.terminate() }
 
         var ready = false
         for _ in 0..<100 where !ready {
@@ -97,23 +93,21 @@ import Testing
 
         // Keep the mtime unchanged is impossible; SIGHUP right after writing exercises the signal path.
         try config("/v2/{device}").write(toFile: configPath, atomically: true, encoding: .utf8)
-        kill(process.processIdentifier, SIGHUP)
+        process.signal(SIGHUP)
         try await Task.sleep(nanoseconds: 300_000_000)
         #expect(try await TestHTTPClient.request("POST", port: httpPort, path: "/v1/messages/devices/b", body: "1").status == 202)
         #expect(await svc.waitFor(count: 2).last?.uri == "/v2/b")
 
         // A bad file: SIGHUP is answered with a logged rejection; the old routes keep serving.
         try "routes: [{oops".write(toFile: configPath, atomically: true, encoding: .utf8)
-        kill(process.processIdentifier, SIGHUP)
+        process.signal(SIGHUP)
         try await Task.sleep(nanoseconds: 300_000_000)
         #expect(process.isRunning)
         #expect(try await TestHTTPClient.request("POST", port: httpPort, path: "/v1/messages/devices/c", body: "1").status == 202)
         #expect(await svc.waitFor(count: 3).last?.uri == "/v2/c")
 
         process.terminate()  // SIGTERM
-        process.waitUntilExit()
-        #expect(process.terminationReason == .exit)
-        #expect(process.terminationStatus == 0)
+        #expect(try await Self.offloaded { process.wait() } == 0)
         await svc.stop()
     }
 
@@ -144,13 +138,8 @@ import Testing
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("switchyard-defaults-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: ProcessTests.binary)
-        process.arguments = ["serve"]
-        process.currentDirectoryURL = URL(fileURLWithPath: dir)
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        defer { if process.isRunning { process.terminate() } }
+        let process = try Spawn.start(ProcessTests.binary, ["serve"], in: dir)
+        defer { process.terminate() }
         var ready = false
         for _ in 0..<100 where !ready {
             ready = (try? await TestHTTPClient.request("GET", port: 8090, path: "/readyz"))?.status == 200
@@ -161,16 +150,8 @@ import Testing
         let posted = try await TestHTTPClient.request("POST", port: 8080, path: "/v1/messages/devices/p/d/t", body: "{}")
         #expect(posted.status == 202)
         // The dlq CLI finds the node and its token by the defaults (./switchyard-data).
-        let cli = Process()
-        cli.executableURL = URL(fileURLWithPath: ProcessTests.binary)
-        cli.arguments = ["dlq", "list"]
-        cli.currentDirectoryURL = URL(fileURLWithPath: dir)
-        let pipe = Pipe()
-        cli.standardOutput = pipe
-        try cli.run()
-        let listed = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        cli.waitUntilExit()
-        #expect(cli.terminationStatus == 0)
+        let (listedStatus, listed) = try await ProcessTests.runBinary(["dlq", "list"], in: dir, mergeErrors: false)
+        #expect(listedStatus == 0)
         #expect(listed.contains("\"reason\" : \"unrouted\""))
         // The registry on its default port (loopback, no auth), and the registry CLI.
         func registryCLI(_ args: String...) async throws -> (Int32, String) { try await ProcessTests.runBinary(args, in: dir, mergeErrors: false) }
@@ -201,13 +182,11 @@ import Testing
         #expect(now.body == "v: 1")
         let (refused, _) = try await registryCLI("registry", "rollback", "app.yaml", "999999")
         #expect(refused != 0)
-        kill(process.processIdentifier, SIGHUP)
+        process.signal(SIGHUP)
         try await Task.sleep(nanoseconds: 300_000_000)
         #expect(process.isRunning)
-        kill(process.processIdentifier, SIGINT)
-        process.waitUntilExit()
-        #expect(process.terminationReason == .exit)
-        #expect(process.terminationStatus == 0)
+        process.signal(SIGINT)
+        #expect(try await ProcessTests.offloaded { process.wait() } == 0)
     }
 
     /// The registry load tool runs end to end (small numbers: a smoke run) and fails on a lost

@@ -33,14 +33,9 @@ import Testing
     }
 
     static func md5(_ s: String) -> String {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3", "-c", "import hashlib,sys;print(hashlib.md5(sys.argv[1].encode()).hexdigest())", s]
-        let out = Pipe()
-        p.standardOutput = out
-        try? p.run()
-        p.waitUntilExit()
-        return String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        let output =
+            (try? Spawn.run("/usr/bin/env", ["python3", "-c", "import hashlib,sys;print(hashlib.md5(sys.argv[1].encode()).hexdigest())", s]))?.1
+        return String(decoding: output ?? Data(), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     /// Runs a scenario of the real client; returns its JSON.

@@ -22,16 +22,16 @@ import Testing
         try await node.start()
         let process = try #require(node.process)
         let signalled = Date()
-        kill(process.processIdentifier, SIGTERM)
+        process.terminate()
         try await Task.sleep(nanoseconds: 300_000_000)
         #expect(try await TestHTTPClient.request("GET", port: adminPort, path: "/readyz").status == 503)
         // Still serving during the delay: requests and messages are not refused.
         #expect(try await TestHTTPClient.request("GET", port: httpPort, path: "/api/x", body: "").status == 200)
         #expect(try await TestHTTPClient.request("POST", port: httpPort, path: "/v1/messages/devices/p/d/t", body: "{}").status == 202)
-        try await ProcessTests.offloaded { process.waitUntilExit() }
+        let status = try await ProcessTests.offloaded { process.wait() }
         let took = Date().timeIntervalSince(signalled)
         #expect(took >= 6, "exited after \(took) s, before the shutdown delay")
-        #expect(process.terminationStatus == 0)
+        #expect(status == 0)
     }
 }
 
@@ -95,8 +95,8 @@ import Testing
         }
         try await waitFor(requests: 30)
         let process = try #require(node.process)
-        kill(process.processIdentifier, SIGTERM)
-        try await ProcessTests.offloaded { process.waitUntilExit() }
+        process.terminate()
+        try await ProcessTests.offloaded { process.wait() }
         try await node.start()  // same ports, same data dir: the journal is recovered
         try await waitFor(requests: outcome.withLockedValue { $0.requests } + 30)
         running.withLockedValue { $0 = false }
