@@ -97,7 +97,7 @@ public final class GatewayResponder: HTTPStreamingResponder {
             let bound = NIOLoopBound(session, eventLoop: writer.eventLoop)
             writer.eventLoop.scheduleTask(in: delay) { bound.value.start() }
         } else {
-            session.start()
+            session.start(at: exchange.started)
         }
         return session
     }

@@ -130,7 +130,7 @@ final class GatewaySession: HTTPStreamSession {
         headVerdict = nil
         guard let balancer else { return }
         balancer.finished(instance)
-        balancer.retryBudget.end(instance.service, retry: attemptIsRetry)
+        balancer.retryBudget.end(instance.hashedService, retry: attemptIsRetry)
         if let failed {
             balancer.breakers.record(instance, failed: failed, rule: circuit)
         } else {
@@ -138,8 +138,9 @@ final class GatewaySession: HTTPStreamSession {
         }
     }
 
-    /// Sends the request to a weighted choice among the candidates not tried yet.
-    func start() {
+    /// Sends the request to a weighted choice among the candidates not tried yet. `now`: the
+    /// monotonic clock's nanoseconds when the caller has just read them (the exchange's start).
+    func start(at now: UInt64? = nil) {
         guard let writer, !over else { return }
         if let balancer, let service = candidates.first?.service, !balancer.admits(service) {
             waitForAdmission(service, on: writer.eventLoop)
@@ -154,18 +155,18 @@ final class GatewaySession: HTTPStreamSession {
         self.instance = instance
         exchange?.upstream = instance
         exchange?.attempts += 1
-        // (One clock read for the attempt: the deadline's clock is the same monotonic one.)
-        let now = SystemMonotonicClock().nowNanos()
+        // (One clock read for the attempt, or none: the deadline's clock is the same monotonic one.)
+        let now = now ?? SystemMonotonicClock().nowNanos()
         attemptStarted = now
         if let balancer {
             attemptOpen = true
             balancer.started(instance)
-            balancer.retryBudget.begin(instance.service, now: now)
+            balancer.retryBudget.begin(instance.hashedService, now: now)
         }
         let loop = writer.eventLoop
         let deadline = NIODeadline.uptimeNanoseconds(now) + timeout
         reusedConnection = false
-        if let idle = pool?.take(instance.address, on: loop), let channel = idle.channel {
+        if let idle = pool?.take(instance.hashedAddress, on: loop), let channel = idle.channel {
             // A kept connection: its handler now answers to this session and keeps its deadline
             // (its one timer, not one per attempt).
             idle.session = self
@@ -201,7 +202,7 @@ final class GatewaySession: HTTPStreamSession {
                 let session = bound.value
                 switch result {
                 case .success(let channel):
-                    session.pool?.watch(handler.value, on: channel, for: instance.address)
+                    session.pool?.watch(handler.value, on: channel, for: instance.hashedAddress)
                     session.connected(channel, handler: handler.value)
                 case .failure(let error):
                     guard session.instance == instance, !session.over else { return }
@@ -465,7 +466,7 @@ final class GatewaySession: HTTPStreamSession {
             // Kept for the next request: reading as usual.
             if upstreamReadingPaused { channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in } }
             if let upstreamHandler {
-                pool.put(upstreamHandler, for: instance.address)
+                pool.put(upstreamHandler, for: instance.hashedAddress)
             } else {
                 channel.close(promise: nil)
             }
@@ -700,13 +701,13 @@ final class UpstreamPool: @unchecked Sendable {
 
     private struct Key: Hashable {
         let loop: ObjectIdentifier
-        let address: String
+        let address: HashedKey
     }
 
-    private static func key(_ address: String, _ loop: any EventLoop) -> Key { Key(loop: ObjectIdentifier(loop), address: address) }
+    private static func key(_ address: HashedKey, _ loop: any EventLoop) -> Key { Key(loop: ObjectIdentifier(loop), address: address) }
 
     /// (The lists change in place: taking and putting back copy nothing, once per request.)
-    func take(_ address: String, on loop: any EventLoop) -> UpstreamHandler? {
+    func take(_ address: HashedKey, on loop: any EventLoop) -> UpstreamHandler? {
         let key = Self.key(address, loop)
         return lock.withLock { () -> UpstreamHandler? in
             guard let list = idle[key] else { return nil }
@@ -719,7 +720,7 @@ final class UpstreamPool: @unchecked Sendable {
 
     /// An idle connection goes back to its list (or closes when the list is full). Idle, it
     /// holds no session: the last one, with its writer and client, goes now.
-    func put(_ handler: UpstreamHandler, for address: String) {
+    func put(_ handler: UpstreamHandler, for address: HashedKey) {
         handler.session = nil
         guard let channel = handler.channel else { return }
         // (A connection's list is found once; lists stay in the pool once made.)
@@ -744,7 +745,7 @@ final class UpstreamPool: @unchecked Sendable {
     }
 
     /// Once per connection: when it closes, it leaves the pool.
-    func watch(_ handler: UpstreamHandler, on channel: any Channel, for address: String) {
+    func watch(_ handler: UpstreamHandler, on channel: any Channel, for address: HashedKey) {
         let key = Self.key(address, channel.eventLoop)
         let gone = ObjectIdentifier(handler)
         // (The pool held strongly until the connection closes: a weak reference would give it a

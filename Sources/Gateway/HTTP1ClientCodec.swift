@@ -92,7 +92,7 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
         let chunked = !request.length && Self.sendsBody(request.method)
         writer.chunked = chunked
         let lineBytes = requestLineBytes(request.method, uri: request.uri)
-        writer.head(size: lineBytes + request.fields.readableBytes + 32, allocator: context.channel.allocator) { out in
+        writer.head(size: lineBytes + request.fields.readableBytes + 32, allocator: HTTP1Message.allocator) { out in
             writeRequestLine(request.method, uri: request.uri, http10: false, bytes: lineBytes, into: &out)
             out.writeImmutableBuffer(request.fields)
             if chunked { out.writeStaticString("transfer-encoding: chunked\r\n") }
@@ -153,7 +153,7 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
             methods.append(head.method)
             frame(&head)
             let lineBytes = requestLineBytes(head.method, uri: head.uri)
-            writer.head(head.headers, allocator: context.channel.allocator, lineBytes: lineBytes) { out in
+            writer.head(head.headers, allocator: HTTP1Message.allocator, lineBytes: lineBytes) { out in
                 writeRequestLine(head.method, uri: head.uri, http10: head.version.minor == 0, bytes: lineBytes, into: &out)
             }
             if promise != nil { writer.writePending(context: context, promise: promise) }
@@ -223,15 +223,12 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
                 var lines: ByteBuffer? = answer.fieldLines
                 answer.fieldLines = ByteBuffer()
                 lines!.clear(minimumCapacity: length)
-                let parsed = received!.withUnsafeReadableBytes {
-                    Self.parseHead(UnsafeRawBufferPointer(rebasing: $0[..<length]), keptLines: &lines, into: &headBox)
+                answer.section = HTTP1Message.FieldSection()
+                let malformed = received!.withUnsafeReadableBytes {
+                    Self.parseHead(UnsafeRawBufferPointer(rebasing: $0[..<length]), keptLines: &lines, section: &answer.section, into: &headBox)
                 }
                 received!.moveReaderIndex(forwardBy: length)
-                let section: HTTP1Message.FieldSection
-                switch parsed {
-                case .failure(let malformed): return fail(malformed.description, context: context)
-                case .success(let s): section = s
-                }
+                if let malformed { return fail(malformed.description, context: context) }
                 let head = headBox
                 let code = head.status.code
                 if code >= 100 && code < 200 && code != 101 { continue }  // interim: the real answer follows
@@ -242,12 +239,11 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
                     answered = 0
                 }
                 let body: HTTP1Message.BodyReader
-                switch Self.bodyFraming(section, status: code, method: method) {
+                switch Self.bodyFraming(answer.section, status: code, method: method) {
                 case .failure(let malformed): return fail(malformed.description, context: context)
                 case .success(let b): body = b
                 }
                 answer.fieldLines = lines ?? ByteBuffer()
-                answer.section = consume section
                 deliver(.head(head), context: context)
                 if code == 101 {
                     inbound = .upgraded
@@ -274,30 +270,32 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
         }
     }
 
-    /// `HTTP/1.x NNN reason` and the header fields: those passed on are copied to `keptLines`
-    /// (the head's own header list stays empty).
+    /// `HTTP/1.x NNN reason` and the header fields: those passed on are copied to `keptLines`,
+    /// what frames the body and what the hop-by-hop ones said go into `section` (a fresh one),
+    /// and the head's own header list stays empty. Nil when well-formed.
+    /// (In place, not returned: a section returned in a `Result` was copied twice per answer.)
     static func parseHead(
         _ raw: UnsafeRawBufferPointer,
         keptLines: inout ByteBuffer?,
+        section: inout HTTP1Message.FieldSection,
         into head: inout HTTPResponseHead
-    ) -> Result<HTTP1Message.FieldSection, HTTP1Message.Malformed> {
-        guard let lineEnd = HTTP1Syntax.lineLength(raw) else { return .failure(.init("no status line")) }
+    ) -> HTTP1Message.Malformed? {
+        guard let lineEnd = HTTP1Syntax.lineLength(raw) else { return .init("no status line") }
         let line = UnsafeRawBufferPointer(rebasing: raw[..<lineEnd])
         guard let (code, reasonStart) = HTTP1Syntax.statusLine(line), line[7] == UInt8(ascii: "0") || line[7] == UInt8(ascii: "1") else {
-            return .failure(.init("malformed status line \"\(String(decoding: line.prefix(64), as: UTF8.self))\""))
+            return .init("malformed status line \"\(String(decoding: line.prefix(64), as: UTF8.self))\"")
+        }
+        if let malformed = HTTP1Message.fieldSection(
+            UnsafeRawBufferPointer(rebasing: raw[(lineEnd + 2)..<(raw.count - 2)]),
+            keptLines: &keptLines,
+            into: &section
+        ) {
+            return malformed
         }
         let reason = String(decoding: UnsafeRawBufferPointer(rebasing: line[reasonStart...]), as: UTF8.self)
-        switch HTTP1Message.fieldSection(
-            UnsafeRawBufferPointer(rebasing: raw[(lineEnd + 2)..<(raw.count - 2)]),
-            keptLines: &keptLines
-        ) {
-        case .failure(let malformed): return .failure(malformed)
-        case .success(let section):
-            head.version = line[7] == UInt8(ascii: "0") ? .http1_0 : .http1_1
-            head.status = HTTPResponseStatus(statusCode: code, reasonPhrase: reason)
-            head.headers = HTTPHeaders(section.fields)
-            return .success(section)
-        }
+        head.version = line[7] == UInt8(ascii: "0") ? .http1_0 : .http1_1
+        head.status = HTTPResponseStatus(statusCode: code, reasonPhrase: reason)
+        return nil
     }
 
     /// How an answer's body is framed (RFC 9112 §6.3).

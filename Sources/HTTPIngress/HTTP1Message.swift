@@ -9,6 +9,10 @@ package enum HTTP1Message {
     /// The most a message head (start line and header fields) may take, on either side.
     package static let maxHeadBytes = 64 * 1024
 
+    /// The allocator of the heads written: the channels' own (neither listener sets another),
+    /// made here rather than asked of the channel per head (a reference taken and dropped).
+    package static var allocator: ByteBufferAllocator { ByteBufferAllocator() }
+
     /// Where a connection's incoming bytes stand.
     package enum Inbound {
         /// A message head is next.
@@ -47,8 +51,6 @@ package enum HTTP1Message {
             package var keepAlive = false
             /// The `upgrade` field's value.
             package var upgrade: String?
-            /// The fields `connection` names (lowercased): left out of the kept lines too.
-            package var nominated: [String] = []
 
             package init() {}
         }
@@ -92,24 +94,33 @@ package enum HTTP1Message {
     /// `fields`, and the hop-by-hop ones are left out (`hop` says what they held).
     package static func fieldSection(_ raw: UnsafeRawBufferPointer, keptLines: inout ByteBuffer?) -> Result<FieldSection, Malformed> {
         var section = FieldSection()
+        if let malformed = fieldSection(raw, keptLines: &keptLines, into: &section) { return .failure(malformed) }
+        return .success(section)
+    }
+
+    /// As above, into a section the caller holds (a fresh one: nothing is cleared); nil when
+    /// well-formed.
+    package static func fieldSection(_ raw: UnsafeRawBufferPointer, keptLines: inout ByteBuffer?, into section: inout FieldSection) -> Malformed? {
         let proxying = keptLines != nil
+        // The fields `connection` names (lowercased): left out of the kept lines too.
+        var nominated: [String] = []
         if !proxying { section.fields.reserveCapacity(8) }
         var position = 0
         // Kept lines are copied a run of them at a time (usually the whole section at once).
         var run: Int?
         while position < raw.count {
             let lineStart = position
-            if raw[position] == 0x20 || raw[position] == 0x09 { return .failure(Malformed("folded header line (obs-fold)")) }
+            if raw[position] == 0x20 || raw[position] == 0x09 { return Malformed("folded header line (obs-fold)") }
             guard let line = fieldLine(raw, from: position) else {
                 let withEnd = HTTP1Syntax.lineLength(UnsafeRawBufferPointer(rebasing: raw[position...])) != nil
-                return .failure(Malformed(withEnd ? "malformed header line" : "header line without CR LF"))
+                return Malformed(withEnd ? "malformed header line" : "header line without CR LF")
             }
             let name = UnsafeRawBufferPointer(rebasing: raw[line.name])
             let value = UnsafeRawBufferPointer(rebasing: raw[line.value])
             position = line.next
             if HTTP1Syntax.name(name, is: "content-length") {
-                guard let length = HTTP1Syntax.decimal(value) else { return .failure(Malformed("invalid content-length")) }
-                guard section.contentLength == nil else { return .failure(Malformed("more than one content-length")) }
+                guard let length = HTTP1Syntax.decimal(value) else { return Malformed("invalid content-length") }
+                guard section.contentLength == nil else { return Malformed("more than one content-length") }
                 section.contentLength = length
             } else if HTTP1Syntax.name(name, is: "transfer-encoding") {
                 let coding = String(decoding: value, as: UTF8.self).lowercased()
@@ -124,7 +135,7 @@ package enum HTTP1Message {
                 if HTTP1Syntax.name(name, is: "connection") {
                     section.hop.close = section.hop.close || HTTP1Syntax.list(value, contains: "close")
                     section.hop.keepAlive = section.hop.keepAlive || HTTP1Syntax.list(value, contains: "keep-alive")
-                    section.hop.nominated += HTTP1Syntax.nominatedFields(value)
+                    nominated += HTTP1Syntax.nominatedFields(value)
                 } else if HTTP1Syntax.name(name, is: "upgrade") {
                     section.hop.upgrade = section.hop.upgrade ?? String(decoding: value, as: UTF8.self)
                 }
@@ -144,14 +155,12 @@ package enum HTTP1Message {
             section.fields.append((String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self)))
         }
         if let start = run { keptLines!.writeBytes(UnsafeRawBufferPointer(rebasing: raw[start..<min(position, raw.count)])) }
-        if !section.hop.nominated.isEmpty, let lines = keptLines {
+        if !nominated.isEmpty, let lines = keptLines {
             // The fields `connection` names are this hop's own too (RFC 9110 §7.6.1); the
             // `connection` line may come after them, so they leave once all are read.
-            // (Not `section` in the closure: a captured var is boxed, and copied out at the end.)
-            let nominated = section.hop.nominated
             keptLines = lines.withUnsafeReadableBytes { without(nominated, lines: $0) }
         }
-        return .success(section)
+        return nil
     }
 
     /// Field lines (each with its CR LF, checked before) without those whose names are listed.
@@ -245,7 +254,9 @@ package enum HTTP1Message {
         static let maxTrailerBytes = 64 * 1024
 
         var state: State
-        private var trailers: [(String, String)] = []
+        /// (Nil until a trailer field comes: a reader is copied several times per message, and
+        /// an empty list is a reference to retain each time.)
+        private var trailers: [(String, String)]?
         private var trailerBytes = 0
 
         package static func length(_ n: Int) -> BodyReader { BodyReader(state: n > 0 ? .fixed(remaining: n) : .ending) }
@@ -313,8 +324,8 @@ package enum HTTP1Message {
                         buffer.moveReaderIndex(forwardBy: 2)
                         state = .done
                         let fields = trailers
-                        trailers = []
-                        return .end(fields.isEmpty ? nil : HTTPHeaders(fields))
+                        trailers = nil
+                        return .end(fields.map { HTTPHeaders($0) })
                     }
                     // (The same rule as a head's field lines.)
                     let field = buffer.withUnsafeReadableBytes { bytes in
@@ -325,7 +336,8 @@ package enum HTTP1Message {
                     }
                     buffer.moveReaderIndex(forwardBy: length + 2)
                     guard let field else { throw Malformed("malformed trailer field") }
-                    trailers.append(field)
+                    if trailers == nil { trailers = [] }
+                    trailers!.append(field)
                 }
             }
         }

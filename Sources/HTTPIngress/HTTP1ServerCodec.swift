@@ -348,7 +348,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
         var answer = OutgoingResponse.error(status, code, "malformed HTTP request: " + message, headers: ["connection": "close"])
         answer.headers.add(name: "content-length", value: String(answer.body.readableBytes))
         writer = HTTP1Message.Writer()
-        writer.head(answer.headers, allocator: context.channel.allocator) {
+        writer.head(answer.headers, allocator: HTTP1Message.allocator) {
             Self.writeStatusLine(.http1_1, status, into: &$0)
         }
         writer.body(.byteBuffer(answer.body), context: context, promise: nil)
@@ -391,7 +391,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
         writer.suppressBody = Self.isHEAD(unanswered.first)
         writer.chunked = !length && !writer.suppressBody
         let size = 64 + status.reasonPhrase.utf8.count + fieldLines.readableBytes
-        writer.head(size: size, allocator: context.channel.allocator) { out in
+        writer.head(size: size, allocator: HTTP1Message.allocator) { out in
             Self.writeStatusLine(.http1_1, status, into: &out)
             out.writeImmutableBuffer(fieldLines)
             if !length && !transferEncoding { out.writeStaticString("transfer-encoding: chunked\r\n") }
@@ -415,7 +415,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
         case .head(var head):
             if head.status.code >= 200 || head.status.code == 101 { answerHeadWritten = true }
             frame(&head)
-            writer.head(head.headers, allocator: context.channel.allocator) { Self.writeStatusLine(head.version, head.status, into: &$0) }
+            writer.head(head.headers, allocator: HTTP1Message.allocator) { Self.writeStatusLine(head.version, head.status, into: &$0) }
             if promise != nil { writer.writePending(context: context, promise: promise) }
         case .body(let body):
             writer.body(body, context: context, promise: promise)

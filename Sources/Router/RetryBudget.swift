@@ -14,7 +14,7 @@ public final class RetryBudget: Sendable {
         var minute: UInt64 = 0
     }
 
-    private let counts = NIOLockedValueBox([String: Counts]())
+    private let counts = NIOLockedValueBox([HashedKey: Counts]())
     private let settings = NIOLockedValueBox((percent: 20.0, minimum: 3))
 
     public init() {}
@@ -26,6 +26,11 @@ public final class RetryBudget: Sendable {
     /// An attempt (first or retry) to `service` starts (`now`: the monotonic clock's nanoseconds,
     /// when the caller has just read it).
     public func begin(_ service: String, now: UInt64 = SystemMonotonicClock().nowNanos()) {
+        begin(HashedKey(service), now: now)
+    }
+
+    /// As above, for a service whose name was hashed before (an instance's `hashedService`).
+    public func begin(_ service: HashedKey, now: UInt64) {
         let minute = now / 60_000_000_000
         counts.withLockedValue { all in
             Self.begin(&all[service, default: Counts()], minute: minute)
@@ -44,6 +49,7 @@ public final class RetryBudget: Sendable {
 
     /// The most attempts to `service` at once over the last one to two minutes.
     public func peak(_ service: String) -> Int {
+        let service = HashedKey(service)
         let minute = SystemMonotonicClock().nowNanos() / 60_000_000_000
         return counts.withLockedValue { all in
             guard let c = all[service] else { return 0 }
@@ -54,6 +60,11 @@ public final class RetryBudget: Sendable {
 
     /// An attempt ends; `retry` says whether it was one.
     public func end(_ service: String, retry: Bool) {
+        end(HashedKey(service), retry: retry)
+    }
+
+    /// As above, for a service whose name was hashed before.
+    public func end(_ service: HashedKey, retry: Bool) {
         counts.withLockedValue { all in
             // (One lookup, changed in place: once per attempt.)
             guard let i = all.index(forKey: service) else { return }
@@ -65,12 +76,13 @@ public final class RetryBudget: Sendable {
     /// Whether another retry to `service` may start now; when it may, it is counted until `end(_:retry: true)`.
     public func allowRetry(_ service: String) -> Bool {
         let (percent, minimum) = settings.withLockedValue { $0 }
+        let key = HashedKey(service)
         let allowed = counts.withLockedValue { all -> Bool in
-            var c = all[service, default: Counts()]
+            var c = all[key, default: Counts()]
             let limit = max(minimum, Int(Double(c.active) * percent / 100))
             guard c.retrying < limit else { return false }
             c.retrying += 1
-            all[service] = c
+            all[key] = c
             return true
         }
         if !allowed { Counter(label: "switchyard_retry_budget_exhausted_total", dimensions: [("service", service)]).increment() }
@@ -79,7 +91,8 @@ public final class RetryBudget: Sendable {
 
     /// Gives back a retry slot that no attempt used.
     public func release(_ service: String) {
-        counts.withLockedValue { all in
+        let service = HashedKey(service)
+        return counts.withLockedValue { all in
             guard var c = all[service] else { return }
             c.retrying -= 1
             all[service] = c
@@ -88,6 +101,7 @@ public final class RetryBudget: Sendable {
 
     /// In flight now (admin views and tests).
     public func inFlight(_ service: String) -> (active: Int, retrying: Int) {
-        counts.withLockedValue { all in (all[service]?.active ?? 0, all[service]?.retrying ?? 0) }
+        let service = HashedKey(service)
+        return counts.withLockedValue { all in (all[service]?.active ?? 0, all[service]?.retrying ?? 0) }
     }
 }

@@ -12,6 +12,10 @@ public struct ServiceInstance: Sendable, Hashable, CustomStringConvertible {
         let metadata: [String: String]
         let address: String
         let key: String
+        /// The same with their hashes (looked up per request).
+        let hashedKey: HashedKey
+        let hashedService: HashedKey
+        let hashedAddress: HashedKey
 
         init(service: String, host: String, port: Int, basePath: String, weight: Int, lane: String?, metadata: [String: String]) {
             self.service = service
@@ -23,6 +27,9 @@ public struct ServiceInstance: Sendable, Hashable, CustomStringConvertible {
             self.metadata = metadata
             address = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
             key = "\(service)@\(address)"
+            hashedKey = HashedKey(key)
+            hashedService = HashedKey(service)
+            hashedAddress = HashedKey(address)
         }
 
         func with(basePath: String? = nil, weight: Int? = nil, lane: String?? = nil, metadata: [String: String]? = nil) -> Fields {
@@ -77,6 +84,10 @@ public struct ServiceInstance: Sendable, Hashable, CustomStringConvertible {
     public var address: String { fields.address }
     /// `service@host:port`: identifies the instance in pools and load counters.
     public var key: String { fields.key }
+    /// `key`, `service` and `address` with their hashes.
+    public var hashedKey: HashedKey { fields.hashedKey }
+    public var hashedService: HashedKey { fields.hashedService }
+    public var hashedAddress: HashedKey { fields.hashedAddress }
     public var url: String { "http://\(address)\(basePath)" }
     /// In no lane, or in `baseline` by name.
     public var isBaseline: Bool { lane == nil || lane == "baseline" }
