@@ -133,9 +133,10 @@ package enum HTTP1Message {
             }
             if proxying && HTTP1Syntax.isHopByHop(name) {
                 if HTTP1Syntax.name(name, is: "connection") {
-                    section.hop.close = section.hop.close || HTTP1Syntax.list(value, contains: "close")
-                    section.hop.keepAlive = section.hop.keepAlive || HTTP1Syntax.list(value, contains: "keep-alive")
-                    nominated += HTTP1Syntax.nominatedFields(value)
+                    let options = HTTP1Syntax.connectionOptions(value)
+                    section.hop.close = section.hop.close || options.close
+                    section.hop.keepAlive = section.hop.keepAlive || options.keepAlive
+                    if !options.nominated.isEmpty { nominated += options.nominated }
                 } else if HTTP1Syntax.name(name, is: "upgrade") {
                     section.hop.upgrade = section.hop.upgrade ?? String(decoding: value, as: UTF8.self)
                 }

@@ -35,11 +35,23 @@ public struct ByteCursor {
     /// 16 lower-case hex digits.
     @inlinable public mutating func put(hex word: UInt64) {
         precondition(count + 16 <= memory.count, "written past the space reserved")
-        for n in 0..<16 {
-            let digit = UInt8(truncatingIfNeeded: word >> UInt64(60 - 4 * n)) & 0xF
-            memory[count + n] = digit < 10 ? UInt8(ascii: "0") + digit : UInt8(ascii: "a") - 10 + digit
-        }
+        memory.baseAddress!.storeBytes(of: Self.hexDigits(UInt32(truncatingIfNeeded: word >> 32)), toByteOffset: count, as: UInt64.self)
+        memory.baseAddress!.storeBytes(of: Self.hexDigits(UInt32(truncatingIfNeeded: word)), toByteOffset: count + 8, as: UInt64.self)
         count += 16
+    }
+
+    /// The 8 hex digits of `half`, as the 8 bytes of a word in memory order (most significant
+    /// digit first), computed a word at a time: each nibble spread to a byte of its own, then
+    /// `'0'` added to each, and `'a' - '0' - 10` more to those above 9. (A trace context is 48
+    /// digits per request.)
+    @inlinable static func hexDigits(_ half: UInt32) -> UInt64 {
+        var x = UInt64(half)
+        x = (x | (x << 16)) & 0x0000_FFFF_0000_FFFF
+        x = (x | (x << 8)) & 0x00FF_00FF_00FF_00FF
+        x = (x | (x << 4)) & 0x0F0F_0F0F_0F0F_0F0F  // byte k holds nibble k (from the least significant)
+        let aboveNine = ((x &+ 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101
+        let ascii = x &+ 0x3030_3030_3030_3030 &+ aboveNine &* 39
+        return ascii.bigEndian  // nibble 7 first in memory
     }
 
     /// Big-endian, as `ByteBuffer.writeInteger`.

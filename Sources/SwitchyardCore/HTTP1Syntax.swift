@@ -165,19 +165,32 @@ public enum HTTP1Syntax {
     /// so are the fields that frame or address the message (`content-length`,
     /// `transfer-encoding`, `host`): a peer cannot make a proxy drop those.
     public static func nominatedFields(_ bytes: UnsafeRawBufferPointer) -> [String] {
+        connectionOptions(bytes).nominated
+    }
+
+    /// A `Connection` value read once: whether it says `close`, whether it says `keep-alive`,
+    /// and the field names it nominates (as `nominatedFields`).
+    public static func connectionOptions(_ bytes: UnsafeRawBufferPointer) -> (close: Bool, keepAlive: Bool, nominated: [String]) {
+        var close = false
+        var keepAlive = false
         var names: [String] = []
         var start = 0
         while start <= bytes.count {
             var end = start
             while end < bytes.count && bytes[end] != UInt8(ascii: ",") { end += 1 }
             let option = trimmed(UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
-            let framing = name(option, is: "content-length") || name(option, is: "transfer-encoding") || name(option, is: "host")
-            if !option.isEmpty, !name(option, is: "close"), !isHopByHop(option), !framing, option.allSatisfy(isTokenByte) {
+            start = end + 1
+            if name(option, is: "close") {
+                close = true
+            } else if name(option, is: "keep-alive") {
+                keepAlive = true
+            } else if !option.isEmpty, !isHopByHop(option), option.allSatisfy(isTokenByte),
+                !(name(option, is: "content-length") || name(option, is: "transfer-encoding") || name(option, is: "host"))
+            {
                 names.append(String(decoding: option.map { $0 | (($0 >= 0x41 && $0 <= 0x5A) ? 0x20 : 0) }, as: UTF8.self))
             }
-            start = end + 1
         }
-        return names
+        return (close, keepAlive, names)
     }
 
     public static func nominatedFields(_ value: String) -> [String] {

@@ -38,6 +38,25 @@ import Testing
         #expect(HTTP1Syntax.nominatedFields("keep-alive, X-Foo ,close,Upgrade, two words,,TE, x-bar") == ["x-foo", "x-bar"])
         #expect(HTTP1Syntax.nominatedFields("close").isEmpty && HTTP1Syntax.nominatedFields("").isEmpty)
         #expect(HTTP1Syntax.nominatedFields("Content-Length, transfer-encoding, Host, x-a") == ["x-a"])
+        // Read once for all three answers.
+        func options(_ value: String) -> (Bool, Bool, [String]) { value.withUTF8Bytes { HTTP1Syntax.connectionOptions($0) } }
+        #expect(options("Keep-Alive") == (false, true, []))
+        #expect(options(" close , X-Trace") == (true, false, ["x-trace"]))
+        #expect(options("keep-alive, Upgrade, close") == (true, true, []))
+        #expect(options("") == (false, false, []))
+    }
+
+    /// Hex digits a word at a time, as `String(_:radix:)` writes them (zero-padded to 16).
+    @Test func hexDigitsMatchTheStandardLibrary() {
+        var words: [UInt64] = [0, 1, 9, 10, 15, 16, 0xABCD_EF01_2345_6789, 0x0F0F_0F0F_F0F0_F0F0, .max, 1 << 63]
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<1000 { words.append(rng.next()) }
+        for word in words {
+            var buffer = ByteBuffer()
+            buffer.write(capacity: 16) { $0.put(hex: word) }
+            let expected = String(repeating: "0", count: 16 - String(word, radix: 16).count) + String(word, radix: 16)
+            #expect(String(buffer: buffer) == expected)
+        }
     }
 
     /// A cursor writes its pieces (bridged or native strings, static strings, bytes) into the
