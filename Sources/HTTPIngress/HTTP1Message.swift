@@ -85,21 +85,16 @@ package enum HTTP1Message {
 
     /// Field lines, each ending with CR LF (the blank line after them not included).
     package static func fieldSection(_ raw: UnsafeRawBufferPointer) -> Result<FieldSection, Malformed> {
-        var none: ByteBuffer?
-        return fieldSection(raw, keptLines: &none)
-    }
-
-    /// As above; with `keptLines` (a proxy passing the fields on as bytes), the fields are
-    /// copied there as they came, one line each with its CR LF, and not made Strings in
-    /// `fields`, and the hop-by-hop ones are left out (`hop` says what they held).
-    package static func fieldSection(_ raw: UnsafeRawBufferPointer, keptLines: inout ByteBuffer?) -> Result<FieldSection, Malformed> {
         var section = FieldSection()
-        if let malformed = fieldSection(raw, keptLines: &keptLines, into: &section) { return .failure(malformed) }
+        var none: ByteBuffer?
+        if let malformed = fieldSection(raw, keptLines: &none, into: &section) { return .failure(malformed) }
         return .success(section)
     }
 
     /// As above, into a section the caller holds (a fresh one: nothing is cleared); nil when
-    /// well-formed.
+    /// well-formed. With `keptLines` (a proxy passing the fields on as bytes), the fields are
+    /// copied there as they came, one line each with its CR LF, and not made Strings in
+    /// `fields`, and the hop-by-hop ones are left out (`hop` says what they held).
     package static func fieldSection(_ raw: UnsafeRawBufferPointer, keptLines: inout ByteBuffer?, into section: inout FieldSection) -> Malformed? {
         let proxying = keptLines != nil
         // The fields `connection` names (lowercased): left out of the kept lines too.

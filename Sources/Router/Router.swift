@@ -297,13 +297,13 @@ public final class Router: Sendable {
     ) {
         let started = SystemMonotonicClock().nowNanos()
         balancer.started(instance)
-        balancer.retryBudget.begin(instance.service)
+        balancer.retryBudget.begin(instance.hashedService, now: started)
         let timer = timers[route]
         forwarder.forward(request, to: instance, timeout: .nanoseconds(Int64(target.timeoutSeconds * 1e9)), on: loop)
             .hop(to: loop)
             .whenComplete { result in
                 self.balancer.finished(instance)
-                self.balancer.retryBudget.end(instance.service, retry: retry)
+                self.balancer.retryBudget.end(instance.hashedService, retry: retry)
                 let nanos = SystemMonotonicClock().nowNanos() - started
                 timer?.recordNanoseconds(Int64(nanos))
                 let verdict = RetryPolicy.verdict(result, instance: instance)

@@ -3,33 +3,30 @@ public struct ServiceInstance: Sendable, Hashable, CustomStringConvertible {
     /// The fields, shared by copies: a copy retains one object, not each String (an instance
     /// is copied several times per request on the gateway's path). A change makes new fields.
     private final class Fields: Sendable {
-        let service: String
+        /// The service's name, `host:port` and `service@host:port`, each with its hash (looked
+        /// up per request).
+        let hashedService: HashedKey
+        let hashedAddress: HashedKey
+        let hashedKey: HashedKey
         let host: String
         let port: Int
         let basePath: String
         let weight: Int
         let lane: String?
         let metadata: [String: String]
-        let address: String
-        let key: String
-        /// The same with their hashes (looked up per request).
-        let hashedKey: HashedKey
-        let hashedService: HashedKey
-        let hashedAddress: HashedKey
+        var service: String { hashedService.text }
 
         init(service: String, host: String, port: Int, basePath: String, weight: Int, lane: String?, metadata: [String: String]) {
-            self.service = service
+            hashedService = HashedKey(service)
             self.host = host
             self.port = port
             self.basePath = basePath
             self.weight = weight
             self.lane = lane
             self.metadata = metadata
-            address = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
-            key = "\(service)@\(address)"
-            hashedKey = HashedKey(key)
-            hashedService = HashedKey(service)
+            let address = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
             hashedAddress = HashedKey(address)
+            hashedKey = HashedKey("\(service)@\(address)")
         }
 
         func with(basePath: String? = nil, weight: Int? = nil, lane: String?? = nil, metadata: [String: String]? = nil) -> Fields {
@@ -81,9 +78,9 @@ public struct ServiceInstance: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// `host:port` (brackets around IPv6), also the `host` header sent to it.
-    public var address: String { fields.address }
+    public var address: String { fields.hashedAddress.text }
     /// `service@host:port`: identifies the instance in pools and load counters.
-    public var key: String { fields.key }
+    public var key: String { fields.hashedKey.text }
     /// `key`, `service` and `address` with their hashes.
     public var hashedKey: HashedKey { fields.hashedKey }
     public var hashedService: HashedKey { fields.hashedService }

@@ -139,12 +139,7 @@ import Testing
     func start(_ args: [String]) throws -> Spawn.Child { try Spawn.start("/usr/bin/env", args, output: .pipe, errors: .output) }
 
     /// Runs a command to its end; returns its exit status and output (stdout + stderr).
-    func run(_ args: [String]) async throws -> (Int32, String) {
-        try await ProcessTests.offloaded {
-            let (status, output, _) = try Spawn.run("/usr/bin/env", args, mergeErrors: true)
-            return (status, String(decoding: output, as: UTF8.self))
-        }
-    }
+    func run(_ args: [String]) async throws -> (Int32, String) { try await ProcessTests.run("/usr/bin/env", args) }
 
     @Test func mosquittoPubAndSubWithDeviceCredentials() async throws {
         let svc = try await TestHTTPService.start()

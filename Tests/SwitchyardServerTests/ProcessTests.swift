@@ -15,7 +15,15 @@ import Testing
 
     /// Runs the binary to its end; returns its status and output (stdout, and stderr when `mergeErrors`).
     static func runBinary(_ args: [String], in dir: String? = nil, mergeErrors: Bool = true) async throws -> (Int32, String) {
-        try await offloaded { try runBinaryBlocking(args, in: dir, mergeErrors: mergeErrors) }
+        try await run(binary, args, in: dir, mergeErrors: mergeErrors)
+    }
+
+    /// Runs a program to its end; returns its status and output (stdout, and stderr when `mergeErrors`).
+    static func run(_ path: String, _ args: [String], in dir: String? = nil, mergeErrors: Bool = true) async throws -> (Int32, String) {
+        try await offloaded {
+            let (status, output, _) = try Spawn.run(path, args, in: dir, mergeErrors: mergeErrors)
+            return (status, String(decoding: output, as: UTF8.self))
+        }
     }
 
     /// Runs blocking work (a child process to its end) on a thread of its own, not on the
@@ -24,11 +32,6 @@ import Testing
         try await withCheckedThrowingContinuation { continuation in
             Thread { continuation.resume(with: Result { try work() }) }.start()
         }
-    }
-
-    static func runBinaryBlocking(_ args: [String], in dir: String?, mergeErrors: Bool) throws -> (Int32, String) {
-        let (status, output, _) = try Spawn.run(binary, args, in: dir, mergeErrors: mergeErrors)
-        return (status, String(decoding: output, as: UTF8.self))
     }
 
     /// Runs a Python scenario script of Tests/Fixtures; returns the JSON object it prints (its
