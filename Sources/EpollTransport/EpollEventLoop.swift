@@ -25,6 +25,9 @@ public final class EpollEventLoop: EventLoop, @unchecked Sendable {
     private let wakeFD: Int32
     private let name: String
     private let threadID = Atomic<UInt>(0)
+    /// When the loop's current batch of socket events began (read once per batch, on the
+    /// loop's thread only): deadlines seconds away are set from it, without a clock read each.
+    package private(set) var batchTime = NIODeadline.now()
     private let lock = NIOLock()
     // Behind `lock`:
     private var incoming: [@Sendable () -> Void] = []
@@ -219,6 +222,7 @@ public final class EpollEventLoop: EventLoop, @unchecked Sendable {
             }
             let count = epoll_wait(epollFD, events, capacity, timeout)
             lock.withLock { awake = true }
+            batchTime = .now()
             if count > 0 {
                 for i in 0..<Int(count) {
                     let data = cepoll_data(events + i)

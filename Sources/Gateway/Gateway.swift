@@ -47,6 +47,8 @@ final class CompiledRoute: Sendable {
     let headers: [(String, ValueRule)]
     /// A `url` route's one upstream.
     let upstream: ServiceInstance?
+    /// A `service` route's instances now (the directory's lookup, bound to the service).
+    let instances: @Sendable () -> [ServiceInstance]
     /// SHA-256 (hex) of each API key → its consumer.
     let apiKeys: [String: String]
     let limiters: [(scope: SwitchyardConfiguration.RouteRateLimit.Scope, limiter: KeyedRateLimiter)]
@@ -66,9 +68,15 @@ final class CompiledRoute: Sendable {
         circuits: [String: SwitchyardConfiguration.CircuitRule],
         previous: CompiledRoute?,
         clock: any MonotonicClock,
-        breakers: TargetBreakers
+        breakers: TargetBreakers,
+        directory: any ServiceDirectory
     ) throws(KeyPathError) {
         self.config = config
+        if config.url == nil {
+            instances = directory.source(of: config.service)
+        } else {
+            instances = { [] }
+        }
         breaker = breakers.breaker("gateway:\(config.name)", rule: config.breaker)
         pathRegex = config.pathRegex.flatMap(SearchRegex.init)
         headers = config.headers.sorted { $0.key < $1.key }.map { ($0.key, ValueRule($0.value)) }
@@ -176,7 +184,6 @@ public final class GatewaySnapshot: Sendable {
     let lanes: [RequestLane]
     let laneNames: Set<String>
     let resolver: LaneResolver
-    let directory: any ServiceDirectory
     /// Egress: the instances of a service by name (nil: no such service).
     let egress: (@Sendable (String) -> [ServiceInstance]?)?
     let egressMetrics: GatewayMetrics
@@ -210,7 +217,8 @@ public final class GatewaySnapshot: Sendable {
                     circuits: circuitRules,
                     previous: before,
                     clock: clock,
-                    breakers: balancer.targetBreakers
+                    breakers: balancer.targetBreakers,
+                    directory: directory
                 )
             )
         }
@@ -222,7 +230,6 @@ public final class GatewaySnapshot: Sendable {
         lanes = configuration.lanes.map(RequestLane.init)
         self.laneNames = Set(laneNames)
         resolver = LaneResolver(lanes: configuration.lanes)
-        self.directory = directory
         jwt = gateway.jwt.isConfigured ? try JWTVerifier(settings: gateway.jwt) : nil
         debugHeader = gateway.debugHeader
         self.balancer = balancer
@@ -317,9 +324,11 @@ public final class GatewaySnapshot: Sendable {
                 return (carried, "carried in baggage by a trusted caller")
             }
         }
+        // (Header rules are read in place, by index: a request that matches none copies none.)
         var facts = RequestFacts(head: head, claims: claims)
         for lane in lanes {
-            for (name, rule) in lane.headers where head.headers.contains(name: name) {
+            for i in lane.headers.indices where head.headers.contains(name: lane.headers[i].0) {
+                let (name, rule) = lane.headers[i]
                 if let value = head.headers[canonicalForm: name].first(where: { rule.admits(String($0)) }) {
                     return (lane.name, "header \(name) is \"\(value)\"")
                 }

@@ -7,9 +7,9 @@ import SwitchyardCore
 
 /// What the edge decides about one request before anything goes upstream: its route, each
 /// policy's verdict, its lane and the instances that may serve it. The responder acts on it;
-/// `explain` shows it. (A class: the responder takes it by reference, not as a copy of every
-/// field.)
-final class Admission {
+/// `explain` shows it. (A value, filled in place and read by the responder once: no object per
+/// request; the exchange keeps only what it reports.)
+struct Admission {
     struct Refusal {
         let status: HTTPResponseStatus
         let code: String
@@ -18,11 +18,11 @@ final class Admission {
         var closeAfter = false
     }
 
-    let route: CompiledRoute?
+    fileprivate(set) var route: CompiledRoute?
     /// The route's name, or `egress`.
     var routeName: String { route?.config.name ?? "egress" }
     /// From a trusted network or with a trusted client certificate.
-    let trusted: Bool
+    fileprivate(set) var trusted = false
     /// What was decided, in words (kept only for `explain`: not built for every request).
     private(set) var steps: [String] = []
     var explaining = false
@@ -40,45 +40,45 @@ final class Admission {
     var uri = ""
     var timeoutSeconds = 30.0
 
-    init(route: CompiledRoute?, trusted: Bool) {
-        self.route = route
-        self.trusted = trusted
-    }
+    /// Filled by `GatewaySnapshot.admit` (in place: a returned value was copied field by field).
+    init() {}
 
-    func step(_ text: @autoclosure () -> String) {
+    mutating func step(_ text: @autoclosure () -> String) {
         if explaining { steps.append(text()) }
     }
 
-    func refuse(_ status: HTTPResponseStatus, _ code: String, _ message: String, headers: HTTPHeaders = [:], closeAfter: Bool = false) {
+    mutating func refuse(_ status: HTTPResponseStatus, _ code: String, _ message: String, headers: HTTPHeaders = [:], closeAfter: Bool = false) {
         refusal = Refusal(status: status, code: code, message: message, headers: headers, closeAfter: closeAfter)
         step(code.isEmpty ? "answered \(status.code) here" : "refused: \(status.code) \(code): \(message)")
     }
 }
 
 extension GatewaySnapshot {
-    /// The request's admission, or nil when it is not the gateway's (no route; no egress for
-    /// this caller). With `dryRun`, no rate-limit token is taken and fault drills are reported
-    /// instead of rolled.
+    /// The request's admission, filled into `a`; false when it is not the gateway's (no route;
+    /// no egress for this caller). With `dryRun`, no rate-limit token is taken and fault drills
+    /// are reported instead of rolled.
     func admit(
         _ head: HTTPRequestHead,
         client: SocketAddress?,
         identities: @autoclosure () -> [String] = [],
-        dryRun: Bool = false
-    ) -> Admission? {
+        dryRun: Bool = false,
+        into a: inout Admission
+    ) -> Bool {
         let route = self.route(for: head)
         let trusted = isTrusted(client, identities: identities())
         let egress = route == nil && trusted ? egressTarget(head) : nil
-        guard route != nil || egress != nil else { return nil }
-        let a = Admission(route: route, trusted: trusted)
+        guard route != nil || egress != nil else { return false }
+        a.route = route
+        a.trusted = trusted
         a.explaining = dryRun
         a.step(route.map { "route \($0.config.name) matches" } ?? "egress to service \(egress!.service) (a trusted caller)")
         if let problem = GatewayResponder.hostProblem(head) {
             a.refuse(.badRequest, "bad_host", problem, closeAfter: true)
-            return a
+            return true
         }
         if let route, route.hasPolicies || (jwt != nil && route.config.jwt != .off) {
-            checkPolicies(route, head, client: client, dryRun: dryRun, a)
-            if a.refusal != nil { return a }
+            checkPolicies(route, head, client: client, dryRun: dryRun, &a)
+            if a.refusal != nil { return true }
         }
         let decision = lane(for: head, trusted: trusted, claims: a.claims)
         (a.lane, a.laneReason) = decision
@@ -94,7 +94,7 @@ extension GatewaySnapshot {
                     "fault_injected",
                     "aborted by the fault drill of route \(route.config.name)"
                 )
-                return a
+                return true
             } else if fault.delayPercent > 0, Double.random(in: 0..<100) < fault.delayPercent {
                 a.delaySeconds = fault.delaySeconds
             }
@@ -102,7 +102,7 @@ extension GatewaySnapshot {
         let instances: [ServiceInstance]
         if let route {
             a.service = route.config.url ?? route.config.service
-            instances = route.upstream.map { [$0] } ?? directory.instances(of: route.config.service)
+            instances = route.upstream.map { [$0] } ?? route.instances()
             a.uri = GatewayResponder.rewrite(head.uri, route: route)
             a.timeoutSeconds = route.config.timeoutSeconds
         } else {
@@ -120,11 +120,11 @@ extension GatewaySnapshot {
         case .noInstances:
             a.refuse(.serviceUnavailable, "no_instances", "service \(a.service) has no instance to serve the request")
         }
-        return a
+        return true
     }
 
     /// CORS, API key, JWT, body size, rate limits — in that order, the first refusal wins.
-    private func checkPolicies(_ route: CompiledRoute, _ head: HTTPRequestHead, client: SocketAddress?, dryRun: Bool, _ a: Admission) {
+    private func checkPolicies(_ route: CompiledRoute, _ head: HTTPRequestHead, client: SocketAddress?, dryRun: Bool, _ a: inout Admission) {
         let config = route.config
         if let cors = config.cors, let origin = head.headers.first(name: "origin") {
             let allowed = cors.origins.contains("*") || cors.origins.contains(origin)
@@ -197,7 +197,8 @@ extension GatewaySnapshot {
         let head = HTTPRequestHead(version: .http1_1, method: HTTPMethod(rawValue: method.uppercased()), uri: uri, headers: HTTPHeaders(headers))
         let address = client.flatMap { try? SocketAddress(ipAddress: $0, port: 0) }
         let messageEndpoint = MessageEndpoints.contains(uri)
-        guard !messageEndpoint, let a = admit(head, client: address, identities: identities, dryRun: true) else {
+        var a = Admission()
+        guard !messageEndpoint, admit(head, client: address, identities: identities, dryRun: true, into: &a) else {
             return RequestExplanation(
                 gateway: false,
                 route: nil,

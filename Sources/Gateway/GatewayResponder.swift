@@ -22,7 +22,8 @@ public final class GatewayResponder: HTTPStreamingResponder {
     public func session(for head: HTTPRequestHead, remoteAddress: SocketAddress?, writer: HTTPResponseWriter) -> (any HTTPStreamSession)? {
         let snapshot = self.snapshot()
         // Everything that is not the gateway's is the message channel's.
-        guard let admission = snapshot.admit(head, client: remoteAddress, identities: writer.peerIdentities) else { return nil }
+        var admission = Admission()
+        guard snapshot.admit(head, client: remoteAddress, identities: writer.peerIdentities, into: &admission) else { return nil }
         let route = admission.route
         let exchange = Exchange(head: head, client: remoteAddress, admission: admission, snapshot: snapshot)
         if let refusal = admission.refusal {
@@ -365,9 +366,11 @@ final class Exchange {
     let host: String
     /// The client's address (kept only for the access log).
     let client: SocketAddress?
-    /// Its route, lane, consumer and the headers added to its answer (CORS), as admitted:
-    /// read from there, not copied.
-    let admission: Admission
+    /// Its route (nil: egress), lane, consumer and the headers added to its answer (CORS), as admitted.
+    let route: CompiledRoute?
+    let lane: String?
+    let consumer: String?
+    let responseHeaders: HTTPHeaders
     let metrics: GatewayMetrics
     let accessLog: AccessLog?
     /// The route changes its answers' headers.
@@ -377,22 +380,24 @@ final class Exchange {
     var attempts = 0
     var debug = false
 
-    var lane: String? { admission.lane }
-    var consumer: String? { admission.consumer }
-    var responseHeaders: HTTPHeaders { admission.responseHeaders }
+    /// The route's name, or `egress`.
+    var routeName: String { route?.config.name ?? "egress" }
     /// The route's circuit, told the outcome at the end.
     var breaker: TargetBreaker?
     /// Gives back the route's concurrency slot.
     var release: (() -> Void)?
 
-    init(head: HTTPRequestHead, client: SocketAddress?, admission: Admission, snapshot: GatewaySnapshot) {
+    init(head: HTTPRequestHead, client: SocketAddress?, admission: borrowing Admission, snapshot: GatewaySnapshot) {
         accessLog = snapshot.accessLog
         // (What only the access log shows is kept only for it.)
         method = accessLog == nil ? "" : head.method.rawValue
         uri = accessLog == nil ? "" : head.uri
         host = accessLog == nil ? "" : head.headers.first(name: "host") ?? ""
         self.client = accessLog == nil ? nil : client
-        self.admission = admission
+        route = admission.route
+        lane = admission.lane
+        consumer = admission.consumer
+        responseHeaders = admission.responseHeaders
         metrics = admission.route?.metrics ?? snapshot.egressMetrics
         rewritesAnswers = admission.route.map { !$0.config.responseHeaders.isEmpty } ?? false
         if let given = head.headers.first(name: "traceparent"), TraceContext(traceparent: given) != nil {
@@ -424,12 +429,12 @@ final class Exchange {
 
     /// Whether `decorate` adds or changes anything (an answer's head passes untouched if not).
     var decorates: Bool {
-        rewritesAnswers || !admission.responseHeaders.isEmpty || (debug && upstream != nil)
+        rewritesAnswers || !responseHeaders.isEmpty || (debug && upstream != nil)
     }
 
     /// Response headers of the route, CORS and (for trusted debug callers) lane and upstream.
     func decorate(_ headers: inout HTTPHeaders) {
-        if rewritesAnswers, let route = admission.route { GatewayResponder.apply(route.config.responseHeaders, to: &headers) }
+        if rewritesAnswers, let route { GatewayResponder.apply(route.config.responseHeaders, to: &headers) }
         if !responseHeaders.isEmpty { headers.add(contentsOf: responseHeaders) }
         if debug, let upstream {
             headers.replaceOrAdd(name: "x-switchyard-lane-effective", value: upstream.lane ?? "baseline")
@@ -451,7 +456,7 @@ final class Exchange {
         var line = "{\"ts\":\(String(format: "%.3f", Date().timeIntervalSince1970))"
         line += ",\"trace_id\":\(JSONText.quote(traceparent.traceID))"
         line += ",\"client\":\(JSONText.quote(client?.ipAddress ?? "")),\"method\":\(JSONText.quote(method)),\"host\":\(JSONText.quote(host))"
-        line += ",\"uri\":\(JSONText.quote(uri)),\"route\":\(JSONText.quote(admission.routeName)),\"lane\":\(JSONText.quote(lane ?? "baseline"))"
+        line += ",\"uri\":\(JSONText.quote(uri)),\"route\":\(JSONText.quote(routeName)),\"lane\":\(JSONText.quote(lane ?? "baseline"))"
         if let upstream {
             line += ",\"lane_effective\":\(JSONText.quote(upstream.lane ?? "baseline")),\"upstream\":\(JSONText.quote(upstream.key))"
         }

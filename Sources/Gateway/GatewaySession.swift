@@ -129,8 +129,7 @@ final class GatewaySession: HTTPStreamSession {
         let failed = failed ?? headVerdict
         headVerdict = nil
         guard let balancer else { return }
-        balancer.finished(instance)
-        balancer.retryBudget.end(instance.hashedService, retry: attemptIsRetry)
+        balancer.finished(instance, retry: attemptIsRetry)
         if let failed {
             balancer.breakers.record(instance, failed: failed, rule: circuit)
         } else {
@@ -160,8 +159,7 @@ final class GatewaySession: HTTPStreamSession {
         attemptStarted = now
         if let balancer {
             attemptOpen = true
-            balancer.started(instance)
-            balancer.retryBudget.begin(instance.hashedService, now: now)
+            balancer.started(instance, now: now)
         }
         let loop = writer.eventLoop
         let deadline = NIODeadline.uptimeNanoseconds(now) + timeout

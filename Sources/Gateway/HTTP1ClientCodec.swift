@@ -223,9 +223,11 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
                 var lines: ByteBuffer? = answer.fieldLines
                 answer.fieldLines = ByteBuffer()
                 lines!.clear(minimumCapacity: length)
-                answer.section = HTTP1Message.FieldSection()
+                // (Parsed into a local and moved in once framed: read back from the class, the
+                // section was copied, each of its strings retained and released.)
+                var section = HTTP1Message.FieldSection()
                 let malformed = received!.withUnsafeReadableBytes {
-                    Self.parseHead(UnsafeRawBufferPointer(rebasing: $0[..<length]), keptLines: &lines, section: &answer.section, into: &headBox)
+                    Self.parseHead(UnsafeRawBufferPointer(rebasing: $0[..<length]), keptLines: &lines, section: &section, into: &headBox)
                 }
                 received!.moveReaderIndex(forwardBy: length)
                 if let malformed { return fail(malformed.description, context: context) }
@@ -239,10 +241,11 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
                     answered = 0
                 }
                 let body: HTTP1Message.BodyReader
-                switch Self.bodyFraming(answer.section, status: code, method: method) {
+                switch Self.bodyFraming(section, status: code, method: method) {
                 case .failure(let malformed): return fail(malformed.description, context: context)
                 case .success(let b): body = b
                 }
+                answer.section = consume section
                 answer.fieldLines = lines ?? ByteBuffer()
                 deliver(.head(head), context: context)
                 if code == 101 {

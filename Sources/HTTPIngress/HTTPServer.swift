@@ -334,7 +334,7 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     /// Waits for the next request head (see `HTTPServer.headTimeout`).
     private func armHeadTimer() {
-        headDeadline?.set(.now() + server.headTimeout)
+        headDeadline?.set(in: server.headTimeout)
     }
 
     private func disarmHeadTimer() { headDeadline?.clear() }

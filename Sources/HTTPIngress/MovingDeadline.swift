@@ -1,3 +1,4 @@
+import EpollTransport
 public import NIOCore
 
 /// One timer for a deadline that moves often: a connection's next request head, an upstream
@@ -20,6 +21,17 @@ package final class MovingDeadline {
     package init(eventLoop: any EventLoop, expired: @escaping () -> Void) {
         self.eventLoop = eventLoop
         self.expired = expired
+        epollLoop = eventLoop as? EpollEventLoop
+    }
+
+    /// The loop, when it is Switchyard's own (its batch time saves a clock read per `set(in:)`).
+    private let epollLoop: EpollEventLoop?
+
+    /// A deadline `amount` from now, where now may be the start of the loop's current batch of
+    /// events (a fraction of a millisecond ago): for deadlines seconds away (a connection's next
+    /// request head), set once per request.
+    package func set(in amount: TimeAmount) {
+        set((epollLoop?.batchTime ?? .now()) + amount)
     }
 
     package func set(_ deadline: NIODeadline) {

@@ -5,7 +5,6 @@ public import SwitchyardCore
 /// probability proportional to weight, and the one with fewer outstanding requests per
 /// unit of weight wins. Outstanding counts are shared by every router snapshot.
 public final class Balancer: Sendable {
-    private let outstanding = NIOLockedValueBox([HashedKey: Int]())
     /// Which instances are skipped for now because they keep failing.
     public let breakers: CircuitBreakers
     /// Warm-up and drain state of each instance.
@@ -37,7 +36,7 @@ public final class Balancer: Sendable {
 
     /// Requests or messages out to `instance` now.
     public func outstanding(_ instance: ServiceInstance) -> Int {
-        outstanding.withLockedValue { $0[instance.hashedKey] ?? 0 }
+        retryBudget.withInstances { $0[instance.hashedKey] ?? 0 }
     }
 
     public func pick(from instances: [ServiceInstance]) -> ServiceInstance? {
@@ -62,22 +61,21 @@ public final class Balancer: Sendable {
         }
         let a = draw(excluding: nil)
         let b = draw(excluding: a)
-        let (la, lb) = outstanding.withLockedValue { ($0[candidates[a].hashedKey] ?? 0, $0[candidates[b].hashedKey] ?? 0) }
+        let (la, lb) = retryBudget.withInstances { ($0[candidates[a].hashedKey] ?? 0, $0[candidates[b].hashedKey] ?? 0) }
         // Compare la/wa with lb/wb without division.
         let scoreA = (la + 1) * candidates[b].weight
         let scoreB = (lb + 1) * candidates[a].weight
         return scoreA <= scoreB ? candidates[a] : candidates[b]
     }
 
-    public func started(_ instance: ServiceInstance) {
-        outstanding.withLockedValue { $0[instance.hashedKey, default: 0] += 1 }
+    /// An attempt at `instance` starts (`now`: the monotonic clock's nanoseconds): counted out to
+    /// the instance and active for its service's retry budget.
+    public func started(_ instance: ServiceInstance, now: UInt64) {
+        retryBudget.begin(instance, now: now)
     }
 
-    public func finished(_ instance: ServiceInstance) {
-        outstanding.withLockedValue {
-            // (One lookup: once per request.)
-            guard let i = $0.index(forKey: instance.hashedKey) else { return }
-            if $0.values[i] > 1 { $0.values[i] -= 1 } else { $0.remove(at: i) }
-        }
+    /// The attempt at `instance` ends; `retry` says whether it was one.
+    public func finished(_ instance: ServiceInstance, retry: Bool) {
+        retryBudget.end(instance, retry: retry)
     }
 }

@@ -4,6 +4,9 @@ import SwitchyardCore
 
 /// Retries per service stay within a share of its active requests (default 20 %, at least 3 at
 /// a time), so retries cannot multiply the load on a service that is already failing.
+///
+/// Its table also keeps the balancer's count of attempts out to each instance: an attempt's
+/// start and end count both, under one lock (twice per request, not four times).
 public final class RetryBudget: Sendable {
     struct Counts {
         var active = 0
@@ -14,7 +17,22 @@ public final class RetryBudget: Sendable {
         var minute: UInt64 = 0
     }
 
-    private let counts = NIOLockedValueBox([HashedKey: Counts]())
+    struct Table {
+        /// Per service.
+        var services: [HashedKey: Counts] = [:]
+        /// Attempts out per instance (`service@host:port`), for the balancer; none: absent.
+        var instances: [HashedKey: Int] = [:]
+
+        mutating func instanceStarted(_ key: HashedKey) { instances[key, default: 0] += 1 }
+
+        mutating func instanceFinished(_ key: HashedKey) {
+            // (One lookup: once per request.)
+            guard let i = instances.index(forKey: key) else { return }
+            if instances.values[i] > 1 { instances.values[i] -= 1 } else { instances.remove(at: i) }
+        }
+    }
+
+    private let table = NIOLockedValueBox(Table())
     private let settings = NIOLockedValueBox((percent: 20.0, minimum: 3))
 
     public init() {}
@@ -23,18 +41,37 @@ public final class RetryBudget: Sendable {
         settings.withLockedValue { $0 = (percent, minimum) }
     }
 
-    /// An attempt (first or retry) to `service` starts (`now`: the monotonic clock's nanoseconds,
-    /// when the caller has just read it).
+    /// An attempt (first or retry) to `service` starts, counted for the service only (`now`: the
+    /// monotonic clock's nanoseconds, when the caller has just read it).
     public func begin(_ service: String, now: UInt64 = SystemMonotonicClock().nowNanos()) {
-        begin(HashedKey(service), now: now)
+        let minute = now / 60_000_000_000
+        table.withLockedValue { t in
+            Self.begin(&t.services[HashedKey(service), default: Counts()], minute: minute)
+        }
     }
 
-    /// As above, for a service whose name was hashed before (an instance's `hashedService`).
-    public func begin(_ service: HashedKey, now: UInt64) {
+    /// An attempt at `instance` starts: its service's count here and its own for the balancer.
+    func begin(_ instance: ServiceInstance, now: UInt64) {
         let minute = now / 60_000_000_000
-        counts.withLockedValue { all in
-            Self.begin(&all[service, default: Counts()], minute: minute)
+        table.withLockedValue { t in
+            Self.begin(&t.services[instance.hashedService, default: Counts()], minute: minute)
+            t.instanceStarted(instance.hashedKey)
         }
+    }
+
+    /// The attempt at `instance` ends; `retry` says whether it was one.
+    func end(_ instance: ServiceInstance, retry: Bool) {
+        table.withLockedValue { t in
+            t.instanceFinished(instance.hashedKey)
+            guard let i = t.services.index(forKey: instance.hashedService) else { return }
+            t.services.values[i].active -= 1
+            if retry { t.services.values[i].retrying -= 1 }
+        }
+    }
+
+    /// Attempts out to each instance (the balancer's counts).
+    func withInstances<T>(_ body: (inout [HashedKey: Int]) -> T) -> T {
+        table.withLockedValue { body(&$0.instances) }
     }
 
     /// (In place: once per attempt.)
@@ -51,25 +88,20 @@ public final class RetryBudget: Sendable {
     public func peak(_ service: String) -> Int {
         let service = HashedKey(service)
         let minute = SystemMonotonicClock().nowNanos() / 60_000_000_000
-        return counts.withLockedValue { all in
-            guard let c = all[service] else { return 0 }
+        return table.withLockedValue { t in
+            guard let c = t.services[service] else { return 0 }
             if c.minute == minute { return max(c.peak, c.previousPeak) }
             return c.minute + 1 == minute ? c.peak : 0
         }
     }
 
-    /// An attempt ends; `retry` says whether it was one.
+    /// An attempt ends (counted by `begin(_:now:)`); `retry` says whether it was one.
     public func end(_ service: String, retry: Bool) {
-        end(HashedKey(service), retry: retry)
-    }
-
-    /// As above, for a service whose name was hashed before.
-    public func end(_ service: HashedKey, retry: Bool) {
-        counts.withLockedValue { all in
-            // (One lookup, changed in place: once per attempt.)
-            guard let i = all.index(forKey: service) else { return }
-            all.values[i].active -= 1
-            if retry { all.values[i].retrying -= 1 }
+        let service = HashedKey(service)
+        table.withLockedValue { t in
+            guard let i = t.services.index(forKey: service) else { return }
+            t.services.values[i].active -= 1
+            if retry { t.services.values[i].retrying -= 1 }
         }
     }
 
@@ -77,12 +109,12 @@ public final class RetryBudget: Sendable {
     public func allowRetry(_ service: String) -> Bool {
         let (percent, minimum) = settings.withLockedValue { $0 }
         let key = HashedKey(service)
-        let allowed = counts.withLockedValue { all -> Bool in
-            var c = all[key, default: Counts()]
+        let allowed = table.withLockedValue { t -> Bool in
+            var c = t.services[key, default: Counts()]
             let limit = max(minimum, Int(Double(c.active) * percent / 100))
             guard c.retrying < limit else { return false }
             c.retrying += 1
-            all[key] = c
+            t.services[key] = c
             return true
         }
         if !allowed { Counter(label: "switchyard_retry_budget_exhausted_total", dimensions: [("service", service)]).increment() }
@@ -92,16 +124,16 @@ public final class RetryBudget: Sendable {
     /// Gives back a retry slot that no attempt used.
     public func release(_ service: String) {
         let service = HashedKey(service)
-        return counts.withLockedValue { all in
-            guard var c = all[service] else { return }
+        return table.withLockedValue { t in
+            guard var c = t.services[service] else { return }
             c.retrying -= 1
-            all[service] = c
+            t.services[service] = c
         }
     }
 
     /// In flight now (admin views and tests).
     public func inFlight(_ service: String) -> (active: Int, retrying: Int) {
         let service = HashedKey(service)
-        return counts.withLockedValue { all in (all[service]?.active ?? 0, all[service]?.retrying ?? 0) }
+        return table.withLockedValue { t in (t.services[service]?.active ?? 0, t.services[service]?.retrying ?? 0) }
     }
 }

@@ -296,14 +296,12 @@ public final class Router: Sendable {
         done: @escaping @Sendable (RetryPolicy.Verdict) -> Void
     ) {
         let started = SystemMonotonicClock().nowNanos()
-        balancer.started(instance)
-        balancer.retryBudget.begin(instance.hashedService, now: started)
+        balancer.started(instance, now: started)
         let timer = timers[route]
         forwarder.forward(request, to: instance, timeout: .nanoseconds(Int64(target.timeoutSeconds * 1e9)), on: loop)
             .hop(to: loop)
             .whenComplete { result in
-                self.balancer.finished(instance)
-                self.balancer.retryBudget.end(instance.hashedService, retry: retry)
+                self.balancer.finished(instance, retry: retry)
                 let nanos = SystemMonotonicClock().nowNanos() - started
                 timer?.recordNanoseconds(Int64(nanos))
                 let verdict = RetryPolicy.verdict(result, instance: instance)

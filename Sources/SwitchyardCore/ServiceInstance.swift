@@ -141,6 +141,16 @@ public struct ServiceInstance: Sendable, Hashable, CustomStringConvertible {
 /// section implements it now; the registry plugs in later without touching the router.
 public protocol ServiceDirectory: Sendable {
     func instances(of service: String) -> [ServiceInstance]
+    /// `instances(of: service)` bound to the one service: made once (a gateway route, per
+    /// configuration), called per request. A directory that can find the service ahead returns
+    /// a closure that looks nothing up by name.
+    func source(of service: String) -> @Sendable () -> [ServiceInstance]
+}
+
+extension ServiceDirectory {
+    public func source(of service: String) -> @Sendable () -> [ServiceInstance] {
+        { self.instances(of: service) }
+    }
 }
 
 /// A fixed directory (static config, tests).

@@ -145,6 +145,17 @@ struct RoutingDirectory: ServiceDirectory {
         return list.isEmpty ? nil : (health?.apply(list) ?? list)
     }
 
+    /// As `instances(of:)`, with the static list or the registry name found once.
+    func source(of service: String) -> @Sendable () -> [ServiceInstance] {
+        let health = self.health
+        if let list = fixed[service] { return { health?.apply(list) ?? list } }
+        guard let view, let name = bindings[service] else { return { [] } }
+        return {
+            let list = view.instances(of: name)
+            return health?.apply(list) ?? list
+        }
+    }
+
     /// The instances to choose from now: warming ones weigh less, draining ones are left out.
     func instances(of service: String) -> [ServiceInstance] {
         if let list = fixed[service] { return health?.apply(list) ?? list }

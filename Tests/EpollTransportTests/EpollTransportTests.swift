@@ -20,11 +20,13 @@ import Testing
         try await late.futureResult.get()
         await #expect(throws: EventLoopError.cancelled) { try await cancelled.futureResult.get() }
         #expect(order.withLockedValue { $0 } == [1, 3])
-        // A task from another thread wakes a sleeping loop promptly.
+        // A task from another thread wakes a sleeping loop (one that did not would sleep on: no
+        // timer is due). The bound is loose: with the whole suite running on two cores, the
+        // awaiting task itself once resumed 520 ms later.
         try await Task.sleep(for: .milliseconds(50))
         let started = ContinuousClock.now
         try await loop.submit {}.get()
-        #expect(ContinuousClock.now - started < .milliseconds(500))
+        #expect(ContinuousClock.now - started < .seconds(3))
         try await group.shutdownGracefully()
         loop.execute {}  // (after the stop: dropped, not a crash)
     }

@@ -432,7 +432,7 @@ func waitUntil(timeout: Duration = .seconds(5), _ condition: () -> Bool) async t
         for _ in 0..<20_000 {
             let pick = b.pick(from: [heavy, light])!
             counts[pick.port, default: 0] += 1
-            b.started(pick)  // outstanding grows like a slow service
+            b.started(pick, now: 0)  // outstanding grows like a slow service
         }
         let share = Double(counts[1]!) / 20_000
         #expect(share > 0.7 && share < 0.8, "heavy share \(share)")
@@ -442,7 +442,7 @@ func waitUntil(timeout: Duration = .seconds(5), _ condition: () -> Bool) async t
         let b = Balancer()
         let a = ServiceInstance(service: "s", host: "127.0.0.1", port: 1)
         let c = ServiceInstance(service: "s", host: "127.0.0.1", port: 2)
-        for _ in 0..<50 { b.started(a) }
+        for _ in 0..<50 { b.started(a, now: 0) }
         for _ in 0..<100 { #expect(b.pick(from: [a, c]) == c) }
         #expect(b.pick(from: [ServiceInstance(service: "s", host: "h", port: 3, weight: 0)]) == nil)
     }
