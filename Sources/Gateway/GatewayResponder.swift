@@ -61,7 +61,8 @@ public final class GatewayResponder: HTTPStreamingResponder {
                 lane: admission.lane,
                 fellBack: admission.fellBack,
                 clientIP: writer.clientIP,
-                traceparent: exchange.traceparent
+                traceparent: exchange.traceparent,
+                into: writer.takeScratch()
             )
         {
             request = .lines(HTTP1ClientCodec.RequestLines(method: head.method, uri: admission.uri, fields: lines, length: length))
@@ -250,14 +251,17 @@ public final class GatewayResponder: HTTPStreamingResponder {
         lane: String?,
         fellBack: Bool,
         clientIP: String?,
-        traceparent: Traceparent
+        traceparent: Traceparent,
+        into reused: consuming ByteBuffer? = nil
     ) -> (lines: ByteBuffer, length: Bool)? {
-        raw.withUnsafeReadableBytes { bytes -> (lines: ByteBuffer, length: Bool)? in
-            // Room for every line kept, the Host and X-Forwarded-For values again (each at most
-            // all of the lines), and the fields this hop adds: one buffer, written by a cursor.
-            let ip = clientIP ?? ""
-            let capacity = 2 * bytes.count + ip.utf8.count + 2 * (lane?.utf8.count ?? 0) + traceparent.utf8Count + 160
-            var out = ByteBufferAllocator().buffer(capacity: capacity)
+        // Room for every line kept, the Host and X-Forwarded-For values again (each at most all
+        // of the lines), and the fields this hop adds: one buffer, written by a cursor (the
+        // connection's scratch buffer when it has one: taken whole, cleared, it keeps its storage).
+        let ip = clientIP ?? ""
+        let capacity = 2 * raw.readableBytes + ip.utf8.count + 2 * (lane?.utf8.count ?? 0) + traceparent.utf8Count + 160
+        var out = reused.take() ?? ByteBufferAllocator().buffer(capacity: capacity)
+        out.clear(minimumCapacity: capacity)
+        return raw.withUnsafeReadableBytes { bytes -> (lines: ByteBuffer, length: Bool)? in
             var bail = false
             var length = false
             out.write(capacity: capacity) { cursor in
@@ -356,6 +360,8 @@ enum UpstreamRequest {
     case head(HTTPRequestHead)
     /// An HTTP/1.1 request's field lines as bytes (`GatewayResponder.upstreamLines`).
     case lines(HTTP1ClientCodec.RequestLines)
+    /// The exchange is over: its lines' buffer went back to the client's connection.
+    case released
 }
 
 /// One request's record: what the access log, the metrics and the debug headers say about it.

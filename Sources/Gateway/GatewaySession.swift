@@ -18,7 +18,7 @@ final class GatewaySession: HTTPStreamSession {
     static var finished: GatewaySession { GatewaySession() }
 
     let writer: HTTPResponseWriter?
-    let request: UpstreamRequest
+    private(set) var request: UpstreamRequest
     let timeout: TimeAmount
     let pool: UpstreamPool?
     let exchange: Exchange?
@@ -298,6 +298,8 @@ final class GatewaySession: HTTPStreamSession {
         case .lines(var lines):
             if !instance.basePath.isEmpty { lines.uri = instance.basePath + lines.uri }
             handler.send(lines)
+        case .released:
+            return
         }
         for chunk in pending { handler.send(.body(.byteBuffer(chunk))) }
         pending = []
@@ -480,6 +482,11 @@ final class GatewaySession: HTTPStreamSession {
     private func releaseUpstream() {
         upstream = nil
         upstreamHandler = nil
+        // Its request lines are not sent again: their buffer serves the connection's next request.
+        if case .lines(let lines) = request {
+            request = .released
+            writer?.giveBackScratch(lines.fields)
+        }
     }
 
     func upstreamFailed(_ detail: String, from handler: UpstreamHandler) {

@@ -277,6 +277,9 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var tooLarge = false
     /// The HTTP/1.1 codec, told when the next pipelined request may be read ahead (nil on HTTP/2).
     let codec: HTTP1ServerCodec?
+    /// A buffer kept between the connection's requests for what a session builds per request
+    /// (see `HTTPResponseWriter.takeScratch`).
+    var scratch: ByteBuffer?
     /// Answers of collected requests in request order (nil: not ready yet); `answered` is
     /// the number of the first (the next request's is `answered + answers.count`).
     private var answers = CircularBuffer<(response: OutgoingResponse, keepAlive: Bool)?>(initialCapacity: 2)

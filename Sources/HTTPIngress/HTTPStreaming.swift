@@ -70,6 +70,19 @@ public final class HTTPResponseWriter {
     }
     public var isClientWritable: Bool { context.channel.isWritable }
 
+    /// The connection's scratch buffer, if it has one: what a session builds per request (the
+    /// gateway's upstream field lines) is written into it and given back when the exchange is
+    /// over (`giveBackScratch`), so a keep-alive connection allocates none per request.
+    package func takeScratch() -> ByteBuffer? { handler.scratch.take() }
+
+    /// The scratch buffer back, once nothing else holds its bytes (cleared by the next taker).
+    package func giveBackScratch(_ buffer: ByteBuffer) {
+        if buffer.capacity <= Self.maxScratchBytes { handler.scratch = buffer }
+    }
+
+    /// Larger buffers (a request with very long fields) are not kept by an idle connection.
+    static let maxScratchBytes = 4096
+
     /// During `session(for:…)` on HTTP/1.1: the request's field lines as they came, each with
     /// its CR LF (checked by the codec). A view of the received bytes: copy what is kept. Nil on
     /// HTTP/2.

@@ -62,6 +62,9 @@ import Testing
             ("X-Forwarded-For: 1.2.3.4\r\nCONNECTION: close\r\nx-switchyard-debug: 1\r\n", "beta", false, nil),
             ("Host: a\r\nContent-Length: 0\r\nConnection: Keep-Alive, close\r\n", nil, true, "::1"),
         ]
+        // The buffer the previous case's lines were written into, as a keep-alive connection
+        // keeps it for its next request.
+        var scratch: ByteBuffer?
         for c in cases {
             let raw = ByteBuffer(string: c.lines)
             let section = try raw.withUnsafeReadableBytes { try HTTP1Message.fieldSection($0).get() }
@@ -82,6 +85,19 @@ import Testing
             let sent = HTTP1Message.headers(lines: bytes.lines)
             #expect(sent.map { "\($0.name): \($0.value)" } == listed.headers.map { "\($0.name): \($0.value)" }, "\(c.lines.debugDescription)")
             #expect(bytes.length == listed.headers.contains(name: "content-length"))
+            // Written into the earlier request's buffer: the same bytes, nothing of that request left.
+            let reused = try #require(
+                GatewayResponder.upstreamLines(
+                    raw,
+                    lane: c.lane,
+                    fellBack: c.fellBack,
+                    clientIP: c.ip,
+                    traceparent: Traceparent(given: traceparent),
+                    into: scratch.take()
+                )
+            )
+            #expect(reused.lines == bytes.lines && reused.length == bytes.length, "\(c.lines.debugDescription)")
+            scratch = reused.lines
         }
         // Bytes that are not UTF-8 (obs-text, e.g. Latin-1) pass on as they came; the header-list
         // path, which makes Strings, would have replaced them with U+FFFD.
