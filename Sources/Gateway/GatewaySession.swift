@@ -478,11 +478,11 @@ final class GatewaySession: HTTPStreamSession {
 
     /// The exchange is over: the session lets go of its connection, which may serve another
     /// session from the pool now (nothing this one still hears of may touch it), and the two
-    /// no longer hold each other.
+    /// no longer hold each other; its request lines are not sent again, so their buffer goes
+    /// back to the client's connection for its next request.
     private func releaseUpstream() {
         upstream = nil
         upstreamHandler = nil
-        // Its request lines are not sent again: their buffer serves the connection's next request.
         if case .lines(let lines) = request {
             request = .released
             writer?.giveBackScratch(lines.fields)

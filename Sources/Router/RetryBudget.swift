@@ -15,6 +15,16 @@ public final class RetryBudget: Sendable {
         var peak = 0
         var previousPeak = 0
         var minute: UInt64 = 0
+
+        /// An attempt starts in minute `now` (a new minute keeps the last one's peak as the previous).
+        mutating func began(minute now: UInt64) {
+            active += 1
+            if minute != now {
+                previousPeak = minute + 1 == now ? peak : 0
+                (peak, minute) = (0, now)
+            }
+            peak = max(peak, active)
+        }
     }
 
     struct Table {
@@ -22,6 +32,18 @@ public final class RetryBudget: Sendable {
         var services: [HashedKey: Counts] = [:]
         /// Attempts out per instance (`service@host:port`), for the balancer; none: absent.
         var instances: [HashedKey: Int] = [:]
+
+        /// (In place: once per attempt.)
+        mutating func serviceBegan(_ service: HashedKey, minute: UInt64) {
+            services[service, default: Counts()].began(minute: minute)
+        }
+
+        /// (One lookup, changed in place: once per attempt.)
+        mutating func serviceEnded(_ service: HashedKey, retry: Bool) {
+            guard let i = services.index(forKey: service) else { return }
+            services.values[i].active -= 1
+            if retry { services.values[i].retrying -= 1 }
+        }
 
         mutating func instanceStarted(_ key: HashedKey) { instances[key, default: 0] += 1 }
 
@@ -44,17 +66,14 @@ public final class RetryBudget: Sendable {
     /// An attempt (first or retry) to `service` starts, counted for the service only (`now`: the
     /// monotonic clock's nanoseconds, when the caller has just read it).
     public func begin(_ service: String, now: UInt64 = SystemMonotonicClock().nowNanos()) {
-        let minute = now / 60_000_000_000
-        table.withLockedValue { t in
-            Self.begin(&t.services[HashedKey(service), default: Counts()], minute: minute)
-        }
+        let service = HashedKey(service)
+        table.withLockedValue { $0.serviceBegan(service, minute: Self.minute(now)) }
     }
 
     /// An attempt at `instance` starts: its service's count here and its own for the balancer.
     func begin(_ instance: ServiceInstance, now: UInt64) {
-        let minute = now / 60_000_000_000
         table.withLockedValue { t in
-            Self.begin(&t.services[instance.hashedService, default: Counts()], minute: minute)
+            t.serviceBegan(instance.hashedService, minute: Self.minute(now))
             t.instanceStarted(instance.hashedKey)
         }
     }
@@ -62,32 +81,23 @@ public final class RetryBudget: Sendable {
     /// The attempt at `instance` ends; `retry` says whether it was one.
     func end(_ instance: ServiceInstance, retry: Bool) {
         table.withLockedValue { t in
+            t.serviceEnded(instance.hashedService, retry: retry)
             t.instanceFinished(instance.hashedKey)
-            guard let i = t.services.index(forKey: instance.hashedService) else { return }
-            t.services.values[i].active -= 1
-            if retry { t.services.values[i].retrying -= 1 }
         }
     }
+
+    /// The minute of a monotonic clock reading (peaks are kept per minute).
+    private static func minute(_ nanos: UInt64) -> UInt64 { nanos / 60_000_000_000 }
 
     /// Attempts out to each instance (the balancer's counts).
     func withInstances<T>(_ body: (inout [HashedKey: Int]) -> T) -> T {
         table.withLockedValue { body(&$0.instances) }
     }
 
-    /// (In place: once per attempt.)
-    private static func begin(_ c: inout Counts, minute: UInt64) {
-        c.active += 1
-        if c.minute != minute {
-            c.previousPeak = c.minute + 1 == minute ? c.peak : 0
-            (c.peak, c.minute) = (0, minute)
-        }
-        c.peak = max(c.peak, c.active)
-    }
-
     /// The most attempts to `service` at once over the last one to two minutes.
     public func peak(_ service: String) -> Int {
         let service = HashedKey(service)
-        let minute = SystemMonotonicClock().nowNanos() / 60_000_000_000
+        let minute = Self.minute(SystemMonotonicClock().nowNanos())
         return table.withLockedValue { t in
             guard let c = t.services[service] else { return 0 }
             if c.minute == minute { return max(c.peak, c.previousPeak) }
@@ -98,11 +108,7 @@ public final class RetryBudget: Sendable {
     /// An attempt ends (counted by `begin(_:now:)`); `retry` says whether it was one.
     public func end(_ service: String, retry: Bool) {
         let service = HashedKey(service)
-        table.withLockedValue { t in
-            guard let i = t.services.index(forKey: service) else { return }
-            t.services.values[i].active -= 1
-            if retry { t.services.values[i].retrying -= 1 }
-        }
+        table.withLockedValue { $0.serviceEnded(service, retry: retry) }
     }
 
     /// Whether another retry to `service` may start now; when it may, it is counted until `end(_:retry: true)`.

@@ -138,29 +138,45 @@ struct RoutingDirectory: ServiceDirectory {
     /// Egress by name: a static service, a service the routes name, or any the registry has
     /// usable instances of (public namespace, default group); nil when none of these.
     func egressInstances(of service: String) -> [ServiceInstance]? {
-        if let list = fixed[service] { return health?.apply(list) ?? list }
-        if bindings[service] != nil { return instances(of: service) }
+        if fixed[service] != nil || bindings[service] != nil { return instances(of: service) }
         guard let view else { return nil }
-        let list = view.instances(of: ServiceName(name: service))
-        return list.isEmpty ? nil : (health?.apply(list) ?? list)
+        let list = Self.usable(view.instances(of: ServiceName(name: service)), health: health)
+        return list.isEmpty ? nil : list
+    }
+
+    /// Where a service's instances come from.
+    private enum Origin: Sendable {
+        case fixed([ServiceInstance])
+        case registry(RegistryView, ServiceName)
+        case none
+    }
+
+    private func origin(of service: String) -> Origin {
+        if let list = fixed[service] { return .fixed(list) }
+        guard let view, let name = bindings[service] else { return .none }
+        return .registry(view, name)
+    }
+
+    /// The instances to choose from now: warming ones weigh less, draining ones are left out.
+    private static func instances(from origin: Origin, health: InstanceHealth?) -> [ServiceInstance] {
+        switch origin {
+        case .fixed(let list): usable(list, health: health)
+        case .registry(let view, let name): usable(view.instances(of: name), health: health)
+        case .none: []
+        }
+    }
+
+    private static func usable(_ list: [ServiceInstance], health: InstanceHealth?) -> [ServiceInstance] {
+        health?.apply(list) ?? list
+    }
+
+    func instances(of service: String) -> [ServiceInstance] {
+        Self.instances(from: origin(of: service), health: health)
     }
 
     /// As `instances(of:)`, with the static list or the registry name found once.
     func source(of service: String) -> @Sendable () -> [ServiceInstance] {
-        let health = self.health
-        if let list = fixed[service] { return { health?.apply(list) ?? list } }
-        guard let view, let name = bindings[service] else { return { [] } }
-        return {
-            let list = view.instances(of: name)
-            return health?.apply(list) ?? list
-        }
-    }
-
-    /// The instances to choose from now: warming ones weigh less, draining ones are left out.
-    func instances(of service: String) -> [ServiceInstance] {
-        if let list = fixed[service] { return health?.apply(list) ?? list }
-        guard let view, let name = bindings[service] else { return [] }
-        let list = view.instances(of: name)
-        return health?.apply(list) ?? list
+        let (origin, health) = (origin(of: service), health)
+        return { Self.instances(from: origin, health: health) }
     }
 }
