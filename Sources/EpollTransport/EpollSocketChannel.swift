@@ -8,6 +8,10 @@ import Synchronization
 /// when the handlers let go of it); writes wait in a queue until flushed, and flushes wait for
 /// the end of the loop's batch of ready sockets (see `EpollEventLoop`). Everything but the
 /// `Channel` properties marked thread-safe runs on the loop.
+///
+/// The codec first in the pipeline may take the bytes straight from the channel and give
+/// them straight back (`EpollDirectHandler`, `DirectConnection`): no pipeline hop, boxing or
+/// type check on the reads, writes and flushes of every proxied request.
 final class EpollSocketChannel: Channel, ChannelCore, EpollSelectable, @unchecked Sendable {
     // @unchecked: state is the loop's; `isActive` and `isWritable` are atomics.
     let loop: EpollEventLoop
@@ -44,6 +48,8 @@ final class EpollSocketChannel: Channel, ChannelCore, EpollSelectable, @unchecke
     /// The socket took no more: writing waits for `EPOLLOUT`.
     private var waitingToWrite = false
     private var written: [EventLoopPromise<Void>] = []
+    /// The codec first in the pipeline, when it takes the bytes directly.
+    private var direct: (any EpollDirectHandler)?
     /// A connection being opened: completed when the socket is writable.
     private var connecting:
         (promise: EventLoopPromise<any Channel>, initializer: @Sendable (any Channel) -> EventLoopFuture<Void>, timeout: Scheduled<Void>?)?
@@ -284,7 +290,7 @@ final class EpollSocketChannel: Channel, ChannelCore, EpollSelectable, @unchecke
             }
             if result > 0 {
                 delivered = true
-                pipeline.fireChannelRead(NIOAny(readBuffer))
+                if let direct { direct.directRead(readBuffer) } else { pipeline.fireChannelRead(NIOAny(readBuffer)) }
                 if result < room || !open { break }
                 continue
             }
@@ -302,7 +308,7 @@ final class EpollSocketChannel: Channel, ChannelCore, EpollSelectable, @unchecke
             break
         }
         if delivered && open {
-            pipeline.fireChannelReadComplete()
+            if let direct { direct.directReadComplete() } else { pipeline.fireChannelReadComplete() }
         }
         if let failure, open {
             pipeline.fireErrorCaught(failure)
@@ -320,7 +326,9 @@ final class EpollSocketChannel: Channel, ChannelCore, EpollSelectable, @unchecke
                 return true
             }
         }
-        if delivered && autoRead && open && !inputClosed { pipeline.read() }
+        if delivered && autoRead && open && !inputClosed {
+            if let direct { direct.directReadRequested() } else { pipeline.read() }
+        }
         updateInterest()
         return delivered || endOfInput || failure != nil
     }
@@ -354,24 +362,11 @@ final class EpollSocketChannel: Channel, ChannelCore, EpollSelectable, @unchecke
     func connect0(to: SocketAddress, promise: EventLoopPromise<Void>?) { promise?.fail(ChannelError.operationUnsupported) }
 
     func write0(_ data: NIOAny, promise: EventLoopPromise<Void>?) {
-        guard open else {
-            promise?.fail(ChannelError.ioOnClosedChannel)
-            return
-        }
-        guard !outputClosed, !closeOutputWhenFlushed else {
-            promise?.fail(ChannelError.outputClosed)
-            return
-        }
         guard case .byteBuffer(let buffer) = unwrapData(data, as: IOData.self) else {
             promise?.fail(ChannelError.operationUnsupported)  // (file regions: not sent through this channel)
             return
         }
-        pending.append((buffer, promise))
-        pendingBytes += buffer.readableBytes
-        if pendingBytes > waterMark.high && writableFlag.load(ordering: .relaxed) {
-            writableFlag.store(false, ordering: .relaxed)
-            pipeline.fireChannelWritabilityChanged()
-        }
+        directWrite(buffer, promise: promise)
     }
 
     func flush0() {
@@ -530,9 +525,36 @@ final class EpollSocketChannel: Channel, ChannelCore, EpollSelectable, @unchecke
         promise?.succeed(())
         if wasActive { pipeline.fireChannelInactive() }
         if registered { pipeline.fireChannelUnregistered() }
+        direct = nil  // (the codec would let go when it is removed; it holds the channel too)
         loop.execute {
             self.removeHandlers(pipeline: self.pipeline)
             self.closePromise.succeed(())
+        }
+    }
+
+    // MARK: - Direct
+
+    fileprivate func attach(_ handler: any EpollDirectHandler) { direct = handler }
+
+    fileprivate func detach(_ handler: any EpollDirectHandler) {
+        if direct === handler { direct = nil }
+    }
+
+    /// As a write that reached the head of the pipeline.
+    fileprivate func directWrite(_ buffer: ByteBuffer, promise: EventLoopPromise<Void>?) {
+        guard open else {
+            promise?.fail(ChannelError.ioOnClosedChannel)
+            return
+        }
+        guard !outputClosed, !closeOutputWhenFlushed else {
+            promise?.fail(ChannelError.outputClosed)
+            return
+        }
+        pending.append((buffer, promise))
+        pendingBytes += buffer.readableBytes
+        if pendingBytes > waterMark.high && writableFlag.load(ordering: .relaxed) {
+            writableFlag.store(false, ordering: .relaxed)
+            pipeline.fireChannelWritabilityChanged()
         }
     }
 
@@ -543,6 +565,47 @@ final class EpollSocketChannel: Channel, ChannelCore, EpollSelectable, @unchecke
     func channelRead0(_ data: NIOAny) {}  // (nothing handled it: dropped, as NIO does)
 
     func errorCaught0(error: any Error) {}
+}
+
+/// A codec first in an `EpollSocketChannel`'s pipeline that takes the connection's bytes from
+/// the channel directly and writes them to it directly (`DirectConnection`), each
+/// as the pipeline would have carried them. What the codec hands on to the handlers behind
+/// it still goes through the pipeline. Those handlers must not hold reads in `read(context:)`
+/// (they pause reading with `autoRead`): a read request goes to the codec alone. Called on
+/// the channel's loop.
+package protocol EpollDirectHandler: AnyObject {
+    /// As `channelRead` with the bytes.
+    func directRead(_ bytes: ByteBuffer)
+    /// As `channelReadComplete`.
+    func directReadComplete()
+    /// As `read(context:)`: more bytes are wanted (`DirectConnection.read` asks for them).
+    func directReadRequested()
+}
+
+/// The connection an `EpollDirectHandler` reads from and writes to directly.
+package struct DirectConnection {
+    private let channel: EpollSocketChannel
+
+    /// `handler`, first in `channel`'s pipeline (the caller knows it is), takes the bytes read
+    /// directly from now on; nil on another kind of channel (NIO's, an embedded one: the
+    /// pipeline carries the bytes there).
+    package static func attach(_ handler: any EpollDirectHandler, to channel: any Channel) -> DirectConnection? {
+        guard let epoll = channel as? EpollSocketChannel, epoll.loop.inEventLoop else { return nil }
+        epoll.attach(handler)
+        return DirectConnection(channel: epoll)
+    }
+
+    /// `handler` leaves (it is removed from the pipeline): the pipeline carries the bytes again.
+    package func detach(_ handler: any EpollDirectHandler) { channel.detach(handler) }
+
+    /// As a write that reached the head of the pipeline.
+    package func write(_ buffer: ByteBuffer, promise: EventLoopPromise<Void>?) { channel.directWrite(buffer, promise: promise) }
+
+    /// As a flush that reached the head of the pipeline.
+    package func flush() { channel.flush0() }
+
+    /// As a read request that reached the head of the pipeline.
+    package func read() { channel.read0() }
 }
 
 /// Carries a value to the loop that alone uses it.

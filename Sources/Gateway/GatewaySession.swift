@@ -181,8 +181,10 @@ final class GatewaySession: HTTPStreamSession {
         let initialize: @Sendable (any Channel) -> EventLoopFuture<Void> = { channel in
             channel.eventLoop.makeCompletedFuture {
                 // Bytes after a 101 stay with the codec until the tunnel takes them.
-                try channel.pipeline.syncOperations.addHandler(HTTP1ClientCodec(host: instance.address))
+                let codec = HTTP1ClientCodec(host: instance.address)
+                try channel.pipeline.syncOperations.addHandler(codec)
                 try channel.pipeline.syncOperations.addHandler(handler.value)
+                codec.takeBytesDirectly()
             }
         }
         let connection: EventLoopFuture<any Channel>

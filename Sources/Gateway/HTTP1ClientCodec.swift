@@ -1,3 +1,4 @@
+import EpollTransport
 import HTTPIngress
 import NIOCore
 import NIOHTTP1
@@ -13,7 +14,7 @@ import SwitchyardCore
 /// belong to the tunnel and are handed on when this handler is removed. An answer without a
 /// length ends when the connection closes. A malformed answer is reported as an
 /// `HTTP1Message.Malformed` error, and nothing more is read.
-final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, BatchFlushing {
+final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, BatchFlushing, EpollDirectHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = HTTPClientResponsePart
     typealias OutboundIn = HTTPClientRequestPart
@@ -74,6 +75,15 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
         receiver = nil
+        writer.direct?.detach(self)
+        writer.direct = nil
+    }
+
+    /// The codec is first in its pipeline: on Switchyard's own transport it takes the bytes
+    /// from the connection directly (see `EpollDirectHandler`).
+    func takeBytesDirectly() {
+        guard let context else { return }
+        writer.direct = DirectConnection.attach(self, to: context.channel)
     }
 
     /// A request part from the handler right behind, by a direct call (as `write` through the
@@ -168,7 +178,7 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
     /// `FlushBatch`), or at once when a close comes first.
     func flush(context: ChannelHandlerContext) {
         writer.writePending(context: context, promise: nil)
-        flushAtBatchEnd(context: context)
+        if let direct = writer.direct { direct.flush() } else { flushAtBatchEnd(context: context) }
     }
 
     func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
@@ -194,15 +204,31 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
     // MARK: - Inbound
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var bytes = unwrapInboundIn(data)
-        if case .failed = inbound { return }
-        received.append(read: &bytes)
-        parse(context: context)
+        read(unwrapInboundIn(data), context: context)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
         received.compact()
         context.fireChannelReadComplete()
+    }
+
+    func directRead(_ bytes: ByteBuffer) {
+        guard let context else { return }
+        read(bytes, context: context)
+    }
+
+    func directReadComplete() {
+        guard let context else { return }
+        channelReadComplete(context: context)
+    }
+
+    func directReadRequested() { writer.direct?.read() }
+
+    private func read(_ bytes: ByteBuffer, context: ChannelHandlerContext) {
+        var bytes = bytes
+        if case .failed = inbound { return }
+        received.append(read: &bytes)
+        parse(context: context)
     }
 
     private func parse(context: ChannelHandlerContext) {

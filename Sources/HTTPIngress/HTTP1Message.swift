@@ -1,3 +1,4 @@
+import EpollTransport
 public import NIOCore
 public import NIOHTTP1
 import SwitchyardCore
@@ -355,6 +356,9 @@ package enum HTTP1Message {
         private var spare: ByteBuffer?
         /// Buffers kept for reuse are at most this large (an idle connection keeps one).
         static let spareBytes = 2048
+        /// The connection the codec writes to directly (see `EpollDirectHandler`); nil: the
+        /// bytes go down the pipeline.
+        package var direct: DirectConnection?
 
         package init() {}
 
@@ -419,7 +423,11 @@ package enum HTTP1Message {
                 append(context) { $0.writeImmutableBuffer(bytes) }
             } else if size > 0 || promise != nil {
                 writePending(context: context, promise: nil)
-                context.write(NIOAny(body), promise: promise)
+                if let direct, case .byteBuffer(let bytes) = body {
+                    direct.write(bytes, promise: promise)
+                } else {
+                    context.write(NIOAny(body), promise: promise)
+                }
             }
             if chunked && size > 0 { append(context) { $0.writeStaticString("\r\n") } }
         }
@@ -447,10 +455,18 @@ package enum HTTP1Message {
             if let bytes = pending {
                 pending = nil
                 if bytes.capacity <= Self.spareBytes { spare = bytes }
-                context.write(NIOAny(IOData.byteBuffer(bytes)), promise: promise)
+                write(bytes, context: context, promise: promise)
             } else if let promise {
                 // Nothing to write, but the promise completes in order with the writes before it.
-                context.write(NIOAny(IOData.byteBuffer(ByteBuffer())), promise: promise)
+                write(ByteBuffer(), context: context, promise: promise)
+            }
+        }
+
+        private func write(_ bytes: ByteBuffer, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
+            if let direct {
+                direct.write(bytes, promise: promise)
+            } else {
+                context.write(NIOAny(IOData.byteBuffer(bytes)), promise: promise)
             }
         }
     }

@@ -1,3 +1,4 @@
+import EpollTransport
 import NIOCore
 import NIOHTTP1
 import SwitchyardCore
@@ -31,7 +32,7 @@ import SwitchyardCore
 /// was handed on, unless the handler has already begun its answer (a refusal: the client then
 /// need not send the body) or the body has begun to arrive. Clients such as curl otherwise wait
 /// a second before they send a large body.
-final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, BatchFlushing {
+final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, BatchFlushing, EpollDirectHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
@@ -99,6 +100,16 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
         receiver = nil
+        writer.direct?.detach(self)
+        writer.direct = nil
+    }
+
+    /// The codec is first in its pipeline now (nothing before it takes or changes the bytes):
+    /// on Switchyard's own transport it takes them from the connection directly (see
+    /// `EpollDirectHandler`).
+    func takeBytesDirectly() {
+        guard let context else { return }
+        writer.direct = DirectConnection.attach(self, to: context.channel)
     }
 
     /// The handler received the current request whole and will answer it in one piece, in
@@ -116,17 +127,35 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
     // MARK: - Inbound
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var bytes = unwrapInboundIn(data)
-        if case .failed = inbound { return }
-        received.append(read: &bytes)
-        inRead = true
-        parse(context: context)
-        inRead = false
+        read(unwrapInboundIn(data), context: context)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
         received.compact()
         context.fireChannelReadComplete()
+    }
+
+    func directRead(_ bytes: ByteBuffer) {
+        guard let context else { return }
+        read(bytes, context: context)
+    }
+
+    func directReadComplete() {
+        guard let context else { return }
+        channelReadComplete(context: context)
+    }
+
+    func directReadRequested() {
+        if holdsReads { readHeld = true } else { writer.direct?.read() }
+    }
+
+    private func read(_ bytes: ByteBuffer, context: ChannelHandlerContext) {
+        var bytes = bytes
+        if case .failed = inbound { return }
+        received.append(read: &bytes)
+        inRead = true
+        parse(context: context)
+        inRead = false
     }
 
     /// Hands on what the received bytes complete, as far as the current answer allows.
@@ -429,7 +458,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
     /// `FlushBatch`), or at once when a close comes first.
     func flush(context: ChannelHandlerContext) {
         writer.writePending(context: context, promise: nil)
-        flushAtBatchEnd(context: context)
+        if let direct = writer.direct { direct.flush() } else { flushAtBatchEnd(context: context) }
     }
 
     func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {

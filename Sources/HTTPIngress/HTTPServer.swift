@@ -152,14 +152,16 @@ public final class HTTPServer: Service {
         self.bound = group.any().makePromise(of: SocketAddress.self)
     }
 
-    /// HTTP/1.1 on a connection (its handlers go last).
-    func configureHTTP1(_ ops: ChannelPipeline.SynchronousOperations) throws {
+    /// HTTP/1.1 on a connection (its handlers go last); returns its codec.
+    @discardableResult
+    func configureHTTP1(_ ops: ChannelPipeline.SynchronousOperations) throws -> HTTP1ServerCodec {
         // Pipelined requests the request handler collects and answers in one piece are read
         // ahead (all of them, or the message channel's when a streaming responder takes the rest).
         let streams = streaming != nil
         let codec = HTTP1ServerCodec { head in !streams || MessageEndpoints.contains(head.uri) }
         try ops.addHandler(codec)
         try ops.addHandler(RequestHandler(server: self, maxBodyBytes: maxBodyBytes, codec: codec))
+        return codec
     }
 
     /// HTTP/2 on a connection: each stream is one request, seen as HTTP/1.1 parts by the same
@@ -204,7 +206,7 @@ public final class HTTPServer: Service {
             } else if http2 {
                 try ops.addHandler(PrefaceSniffer(server: self))
             } else {
-                try configureHTTP1(ops)
+                try configureHTTP1(ops).takeBytesDirectly()
             }
             let id = ObjectIdentifier(channel)
             connections.withLockedValue { $0[id] = channel }
@@ -618,9 +620,10 @@ final class PrefaceSniffer: ChannelInboundHandler, RemovableChannelHandler {
         let isH2 = seen.prefix(n).elementsEqual(Self.preface.prefix(n))
         if isH2 && n < Self.preface.count { return }  // not sure yet
         let ops = context.pipeline.syncOperations
+        var codec: HTTP1ServerCodec?
         do {
             // Both go after this handler, the last one so far.
-            if isH2 { try server.configureHTTP2(ops) } else { try server.configureHTTP1(ops) }
+            if isH2 { try server.configureHTTP2(ops) } else { codec = try server.configureHTTP1(ops) }
         } catch {
             context.close(promise: nil)
             return
@@ -629,5 +632,7 @@ final class PrefaceSniffer: ChannelInboundHandler, RemovableChannelHandler {
         held = nil
         context.fireChannelRead(wrapInboundOut(first))
         ops.removeHandler(context: context, promise: nil)
+        // (Removed at once: the codec is first now.)
+        codec?.takeBytesDirectly()
     }
 }

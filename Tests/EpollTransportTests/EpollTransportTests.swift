@@ -80,6 +80,36 @@ import Testing
         try await group.shutdownGracefully()
     }
 
+    @Test func aHandlerFirstInThePipelineTakesTheBytesDirectlyUntilItDetaches() async throws {
+        let group = try EpollEventLoopGroup(threads: 2, name: "test")
+        let counts = DirectEcho.Counts()
+        let listener = try await EpollListener.bind(host: "127.0.0.1", port: 0, group: group) { channel in
+            channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(DirectEcho(counts)) }
+        }
+        let received = Collector()
+        let channel = try await Self.connect(to: listener, on: group, handler: received)
+        // 4 MiB: many reads, each echoed.
+        let pattern = ByteBuffer(bytes: (0..<65_521).map { UInt8(truncatingIfNeeded: $0 &* 7) })
+        var payload = ByteBuffer()
+        for _ in 0..<64 { payload.writeImmutableBuffer(pattern) }
+        let size = payload.readableBytes
+        try await channel.writeAndFlush(payload).get()
+        try await Self.wait { received.bytes.withLockedValue { $0.readableBytes } >= size }
+        #expect(received.bytes.withLockedValue { $0.getSlice(at: 0, length: size) } == payload)
+        #expect(counts.direct.withLockedValue { $0 } > 0)
+        #expect(counts.piped.withLockedValue { $0 } == 0)
+        // Detached, the handler gets the bytes through the pipeline again.
+        try await channel.writeAndFlush(ByteBuffer(string: "detach")).get()
+        try await Self.wait { received.bytes.withLockedValue { $0.readableBytes } >= size + 2 }
+        try await channel.writeAndFlush(ByteBuffer(string: "again")).get()
+        try await Self.wait { received.bytes.withLockedValue { $0.readableBytes } >= size + 7 }
+        #expect(received.bytes.withLockedValue { String(buffer: $0.getSlice(at: size, length: 7)!) } == "okagain")
+        #expect(counts.piped.withLockedValue { $0 } > 0)
+        try await channel.close()
+        await listener.close()
+        try await group.shutdownGracefully()
+    }
+
     @Test func aRefusedConnectionFailsWithItsReasonAndAStoppedLoopClosesItsConnections() async throws {
         let group = try EpollEventLoopGroup(threads: 1, name: "test")
         // A port nothing listens on: bound and closed again.
@@ -109,6 +139,12 @@ import Testing
 }
 
 extension EpollTransportTests {
+    /// Waits (up to 10 s) until `done`.
+    static func wait(until done: @Sendable () -> Bool) async throws {
+        let deadline = ContinuousClock.now + .seconds(10)
+        while !done() && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+    }
+
     /// A connection to `listener` from one of `group`'s loops, `handler` in its pipeline.
     static func connect(to listener: EpollListener, on group: EpollEventLoopGroup, handler: Collector) async throws -> any Channel {
         try await EpollConnector.connect(host: "127.0.0.1", port: listener.localAddress.port!, on: group.next(), timeout: .seconds(2)) {
@@ -134,6 +170,48 @@ private final class Echo: ChannelInboundHandler {
         let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
         context.writeAndFlush(NIOAny(ByteBuffer())).whenComplete { _ in bound.value.close(promise: nil) }
     }
+}
+
+/// Echoes, taking the bytes from the connection directly (`DirectConnection`) until it reads
+/// `detach`: it answers `ok` then, and echoes what the pipeline brings from then on.
+private final class DirectEcho: ChannelInboundHandler, EpollDirectHandler {
+    typealias InboundIn = ByteBuffer
+    final class Counts: Sendable {
+        let direct = NIOLockedValueBox(0)
+        let piped = NIOLockedValueBox(0)
+    }
+    private let counts: Counts
+    private var context: ChannelHandlerContext?
+    private var connection: DirectConnection?
+
+    init(_ counts: Counts) { self.counts = counts }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        connection = DirectConnection.attach(self, to: context.channel)
+    }
+
+    func directRead(_ bytes: ByteBuffer) {
+        counts.direct.withLockedValue { $0 += 1 }
+        guard bytes.readableBytes != 6 || String(buffer: bytes) != "detach" else {
+            connection?.detach(self)
+            connection = nil
+            context?.writeAndFlush(NIOAny(ByteBuffer(string: "ok")), promise: nil)
+            return
+        }
+        connection?.write(bytes, promise: nil)
+    }
+
+    func directReadComplete() { connection?.flush() }
+
+    func directReadRequested() { connection?.read() }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        counts.piped.withLockedValue { $0 += 1 }
+        context.write(data, promise: nil)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) { context.flush() }
 }
 
 /// Keeps what arrives and whether writability changed.
