@@ -129,6 +129,9 @@ final class CompiledRoute: Sendable {
 final class RequestLane: Sendable {
     let name: String
     let headers: [(String, ValueRule)]
+    /// The names of `headers`, looked for in every request (reading a name out of `headers`
+    /// copied its rule).
+    let headerNames: [String]
     let cookies: [(String, ValueRule)]
     let params: [(String, ValueRule)]
     let claims: [(String, ValueRule)]
@@ -141,6 +144,7 @@ final class RequestLane: Sendable {
             rules.sorted { $0.key < $1.key }.map { ($0.key, ValueRule($0.value)) }
         }
         headers = compile(lane.headers)
+        headerNames = headers.map(\.0)
         cookies = compile(lane.cookies)
         params = compile(lane.params)
         claims = compile(lane.claims)
@@ -327,7 +331,7 @@ public final class GatewaySnapshot: Sendable {
         // (Header rules are read in place, by index: a request that matches none copies none.)
         var facts = RequestFacts(head: head, claims: claims)
         for lane in lanes {
-            for i in lane.headers.indices where head.headers.contains(name: lane.headers[i].0) {
+            for i in lane.headerNames.indices where head.headers.contains(name: lane.headerNames[i]) {
                 let (name, rule) = lane.headers[i]
                 if let value = head.headers[canonicalForm: name].first(where: { rule.admits(String($0)) }) {
                     return (lane.name, "header \(name) is \"\(value)\"")
