@@ -90,6 +90,9 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
     /// The head each request is parsed into: its storage is reused when nothing holds the
     /// last request's head any more (no allocation per request), copied on write when something does.
     private var headBox = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/")
+    /// The header list each request's fields are parsed into: the last one's storage, reused
+    /// when nothing holds that request's head any more (no allocation per request).
+    private var fields: [(String, String)] = []
 
     init(readsAheadOf: (@Sendable (HTTPRequestHead) -> Bool)? = nil) {
         self.readsAheadOf = readsAheadOf
@@ -227,7 +230,9 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
             refuseOversizedHead(context: context)
             return nil
         }
-        let parsed = received!.withUnsafeReadableBytes { Self.parseHead(UnsafeRawBufferPointer(rebasing: $0[..<length]), into: &headBox) }
+        let parsed = received!.withUnsafeReadableBytes {
+            Self.parseHead(UnsafeRawBufferPointer(rebasing: $0[..<length]), into: &headBox, fields: &fields)
+        }
         // (A view of the head's bytes: its field lines are offered to the handler as they came.)
         let headBytes = received!.readSlice(length: length)!
         switch parsed {
@@ -274,8 +279,12 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
     }
 
     /// A request head (`raw` ends with the blank line), its method, target, version and fields
-    /// set in `head`.
-    static func parseHead(_ raw: UnsafeRawBufferPointer, into head: inout HTTPRequestHead) -> Result<ParsedHead, Refusal> {
+    /// set in `head`; the fields are parsed into `fields`'s storage (and kept there too).
+    static func parseHead(
+        _ raw: UnsafeRawBufferPointer,
+        into head: inout HTTPRequestHead,
+        fields: inout [(String, String)]
+    ) -> Result<ParsedHead, Refusal> {
         func bad(_ message: String) -> Result<ParsedHead, Refusal> {
             .failure(Refusal(status: .badRequest, message: message))
         }
@@ -305,11 +314,21 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
         }
         let method = Self.method(methodBytes)
         let uri = String(decoding: UnsafeRawBufferPointer(rebasing: line[targetStart..<j]), as: UTF8.self)
-        let section: HTTP1Message.FieldSection
-        switch HTTP1Message.fieldSection(UnsafeRawBufferPointer(rebasing: raw[(lineEnd + 2)..<(raw.count - 2)])) {
-        case .failure(let malformed): return bad(malformed.description)
-        case .success(let s): section = s
+        // The last request's list is let go of first: `fields` is then this codec's alone again
+        // (unless a handler still holds that request's head), and filled in place.
+        head.headers = HTTPHeaders()
+        var section = HTTP1Message.FieldSection()
+        swap(&section.fields, &fields)
+        section.fields.removeAll(keepingCapacity: true)
+        var none: ByteBuffer?
+        if let malformed = HTTP1Message.fieldSection(
+            UnsafeRawBufferPointer(rebasing: raw[(lineEnd + 2)..<(raw.count - 2)]),
+            keptLines: &none,
+            into: &section
+        ) {
+            return bad(malformed.description)
         }
+        fields = section.fields
         var body = HTTP1Message.BodyReader.length(section.contentLength ?? 0)
         if let transferEncoding = section.transferEncoding {
             guard section.contentLength == nil else { return bad("both content-length and transfer-encoding (request smuggling)") }

@@ -57,11 +57,14 @@ final class ReadAheadCollector: ChannelInboundHandler {
         typealias InboundIn = HTTPServerRequestPart
         let codec: HTTP1ServerCodec
         var lines: [String?] = []
+        var heads: [HTTPRequestHead] = []
         init(codec: HTTP1ServerCodec) { self.codec = codec }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             switch unwrapInboundIn(data) {
-            case .head: lines.append(codec.requestFieldLines.map { String(buffer: $0) })
+            case .head(let head):
+                lines.append(codec.requestFieldLines.map { String(buffer: $0) })
+                heads.append(head)
             case .body: break
             case .end: codec.allowReadAhead()
             }
@@ -80,6 +83,9 @@ final class ReadAheadCollector: ChannelInboundHandler {
         try channel.writeInbound(ByteBuffer(string: requests))
         #expect(collector.lines == ["Host: x\r\nX-A:  1 \t\r\n", "Host: y\r\nContent-Length: 2\r\n", ""])
         #expect(codec.requestFieldLines == nil)
+        // Each request's fields are parsed into the last one's list when nothing holds it any
+        // more: heads kept (here, all of them) keep their own.
+        #expect(collector.heads.map { $0.headers.map { "\($0.name)=\($0.value)" } } == [["Host=x", "X-A=1"], ["Host=y", "Content-Length=2"], []])
     }
 }
 
