@@ -14,7 +14,7 @@ import SwitchyardCore
 /// belong to the tunnel and are handed on when this handler is removed. An answer without a
 /// length ends when the connection closes. A malformed answer is reported as an
 /// `HTTP1Message.Malformed` error, and nothing more is read.
-final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, BatchFlushing, EpollDirectHandler {
+final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, DirectReading {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = HTTPClientResponsePart
     typealias OutboundIn = HTTPClientRequestPart
@@ -204,7 +204,7 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
     // MARK: - Inbound
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        read(unwrapInboundIn(data), context: context)
+        take(unwrapInboundIn(data), context: context)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -212,19 +212,9 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
         context.fireChannelReadComplete()
     }
 
-    func directRead(_ bytes: ByteBuffer) {
-        guard let context else { return }
-        read(bytes, context: context)
-    }
-
-    func directReadComplete() {
-        guard let context else { return }
-        channelReadComplete(context: context)
-    }
-
     func directReadRequested() { writer.direct?.read() }
 
-    private func read(_ bytes: ByteBuffer, context: ChannelHandlerContext) {
+    func take(_ bytes: ByteBuffer, context: ChannelHandlerContext) {
         var bytes = bytes
         if case .failed = inbound { return }
         received.append(read: &bytes)

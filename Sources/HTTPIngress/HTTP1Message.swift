@@ -503,3 +503,23 @@ extension Optional where Wrapped == ByteBuffer {
         context.fireChannelReadComplete()
     }
 }
+
+/// A codec (either side of HTTP/1.1) that reads a connection's bytes the same way whether they
+/// come through the pipeline or straight from Switchyard's own transport (`EpollDirectHandler`).
+package protocol DirectReading: EpollDirectHandler, BatchFlushing {
+    /// Bytes read, as `channelRead` hands them on.
+    func take(_ bytes: ByteBuffer, context: ChannelHandlerContext)
+    func channelReadComplete(context: ChannelHandlerContext)
+}
+
+extension DirectReading {
+    package func directRead(_ bytes: ByteBuffer) {
+        guard let context = flushContext else { return }
+        take(bytes, context: context)
+    }
+
+    package func directReadComplete() {
+        guard let context = flushContext else { return }
+        channelReadComplete(context: context)
+    }
+}

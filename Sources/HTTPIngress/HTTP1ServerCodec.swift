@@ -32,7 +32,7 @@ import SwitchyardCore
 /// was handed on, unless the handler has already begun its answer (a refusal: the client then
 /// need not send the body) or the body has begun to arrive. Clients such as curl otherwise wait
 /// a second before they send a large body.
-final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, BatchFlushing, EpollDirectHandler {
+final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, DirectReading {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
@@ -130,7 +130,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
     // MARK: - Inbound
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        read(unwrapInboundIn(data), context: context)
+        take(unwrapInboundIn(data), context: context)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -138,21 +138,11 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Bat
         context.fireChannelReadComplete()
     }
 
-    func directRead(_ bytes: ByteBuffer) {
-        guard let context else { return }
-        read(bytes, context: context)
-    }
-
-    func directReadComplete() {
-        guard let context else { return }
-        channelReadComplete(context: context)
-    }
-
     func directReadRequested() {
         if holdsReads { readHeld = true } else { writer.direct?.read() }
     }
 
-    private func read(_ bytes: ByteBuffer, context: ChannelHandlerContext) {
+    func take(_ bytes: ByteBuffer, context: ChannelHandlerContext) {
         var bytes = bytes
         if case .failed = inbound { return }
         received.append(read: &bytes)
