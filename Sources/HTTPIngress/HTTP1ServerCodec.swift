@@ -385,7 +385,9 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Dir
         }
         var answer = OutgoingResponse.error(status, code, "malformed HTTP request: " + message, headers: ["connection": "close"])
         answer.headers.add(name: "content-length", value: String(answer.body.readableBytes))
+        let direct = writer.direct  // (kept: the codec stays attached to its connection)
         writer = HTTP1Message.Writer()
+        writer.direct = direct
         writer.head(answer.headers, allocator: HTTP1Message.allocator) {
             Self.writeStatusLine(.http1_1, status, into: &$0)
         }
