@@ -47,7 +47,8 @@ final class CompiledRoute: Sendable {
     let headers: [(String, ValueRule)]
     /// A `url` route's one upstream.
     let upstream: ServiceInstance?
-    /// A `service` route's instances now (the directory's lookup, bound to the service).
+    /// The route's instances now: a `service` route's from the directory (its lookup bound to
+    /// the service), a `url` route's one upstream (the list made once, not per request).
     let instances: @Sendable () -> [ServiceInstance]
     /// SHA-256 (hex) of each API key → its consumer.
     let apiKeys: [String: String]
@@ -72,15 +73,16 @@ final class CompiledRoute: Sendable {
         directory: any ServiceDirectory
     ) throws(KeyPathError) {
         self.config = config
-        if config.url == nil {
-            instances = directory.source(of: config.service)
-        } else {
-            instances = { [] }
-        }
         breaker = breakers.breaker("gateway:\(config.name)", rule: config.breaker)
         pathRegex = config.pathRegex.flatMap(SearchRegex.init)
         headers = config.headers.sorted { $0.key < $1.key }.map { ($0.key, ValueRule($0.value)) }
         upstream = config.url.flatMap { ServiceInstance(service: config.name, url: $0) }
+        if config.url == nil {
+            instances = directory.source(of: config.service)
+        } else {
+            let list = upstream.map { [$0] } ?? []
+            instances = { list }
+        }
         circuit = circuits[upstream?.service ?? config.service] ?? SwitchyardConfiguration.CircuitRule()
         var keys: [String: String] = [:]
         if let policy = config.apiKeys {

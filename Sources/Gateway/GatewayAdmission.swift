@@ -102,7 +102,7 @@ extension GatewaySnapshot {
         let instances: [ServiceInstance]
         if let route {
             a.service = route.config.url ?? route.config.service
-            instances = route.upstream.map { [$0] } ?? route.instances()
+            instances = route.instances()
             a.uri = GatewayResponder.rewrite(head.uri, route: route)
             a.timeoutSeconds = route.config.timeoutSeconds
         } else {

@@ -14,7 +14,7 @@ import SwitchyardCore
 /// belong to the tunnel and are handed on when this handler is removed. An answer without a
 /// length ends when the connection closes. A malformed answer is reported as an
 /// `HTTP1Message.Malformed` error, and nothing more is read.
-final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, DirectReading {
+final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, DirectCodec {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = HTTPClientResponsePart
     typealias OutboundIn = HTTPClientRequestPart
@@ -75,15 +75,12 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, Dir
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
         receiver = nil
-        writer.direct?.detach(self)
-        writer.direct = nil
+        leaveConnection()
     }
 
-    /// The codec is first in its pipeline: on Switchyard's own transport it takes the bytes
-    /// from the connection directly (see `EpollDirectHandler`).
-    func takeBytesDirectly() {
-        guard let context else { return }
-        writer.direct = DirectConnection.attach(self, to: context.channel)
+    var direct: DirectConnection? {
+        get { writer.direct }
+        set { writer.direct = newValue }
     }
 
     /// A request part from the handler right behind, by a direct call (as `write` through the
@@ -178,7 +175,7 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, Dir
     /// `FlushBatch`), or at once when a close comes first.
     func flush(context: ChannelHandlerContext) {
         writer.writePending(context: context, promise: nil)
-        if let direct = writer.direct { direct.flush() } else { flushAtBatchEnd(context: context) }
+        flushWritten(context: context)
     }
 
     func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
@@ -212,7 +209,7 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, Dir
         context.fireChannelReadComplete()
     }
 
-    func directReadRequested() { writer.direct?.read() }
+    func directReadRequested() { direct?.read() }
 
     func take(_ bytes: ByteBuffer, context: ChannelHandlerContext) {
         var bytes = bytes

@@ -423,8 +423,8 @@ package enum HTTP1Message {
                 append(context) { $0.writeImmutableBuffer(bytes) }
             } else if size > 0 || promise != nil {
                 writePending(context: context, promise: nil)
-                if let direct, case .byteBuffer(let bytes) = body {
-                    direct.write(bytes, promise: promise)
+                if case .byteBuffer(let bytes) = body {
+                    write(bytes, context: context, promise: promise)
                 } else {
                     context.write(NIOAny(body), promise: promise)
                 }
@@ -504,15 +504,37 @@ extension Optional where Wrapped == ByteBuffer {
     }
 }
 
-/// A codec (either side of HTTP/1.1) that reads a connection's bytes the same way whether they
-/// come through the pipeline or straight from Switchyard's own transport (`EpollDirectHandler`).
-package protocol DirectReading: EpollDirectHandler, BatchFlushing {
+/// A codec (either side of HTTP/1.1) first in its pipeline that, on Switchyard's own transport,
+/// takes the connection's bytes straight from it and writes them straight back
+/// (`EpollDirectHandler`); bytes that come through the pipeline are read the same way.
+package protocol DirectCodec: EpollDirectHandler, BatchFlushing {
+    /// The connection written to directly (the codec's writer's), nil when not attached.
+    var direct: DirectConnection? { get set }
     /// Bytes read, as `channelRead` hands them on.
     func take(_ bytes: ByteBuffer, context: ChannelHandlerContext)
     func channelReadComplete(context: ChannelHandlerContext)
 }
 
-extension DirectReading {
+extension DirectCodec {
+    /// The codec is first in its pipeline now (nothing before it takes or changes the bytes):
+    /// on Switchyard's own transport it takes them from the connection directly.
+    package func takeBytesDirectly() {
+        guard let context = flushContext else { return }
+        direct = DirectConnection.attach(self, to: context.channel)
+    }
+
+    /// The codec leaves its pipeline: the pipeline carries the bytes again.
+    package func leaveConnection() {
+        direct?.detach(self)
+        direct = nil
+    }
+
+    /// What the codec wrote goes out at the end of the loop's batch: asked of the connection
+    /// directly (it waits for the batch's end itself), else through `FlushBatch`.
+    package func flushWritten(context: ChannelHandlerContext) {
+        if let direct { direct.flush() } else { flushAtBatchEnd(context: context) }
+    }
+
     package func directRead(_ bytes: ByteBuffer) {
         guard let context = flushContext else { return }
         take(bytes, context: context)

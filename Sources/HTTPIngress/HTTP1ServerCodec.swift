@@ -32,7 +32,7 @@ import SwitchyardCore
 /// was handed on, unless the handler has already begun its answer (a refusal: the client then
 /// need not send the body) or the body has begun to arrive. Clients such as curl otherwise wait
 /// a second before they send a large body.
-final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, DirectReading {
+final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, DirectCodec {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
@@ -103,16 +103,12 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Dir
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
         receiver = nil
-        writer.direct?.detach(self)
-        writer.direct = nil
+        leaveConnection()
     }
 
-    /// The codec is first in its pipeline now (nothing before it takes or changes the bytes):
-    /// on Switchyard's own transport it takes them from the connection directly (see
-    /// `EpollDirectHandler`).
-    func takeBytesDirectly() {
-        guard let context else { return }
-        writer.direct = DirectConnection.attach(self, to: context.channel)
+    var direct: DirectConnection? {
+        get { writer.direct }
+        set { writer.direct = newValue }
     }
 
     /// The handler received the current request whole and will answer it in one piece, in
@@ -139,7 +135,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Dir
     }
 
     func directReadRequested() {
-        if holdsReads { readHeld = true } else { writer.direct?.read() }
+        if holdsReads { readHeld = true } else { direct?.read() }
     }
 
     func take(_ bytes: ByteBuffer, context: ChannelHandlerContext) {
@@ -469,7 +465,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Dir
     /// `FlushBatch`), or at once when a close comes first.
     func flush(context: ChannelHandlerContext) {
         writer.writePending(context: context, promise: nil)
-        if let direct = writer.direct { direct.flush() } else { flushAtBatchEnd(context: context) }
+        flushWritten(context: context)
     }
 
     func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
