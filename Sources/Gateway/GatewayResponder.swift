@@ -25,16 +25,15 @@ public final class GatewayResponder: HTTPStreamingResponder {
         var admission = Admission()
         guard snapshot.admit(head, client: remoteAddress, identities: writer.peerIdentities, into: &admission) else { return nil }
         let route = admission.route
-        let exchange = Exchange(head: head, client: remoteAddress, admission: admission, snapshot: snapshot)
+        let session = GatewaySession(writer: writer, head: head, client: remoteAddress, admission: admission, snapshot: snapshot)
         if let refusal = admission.refusal {
-            return exchange.reject(writer, refusal.status, refusal.code, refusal.message, headers: refusal.headers, closeAfter: refusal.closeAfter)
+            return session.reject(refusal.status, refusal.code, refusal.message, headers: refusal.headers, closeAfter: refusal.closeAfter)
         }
         if let route {
             if let limit = route.config.maxConcurrency {
-                exchange.release = { route.inFlight.subtract(1, ordering: .relaxed) }
+                session.release = { route.inFlight.subtract(1, ordering: .relaxed) }
                 if route.inFlight.add(1, ordering: .relaxed).newValue > limit {
-                    return exchange.reject(
-                        writer,
+                    return session.reject(
                         .serviceUnavailable,
                         "concurrency_limit",
                         "route \(route.config.name) has \(limit) requests in flight, its limit"
@@ -43,17 +42,16 @@ public final class GatewayResponder: HTTPStreamingResponder {
             }
             if let breaker = route.breaker {
                 guard breaker.allow() else {
-                    return exchange.reject(
-                        writer,
+                    return session.reject(
                         .serviceUnavailable,
                         "circuit_open",
                         "the circuit of route \(route.config.name) is open: too many failures or slow answers"
                     )
                 }
-                exchange.breaker = breaker
+                session.breaker = breaker
             }
         }
-        exchange.debug = admission.trusted && head.headers.contains(name: snapshot.debugHeader)
+        session.debug = admission.trusted && head.headers.contains(name: snapshot.debugHeader)
         let request: UpstreamRequest
         if let raw = writer.requestFieldLines, route?.config.requestHeaders.isEmpty ?? true,
             let (lines, length) = Self.upstreamLines(
@@ -61,7 +59,7 @@ public final class GatewayResponder: HTTPStreamingResponder {
                 lane: admission.lane,
                 fellBack: admission.fellBack,
                 clientIP: writer.clientIP,
-                traceparent: exchange.traceparent,
+                traceparent: session.traceparent,
                 into: writer.takeScratch()
             )
         {
@@ -74,22 +72,18 @@ public final class GatewayResponder: HTTPStreamingResponder {
                     lane: admission.lane,
                     fellBack: admission.fellBack,
                     clientIP: writer.clientIP,
-                    traceparent: exchange.traceparent.text,
+                    traceparent: session.traceparent.text,
                     rewrite: route?.config.requestHeaders
                 )
             )
         }
-        let retries = route?.config.retries ?? 1
-        let retryAnswers = Self.isIdempotent(head.method) || route?.config.retryNonIdempotent == true
-        let session = GatewaySession(
-            writer: writer,
-            request: request,
-            candidates: admission.candidates,
+        session.forward(
+            request,
+            to: admission.candidates,
             timeout: admission.timeoutSeconds,
             pool: pool,
-            exchange: exchange,
-            retries: retries,
-            retryAnswers: retryAnswers,
+            retries: route?.config.retries ?? 1,
+            retryAnswers: Self.isIdempotent(head.method) || route?.config.retryNonIdempotent == true,
             maxBodyBytes: route?.config.maxBodyBytes,
             balancer: snapshot.balancer,
             circuit: route?.circuit ?? snapshot.circuitRules[admission.candidates.first?.service ?? ""] ?? SwitchyardConfiguration.CircuitRule(),
@@ -99,7 +93,7 @@ public final class GatewayResponder: HTTPStreamingResponder {
             let bound = NIOLoopBound(session, eventLoop: writer.eventLoop)
             writer.eventLoop.scheduleTask(in: delay) { bound.value.start() }
         } else {
-            session.start(at: exchange.started)
+            session.start(at: session.started)
         }
         return session
     }
@@ -365,7 +359,8 @@ enum UpstreamRequest {
 }
 
 /// One request's record: what the access log, the metrics and the debug headers say about it.
-final class Exchange {
+/// (The base of its `GatewaySession`: one object per request, not a session and a record.)
+class Exchange {
     let started = SystemMonotonicClock().nowNanos()
     let method: String
     let uri: String
@@ -382,7 +377,8 @@ final class Exchange {
     /// The route changes its answers' headers.
     let rewritesAnswers: Bool
     let traceparent: Traceparent
-    var upstream: ServiceInstance?
+    /// The instance of the current (else the last) attempt.
+    var instance: ServiceInstance?
     var attempts = 0
     var debug = false
 
@@ -413,38 +409,18 @@ final class Exchange {
         }
     }
 
-    /// Answers without an upstream (a policy said no, or there is nowhere to go).
-    func reject(
-        _ writer: HTTPResponseWriter,
-        _ status: HTTPResponseStatus,
-        _ code: String,
-        _ message: String,
-        headers: HTTPHeaders = [:],
-        closeAfter: Bool = false
-    ) -> GatewaySession {
-        var all = responseHeaders
-        all.add(contentsOf: headers)
-        if code.isEmpty {
-            writer.respond(OutgoingResponse(status: status, headers: all), closeAfter: closeAfter)
-        } else {
-            writer.respond(.error(status, code, message, headers: all), closeAfter: closeAfter)
-        }
-        finish(status: Int(status.code), error: code.isEmpty ? nil : code)
-        return GatewaySession.finished
-    }
-
     /// Whether `decorate` adds or changes anything (an answer's head passes untouched if not).
     var decorates: Bool {
-        rewritesAnswers || !responseHeaders.isEmpty || (debug && upstream != nil)
+        rewritesAnswers || !responseHeaders.isEmpty || (debug && instance != nil)
     }
 
     /// Response headers of the route, CORS and (for trusted debug callers) lane and upstream.
     func decorate(_ headers: inout HTTPHeaders) {
         if rewritesAnswers, let route { GatewayResponder.apply(route.config.responseHeaders, to: &headers) }
         if !responseHeaders.isEmpty { headers.add(contentsOf: responseHeaders) }
-        if debug, let upstream {
-            headers.replaceOrAdd(name: "x-switchyard-lane-effective", value: upstream.lane ?? "baseline")
-            headers.replaceOrAdd(name: "x-switchyard-upstream", value: upstream.key)
+        if debug, let instance {
+            headers.replaceOrAdd(name: "x-switchyard-lane-effective", value: instance.lane ?? "baseline")
+            headers.replaceOrAdd(name: "x-switchyard-upstream", value: instance.key)
         }
     }
 
@@ -463,8 +439,8 @@ final class Exchange {
         line += ",\"trace_id\":\(JSONText.quote(traceparent.traceID))"
         line += ",\"client\":\(JSONText.quote(client?.ipAddress ?? "")),\"method\":\(JSONText.quote(method)),\"host\":\(JSONText.quote(host))"
         line += ",\"uri\":\(JSONText.quote(uri)),\"route\":\(JSONText.quote(routeName)),\"lane\":\(JSONText.quote(lane ?? "baseline"))"
-        if let upstream {
-            line += ",\"lane_effective\":\(JSONText.quote(upstream.lane ?? "baseline")),\"upstream\":\(JSONText.quote(upstream.key))"
+        if let instance {
+            line += ",\"lane_effective\":\(JSONText.quote(instance.lane ?? "baseline")),\"upstream\":\(JSONText.quote(instance.key))"
         }
         if let consumer { line += ",\"consumer\":\(JSONText.quote(consumer))" }
         line += ",\"status\":\(status),\"duration_ms\":\(String(format: "%.3f", Double(nanos) / 1e6)),\"attempts\":\(attempts)"

@@ -13,21 +13,18 @@ import Synchronization
 /// connection's event loop. An instance that cannot be reached is replaced by another (nothing
 /// was sent yet); a 502/503/504 or a timeout is retried elsewhere when the request had no body
 /// and may be repeated.
-final class GatewaySession: HTTPStreamSession {
-    /// A session whose answer was already written (no upstream).
-    static var finished: GatewaySession { GatewaySession() }
-
-    let writer: HTTPResponseWriter?
-    private(set) var request: UpstreamRequest
-    let timeout: TimeAmount
-    let pool: UpstreamPool?
-    let exchange: Exchange?
-    let retryAnswers: Bool
-    let maxBodyBytes: Int?
-    /// The router's balancer: outstanding counts, circuits (outlier ejection), drains, retry budget.
-    let balancer: Balancer?
-    let circuit: SwitchyardConfiguration.CircuitRule
-    private var candidates: [ServiceInstance]
+final class GatewaySession: Exchange, HTTPStreamSession {
+    let writer: HTTPResponseWriter
+    private(set) var request: UpstreamRequest = .released
+    private(set) var timeout: TimeAmount = .seconds(30)
+    private(set) var pool: UpstreamPool?
+    private(set) var retryAnswers = false
+    private(set) var maxBodyBytes: Int?
+    /// The router's balancer: outstanding counts, circuits (outlier ejection), drains, retry
+    /// budget. Nil until the request is forwarded (none when it was answered here).
+    private(set) var balancer: Balancer?
+    private(set) var circuit = SwitchyardConfiguration.CircuitRule()
+    private var candidates: [ServiceInstance] = []
     /// The current attempt is counted in the balancer and the retry budget.
     private var attemptOpen = false
     private var attemptIsRetry = false
@@ -38,9 +35,8 @@ final class GatewaySession: HTTPStreamSession {
     private var reusedConnection = false
     /// Until when the request may wait for a cold fleet's ramp to admit it.
     private var admissionDeadline: UInt64?
-    let slowCallNanos: UInt64
-    private var retriesLeft: Int
-    private var instance: ServiceInstance?
+    private(set) var slowCallNanos: UInt64 = 0
+    private var retriesLeft = 0
     private var status = 0
     private var upstream: (any Channel)?
     /// The current connection's handler: it keeps the attempt's deadline.
@@ -59,48 +55,35 @@ final class GatewaySession: HTTPStreamSession {
     /// Bytes collected while the upstream connection opens; past this, reading the client pauses.
     static let maxPendingBytes = 1 << 20
 
-    private init() {
-        writer = nil
-        request = .head(HTTPRequestHead(version: .http1_1, method: .GET, uri: "/"))
-        candidates = []
-        timeout = .seconds(1)
-        pool = nil
-        exchange = nil
-        retriesLeft = 0
-        retryAnswers = false
-        maxBodyBytes = nil
-        balancer = nil
-        circuit = SwitchyardConfiguration.CircuitRule()
-        slowCallNanos = 0
-        over = true
+    /// An admitted request's session: it answers here (`reject`) or is forwarded (`forward`).
+    init(writer: HTTPResponseWriter, head: HTTPRequestHead, client: SocketAddress?, admission: borrowing Admission, snapshot: GatewaySnapshot) {
+        self.writer = writer
+        super.init(head: head, client: client, admission: admission, snapshot: snapshot)
     }
 
-    init(
-        writer: HTTPResponseWriter,
-        request: UpstreamRequest,
-        candidates: [ServiceInstance],
+    /// What goes where: the request, to a weighted choice among `candidates` (`start` sends it).
+    func forward(
+        _ request: UpstreamRequest,
+        to candidates: [ServiceInstance],
         timeout: Double,
         pool: UpstreamPool?,
-        exchange: Exchange,
         retries: Int,
         retryAnswers: Bool,
         maxBodyBytes: Int?,
         balancer: Balancer,
-        circuit: SwitchyardConfiguration.CircuitRule = SwitchyardConfiguration.CircuitRule(),
-        slowCallSeconds: Double = 0
+        circuit: SwitchyardConfiguration.CircuitRule,
+        slowCallSeconds: Double
     ) {
-        slowCallNanos = UInt64(max(0, slowCallSeconds) * 1e9)
-        self.balancer = balancer
-        self.circuit = circuit
-        self.writer = writer
         self.request = request
         self.candidates = candidates
         self.timeout = .nanoseconds(Int64(timeout * 1e9))
         self.pool = pool
-        self.exchange = exchange
         retriesLeft = retries
         self.retryAnswers = retryAnswers
         self.maxBodyBytes = maxBodyBytes
+        self.balancer = balancer
+        self.circuit = circuit
+        slowCallNanos = UInt64(max(0, slowCallSeconds) * 1e9)
         #if DEBUG
             pool?.sessionsAlive.add(1, ordering: .relaxed)
         #endif
@@ -110,9 +93,29 @@ final class GatewaySession: HTTPStreamSession {
         deinit { pool?.sessionsAlive.subtract(1, ordering: .relaxed) }
     #endif
 
+    /// Answers without an upstream (a policy said no, or there is nowhere to go).
+    func reject(
+        _ status: HTTPResponseStatus,
+        _ code: String,
+        _ message: String,
+        headers: HTTPHeaders = [:],
+        closeAfter: Bool = false
+    ) -> GatewaySession {
+        over = true
+        var all = responseHeaders
+        all.add(contentsOf: headers)
+        if code.isEmpty {
+            writer.respond(OutgoingResponse(status: status, headers: all), closeAfter: closeAfter)
+        } else {
+            writer.respond(.error(status, code, message, headers: all), closeAfter: closeAfter)
+        }
+        finish(status: Int(status.code), error: code.isEmpty ? nil : code)
+        return self
+    }
+
     /// The balancer's choice among the candidates not tried yet whose circuits admit one.
     private func choose() -> ServiceInstance? {
-        guard let balancer else { return nil }  // the answered-already sentinel never sends
+        guard let balancer else { return nil }  // (set before any attempt)
         var pool = balancer.breakers.admitted(candidates)
         while let instance = balancer.pick(from: pool) {
             if balancer.breakers.claim(instance) { return instance }
@@ -140,7 +143,7 @@ final class GatewaySession: HTTPStreamSession {
     /// Sends the request to a weighted choice among the candidates not tried yet. `now`: the
     /// monotonic clock's nanoseconds when the caller has just read them (the exchange's start).
     func start(at now: UInt64? = nil) {
-        guard let writer, !over else { return }
+        guard !over else { return }
         if let balancer, let service = candidates.first?.service, !balancer.admits(service) {
             waitForAdmission(service, on: writer.eventLoop)
             return
@@ -152,8 +155,7 @@ final class GatewaySession: HTTPStreamSession {
             return
         }
         self.instance = instance
-        exchange?.upstream = instance
-        exchange?.attempts += 1
+        attempts += 1
         // (One clock read for the attempt, or none: the deadline's clock is the same monotonic one.)
         let now = now ?? SystemMonotonicClock().nowNanos()
         attemptStarted = now
@@ -206,7 +208,7 @@ final class GatewaySession: HTTPStreamSession {
                     session.connected(channel, handler: handler.value)
                 case .failure(let error):
                     guard session.instance == instance, !session.over else { return }
-                    session.exchange?.metrics.upstreamError(instance, kind: "connect")
+                    session.metrics.upstreamError(instance, kind: "connect")
                     session.endAttempt(failed: true)
                     // It may be shutting down: probed, it stays out until it accepts again.
                     session.balancer?.health.closing(instance)
@@ -246,7 +248,7 @@ final class GatewaySession: HTTPStreamSession {
 
     /// Tries another instance when allowed; false when this attempt's failure is final.
     private func retry(always: Bool = false) -> Bool {
-        guard !over, retriesLeft > 0, writer?.headSent == false, let instance else { return false }
+        guard !over, retriesLeft > 0, writer.headSent == false, let instance else { return false }
         // Once body bytes went upstream they cannot be sent again.
         guard always || (retryAnswers && requestEnded && bodyBytes == 0) else { return false }
         let others = candidates.filter { $0.key != instance.key }
@@ -256,7 +258,7 @@ final class GatewaySession: HTTPStreamSession {
         attemptIsRetry = balancer != nil
         retriesLeft -= 1
         candidates = others
-        exchange?.metrics.retries.increment()
+        metrics.retries.increment()
         disarm()
         let old = upstream
         upstream = nil
@@ -277,7 +279,7 @@ final class GatewaySession: HTTPStreamSession {
     func attemptTimedOut() {
         disarm()
         guard let instance, !over else { return }
-        exchange?.metrics.upstreamError(instance, kind: "timeout")
+        metrics.upstreamError(instance, kind: "timeout")
         endAttempt(failed: true)
         if retry() { return }
         let ms = timeout.nanoseconds / 1_000_000
@@ -308,7 +310,7 @@ final class GatewaySession: HTTPStreamSession {
         pendingBytes = 0
         if requestEnded { handler.send(.end(nil)) }
         handler.flush()
-        if !requestEnded { writer?.setReading(channel.isWritable) }
+        if !requestEnded { writer.setReading(channel.isWritable) }
     }
 
     // MARK: - From the client
@@ -322,11 +324,11 @@ final class GatewaySession: HTTPStreamSession {
         }
         if let upstream, let upstreamHandler {
             upstreamHandler.send(.body(.byteBuffer(chunk)), flush: true)
-            if !upstream.isWritable { writer?.setReading(false) }
+            if !upstream.isWritable { writer.setReading(false) }
         } else {
             pending.append(chunk)
             pendingBytes += chunk.readableBytes
-            if pendingBytes > Self.maxPendingBytes { writer?.setReading(false) }
+            if pendingBytes > Self.maxPendingBytes { writer.setReading(false) }
         }
     }
 
@@ -338,7 +340,7 @@ final class GatewaySession: HTTPStreamSession {
 
     func cancel() {
         endAttempt(failed: nil)
-        if !over { exchange?.finish(status: 0, error: "client_gone") }
+        if !over { finish(status: 0, error: "client_gone") }
         over = true
         disarm()
         upstream?.close(promise: nil)
@@ -356,14 +358,14 @@ final class GatewaySession: HTTPStreamSession {
 
     func upstreamWritabilityChanged(_ writable: Bool, from handler: UpstreamHandler) {
         guard handler === upstreamHandler else { return }
-        if !requestEnded && !over { writer?.setReading(writable) }
+        if !requestEnded && !over { writer.setReading(writable) }
     }
 
     /// The answer's head; its fields are the codec's `answer` lines (the hop-by-hop ones left
     /// out): they go on to the client as bytes, unless the route changes them. (Read in place
     /// from the codec: the answer is not copied per request.)
     func responseHead(_ response: HTTPResponseHead, answerIn codec: HTTP1ClientCodec, from handler: UpstreamHandler) {
-        guard !over, handler === upstreamHandler, let writer, let channel = upstream else { return }
+        guard !over, handler === upstreamHandler, let channel = upstream else { return }
         disarm()
         let close = codec.answer.section.hop.close
         if let instance, codec.answer.section.draining {
@@ -386,10 +388,10 @@ final class GatewaySession: HTTPStreamSession {
         }
         upstreamKeepAlive = !close && (response.version.minor >= 1 || codec.answer.section.hop.keepAlive)
         status = Int(response.status.code)
-        if exchange?.decorates == true || !response.status.mayHaveResponseBody {
+        if decorates || !response.status.mayHaveResponseBody {
             // Changed on the way (or without a body, whose length fields the codec drops): as a list.
             var head = HTTPResponseHead(version: .http1_1, status: response.status, headers: codec.answer.headers)
-            exchange?.decorate(&head.headers)
+            decorate(&head.headers)
             writer.head(head)
         } else {
             writer.head(
@@ -404,17 +406,17 @@ final class GatewaySession: HTTPStreamSession {
     /// The upstream accepted an upgrade (WebSocket): the 101 goes to the client and both
     /// connections become one byte tunnel, with backpressure both ways.
     private func switchProtocols(_ response: HTTPResponseHead, protocols: String?, upstream channel: any Channel) {
-        guard let writer, case .head(let head) = request, head.headers.contains(name: "upgrade") else {
+        guard case .head(let head) = request, head.headers.contains(name: "upgrade") else {
             return fail(.badGateway, "upstream_failed", "\(instance?.address ?? "upstream") switched protocols unasked")
         }
         over = true
         status = 101
-        exchange?.finish(status: 101)
+        finish(status: 101)
         var headers = HTTPHeaders()
         for (name, value) in response.headers { headers.add(name: name, value: value) }
         headers.add(name: "connection", value: "upgrade")
         if let protocols { headers.add(name: "upgrade", value: protocols) }
-        exchange?.decorate(&headers)
+        decorate(&headers)
         // The codecs still deliver this exchange's end: rebuild the pipelines on the next tick.
         let bound = NIOLoopBound((writer, headers), eventLoop: channel.eventLoop)
         let pool = pool
@@ -448,22 +450,22 @@ final class GatewaySession: HTTPStreamSession {
 
     func responseBody(_ chunk: ByteBuffer, from handler: UpstreamHandler) {
         guard !over, handler === upstreamHandler else { return }
-        writer?.body(chunk, flush: false)
+        writer.body(chunk, flush: false)
     }
 
     /// The upstream's read burst is over: what it gave goes out to the client in one write.
     func upstreamReadComplete(from handler: UpstreamHandler) {
         guard !over, handler === upstreamHandler else { return }
-        writer?.flush()
+        writer.flush()
     }
 
     func responseEnd(from handler: UpstreamHandler) {
         guard !over, handler === upstreamHandler, let channel = upstream else { return }
         endAttempt(failed: nil)
         over = true
-        exchange?.finish(status: status)
+        finish(status: status)
         // A request still being sent when the answer is complete cannot share the connection.
-        writer?.end(closeAfter: !requestEnded)
+        writer.end(closeAfter: !requestEnded)
         if let pool, let instance, requestEnded, upstreamKeepAlive, upstreamHandler?.active == true {
             // Kept for the next request: reading as usual.
             if upstreamReadingPaused { channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in } }
@@ -487,13 +489,13 @@ final class GatewaySession: HTTPStreamSession {
         upstreamHandler = nil
         if case .lines(let lines) = request {
             request = .released
-            writer?.giveBackScratch(lines.fields)
+            writer.giveBackScratch(lines.fields)
         }
     }
 
     func upstreamFailed(_ detail: String, from handler: UpstreamHandler) {
         guard handler === upstreamHandler, !over else { return }
-        if let instance { exchange?.metrics.upstreamError(instance, kind: "reset") }
+        if let instance { metrics.upstreamError(instance, kind: "reset") }
         endAttempt(failed: true)
         fail(.badGateway, "upstream_failed", "\(instance?.address ?? "upstream"): \(detail)")
     }
@@ -502,11 +504,11 @@ final class GatewaySession: HTTPStreamSession {
         guard !over else { return }
         endAttempt(failed: nil)
         over = true
-        exchange?.finish(status: writer?.headSent == true ? self.status : Int(status.code), error: code)
+        finish(status: writer.headSent == true ? self.status : Int(status.code), error: code)
         disarm()
         upstream?.close(promise: nil)
         releaseUpstream()
-        writer?.respond(.error(status, code, message), closeAfter: !requestEnded)
+        writer.respond(.error(status, code, message), closeAfter: !requestEnded)
     }
 }
 
@@ -596,9 +598,13 @@ final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        session?.upstreamReadComplete(from: self)
+        readComplete()
         context.fireChannelReadComplete()
     }
+
+    /// The read burst is over (from the codec right before, by a direct call: this handler is
+    /// the pipeline's last, so the event goes no further).
+    func readComplete() { session?.upstreamReadComplete(from: self) }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         session?.upstreamWritabilityChanged(context.channel.isWritable, from: self)

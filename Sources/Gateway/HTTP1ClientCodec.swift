@@ -206,7 +206,8 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, Dir
 
     func channelReadComplete(context: ChannelHandlerContext) {
         received.compact()
-        context.fireChannelReadComplete()
+        // (To the upstream handler by a direct call: it is the pipeline's last handler.)
+        if let receiver { receiver.readComplete() } else { context.fireChannelReadComplete() }
     }
 
     func directReadRequested() { direct?.read() }

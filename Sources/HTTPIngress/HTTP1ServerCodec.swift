@@ -120,7 +120,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Dir
         guard !parsing else { return }  // the parse loop that handed on the request goes on
         let before = handedOn
         parse(context: context)
-        if handedOn != before && !inRead { context.fireChannelReadComplete() }
+        if handedOn != before && !inRead { readComplete(context) }
     }
 
     // MARK: - Inbound
@@ -131,7 +131,13 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler, Dir
 
     func channelReadComplete(context: ChannelHandlerContext) {
         received.compact()
-        context.fireChannelReadComplete()
+        readComplete(context)
+    }
+
+    /// The read burst is over: told to the request handler by a direct call (it is the
+    /// pipeline's last handler, so nothing after it would hear of it), else through the pipeline.
+    private func readComplete(_ context: ChannelHandlerContext) {
+        if let receiver { receiver.readComplete() } else { context.fireChannelReadComplete() }
     }
 
     func directReadRequested() {

@@ -345,12 +345,18 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func disarmHeadTimer() { headDeadline?.clear() }
 
     func channelReadComplete(context: ChannelHandlerContext) {
+        readComplete()
+        context.fireChannelReadComplete()
+    }
+
+    /// The read burst is over (from the HTTP/1.1 codec right before this handler, by a direct
+    /// call: this handler is the pipeline's last, so the event goes no further).
+    func readComplete() {
         reading = false
-        if flushPending {
+        if flushPending, let context {
             flushPending = false
             context.flush()
         }
-        context.fireChannelReadComplete()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
