@@ -333,7 +333,7 @@ let package = Package(
         .testTarget(
             name: "SwitchyardServerTests",
             dependencies: [
-                "SwitchyardServer", "SwitchyardCore", "SwitchyardConfig", "SwitchyardTesting", "Registry", "ConfigCenter", "Gateway",
+                "SwitchyardServer", "SwitchyardCore", "SwitchyardConfig", "SwitchyardTesting", "Registry", "ConfigCenter", "Gateway", "Telemetry",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -8,24 +8,25 @@ public import SwitchyardCore
 public enum Telemetry {
     /// The registry behind `/metrics` for everything recorded through swift-metrics.
     public static let registry = PrometheusCollectorRegistry()
+    /// The duration histograms (swift-metrics timers) behind `/metrics`, recorded without a lock.
+    public static let durations = DurationHistograms(bounds: [
+        .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10),
+        .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500),
+        .seconds(1), .seconds(2.5), .seconds(5), .seconds(10),
+    ])
     private static let bootstrapped = NIOLockedValueBox(false)
 
     /// Installs the Prometheus factory as the swift-metrics backend, once per process.
     public static func bootstrapMetrics() {
         bootstrapped.withLockedValue { done in
             guard !done else { return }
-            var factory = PrometheusMetricsFactory(registry: registry)
-            factory.defaultDurationHistogramBuckets = [
-                .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10),
-                .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500),
-                .seconds(1), .seconds(2.5), .seconds(5), .seconds(10),
-            ]
-            MetricsSystem.bootstrap(factory)
+            MetricsSystem.bootstrap(SwitchyardMetricsFactory(prometheus: PrometheusMetricsFactory(registry: registry), histograms: durations))
             done = true
         }
     }
 
-    /// The Prometheus text exposition: the ledger (consistent snapshot), extra gauges, then the registry.
+    /// The Prometheus text exposition: the ledger (consistent snapshot), extra gauges, the
+    /// registry, then the duration histograms.
     public static func exposition(ledger: MessageLedger.Snapshot, gauges: [(name: String, help: String, value: Double)]) -> String {
         var out = ""
         func family(_ name: String, _ type: String, _ help: String) {
@@ -67,6 +68,7 @@ public enum Telemetry {
         var bytes: [UInt8] = []
         registry.emit(into: &bytes)
         out += String(decoding: bytes, as: UTF8.self)
+        durations.emit(into: &out)
         return out
     }
 
