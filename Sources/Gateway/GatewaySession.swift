@@ -166,7 +166,8 @@ final class GatewaySession: Exchange, HTTPStreamSession {
         let loop = writer.eventLoop
         let deadline = NIODeadline.uptimeNanoseconds(now) + timeout
         reusedConnection = false
-        if let idle = pool?.take(instance.hashedAddress, on: loop), let channel = idle.channel {
+        let idleList = pool.map { $0.list(for: instance.hashedAddress, on: loop, kept: &writer.connectionKept) }
+        if let pool, let idleList, let idle = pool.take(from: idleList), let channel = idle.channel {
             // A kept connection: its handler now answers to this session and keeps its deadline
             // (its one timer, not one per attempt).
             idle.session = self
@@ -204,7 +205,7 @@ final class GatewaySession: Exchange, HTTPStreamSession {
                 let session = bound.value
                 switch result {
                 case .success(let channel):
-                    session.pool?.watch(handler.value, on: channel, for: instance.hashedAddress)
+                    if let idleList { session.pool?.watch(handler.value, on: channel, in: idleList) }
                     session.connected(channel, handler: handler.value)
                 case .failure(let error):
                     guard session.instance == instance, !session.over else { return }
@@ -466,11 +467,11 @@ final class GatewaySession: Exchange, HTTPStreamSession {
         finish(status: status)
         // A request still being sent when the answer is complete cannot share the connection.
         writer.end(closeAfter: !requestEnded)
-        if let pool, let instance, requestEnded, upstreamKeepAlive, upstreamHandler?.active == true {
+        if let pool, requestEnded, upstreamKeepAlive, upstreamHandler?.active == true {
             // Kept for the next request: reading as usual.
             if upstreamReadingPaused { channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in } }
             if let upstreamHandler {
-                pool.put(upstreamHandler, for: instance.hashedAddress)
+                pool.put(upstreamHandler)
             } else {
                 channel.close(promise: nil)
             }
@@ -531,7 +532,7 @@ final class UpstreamHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// The connection is open (kept from its events: `Channel.isActive` costs more, asked once
     /// or twice per request).
     private(set) var active = false
-    /// The pool's list this connection goes back to once it has been put there (no lookup then).
+    /// The pool's list this connection goes back to (set once it is connected: no lookup per put).
     fileprivate var idleList: UpstreamPool.IdleList?
     /// The connection's codec: what each answer's hop-by-hop fields said.
     private var codec: HTTP1ClientCodec?
@@ -693,12 +694,12 @@ final class TunnelEnd: RawTunnelPeer {
 /// address. A connection is taken by one session at a time, on its own loop; one the upstream
 /// closes leaves the pool.
 final class UpstreamPool: @unchecked Sendable {
-    // @unchecked: a handler is kept under its loop's key and only taken on that loop.
+    // @unchecked: the table is read and changed under the lock; a list only on its loop.
     /// Idle connections kept per instance and event loop.
     static let maxIdle = 64
     private let lock = NIOLock()
-    /// (Lists are objects changed in place: a request's take and put allocate nothing.)
-    private var idle: [Key: IdleList] = [:]
+    /// Each address's list on each loop, made when first asked for (lists stay once made).
+    private var lists: [Key: IdleList] = [:]
     #if DEBUG
         /// Sessions of this pool's responder not yet freed (debug builds: tests check that nothing
         /// holds a session once its exchange is over — a session and its upstream connection's
@@ -708,8 +709,15 @@ final class UpstreamPool: @unchecked Sendable {
         let tunnelEndsAlive = Atomic<Int>(0)
     #endif
 
-    fileprivate final class IdleList {
-        var handlers: [UpstreamHandler] = []
+    /// An address's idle connections on one event loop. Taken from, put back to and left by a
+    /// closing connection only on that loop, so without a lock (and changed in place: a
+    /// request's take and put allocate nothing).
+    final class IdleList: @unchecked Sendable {
+        // @unchecked: touched on its loop only.
+        let address: HashedKey
+        fileprivate var handlers: [UpstreamHandler] = []
+
+        init(address: HashedKey) { self.address = address }
     }
 
     private struct Key: Hashable {
@@ -717,54 +725,44 @@ final class UpstreamPool: @unchecked Sendable {
         let address: HashedKey
     }
 
-    private static func key(_ address: HashedKey, _ loop: any EventLoop) -> Key { Key(loop: ObjectIdentifier(loop), address: address) }
-
-    /// (The lists change in place: taking and putting back copy nothing, once per request.)
-    func take(_ address: HashedKey, on loop: any EventLoop) -> UpstreamHandler? {
-        let key = Self.key(address, loop)
-        return lock.withLock { () -> UpstreamHandler? in
-            guard let list = idle[key] else { return nil }
-            while let handler = list.handlers.popLast() {
-                if handler.active { return handler }
-            }
-            return nil
+    /// The idle list of `address` on `loop`: the one `kept` holds when it is that address's (a
+    /// client connection's requests mostly go to one instance: no lock, no lookup), else the
+    /// table's, which `kept` holds from then on.
+    func list(for address: HashedKey, on loop: any EventLoop, kept: inout AnyObject?) -> IdleList {
+        if let list = kept as? IdleList, list.address == address { return list }
+        let key = Key(loop: ObjectIdentifier(loop), address: address)
+        let list = lock.withLock { () -> IdleList in
+            if let list = lists[key] { return list }
+            let list = IdleList(address: address)
+            lists[key] = list
+            return list
         }
+        kept = list
+        return list
+    }
+
+    /// A kept connection still open, if the list has one.
+    func take(from list: IdleList) -> UpstreamHandler? {
+        while let handler = list.handlers.popLast() {
+            if handler.active { return handler }
+        }
+        return nil
     }
 
     /// An idle connection goes back to its list (or closes when the list is full). Idle, it
     /// holds no session: the last one, with its writer and client, goes now.
-    func put(_ handler: UpstreamHandler, for address: HashedKey) {
+    func put(_ handler: UpstreamHandler) {
         handler.session = nil
         guard let channel = handler.channel else { return }
-        // (A connection's list is found once; lists stay in the pool once made.)
-        let list = handler.idleList ?? self.list(for: Self.key(address, channel.eventLoop))
+        guard let list = handler.idleList, list.handlers.count < Self.maxIdle else { return channel.close(promise: nil) }
+        list.handlers.append(handler)
+    }
+
+    /// Once per connection: it belongs to `list`, and when it closes, it leaves the list.
+    func watch(_ handler: UpstreamHandler, on channel: any Channel, in list: IdleList) {
         handler.idleList = list
-        let kept = lock.withLock { () -> Bool in
-            guard list.handlers.count < Self.maxIdle else { return false }
-            list.handlers.append(handler)
-            return true
-        }
-        if !kept { channel.close(promise: nil) }
-    }
-
-    /// The idle list of an address on a loop, made when first asked for.
-    private func list(for key: Key) -> IdleList {
-        lock.withLock {
-            if let list = idle[key] { return list }
-            let list = IdleList()
-            idle[key] = list
-            return list
-        }
-    }
-
-    /// Once per connection: when it closes, it leaves the pool.
-    func watch(_ handler: UpstreamHandler, on channel: any Channel, for address: HashedKey) {
-        let key = Self.key(address, channel.eventLoop)
         let gone = ObjectIdentifier(handler)
-        // (The pool held strongly until the connection closes: a weak reference would give it a
-        // side table, and its retains per request the runtime's slow path.)
-        channel.closeFuture.whenComplete { _ in
-            self.lock.withLock { self.idle[key]?.handlers.removeAll { ObjectIdentifier($0) == gone } }
-        }
+        // (On the connection's loop, the list's.)
+        channel.closeFuture.whenComplete { _ in list.handlers.removeAll { ObjectIdentifier($0) == gone } }
     }
 }

@@ -282,6 +282,9 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// A buffer kept between the connection's requests for what a session builds per request
     /// (see `HTTPResponseWriter.takeScratch`).
     var scratch: ByteBuffer?
+    /// What a session keeps from one request of this connection to the next (the gateway: the
+    /// idle upstream connections of the instance it sent the last request to).
+    var kept: AnyObject?
     /// Answers of collected requests in request order (nil: not ready yet); `answered` is
     /// the number of the first (the next request's is `answered + answers.count`).
     private var answers = CircularBuffer<(response: OutgoingResponse, keepAlive: Bool)?>(initialCapacity: 2)

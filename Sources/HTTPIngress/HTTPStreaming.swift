@@ -80,6 +80,13 @@ public final class HTTPResponseWriter {
         if buffer.capacity <= Self.maxScratchBytes { handler.scratch = buffer }
     }
 
+    /// An object a session keeps on the client's connection for the connection's next request
+    /// (event loop only, like the connection).
+    package var connectionKept: AnyObject? {
+        get { handler.kept }
+        set { handler.kept = newValue }
+    }
+
     /// Larger buffers (a request with very long fields) are not kept by an idle connection.
     static let maxScratchBytes = 4096
 

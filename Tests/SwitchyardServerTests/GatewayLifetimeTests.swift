@@ -1,3 +1,4 @@
+import NIOHTTP1
 import SwitchyardTesting
 import Synchronization
 import Testing
@@ -64,6 +65,47 @@ import Testing
         #expect(alive == 0, "\(alive) of 40 sessions still held after their exchanges (upstream closing every \(closeEvery))")
         await server.stop()
         await upstream.stop()
+    }
+
+    /// One client connection's requests to two instances in turn, then to one: each instance's
+    /// idle upstream connection is taken again every time (the client connection keeps the
+    /// last instance's idle list, and finds the other's in the pool's table), and a connection
+    /// the upstream closed is not taken again.
+    @Test func aClientConnectionsRequestsReuseEachInstancesUpstreamConnection() async throws {
+        let a = try await TestHTTPService.start()
+        let b = try await TestHTTPService.start()
+        let server = try await TestServer.start(
+            """
+            gateway:
+              routes:
+                - {name: a, path_prefix: /a, service: a}
+                - {name: b, path_prefix: /b, service: b}
+            services:
+              a: {instances: [{url: "\(a.url)"}]}
+              b: {instances: [{url: "\(b.url)"}]}
+            """
+        )
+        let client = KeepAliveHTTPClient(port: server.httpPort)
+        for i in 0..<20 {
+            #expect(try await client.request(.GET, i % 2 == 0 ? "/a/\(i)" : "/b/\(i)") == 200)
+        }
+        for i in 0..<10 { #expect(try await client.request(.GET, "/a/again/\(i)") == 200) }
+        #expect(a.received.count == 20 && b.received.count == 10)
+        #expect(
+            a.connectionsAccepted == 1 && b.connectionsAccepted == 1,
+            "upstream connections: a \(a.connectionsAccepted), b \(b.connectionsAccepted)"
+        )
+        a.setCloseEvery(1)
+        for i in 0..<3 { #expect(try await client.request(.GET, "/a/closing/\(i)") == 200) }
+        // The first goes over the kept connection, which closes after it; each of the others over
+        // a new one (and a kept connection that closed gets the instance probed: one more).
+        #expect(a.received.count == 23)
+        #expect((3...4).contains(a.connectionsAccepted), "upstream connections of a: \(a.connectionsAccepted), 3 (4 with the probe) expected")
+        let alive = await Self.settled { Self.sessionsAlive(server) }
+        #expect(alive == 0, "\(alive) sessions still held after their exchanges")
+        await server.stop()
+        await a.stop()
+        await b.stop()
     }
 
     /// A WebSocket's tunnel (two ends, two handlers, both connections) is freed once both
