@@ -361,7 +361,8 @@ enum UpstreamRequest {
 /// One request's record: what the access log, the metrics and the debug headers say about it.
 /// (The base of its `GatewaySession`: one object per request, not a session and a record.)
 class Exchange {
-    let started = SystemMonotonicClock().nowNanos()
+    /// When the request began (the monotonic clock's nanoseconds).
+    let started: UInt64
     let method: String
     let uri: String
     let host: String
@@ -389,7 +390,8 @@ class Exchange {
     /// Gives back the route's concurrency slot.
     var release: (() -> Void)?
 
-    init(head: HTTPRequestHead, client: SocketAddress?, admission: borrowing Admission, snapshot: GatewaySnapshot) {
+    init(head: HTTPRequestHead, client: SocketAddress?, admission: borrowing Admission, snapshot: GatewaySnapshot, started: UInt64) {
+        self.started = started
         accessLog = snapshot.accessLog
         // (What only the access log shows is kept only for it.)
         method = accessLog == nil ? "" : head.method.rawValue
@@ -426,7 +428,8 @@ class Exchange {
 
     /// Counted once, logged once (`status` 0: the client left first).
     func finish(status: Int, error: String? = nil) {
-        let nanos = SystemMonotonicClock().nowNanos() - started
+        let now = SystemMonotonicClock().nowNanos()
+        let nanos = now > started ? now - started : 0  // (the same clock, read earlier: never negative)
         release?()
         release = nil
         if let breaker {

@@ -58,7 +58,7 @@ final class GatewaySession: Exchange, HTTPStreamSession {
     /// An admitted request's session: it answers here (`reject`) or is forwarded (`forward`).
     init(writer: HTTPResponseWriter, head: HTTPRequestHead, client: SocketAddress?, admission: borrowing Admission, snapshot: GatewaySnapshot) {
         self.writer = writer
-        super.init(head: head, client: client, admission: admission, snapshot: snapshot)
+        super.init(head: head, client: client, admission: admission, snapshot: snapshot, started: writer.requestStartNanos)
     }
 
     /// What goes where: the request, to a weighted choice among `candidates` (`start` sends it).
@@ -141,7 +141,8 @@ final class GatewaySession: Exchange, HTTPStreamSession {
     }
 
     /// Sends the request to a weighted choice among the candidates not tried yet. `now`: the
-    /// monotonic clock's nanoseconds when the caller has just read them (the exchange's start).
+    /// monotonic clock's nanoseconds the caller has (the exchange's start: at most the loop batch's
+    /// handling time ago).
     func start(at now: UInt64? = nil) {
         guard !over else { return }
         if let balancer, let service = candidates.first?.service, !balancer.admits(service) {
@@ -375,7 +376,7 @@ final class GatewaySession: Exchange, HTTPStreamSession {
             // A kept-alive connection closed: the instance may be shutting down.
             balancer?.health.closing(instance)
         }
-        let slow = slowCallNanos > 0 && SystemMonotonicClock().nowNanos() - attemptStarted > slowCallNanos
+        let slow = slowCallNanos > 0 && SystemMonotonicClock().nowNanos() > attemptStarted + slowCallNanos
         headVerdict = response.status.code >= 500 || slow
         if response.status.code == 101 {
             endAttempt(failed: false)

@@ -340,6 +340,10 @@ final class RequestHandler: ChannelInboundHandler, RemovableChannelHandler {
         headDeadline?.stop()
     }
 
+    /// The monotonic clock's nanoseconds when the event loop's current batch of socket events
+    /// began (Switchyard's own loops: no clock read), else now.
+    var batchNanos: UInt64 { (headDeadline?.now ?? .now()).uptimeNanoseconds }
+
     /// Waits for the next request head (see `HTTPServer.headTimeout`).
     private func armHeadTimer() {
         headDeadline?.set(in: server.headTimeout)

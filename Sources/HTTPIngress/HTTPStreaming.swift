@@ -80,6 +80,11 @@ public final class HTTPResponseWriter {
         if buffer.capacity <= Self.maxScratchBytes { handler.scratch = buffer }
     }
 
+    /// When the request began, in the monotonic clock's nanoseconds: the start of the event
+    /// loop's batch of socket events its head was read in (on Switchyard's own loops, where it
+    /// costs no clock read; a request's bytes were ready then), else now.
+    package var requestStartNanos: UInt64 { handler.batchNanos }
+
     /// An object a session keeps on the client's connection for the connection's next request
     /// (event loop only, like the connection).
     package var connectionKept: AnyObject? {

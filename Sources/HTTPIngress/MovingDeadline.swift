@@ -31,8 +31,12 @@ package final class MovingDeadline {
     /// events (a fraction of a millisecond ago): for deadlines seconds away (a connection's next
     /// request head), set once per request.
     package func set(in amount: TimeAmount) {
-        set((epollLoop?.batchTime ?? .now()) + amount)
+        set(now + amount)
     }
+
+    /// The start of the loop's current batch of events on Switchyard's own loops (no clock
+    /// read), else the clock's now.
+    package var now: NIODeadline { epollLoop?.batchTime ?? .now() }
 
     package func set(_ deadline: NIODeadline) {
         self.deadline = deadline
