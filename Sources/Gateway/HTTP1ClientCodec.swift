@@ -309,9 +309,16 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler, Dir
         ) {
             return malformed
         }
-        let reason = String(decoding: UnsafeRawBufferPointer(rebasing: line[reasonStart...]), as: UTF8.self)
         head.version = line[7] == UInt8(ascii: "0") ? .http1_0 : .http1_1
-        head.status = HTTPResponseStatus(statusCode: code, reasonPhrase: reason)
+        // (A code NIO knows keeps its own phrase, as NIO's initializer has it; the usual answer,
+        // which says that phrase, is compared as bytes and makes no String.)
+        let reason = UnsafeRawBufferPointer(rebasing: line[reasonStart...])
+        let standard = HTTPResponseStatus(statusCode: code)
+        if standard.reasonPhrase.utf8.elementsEqual(reason) {
+            head.status = standard
+        } else {
+            head.status = HTTPResponseStatus(statusCode: code, reasonPhrase: String(decoding: reason, as: UTF8.self))
+        }
         return nil
     }
 

@@ -1,3 +1,4 @@
+import HTTPIngress
 import NIOCore
 import NIOEmbedded
 import NIOHTTP1
@@ -116,6 +117,27 @@ final class AnswerCollector: ChannelInboundHandler {
         try channel.writeInbound(ByteBuffer(string: raw))
         #expect(answers.errors.count == 1, "\(raw.debugDescription)")
         #expect(answers.errors.first?.hasPrefix("invalid HTTP answer") == true)
+    }
+
+    /// A status line's reason phrase: a code NIO knows keeps NIO's phrase (as its initializer
+    /// has it, whatever the answer said); another code keeps the answer's.
+    @Test(arguments: [
+        ("HTTP/1.1 200 OK", 200, "OK"),
+        ("HTTP/1.1 200 Fine", 200, "OK"),
+        ("HTTP/1.0 404 Not Found", 404, "Not Found"),
+        ("HTTP/1.1 204", 204, "No Content"),
+        ("HTTP/1.1 599 Network Weirdness", 599, "Network Weirdness"),
+        ("HTTP/1.1 599", 599, ""),
+    ])
+    func statusLinesKeepTheirReasonPhrase(line: String, code: Int, reason: String) throws {
+        var head = HTTPResponseHead(version: .http1_1, status: .ok)
+        var section = HTTP1Message.FieldSection()
+        var kept: ByteBuffer? = ByteBuffer()
+        let bytes = Array((line + "\r\ncontent-length: 0\r\n\r\n").utf8)
+        let malformed = bytes.withUnsafeBytes { HTTP1ClientCodec.parseHead($0, keptLines: &kept, section: &section, into: &head) }
+        #expect(malformed == nil)
+        #expect(head.status.code == UInt(code) && head.status.reasonPhrase == reason, "\(line): \(head.status)")
+        #expect(head.version == (line.hasPrefix("HTTP/1.0") ? .http1_0 : .http1_1))
     }
 
     @Test func anAnswerToNoRequestIsAnError() throws {
