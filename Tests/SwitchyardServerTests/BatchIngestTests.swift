@@ -217,7 +217,9 @@ import Testing
     }
 
     @Test func aFullJournalRefusesTheWholeBatchWithRetryAfter() async throws {
-        let svc = try await TestHTTPService.start()
+        // (Brought back on its port later: a port outside the ephemeral range, which the suite's
+        // other listeners and connections may take meanwhile — once this test's bind failed.)
+        let svc = try await TestHTTPService.startRestartable()
         let port = svc.port
         // (While the service is down its circuit's open time doubles with each failed probe; on
         // a loaded machine the default 60 s cap outlasted the wait below once.)
