@@ -168,7 +168,7 @@ final class GatewaySession: Exchange, HTTPStreamSession {
         let deadline = NIODeadline.uptimeNanoseconds(now) + timeout
         reusedConnection = false
         let idleList = pool.map { $0.list(for: instance.hashedAddress, on: loop, kept: &writer.connectionKept) }
-        if let pool, let idleList, let idle = pool.take(from: idleList), let channel = idle.channel {
+        if let idle = idleList?.take(), let channel = idle.channel {
             // A kept connection: its handler now answers to this session and keeps its deadline
             // (its one timer, not one per attempt).
             idle.session = self
@@ -719,6 +719,14 @@ final class UpstreamPool: @unchecked Sendable {
         fileprivate var handlers: [UpstreamHandler] = []
 
         init(address: HashedKey) { self.address = address }
+
+        /// A kept connection still open, if the list has one.
+        func take() -> UpstreamHandler? {
+            while let handler = handlers.popLast() {
+                if handler.active { return handler }
+            }
+            return nil
+        }
     }
 
     private struct Key: Hashable {
@@ -740,14 +748,6 @@ final class UpstreamPool: @unchecked Sendable {
         }
         kept = list
         return list
-    }
-
-    /// A kept connection still open, if the list has one.
-    func take(from list: IdleList) -> UpstreamHandler? {
-        while let handler = list.handlers.popLast() {
-            if handler.active { return handler }
-        }
-        return nil
     }
 
     /// An idle connection goes back to its list (or closes when the list is full). Idle, it

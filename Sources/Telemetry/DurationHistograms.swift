@@ -92,8 +92,7 @@ final class DurationHistogram: TimerHandler, Sendable {
     let name: String
     /// Rendered once: `route="api",lane="gray"` (empty without labels).
     let labels: String
-    private let bounds: [Duration]
-    /// Bucket upper bounds in nanoseconds, as compared per record.
+    /// Bucket upper bounds in nanoseconds.
     private let boundNanos: [Int64]
     /// One per bound, then the overflow (`+Inf` only).
     private let buckets: [Cell]
@@ -102,7 +101,6 @@ final class DurationHistogram: TimerHandler, Sendable {
     init(name: String, labels: String, bounds: [Duration]) {
         self.name = name
         self.labels = labels
-        self.bounds = bounds
         boundNanos = bounds.map { Self.nanoseconds($0) }
         buckets = (0...bounds.count).map { _ in Cell() }
     }
@@ -123,11 +121,11 @@ final class DurationHistogram: TimerHandler, Sendable {
     func emit(into out: inout String) {
         let prefix = labels.isEmpty ? "{" : "{\(labels),"
         var cumulative: UInt64 = 0
-        for (index, bound) in bounds.enumerated() {
+        for (index, bound) in boundNanos.enumerated() {
             cumulative += buckets[index].value.load(ordering: .relaxed)
-            out += "\(name)_bucket\(prefix)le=\"\(Double(Self.nanoseconds(bound)) / 1e9)\"} \(cumulative)\n"
+            out += "\(name)_bucket\(prefix)le=\"\(Double(bound) / 1e9)\"} \(cumulative)\n"
         }
-        cumulative += buckets[bounds.count].value.load(ordering: .relaxed)
+        cumulative += buckets[boundNanos.count].value.load(ordering: .relaxed)
         out += "\(name)_bucket\(prefix)le=\"+Inf\"} \(cumulative)\n"
         let series = labels.isEmpty ? "" : "{\(labels)}"
         out += "\(name)_sum\(series) \(Double(sumNanos.load(ordering: .relaxed)) / 1e9)\n"
