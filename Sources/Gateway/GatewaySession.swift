@@ -468,14 +468,10 @@ final class GatewaySession: Exchange, HTTPStreamSession {
         finish(status: status)
         // A request still being sent when the answer is complete cannot share the connection.
         writer.end(closeAfter: !requestEnded)
-        if let pool, requestEnded, upstreamKeepAlive, upstreamHandler?.active == true {
+        if let pool, let upstreamHandler, requestEnded, upstreamKeepAlive, upstreamHandler.active {
             // Kept for the next request: reading as usual.
             if upstreamReadingPaused { channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in } }
-            if let upstreamHandler {
-                pool.put(upstreamHandler)
-            } else {
-                channel.close(promise: nil)
-            }
+            pool.put(upstreamHandler)
         } else {
             channel.close(promise: nil)
         }
